@@ -1,0 +1,40 @@
+"""Exceptions raised by the storage engine.
+
+Each class names one thing a caller can act on:
+
+* :class:`CorruptBatchError` -- the bytes handed in (or found on disk) are not a
+  well-formed record batch. The producer (or the disk) is at fault.
+* :class:`OffsetOutOfRange` -- a read asked for an offset the log does not hold.
+* :class:`OffsetMismatch` -- a replica append did not start at the log end offset.
+* :class:`CheckpointError` -- a checkpoint file is malformed (names file and line).
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of all storage errors."""
+
+
+class CorruptBatchError(StorageError, ValueError):
+    """A record batch failed validation; the message names what is wrong."""
+
+
+class OffsetOutOfRange(StorageError):
+    """The requested offset is below the log start offset or above the log end offset."""
+
+    def __init__(self, offset: int, log_start_offset: int, log_end_offset: int) -> None:
+        super().__init__(
+            f"offset {offset} out of range [{log_start_offset}, {log_end_offset}]"
+        )
+        self.offset = offset
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+
+
+class OffsetMismatch(StorageError, ValueError):
+    """A batch appended with ``assign_offsets=False`` does not start at the log end offset."""
+
+
+class CheckpointError(StorageError, ValueError):
+    """A checkpoint file could not be parsed."""

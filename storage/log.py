@@ -1,0 +1,557 @@
+"""The partition log: an ordered run of segments with offsets assigned on append.
+
+Partition directory ``<data_dir>/<topic>-<partition>/``::
+
+    00000000000000000000.log        batches with offsets [0, 1200)
+    00000000000000000000.index      sparse offset -> position
+    00000000000000000000.timeindex  sparse max timestamp -> offset
+    00000000000000001200.log        the active segment (appends go here)
+    00000000000000001200.index
+    00000000000000001200.timeindex
+    leader-epoch-checkpoint         epoch -> start offset (storage.leader_epoch)
+
+Invariants (checked by :meth:`Log._check`): segments are contiguous (each segment's
+``next_offset`` is the next segment's base offset), the log start offset is the first
+segment's base, the log end offset (LEO) is the last segment's ``next_offset``, and only the
+last (active) segment is appended to.
+
+Theory of operation: ``append`` validates a batch (framing, CRC, count; never records),
+stamps ``base_offset = LEO`` and the leader epoch into its header, rolls the active segment if
+needed, and writes it with one ``pwrite``. ``read`` locates the batch containing an offset via
+the sparse index plus a short header walk, then returns whole stored batches with one
+``pread`` per segment. ``fsync`` happens per the flush policy; ``recovery_point`` is the
+offset up to which data is known to be durable. On open, segments at or after the recovery
+point are CRC-checked and cut at the first bad batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from sortedcontainers import SortedDict
+
+from storage.batch import MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, decode_native_records, patch_batch, validate_batch
+from storage.checkpoint import fsync_dir
+from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
+from storage.handles import FileHandleCache
+from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
+from storage.segment import (INDEX_SUFFIX, LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
+                             TIMEINDEX_SUFFIX, Segment)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "OffsetMismatch"]
+
+_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+_STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Per-log settings.
+
+    Attributes:
+        segment_bytes: Roll when the active segment would exceed this size.
+        segment_ms: Roll a non-empty active segment older than this.
+        index_interval_bytes: Bytes of data between sparse index entries.
+        flush_messages: fsync after this many records (0 = off).
+        flush_ms: fsync when the last flush is this old (0 = off); see :meth:`Log.maybe_flush`.
+        fsync: ``"always"`` fsyncs after every append; ``"never"`` only per the two above
+            and on close.
+        max_message_bytes: Largest accepted batch, in bytes.
+    """
+
+    segment_bytes: int = 1073741824
+    segment_ms: int = 604800000
+    index_interval_bytes: int = 4096
+    flush_messages: int = 0
+    flush_ms: int = 0
+    fsync: str = "never"
+    max_message_bytes: int = 1048588
+
+    def __post_init__(self) -> None:
+        if self.fsync not in ("always", "never"):
+            raise ValueError(f"fsync must be 'always' or 'never', got {self.fsync!r}")
+        for name in ("segment_bytes", "segment_ms", "max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("index_interval_bytes", "flush_messages", "flush_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class AppendInfo(NamedTuple):
+    """Result of :meth:`Log.append`."""
+
+    base_offset: int
+    last_offset: int
+    max_timestamp: int
+    record_count: int
+    size: int
+
+
+class ReadResult(NamedTuple):
+    """Result of :meth:`Log.read`: whole stored batches, concatenated."""
+
+    data: bytes
+    first_offset: int
+    next_offset: int
+    batch_count: int
+
+
+class Log:
+    """A partition's commit log.
+
+    Args:
+        directory: The partition directory (created if missing).
+        config: Settings.
+        now_ms: Current time; starts the ``segment_ms`` clock of a reopened active segment.
+        handles: Shared file handle cache; a private one is made if None.
+        recovery_point: Offset up to which data was fsynced (from the broker's
+            checkpoint). Segments holding data at or beyond it are CRC-checked; None
+            checks every segment.
+    """
+
+    def __init__(self, directory: str | os.PathLike, config: LogConfig, now_ms: int,
+                 handles: FileHandleCache | None = None, recovery_point: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.config = config
+        self._own_handles = handles is None
+        self.handles = handles if handles is not None else FileHandleCache(64)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segments: SortedDict = SortedDict()
+        self._closed = False
+        bases = self._scan_directory()
+        try:
+            self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
+            rebuild_epochs = False
+        except CheckpointError as exc:
+            log.warning("discarding malformed leader epoch checkpoint: %s", exc)
+            os.unlink(self.directory / EPOCH_FILE)
+            self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
+            rebuild_epochs = True
+        self._load_segments(bases, now_ms, recovery_point)
+        if not self._segments:
+            self._segments[0] = Segment.create(self.directory, 0, self.handles,
+                                               config.index_interval_bytes, now_ms)
+        self._active: Segment = self._segments.peekitem(-1)[1]
+        self._leo = self._active.next_offset
+        if rebuild_epochs or (self.leader_epoch_cache.latest_epoch is None and self._leo > self.log_start_offset):
+            self._rebuild_epoch_cache()
+        self.leader_epoch_cache.truncate_from_end(self._leo)
+        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)
+        rp = self.log_start_offset if recovery_point is None else recovery_point
+        self.recovery_point = min(max(rp, self.log_start_offset), self._leo)
+        self._unflushed_messages = 0
+        self._last_flush_ms = now_ms
+        self._new_files = False
+
+    # ------------------------------------------------------------------ loading
+
+    def _scan_directory(self) -> list[int]:
+        logs: set[int] = set()
+        others: list[tuple[int, Path]] = []
+        for entry in os.scandir(self.directory):
+            name = entry.name
+            if name.endswith(_STRAY_SUFFIXES):
+                log.info("removing stray file path=%s", entry.path)
+                os.unlink(entry.path)
+                continue
+            m = _SEGMENT_FILE.match(name)
+            if m:
+                if m.group(2) == LOG_SUFFIX:
+                    logs.add(int(m.group(1)))
+                else:
+                    others.append((int(m.group(1)), Path(entry.path)))
+            elif name != EPOCH_FILE:
+                log.warning("ignoring unknown file path=%s", entry.path)
+        for base, path in others:
+            if base not in logs:
+                log.info("removing orphan index path=%s", path)
+                os.unlink(path)
+        return sorted(logs)
+
+    def _load_segments(self, bases: list[int], now_ms: int, recovery_point: int | None) -> None:
+        cfg = self.config
+        prev: Segment | None = None
+        for i, base in enumerate(bases):
+            seg = None
+            if recovery_point is not None and base < recovery_point:
+                try:
+                    seg = Segment.open(self.directory, base, self.handles, cfg.index_interval_bytes, now_ms)
+                except CorruptBatchError as exc:
+                    log.warning("segment failed to load, recovering it: %s", exc)
+                    seg = None
+                if seg is not None and seg.next_offset > recovery_point:
+                    seg = None  # holds unflushed data: CRC-check it
+            truncated = 0
+            if seg is None:
+                seg = Segment(self.directory, base, self.handles, cfg.index_interval_bytes, now_ms)
+                truncated = seg.recover(cfg.max_message_bytes, self._note_epoch)
+            if prev is not None and prev.next_offset != base:
+                log.info("recovery removed segments after gap dir=%s expected=%s found=%s",
+                         self.directory, prev.next_offset, base)
+                self._delete_files(bases[i:])
+                return
+            self._segments[base] = seg
+            prev = seg
+            if truncated:
+                self._delete_files(bases[i + 1:])
+                return
+
+    def _delete_files(self, bases: list[int]) -> None:
+        for base in reversed(bases):
+            Segment(self.directory, base, self.handles, 0, 0).delete()
+            log.info("recovery deleted segment dir=%s base=%s", self.directory, base)
+
+    def _note_epoch(self, header) -> None:
+        latest = self.leader_epoch_cache.latest_epoch
+        if header.leader_epoch >= 0 and (latest is None or header.leader_epoch > latest):
+            self.leader_epoch_cache.assign(header.leader_epoch, header.base_offset)
+
+    def _rebuild_epoch_cache(self) -> None:
+        log.info("rebuilding leader epoch cache dir=%s", self.directory)
+        self.leader_epoch_cache.clear()
+        for seg in self._segments.values():
+            for _, h in seg.iter_headers(0):
+                self._note_epoch(h)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def log_start_offset(self) -> int:
+        """First offset held (the base offset of the first segment)."""
+        return self._segments.peekitem(0)[0]
+
+    @property
+    def log_end_offset(self) -> int:
+        """Offset the next appended record will get (LEO)."""
+        return self._leo
+
+    @property
+    def active_segment(self) -> Segment:
+        """The segment appends go to."""
+        return self._active
+
+    def segments(self) -> list[Segment]:
+        """The segments, oldest first."""
+        return list(self._segments.values())
+
+    # ------------------------------------------------------------------ writes
+
+    def append(self, batch: bytes | bytearray | memoryview, now_ms: int, leader_epoch: int = 0,
+               assign_offsets: bool = True) -> AppendInfo:
+        """Validate and append one batch. O(1): no per-record work.
+
+        Args:
+            batch: One whole record batch.
+            now_ms: Current time (rolling and flush policy).
+            leader_epoch: Stamped into the batch when ``assign_offsets`` is True.
+            assign_offsets: True for leader appends (the batch gets ``base_offset = LEO``);
+                False for replica appends (the batch must already start at LEO and keeps its
+                leader epoch).
+
+        Returns:
+            Where the batch landed.
+
+        Raises:
+            CorruptBatchError: Bad framing, CRC, count, size or an empty offset range.
+            OffsetMismatch: Replica append whose base offset is not the LEO.
+        """
+        h = validate_batch(batch, self.config.max_message_bytes)
+        if h.last_offset_delta < 0:
+            raise CorruptBatchError(f"empty batch: last_offset_delta {h.last_offset_delta}")
+        leo = self._leo
+        if assign_offsets:
+            batch = bytearray(batch)
+            patch_batch(batch, leo, leader_epoch)
+            h = h._replace(base_offset=leo, leader_epoch=leader_epoch)
+        elif h.base_offset != leo:
+            raise OffsetMismatch(f"batch base offset {h.base_offset} != log end offset {leo}")
+        seg = self._active
+        n = h.batch_length + 12
+        if seg.size and (seg.size + n > self.config.segment_bytes
+                         or now_ms - seg.created_ms >= self.config.segment_ms
+                         or h.last_offset - seg.base_offset > MAX_RELATIVE_OFFSET
+                         or seg.size + n > MAX_POSITION):
+            self.roll(now_ms)
+            seg = self._active
+        seg.append(batch, h, now_ms)
+        self._leo = h.next_offset
+        epoch = h.leader_epoch
+        if epoch >= 0:
+            latest = self.leader_epoch_cache.latest_epoch
+            if latest is None or epoch > latest:
+                self.leader_epoch_cache.assign(epoch, h.base_offset)
+        self._unflushed_messages += h.record_count
+        cfg = self.config
+        if (cfg.fsync == "always"
+                or (cfg.flush_messages and self._unflushed_messages >= cfg.flush_messages)
+                or (cfg.flush_ms and now_ms - self._last_flush_ms >= cfg.flush_ms)):
+            self.flush(now_ms)
+        return AppendInfo(h.base_offset, h.last_offset, h.max_timestamp, h.record_count, n)
+
+    def roll(self, now_ms: int) -> None:
+        """Start a new active segment at the LEO (no-op if the active one is empty)."""
+        old = self._active
+        if old.size == 0:
+            return
+        old.index.flush_to_file()
+        old.time_index.flush_to_file()
+        seg = Segment.create(self.directory, self._leo, self.handles, self.config.index_interval_bytes, now_ms)
+        self._segments[seg.base_offset] = seg
+        self._active = seg
+        self._new_files = True
+        log.info("rolled segment dir=%s base=%s previous_size=%s", self.directory, seg.base_offset, old.size)
+
+    def flush(self, now_ms: int | None = None) -> None:
+        """fsync every segment holding data beyond the recovery point; advance it to the LEO."""
+        for seg in self._segments.values():
+            if seg.next_offset > self.recovery_point or seg is self._active:
+                seg.flush()
+        if self._new_files:
+            fsync_dir(self.directory)
+            self._new_files = False
+        self.recovery_point = self._leo
+        self._unflushed_messages = 0
+        if now_ms is not None:
+            self._last_flush_ms = now_ms
+
+    def maybe_flush(self, now_ms: int) -> bool:
+        """Apply the ``flush_ms`` policy; the broker calls this periodically.
+
+        Returns:
+            True if a flush happened.
+        """
+        if (self.config.flush_ms and self._leo > self.recovery_point
+                and now_ms - self._last_flush_ms >= self.config.flush_ms):
+            self.flush(now_ms)
+            return True
+        return False
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove everything at and after ``offset`` (replica truncation, KIP-101).
+
+        Truncation is at batch granularity: the batch containing ``offset`` is removed
+        whole, so the new LEO is ``offset`` when it is a batch boundary (as epoch end offsets
+        are) and that batch's base offset otherwise. No-op if ``offset >= LEO``. An offset
+        below the log start offset empties the log and restarts it at ``offset``.
+        """
+        if offset >= self._leo:
+            return
+        if offset <= self.log_start_offset:
+            self.truncate_fully_and_start_at(offset)
+            return
+        for base in reversed(list(self._segments.irange(minimum=offset))):
+            self._segments.pop(base).delete()
+        seg = self._segments.peekitem(-1)[1]
+        seg.truncate_to(offset)
+        self._active = seg
+        self._leo = seg.next_offset
+        self.recovery_point = min(self.recovery_point, self._leo)
+        self.leader_epoch_cache.truncate_from_end(self._leo)
+        log.info("truncated dir=%s requested=%s log_end_offset=%s", self.directory, offset, self._leo)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete all data; the log restarts empty with start offset = LEO = ``offset``."""
+        for base in reversed(self._segments.keys()):
+            self._segments.pop(base).delete()
+        seg = Segment.create(self.directory, offset, self.handles, self.config.index_interval_bytes,
+                             self._active.created_ms)
+        self._segments[offset] = seg
+        self._active = seg
+        self._leo = offset
+        self.recovery_point = offset
+        self._new_files = True
+        self.leader_epoch_cache.clear()
+        log.info("truncated fully dir=%s start_offset=%s", self.directory, offset)
+
+    def delete_segments_before(self, offset: int) -> int:
+        """Delete closed segments lying entirely below ``offset``; never the active one.
+
+        The log start offset becomes the first remaining segment's base offset.
+
+        Returns:
+            Number of segments deleted.
+        """
+        count = 0
+        while len(self._segments) > 1:
+            base, seg = self._segments.peekitem(0)
+            if seg.next_offset > offset:
+                break
+            self._segments.pop(base)
+            seg.delete()
+            count += 1
+        if count:
+            start = self.log_start_offset
+            self.recovery_point = max(self.recovery_point, start)
+            self.leader_epoch_cache.truncate_from_start(start)
+            log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, start)
+        return count
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> ReadResult:
+        """Whole batches starting with the one containing ``offset``.
+
+        At least one batch is returned if any exists at ``offset`` (even beyond
+        ``max_bytes``); never a partial batch. Reads may span segments. Records are not
+        decoded: the cost is one index lookup, a short header walk and one ``pread`` per
+        segment touched.
+
+        Args:
+            offset: First wanted offset (may be inside a batch).
+            max_bytes: Byte budget.
+            max_offset: Exclusive bound (e.g. the high watermark): batches whose base offset
+                is >= it are not returned.
+
+        Raises:
+            OffsetOutOfRange: ``offset`` is below the log start or beyond the LEO.
+        """
+        if offset < self.log_start_offset or offset > self._leo:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self._leo)
+        if offset == self._leo:
+            return ReadResult(b"", offset, offset, 0)
+        segs = self._segments
+        i = segs.bisect_right(offset) - 1
+        values = segs.values()
+        seg = values[i]
+        pos = seg.find_position(offset)
+        parts: list[bytes] = []
+        first, nxt, count, budget = offset, offset, 0, max_bytes
+        while True:
+            data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0)
+            if c:
+                if not count:
+                    first = f
+                parts.append(data)
+                budget -= len(data)
+                count += c
+                nxt = n
+            if pos + len(data) < seg.size or budget <= 0:
+                break
+            i += 1
+            if i >= len(values):
+                break
+            seg, pos = values[i], 0
+        return ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), first, nxt, count)
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``.
+
+        The batch is the first whose ``max_timestamp >= timestamp_ms`` (time index plus a
+        header walk). For native batches with create-time timestamps the batch is decoded
+        and the exact first record with ``timestamp >= timestamp_ms`` is returned; for other
+        batches (Kafka magic 2, log-append time) the answer is the batch's base offset and
+        max timestamp. The special values -1 (latest) / -2 (earliest) are the caller's job.
+
+        Returns:
+            ``(offset, timestamp)``, or None if no batch is that recent.
+        """
+        for seg in self._segments.values():
+            if seg.max_timestamp < timestamp_ms:
+                continue
+            found = seg.find_timestamp(timestamp_ms)
+            if found is None:
+                continue
+            pos, h = found
+            if h.magic == MAGIC_NATIVE and not h.attributes & TIMESTAMP_TYPE_BIT:
+                try:
+                    for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size)):
+                        if ts >= timestamp_ms:
+                            return off, ts
+                except CorruptBatchError as exc:
+                    log.warning("cannot decode batch for timestamp lookup dir=%s offset=%s: %s",
+                                self.directory, h.base_offset, exc)
+            return h.base_offset, h.max_timestamp
+        return None
+
+    def segments_info(self) -> list[tuple[int, int, int, int]]:
+        """``(base_offset, size, max_timestamp, last_modified_ms)`` per segment, oldest first.
+
+        ``last_modified_ms`` is the ``now_ms`` of the last append, or the file's mtime for
+        segments not appended to since opening.
+        """
+        return [(s.base_offset, s.size, s.max_timestamp, s.last_modified_ms) for s in self._segments.values()]
+
+    def size_bytes(self) -> int:
+        """Total bytes of all segments' data."""
+        return sum(s.size for s in self._segments.values())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Flush and release every file handle. The object is unusable afterwards."""
+        if self._closed:
+            return
+        self.flush()
+        for seg in self._segments.values():
+            seg.close()
+        if self._own_handles:
+            self.handles.close_all()
+        self._closed = True
+
+    def delete(self) -> None:
+        """Release handles and remove the partition directory."""
+        for seg in self._segments.values():
+            seg.close()
+        self._closed = True
+        shutil.rmtree(self.directory, ignore_errors=True)
+        log.info("deleted log dir=%s", self.directory)
+
+    def _check(self) -> None:
+        """Verify internal invariants; raise AssertionError describing the first violation."""
+        def fail(msg: str) -> None:
+            raise AssertionError(f"{self.directory}: {msg}")
+
+        segs = list(self._segments.values())
+        if not segs:
+            fail("no segments")
+        if segs[-1] is not self._active:
+            fail("active segment is not the last")
+        if self._leo != self._active.next_offset:
+            fail(f"LEO {self._leo} != active next_offset {self._active.next_offset}")
+        if not (self.log_start_offset <= self.recovery_point <= self._leo):
+            fail(f"recovery point {self.recovery_point} outside [{self.log_start_offset}, {self._leo}]")
+        for i, seg in enumerate(segs):
+            if self._segments.keys()[i] != seg.base_offset:
+                fail(f"segment keyed {self._segments.keys()[i]} has base {seg.base_offset}")
+            if i + 1 < len(segs) and seg.next_offset != segs[i + 1].base_offset:
+                fail(f"segment {seg.base_offset} ends at {seg.next_offset}, next starts at {segs[i + 1].base_offset}")
+            if i + 1 < len(segs) and seg.size == 0:
+                fail(f"closed segment {seg.base_offset} is empty")
+            if os.path.getsize(seg.log_path) != seg.size:
+                fail(f"segment {seg.base_offset} size {seg.size} != file size {os.path.getsize(seg.log_path)}")
+            starts = {}
+            expected, max_ts, end = seg.base_offset, -1, 0
+            for p, h in seg.iter_headers(0):
+                if h.base_offset != expected:
+                    fail(f"segment {seg.base_offset}: batch at {p} has base {h.base_offset}, expected {expected}")
+                starts[h.base_offset] = p
+                expected, max_ts, end = h.next_offset, max(max_ts, h.max_timestamp), p + h.size
+            if end != seg.size or expected != seg.next_offset or max_ts != seg.max_timestamp:
+                fail(f"segment {seg.base_offset}: walk gives end={end} next={expected} max_ts={max_ts}, "
+                     f"segment says size={seg.size} next={seg.next_offset} max_ts={seg.max_timestamp}")
+            prev = (-1, -1)
+            for off, pos in seg.index.entries():
+                if off <= prev[0] or pos <= prev[1]:
+                    fail(f"segment {seg.base_offset}: offset index not increasing at {off}")
+                if starts.get(off) != pos:
+                    fail(f"segment {seg.base_offset}: index entry ({off}, {pos}) is not a batch start")
+                prev = (off, pos)
+            prev = (-1 << 63, -1)
+            for ts, off in seg.time_index.entries():
+                if ts <= prev[0] or off <= prev[1]:
+                    fail(f"segment {seg.base_offset}: time index not increasing at {off}")
+                if off not in starts or ts > max_ts:
+                    fail(f"segment {seg.base_offset}: time entry ({ts}, {off}) invalid")
+                prev = (ts, off)
+            for idx in (seg.index, seg.time_index):
+                if idx.path.exists() and os.path.getsize(idx.path) != idx.file_entries() * idx.entry_size:
+                    fail(f"{idx.path}: file size does not match {idx.file_entries()} written entries")

@@ -1,0 +1,418 @@
+"""One log segment: ``<base_offset:020d>.log`` plus its offset and time indexes.
+
+The ``.log`` file is nothing but whole record batches back to back (see ``storage.batch``
+for the 61-byte header)::
+
+    position 0                        p1                        p2
+    +---------------------------------+-------------------------+------ ...
+    | batch base=B    (hdr + payload) | batch base=B+n0 ...     | ...
+    +---------------------------------+-------------------------+------ ...
+
+Batches are contiguous: the first has base ``B`` (the segment's base offset, also its file
+name) and each next base is the previous batch's ``next_offset``. The indexes are described
+in ``storage.index``. All I/O uses ``os.pread``/``os.pwrite`` on handles obtained from the
+shared :class:`~storage.handles.FileHandleCache` right before each call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from storage.batch import HEADER_SIZE, BatchHeader, parse_header, validate_batch
+from storage.errors import CorruptBatchError
+from storage.handles import FileHandleCache
+from storage.index import OffsetIndex, TimeIndex
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Segment", "segment_name", "LOG_SUFFIX", "INDEX_SUFFIX", "TIMEINDEX_SUFFIX"]
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIMEINDEX_SUFFIX = ".timeindex"
+MAX_RELATIVE_OFFSET = 0xFFFFFFFF
+MAX_POSITION = 0xFFFFFFFF
+_SCAN_CHUNK = 16384
+_RECOVER_CHUNK = 1 << 20
+
+
+def segment_name(base_offset: int) -> str:
+    """File name stem of the segment starting at ``base_offset``."""
+    return f"{base_offset:020d}"
+
+
+class Segment:
+    """A segment of a partition log. Use :meth:`create` or :meth:`open`.
+
+    Attributes:
+        base_offset: Offset of the first batch (and the file name).
+        size: Bytes of valid data in the ``.log`` file.
+        next_offset: Offset after the last batch (``base_offset`` when empty).
+        max_timestamp: Largest batch ``max_timestamp``, -1 when empty.
+        created_ms: ``now_ms`` of the first append, or of opening (for ``segment_ms``).
+        last_modified_ms: ``now_ms`` of the last append, or the file mtime after opening.
+    """
+
+    def __init__(self, directory: Path, base_offset: int, handles: FileHandleCache,
+                 index_interval_bytes: int, now_ms: int) -> None:
+        stem = segment_name(base_offset)
+        self.directory = directory
+        self.base_offset = base_offset
+        self.log_path = directory / (stem + LOG_SUFFIX)
+        self.index = OffsetIndex(directory / (stem + INDEX_SUFFIX), base_offset, handles)
+        self.time_index = TimeIndex(directory / (stem + TIMEINDEX_SUFFIX), base_offset, handles)
+        self.index_interval_bytes = index_interval_bytes
+        self._handles = handles
+        self.size = 0
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.created_ms = now_ms
+        self.last_modified_ms = now_ms
+        self._bytes_since_index = 0
+        self._unsynced = False
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, directory: Path, base_offset: int, handles: FileHandleCache,
+               index_interval_bytes: int, now_ms: int) -> "Segment":
+        """Create a new empty segment (replacing stray files of the same name)."""
+        seg = cls(directory, base_offset, handles, index_interval_bytes, now_ms)
+        for p in (seg.log_path, seg.index.path, seg.time_index.path):
+            handles.close(p)
+            with open(p, "wb"):
+                pass
+        seg._unsynced = True
+        return seg
+
+    @classmethod
+    def open(cls, directory: Path, base_offset: int, handles: FileHandleCache,
+             index_interval_bytes: int, now_ms: int) -> "Segment":
+        """Open an existing segment trusting its data (no CRC check).
+
+        Indexes are loaded, or rebuilt from batch headers if missing or invalid; the tail after
+        the last index entry is walked to find ``next_offset`` and ``max_timestamp``.
+
+        Raises:
+            CorruptBatchError: The batch framing is broken; the caller should :meth:`recover`.
+        """
+        seg = cls(directory, base_offset, handles, index_interval_bytes, now_ms)
+        st = os.stat(seg.log_path)
+        seg.size = st.st_size
+        seg.last_modified_ms = st.st_mtime_ns // 1_000_000
+        ok = seg.index.load(seg.size)
+        if ok:
+            try:
+                seg._load_tail()
+            except CorruptBatchError:
+                ok = False
+            ok = ok and seg.time_index.load(seg.next_offset - 1 - base_offset)
+            if ok:
+                seg.max_timestamp = max(seg.max_timestamp, seg.time_index.last_timestamp())
+        if not ok:
+            log.info("rebuilding indexes segment=%s", seg.log_path)
+            seg._rebuild_indexes()
+        return seg
+
+    def _load_tail(self) -> None:
+        """Walk from the last offset index entry to the end: next_offset, max_timestamp."""
+        off, pos = self.index.last()
+        expected = off
+        max_ts = -1
+        for p, h in self.iter_headers(pos):
+            if h.base_offset != expected or h.last_offset_delta < 0:
+                raise CorruptBatchError(
+                    f"{self.log_path}: batch at position {p} has base {h.base_offset}, expected {expected}"
+                )
+            expected = h.next_offset
+            max_ts = max(max_ts, h.max_timestamp)
+            pos = p + h.size
+        if pos != self.size:
+            raise CorruptBatchError(f"{self.log_path}: incomplete batch at position {pos}")
+        self.next_offset = expected
+        self.max_timestamp = max_ts
+        last_pos = self.index.last()[1]
+        self._bytes_since_index = self.size - last_pos
+
+    def _reset(self) -> None:
+        self.index.clear()
+        self.time_index.clear()
+        self.size = 0
+        self.next_offset = self.base_offset
+        self.max_timestamp = -1
+        self._bytes_since_index = 0
+
+    def _index_batch(self, h: BatchHeader, pos: int) -> None:
+        """Index bookkeeping for a batch stored at ``pos`` (shared by append and recovery)."""
+        max_ts = h.max_timestamp if h.max_timestamp > self.max_timestamp else self.max_timestamp
+        if self._bytes_since_index >= self.index_interval_bytes and pos > 0:
+            self.index.append(h.base_offset, pos)
+            self.time_index.maybe_append(max_ts, h.base_offset)
+            self._bytes_since_index = 0
+        size = h.size
+        self._bytes_since_index += size
+        self.size = pos + size
+        self.next_offset = h.next_offset
+        self.max_timestamp = max_ts
+
+    def _rebuild_indexes(self) -> None:
+        """Rebuild both indexes by walking headers (framing only)."""
+        end = self.size
+        self._reset()
+        expected = self.base_offset
+        for p, h in self.iter_headers(0, end):
+            if h.base_offset != expected or h.last_offset_delta < 0 or p + h.size > end:
+                raise CorruptBatchError(f"{self.log_path}: bad batch framing at position {p}")
+            self._index_batch(h, p)
+            expected = h.next_offset
+        if self.size != end:
+            raise CorruptBatchError(f"{self.log_path}: incomplete batch at position {self.size}")
+        self.index.rewrite()
+        self.time_index.rewrite()
+
+    def recover(self, max_message_bytes: int | None = None,
+                on_batch: Callable[[BatchHeader], None] | None = None) -> int:
+        """Validate every batch (framing, CRC, offsets); truncate at the first bad one.
+
+        Indexes are rebuilt from the surviving batches.
+
+        Args:
+            max_message_bytes: Batches larger than this count as corrupt.
+            on_batch: Called with the header of every valid batch, in order.
+
+        Returns:
+            Number of bytes truncated from the end of the ``.log`` file.
+        """
+        fd = self._fd()
+        file_size = os.fstat(fd).st_size
+        self._reset()
+        pos = 0
+        expected = self.base_offset
+        chunk = b""
+        chunk_start = 0
+        reason = ""
+        while pos < file_size:
+            if pos + HEADER_SIZE > chunk_start + len(chunk):
+                chunk = os.pread(self._fd(), _RECOVER_CHUNK, pos)
+                chunk_start = pos
+            if chunk_start + len(chunk) - pos < HEADER_SIZE:
+                reason = "torn header"
+                break
+            h = parse_header(chunk, pos - chunk_start)
+            size = h.size
+            if size < HEADER_SIZE or pos + size > file_size:
+                reason = f"bad or torn batch length {h.batch_length}"
+                break
+            if pos + size > chunk_start + len(chunk):
+                chunk = os.pread(self._fd(), max(_RECOVER_CHUNK, size), pos)
+                chunk_start = pos
+            start = pos - chunk_start
+            try:
+                validate_batch(memoryview(chunk)[start:start + size], max_message_bytes)
+            except CorruptBatchError as exc:
+                reason = str(exc)
+                break
+            if h.base_offset != expected or h.last_offset_delta < 0:
+                reason = f"base offset {h.base_offset}, expected {expected}"
+                break
+            if h.last_offset - self.base_offset > MAX_RELATIVE_OFFSET:
+                reason = "relative offset overflow"
+                break
+            self._index_batch(h, pos)
+            if on_batch is not None:
+                on_batch(h)
+            pos += size
+            expected = h.next_offset
+        truncated = file_size - pos
+        if truncated:
+            os.ftruncate(self._fd(), pos)
+            self._unsynced = True
+            log.info("recovery truncated segment=%s position=%s bytes=%s reason=%s",
+                     self.log_path, pos, truncated, reason)
+        self.index.rewrite()
+        self.time_index.rewrite()
+        return truncated
+
+    # ------------------------------------------------------------------ I/O
+
+    def _fd(self) -> int:
+        return self._handles.get(self.log_path).fileno()
+
+    def iter_headers(self, start: int = 0, end: int | None = None):
+        """Yield ``(position, header)`` of batches from ``start`` (framing only).
+
+        Stops at ``end`` (default: segment size) or at a torn header.
+
+        Raises:
+            CorruptBatchError: A header declares an impossible length.
+        """
+        end = self.size if end is None else end
+        pos = start
+        buf = b""
+        buf_start = start
+        while pos + HEADER_SIZE <= end:
+            off = pos - buf_start
+            if off < 0 or off + HEADER_SIZE > len(buf):
+                buf = os.pread(self._fd(), min(_SCAN_CHUNK, end - pos), pos)
+                buf_start, off = pos, 0
+                if len(buf) < HEADER_SIZE:
+                    return
+            h = parse_header(buf, off)
+            if h.size < HEADER_SIZE:
+                raise CorruptBatchError(f"{self.log_path}: bad batch length {h.batch_length} at position {pos}")
+            yield pos, h
+            pos += h.size
+
+    def append(self, batch: bytes | bytearray | memoryview, header: BatchHeader, now_ms: int) -> int:
+        """Write one validated batch at the end of the segment. O(1).
+
+        Args:
+            batch: The batch bytes (offsets already assigned).
+            header: Its parsed header.
+            now_ms: Current time (the first append sets ``created_ms``).
+
+        Returns:
+            The byte position the batch was written at.
+        """
+        pos = self.size
+        fd = self._fd()
+        try:
+            written = os.pwrite(fd, batch, pos)
+            while written < len(batch):
+                written += os.pwrite(fd, memoryview(batch)[written:], pos + written)
+        except BaseException:
+            try:
+                os.ftruncate(self._fd(), pos)
+            except OSError:
+                pass
+            raise
+        if pos == 0:
+            self.created_ms = now_ms
+        self._index_batch(header, pos)
+        self.last_modified_ms = now_ms
+        self._unsynced = True
+        return pos
+
+    def read(self, position: int, max_bytes: int) -> bytes:
+        """Raw bytes from ``position``, at most ``max_bytes``, never past the valid end."""
+        n = min(max_bytes, self.size - position)
+        if n <= 0:
+            return b""
+        return os.pread(self._fd(), n, position)
+
+    def read_batches(self, position: int, max_bytes: int, max_offset: int | None,
+                     at_least_one: bool) -> tuple[bytes, int, int, int]:
+        """Whole batches from ``position`` fitting in ``max_bytes``.
+
+        Args:
+            position: A batch start.
+            max_bytes: Byte budget.
+            max_offset: Exclude batches whose base offset is >= this.
+            at_least_one: Return the first batch even if it exceeds ``max_bytes``.
+
+        Returns:
+            ``(data, first_base_offset, next_offset, batch_count)``; ``first`` and ``next``
+            are -1 when nothing is returned.
+        """
+        avail = self.size - position
+        if avail <= 0:
+            return b"", -1, -1, 0
+        buf = os.pread(self._fd(), min(max(max_bytes, HEADER_SIZE), avail), position)
+        pos = count = 0
+        first = nxt = -1
+        while len(buf) - pos >= HEADER_SIZE:
+            h = parse_header(buf, pos)
+            if max_offset is not None and h.base_offset >= max_offset:
+                break
+            size = h.size
+            if size < HEADER_SIZE:
+                raise CorruptBatchError(f"{self.log_path}: bad batch length at position {position + pos}")
+            if pos + size > len(buf):
+                if count == 0 and at_least_one and size <= avail:
+                    buf = os.pread(self._fd(), size, position)
+                    pos, count, first, nxt = size, 1, h.base_offset, h.next_offset
+                break
+            if count == 0:
+                first = h.base_offset
+            count += 1
+            nxt = h.next_offset
+            pos += size
+        if pos == 0:
+            return b"", -1, -1, 0
+        return (buf if pos == len(buf) else buf[:pos]), first, nxt, count
+
+    def find_position(self, offset: int) -> int:
+        """Byte position of the batch containing ``offset`` (``size`` if past the end).
+
+        Index floor lookup, then a header walk of at most about ``index_interval_bytes``.
+        """
+        if offset >= self.next_offset:
+            return self.size
+        _, pos = self.index.lookup(offset)
+        for p, h in self.iter_headers(pos):
+            if h.next_offset > offset:
+                return p
+        return self.size
+
+    def find_timestamp(self, timestamp: int) -> tuple[int, BatchHeader] | None:
+        """First batch with ``max_timestamp >= timestamp`` as ``(position, header)``."""
+        if self.max_timestamp < timestamp:
+            return None
+        _, pos = self.index.lookup(self.time_index.lookup(timestamp))
+        for p, h in self.iter_headers(pos):
+            if h.max_timestamp >= timestamp:
+                return p, h
+        return None
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove the batch containing ``offset`` and everything after it.
+
+        Returns:
+            Number of bytes removed.
+        """
+        pos = self.find_position(offset)
+        if pos >= self.size:
+            return 0
+        removed = self.size - pos
+        new_next = parse_header(os.pread(self._fd(), HEADER_SIZE, pos)).base_offset
+        os.ftruncate(self._fd(), pos)
+        self.index.truncate_to(new_next)
+        self.time_index.truncate_to(new_next)
+        self.size = pos
+        self._load_tail()
+        self.max_timestamp = max(self.max_timestamp, self.time_index.last_timestamp())
+        self._unsynced = True
+        return removed
+
+    def flush(self) -> None:
+        """Write pending index entries and fsync the log and index files."""
+        self.index.flush_to_file()
+        self.time_index.flush_to_file()
+        if self._unsynced:
+            os.fsync(self._fd())
+            self.index.fsync()
+            self.time_index.fsync()
+            self._unsynced = False
+
+    def close(self) -> None:
+        """Write pending index entries and release all handles (no fsync)."""
+        self.index.close()
+        self.time_index.close()
+        self._handles.close(self.log_path)
+
+    def delete(self) -> None:
+        """Release handles and remove the three files."""
+        self.index.delete()
+        self.time_index.delete()
+        self._handles.close(self.log_path)
+        try:
+            os.unlink(self.log_path)
+        except FileNotFoundError:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"Segment(base={self.base_offset}, next={self.next_offset}, size={self.size}, "
+                f"max_ts={self.max_timestamp})")

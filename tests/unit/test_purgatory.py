@@ -1,0 +1,53 @@
+"""The purgatory, stepped with time passed in."""
+
+from zbroker.purgatory import DelayedOperation, Purgatory
+
+
+class Op:
+    def __init__(self, ready=False):
+        self.ready = ready
+        self.completed = []
+
+    def make(self, deadline, keys):
+        def try_complete():
+            if self.ready:
+                self.completed.append("ready")
+            return self.ready
+
+        return DelayedOperation(deadline, keys, try_complete, lambda: self.completed.append("expired"))
+
+
+def test_an_operation_that_can_complete_now_is_not_parked():
+    p, op = Purgatory(), Op(ready=True)
+    assert p.park(op.make(100, ["a"]))
+    assert op.completed == ["ready"] and len(p) == 0 and p.next_deadline() is None
+
+
+def test_a_change_to_a_watched_key_completes_it_once():
+    p, op = Purgatory(), Op()
+    assert not p.park(op.make(100, ["a", "b"]))
+    assert p.check("a") == 0
+    op.ready = True
+    assert p.check("b") == 1
+    assert p.check("a") == 0  # already done; not completed twice
+    p.expire(1000)
+    assert op.completed == ["ready"]
+
+
+def test_deadlines_expire_in_order_and_bound_the_sleep():
+    p, first, second = Purgatory(), Op(), Op()
+    p.park(second.make(200, ["a"]))
+    p.park(first.make(100, ["a"]))
+    assert p.next_deadline() == 100
+    assert p.expire(99) == 0
+    assert p.expire(100) == 1 and first.completed == ["expired"] and second.completed == []
+    assert p.next_deadline() == 200
+    assert p.expire(500) == 1 and second.completed == ["expired"]
+    assert p.next_deadline() is None
+
+
+def test_cancel_all_answers_everything():
+    p, op = Purgatory(), Op()
+    p.park(op.make(100, ["a"]))
+    p.cancel_all()
+    assert op.completed == ["expired"] and len(p) == 0

@@ -1,0 +1,5 @@
+import sys
+
+from zbroker.cli import main
+
+sys.exit(main())

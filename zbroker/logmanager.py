@@ -1,0 +1,124 @@
+"""The broker's partition logs under one data directory.
+
+On-disk layout (storage/ draws the inside of a partition directory)::
+
+    <data_dir>/
+        meta/topics.json                     metadata image (single node)
+        recovery-point-offset-checkpoint     per partition: offset up to which data is fsynced
+        replication-offset-checkpoint        per partition: high watermark
+        <topic>-<partition>/                 one partition log (storage.Log)
+
+Recovery after an unclean stop: each log is opened with its checkpointed
+recovery point, so only data written after the last checkpoint is scanned
+(and a torn or corrupt tail truncated).  On a clean stop every log is flushed
+and both checkpoints are written with the final offsets, so the next start
+scans only each log's active segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from storage import FileHandleCache, Log, LogConfig, OffsetCheckpoint
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+RECOVERY_CHECKPOINT = "recovery-point-offset-checkpoint"
+HW_CHECKPOINT = "replication-offset-checkpoint"
+
+
+def log_config(settings: dict) -> LogConfig:
+    """Storage settings from a topic's effective settings."""
+    return LogConfig(
+        segment_bytes=settings["segment_bytes"],
+        segment_ms=settings["segment_ms"],
+        index_interval_bytes=settings["index_interval_bytes"],
+        flush_messages=settings["flush_messages"],
+        flush_ms=settings["flush_ms"],
+        fsync=settings["fsync"],
+        max_message_bytes=settings["max_message_bytes"],
+    )
+
+
+def partition_dir_name(tp: TopicPartition) -> str:
+    return f"{tp[0]}-{tp[1]}"
+
+
+class LogManager:
+    """Opens, creates, flushes, checkpoints and deletes partition logs."""
+
+    def __init__(self, data_dir: str | Path, max_open_files: int = 1024) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.handles = FileHandleCache(max_open_files)
+        self.logs: dict[TopicPartition, Log] = {}
+        self._recovery = OffsetCheckpoint(self.data_dir / RECOVERY_CHECKPOINT)
+        self._hw = OffsetCheckpoint(self.data_dir / HW_CHECKPOINT)
+        self._recovery_points = self._read_checkpoint(self._recovery)
+        self.high_watermarks = self._read_checkpoint(self._hw)
+
+    @staticmethod
+    def _read_checkpoint(cp: OffsetCheckpoint) -> dict[TopicPartition, int]:
+        try:
+            return cp.read()
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # a damaged checkpoint only costs a longer recovery
+            log.warning("ignoring unreadable checkpoint: %s", exc)
+            return {}
+
+    def open(self, tp: TopicPartition, config: LogConfig, now_ms: int) -> Log:
+        """Open (recovering if needed) or create the log of a partition."""
+        existing = self.logs.get(tp)
+        if existing is not None:
+            return existing
+        path = self.data_dir / partition_dir_name(tp)
+        recovery_point = self._recovery_points.get(tp)  # None: scan everything
+        lg = Log(path, config, now_ms, handles=self.handles, recovery_point=recovery_point)
+        self.logs[tp] = lg
+        return lg
+
+    def get(self, tp: TopicPartition) -> Log | None:
+        return self.logs.get(tp)
+
+    def delete(self, tp: TopicPartition) -> None:
+        """Close and remove a partition's log and its directory."""
+        lg = self.logs.pop(tp, None)
+        self._recovery_points.pop(tp, None)
+        self.high_watermarks.pop(tp, None)
+        if lg is not None:
+            lg.delete()
+        else:
+            shutil.rmtree(self.data_dir / partition_dir_name(tp), ignore_errors=True)
+
+    def stray_dirs(self, known: set[TopicPartition]) -> Iterator[Path]:
+        """Partition-looking directories that belong to no known partition."""
+        for child in self.data_dir.iterdir():
+            if not child.is_dir() or child.name == "meta":
+                continue
+            topic, _, part = child.name.rpartition("-")
+            if topic and part.isdigit() and (topic, int(part)) not in known:
+                yield child
+
+    def maybe_flush(self, now_ms: int) -> None:
+        for lg in self.logs.values():
+            lg.maybe_flush(now_ms)
+
+    def checkpoint(self) -> None:
+        """Write the recovery-point and high-watermark checkpoints."""
+        self._recovery.write({tp: lg.recovery_point for tp, lg in self.logs.items()})
+        self._hw.write({tp: hw for tp, hw in self.high_watermarks.items() if tp in self.logs})
+
+    def close(self) -> None:
+        """Flush every log, write the checkpoints, close every file."""
+        for lg in self.logs.values():
+            lg.flush()
+        self.checkpoint()
+        for lg in self.logs.values():
+            lg.close()
+        self.logs.clear()

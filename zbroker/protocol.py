@@ -1,0 +1,227 @@
+"""The native wire protocol: message types, header codec and field schemas.
+
+No sockets here (h11's rule): bytes in, values out.  A message on the wire is
+a ZeroMQ multipart message::
+
+    frame 0      msgpack map: {"v": 1, "type": "produce", "cid": 42, <fields>}
+    frame 1..n   opaque payloads (record batches), referenced by position
+
+Requests and responses share the layout; a response repeats the request's
+``type`` and ``cid`` and adds ``error`` (0 = none) and, on failure,
+``error_message``.  Each request type has a schema (field -> type, required,
+default) that :func:`decode_request` checks, so a handler only ever sees
+well-typed values and a bad field is answered with INVALID_REQUEST naming it.
+docs/protocol.md is the human-readable form of this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from zbroker.errors import ErrorCode
+
+PROTOCOL_VERSION = 1
+
+# Request types (the "type" field).  Responses carry the same string.
+METADATA = "metadata"
+CREATE_TOPIC = "create_topic"
+DELETE_TOPIC = "delete_topic"
+DESCRIBE_TOPIC = "describe_topic"
+ALTER_TOPIC_CONFIG = "alter_topic_config"
+PRODUCE = "produce"
+FETCH = "fetch"
+LIST_OFFSETS = "list_offsets"
+
+# acks on the wire, as in Kafka: 0 = no response, 1 = leader wrote it, -1 = all in-sync replicas.
+ACKS_ALL = -1
+
+# list_offsets special timestamps (Kafka's values).
+LATEST_TIMESTAMP = -1
+EARLIEST_TIMESTAMP = -2
+
+
+class RequestError(Exception):
+    """A request the broker cannot serve; carries the wire error to answer with."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UndecodableFrame(Exception):
+    """Frame 0 is not a msgpack map with a usable correlation id: nobody to answer."""
+
+
+# -- schemas ---------------------------------------------------------------------
+
+_INT = (int,)
+_STR = (str,)
+_BOOL = (bool,)
+_NONE = type(None)
+
+
+@dataclass(frozen=True)
+class Field:
+    types: tuple[type, ...]
+    required: bool = True
+    default: Any = None
+    item: dict[str, Field] | tuple[type, ...] | None = None  # schema of list items
+
+
+def _f(*types: type, required: bool = True, default: Any = None, item=None) -> Field:
+    return Field(tuple(types), required, default, item)
+
+
+_TOPIC_PARTITION = {"topic": _f(str), "partition": _f(int)}
+
+SCHEMAS: dict[str, dict[str, Field]] = {
+    METADATA: {
+        "topics": _f(list, _NONE, required=False, item=_STR),
+        "allow_auto_create": _f(bool, required=False, default=False),
+    },
+    CREATE_TOPIC: {
+        "topic": _f(str),
+        "partitions": _f(int, _NONE, required=False),
+        "replication_factor": _f(int, _NONE, required=False),
+        "config": _f(dict, required=False, default={}),
+        "validate_only": _f(bool, required=False, default=False),
+    },
+    DELETE_TOPIC: {"topic": _f(str)},
+    DESCRIBE_TOPIC: {"topic": _f(str)},
+    ALTER_TOPIC_CONFIG: {"topic": _f(str), "config": _f(dict)},
+    PRODUCE: {
+        "acks": _f(int, required=False, default=1),
+        "timeout_ms": _f(int, required=False, default=30000),
+        "batches": _f(list, item=_TOPIC_PARTITION),
+    },
+    FETCH: {
+        "max_wait_ms": _f(int, required=False, default=500),
+        "min_bytes": _f(int, required=False, default=1),
+        "max_bytes": _f(int, required=False, default=52428800),
+        "replica_id": _f(int, required=False, default=-1),
+        "partitions": _f(
+            list,
+            item={
+                **_TOPIC_PARTITION,
+                "offset": _f(int),
+                "max_bytes": _f(int, required=False, default=1048576),
+            },
+        ),
+    },
+    LIST_OFFSETS: {
+        "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
+    },
+}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", str: "string", bool: "boolean", list: "array", dict: "map", _NONE: "nil"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is an int subclass in Python; on the wire they are distinct types.
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _check(where: str, body: dict, schema: dict[str, Field]) -> dict:
+    out = {}
+    for name, field in schema.items():
+        if name not in body:
+            if field.required:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"missing field '{where}{name}'")
+            out[name] = field.default
+            continue
+        value = body[name]
+        if not _is(value, field.types):
+            raise RequestError(
+                ErrorCode.INVALID_REQUEST,
+                f"field '{where}{name}' must be {_type_name(field.types)}, got {type(value).__name__}",
+            )
+        if field.item is not None and isinstance(value, list):
+            value = [_check_item(f"{where}{name}[{i}].", v, field.item) for i, v in enumerate(value)]
+        out[name] = value
+    return out
+
+
+def _check_item(where: str, value: Any, item) -> Any:
+    if isinstance(item, dict):
+        if not isinstance(value, dict):
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"field '{where[:-1]}' must be a map, got {type(value).__name__}")
+        return _check(where, value, item)
+    if not _is(value, item):
+        raise RequestError(
+            ErrorCode.INVALID_REQUEST, f"field '{where[:-1]}' must be {_type_name(item)}, got {type(value).__name__}"
+        )
+    return value
+
+
+# -- codec -----------------------------------------------------------------------
+
+def encode(message: dict) -> bytes:
+    """Encode a header map (frame 0)."""
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode_header(frame: bytes, max_size: int = 1 << 20) -> dict:
+    """Decode frame 0 into a map that has at least ``cid`` (an int).
+
+    Raises:
+        UndecodableFrame: not msgpack, not a map, or no integer ``cid``: the
+            message cannot be answered, only dropped and logged.
+    """
+    if len(frame) > max_size:
+        raise UndecodableFrame(f"header frame of {len(frame)} bytes exceeds {max_size}")
+    try:
+        header = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise UndecodableFrame(f"header frame is not msgpack: {exc}") from None
+    if not isinstance(header, dict):
+        raise UndecodableFrame(f"header frame is a {type(header).__name__}, not a map")
+    cid = header.get("cid")
+    if not isinstance(cid, int) or isinstance(cid, bool):
+        raise UndecodableFrame("header frame has no integer 'cid'")
+    return header
+
+
+def decode_request(header: dict) -> tuple[str, dict]:
+    """Check version, type and every field of a request header.
+
+    Returns:
+        (type, fields) where fields holds every schema field, defaults filled in.
+
+    Raises:
+        RequestError: UNSUPPORTED_VERSION or INVALID_REQUEST, naming what was wrong.
+    """
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise RequestError(
+            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r} not supported (this broker speaks {PROTOCOL_VERSION})"
+        )
+    kind = header.get("type")
+    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {kind!r}")
+    return kind, _check("", header, schema)
+
+
+def response(kind: str, cid: int, error: int = 0, error_message: str | None = None, **fields: Any) -> dict:
+    """Build a response header map."""
+    msg = {"v": PROTOCOL_VERSION, "type": kind, "cid": cid, "error": int(error)}
+    if error_message:
+        msg["error_message"] = error_message
+    msg.update(fields)
+    return msg
+
+
+def request(kind: str, cid: int, **fields: Any) -> dict:
+    """Build a request header map."""
+    msg = {"v": PROTOCOL_VERSION, "type": kind, "cid": cid}
+    msg.update(fields)
+    return msg

@@ -1,0 +1,129 @@
+"""Delayed operations: requests parked until a condition holds or a deadline passes.
+
+Kafka calls this the purgatory.  A long-poll fetch (not enough bytes yet) and,
+with replication, an acks=all produce (not yet on every in-sync replica) are
+parked here instead of blocking the event loop.  An operation watches keys
+(partitions); whoever changes a key (an append, a follower's progress) calls
+:meth:`Purgatory.check`, which retries the watchers of that key.  The event loop
+calls :meth:`Purgatory.expire` with ``now`` and sleeps no longer than
+:meth:`Purgatory.next_deadline`.  Pure: time is passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from typing import Callable, Hashable, Iterable
+
+
+class DelayedOperation:
+    """A parked request.
+
+    Args:
+        deadline_ms: when to give up waiting and complete anyway.
+        keys: what to watch.
+        try_complete: called on a change to a watched key (and once on entry);
+            returns True once it has completed the operation.
+        on_expire: completes the operation at the deadline.
+    """
+
+    __slots__ = ("deadline_ms", "keys", "_try", "_expire", "done")
+
+    def __init__(
+        self,
+        deadline_ms: int,
+        keys: Iterable[Hashable],
+        try_complete: Callable[[], bool],
+        on_expire: Callable[[], None],
+    ) -> None:
+        self.deadline_ms = deadline_ms
+        self.keys = tuple(keys)
+        self._try = try_complete
+        self._expire = on_expire
+        self.done = False
+
+    def try_complete(self) -> bool:
+        if not self.done and self._try():
+            self.done = True
+        return self.done
+
+    def force_expire(self) -> None:
+        if not self.done:
+            self.done = True
+            self._expire()
+
+
+class Purgatory:
+    """Parked operations, by watched key and by deadline."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[Hashable, list[DelayedOperation]] = defaultdict(list)
+        self._deadlines: list[tuple[int, int, DelayedOperation]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(1 for _, _, op in self._deadlines if not op.done)
+
+    def park(self, op: DelayedOperation) -> bool:
+        """Try ``op`` once; if not complete, park it. Returns True if it completed now."""
+        if op.try_complete():
+            return True
+        for key in op.keys:
+            self._watchers[key].append(op)
+        heapq.heappush(self._deadlines, (op.deadline_ms, next(self._seq), op))
+        return False
+
+    def check(self, key: Hashable) -> int:
+        """Retry the operations watching ``key``; returns how many completed."""
+        ops = self._watchers.get(key)
+        if not ops:
+            return 0
+        completed = 0
+        remaining = []
+        for op in ops:
+            if op.done:
+                continue
+            if op.try_complete():
+                completed += 1
+            else:
+                remaining.append(op)
+        if remaining:
+            self._watchers[key] = remaining
+        else:
+            del self._watchers[key]
+        return completed
+
+    def expire(self, now_ms: int) -> int:
+        """Complete every operation whose deadline has passed; returns how many."""
+        expired = 0
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, _, op = heapq.heappop(self._deadlines)
+            if not op.done:
+                op.force_expire()
+                expired += 1
+                self._unwatch(op)
+        # drop completed operations from the head so next_deadline stays meaningful
+        while self._deadlines and self._deadlines[0][2].done:
+            heapq.heappop(self._deadlines)
+        return expired
+
+    def _unwatch(self, op: DelayedOperation) -> None:
+        for key in op.keys:
+            ops = self._watchers.get(key)
+            if ops is not None:
+                ops[:] = [o for o in ops if o is not op]
+                if not ops:
+                    del self._watchers[key]
+
+    def next_deadline(self) -> int | None:
+        while self._deadlines and self._deadlines[0][2].done:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def cancel_all(self) -> None:
+        """Expire everything (shutdown)."""
+        for _, _, op in self._deadlines:
+            op.force_expire()
+        self._deadlines.clear()
+        self._watchers.clear()
