@@ -17,6 +17,10 @@ _CLIENT_NAMES = {
     "ClusterDescription",
     "BrokerInfo",
     "TopicPartition",
+    "OffsetAndTimestamp",
+    "GroupDescription",
+    "MemberInfo",
+    "OffsetInfo",
 }
 
 __all__ = sorted(_CLIENT_NAMES)

@@ -118,7 +118,7 @@ def serve(config_path: str | None, broker_id: int | None, data_dir: str | None, 
 def _admin(ctx: click.Context):
     from clients import Admin
 
-    return Admin(bootstrap=ctx.obj["bootstrap"], request_timeout_ms=15000)
+    return Admin(bootstrap=ctx.obj["bootstrap"], request_timeout_ms=10000)
 
 
 def _parse_configs(pairs: tuple[str, ...], allow_empty: bool = False) -> dict[str, str | None]:
@@ -300,6 +300,11 @@ def consume(ctx, topic, group, from_beginning, partition, offset, max_messages, 
     finally:
         consumer.close()
     click.echo(f"consumed {seen} record(s)", err=True)
+
+
+from zbroker.bench import bench  # noqa: E402
+
+cli.add_command(bench)
 
 
 def main(argv: list[str] | None = None) -> int:
