@@ -9,6 +9,7 @@ groups and raises :class:`~zbroker.errors.InvalidGroupIdError` for now.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from clients.connection import NetworkClient
@@ -17,10 +18,16 @@ from clients.structs import BrokerInfo, ClusterDescription, GroupDescription, Pa
 from zbroker.errors import (
     ClientClosedError,
     ConnectionBrokenError,
+    ErrorCode,
     InvalidGroupIdError,
     RequestTimeoutError,
     ZBrokerError,
 )
+
+
+#: Errors after which an admin request is retried (until request_timeout_ms): the
+#: cluster is electing a controller.  Others (an unknown topic, say) are answers.
+_RETRY_CODES = frozenset({ErrorCode.NOT_CONTROLLER, ErrorCode.REQUEST_TIMED_OUT, ErrorCode.COORDINATOR_NOT_AVAILABLE})
 
 
 class Admin:
@@ -53,6 +60,12 @@ class Admin:
                     return header
                 except (RequestTimeoutError, ConnectionBrokenError) as exc:
                     last = exc
+                except ZBrokerError as exc:
+                    # no controller yet, or a controller change under way: wait and retry
+                    if exc.code not in _RETRY_CODES:
+                        raise
+                    last = exc
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
             if time.monotonic() >= deadline:
                 raise last or RequestTimeoutError(f"{kind}: no broker answered")
             time.sleep(0.05)
@@ -103,7 +116,35 @@ class Admin:
             ),
             key=lambda p: p.partition,
         )
+        parts = self._fill_offsets(name, parts)
         return TopicDescription(h.get("topic", name), parts, dict(h.get("config") or {}), bool(h.get("internal")), list(h.get("overrides") or ()))
+
+    def _fill_offsets(self, name: str, parts: list[PartitionInfo]) -> list[PartitionInfo]:
+        """A broker knows the offsets of the partitions it leads only: ask the other leaders."""
+        missing = [p for p in parts if p.high_watermark < 0 and p.leader >= 0]
+        if not missing:
+            return parts
+        meta = self._call("metadata", {"topics": [name]})
+        address = {b["id"]: f"{b['host']}:{b['port']}" for b in meta.get("brokers") or ()}
+        found: dict[int, tuple[int, int]] = {}
+        by_leader: dict[int, list[int]] = {}
+        for p in missing:
+            by_leader.setdefault(p.leader, []).append(p.partition)
+        for leader, indexes in by_leader.items():
+            if leader not in address:
+                continue
+            specs = [{"topic": name, "partition": i, "timestamp": ts} for i in indexes for ts in (-2, -1)]
+            try:
+                header, _ = self._net.request(address[leader], "list_offsets", {"partitions": specs}, timeout_ms=self.request_timeout_ms)
+            except ZBrokerError:
+                continue  # a leader that does not answer: its offsets stay unknown (-1)
+            results = header.get("partitions") or ()
+            for i, index in enumerate(indexes):
+                start, end = results[2 * i], results[2 * i + 1]
+                if not start.get("error") and not end.get("error"):
+                    found[index] = (start["offset"], end["offset"])
+        return [dataclasses.replace(p, log_start_offset=found[p.partition][0], high_watermark=found[p.partition][1])
+                if p.partition in found else p for p in parts]
 
     def describe_cluster(self) -> ClusterDescription:
         """Cluster name, controller and brokers."""

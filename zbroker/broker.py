@@ -20,6 +20,14 @@ Theory of operation, per request:
 
 Record batches are validated (framing, CRC, count, size) and appended as
 bytes; fetches return the stored bytes.  Records are never decoded here.
+
+Cluster state comes from the control plane (:mod:`zbroker.controlplane`): every
+committed metadata record is applied to the image, then :meth:`Broker._reconcile`
+opens the logs of partitions this broker holds a replica of, records their
+leader epochs, and removes those of deleted topics.  Produce and fetch go to the
+partition's leader only (NOT_LEADER_OR_FOLLOWER elsewhere, LEADER_NOT_AVAILABLE
+while it has none).  Raft messages from peers are handed to the control plane;
+messages for peers land in :attr:`Broker.peer_outbox` as ``(broker_id, header, payloads)``.
 """
 
 from __future__ import annotations
@@ -27,15 +35,19 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import msgpack
+
 from storage import CorruptBatchError, OffsetOutOfRange, parse_header
 from storage.batch import COMPRESSION_MASK, COMPRESSION_SNAPPY
 from zbroker import protocol as P
-from zbroker.config import TOPIC_CONFIG, ClusterConfig, ConfigError, validate_topic_config
+from zbroker.config import ClusterConfig
+from zbroker.controlplane import ControlPlane
 from zbroker.errors import ErrorCode
 from zbroker.logmanager import LogManager, log_config
-from zbroker.metadata import LocalMetadataStore, MetadataImage, PartitionMeta, TopicMeta, topic_name_problem
+from zbroker.metadata import TopicMeta, topic_name_problem
 from zbroker.partition import Partition
 from zbroker.purgatory import DelayedOperation, Purgatory
+from zbroker.topicadmin import META_KEY, TopicAdmin
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +55,23 @@ Frames = list[bytes]
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
 
-class Broker:
-    """One broker's state and request handlers (single node)."""
+class Broker(TopicAdmin):
+    """One broker's state and request handlers."""
 
-    def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int) -> None:
+    def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock=None) -> None:
         self.config = config
         self.entry = config.broker(broker_id)
         self.broker_id = broker_id
         self.logs = LogManager(self.entry.data_dir, config.setting("max_open_files"))
-        self.store = LocalMetadataStore(self.entry.data_dir)
-        self.image: MetadataImage = self.store.load()
+        self.control = ControlPlane(config, broker_id, self.logs.handles, now_ms, clock or (lambda: now_ms))
+        self.image = self.control.image
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.purgatory = Purgatory()
         self.outbox: list[tuple[bytes, Frames]] = []
+        self.peer_outbox: list[tuple[int, dict, Frames]] = []
+        self._pending_topics: dict[str, int] = {}  # topic -> metadata offset its create/delete commits at
+        self._forwards: dict[int, tuple[bytes, int, str, int]] = {}
+        self._forward_seq = 0
         self._last_checkpoint_ms = now_ms
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
@@ -66,31 +82,92 @@ class Broker:
             P.PRODUCE: self._produce,
             P.FETCH: self._fetch,
             P.LIST_OFFSETS: self._list_offsets,
+            P.CREATE_PARTITIONS: self._create_partitions,
         }
-        for topic in self.image.topics.values():
-            self._open_topic(topic, now_ms)
-        known = set(self.partitions)
-        for stray in self.logs.stray_dirs(known):
-            log.warning("data dir holds %s, which belongs to no known topic; leaving it alone", stray)
+        for kind in P.RAFT_SCHEMAS:
+            self._handlers[kind] = self._raft_message
+        self._reconcile(now_ms)
+        for stray in self.logs.stray_dirs(set(self.partitions)):
+            log.warning("data dir holds %s, which belongs to no known partition of this broker; leaving it alone", stray)
         log.info("broker %s loaded topics=%d partitions=%d", broker_id, len(self.image.topics), len(self.partitions))
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _open_topic(self, topic: TopicMeta, now_ms: int) -> None:
-        cfg = log_config(self.config.topic_settings(topic.overrides))
-        for pm in topic.partitions:
-            tp = (topic.name, pm.partition)
-            lg = self.logs.open(tp, cfg, now_ms)
-            part = Partition(topic.name, pm.partition, lg, self.broker_id, pm.leader_epoch, list(pm.isr))
-            # Single node: every acknowledged append is on the only replica.
-            part.high_watermark = lg.log_start_offset
-            part.update_high_watermark()
-            self.partitions[tp] = part
-            self.logs.high_watermarks[tp] = part.high_watermark
+    def _reconcile(self, now_ms: int) -> None:
+        """Make local partitions match the image: open, update, remove."""
+        wanted = set()
+        for topic in self.image.topics.values():
+            cfg = None
+            for pm in topic.partitions:
+                if self.broker_id not in pm.replicas:
+                    continue
+                tp = (topic.name, pm.partition)
+                wanted.add(tp)
+                part = self.partitions.get(tp)
+                if part is None:
+                    cfg = cfg or log_config(self.config.topic_settings(topic.overrides))
+                    lg = self.logs.open(tp, cfg, now_ms)
+                    part = Partition(topic.name, pm.partition, lg, self.broker_id)
+                    part.high_watermark = lg.log_start_offset
+                    self.partitions[tp] = part
+                    if pm.leader == self.broker_id:
+                        part.high_watermark = self.logs.high_watermarks.get(tp, lg.log_start_offset)
+                elif cfg is None and part.log.config != log_config(self.config.topic_settings(topic.overrides)):
+                    cfg = log_config(self.config.topic_settings(topic.overrides))
+                if cfg is not None:
+                    part.log.config = cfg
+                if (part.leader, part.leader_epoch) != (pm.leader, pm.leader_epoch):
+                    log.info("partition %s-%s leader=%s epoch=%s%s", tp[0], tp[1], pm.leader, pm.leader_epoch,
+                             " (this broker)" if pm.leader == self.broker_id else "")
+                part.leader, part.leader_epoch, part.isr = pm.leader, pm.leader_epoch, list(pm.isr)
+                if part.leader == self.broker_id and part.update_high_watermark():
+                    self.logs.high_watermarks[tp] = part.high_watermark
+        for tp in [tp for tp in self.partitions if tp not in wanted]:
+            del self.partitions[tp]
+            log.info("removing partition %s-%s from this broker", *tp)
+            self.logs.delete(tp)
+        applied = self.control.applied
+        for name, end in list(self._pending_topics.items()):
+            if end <= applied or not self.control.is_controller:
+                del self._pending_topics[name]
+
+    def _raft_message(self, peer, header, fields, frames, now_ms):
+        self.control.on_raft_message({**fields, "type": header["type"]}, frames[1] if len(frames) > 1 else None, now_ms)
+        self._drain_control(now_ms)
+        return None  # one-way: never answered
+
+    def on_heartbeat(self, frame: bytes, now_ms: int) -> None:
+        """A gossip heartbeat from the SUB socket (garbage is ignored: beats may be lost anyway)."""
+        try:
+            hb = msgpack.unpackb(frame, raw=False)
+        except Exception:
+            return
+        if isinstance(hb, dict):
+            self.control.on_heartbeat(hb, now_ms)
+            self._drain_control(now_ms)
+
+    def heartbeat(self) -> bytes:
+        return msgpack.packb(self.control.heartbeat(), use_bin_type=True)
+
+    def _drain_control(self, now_ms: int) -> None:
+        for dst, fields, payload in self.control.peer_outbox:
+            self.peer_outbox.append((dst, {"v": P.PROTOCOL_VERSION, "cid": 0, **fields}, [payload] if payload else []))
+        self.control.peer_outbox.clear()
+        applied = self.control.apply_committed()
+        if applied:
+            self._reconcile(now_ms)
+            self.purgatory.check(META_KEY)
 
     def tick(self, now_ms: int) -> None:
-        """Timers: expire parked requests, apply the time-based flush policy, checkpoint."""
+        """Timers: Raft and controller duties, parked requests, flush policy, checkpoints."""
+        applied = self.control.step(now_ms)
+        self._drain_control(now_ms)
+        if applied:
+            self._reconcile(now_ms)
+            self.purgatory.check(META_KEY)
+        self.purgatory.check(META_KEY)  # controller changes fail pending admin requests
         self.purgatory.expire(now_ms)
+        self._expire_forwards(now_ms)
         if now_ms - self._last_checkpoint_ms >= self.config.setting("flush_check_ms"):
             self._last_checkpoint_ms = now_ms
             self.logs.maybe_flush(now_ms)
@@ -98,16 +175,19 @@ class Broker:
 
     def next_timer_ms(self, now_ms: int) -> int:
         """Milliseconds until :meth:`tick` has work."""
-        due = self._last_checkpoint_ms + self.config.setting("flush_check_ms")
+        due = min(self._last_checkpoint_ms + self.config.setting("flush_check_ms"), self.control.next_deadline())
         deadline = self.purgatory.next_deadline()
         if deadline is not None:
             due = min(due, deadline)
+        if self._forwards:
+            due = min(due, min(f[3] for f in self._forwards.values()))
         return max(0, due - now_ms)
 
     def close(self) -> None:
         """Answer parked requests, flush every log and write checkpoints."""
         self.purgatory.cancel_all()
         self.logs.close()
+        self.control.close()
         log.info("broker %s closed cleanly", self.broker_id)
 
     # -- dispatch ----------------------------------------------------------------
@@ -160,88 +240,50 @@ class Broker:
         for name in names:
             topic = self.image.get(name)
             if topic is None and fields["allow_auto_create"] and self.config.setting("auto_create_topics"):
-                if topic_name_problem(name) is None:
-                    topic = self._do_create(name, None, None, {}, now_ms)
-                    log.info("auto-created topic=%s partitions=%d", name, topic.partition_count)
+                self._auto_create(name, now_ms)
+                topic = self.image.get(name)
+                if topic is None and topic_name_problem(name) is None:
+                    topics.append({"topic": name, "error": int(ErrorCode.LEADER_NOT_AVAILABLE), "internal": False, "partitions": []})
+                    continue
             if topic is None:
                 error = ErrorCode.INVALID_TOPIC_EXCEPTION if topic_name_problem(name, True) else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                 topics.append({"topic": name, "error": int(error), "internal": False, "partitions": []})
             else:
                 topics.append({"topic": name, "error": 0, "internal": topic.internal, "partitions": self._partition_meta(topic)})
-        e = self.entry
+        live = self.control.live_brokers(now_ms)
+        brokers = [{"id": b.id, "host": b.host, "port": b.port, "alive": b.id in live} for b in self.config.brokers]
         return P.response(
             P.METADATA,
             header["cid"],
             cluster_name=self.config.name,
-            controller=self.broker_id,
-            controller_epoch=0,
-            brokers=[{"id": e.id, "host": e.host, "port": e.port, "alive": True}],
+            controller=self.control.controller,
+            controller_epoch=self.control.epoch,
+            brokers=brokers,
             topics=topics,
         )
 
-    def _do_create(self, name: str, partitions: int | None, rf: int | None, overrides: dict, now_ms: int) -> TopicMeta:
-        count = partitions if partitions is not None else self.config.default_partitions()
-        parts = [PartitionMeta(i, [self.broker_id], self.broker_id, 0, [self.broker_id]) for i in range(count)]
-        topic = TopicMeta(name, parts, overrides)
-        self.image.add(topic)
-        self._open_topic(topic, now_ms)
-        self.store.save(self.image)
-        return topic
-
-    def _create_topic(self, peer, header, fields, frames, now_ms):
-        name = fields["topic"]
-        problem = topic_name_problem(name)
-        if problem:
-            raise P.RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, problem)
-        if self.image.get(name) is not None:
-            raise P.RequestError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
-        partitions = fields["partitions"]
-        if partitions is not None and not 1 <= partitions <= 100_000:
-            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"partitions must be from 1 to 100000, got {partitions}")
-        rf = fields["replication_factor"]
-        live = len(self.config.brokers)
-        if rf is not None and not 1 <= rf <= live:
-            raise P.RequestError(
-                ErrorCode.INVALID_REPLICATION_FACTOR, f"replication factor {rf} must be from 1 to the {live} broker(s) available"
-            )
-        overrides = self._checked_overrides(fields["config"])
-        if not fields["validate_only"]:
-            topic = self._do_create(name, partitions, rf, overrides, now_ms)
-            log.info("created topic=%s partitions=%d overrides=%s", name, topic.partition_count, overrides)
-        return P.response(P.CREATE_TOPIC, header["cid"])
-
-    @staticmethod
-    def _checked_overrides(config: dict) -> dict:
-        try:
-            return validate_topic_config(config)
-        except ConfigError as exc:
-            raise P.RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from None
-
-    def _known_topic(self, name: str) -> TopicMeta:
-        topic = self.image.get(name)
-        if topic is None:
-            raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
-        return topic
-
-    def _delete_topic(self, peer, header, fields, frames, now_ms):
-        topic = self._known_topic(fields["topic"])
-        for pm in topic.partitions:
-            tp = (topic.name, pm.partition)
-            self.partitions.pop(tp, None)
-            self.logs.delete(tp)
-        self.image.remove(topic.name)
-        self.store.save(self.image)
-        log.info("deleted topic=%s", topic.name)
-        return P.response(P.DELETE_TOPIC, header["cid"])
+    def _partition_meta(self, topic: TopicMeta) -> list[dict[str, Any]]:
+        return [
+            {
+                "partition": pm.partition,
+                "error": int(ErrorCode.LEADER_NOT_AVAILABLE) if pm.leader < 0 else 0,
+                "leader": pm.leader,
+                "replicas": pm.replicas,
+                "isr": pm.isr,
+                "leader_epoch": pm.leader_epoch,
+            }
+            for pm in topic.partitions
+        ]
 
     def _describe_topic(self, peer, header, fields, frames, now_ms):
         topic = self._known_topic(fields["topic"])
         parts = self._partition_meta(topic)
         for entry in parts:
-            part = self.partitions[(topic.name, entry["partition"])]
-            entry["log_start_offset"] = part.log.log_start_offset
-            entry["high_watermark"] = part.high_watermark
-            entry["log_end_offset"] = part.log.log_end_offset
+            part = self.partitions.get((topic.name, entry["partition"]))
+            known = part is not None and part.leader == self.broker_id
+            entry["log_start_offset"] = part.log.log_start_offset if known else -1
+            entry["high_watermark"] = part.high_watermark if known else -1
+            entry["log_end_offset"] = part.log.log_end_offset if known else -1
         return P.response(
             P.DESCRIBE_TOPIC,
             header["cid"],
@@ -252,29 +294,21 @@ class Broker:
             partitions=parts,
         )
 
-    def _alter_topic_config(self, peer, header, fields, frames, now_ms):
-        topic = self._known_topic(fields["topic"])
-        removals = [k for k, v in fields["config"].items() if v is None]
-        changes = self._checked_overrides({k: v for k, v in fields["config"].items() if v is not None})
-        for key in removals:
-            if key not in TOPIC_CONFIG:
-                raise P.RequestError(ErrorCode.INVALID_CONFIG, f"{key}: unknown topic setting")
-            topic.overrides.pop(key, None)
-        topic.overrides.update(changes)
-        self.store.save(self.image)
-        cfg = log_config(self.config.topic_settings(topic.overrides))
-        for pm in topic.partitions:
-            self.partitions[(topic.name, pm.partition)].log.config = cfg
-        log.info("altered topic=%s set=%s removed=%s", topic.name, changes, removals)
-        return P.response(P.ALTER_TOPIC_CONFIG, header["cid"])
+    def _create_partitions(self, peer, header, fields, frames, now_ms):
+        raise P.RequestError(ErrorCode.INVALID_REQUEST, "adding partitions to a topic is not supported yet")
 
     # -- data path ---------------------------------------------------------------
 
     def _leader_partition(self, topic: str, index: int) -> Partition:
         part = self.partitions.get((topic, index))
-        if part is None:
+        if part is not None and part.leader == self.broker_id:
+            return part
+        pm = self.image.partition(topic, index)
+        if pm is None:
             raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic or partition {topic}-{index}")
-        return part
+        if pm.leader < 0:
+            raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} has no leader right now")
+        raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
 
     def _produce(self, peer, header, fields, frames, now_ms):
         acks = fields["acks"]
@@ -336,10 +370,12 @@ class Broker:
             topic, index, offset = spec["topic"], spec["partition"], spec["offset"]
             entry = {"topic": topic, "partition": index, "error": 0, "high_watermark": -1, "log_start_offset": -1}
             data = b""
-            part = self.partitions.get((topic, index))
-            if part is None:
-                entry["error"] = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
-            else:
+            try:
+                part = self._leader_partition(topic, index)
+            except P.RequestError as exc:
+                entry["error"] = int(exc.code)
+                part = None
+            if part is not None:
                 lg = part.log
                 entry["high_watermark"] = part.high_watermark
                 entry["log_start_offset"] = lg.log_start_offset
@@ -389,9 +425,13 @@ class Broker:
         for spec in fields["partitions"]:
             topic, index, ts = spec["topic"], spec["partition"], spec["timestamp"]
             entry = {"topic": topic, "partition": index, "error": 0, "offset": -1, "timestamp": -1}
-            part = self.partitions.get((topic, index))
+            try:
+                part = self._leader_partition(topic, index)
+            except P.RequestError as exc:
+                entry["error"] = int(exc.code)
+                part = None
             if part is None:
-                entry["error"] = int(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                pass
             elif ts == P.LATEST_TIMESTAMP:
                 entry["offset"] = part.high_watermark
             elif ts == P.EARLIEST_TIMESTAMP:

@@ -105,11 +105,6 @@ def serve(config_path: str | None, broker_id: int | None, data_dir: str | None, 
             changes.update(host=host, port=port)
         if changes:
             config = config.with_broker(entry.id, **changes)
-    if len(config.brokers) > 1:
-        raise BadUsage(
-            f"{config_path}: lists {len(config.brokers)} brokers; this version runs single-node brokers only "
-            "(clustering is not implemented yet)"
-        )
     Path(config.broker(broker_id).data_dir).mkdir(parents=True, exist_ok=True)
     setup_logging(log_level)
     run_server(config, broker_id)
@@ -303,14 +298,16 @@ def consume(ctx, topic, group, from_beginning, partition, offset, max_messages, 
 
 
 from zbroker.bench import bench  # noqa: E402
+from zbroker.cluster_cli import cluster  # noqa: E402
 
 cli.add_command(bench)
+cli.add_command(cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:
-        cli.main(args=argv, prog_name="zbroker", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="zbroker", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -319,7 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
-    return 0
+    except BrokenPipeError:  # `zbroker ... | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -159,8 +159,9 @@ class BrokerEntry:
 #: [cluster] keys: key -> (default, checker).
 CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "name": ("zbroker", _str),
-    "heartbeat_ms": (500, _int(10)),
-    "session_timeout_ms": (6000, _int(100)),
+    "heartbeat_ms": (250, _int(10)),
+    "session_timeout_ms": (3000, _int(100)),
+    "election_timeout_ms": (1000, _int(50)),
     "replica_lag_ms": (10_000, _int(100)),
     "auto_create_topics": (True, _bool),
     "max_request_bytes": (104_857_600, _int(1024)),

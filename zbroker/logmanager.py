@@ -3,7 +3,8 @@
 On-disk layout (storage/ draws the inside of a partition directory)::
 
     <data_dir>/
-        meta/topics.json                     metadata image (single node)
+        __cluster_metadata-0/                the replicated metadata log (zbroker/metalog.py)
+        meta/quorum-state, meta/incarnation  election state, restart counter
         recovery-point-offset-checkpoint     per partition: offset up to which data is fsynced
         replication-offset-checkpoint        per partition: high watermark
         <topic>-<partition>/                 one partition log (storage.Log)
@@ -99,7 +100,7 @@ class LogManager:
     def stray_dirs(self, known: set[TopicPartition]) -> Iterator[Path]:
         """Partition-looking directories that belong to no known partition."""
         for child in self.data_dir.iterdir():
-            if not child.is_dir() or child.name == "meta":
+            if not child.is_dir() or child.name == "meta" or child.name.startswith("__cluster_metadata"):
                 continue
             topic, _, part = child.name.rpartition("-")
             if topic and part.isdigit() and (topic, int(part)) not in known:

@@ -1,10 +1,10 @@
 """The metadata image: topics, their settings and their partitions' placement.
 
 This is the broker's in-memory picture of the cluster that metadata requests are
-answered from.  It is a plain value object: no files, no sockets.  On a single
-node the image is stored in ``<data_dir>/meta/topics.json`` by
-:class:`LocalMetadataStore`; in a cluster it is built by applying the committed
-records of the replicated metadata log (see docs/architecture.md).
+answered from.  It is a plain value object: no files, no sockets.  It is built by
+applying, in order, the committed records of the replicated metadata log
+``__cluster_metadata`` (records defined at the bottom of this module; see
+zbroker/controlplane.py and docs/architecture.md).
 
 Topic names follow Kafka's rule: 1-249 characters from ``[A-Za-z0-9._-]``, not
 ``.`` or ``..``.  Names starting with ``__`` are reserved for internal topics.
@@ -12,13 +12,10 @@ Topic names follow Kafka's rule: 1-249 characters from ``[A-Za-z0-9._-]``, not
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from storage.checkpoint import write_atomic
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -80,35 +77,49 @@ class MetadataImage:
     def remove(self, name: str) -> TopicMeta | None:
         return self.topics.pop(name, None)
 
-    def to_json(self) -> bytes:
-        return json.dumps({"version": 1, "topics": [asdict(t) for t in self.topics.values()]}, indent=1).encode()
 
-    @classmethod
-    def from_json(cls, data: bytes, source: str) -> MetadataImage:
-        try:
-            doc = json.loads(data)
-            if doc.get("version") != 1:
-                raise ValueError(f"unsupported version {doc.get('version')!r}")
-            topics = {}
-            for t in doc["topics"]:
-                parts = [PartitionMeta(**p) for p in t["partitions"]]
-                topics[t["name"]] = TopicMeta(t["name"], parts, dict(t.get("overrides", {})), bool(t.get("internal", False)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: corrupt metadata file: {exc}") from None
-        return cls(topics)
+# -- the metadata log's records -------------------------------------------------------
+#
+# Each record of __cluster_metadata is a msgpack map with a "type".  Records set
+# whole values (never increments), so applying one twice is harmless; an empty
+# record is the Raft leader-change marker and changes nothing.
+
+TOPIC_RECORD = "topic"  # name, internal, overrides, partitions: [{partition, replicas, leader, leader_epoch, isr}]
+REMOVE_TOPIC_RECORD = "remove_topic"  # name
+TOPIC_CONFIG_RECORD = "topic_config"  # name, overrides (the whole new override map)
+PARTITION_CHANGE_RECORD = "partition_change"  # topic, partition, leader, leader_epoch, isr
 
 
-class LocalMetadataStore:
-    """Single-node persistence of the image: one JSON file, replaced atomically."""
+def topic_record(topic: TopicMeta) -> dict:
+    return {
+        "type": TOPIC_RECORD,
+        "name": topic.name,
+        "internal": topic.internal,
+        "overrides": dict(topic.overrides),
+        "partitions": [asdict(p) for p in topic.partitions],
+    }
 
-    def __init__(self, data_dir: str | Path) -> None:
-        self.path = Path(data_dir) / "meta" / "topics.json"
 
-    def load(self) -> MetadataImage:
-        if not self.path.exists():
-            return MetadataImage()
-        return MetadataImage.from_json(self.path.read_bytes(), str(self.path))
-
-    def save(self, image: MetadataImage) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, image.to_json())
+def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:
+    """Apply one committed record; returns the names of the topics it touched."""
+    kind = record.get("type")
+    if kind == TOPIC_RECORD:
+        parts = [PartitionMeta(**p) for p in record["partitions"]]
+        image.add(TopicMeta(record["name"], parts, dict(record["overrides"]), bool(record.get("internal", False))))
+        return (record["name"],)
+    if kind == REMOVE_TOPIC_RECORD:
+        image.remove(record["name"])
+        return (record["name"],)
+    if kind == TOPIC_CONFIG_RECORD:
+        topic = image.get(record["name"])
+        if topic is not None:
+            topic.overrides = dict(record["overrides"])
+        return (record["name"],)
+    if kind == PARTITION_CHANGE_RECORD:
+        pm = image.partition(record["topic"], record["partition"])
+        if pm is not None:
+            pm.leader = record["leader"]
+            pm.leader_epoch = record["leader_epoch"]
+            pm.isr = list(record["isr"])
+        return (record["topic"],)
+    raise ValueError(f"unknown metadata record type {kind!r}")

@@ -20,6 +20,7 @@ class Partition:
     index: int
     log: Log
     broker_id: int
+    leader: int = -1
     leader_epoch: int = 0
     isr: list[int] = field(default_factory=list)
     replica_leo: dict[int, int] = field(default_factory=dict)

@@ -34,6 +34,16 @@ ALTER_TOPIC_CONFIG = "alter_topic_config"
 PRODUCE = "produce"
 FETCH = "fetch"
 LIST_OFFSETS = "list_offsets"
+CREATE_PARTITIONS = "create_partitions"
+
+# Broker-to-broker (zbroker.raft message types; one-way, never answered on the ROUTER).
+RAFT_PRE_VOTE = "raft_pre_vote"
+RAFT_PRE_VOTE_RESPONSE = "raft_pre_vote_response"
+RAFT_VOTE = "raft_vote"
+RAFT_VOTE_RESPONSE = "raft_vote_response"
+RAFT_BEGIN_EPOCH = "raft_begin_epoch"
+RAFT_FETCH = "raft_fetch"
+RAFT_FETCH_RESPONSE = "raft_fetch_response"
 
 # acks on the wire, as in Kafka: 0 = no response, 1 = leader wrote it, -1 = all in-sync replicas.
 ACKS_ALL = -1
@@ -115,7 +125,30 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     LIST_OFFSETS: {
         "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
     },
+    CREATE_PARTITIONS: {"topic": _f(str), "total": _f(int)},
 }
+
+_RAFT = {"from": _f(int), "epoch": _f(int)}
+_LOG_POSITION = {"last_epoch": _f(int), "end_offset": _f(int)}
+_LEADER = {"leader": _f(int, _NONE, required=False)}
+RAFT_SCHEMAS: dict[str, dict[str, Field]] = {
+    RAFT_PRE_VOTE: {**_RAFT, "proposed": _f(int), **_LOG_POSITION},
+    RAFT_PRE_VOTE_RESPONSE: {**_RAFT, "proposed": _f(int), "granted": _f(bool), **_LEADER},
+    RAFT_VOTE: {**_RAFT, **_LOG_POSITION},
+    RAFT_VOTE_RESPONSE: {**_RAFT, "granted": _f(bool), **_LEADER},
+    RAFT_BEGIN_EPOCH: {**_RAFT, "leader": _f(int)},
+    RAFT_FETCH: {**_RAFT, "offset": _f(int), "last_fetched_epoch": _f(int)},
+    RAFT_FETCH_RESPONSE: {
+        **_RAFT,
+        **_LEADER,
+        "error": _f(int, required=False, default=0),
+        "offset": _f(int),
+        "last_fetched_epoch": _f(int),
+        "high_watermark": _f(int),
+        "diverging": _f(list, _NONE, required=False, item=(int,)),
+    },
+}
+SCHEMAS.update(RAFT_SCHEMAS)
 
 
 def _type_name(types: tuple[type, ...]) -> str:

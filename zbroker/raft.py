@@ -159,6 +159,8 @@ class RaftNode:
         self._last_contact = now_ms
         self._fetch_sent_at: int | None = None
         self._deadline = now_ms + election_timeout_ms + self._rank_delay()
+        if len(self.voters) == 1:
+            self._deadline = now_ms  # a quorum of one: no one to wait for
 
     # -- helpers -----------------------------------------------------------------
 
@@ -197,6 +199,8 @@ class RaftNode:
 
     def observe(self, epoch: int, leader: int | None, now_ms: int) -> None:
         """Learn of an epoch (and maybe its leader) from any message or heartbeat."""
+        if leader == self.id and self.role is not Role.LEADER:
+            leader = None  # news of our own leadership from before a restart: stale
         if epoch > self.state.epoch:
             self._become_follower(epoch, leader, now_ms)
         elif epoch == self.state.epoch and leader is not None and self.leader is None and leader != self.id:
@@ -224,7 +228,10 @@ class RaftNode:
             self._start_pre_vote(now_ms)
             return
         if self.role is Role.FOLLOWER and self.leader is not None:
-            stale = self._fetch_sent_at is not None and now_ms - self._fetch_sent_at > self.fetch_max_wait_ms + self.election_timeout_ms
+            # a fetch unanswered well past its long-poll wait was lost: ask again, soon enough
+            # that one lost fetch never looks like a dead follower to the leader's quorum check
+            resend_after = self.fetch_max_wait_ms + max(50, self.election_timeout_ms // 4)
+            stale = self._fetch_sent_at is not None and now_ms - self._fetch_sent_at > resend_after
             if self._fetch_sent_at is None or stale:
                 self._send_fetch(now_ms)
 
@@ -259,7 +266,7 @@ class RaftNode:
             and not self._leader_is_fresh(now_ms)
             and self._log_is_current(msg["last_epoch"], msg["end_offset"])
         )
-        self._send(src, PRE_VOTE_RESPONSE, proposed=msg["proposed"], granted=granted, leader=self.leader)
+        self._send(src, PRE_VOTE_RESPONSE, proposed=msg["proposed"], granted=granted, leader=self._fresh_leader(now_ms))
 
     def _on_pre_vote_response(self, src: int, msg: dict, now_ms: int) -> None:
         if msg["epoch"] > self.state.epoch or (msg.get("leader") is not None and self.leader is None):
@@ -308,6 +315,11 @@ class RaftNode:
             return recent >= self.quorum
         return self.leader is not None and now_ms - self._last_contact < self.election_timeout_ms
 
+    def _fresh_leader(self, now_ms: int) -> int | None:
+        """The leader to tell others about: only one we know is alive, never hearsay
+        about a leader that may have died (that would send them back to it)."""
+        return self.leader if self._leader_is_fresh(now_ms) else None
+
     def _on_vote(self, src: int, msg: dict, now_ms: int) -> None:
         epoch = msg["epoch"]
         if epoch > self.state.epoch and self._leader_is_fresh(now_ms):
@@ -324,7 +336,7 @@ class RaftNode:
         if granted:
             self._save(epoch, src)
             self._deadline = now_ms + self.fetch_timeout_ms + self._rank_delay()
-        self._send(src, VOTE_RESPONSE, granted=granted, leader=self.leader)
+        self._send(src, VOTE_RESPONSE, granted=granted, leader=self._fresh_leader(now_ms))
 
     def _on_vote_response(self, src: int, msg: dict, now_ms: int) -> None:
         if msg["epoch"] > self.state.epoch:
@@ -346,8 +358,8 @@ class RaftNode:
             return
         if epoch < self.state.epoch or self.role is not Role.FOLLOWER or src != self.leader:
             return  # stale
-        if msg["offset"] != self.log.end_offset():
-            return  # a duplicate or reordered answer to an older fetch
+        if (msg["offset"], msg.get("last_fetched_epoch")) != (self.log.end_offset(), self.log.last_epoch()):
+            return  # a duplicate or reordered answer to an older fetch (same end and epoch = same log tail)
         self._last_contact = now_ms
         self._deadline = now_ms + self.fetch_timeout_ms + self._rank_delay()
         self._fetch_sent_at = None
@@ -372,7 +384,8 @@ class RaftNode:
     def _on_fetch(self, src: int, msg: dict, now_ms: int) -> None:
         epoch = msg["epoch"]
         if epoch < self.state.epoch:
-            self._send(src, FETCH_RESPONSE, error=int(ErrorCode.FENCED_LEADER_EPOCH), leader=self.leader, offset=msg["offset"], high_watermark=0)
+            self._send(src, FETCH_RESPONSE, error=int(ErrorCode.FENCED_LEADER_EPOCH), leader=self._fresh_leader(now_ms),
+                       offset=msg["offset"], last_fetched_epoch=msg["last_fetched_epoch"], high_watermark=0)
             return
         if epoch > self.state.epoch:
             self._become_follower(epoch, None, now_ms)
@@ -385,8 +398,8 @@ class RaftNode:
         offset, last_epoch = msg["offset"], msg["last_fetched_epoch"]
         end_epoch, end_offset = self.log.end_offset_for_epoch(last_epoch) if offset > 0 else (0, 0)
         if offset > 0 and (end_epoch != last_epoch or offset > end_offset):
-            self._send(src, FETCH_RESPONSE, error=0, leader=self.id, offset=offset, high_watermark=self.high_watermark,
-                       diverging=[end_epoch, max(end_offset, 0)])
+            self._send(src, FETCH_RESPONSE, error=0, leader=self.id, offset=offset, last_fetched_epoch=last_epoch,
+                       high_watermark=self.high_watermark, diverging=[end_epoch, max(end_offset, 0)])
             return
         follower = self._followers.get(src)
         if follower is None:
@@ -398,7 +411,8 @@ class RaftNode:
             self._parked[src] = (msg, now_ms + self.fetch_max_wait_ms, now_ms)
             return
         self._hw_sent[src] = self.high_watermark
-        self._send(src, FETCH_RESPONSE, chunk or None, error=0, leader=self.id, offset=offset, high_watermark=self.high_watermark)
+        self._send(src, FETCH_RESPONSE, chunk or None, error=0, leader=self.id, offset=offset, last_fetched_epoch=last_epoch,
+                   high_watermark=self.high_watermark)
 
     def _advance_hw(self) -> None:
         ends = sorted([self.log.end_offset()] + [f[0] for f in self._followers.values()], reverse=True)

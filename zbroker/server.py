@@ -1,11 +1,20 @@
-"""The broker's one event loop: a ROUTER socket, timers and signal handling.
+"""The broker's one event loop: sockets, timers and signal handling.
 
-This is the only broker module that touches ZeroMQ.  The loop:
+This is the only broker module that touches ZeroMQ.  Sockets:
 
-    poll the ROUTER (timeout = next timer, at most 100 ms)
-    -> receive up to a burst of messages, hand each to Broker.handle
-    -> run Broker.tick (parked-request deadlines, flush policy, checkpoints)
-    -> send everything in Broker.outbox with DONTWAIT
+- ROUTER on ``port``: clients, and other brokers' requests and Raft messages.
+- PUB on ``gossip_port``: this broker's heartbeat every ``heartbeat_ms``.
+- SUB connected to every peer's gossip port: their heartbeats.
+- one DEALER per peer, connected to its ROUTER: Raft messages and forwarded
+  admin requests out, forwarded answers back.  ``IMMEDIATE`` so nothing queues
+  for a peer that is down (Raft tolerates the loss; a retry goes out later).
+
+The loop:
+
+    poll every socket (timeout = next timer, at most 100 ms)
+    -> hand each message to the Broker (requests, heartbeats, peer replies)
+    -> run Broker.tick (Raft and controller timers, parked requests, flush, checkpoints)
+    -> send the outboxes with DONTWAIT; publish a heartbeat when due
 
 Socket options: ROUTER_MANDATORY (a reply to a vanished peer raises instead of
 vanishing silently; it is logged and dropped), ROUTER_HANDOVER (a reconnecting
@@ -30,6 +39,7 @@ import zmq
 
 from zbroker.broker import Broker
 from zbroker.config import ClusterConfig
+from zbroker.protocol import encode
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,11 @@ class Server:
         self._stop = False
         self.ctx = zmq.Context.instance()
         self.router: zmq.Socket | None = None
+        self.pub: zmq.Socket | None = None
+        self.sub: zmq.Socket | None = None
+        self.dealers: dict[int, zmq.Socket] = {}
         self.broker: Broker | None = None
+        self._next_beat = 0
 
     def stop(self, *_args) -> None:
         self._stop = True
@@ -68,40 +82,96 @@ class Server:
         sock.bind(f"tcp://{self.entry.host}:{self.entry.port}")
         return sock
 
+    def _peer_sockets(self) -> None:
+        peers = [b for b in self.config.brokers if b.id != self.broker_id]
+        if not peers:
+            return  # a single node gossips with no one
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100)
+        self.pub.bind(f"tcp://{self.entry.host}:{self.entry.gossip_port}")
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 1000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for peer in peers:
+            self.sub.connect(f"tcp://{peer.host}:{peer.gossip_port}")
+            dealer = self.ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDHWM, 1000)
+            dealer.setsockopt(zmq.MAXMSGSIZE, self.config.setting("max_request_bytes"))
+            dealer.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            dealer.connect(f"tcp://{peer.host}:{peer.port}")
+            self.dealers[peer.id] = dealer
+
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`; then shut down cleanly."""
-        self.broker = Broker(self.config, self.broker_id, now_ms())
+        self.broker = Broker(self.config, self.broker_id, now_ms(), clock=now_ms)
         try:
             self.router = self._bind()
+            self._peer_sockets()
         except zmq.ZMQError as exc:
             self.broker.close()
-            raise OSError(f"cannot listen on {self.entry.address}: {exc}") from None
-        log.info("broker %s listening on %s data_dir=%s pid=%s", self.broker_id, self.entry.address, self.entry.data_dir, os.getpid())
+            raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}: {exc}") from None
+        log.info("broker %s listening on %s gossip=%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
+                 self.entry.gossip_port, self.entry.data_dir, os.getpid())
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        broker, router = self.broker, self.router
+        for sock in (self.router, self.sub, *self.dealers.values()):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+        peer_of = {sock: pid for pid, sock in self.dealers.items()}
+        broker, router, sub = self.broker, self.router, self.sub
+        heartbeat_ms = self.config.setting("heartbeat_ms")
         try:
             while not self._stop:
-                timeout = min(broker.next_timer_ms(now_ms()), _MAX_POLL_MS)
+                now = now_ms()
+                timeout = min(broker.next_timer_ms(now), _MAX_POLL_MS)
+                if self.pub is not None:
+                    timeout = min(timeout, max(0, self._next_beat - now))
                 events = dict(poller.poll(timeout))
+                if sub is not None and sub in events:
+                    self._drain(sub, lambda frames: broker.on_heartbeat(frames[0], now_ms()))
+                for sock in events:
+                    if sock in peer_of:
+                        self._drain(sock, lambda frames: broker.on_peer_reply(frames, now_ms()))
                 if router in events:
-                    for _ in range(_BURST):
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        if len(frames) < 2:
-                            log.warning("dropped a message with no frames after the routing id")
-                            continue
-                        broker.handle(frames[0], frames[1:], now_ms())
-                        if broker.outbox:
-                            self._flush_outbox()
+                    self._drain(router, self._on_request)
                 broker.tick(now_ms())
+                now = now_ms()
+                if self.pub is not None and now >= self._next_beat:
+                    self._next_beat = now + heartbeat_ms
+                    self._publish(broker.heartbeat())
                 self._flush_outbox()
         finally:
             self._shutdown()
 
+    def _drain(self, sock: zmq.Socket, handle) -> None:
+        for _ in range(_BURST):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle(frames)
+            if self.broker.outbox or self.broker.peer_outbox:
+                self._flush_outbox()
+
+    def _on_request(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            log.warning("dropped a message with no frames after the routing id")
+            return
+        self.broker.handle(frames[0], frames[1:], now_ms())
+
+    def _publish(self, beat: bytes) -> None:
+        try:
+            self.pub.send(beat, zmq.DONTWAIT)
+        except zmq.Again:
+            pass  # heartbeats may be lost; the next one follows
+
     def _flush_outbox(self) -> None:
+        if self.broker.peer_outbox:
+            self._flush_peer_outbox()
         outbox = self.broker.outbox
         if not outbox:
             return
@@ -118,12 +188,24 @@ class Server:
                 else:
                     raise
 
+    def _flush_peer_outbox(self) -> None:
+        outbox, self.broker.peer_outbox = self.broker.peer_outbox, []
+        for dst, header, payloads in outbox:
+            dealer = self.dealers.get(dst)
+            if dealer is None:
+                continue
+            try:
+                dealer.send_multipart([encode(header), *payloads], zmq.DONTWAIT)
+            except zmq.Again:
+                log.debug("dropped a message to broker %s: not connected or queue full", dst)
+
     def _shutdown(self) -> None:
         if self.broker is not None:
             self._flush_outbox()
             self.broker.close()
-        if self.router is not None:
-            self.router.close(linger=0)
+        for sock in (self.router, self.pub, self.sub, *self.dealers.values()):
+            if sock is not None:
+                sock.close(linger=0)
         log.info("broker %s stopped", self.broker_id)
 
 

@@ -23,7 +23,7 @@ def test_defaults_and_relative_data_dir(tmp_path):
     b = cfg.broker(4)
     assert (b.host, b.port, b.gossip_port) == ("127.0.0.1", 9555, 9556)
     assert b.data_dir == str(tmp_path / "d")
-    assert cfg.topic_defaults["partitions"] == 3 and cfg.setting("session_timeout_ms") == 6000
+    assert cfg.topic_defaults["partitions"] == 3 and cfg.setting("session_timeout_ms") == 3000
 
 
 @pytest.mark.parametrize(

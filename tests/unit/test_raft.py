@@ -55,6 +55,7 @@ class Cluster:
         self.now = 0
         self.loss, self.dup, self.max_delay = loss, dup, max_delay
         self.timeout = timeout
+        self.gossip_ms = max(1, timeout // 4)
         self.logs = {i: MemoryLog() for i in self.ids}
         self.disk = {i: ElectionState() for i in self.ids}
         self.nodes: dict[int, RaftNode | None] = {}
@@ -101,11 +102,23 @@ class Cluster:
             for _, _, dst, msg, payload in due:
                 if self.nodes.get(dst) is not None and frozenset((msg["from"], dst)) not in self.cut:
                     self.nodes[dst].receive(msg, payload, self.now)
+            if self.now % self.gossip_ms == 0:
+                self._gossip()
             for i, node in self.nodes.items():
                 if node is not None:
                     node.tick(self.now)
                     self._route(i)
             self.check()
+
+    def _gossip(self):
+        """The brokers' heartbeats: each tells its epoch, and names itself if it leads
+        (ControlPlane.on_heartbeat); lossy like everything else."""
+        for src, a in self.nodes.items():
+            for dst, b in self.nodes.items():
+                if a is None or b is None or src == dst or frozenset((src, dst)) in self.cut or self.rng.random() < self.loss:
+                    continue
+                b.observe(a.epoch, src if a.role is Role.LEADER else None, self.now)
+                self._route(dst)
 
     def check(self):
         for i, node in self.nodes.items():
@@ -234,6 +247,7 @@ def test_random_faults_never_break_safety_and_heal_to_agreement(seed):
         c.step(rng.randint(10, 200))
     # heal everything: one leader, everyone converges on its committed log
     c.loss = c.dup = 0.0
+    c.max_delay = 5  # a healed network: ordinary latency
     c.heal()
     c.run_until(c.stable)
     _, end = c.leader().propose([b"final"])
