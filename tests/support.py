@@ -95,9 +95,12 @@ class BrokerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> BrokerProcess:
-        args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
-        if self.config:
-            args += ["--config", str(self.config)]
+        if getattr(self, "use_config_only", False):
+            args = [sys.executable, "-m", "zbroker", "serve", "--config", str(self.config)]
+        else:
+            args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
+            if self.config:
+                args += ["--config", str(self.config)]
         args += self.extra_args
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -158,3 +161,84 @@ class BrokerProcess:
         self.kill()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+class ClusterProcesses:
+    """N brokers from one generated config file, on free loopback ports, fast timings."""
+
+    def __init__(self, root: Path, n: int = 3, heartbeat_ms: int = 100, session_timeout_ms: int = 1500,
+                 election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test") -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config = self.root / "cluster.toml"
+        lines = [
+            "[cluster]",
+            f'name = "{name}"',
+            f"heartbeat_ms = {heartbeat_ms}",
+            f"session_timeout_ms = {session_timeout_ms}",
+            f"election_timeout_ms = {election_timeout_ms}",
+            "flush_check_ms = 200",
+            "",
+            "[topic_defaults]",
+            "partitions = 3",
+            f"replication_factor = {replication_factor}",
+            "",
+        ]
+        self.brokers: dict[int, BrokerProcess] = {}
+        for i in range(1, n + 1):
+            port, gossip = free_port(), free_port()
+            data = self.root / f"b{i}"
+            lines += ["[[broker]]", f"id = {i}", 'host = "127.0.0.1"', f"port = {port}", f"gossip_port = {gossip}", f'data_dir = "{data}"', ""]
+            proc = BrokerProcess(data, port=port, config=self.config, extra_args=["--broker-id", str(i)])
+            proc.use_config_only = True
+            self.brokers[i] = proc
+        self.config.write_text("\n".join(lines))
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers.values())
+
+    def start(self) -> ClusterProcesses:
+        for b in self.brokers.values():
+            b.start(wait=False)
+        for b in self.brokers.values():
+            b.wait_ready()
+        return self
+
+    def metadata(self, broker_id: int, timeout: float = 1.0) -> dict | None:
+        """Broker ``broker_id``'s answer to a metadata request (None if it does not answer)."""
+        client = RawClient(self.brokers[broker_id].bootstrap)
+        try:
+            header, _ = client.call("metadata", timeout=timeout)
+            return header
+        except TimeoutError:
+            return None
+        finally:
+            client.close()
+
+    def controllers(self, ids=None) -> dict[int, tuple[int, int] | None]:
+        """{broker: (controller, epoch)} as each live broker reports it."""
+        out = {}
+        for i in ids or self.brokers:
+            if self.brokers[i].alive():
+                meta = self.metadata(i)
+                out[i] = (meta["controller"], meta["controller_epoch"]) if meta else None
+        return out
+
+    def agreed_controller(self, ids=None) -> tuple[int, int] | None:
+        """(controller, epoch) if every asked broker reports the same, elected one."""
+        seen = set(self.controllers(ids).values())
+        if len(seen) == 1:
+            (value,) = seen
+            if value is not None and value[0] >= 0:
+                return value
+        return None
+
+    def close(self) -> None:
+        for b in self.brokers.values():
+            if b.proc is not None and b.proc.poll() is None:
+                try:
+                    os.kill(b.proc.pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            b.close()
