@@ -37,16 +37,17 @@ from typing import Any, Callable
 
 import msgpack
 
-from storage import CorruptBatchError, OffsetOutOfRange, parse_header
-from storage.batch import COMPRESSION_MASK, COMPRESSION_SNAPPY
 from zbroker import protocol as P
 from zbroker.config import ClusterConfig
 from zbroker.controlplane import ControlPlane
 from zbroker.errors import ErrorCode
 from zbroker.logmanager import LogManager, log_config
-from zbroker.metadata import TopicMeta, topic_name_problem
+from zbroker.metadata import PARTITION_CHANGE_RECORD, TopicMeta, topic_name_problem
 from zbroker.partition import Partition
-from zbroker.purgatory import DelayedOperation, Purgatory
+from zbroker.purgatory import Purgatory
+from zbroker.datapath import DataPath
+from zbroker.producer_state import ProducerStateMixin
+from zbroker.replication import ReplicaFetcher
 from zbroker.topicadmin import META_KEY, TopicAdmin
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ Frames = list[bytes]
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
 
-class Broker(TopicAdmin):
+class Broker(TopicAdmin, DataPath, ProducerStateMixin):
     """One broker's state and request handlers."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock=None) -> None:
@@ -72,6 +73,9 @@ class Broker(TopicAdmin):
         self._pending_topics: dict[str, int] = {}  # topic -> metadata offset its create/delete commits at
         self._forwards: dict[int, tuple[bytes, int, str, int]] = {}
         self._forward_seq = 0
+        self._clock = clock or (lambda: now_ms)
+        self.fetcher = ReplicaFetcher(broker_id)
+        self._isr_requests: dict[int, tuple[str, int]] = {}
         self._last_checkpoint_ms = now_ms
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
@@ -83,6 +87,8 @@ class Broker(TopicAdmin):
             P.FETCH: self._fetch,
             P.LIST_OFFSETS: self._list_offsets,
             P.CREATE_PARTITIONS: self._create_partitions,
+            P.ALTER_ISR: self._alter_isr,
+            P.INIT_PRODUCER_ID: self._init_producer_id,
         }
         for kind in P.RAFT_SCHEMAS:
             self._handlers[kind] = self._raft_message
@@ -94,10 +100,10 @@ class Broker(TopicAdmin):
     # -- lifecycle ---------------------------------------------------------------
 
     def _reconcile(self, now_ms: int) -> None:
-        """Make local partitions match the image: open, update, remove."""
+        """Make local partitions match the image: open, update roles, remove."""
         wanted = set()
         for topic in self.image.topics.values():
-            cfg = None
+            cfg = log_config(self.config.topic_settings(topic.overrides))
             for pm in topic.partitions:
                 if self.broker_id not in pm.replicas:
                     continue
@@ -105,31 +111,97 @@ class Broker(TopicAdmin):
                 wanted.add(tp)
                 part = self.partitions.get(tp)
                 if part is None:
-                    cfg = cfg or log_config(self.config.topic_settings(topic.overrides))
                     lg = self.logs.open(tp, cfg, now_ms)
                     part = Partition(topic.name, pm.partition, lg, self.broker_id)
-                    part.high_watermark = lg.log_start_offset
+                    part.high_watermark = min(max(self.logs.high_watermarks.get(tp, 0), lg.log_start_offset), lg.log_end_offset)
                     self.partitions[tp] = part
-                    if pm.leader == self.broker_id:
-                        part.high_watermark = self.logs.high_watermarks.get(tp, lg.log_start_offset)
-                elif cfg is None and part.log.config != log_config(self.config.topic_settings(topic.overrides)):
-                    cfg = log_config(self.config.topic_settings(topic.overrides))
-                if cfg is not None:
+                if part.log.config != cfg:
                     part.log.config = cfg
-                if (part.leader, part.leader_epoch) != (pm.leader, pm.leader_epoch):
-                    log.info("partition %s-%s leader=%s epoch=%s%s", tp[0], tp[1], pm.leader, pm.leader_epoch,
+                before = (part.leader, part.leader_epoch)
+                part.apply_metadata(pm.leader, pm.leader_epoch, pm.replicas, pm.isr, now_ms)
+                if before != (pm.leader, pm.leader_epoch):
+                    log.info("partition %s-%s leader=%s epoch=%s isr=%s%s", tp[0], tp[1], pm.leader, pm.leader_epoch, pm.isr,
                              " (this broker)" if pm.leader == self.broker_id else "")
-                part.leader, part.leader_epoch, part.isr = pm.leader, pm.leader_epoch, list(pm.isr)
-                if part.leader == self.broker_id and part.update_high_watermark():
-                    self.logs.high_watermarks[tp] = part.high_watermark
+                    self.purgatory.check(tp)  # parked requests of a partition that changed hands
+                if part.is_leader and part.update_high_watermark():
+                    self._hw_moved(part)
         for tp in [tp for tp in self.partitions if tp not in wanted]:
             del self.partitions[tp]
             log.info("removing partition %s-%s from this broker", *tp)
             self.logs.delete(tp)
+            self.purgatory.check(tp)
         applied = self.control.applied
         for name, end in list(self._pending_topics.items()):
             if end <= applied or not self.control.is_controller:
                 del self._pending_topics[name]
+
+    def _now(self) -> int:
+        return self._clock()
+
+    # -- replication -------------------------------------------------------------
+
+    def _replication_step(self, now_ms: int) -> None:
+        """Send follower fetches that are due and ISR changes that are needed."""
+        live = self.control.live_brokers(now_ms)
+        for leader, header in self.fetcher.requests(self.partitions, live, now_ms):
+            self.peer_outbox.append((leader, header, []))
+        lag = self.config.setting("replica_lag_ms")
+        for part in self.partitions.values():
+            if not part.is_leader:
+                continue
+            if part.pending_isr is not None and now_ms - part.pending_since_ms > 5_000:
+                part.pending_isr = None  # lost or refused: think again
+            proposal = part.isr_proposal(now_ms, lag, live)
+            if proposal is None:
+                continue
+            log.info("partition %s-%s proposes isr %s (was %s)", part.topic, part.index, proposal, part.isr)
+            part.pending_isr, part.pending_since_ms = proposal, now_ms
+            if part.update_high_watermark():
+                self._hw_moved(part)
+            fields = {"topic": part.topic, "partition": part.index, "leader": self.broker_id,
+                      "leader_epoch": part.leader_epoch, "isr": proposal}
+            if self.control.is_controller:
+                self._commit_isr(fields)
+            elif self.control.controller >= 0:
+                self._forward_seq += 1
+                self.peer_outbox.append((self.control.controller, P.request(P.ALTER_ISR, -self._forward_seq, **fields), []))
+
+    def _commit_isr(self, fields: dict) -> None:
+        """As the controller: commit a leader's ISR change if it still leads in that epoch."""
+        pm = self.image.partition(fields["topic"], fields["partition"])
+        if pm is None or (pm.leader, pm.leader_epoch) != (fields["leader"], fields["leader_epoch"]):
+            raise P.RequestError(ErrorCode.FENCED_LEADER_EPOCH, "not the leader of that partition in that epoch")
+        isr = [r for r in pm.replicas if r in fields["isr"]]
+        if pm.leader not in isr:
+            raise P.RequestError(ErrorCode.INVALID_REQUEST, "the ISR must hold the leader")
+        if isr != pm.isr:
+            self.control.propose([{"type": PARTITION_CHANGE_RECORD, "topic": fields["topic"], "partition": fields["partition"],
+                                   "leader": pm.leader, "leader_epoch": pm.leader_epoch, "isr": isr}])
+
+    def _alter_isr(self, peer, header, fields, frames, now_ms):
+        if not self.control.is_controller:
+            raise P.RequestError(ErrorCode.NOT_CONTROLLER, "not the controller")
+        self._commit_isr(fields)
+        self._drain_control(now_ms)
+        return P.response(P.ALTER_ISR, header["cid"])
+
+    def on_peer_reply(self, frames: list[bytes], now_ms: int) -> None:
+        """A response on one of our DEALERs: a follower fetch, an ISR change, or a forwarded request."""
+        try:
+            header = P.decode_header(frames[0])
+        except P.UndecodableFrame as exc:
+            log.warning("dropped an undecodable reply from a peer: %s", exc)
+            return
+        cid = header["cid"]
+        if header.get("type") == P.FETCH and self.fetcher.owns(cid):
+            for tp in self.fetcher.on_response(header, frames[1:], self.partitions, now_ms, self._producer_appended):
+                self.logs.high_watermarks[tp] = self.partitions[tp].high_watermark
+            self._replication_step(now_ms)  # fetch again at once: the leader long-polls
+        elif cid < 0:
+            if header.get("error"):
+                log.info("ISR change refused: %s", header.get("error_message"))
+        else:
+            self._forward_reply(header, frames)
 
     def _raft_message(self, peer, header, fields, frames, now_ms):
         self.control.on_raft_message({**fields, "type": header["type"]}, frames[1] if len(frames) > 1 else None, now_ms)
@@ -159,13 +231,13 @@ class Broker(TopicAdmin):
             self.purgatory.check(META_KEY)
 
     def tick(self, now_ms: int) -> None:
-        """Timers: Raft and controller duties, parked requests, flush policy, checkpoints."""
+        """Timers: Raft and controller duties, replication, parked requests, flush policy, checkpoints."""
         applied = self.control.step(now_ms)
         self._drain_control(now_ms)
         if applied:
             self._reconcile(now_ms)
-            self.purgatory.check(META_KEY)
-        self.purgatory.check(META_KEY)  # controller changes fail pending admin requests
+        self.purgatory.check(META_KEY)  # also: controller changes fail pending admin requests
+        self._replication_step(now_ms)
         self.purgatory.expire(now_ms)
         self._expire_forwards(now_ms)
         if now_ms - self._last_checkpoint_ms >= self.config.setting("flush_check_ms"):
@@ -181,6 +253,8 @@ class Broker(TopicAdmin):
             due = min(due, deadline)
         if self._forwards:
             due = min(due, min(f[3] for f in self._forwards.values()))
+        if any(p.is_leader and p.pending_isr is None and len(p.isr) < len(p.replicas) for p in self.partitions.values()):
+            due = min(due, now_ms + 100)  # watch under-replicated partitions for followers catching up
         return max(0, due - now_ms)
 
     def close(self) -> None:
@@ -218,19 +292,6 @@ class Broker(TopicAdmin):
         self.outbox.append((peer, [P.encode(body), *payloads]))
 
     # -- metadata and admin ------------------------------------------------------
-
-    def _partition_meta(self, topic: TopicMeta) -> list[dict[str, Any]]:
-        return [
-            {
-                "partition": pm.partition,
-                "error": 0,
-                "leader": pm.leader,
-                "replicas": pm.replicas,
-                "isr": pm.isr,
-                "leader_epoch": pm.leader_epoch,
-            }
-            for pm in topic.partitions
-        ]
 
     def _metadata(self, peer, header, fields, frames, now_ms):
         names = fields["topics"]
@@ -296,150 +357,3 @@ class Broker(TopicAdmin):
 
     def _create_partitions(self, peer, header, fields, frames, now_ms):
         raise P.RequestError(ErrorCode.INVALID_REQUEST, "adding partitions to a topic is not supported yet")
-
-    # -- data path ---------------------------------------------------------------
-
-    def _leader_partition(self, topic: str, index: int) -> Partition:
-        part = self.partitions.get((topic, index))
-        if part is not None and part.leader == self.broker_id:
-            return part
-        pm = self.image.partition(topic, index)
-        if pm is None:
-            raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic or partition {topic}-{index}")
-        if pm.leader < 0:
-            raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} has no leader right now")
-        raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
-
-    def _produce(self, peer, header, fields, frames, now_ms):
-        acks = fields["acks"]
-        if acks not in (0, 1, P.ACKS_ALL):
-            raise P.RequestError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {acks}")
-        batches = fields["batches"]
-        if len(batches) != len(frames) - 1:
-            raise P.RequestError(
-                ErrorCode.INVALID_REQUEST, f"'batches' lists {len(batches)} batches but {len(frames) - 1} payload frames came"
-            )
-        results = []
-        for spec, frame in zip(batches, frames[1:]):
-            results.append(self._append_one(spec["topic"], spec["partition"], frame, acks, now_ms))
-        if acks == 0:
-            return None
-        return P.response(P.PRODUCE, header["cid"], results=results)
-
-    def _append_one(self, topic: str, index: int, batch: bytes, acks: int, now_ms: int) -> dict:
-        result = {"topic": topic, "partition": index, "error": 0, "base_offset": -1, "log_append_time": -1, "log_start_offset": -1}
-        try:
-            part = self._leader_partition(topic, index)
-            max_bytes = part.log.config.max_message_bytes
-            if len(batch) > max_bytes:
-                raise P.RequestError(
-                    ErrorCode.MESSAGE_TOO_LARGE, f"batch of {len(batch)} bytes exceeds max_message_bytes={max_bytes} of {topic}"
-                )
-            if len(batch) >= 23 and parse_header(batch).attributes & COMPRESSION_MASK == COMPRESSION_SNAPPY:
-                raise P.RequestError(ErrorCode.UNSUPPORTED_COMPRESSION_TYPE, "snappy compression is not supported")
-            if acks == P.ACKS_ALL:
-                min_isr = self.config.topic_settings(self.image.get(topic).overrides)["min_insync_replicas"]
-                if len(part.isr) < min_isr:
-                    raise P.RequestError(
-                        ErrorCode.NOT_ENOUGH_REPLICAS, f"{topic}-{index} has {len(part.isr)} in-sync replicas, min_insync_replicas={min_isr}"
-                    )
-            info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
-        except P.RequestError as exc:
-            result.update(error=int(exc.code), error_message=exc.message)
-            return result
-        except CorruptBatchError as exc:
-            log.warning("rejected corrupt batch for %s-%s: %s", topic, index, exc)
-            result.update(error=int(ErrorCode.CORRUPT_MESSAGE), error_message=str(exc))
-            return result
-        except OSError as exc:
-            log.error("storage error appending to %s-%s: %s", topic, index, exc)
-            result.update(error=int(ErrorCode.KAFKA_STORAGE_ERROR), error_message=str(exc))
-            return result
-        if part.update_high_watermark():
-            self.logs.high_watermarks[part.tp] = part.high_watermark
-        self.purgatory.check(part.tp)
-        result.update(base_offset=info.base_offset, log_start_offset=part.log.log_start_offset)
-        return result
-
-    def _read_partitions(self, fields: dict) -> tuple[list[dict], Frames, int, bool]:
-        """Read every requested partition; returns (entries, payloads, bytes, any_error)."""
-        entries, payloads = [], []
-        budget = fields["max_bytes"]
-        total, errors = 0, False
-        for spec in fields["partitions"]:
-            topic, index, offset = spec["topic"], spec["partition"], spec["offset"]
-            entry = {"topic": topic, "partition": index, "error": 0, "high_watermark": -1, "log_start_offset": -1}
-            data = b""
-            try:
-                part = self._leader_partition(topic, index)
-            except P.RequestError as exc:
-                entry["error"] = int(exc.code)
-                part = None
-            if part is not None:
-                lg = part.log
-                entry["high_watermark"] = part.high_watermark
-                entry["log_start_offset"] = lg.log_start_offset
-                if offset < lg.log_start_offset or offset > lg.log_end_offset:
-                    entry["error"] = int(ErrorCode.OFFSET_OUT_OF_RANGE)
-                elif offset < part.high_watermark and budget > 0:
-                    try:
-                        res = lg.read(offset, min(spec["max_bytes"], budget), max_offset=part.high_watermark)
-                        data = res.data
-                    except OffsetOutOfRange:  # retention raced the check above
-                        entry["error"] = int(ErrorCode.OFFSET_OUT_OF_RANGE)
-            errors = errors or entry["error"] != 0
-            total += len(data)
-            budget -= len(data)
-            entries.append(entry)
-            payloads.append(data)
-        return entries, payloads, total, errors
-
-    def _fetch(self, peer, header, fields, frames, now_ms):
-        cid = header["cid"]
-        keys = [(s["topic"], s["partition"]) for s in fields["partitions"]]
-
-        def respond(entries, payloads) -> None:
-            self._reply(peer, P.response(P.FETCH, cid, partitions=entries), payloads)
-
-        entries, payloads, total, errors = self._read_partitions(fields)
-        if total >= fields["min_bytes"] or errors or fields["max_wait_ms"] <= 0 or not keys:
-            respond(entries, payloads)
-            return None
-
-        def try_complete() -> bool:
-            entries, payloads, total, errors = self._read_partitions(fields)
-            if total >= fields["min_bytes"] or errors:
-                respond(entries, payloads)
-                return True
-            return False
-
-        def on_expire() -> None:
-            respond(*self._read_partitions(fields)[:2])
-
-        op = DelayedOperation(now_ms + fields["max_wait_ms"], keys, try_complete, on_expire)
-        self.purgatory.park(op)
-        return None
-
-    def _list_offsets(self, peer, header, fields, frames, now_ms):
-        results = []
-        for spec in fields["partitions"]:
-            topic, index, ts = spec["topic"], spec["partition"], spec["timestamp"]
-            entry = {"topic": topic, "partition": index, "error": 0, "offset": -1, "timestamp": -1}
-            try:
-                part = self._leader_partition(topic, index)
-            except P.RequestError as exc:
-                entry["error"] = int(exc.code)
-                part = None
-            if part is None:
-                pass
-            elif ts == P.LATEST_TIMESTAMP:
-                entry["offset"] = part.high_watermark
-            elif ts == P.EARLIEST_TIMESTAMP:
-                entry["offset"] = part.log.log_start_offset
-            else:
-                found = part.log.offset_for_timestamp(ts)
-                if found is not None and found[0] < part.high_watermark:
-                    entry["offset"], entry["timestamp"] = found
-            results.append(entry)
-        return P.response(P.LIST_OFFSETS, header["cid"], partitions=results)
-

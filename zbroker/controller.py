@@ -9,11 +9,12 @@ partition shifted by one, starting where the cluster's existing leaderships are
 thinnest -- so leaders spread evenly over brokers within a topic and across
 topics (rack-free; Kafka's default assignment without racks).
 
-Leadership: a partition whose leader is dead gets the first live replica, in
-replica order, that is in the ISR (any live replica if the topic allows unclean
-election); none -> leader -1 (LEADER_NOT_AVAILABLE) until one returns.  A
-partition whose preferred leader (its first replica) is alive and in the ISR
-but not leading gets it back.  Every change bumps the partition's leader epoch.
+Leadership: dead brokers leave the ISR (the last member stays).  A partition
+whose leader is dead gets the first live replica, in replica order, that is in
+the ISR (any live replica if the topic allows unclean election); none -> leader
+-1 (LEADER_NOT_AVAILABLE) until one returns.  A partition whose preferred leader
+(its first replica) is alive and in the ISR but not leading gets it back.  Every
+change of leader bumps the partition's leader epoch.
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ def place_partitions(image: MetadataImage, brokers: list[int], partitions: int, 
     return out
 
 
-def elect_leader(pm: PartitionMeta, live: set[int], unclean: bool) -> int:
-    """The leader a partition should have given the live brokers."""
+def elect_leader(pm: PartitionMeta, live: set[int], unclean: bool, isr: list[int] | None = None) -> int:
+    """The leader a partition should have given the live brokers (and its ISR)."""
+    isr = pm.isr if isr is None else isr
     preferred = pm.replicas[0] if pm.replicas else NO_LEADER
-    if preferred in live and preferred in pm.isr:
+    if preferred in live and preferred in isr:
         return preferred
-    if pm.leader in live and pm.leader in pm.isr:
+    if pm.leader in live and pm.leader in isr:
         return pm.leader  # keep a live leader rather than move twice
     for r in pm.replicas:
-        if r in live and r in pm.isr:
+        if r in live and r in isr:
             return r
     if unclean:
         for r in pm.replicas:
@@ -66,24 +68,29 @@ def elect_leader(pm: PartitionMeta, live: set[int], unclean: bool) -> int:
 
 
 def leadership_changes(image: MetadataImage, live: set[int], unclean_of=lambda topic: False) -> list[dict]:
-    """PartitionChange records moving leadership off dead brokers and back to preferred ones."""
+    """PartitionChange records for the brokers now alive.
+
+    Dead brokers leave the ISR (but the last member stays, so the ISR still names
+    who holds every committed record); leadership moves off dead brokers to a live
+    ISR member, and back to the preferred replica when it is alive and in sync.
+    """
     records = []
     for topic in image.topics.values():
         unclean = unclean_of(topic)
         for pm in topic.partitions:
-            leader = elect_leader(pm, live, unclean)
-            if leader == pm.leader:
-                continue
-            isr = list(pm.isr)
+            isr = [r for r in pm.isr if r in live] or list(pm.isr)
+            leader = elect_leader(pm, live, unclean, isr)
             if leader != NO_LEADER and leader not in isr:  # unclean election: the new leader is the ISR
                 isr = [leader]
+            if leader == pm.leader and isr == pm.isr:
+                continue
             records.append(
                 {
                     "type": PARTITION_CHANGE_RECORD,
                     "topic": topic.name,
                     "partition": pm.partition,
                     "leader": leader,
-                    "leader_epoch": pm.leader_epoch + 1,
+                    "leader_epoch": pm.leader_epoch + (1 if leader != pm.leader else 0),
                     "isr": isr,
                 }
             )

@@ -61,6 +61,7 @@ class MetadataImage:
 
     def __init__(self, topics: dict[str, TopicMeta] | None = None) -> None:
         self.topics: dict[str, TopicMeta] = topics or {}
+        self.next_producer_id = 0  # idempotent producer ids are handed out from here
 
     def get(self, name: str) -> TopicMeta | None:
         return self.topics.get(name)
@@ -88,6 +89,7 @@ TOPIC_RECORD = "topic"  # name, internal, overrides, partitions: [{partition, re
 REMOVE_TOPIC_RECORD = "remove_topic"  # name
 TOPIC_CONFIG_RECORD = "topic_config"  # name, overrides (the whole new override map)
 PARTITION_CHANGE_RECORD = "partition_change"  # topic, partition, leader, leader_epoch, isr
+PRODUCER_IDS_RECORD = "producer_ids"  # next: the next producer id to hand out
 
 
 def topic_record(topic: TopicMeta) -> dict:
@@ -122,4 +124,7 @@ def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:
             pm.leader_epoch = record["leader_epoch"]
             pm.isr = list(record["isr"])
         return (record["topic"],)
+    if kind == PRODUCER_IDS_RECORD:
+        image.next_producer_id = max(image.next_producer_id, int(record["next"]))
+        return ()
     raise ValueError(f"unknown metadata record type {kind!r}")

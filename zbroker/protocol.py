@@ -35,6 +35,8 @@ PRODUCE = "produce"
 FETCH = "fetch"
 LIST_OFFSETS = "list_offsets"
 CREATE_PARTITIONS = "create_partitions"
+ALTER_ISR = "alter_isr"  # broker -> controller
+INIT_PRODUCER_ID = "init_producer_id"
 
 # Broker-to-broker (zbroker.raft message types; one-way, never answered on the ROUTER).
 RAFT_PRE_VOTE = "raft_pre_vote"
@@ -119,6 +121,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                 **_TOPIC_PARTITION,
                 "offset": _f(int),
                 "max_bytes": _f(int, required=False, default=1048576),
+                "leader_epoch": _f(int, required=False, default=-1),  # followers: the epoch they follow
+                "last_fetched_epoch": _f(int, required=False, default=-1),  # followers: epoch of their last record
             },
         ),
     },
@@ -126,6 +130,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
     },
     CREATE_PARTITIONS: {"topic": _f(str), "total": _f(int)},
+    INIT_PRODUCER_ID: {},
+    ALTER_ISR: {"topic": _f(str), "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int), "isr": _f(list, item=(int,))},
 }
 
 _RAFT = {"from": _f(int), "epoch": _f(int)}

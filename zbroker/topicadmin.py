@@ -35,13 +35,18 @@ class TopicAdmin:
     """Mixin of :class:`zbroker.broker.Broker`: the admin request handlers."""
 
     def _admin_request(self: Broker, peer, header, fields, frames, now_ms, build) -> dict | None:
-        """Run ``build(fields, now_ms) -> records`` as the controller, or forward the request."""
+        """Run ``build(fields, now_ms) -> (records, topic names)`` as the controller, or forward the request."""
         kind, cid = header["type"], header["cid"]
         if not self.control.is_controller:
             return self._forward_to_controller(peer, header, frames, now_ms)
         records, names = build(fields, now_ms)
         if not records:  # validate_only, or nothing to change
             return P.response(kind, cid)
+        return self._admin_commit(peer, header, now_ms, records, lambda: P.response(kind, cid), names)
+
+    def _admin_commit(self: Broker, peer, header, now_ms, records, make_response, names=()) -> None:
+        """Propose ``records`` as the controller; answer ``make_response()`` once they are committed."""
+        kind, cid = header["type"], header["cid"]
         epoch = self.control.epoch
         try:
             end = self.control.propose(records)
@@ -50,23 +55,17 @@ class TopicAdmin:
         self._pending_topics.update(dict.fromkeys(names, end))
         self._reconcile(now_ms)
 
-        def committed() -> bool:
-            return self.control.applied >= end
-
-        def finish(error: ErrorCode = ErrorCode.NONE, message: str | None = None) -> None:
-            self._reply(peer, P.response(kind, cid, error, message), [])
-
         def try_complete() -> bool:
             if self.control.epoch != epoch or not self.control.is_controller:
-                finish(ErrorCode.NOT_CONTROLLER, "controller changed before the change was committed; retry")
+                self._reply(peer, P.response(kind, cid, ErrorCode.NOT_CONTROLLER, "controller changed before the change was committed; retry"), [])
                 return True
-            if committed():
-                finish()
+            if self.control.applied >= end:
+                self._reply(peer, make_response(), [])
                 return True
             return False
 
         def on_expire() -> None:
-            finish(ErrorCode.REQUEST_TIMED_OUT, "the change was not committed in time (is a majority of brokers up?)")
+            self._reply(peer, P.response(kind, cid, ErrorCode.REQUEST_TIMED_OUT, "the change was not committed in time (is a majority of brokers up?)"), [])
 
         self.purgatory.park(DelayedOperation(now_ms + ADMIN_TIMEOUT_MS, [META_KEY], try_complete, on_expire))
         return None
@@ -81,13 +80,8 @@ class TopicAdmin:
         self.peer_outbox.append((controller, {**header, "cid": fwd_cid}, frames[1:]))
         return None
 
-    def on_peer_reply(self: Broker, frames: list[bytes], now_ms: int) -> None:
-        """A response from another broker to a request we forwarded."""
-        try:
-            header = P.decode_header(frames[0])
-        except P.UndecodableFrame as exc:
-            log.warning("dropped an undecodable reply from a peer: %s", exc)
-            return
+    def _forward_reply(self: Broker, header: dict, frames: list[bytes]) -> None:
+        """The controller's answer to a request we forwarded: relay it to the client."""
         entry = self._forwards.pop(header["cid"], None)
         if entry is None:
             return  # timed out already

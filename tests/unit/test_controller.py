@@ -32,11 +32,19 @@ def test_dead_leader_moves_to_a_live_in_sync_replica_then_back():
     pm = PartitionMeta(0, [1, 2, 3], 1, 5, [1, 2, 3])
     image = MetadataImage({"t": TopicMeta("t", [pm])})
     (change,) = leadership_changes(image, live={2, 3})
-    assert (change["leader"], change["leader_epoch"]) == (2, 6)
+    assert (change["leader"], change["leader_epoch"], change["isr"]) == (2, 6, [2, 3])  # the dead one leaves the ISR
     apply_record(image, change)
     assert leadership_changes(image, live={2, 3}) == []  # stable
-    (back,) = leadership_changes(image, live={1, 2, 3})  # the preferred leader returns
+    assert leadership_changes(image, live={1, 2, 3}) == []  # back, but not in sync yet: no move
+    apply_record(image, {**change, "isr": [2, 3, 1]})  # the leader saw it catch up
+    (back,) = leadership_changes(image, live={1, 2, 3})  # the preferred leader gets its partition back
     assert (back["leader"], back["leader_epoch"]) == (1, 7)
+
+
+def test_the_last_isr_member_stays_when_it_dies():
+    image = MetadataImage({"t": TopicMeta("t", [PartitionMeta(0, [1, 2], 1, 0, [1])])})
+    (change,) = leadership_changes(image, live={2})
+    assert change["leader"] == NO_LEADER and change["isr"] == [1]  # 2 has not every record: no leader
 
 
 def test_no_live_in_sync_replica_means_no_leader_unless_unclean():
