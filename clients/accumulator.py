@@ -56,6 +56,7 @@ class ProducerBatch:
         "_event",
         "_callbacks",
         "encoded",
+        "base_seq",  # idempotent producing: sequence number of the first record (-1: none yet)
         "closed",  # no more appends (a newer batch exists, or it was drained/expired)
     )
 
@@ -74,6 +75,7 @@ class ProducerBatch:
         self._event = threading.Event()
         self._callbacks: list | None = None
         self.encoded: bytes | None = None
+        self.base_seq = -1
         self.closed = False
 
     def complete(self, base_offset: int = -1, error: BaseException | None = None) -> None:

@@ -66,9 +66,12 @@ class Producer:
         batch_size: batch size in bytes (estimated) that makes a batch full (default 65536).
         retries: how often a batch is retried on retriable errors (default: until
             ``delivery_timeout_ms``).
-        enable_idempotence: accepted for API compatibility; idempotent producing
-            (producer ids and sequence numbers) is not implemented yet, so retries
-            may duplicate a batch whose response was lost.
+        enable_idempotence: on by default (with acks 1 or "all"): the producer gets a
+            producer id from the cluster and numbers its records per partition, and
+            brokers drop a resent batch they already have, so retries after a lost
+            answer, a timeout or a leader change never write a record twice.  If a
+            batch fails for good, the producer takes a new producer id so the
+            sequence gap cannot block later sends.
         compression: ``"none"``, ``"zstd"`` or ``"lz4"``.
         request_timeout_ms: deadline of each request (default 30000).
         client_id: sent to brokers with every request.
@@ -97,7 +100,7 @@ class Producer:
         linger_ms: float = 5,
         batch_size: int = 65536,
         retries: int = 2147483647,
-        enable_idempotence: bool = False,
+        enable_idempotence: bool = True,
         compression: str | None = "none",
         request_timeout_ms: int = 30000,
         client_id: str | None = None,
@@ -126,9 +129,13 @@ class Producer:
         self.max_in_flight = max_in_flight
         self.metadata_max_age = metadata_max_age_ms / 1000.0
         self.max_batches = max(4, buffer_memory // max(1, batch_size))
-        self.enable_idempotence = enable_idempotence
-        if enable_idempotence:
-            log.warning("enable_idempotence=True is accepted but not implemented yet: retries may duplicate")
+        self.enable_idempotence = enable_idempotence and self.acks != 0
+        self._pid = -1  # producer id and epoch (idempotence); -1 until the cluster hands one out
+        self._pid_epoch = -1
+        self._pid_requested = False
+        self._pid_tries = -1
+        self._pid_reset = False
+        self._seq: dict = {}  # tp -> next sequence number
         self.max_block_ms = max_block_ms if max_block_ms is not None else request_timeout_ms
         self._key_ser = resolve(key_serializer, SERIALIZERS, "key_serializer")
         self._value_ser = resolve(value_serializer, SERIALIZERS, "value_serializer")
@@ -366,10 +373,41 @@ class _Sender:
     def _can_send(self, address: str) -> bool:
         return self.inflight.get(address, 0) < self.p.max_in_flight
 
+    def _idempotence_ready(self, now: float) -> bool:
+        """Make sure there is a producer id before batches are numbered."""
+        p = self.p
+        if p._pid_reset and not any(self.inflight.values()):
+            p._pid, p._pid_reset, p._seq = -1, False, {}
+            for b in self.acc.pending_batches():
+                b.encoded, b.base_seq = None, -1  # renumbered under the new producer id
+        if p._pid >= 0:
+            return True
+        if not p._pid_requested:
+            candidates = self.meta.candidates()
+            if candidates:
+                p._pid_requested = True
+                p._pid_tries += 1  # a broker that does not answer: the next try goes to the next one
+                address = candidates[p._pid_tries % len(candidates)]
+                self.net.send(address, "init_producer_id", {}, (), self._on_producer_id, timeout_ms=min(5000, p.request_timeout_ms))
+        return False
+
+    def _on_producer_id(self, header, _frames, exc) -> None:
+        p = self.p
+        p._pid_requested = False
+        if exc is None and not header.get("error"):
+            p._pid, p._pid_epoch = header["producer_id"], header["producer_epoch"]
+            log.debug("producer id %s epoch %s", p._pid, p._pid_epoch)
+        else:
+            log.debug("init_producer_id failed: %s", exc or header.get("error_message"))
+            self.meta.request_update(self.clock())
+        self.net.wakeup()
+
     def run(self, now: float):
         acc = self.acc
         if not acc.queues:
             return None
+        if self.p.enable_idempotence and not self._idempotence_ready(now):
+            return now + self.p.retry_backoff
         if now - self.meta.cache.updated_at > self.p.metadata_max_age:
             self.meta.request_update(now)
         expired = acc.expired(now, self.p.delivery_timeout)
@@ -391,7 +429,12 @@ class _Sender:
         for tp, batches in items:
             for b in batches:
                 if b.encoded is None:
-                    b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression)
+                    if p.enable_idempotence:
+                        b.base_seq = p._seq.get(tp, 0)
+                        p._seq[tp] = (b.base_seq + len(b.records)) % (1 << 31)
+                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression, p._pid, p._pid_epoch, b.base_seq)
+                    else:
+                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression)
                 b.attempts += 1
                 frames.append(b.encoded)
                 descs.append({"topic": tp[0], "partition": tp[1]})
@@ -410,6 +453,8 @@ class _Sender:
             )
 
     def _finish(self, b, base_offset: int, error) -> None:
+        if error is not None and b.base_seq >= 0:
+            self.p._pid_reset = True  # a numbered batch failed for good: its sequence gap needs a new id
         b.complete(base_offset, error)
         self.acc.completed(b)
 

@@ -40,14 +40,15 @@ class FakeMeta:
         self.updates += 1
 
 
-def make(acks=1, retries=10, batch_size=10_000, linger_ms=0):
+def make(acks=1, retries=10, batch_size=10_000, linger_ms=0, idempotent=False):
     acc = RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms)
     net = FakeNet()
     meta = FakeMeta({TP: "b1"})
     producer = SimpleNamespace(
         _acc=acc, _net=net, _meta=meta, max_in_flight=5, delivery_timeout=120.0, retry_backoff=0.1,
         retries=retries, compression=0, acks=acks, request_timeout_ms=1000, _closed_hard=False,
-        metadata_max_age=300.0,
+        metadata_max_age=300.0, enable_idempotence=idempotent, _pid=7 if idempotent else -1, _pid_epoch=0,
+        _seq={}, _pid_requested=False, _pid_reset=False, _pid_tries=-1,
     )
     clock = SimpleNamespace(now=0.0)
     sender = _Sender(producer, clock=lambda: clock.now)
@@ -147,3 +148,21 @@ def test_missing_result_is_an_error():
 
 def test_not_leader_class_is_retriable():
     assert NotLeaderOrFollowerError.retriable and NotLeaderOrFollowerError.invalid_metadata
+
+
+def test_idempotent_batches_are_numbered_and_keep_their_numbers_on_retry():
+    from storage.batch import parse_header
+
+    sender, acc, net, meta = make(idempotent=True)
+    for i in range(3):
+        acc.append(TP, 1, None, b"a%d" % i, None, 10, 0.0)
+    run(sender, 1.0)
+    first = net.sent[-1]
+    h = parse_header(first.frames[0])
+    assert (h.producer_id, h.producer_epoch, h.base_sequence, h.record_count) == (7, 0, 0, 3)
+    first.callback({"cid": 1, "error": 0, "results": [{"error": 6}]}, [], None)  # NOT_LEADER: retried
+    acc.append(TP, 2, None, b"b", None, 10, 1.0)
+    run(sender, 2.0)
+    retried = net.sent[-1]
+    assert parse_header(retried.frames[0]).base_sequence == 0  # the same numbers again
+    assert parse_header(retried.frames[1]).base_sequence == 3  # the next batch continues after it
