@@ -31,6 +31,7 @@ from clients.records import COMPRESSION_BY_NAME, encode_batch
 from clients.serde import SERIALIZERS, resolve
 from clients.structs import TopicPartition
 from zbroker.errors import (
+    ConnectionBrokenError,
     ClientClosedError,
     ErrorCode,
     RequestTimeoutError,
@@ -377,9 +378,9 @@ class _Sender:
         """Make sure there is a producer id before batches are numbered."""
         p = self.p
         if p._pid_reset and not any(self.inflight.values()):
+            # batches already sent keep their id and numbers (their fate may be unknown: a
+            # resend must still be recognised); batches not sent yet are numbered afresh
             p._pid, p._pid_reset, p._seq = -1, False, {}
-            for b in self.acc.pending_batches():
-                b.encoded, b.base_seq = None, -1  # renumbered under the new producer id
         if p._pid >= 0:
             return True
         if not p._pid_requested:
@@ -453,8 +454,12 @@ class _Sender:
             )
 
     def _finish(self, b, base_offset: int, error) -> None:
-        if error is not None and b.base_seq >= 0:
-            self.p._pid_reset = True  # a numbered batch failed for good: its sequence gap needs a new id
+        if b.base_seq >= 0 and isinstance(error, ZBrokerError) and not error.retriable and not isinstance(
+            error, (RequestTimeoutError, ConnectionBrokenError, ClientClosedError)
+        ):
+            # the broker refused it, so it is not in the log: the gap it leaves in the
+            # sequence would block every later batch of the partition; start a new id
+            self.p._pid_reset = True
         b.complete(base_offset, error)
         self.acc.completed(b)
 

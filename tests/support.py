@@ -167,7 +167,8 @@ class ClusterProcesses:
     """N brokers from one generated config file, on free loopback ports, fast timings."""
 
     def __init__(self, root: Path, n: int = 3, heartbeat_ms: int = 100, session_timeout_ms: int = 1500,
-                 election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test") -> None:
+                 election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test",
+                 min_insync_replicas: int = 1, replica_lag_ms: int = 10_000, partitions: int = 3) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "cluster.toml"
@@ -177,11 +178,13 @@ class ClusterProcesses:
             f"heartbeat_ms = {heartbeat_ms}",
             f"session_timeout_ms = {session_timeout_ms}",
             f"election_timeout_ms = {election_timeout_ms}",
+            f"replica_lag_ms = {replica_lag_ms}",
             "flush_check_ms = 200",
             "",
             "[topic_defaults]",
-            "partitions = 3",
+            f"partitions = {partitions}",
             f"replication_factor = {replication_factor}",
+            f"min_insync_replicas = {min_insync_replicas}",
             "",
         ]
         self.brokers: dict[int, BrokerProcess] = {}

@@ -75,7 +75,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
         self._forward_seq = 0
         self._clock = clock or (lambda: now_ms)
         self.fetcher = ReplicaFetcher(broker_id)
-        self._isr_requests: dict[int, tuple[str, int]] = {}
+        self._pid_reserved = 0  # producer ids handed out by this controller, committed or not
         self._last_checkpoint_ms = now_ms
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
@@ -142,6 +142,8 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
 
     def _replication_step(self, now_ms: int) -> None:
         """Send follower fetches that are due and ISR changes that are needed."""
+        if not self.control.ready:
+            return  # see ControlPlane.ready
         live = self.control.live_brokers(now_ms)
         for leader, header in self.fetcher.requests(self.partitions, live, now_ms):
             self.peer_outbox.append((leader, header, []))

@@ -74,6 +74,7 @@ class ControlPlane:
         self.incarnation = self._next_incarnation(data_dir, now_ms)
         self._seq = 0
         self._leadership_pending: int | None = None  # end offset of an in-flight leadership proposal
+        self._ready = False
         self.apply_committed()
         self.raft.tick(now_ms)  # a quorum of one elects itself at once
         self._drain_raft()
@@ -115,6 +116,17 @@ class ControlPlane:
 
     def live_brokers(self, now_ms: int) -> set[int]:
         return self.membership.live_brokers(now_ms)
+
+    @property
+    def ready(self) -> bool:
+        """This broker's image has caught up with the controller's at least once since it
+        started.  Until then it neither leads nor follows partitions: a restarted broker's
+        image may still name it leader of a partition that has since moved, and two such
+        stale brokers could otherwise acknowledge writes the real leader never sees."""
+        if not self._ready and self.raft.caught_up() and self.applied >= self.raft.high_watermark:
+            self._ready = True
+            log.info("metadata caught up at offset %d: serving partitions", self.applied)
+        return self._ready
 
     def caught_up(self) -> bool:
         """The image holds every record this broker has (so a controller may act on it)."""

@@ -44,6 +44,8 @@ class DataPath:
     def _leader_partition(self: Broker, topic: str, index: int) -> Partition:
         part = self.partitions.get((topic, index))
         if part is not None and part.is_leader:
+            if not self.control.ready:
+                raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} is still catching up on cluster metadata")
             return part
         pm = self.image.partition(topic, index)
         if pm is None:
@@ -95,11 +97,11 @@ class DataPath:
                     continue
                 if not part.is_leader or self.partitions.get(part.tp) is not part:
                     result.update(error=int(ErrorCode.NOT_LEADER_OR_FOLLOWER), error_message="leadership moved before replication")
-                elif part.high_watermark >= end:
-                    result["_done"] = True
-                elif len(part.isr) < self._min_isr(part.topic):
+                elif len(part.isr) < self._min_isr(part.topic):  # checked first: a lone leader's HW is its LEO
                     result.update(error=int(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND),
                                   error_message=f"ISR of {part.topic}-{part.index} fell below min_insync_replicas")
+                elif part.high_watermark >= end:
+                    result["_done"] = True
                 elif final:
                     result.update(error=int(ErrorCode.REQUEST_TIMED_OUT), error_message="not replicated to every in-sync replica in time")
                 else:

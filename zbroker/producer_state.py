@@ -120,6 +120,9 @@ class ProducerStateMixin:
     def _init_producer_id(self: Broker, peer, header, fields, frames, now_ms):
         if not self.control.is_controller:
             return self._forward_to_controller(peer, header, frames, now_ms)
-        pid = self.image.next_producer_id
+        # ids handed out but not yet committed count too: two requests in one commit
+        # interval must not get the same id
+        pid = max(self.image.next_producer_id, self._pid_reserved)
+        self._pid_reserved = pid + 1
         return self._admin_commit(peer, header, now_ms, [{"type": PRODUCER_IDS_RECORD, "next": pid + 1}],
                                   lambda: P.response(P.INIT_PRODUCER_ID, header["cid"], producer_id=pid, producer_epoch=0))

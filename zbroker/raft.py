@@ -156,6 +156,8 @@ class RaftNode:
         self._parked: dict[int, tuple[dict, int, int]] = {}  # id -> (fetch request, deadline, received at)
         self._hw_sent: dict[int, int] = {}
         # follower
+        self._caught_up_with: tuple[int, int] | None = None  # (leader, epoch) whose high watermark we hold
+        self._leader_hw_seen = 0
         self._last_contact = now_ms
         self._fetch_sent_at: int | None = None
         self._deadline = now_ms + election_timeout_ms + self._rank_delay()
@@ -377,6 +379,9 @@ class RaftNode:
                 self.log.append_chunk(payload)
             # our log now matches the leader's up to its end: the leader's high watermark applies
             self.high_watermark = max(self.high_watermark, min(msg["high_watermark"], self.log.end_offset()))
+            self._leader_hw_seen = msg["high_watermark"]
+            if self.high_watermark >= self._leader_hw_seen:
+                self._caught_up_with = (src, self.epoch)
         self._send_fetch(now_ms)
 
     # -- replication: leader side ----------------------------------------------------
@@ -425,6 +430,13 @@ class RaftNode:
         parked, self._parked = self._parked, {}
         for fid, (req, _, received) in parked.items():
             self._answer_fetch(fid, req, received)
+
+    def caught_up(self) -> bool:
+        """True once this voter holds everything the controller had committed when it last
+        answered us (or, as the controller, once its own election record is committed)."""
+        if self.role is Role.LEADER:
+            return self.high_watermark > self._epoch_start
+        return self._caught_up_with == (self.leader, self.epoch)
 
     def propose(self, records: list[bytes]) -> tuple[int, int]:
         """Append records as the leader; returns (first offset, end offset) -- committed once
