@@ -1,0 +1,344 @@
+"""Consumer groups: membership, server-side assignment, incremental handover (pure).
+
+Theory of operation (Kafka's KIP-848 model)
+-------------------------------------------
+Members heartbeat to the group's coordinator with their subscription and the
+partitions they own.  The coordinator keeps a **group epoch**, bumped by every
+change that can move partitions (a member joins, leaves, dies, changes its
+subscription; a subscribed topic grows), and for each group epoch a **target
+assignment** computed by the group's assignor (``sticky`` by default,
+``range``, ``round_robin``).
+
+Each member converges on its target one heartbeat at a time:
+
+1. partitions it holds that are no longer in its target are *revoked*: its new
+   assignment leaves them out and they stay *pending revocation* until a
+   heartbeat reports them released (the member stopped fetching them and
+   committed its position);
+2. only with nothing pending revocation does it get new partitions, and only
+   those no other member holds or is still releasing.
+
+So a partition is never in two members' hands: in the coordinator's state it
+belongs to at most one member's ``assigned | revoking`` (:meth:`Group._check`),
+and a member starts reading a partition only after the previous owner let go
+or was removed (session expired, left, or failed to release within its
+rebalance timeout).  Every change to a member's assignment bumps its **member
+epoch**; offset commits carrying an older epoch are rejected.
+
+Liveness: a member silent for ``session_timeout_ms`` is removed.  A static
+member (``instance_id``) that leaves with epoch -2 keeps its assignment for its
+session timeout; rejoining with the same instance id resumes it without moving
+anything.  Time is passed in; records describing the new state are returned
+for the caller to persist.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from zbroker.errors import ErrorCode
+
+TP = tuple[str, int]
+
+JOIN_EPOCH = 0
+LEAVE_EPOCH = -1
+STATIC_LEAVE_EPOCH = -2
+
+ASSIGNORS = ("sticky", "range", "round_robin")
+
+
+class GroupError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class GroupState(enum.Enum):
+    EMPTY = "empty"
+    RECONCILING = "reconciling"
+    STABLE = "stable"
+
+
+@dataclass
+class Member:
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    topics: list[str]
+    assignor: str | None
+    rebalance_timeout_ms: int
+    epoch: int = 0
+    assigned: set[TP] = field(default_factory=set)
+    revoking: set[TP] = field(default_factory=set)
+    deadline_ms: int = 0
+    revoking_since_ms: int = 0
+    away: bool = False  # a static member that left for a while
+
+    def to_record(self) -> dict:
+        return {
+            "member_id": self.member_id, "instance_id": self.instance_id, "client_id": self.client_id,
+            "topics": sorted(self.topics), "assignor": self.assignor, "rebalance_timeout_ms": self.rebalance_timeout_ms,
+            "epoch": self.epoch, "assigned": sorted(map(list, self.assigned)), "revoking": sorted(map(list, self.revoking)),
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict, now_ms: int, session_ms: int) -> Member:
+        m = cls(rec["member_id"], rec.get("instance_id"), rec.get("client_id", ""), list(rec.get("topics") or []),
+                rec.get("assignor"), int(rec.get("rebalance_timeout_ms", 300_000)), int(rec.get("epoch", 0)))
+        m.assigned = {(t, p) for t, p in rec.get("assigned") or ()}
+        m.revoking = {(t, p) for t, p in rec.get("revoking") or ()}
+        m.deadline_ms = now_ms + session_ms  # a fresh session after a coordinator move
+        m.revoking_since_ms = now_ms
+        return m
+
+
+# -- assignors -------------------------------------------------------------------------
+
+
+def _partitions(topics: set[str], partitions_of: Callable[[str], int | None]) -> list[TP]:
+    out = []
+    for t in sorted(topics):
+        n = partitions_of(t) or 0
+        out.extend((t, p) for p in range(n))
+    return out
+
+
+def assign_range(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
+    """Per topic, contiguous ranges over the members subscribed to it (Kafka's range)."""
+    out = {m: set() for m in members}
+    topics = {t for m in members.values() for t in m.topics}
+    for t in sorted(topics):
+        subs = sorted(m for m, mem in members.items() if t in mem.topics)
+        n = partitions_of(t) or 0
+        if not subs:
+            continue
+        per, extra = divmod(n, len(subs))
+        start = 0
+        for i, m in enumerate(subs):
+            count = per + (1 if i < extra else 0)
+            out[m].update((t, p) for p in range(start, start + count))
+            start += count
+    return out
+
+
+def assign_round_robin(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
+    """All partitions in order, dealt to the subscribed members in turn."""
+    out = {m: set() for m in members}
+    ids = sorted(members)
+    i = 0
+    for tp in _partitions({t for m in members.values() for t in m.topics}, partitions_of):
+        for _ in range(len(ids)):
+            m = ids[i % len(ids)]
+            i += 1
+            if tp[0] in members[m].topics:
+                out[m].add(tp)
+                break
+    return out
+
+
+def assign_sticky(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
+    """Balanced, keeping every partition where it is when balance allows (fewest moves)."""
+    out = {m: set() for m in members}
+    if not members:
+        return out
+    every = _partitions({t for m in members.values() for t in m.topics}, partitions_of)
+    eligible = {tp: sorted(m for m, mem in members.items() if tp[0] in mem.topics) for tp in every}
+    quota_base, extra = divmod(len(every), len(members))
+    ids = sorted(members)
+    quota = {m: quota_base + (1 if i < extra else 0) for i, m in enumerate(ids)}
+    free = []
+    for tp in every:
+        holder = next((m for m in ids if tp in members[m].assigned or tp in members[m].revoking), None)
+        if holder is not None and holder in eligible[tp] and len(out[holder]) < quota[holder]:
+            out[holder].add(tp)
+        else:
+            free.append(tp)
+    for tp in free:
+        candidates = eligible[tp]
+        if candidates:
+            best = min(candidates, key=lambda m: (len(out[m]) - quota[m], len(out[m]), m))
+            out[best].add(tp)
+    return out
+
+
+ASSIGNOR_FUNCS = {"sticky": assign_sticky, "range": assign_range, "round_robin": assign_round_robin}
+
+
+# -- a group -------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    group_id: str
+    epoch: int = 0
+    members: dict[str, Member] = field(default_factory=dict)
+    target: dict[str, set[TP]] = field(default_factory=dict)
+    target_epoch: int = -1
+    partition_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state(self) -> GroupState:
+        if not self.members:
+            return GroupState.EMPTY
+        for m in self.members.values():
+            if m.revoking or m.assigned != self.target.get(m.member_id, set()):
+                return GroupState.RECONCILING
+        return GroupState.STABLE
+
+    def assignor(self) -> str:
+        votes = [m.assignor for m in self.members.values() if m.assignor in ASSIGNORS]
+        return max(ASSIGNORS, key=lambda a: (votes.count(a), a == "sticky")) if votes else "sticky"
+
+    def owner_of(self, tp: TP) -> str | None:
+        for m in self.members.values():
+            if tp in m.assigned or tp in m.revoking:
+                return m.member_id
+        return None
+
+    def _bump(self) -> None:
+        self.epoch += 1
+
+    def _refresh_target(self, partitions_of) -> None:
+        counts = {t: partitions_of(t) or 0 for m in self.members.values() for t in m.topics}
+        if counts != self.partition_counts:
+            self.partition_counts = counts
+            self._bump()  # a subscribed topic appeared or grew
+        if self.target_epoch != self.epoch:
+            fn = ASSIGNOR_FUNCS[self.assignor()]
+            self.target = fn(self.members, lambda t: self.partition_counts.get(t, 0))
+            self.target_epoch = self.epoch
+
+    def _reconcile(self, m: Member, owned: set[TP] | None, now_ms: int) -> bool:
+        """Move one member toward its target; returns True if its assignment changed."""
+        changed = False
+        if owned is not None and m.revoking and not (owned & m.revoking):
+            m.revoking = set()  # released
+        target = self.target.get(m.member_id, set())
+        drop = m.assigned - target
+        if drop:
+            m.assigned -= drop
+            if not m.revoking:
+                m.revoking_since_ms = now_ms
+            m.revoking |= drop
+            changed = True
+        if not m.revoking:
+            add = {tp for tp in target - m.assigned if self.owner_of(tp) is None}
+            if add:
+                m.assigned |= add
+                changed = True
+        if changed:
+            m.epoch = max(m.epoch + 1, self.epoch)
+        return changed
+
+    def _remove(self, member_id: str) -> Member | None:
+        m = self.members.pop(member_id, None)
+        if m is not None:
+            self._bump()
+        return m
+
+    # -- requests ------------------------------------------------------------------------
+
+    def heartbeat(self, req: dict, now_ms: int, session_ms: int, partitions_of) -> tuple[dict, list[str], list[str]]:
+        """Handle a heartbeat.  Returns (response fields, changed member ids, removed member ids).
+
+        Raises:
+            GroupError: UNKNOWN_MEMBER_ID, FENCED_MEMBER_EPOCH, UNSUPPORTED_ASSIGNOR,
+                UNRELEASED_INSTANCE_ID.
+        """
+        member_id, epoch = req.get("member_id") or "", req["member_epoch"]
+        instance_id = req.get("instance_id")
+        owned = {(t, p) for t, p in req["owned"]} if req.get("owned") is not None else None
+        changed, removed = [], []
+        if req.get("assignor") not in (None, *ASSIGNORS):
+            raise GroupError(ErrorCode.UNSUPPORTED_ASSIGNOR, f"assignor {req.get('assignor')!r} is not one of {', '.join(ASSIGNORS)}")
+
+        if epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
+            m = self.members.get(member_id)
+            if m is None:
+                return {"member_id": member_id, "member_epoch": epoch, "assignment": []}, [], []
+            if epoch == STATIC_LEAVE_EPOCH and m.instance_id:
+                m.away = True  # keeps its partitions for its session timeout
+                m.deadline_ms = now_ms + session_ms
+                return {"member_id": member_id, "member_epoch": epoch, "assignment": []}, [member_id], []
+            self._remove(member_id)
+            self._refresh_target(partitions_of)
+            return {"member_id": member_id, "member_epoch": LEAVE_EPOCH, "assignment": []}, [], [member_id]
+
+        if epoch == JOIN_EPOCH:
+            existing = next((m for m in self.members.values() if instance_id and m.instance_id == instance_id), None)
+            if existing is not None:
+                if not existing.away and existing.member_id != member_id and now_ms < existing.deadline_ms:
+                    raise GroupError(ErrorCode.UNRELEASED_INSTANCE_ID, f"instance {instance_id!r} is still in use by another member")
+                m = existing  # a static member back: same slot, same partitions
+                m.away = False
+            else:
+                m = Member(member_id or uuid.uuid4().hex, instance_id, req.get("client_id") or "", list(req.get("topics") or []),
+                           req.get("assignor"), req.get("rebalance_timeout_ms") or 300_000)
+                self.members[m.member_id] = m
+                self._bump()
+                m.epoch = self.epoch  # >= 1: epoch 0 means "joining"
+            changed.append(m.member_id)
+        else:
+            m = self.members.get(member_id)
+            if m is None:
+                raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"member {member_id!r} is not in group {self.group_id!r}")
+            if epoch not in (m.epoch, m.epoch - 1) or (epoch != m.epoch and owned is not None and not owned <= m.assigned | m.revoking):
+                raise GroupError(ErrorCode.FENCED_MEMBER_EPOCH, f"member epoch {epoch} is stale (current {m.epoch})")
+        m.deadline_ms = now_ms + session_ms
+        if req.get("topics") is not None and sorted(req["topics"]) != sorted(m.topics):
+            m.topics = list(req["topics"])
+            self._bump()
+            changed.append(m.member_id)
+        if req.get("assignor") is not None and req["assignor"] != m.assignor:
+            m.assignor = req["assignor"]
+            self._bump()
+        if req.get("rebalance_timeout_ms"):
+            m.rebalance_timeout_ms = req["rebalance_timeout_ms"]
+        self._refresh_target(partitions_of)
+        if self._reconcile(m, owned, now_ms):
+            changed.append(m.member_id)
+        return (
+            {"member_id": m.member_id, "member_epoch": m.epoch, "assignment": sorted(map(list, m.assigned))},
+            sorted(set(changed)),
+            removed,
+        )
+
+    def expire(self, now_ms: int, partitions_of) -> list[str]:
+        """Remove members whose session expired or who held on to revoked partitions past
+        their rebalance timeout; returns their ids."""
+        gone = []
+        for m in list(self.members.values()):
+            late_release = m.revoking and now_ms - m.revoking_since_ms > m.rebalance_timeout_ms
+            if now_ms >= m.deadline_ms or late_release:
+                self._remove(m.member_id)
+                gone.append(m.member_id)
+        if gone:
+            self._refresh_target(partitions_of)
+        return gone
+
+    def validate_commit(self, member_id: str, member_epoch: int, tps: list[TP]) -> None:
+        """Raises GroupError unless this member (or, for an empty group, anyone) may commit."""
+        if not member_id and member_epoch < 0:
+            if self.members:
+                raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"group {self.group_id!r} has members: commit as one of them")
+            return
+        m = self.members.get(member_id)
+        if m is None:
+            raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"member {member_id!r} is not in group {self.group_id!r}")
+        held = m.assigned | m.revoking
+        if member_epoch == m.epoch or (member_epoch == m.epoch - 1 and set(tps) <= held):
+            return
+        raise GroupError(ErrorCode.STALE_MEMBER_EPOCH, f"member epoch {member_epoch} is stale (current {m.epoch})")
+
+    def _check(self) -> None:
+        """Invariant: no partition in two members' hands."""
+        seen: dict[TP, str] = {}
+        for m in self.members.values():
+            for tp in m.assigned | m.revoking:
+                if tp in seen:
+                    raise AssertionError(f"{tp} held by {seen[tp]} and {m.member_id}")
+                seen[tp] = m.member_id
