@@ -45,6 +45,7 @@ from zbroker.logmanager import LogManager, log_config
 from zbroker.metadata import PARTITION_CHANGE_RECORD, TopicMeta, topic_name_problem
 from zbroker.partition import Partition
 from zbroker.purgatory import Purgatory
+from zbroker.coordinator import GroupCoordinator
 from zbroker.datapath import DataPath
 from zbroker.producer_state import ProducerStateMixin
 from zbroker.replication import ReplicaFetcher
@@ -56,7 +57,7 @@ Frames = list[bytes]
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
 
-class Broker(TopicAdmin, DataPath, ProducerStateMixin):
+class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
     """One broker's state and request handlers."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock=None) -> None:
@@ -76,6 +77,10 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
         self._clock = clock or (lambda: now_ms)
         self.fetcher = ReplicaFetcher(broker_id)
         self._pid_reserved = 0  # producer ids handed out by this controller, committed or not
+        self.groups: dict = {}  # group -> zbroker.groups.Group, for the groups this broker coordinates
+        self.group_offsets: dict = {}  # group -> {(topic, partition): (offset, metadata)}
+        self._group_index: dict[str, int] = {}  # group -> its __consumer_offsets partition
+        self._loaded_offsets: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
         self._last_checkpoint_ms = now_ms
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
@@ -89,6 +94,14 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
             P.CREATE_PARTITIONS: self._create_partitions,
             P.ALTER_ISR: self._alter_isr,
             P.INIT_PRODUCER_ID: self._init_producer_id,
+            P.FIND_COORDINATOR: self._find_coordinator,
+            P.GROUP_HEARTBEAT: self._group_heartbeat,
+            P.OFFSET_COMMIT: self._offset_commit,
+            P.OFFSET_FETCH: self._offset_fetch,
+            P.LIST_GROUPS: self._list_groups,
+            P.DESCRIBE_GROUP: self._describe_group,
+            P.DELETE_GROUP: self._delete_group,
+            P.CREATE_INTERNAL_TOPIC: self._create_internal_topic,
         }
         for kind in P.RAFT_SCHEMAS:
             self._handlers[kind] = self._raft_message
@@ -134,6 +147,8 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
         for name, end in list(self._pending_topics.items()):
             if end <= applied or not self.control.is_controller:
                 del self._pending_topics[name]
+        if self.control.ready:
+            self._sync_coordination(now_ms)
 
     def _now(self) -> int:
         return self._clock()
@@ -240,6 +255,9 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin):
             self._reconcile(now_ms)
         self.purgatory.check(META_KEY)  # also: controller changes fail pending admin requests
         self._replication_step(now_ms)
+        if self.control.ready:
+            self._sync_coordination(now_ms)
+            self._expire_members(now_ms)
         self.purgatory.expire(now_ms)
         self._expire_forwards(now_ms)
         if now_ms - self._last_checkpoint_ms >= self.config.setting("flush_check_ms"):

@@ -168,6 +168,9 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "max_open_files": (1024, _int(16)),
     "flush_check_ms": (1000, _int(10)),
     "retention_check_ms": (30_000, _int(100)),
+    "offsets_topic_partitions": (6, _int(1, 1000)),
+    "group_min_session_timeout_ms": (1000, _int(100)),
+    "group_max_session_timeout_ms": (300_000, _int(100)),
 }
 
 _BROKER_KEYS = {"id": _int(0, 2**31 - 1), "host": _str, "port": _int(1, 65535), "gossip_port": _int(1, 65535), "data_dir": _str}

@@ -202,7 +202,7 @@ class Group:
     def _bump(self) -> None:
         self.epoch += 1
 
-    def _refresh_target(self, partitions_of) -> None:
+    def refresh_target(self, partitions_of) -> None:
         counts = {t: partitions_of(t) or 0 for m in self.members.values() for t in m.topics}
         if counts != self.partition_counts:
             self.partition_counts = counts
@@ -265,7 +265,7 @@ class Group:
                 m.deadline_ms = now_ms + session_ms
                 return {"member_id": member_id, "member_epoch": epoch, "assignment": []}, [member_id], []
             self._remove(member_id)
-            self._refresh_target(partitions_of)
+            self.refresh_target(partitions_of)
             return {"member_id": member_id, "member_epoch": LEAVE_EPOCH, "assignment": []}, [], [member_id]
 
         if epoch == JOIN_EPOCH:
@@ -298,7 +298,7 @@ class Group:
             self._bump()
         if req.get("rebalance_timeout_ms"):
             m.rebalance_timeout_ms = req["rebalance_timeout_ms"]
-        self._refresh_target(partitions_of)
+        self.refresh_target(partitions_of)
         if self._reconcile(m, owned, now_ms):
             changed.append(m.member_id)
         return (
@@ -317,14 +317,14 @@ class Group:
                 self._remove(m.member_id)
                 gone.append(m.member_id)
         if gone:
-            self._refresh_target(partitions_of)
+            self.refresh_target(partitions_of)
         return gone
 
     def validate_commit(self, member_id: str, member_epoch: int, tps: list[TP]) -> None:
         """Raises GroupError unless this member (or, for an empty group, anyone) may commit."""
         if not member_id and member_epoch < 0:
             if self.members:
-                raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"group {self.group_id!r} has members: commit as one of them")
+                raise GroupError(ErrorCode.NON_EMPTY_GROUP, f"group {self.group_id!r} has active members: stop them first")
             return
         m = self.members.get(member_id)
         if m is None:

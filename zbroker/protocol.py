@@ -37,6 +37,14 @@ LIST_OFFSETS = "list_offsets"
 CREATE_PARTITIONS = "create_partitions"
 ALTER_ISR = "alter_isr"  # broker -> controller
 INIT_PRODUCER_ID = "init_producer_id"
+FIND_COORDINATOR = "find_coordinator"
+GROUP_HEARTBEAT = "group_heartbeat"
+OFFSET_COMMIT = "offset_commit"
+OFFSET_FETCH = "offset_fetch"
+LIST_GROUPS = "list_groups"
+DESCRIBE_GROUP = "describe_group"
+DELETE_GROUP = "delete_group"
+CREATE_INTERNAL_TOPIC = "create_internal_topic"  # broker -> controller
 
 # Broker-to-broker (zbroker.raft message types; one-way, never answered on the ROUTER).
 RAFT_PRE_VOTE = "raft_pre_vote"
@@ -131,6 +139,30 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     CREATE_PARTITIONS: {"topic": _f(str), "total": _f(int)},
     INIT_PRODUCER_ID: {},
+    FIND_COORDINATOR: {"group": _f(str)},
+    GROUP_HEARTBEAT: {
+        "group": _f(str),
+        "member_id": _f(str, required=False, default=""),
+        "member_epoch": _f(int),
+        "instance_id": _f(str, _NONE, required=False),
+        "client_id": _f(str, required=False, default=""),
+        "topics": _f(list, _NONE, required=False, item=_STR),
+        "owned": _f(list, _NONE, required=False, item=(list,)),
+        "assignor": _f(str, _NONE, required=False),
+        "rebalance_timeout_ms": _f(int, required=False, default=300000),
+        "session_timeout_ms": _f(int, required=False, default=45000),
+    },
+    OFFSET_COMMIT: {
+        "group": _f(str),
+        "member_id": _f(str, required=False, default=""),
+        "member_epoch": _f(int, required=False, default=-1),
+        "offsets": _f(list, item={**_TOPIC_PARTITION, "offset": _f(int), "metadata": _f(str, required=False, default="")}),
+    },
+    OFFSET_FETCH: {"group": _f(str), "partitions": _f(list, _NONE, required=False, item=(list,))},
+    LIST_GROUPS: {},
+    DESCRIBE_GROUP: {"group": _f(str)},
+    DELETE_GROUP: {"group": _f(str)},
+    CREATE_INTERNAL_TOPIC: {"topic": _f(str), "partitions": _f(int), "replication_factor": _f(int), "config": _f(dict)},
     ALTER_ISR: {"topic": _f(str), "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int), "isr": _f(list, item=(int,))},
 }
 

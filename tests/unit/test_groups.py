@@ -110,8 +110,9 @@ def test_stale_epochs_are_fenced_and_commits_checked():
     with pytest.raises(GroupError) as info:
         g.validate_commit(a.member_id, a.epoch + 7, sorted(a.owned))
     assert info.value.code == ErrorCode.STALE_MEMBER_EPOCH
-    with pytest.raises(GroupError):
-        g.validate_commit("", -1, [("t", 0)])  # an outsider, while the group has members
+    with pytest.raises(GroupError) as info:
+        g.validate_commit("", -1, [("t", 0)])  # an outsider (admin reset), while the group has members
+    assert info.value.code == ErrorCode.NON_EMPTY_GROUP
     with pytest.raises(GroupError):
         g.heartbeat({"member_id": "nobody", "member_epoch": 3, "owned": []}, 1, SESSION, parts)
 
