@@ -4,10 +4,11 @@ Fetching happens ahead of ``poll()`` in the network thread (see
 :mod:`clients.fetcher`); ``poll()`` decodes buffered batches and returns at
 once when data is buffered.
 
-Consumer groups (coordination, commits) arrive in a later version: a
-``group`` is accepted but, for now, the consumer behaves as without one (it
-reads every partition of its topics) and logs a warning; ``commit()`` and
-``committed()`` raise :class:`~zbroker.errors.InvalidGroupIdError`.
+With a ``group``, subscribed consumers share their topics' partitions: the
+group's coordinator assigns each partition to exactly one member and moves
+partitions incrementally when members come and go (:mod:`clients.group`);
+positions are committed to the coordinator (``commit()``, auto-commit) and a
+newly assigned partition starts at its committed offset.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 
 from clients.connection import NetworkClient
 from clients.fetcher import Fetcher
+from clients.group import GroupMembership, coordinator_call
 from clients.metadata import MetadataManager
 from clients.serde import DESERIALIZERS, resolve
 from clients.structs import OffsetAndTimestamp, Record, TopicPartition
@@ -48,15 +50,28 @@ class Consumer:
     Args:
         *topics: topics to subscribe to (all their partitions; new partitions are
             picked up on metadata refresh).  Or call :meth:`assign`.
-        group: consumer group name.  Group coordination is not implemented yet:
-            the consumer reads every partition itself and a warning is logged.
+        group: consumer group name.  Subscribed members of a group share the
+            partitions (each partition has one owner); without a group the
+            consumer reads every partition of its topics and cannot commit.
         bootstrap: ``"host:port[,...]"``; None reads ``ZBROKER_BOOTSTRAP``.
         auto_offset_reset: where to start without a position, or when the
             position is out of range: ``"earliest"``, ``"latest"`` or ``"none"``
             (raise :class:`~zbroker.errors.OffsetOutOfRangeError`).
-        enable_auto_commit, auto_commit_interval_ms, session_timeout_ms,
-        max_poll_interval_ms, group_instance_id, assignor: group settings,
-            accepted and kept for when groups arrive.
+        enable_auto_commit: commit the positions poll() has reached every
+            ``auto_commit_interval_ms`` (default 5000), before partitions are
+            revoked, and on close (default True).
+        session_timeout_ms: the coordinator removes a member it has not heard from
+            for this long (default 45000).
+        max_poll_interval_ms: a member that does not call poll() for this long
+            leaves the group so its partitions move (default 300000); also how long
+            it may take to release revoked partitions.
+        group_instance_id: static membership: a member restarting with the same id
+            within its session keeps its partitions without a rebalance.
+        assignor: ``"sticky"`` (default), ``"range"`` or ``"round_robin"``.
+        on_assigned, on_revoked, on_lost: callables taking a list of
+            ``TopicPartition``; called inside poll() when partitions are given,
+            taken away (commit or flush state here), or lost without a chance to
+            commit (membership fenced or expired).
         fetch_max_wait_ms: how long the broker may hold a fetch for data (default 500).
         fetch_min_bytes: bytes the broker waits for before answering (default 1).
         max_partition_fetch_bytes: per-partition cap of one fetch (default 1 MiB).
@@ -92,14 +107,16 @@ class Consumer:
         buffer_bytes: int = 64 << 20,
         metadata_max_age_ms: int = 30000,
         check_crcs: bool = True,
+        on_assigned=None,
+        on_revoked=None,
+        on_lost=None,
     ) -> None:
         if auto_offset_reset not in _RESETS:
             raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
         if len(topics) == 1 and isinstance(topics[0], (list, tuple)):
             topics = tuple(topics[0])
         self.group = group
-        if group is not None:
-            log.warning("group=%r: consumer groups are not implemented yet; reading every partition without commits", group)
+        self._callbacks = {"on_assigned": on_assigned, "on_revoked": on_revoked, "on_lost": on_lost}
         self.auto_offset_reset = auto_offset_reset
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_ms = auto_commit_interval_ms
@@ -124,6 +141,14 @@ class Consumer:
         self._meta.listeners.append(self._on_metadata)
         self._net.add_task(self._fetcher)
         self._net.add_task(_Task(self._metadata_task))
+        self._group: GroupMembership | None = None
+        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
+        if group is not None:
+            if not isinstance(group, str) or not group:
+                raise ValueError("group must be a non-empty string")
+            self._group = GroupMembership(self, group, group_instance_id, assignor, session_timeout_ms,
+                                          max_poll_interval_ms, client_id)
+            self._net.add_task(_Task(self._group.run))
         if topics:
             self.subscribe(list(topics))
 
@@ -139,11 +164,15 @@ class Consumer:
             self._meta.refresh(list(topics), timeout_ms=min(self.request_timeout_ms, 10000))
         except ZBrokerError as exc:
             log.warning("metadata for %s not available yet: %s", sorted(topics), exc)
+        if self._group is not None:
+            self._group.topics = sorted(topics)  # the coordinator assigns; the next heartbeat says so
+            self._group.next_beat = 0.0
+            self._net.wakeup()
         self._apply_subscription()
 
     def _apply_subscription(self) -> None:
         subs = self._subscription
-        if subs is None:
+        if subs is None or self._group is not None:
             return
         counts = self._meta.cache.partition_counts
         tps = [(t, p) for t in sorted(subs) for p in range(counts.get(t, 0))]
@@ -171,6 +200,8 @@ class Consumer:
         """Read exactly ``partitions`` (a list of ``(topic, partition)``); drops the subscription."""
         self._check_open()
         self._subscription = None
+        if self._group is not None:
+            self._group.topics = None  # manual assignment: the group is used for commits only
         tps = [TopicPartition(t, p) for t, p in partitions]
         topics = sorted({t for t, _ in tps})
         if topics and any((t, p) not in self._meta.cache.leaders for t, p in tps):
@@ -202,20 +233,25 @@ class Consumer:
             CorruptMessageError: a fetched batch failed its CRC.
         """
         fetcher = self._fetcher
-        deadline = None
-        with fetcher.cond:
-            while True:
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        group = self._group
+        while True:
+            if group is not None and not self._closed:
+                group.last_poll = time.monotonic()
+                if group.pending():
+                    group.apply()  # callbacks and commits run here, in the caller's thread
+                self._maybe_auto_commit()
+            with fetcher.cond:
                 if self._closed:
                     return []
                 recs = fetcher.collect(max_records, self._key_de, self._value_de)
                 if recs:
                     return recs
                 now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout_ms / 1000.0
                 if now >= deadline:
                     return []
-                fetcher.cond.wait(deadline - now)
+                wait = deadline - now
+                fetcher.cond.wait(min(wait, 0.2) if group is not None else wait)
 
     def __iter__(self):
         """Yield records forever (blocking); stops when the consumer is closed."""
@@ -342,29 +378,112 @@ class Consumer:
                 self._meta.request_update()
         return out
 
-    # -- groups (later) --------------------------------------------------------------
+    # -- groups ----------------------------------------------------------------------
 
-    def commit(self, offsets=None) -> None:
-        """Not available yet: consumer groups arrive in a later version.
+    def _need_group(self, what: str) -> GroupMembership:
+        if self._group is None:
+            raise InvalidGroupIdError(f"{what} needs a group: Consumer(..., group='name')")
+        return self._group
+
+    def _callback(self, name: str, tps) -> None:
+        fn = self._callbacks.get(name)
+        if fn is None:
+            return
+        try:
+            fn([TopicPartition(*tp) for tp in tps])
+        except Exception:  # a listener's bug must not break the group protocol
+            log.exception("%s callback failed", name)
+
+    def _positions(self, tps) -> dict:
+        with self._fetcher.lock:
+            out = {}
+            for tp in tps:
+                st = self._fetcher.states.get(tuple(tp))
+                if st is not None and st.position is not None:
+                    out[tuple(tp)] = st.position
+            return out
+
+    def _commit_fields(self, offsets: dict, metadata: str) -> dict:
+        member_id, epoch = self._group.commit_fields()
+        return {"group": self.group, "member_id": member_id, "member_epoch": epoch,
+                "offsets": [{"topic": t, "partition": p, "offset": int(o), "metadata": metadata} for (t, p), o in sorted(offsets.items())]}
+
+    def commit(self, offsets=None, metadata: str = "", asynchronous: bool = False, callback=None) -> None:
+        """Commit positions to the group: ``offsets`` ({(topic, partition): next offset to read})
+        or, by default, the positions poll() has reached on every assigned partition.
+
+        With ``asynchronous=True`` it returns at once and ``callback(exception or None)``
+        is called from the network thread.
 
         Raises:
-            InvalidGroupIdError: always.
+            InvalidGroupIdError: no group.  StaleMemberEpochError, UnknownMemberIdError:
+            the membership moved on (the partitions may have moved). NonEmptyGroupError:
+            committing from outside an active group.
         """
-        raise InvalidGroupIdError(
-            "commit() needs consumer-group coordination, which this client does not support yet"
-            if self.group else "commit() needs a group: Consumer(..., group='name')"
-        )
+        group = self._need_group("commit()")
+        if offsets is None:
+            offsets = self._positions(self._fetcher.states)
+        offsets = {tuple(tp): o for tp, o in offsets.items()}
+        if not offsets:
+            if callback:
+                callback(None)
+            return
+        fields = self._commit_fields(offsets, metadata)
+        if asynchronous and group.coordinator is not None:
+            def done(header, _frames, exc):
+                err = exc or (error_from(header["error"], header.get("error_message")) if header.get("error") else None)
+                if err is not None:
+                    log.info("async commit failed: %s", err)
+                if callback:
+                    callback(err)
+            self._net.send(group.coordinator, "offset_commit", fields, (), done, timeout_ms=self.request_timeout_ms)
+            return
+        try:
+            coordinator_call(self, "offset_commit", fields, self.request_timeout_ms / 1000.0)
+        except ZBrokerError as exc:
+            if callback:
+                callback(exc)
+                return
+            raise
+        if callback:
+            callback(None)
 
-    def committed(self, topic: str, partition: int):
-        """Not available yet: consumer groups arrive in a later version.
+    def commit_async(self, offsets=None, callback=None) -> None:
+        """Same as ``commit(offsets, asynchronous=True, callback=callback)``."""
+        self.commit(offsets, asynchronous=True, callback=callback)
 
-        Raises:
-            InvalidGroupIdError: always.
-        """
-        raise InvalidGroupIdError(
-            "committed() needs consumer-group coordination, which this client does not support yet"
-            if self.group else "committed() needs a group: Consumer(..., group='name')"
-        )
+    def _commit_positions(self, tps, quiet: bool = False) -> None:
+        offsets = self._positions(tps)
+        if not offsets:
+            return
+        try:
+            self.commit(offsets)
+        except ZBrokerError as exc:
+            if not quiet:
+                raise
+            log.warning("group %s: commit of %d positions failed: %s", self.group, len(offsets), exc)
+
+    def _maybe_auto_commit(self) -> None:
+        if not self.enable_auto_commit or self._group is None:
+            return
+        now = time.monotonic()
+        if now < self._next_auto_commit:
+            return
+        self._next_auto_commit = now + self.auto_commit_interval_ms / 1000.0
+        offsets = self._positions(self._fetcher.states)
+        if offsets:
+            self.commit(offsets, asynchronous=True)
+
+    def _fetch_committed(self, tps) -> dict:
+        header = coordinator_call(self, "offset_fetch", {"group": self.group, "partitions": [list(tp) for tp in tps]},
+                                  self.request_timeout_ms / 1000.0)
+        return {(o["topic"], o["partition"]): o["offset"] for o in header.get("offsets") or ()}
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        """The group's committed offset of a partition (the next offset to read), or None."""
+        self._need_group("committed()")
+        offset = self._fetch_committed([(topic, partition)]).get((topic, partition), -1)
+        return offset if offset >= 0 else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -376,6 +495,12 @@ class Consumer:
         """Stop fetching and release the sockets; :meth:`poll` returns ``[]`` afterwards."""
         if self._closed:
             return
+        if self._group is not None:
+            if self.enable_auto_commit and self._group.topics is not None and self._group.owned:
+                self._commit_positions(sorted(self._group.owned), quiet=True)
+            elif self.enable_auto_commit and self._group.topics is None:
+                self._commit_positions(list(self._fetcher.states), quiet=True)
+            self._group.leave()
         self._closed = True
         self._fetcher.closed = True
         with self._fetcher.cond:

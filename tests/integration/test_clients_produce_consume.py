@@ -223,13 +223,24 @@ def test_latest_reset_sees_only_new_records_and_iteration_stops_on_close(broker)
 
 
 @pytest.mark.timeout(30)
-def test_group_is_accepted_for_now(broker):
+def test_a_group_member_resumes_from_the_committed_offset(broker):
     create(broker, "grp", 2)
     with Producer(bootstrap=broker.bootstrap) as p:
-        p.send("grp", b"x", partition=1).result(10)
-    with Consumer("grp", group="g1", bootstrap=broker.bootstrap, value_deserializer="str") as c:
-        assert c.assignment() == {("grp", 0), ("grp", 1)}
-        assert [r.value for r in consume(c, 1)] == ["x"]
+        for i in range(10):
+            p.send("grp", b"%d" % i, partition=i % 2)
+        p.flush(10)
+    assigned = []
+    with Consumer("grp", group="g1", bootstrap=broker.bootstrap, value_deserializer="str", enable_auto_commit=False,
+                  session_timeout_ms=5000, on_assigned=assigned.extend) as c:
+        got = consume(c, 10)
+        assert sorted(r.value for r in got) == [str(i) for i in range(10)]
+        assert sorted(assigned) == [("grp", 0), ("grp", 1)]
+        c.commit({("grp", 0): 3, ("grp", 1): 5}, metadata="half way")
+        assert c.committed("grp", 0) == 3 and c.committed("grp", 1) == 5
+    with Consumer("grp", group="g1", bootstrap=broker.bootstrap, value_deserializer="str", session_timeout_ms=5000) as c:
+        got = consume(c, 2)  # each partition holds offsets 0-4: p0 has 3 and 4 left, p1 nothing
+        assert sorted((r.partition, r.offset) for r in got) == [(0, 3), (0, 4)]  # resumed where committed
+        assert c.position("grp", 1) == 5
 
 
 @pytest.mark.timeout(60)
