@@ -330,7 +330,9 @@ class Group:
         if m is None:
             raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"member {member_id!r} is not in group {self.group_id!r}")
         held = m.assigned | m.revoking
-        if member_epoch == m.epoch or (member_epoch == m.epoch - 1 and set(tps) <= held):
+        # An older epoch is fine for partitions the member still holds (it may not have heard
+        # of its new epoch yet): nobody else can own them.  Others may have moved: refused.
+        if member_epoch == m.epoch or (0 < member_epoch < m.epoch and set(tps) <= held):
             return
         raise GroupError(ErrorCode.STALE_MEMBER_EPOCH, f"member epoch {member_epoch} is stale (current {m.epoch})")
 
