@@ -3,25 +3,41 @@
 Every method is a blocking request to one broker (any broker can answer; on a
 timeout or a broken connection the next known broker is tried).  Broker errors
 are raised as :mod:`zbroker.errors` classes built by ``error_from(code, message)``.
-Group administration (``describe_group``, ``list_groups``) arrives with consumer
-groups and raises :class:`~zbroker.errors.InvalidGroupIdError` for now.
+
+Group requests (``describe_group``, ``delete_group``, ``offset_commit``) go to the
+group's coordinator, found with ``find_coordinator`` and found again whenever a
+broker answers COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE or
+NOT_COORDINATOR.  ``list_groups`` asks every broker, since each one answers only
+for the groups it coordinates.  Log offsets (lag, offset resets) come from each
+partition's leader with ``list_offsets``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import datetime, timedelta, timezone
 
 from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
-from clients.structs import BrokerInfo, ClusterDescription, GroupDescription, PartitionInfo, TopicDescription
+from clients.structs import (
+    BrokerInfo,
+    ClusterDescription,
+    GroupDescription,
+    MemberInfo,
+    OffsetInfo,
+    PartitionInfo,
+    TopicDescription,
+)
 from zbroker.errors import (
     ClientClosedError,
     ConnectionBrokenError,
     ErrorCode,
     InvalidGroupIdError,
     RequestTimeoutError,
+    UnknownTopicOrPartitionError,
     ZBrokerError,
+    error_from,
 )
 
 
@@ -29,9 +45,47 @@ from zbroker.errors import (
 #: cluster is electing a controller.  Others (an unknown topic, say) are answers.
 _RETRY_CODES = frozenset({ErrorCode.NOT_CONTROLLER, ErrorCode.REQUEST_TIMED_OUT, ErrorCode.COORDINATOR_NOT_AVAILABLE})
 
+#: Errors after which a group request looks for the group's coordinator again.
+_REFIND_CODES = frozenset({ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, ErrorCode.COORDINATOR_NOT_AVAILABLE, ErrorCode.NOT_COORDINATOR})
+
+#: list_offsets special timestamps (Kafka's values).
+_LATEST = -1
+_EARLIEST = -2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+#: How long list_groups waits for a broker the cluster reports as not alive.
+_DEAD_BROKER_TIMEOUT_MS = 1000
+
+
+def _describe_code(code: int) -> str:
+    """``unknown topic or partition`` for UNKNOWN_TOPIC_OR_PARTITION, say."""
+    try:
+        return ErrorCode(code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"error {code}"
+
+
+def _datetime_ms(value) -> int:
+    """Milliseconds since the epoch of a ``datetime`` or ISO-8601 string (naive = local time)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"to_datetime: not an ISO-8601 date/time: {value!r}") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"to_datetime must be a datetime or an ISO-8601 string, got {value!r}")
+    if value.tzinfo is None:
+        value = value.astimezone()  # a naive datetime is local time
+    micros = (value - _EPOCH) // timedelta(microseconds=1)
+    ms = -(-micros // 1000)  # the first whole millisecond at or after it, without float rounding
+    if ms < 0:
+        raise ValueError(f"to_datetime: {value.isoformat()} is before 1970")
+    return ms
+
 
 class Admin:
-    """Creates, describes, alters and deletes topics; describes the cluster.
+    """Creates, describes, alters and deletes topics; describes the cluster and consumer groups.
 
     Args:
         bootstrap: ``"host:port[,...]"``; None reads ``ZBROKER_BOOTSTRAP``.
@@ -43,6 +97,7 @@ class Admin:
         self.request_timeout_ms = request_timeout_ms
         self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-admin")
         self._meta = MetadataManager(self._net)
+        self._coordinators: dict[str, str] = {}  # group -> host:port of its coordinator, as last found
         self._closed = False
 
     def _call(self, kind: str, fields: dict) -> dict:
@@ -171,21 +226,269 @@ class Admin:
         """
         self._call("create_partitions", {"topic": name, "total": int(total)})
 
-    def describe_group(self, group: str) -> GroupDescription:
-        """Not available yet: consumer groups arrive in a later version.
+    # -- consumer groups ------------------------------------------------------------
 
-        Raises:
-            InvalidGroupIdError: always.
+    def _remaining_ms(self, deadline: float, kind: str, last: ZBrokerError | None) -> int:
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise last or RequestTimeoutError(f"{kind}: no broker answered")
+        return left
+
+    @staticmethod
+    def _pause(deadline: float) -> None:
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _find_coordinator(self, group: str, deadline: float) -> str:
+        """``host:port`` of the broker coordinating ``group`` (retrying until ``deadline``)."""
+        if group in self._coordinators:
+            return self._coordinators[group]
+        last: ZBrokerError | None = None
+        while True:
+            for address in self._meta.candidates():
+                left = self._remaining_ms(deadline, "find_coordinator", last)
+                try:
+                    header, _ = self._net.request(address, "find_coordinator", {"group": group}, timeout_ms=left)
+                except (RequestTimeoutError, ConnectionBrokenError) as exc:
+                    last = exc
+                    continue
+                except ZBrokerError as exc:
+                    if exc.code not in _REFIND_CODES:
+                        raise
+                    last = exc  # the offsets topic is being created or has no leader yet
+                    self._pause(deadline)
+                    continue
+                found = f"{header['host']}:{header['port']}"
+                self._coordinators[group] = found
+                return found
+            self._remaining_ms(deadline, "find_coordinator", last)
+            self._pause(deadline)
+
+    def _group_call(self, group: str, kind: str, fields: dict) -> dict:
+        """A request to ``group``'s coordinator, finding it again when it moves; returns the header."""
+        if self._closed:
+            raise ClientClosedError("admin client is closed")
+        if not isinstance(group, str) or not group:
+            raise InvalidGroupIdError("group must be a non-empty string")
+        deadline = time.monotonic() + self.request_timeout_ms / 1000.0
+        last: ZBrokerError | None = None
+        while True:
+            address = self._find_coordinator(group, deadline)
+            left = self._remaining_ms(deadline, kind, last)
+            try:
+                header, _ = self._net.request(address, kind, fields, timeout_ms=left)
+                return header
+            except (RequestTimeoutError, ConnectionBrokenError) as exc:
+                last = exc
+            except ZBrokerError as exc:
+                if exc.code not in _REFIND_CODES:
+                    raise
+                last = exc
+            self._coordinators.pop(group, None)
+            self._remaining_ms(deadline, kind, last)
+            self._pause(deadline)
+
+    def _log_offsets(self, specs: list[tuple[str, int, int]], strict: bool) -> dict[tuple[str, int, int], int]:
+        """``list_offsets`` at each partition's leader: {(topic, partition, timestamp): offset}.
+
+        Retriable answers (no leader, leader moved) are asked again until the deadline.
+        ``strict``: an unknown topic or partition or an unanswered leader raises;
+        otherwise those specs are left out of the answer.
         """
-        raise InvalidGroupIdError("describe_group: consumer groups are not supported by this client yet")
+        deadline = time.monotonic() + self.request_timeout_ms / 1000.0
+        pending = list(dict.fromkeys(specs))
+        found: dict[tuple[str, int, int], int] = {}
+        last: ZBrokerError | None = None
+        while pending:
+            meta = self._call("metadata", {"topics": sorted({t for t, _, _ in pending})})
+            address = {b["id"]: f"{b['host']}:{b['port']}" for b in meta.get("brokers") or ()}
+            leaders: dict[tuple[str, int], int] = {}
+            unsettled: set[str] = set()  # topics whose metadata is not ready yet
+            for t in meta.get("topics") or ():
+                if t.get("error"):
+                    err = error_from(t["error"], f"topic {t['topic']!r}: {t.get('error_message') or _describe_code(t['error'])}")
+                    if err.retriable:
+                        unsettled.add(t["topic"])
+                        last = err
+                    elif strict:
+                        raise err
+                for p in t.get("partitions") or ():
+                    leaders[(t["topic"], p["partition"])] = p.get("leader", -1)
+            by_leader: dict[int, list[tuple[str, int, int]]] = {}
+            retry: list[tuple[str, int, int]] = []
+            for spec in pending:
+                leader = leaders.get(spec[:2])
+                if leader is None and spec[0] in unsettled:
+                    retry.append(spec)
+                    continue
+                if leader is None:
+                    if strict:
+                        raise UnknownTopicOrPartitionError(f"no partition {spec[0]}-{spec[1]}")
+                    continue
+                if leader < 0 or leader not in address:
+                    retry.append(spec)
+                    continue
+                by_leader.setdefault(leader, []).append(spec)
+            for leader, group in by_leader.items():
+                fields = {"partitions": [{"topic": t, "partition": p, "timestamp": ts} for t, p, ts in group]}
+                try:
+                    left = self._remaining_ms(deadline, "list_offsets", last)
+                    header, _ = self._net.request(address[leader], "list_offsets", fields, timeout_ms=left)
+                except ZBrokerError as exc:
+                    last = exc
+                    retry.extend(group)
+                    continue
+                for spec, result in zip(group, header.get("partitions") or ()):
+                    code = result.get("error") or 0
+                    if not code:
+                        found[spec] = result["offset"]
+                    elif error_from(code).retriable:
+                        last = error_from(code, result.get("error_message"))
+                        retry.append(spec)
+                    elif strict:
+                        raise error_from(code, f"partition {spec[0]}-{spec[1]}: {result.get('error_message') or _describe_code(code)}")
+            pending = retry
+            if pending:
+                if time.monotonic() >= deadline:
+                    if strict:
+                        raise last or RequestTimeoutError("list_offsets: no leader answered")
+                    break
+                self._pause(deadline)
+        return found
 
     def list_groups(self) -> list[str]:
-        """Not available yet: consumer groups arrive in a later version.
+        """Sorted names of every consumer group the cluster knows.
+
+        Each broker answers only for the groups it coordinates, so every broker of
+        the cluster is asked; brokers that do not answer are skipped.
 
         Raises:
-            InvalidGroupIdError: always.
+            RequestTimeoutError (or the last error): no broker answered.
         """
-        raise InvalidGroupIdError("list_groups: consumer groups are not supported by this client yet")
+        if self._closed:
+            raise ClientClosedError("admin client is closed")
+        meta = self._call("metadata", {"topics": []})
+        brokers = meta.get("brokers") or ()
+        names: set[str] = set()
+        answered = 0
+        last: ZBrokerError | None = None
+        for b in sorted(brokers, key=lambda b: (not b.get("alive", True), b["id"])):
+            timeout = self.request_timeout_ms if b.get("alive", True) else min(self.request_timeout_ms, _DEAD_BROKER_TIMEOUT_MS)
+            try:
+                header, _ = self._net.request(f"{b['host']}:{b['port']}", "list_groups", {}, timeout_ms=timeout)
+            except ZBrokerError as exc:
+                last = exc
+                continue
+            answered += 1
+            names.update(g["group"] for g in header.get("groups") or ())
+        if not answered:
+            raise last or RequestTimeoutError("list_groups: no broker answered")
+        return sorted(names)
+
+    def describe_group(self, group: str) -> GroupDescription:
+        """State, members (with their assignments) and per-partition offsets and lag of a group.
+
+        ``offsets`` covers every partition with a committed offset or assigned to a
+        member; the log end is each partition's high watermark, asked of its leader.
+
+        Raises:
+            GroupIdNotFoundError: no such group.  InvalidGroupIdError: an empty name.
+        """
+        h = self._group_call(group, "describe_group", {"group": group})
+        members = [
+            MemberInfo(
+                m["member_id"], m.get("client_id") or "", [(t, p) for t, p in m.get("assignment") or ()],
+                instance_id=m.get("instance_id"), topics=tuple(m.get("topics") or ()),
+                member_epoch=m.get("member_epoch", 0), revoking=[(t, p) for t, p in m.get("revoking") or ()],
+            )
+            for m in h.get("members") or ()
+        ]
+        committed = {(o["topic"], o["partition"]): o["offset"] for o in h.get("offsets") or ()}
+        tps = set(committed)
+        for m in members:
+            tps.update(m.assignment)
+            tps.update(m.revoking)
+        ends = self._log_offsets([(t, p, _LATEST) for t, p in sorted(tps)], strict=False) if tps else {}
+        offsets: dict[tuple[str, int], OffsetInfo] = {}
+        for tp in sorted(tps):
+            c = committed.get(tp, -1)
+            end = ends.get((tp[0], tp[1], _LATEST), -1)
+            lag = -1 if end < 0 else (end - c if c >= 0 else end)
+            offsets[tp] = OffsetInfo(c, end, lag)
+        return GroupDescription(h.get("group", group), h.get("state", "unknown"), members, offsets,
+                                group_epoch=h.get("group_epoch", 0), assignor=h.get("assignor"))
+
+    def delete_group(self, group: str) -> None:
+        """Delete a group and its committed offsets.
+
+        Raises:
+            NonEmptyGroupError: the group has members.  GroupIdNotFoundError: no such group.
+        """
+        self._group_call(group, "delete_group", {"group": group})
+
+    def reset_offsets(self, group: str, topic: str, *, to_earliest: bool = False, to_latest: bool = False,
+                      to_offset: int | None = None, to_datetime=None, partitions=None) -> dict[tuple[str, int], int]:
+        """Set ``group``'s committed offsets of ``topic`` (every partition, or ``partitions``).
+
+        Exactly one target: ``to_earliest`` (log start), ``to_latest`` (log end),
+        ``to_offset`` (clamped into [log start, log end] per partition) or
+        ``to_datetime`` (a ``datetime`` or an ISO-8601 string, naive = local time:
+        the first offset with a timestamp at or after it, the log end if none).
+        The group must have no members: stop its consumers first.
+
+        Returns:
+            {(topic, partition): the offset committed}.
+
+        Raises:
+            ValueError: not exactly one target, or a bad value.  NonEmptyGroupError: the
+            group has active members.  UnknownTopicOrPartitionError: no such topic/partition.
+        """
+        targets = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
+        if sum(bool(t) for t in targets) != 1:
+            raise ValueError("reset_offsets: give exactly one of to_earliest, to_latest, to_offset, to_datetime")
+        if to_offset is not None and (isinstance(to_offset, bool) or not isinstance(to_offset, int) or to_offset < 0):
+            raise ValueError(f"to_offset must be an integer >= 0, got {to_offset!r}")
+        if not isinstance(group, str) or not group:
+            raise InvalidGroupIdError("group must be a non-empty string")
+        ts_ms = None if to_datetime is None else _datetime_ms(to_datetime)
+        if partitions is None:
+            meta = self._call("metadata", {"topics": [topic]})
+            entry = next((t for t in meta.get("topics") or () if t["topic"] == topic), None)
+            if entry is None or entry.get("error"):
+                code = (entry or {}).get("error") or ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                raise error_from(code, f"topic {topic!r}: {(entry or {}).get('error_message') or _describe_code(code)}")
+            indexes = sorted(p["partition"] for p in entry.get("partitions") or ())
+        else:
+            indexes = sorted({int(p) for p in partitions})
+            if not indexes:
+                raise ValueError("reset_offsets: partitions is empty")
+        if to_earliest:
+            stamps = (_EARLIEST,)
+        elif to_latest:
+            stamps = (_LATEST,)
+        elif to_offset is not None:
+            stamps = (_EARLIEST, _LATEST)
+        else:
+            stamps = (ts_ms, _LATEST)
+        got = self._log_offsets([(topic, i, ts) for i in indexes for ts in stamps], strict=True)
+        new: dict[tuple[str, int], int] = {}
+        for i in indexes:
+            if to_earliest:
+                offset = got[(topic, i, _EARLIEST)]
+            elif to_latest:
+                offset = got[(topic, i, _LATEST)]
+            elif to_offset is not None:
+                offset = max(got[(topic, i, _EARLIEST)], min(to_offset, got[(topic, i, _LATEST)]))
+            else:
+                at = got[(topic, i, ts_ms)]
+                offset = at if at >= 0 else got[(topic, i, _LATEST)]
+            new[(topic, i)] = offset
+        fields = {"group": group, "member_id": "", "member_epoch": -1,
+                  "offsets": [{"topic": t, "partition": p, "offset": o, "metadata": ""} for (t, p), o in new.items()]}
+        h = self._group_call(group, "offset_commit", fields)
+        for r in h.get("results") or ():
+            if r.get("error"):
+                raise error_from(r["error"], f"partition {r['topic']}-{r['partition']}: {r.get('error_message') or _describe_code(r['error'])}")
+        return new
 
     def close(self) -> None:
         """Release the sockets."""

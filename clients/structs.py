@@ -101,16 +101,30 @@ class ClusterDescription:
 
 @dataclass(frozen=True)
 class MemberInfo:
-    """One member of a consumer group; ``assignment`` is a list of (topic, partition)."""
+    """One member of a consumer group; ``assignment`` is a list of (topic, partition).
+
+    ``instance_id`` is the static member id (None for a dynamic member), ``topics`` the
+    subscription, ``member_epoch`` the member's current epoch and ``revoking`` the
+    partitions it still holds while handing them over to another member.
+    """
 
     member_id: str
     client_id: str
     assignment: list[tuple[str, int]]
+    instance_id: str | None = None
+    topics: tuple[str, ...] = ()
+    member_epoch: int = 0
+    revoking: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class OffsetInfo:
-    """Committed offset, log end and lag of one partition for a group."""
+    """Committed offset, log end and lag of one partition for a group.
+
+    ``committed`` is -1 when the group has committed nothing for the partition
+    (``lag`` is then the whole ``log_end``); ``log_end`` is the partition's high
+    watermark, -1 when its leader could not be asked (``lag`` is then -1 too).
+    """
 
     committed: int
     log_end: int
@@ -119,9 +133,15 @@ class OffsetInfo:
 
 @dataclass(frozen=True)
 class GroupDescription:
-    """Answer of :meth:`Admin.describe_group`."""
+    """Answer of :meth:`Admin.describe_group`.
+
+    ``offsets`` covers every partition the group has committed an offset for or a
+    member is assigned; ``group_epoch`` and ``assignor`` come from the coordinator.
+    """
 
     group: str
     state: str
     members: list[MemberInfo]
     offsets: dict[tuple[str, int], OffsetInfo]
+    group_epoch: int = 0
+    assignor: str | None = None

@@ -41,8 +41,8 @@ from storage.checkpoint import fsync_dir
 from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
-from storage.segment import (INDEX_SUFFIX, LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
-                             TIMEINDEX_SUFFIX, Segment)
+from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
+                             Segment)
 
 log = logging.getLogger(__name__)
 

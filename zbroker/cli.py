@@ -299,9 +299,11 @@ def consume(ctx, topic, group, from_beginning, partition, offset, max_messages, 
 
 from zbroker.bench import bench  # noqa: E402
 from zbroker.cluster_cli import cluster  # noqa: E402
+from zbroker.groups_cli import groups  # noqa: E402
 
 cli.add_command(bench)
 cli.add_command(cluster)
+cli.add_command(groups)
 
 
 def main(argv: list[str] | None = None) -> int:

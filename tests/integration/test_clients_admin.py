@@ -7,7 +7,6 @@ import pytest
 from clients import Admin, BrokerInfo, ClusterDescription, PartitionInfo, TopicDescription
 from zbroker.errors import (
     InvalidConfigError,
-    InvalidGroupIdError,
     InvalidPartitionsError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -47,8 +46,7 @@ def test_bad_create_and_cluster(broker):
         assert isinstance(cluster, ClusterDescription)
         assert cluster.brokers and isinstance(cluster.brokers[0], BrokerInfo)
         assert f"{cluster.brokers[0].host}:{cluster.brokers[0].port}" == broker.bootstrap
-        with pytest.raises(InvalidGroupIdError):
-            admin.list_groups()
+        assert admin.list_groups() == []  # no group has committed or joined yet
 
 
 @pytest.mark.timeout(30)
