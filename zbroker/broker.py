@@ -47,6 +47,7 @@ from zbroker.partition import Partition
 from zbroker.purgatory import Purgatory
 from zbroker.coordinator import GroupCoordinator
 from zbroker.datapath import DataPath
+from zbroker.housekeeping import Housekeeping
 from zbroker.producer_state import ProducerStateMixin
 from zbroker.replication import ReplicaFetcher
 from zbroker.topicadmin import META_KEY, TopicAdmin
@@ -57,7 +58,7 @@ Frames = list[bytes]
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
 
-class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
+class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Housekeeping):
     """One broker's state and request handlers."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock=None) -> None:
@@ -82,6 +83,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
         self._group_index: dict[str, int] = {}  # group -> its __consumer_offsets partition
         self._loaded_offsets: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
         self._last_checkpoint_ms = now_ms
+        self._init_housekeeping(now_ms)
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
             P.CREATE_TOPIC: self._create_topic,
@@ -258,6 +260,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
         if self.control.ready:
             self._sync_coordination(now_ms)
             self._expire_members(now_ms)
+            self._housekeeping(now_ms)
         self.purgatory.expire(now_ms)
         self._expire_forwards(now_ms)
         if now_ms - self._last_checkpoint_ms >= self.config.setting("flush_check_ms"):
@@ -275,6 +278,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
             due = min(due, min(f[3] for f in self._forwards.values()))
         if any(p.is_leader and p.pending_isr is None and len(p.isr) < len(p.replicas) for p in self.partitions.values()):
             due = min(due, now_ms + 100)  # watch under-replicated partitions for followers catching up
+        due = min(due, self._next_pass_ms if not self._pass else now_ms + 10)
         return max(0, due - now_ms)
 
     def close(self) -> None:
@@ -374,6 +378,3 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator):
             overrides=sorted(topic.overrides),
             partitions=parts,
         )
-
-    def _create_partitions(self, peer, header, fields, frames, now_ms):
-        raise P.RequestError(ErrorCode.INVALID_REQUEST, "adding partitions to a topic is not supported yet")

@@ -193,16 +193,23 @@ def topics_delete(ctx, name: str) -> None:
 @click.argument("name")
 @click.option("--config", "configs", multiple=True, metavar="KEY=VALUE", help="Set a per-topic setting; repeatable.")
 @click.option("--delete-config", "removals", multiple=True, metavar="KEY", help="Remove an override (back to the broker default).")
+@click.option("--partitions", type=click.IntRange(1), help="Grow the topic to this many partitions.")
 @click.pass_context
-def topics_alter(ctx, name: str, configs: tuple[str, ...], removals: tuple[str, ...]) -> None:
-    """Change topic NAME's settings."""
+def topics_alter(ctx, name: str, configs: tuple[str, ...], removals: tuple[str, ...], partitions: int | None) -> None:
+    """Change topic NAME's settings, or grow its partition count."""
     changes: dict[str, str | None] = _parse_configs(configs)
     changes.update({key: None for key in removals})
-    if not changes:
-        raise BadUsage("topics alter: nothing to change (give --config KEY=VALUE or --delete-config KEY)")
+    if not changes and partitions is None:
+        raise BadUsage("topics alter: nothing to change (give --config KEY=VALUE, --delete-config KEY or --partitions N)")
     with _admin(ctx) as admin:
-        admin.alter_topic_config(name, changes)
-    click.echo(f"altered topic {name}: " + ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items()))
+        if changes:
+            admin.alter_topic_config(name, changes)
+            click.echo(f"altered topic {name}: " + ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items()))
+        if partitions is not None:
+            admin.create_partitions(name, partitions)
+            click.echo(f"topic {name} now has {partitions} partitions")
+            click.echo("warning: keyed records now map to other partitions (murmur2(key) % partition count changed); "
+                       "per-key order holds only among records sent after the change", err=True)
 
 
 @cli.command()

@@ -90,6 +90,7 @@ REMOVE_TOPIC_RECORD = "remove_topic"  # name
 TOPIC_CONFIG_RECORD = "topic_config"  # name, overrides (the whole new override map)
 PARTITION_CHANGE_RECORD = "partition_change"  # topic, partition, leader, leader_epoch, isr
 PRODUCER_IDS_RECORD = "producer_ids"  # next: the next producer id to hand out
+ADD_PARTITIONS_RECORD = "add_partitions"  # name, partitions: [{partition, replicas, leader, leader_epoch, isr}]
 
 
 def topic_record(topic: TopicMeta) -> dict:
@@ -124,6 +125,12 @@ def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:
             pm.leader_epoch = record["leader_epoch"]
             pm.isr = list(record["isr"])
         return (record["topic"],)
+    if kind == ADD_PARTITIONS_RECORD:
+        topic = image.get(record["name"])
+        if topic is not None:
+            have = topic.partition_count
+            topic.partitions.extend(PartitionMeta(**p) for p in record["partitions"] if p["partition"] >= have)
+        return (record["name"],)
     if kind == PRODUCER_IDS_RECORD:
         image.next_producer_id = max(image.next_producer_id, int(record["next"]))
         return ()

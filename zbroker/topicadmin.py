@@ -12,13 +12,21 @@ any controller failover, and is in this broker's image before the answer leaves.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from zbroker import protocol as P
 from zbroker.config import TOPIC_CONFIG, ConfigError, validate_topic_config
 from zbroker.controller import new_topic
 from zbroker.errors import ErrorCode
-from zbroker.metadata import REMOVE_TOPIC_RECORD, TOPIC_CONFIG_RECORD, TopicMeta, topic_name_problem, topic_record
+from zbroker.metadata import (
+    ADD_PARTITIONS_RECORD,
+    REMOVE_TOPIC_RECORD,
+    TOPIC_CONFIG_RECORD,
+    TopicMeta,
+    topic_name_problem,
+    topic_record,
+)
 from zbroker.purgatory import DelayedOperation
 from zbroker.raft import NotLeader
 
@@ -152,6 +160,25 @@ class TopicAdmin:
         overrides.update(changes)
         log.info("altering topic=%s set=%s removed=%s", topic.name, changes, removals)
         return [{"type": TOPIC_CONFIG_RECORD, "name": topic.name, "overrides": overrides}], ()
+
+    def _build_add_partitions(self: Broker, fields: dict, now_ms: int):
+        topic = self._known_topic(fields["topic"])
+        if topic.internal:
+            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} is internal: its partition count is fixed")
+        total, current = fields["total"], topic.partition_count
+        if not current < total <= 100_000:
+            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} has {current} partitions: the new total must be more, at most 100000")
+        brokers = [b.id for b in self.config.brokers]
+        rf = len(topic.partitions[0].replicas)
+        live = self.control.live_brokers(now_ms)
+        added = new_topic(self.image, brokers, topic.name, total - current, rf, {}, live).partitions
+        for i, pm in enumerate(added):
+            pm.partition = current + i
+        log.info("adding partitions to topic=%s: %d -> %d", topic.name, current, total)
+        return [{"type": ADD_PARTITIONS_RECORD, "name": topic.name, "partitions": [asdict(pm) for pm in added]}], ()
+
+    def _create_partitions(self: Broker, peer, header, fields, frames, now_ms):
+        return self._admin_request(peer, header, fields, frames, now_ms, self._build_add_partitions)
 
     def _create_topic(self: Broker, peer, header, fields, frames, now_ms):
         return self._admin_request(peer, header, fields, frames, now_ms, self._build_create)

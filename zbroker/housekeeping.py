@@ -1,0 +1,93 @@
+"""Retention and compaction, run off the request path in bounded slices.
+
+A mixin of :class:`zbroker.broker.Broker`.  Every ``retention_check_ms`` a pass
+starts over every partition this broker holds (leaders and followers alike: each
+replica cleans its own copy).  Each turn of the event loop handles at most
+``PARTITIONS_PER_TURN`` partitions of the pass, and compaction rewrites at most
+``CLEAN_BYTES_PER_TURN`` bytes before yielding, so the loop never stalls on it:
+
+- ``cleanup_policy`` with ``delete``: whole closed segments past ``retention_ms``
+  or beyond ``retention_bytes`` go (:func:`zbroker.retention.retention_cutoff`),
+  never the active one, never above the high watermark; the log start advances.
+- ``cleanup_policy`` with ``compact``: when the share of never-cleaned bytes in the
+  closed segments reaches ``min_cleanable_dirty_ratio``, the cleaner
+  (:mod:`storage.cleaner`) keeps the latest record per key and drops tombstones
+  older than ``delete_retention_ms``; an unfinished clean continues next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from zbroker.retention import retention_cutoff
+
+if TYPE_CHECKING:
+    from zbroker.broker import Broker
+
+log = logging.getLogger(__name__)
+
+PARTITIONS_PER_TURN = 32
+CLEAN_BYTES_PER_TURN = 8 << 20
+
+
+class Housekeeping:
+    """Mixin: the retention and compaction pass."""
+
+    def _init_housekeeping(self: Broker, now_ms: int) -> None:
+        self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
+        self._pass: deque = deque()
+        self._cleaned_to: dict[tuple[str, int], int] = {}
+
+    def _housekeeping(self: Broker, now_ms: int) -> None:
+        if now_ms >= self._next_pass_ms:
+            self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
+            if not self._pass:
+                self._pass.extend(self.partitions)
+        for _ in range(min(PARTITIONS_PER_TURN, len(self._pass))):
+            tp = self._pass.popleft()
+            part = self.partitions.get(tp)
+            topic = self.image.get(tp[0])
+            if part is None or topic is None:
+                continue
+            settings = self.config.topic_settings(topic.overrides)
+            policy = settings["cleanup_policy"]
+            try:
+                if "delete" in policy:
+                    self._apply_retention(part, settings, now_ms)
+                if "compact" in policy and not self._compact(part, settings, now_ms):
+                    self._pass.append(tp)  # unfinished: more next turn
+                    break
+            except OSError as exc:
+                log.error("housekeeping of %s-%s failed: %s", tp[0], tp[1], exc)
+
+    def _apply_retention(self: Broker, part, settings: dict, now_ms: int) -> None:
+        lg = part.log
+        hw = part.high_watermark if part.is_leader else min(part.high_watermark, lg.log_end_offset)
+        cutoff = retention_cutoff(lg.segments_info(), hw, now_ms, settings["retention_ms"], settings["retention_bytes"])
+        if cutoff is None or cutoff <= lg.log_start_offset:
+            return
+        before = lg.log_start_offset
+        deleted = lg.delete_segments_before(cutoff)
+        if deleted:
+            part.producers = None  # rebuilt from what is left when next needed
+            log.info("retention: %s-%s deleted %d segment(s), log start %d -> %d", part.topic, part.index, deleted, before,
+                     lg.log_start_offset)
+
+    def _compact(self: Broker, part, settings: dict, now_ms: int) -> bool:
+        """One slice of cleaning if the partition is dirty enough; True when nothing is left to do."""
+        from storage.cleaner import clean, dirty_ratio
+
+        lg = part.log
+        cleaned_to = self._cleaned_to.get(part.tp, lg.log_start_offset)
+        if len(lg.segments_info()) < 2 or dirty_ratio(lg, cleaned_to) < settings["min_cleanable_dirty_ratio"]:
+            return True
+        result = clean(lg, now_ms, settings["delete_retention_ms"], max_bytes=CLEAN_BYTES_PER_TURN, cleaned_up_to=cleaned_to)
+        if result.segments_cleaned:
+            part.producers = None
+            log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed", part.topic, part.index,
+                     result.segments_cleaned, result.bytes_before, result.bytes_after, result.records_removed)
+        if result.done:
+            self._cleaned_to[part.tp] = lg.segments_info()[-1][0]  # everything before the active segment
+        return result.done
