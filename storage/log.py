@@ -10,9 +10,11 @@ Partition directory ``<data_dir>/<topic>-<partition>/``::
     00000000000000001200.timeindex
     leader-epoch-checkpoint         epoch -> start offset (storage.leader_epoch)
 
-Invariants (checked by :meth:`Log._check`): segments are contiguous (each segment's
-``next_offset`` is the next segment's base offset), the log start offset is the first
-segment's base, the log end offset (LEO) is the last segment's ``next_offset``, and only the
+Invariants (checked by :meth:`Log._check`): segments are ordered and do not overlap (each
+segment's ``next_offset`` is at most the next segment's base offset; they are equal unless log
+compaction removed the records in between, see ``storage.cleaner``), only the first segment
+may be an empty closed one (compaction keeps it to hold the log start), the log start offset
+is the first segment's base, the log end offset (LEO) is the last segment's ``next_offset``, and only the
 last (active) segment is appended to.
 
 Theory of operation: ``append`` validates a batch (framing, CRC, count; never records),
@@ -38,6 +40,7 @@ from sortedcontainers import SortedDict
 
 from storage.batch import MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, decode_native_records, patch_batch, validate_batch
 from storage.checkpoint import fsync_dir
+from storage.cleaner import complete_interrupted_swaps
 from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
@@ -65,6 +68,9 @@ class LogConfig:
         fsync: ``"always"`` fsyncs after every append; ``"never"`` only per the two above
             and on close.
         max_message_bytes: Largest accepted batch, in bytes.
+        allow_offset_gaps: The log is compacted (here or on the leader it copies): replica
+            appends may start past the log end and recovery accepts gaps in the active
+            segment too.  Off, any gap is corruption.
     """
 
     segment_bytes: int = 1073741824
@@ -74,6 +80,7 @@ class LogConfig:
     flush_ms: int = 0
     fsync: str = "never"
     max_message_bytes: int = 1048588
+    allow_offset_gaps: bool = False
 
     def __post_init__(self) -> None:
         if self.fsync not in ("always", "never"):
@@ -155,6 +162,7 @@ class Log:
     # ------------------------------------------------------------------ loading
 
     def _scan_directory(self) -> list[int]:
+        complete_interrupted_swaps(self.directory, self.handles)  # before .swap/.cleaned are swept
         logs: set[int] = set()
         others: list[tuple[int, Path]] = []
         for entry in os.scandir(self.directory):
@@ -193,9 +201,10 @@ class Log:
             truncated = 0
             if seg is None:
                 seg = Segment(self.directory, base, self.handles, cfg.index_interval_bytes, now_ms)
-                truncated = seg.recover(cfg.max_message_bytes, self._note_epoch)
-            if prev is not None and prev.next_offset != base:
-                log.info("recovery removed segments after gap dir=%s expected=%s found=%s",
+                truncated = seg.recover(cfg.max_message_bytes, self._note_epoch,
+                                        allow_gaps=i + 1 < len(bases) or cfg.allow_offset_gaps)
+            if prev is not None and prev.next_offset > base:  # a gap (compaction) is fine
+                log.info("recovery removed overlapping segments dir=%s expected>=%s found=%s",
                          self.directory, prev.next_offset, base)
                 self._delete_files(bases[i:])
                 return
@@ -272,7 +281,7 @@ class Log:
             batch = bytearray(batch)
             patch_batch(batch, leo, leader_epoch)
             h = h._replace(base_offset=leo, leader_epoch=leader_epoch)
-        elif h.base_offset != leo:
+        elif h.base_offset != leo and not (self.config.allow_offset_gaps and h.base_offset > leo):
             raise OffsetMismatch(f"batch base offset {h.base_offset} != log end offset {leo}")
         seg = self._active
         n = h.batch_length + 12
@@ -395,10 +404,23 @@ class Log:
             log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, start)
         return count
 
+    def _replace_segment(self, base: int, seg: Segment | None) -> None:
+        """Cleaner hook: put a rewritten closed segment in place of the one at ``base``, or
+        forget it (``seg`` None; never the first one). Files are the caller's business."""
+        old = self._segments.get(base)
+        if old is None or old is self._active or (seg is None and base == self.log_start_offset):
+            raise ValueError(f"{self.directory}: cannot replace segment {base}")
+        if seg is None:
+            del self._segments[base]
+        else:
+            self._segments[base] = seg
+
     # ------------------------------------------------------------------ reads
 
     def read(self, offset: int, max_bytes: int, max_offset: int | None = None) -> ReadResult:
         """Whole batches starting with the one containing ``offset``.
+
+        If compaction removed ``offset`` the read starts at the next batch after it.
 
         At least one batch is returned if any exists at ``offset`` (even beyond
         ``max_bytes``); never a partial batch. Reads may span segments. Records are not
@@ -522,17 +544,17 @@ class Log:
         for i, seg in enumerate(segs):
             if self._segments.keys()[i] != seg.base_offset:
                 fail(f"segment keyed {self._segments.keys()[i]} has base {seg.base_offset}")
-            if i + 1 < len(segs) and seg.next_offset != segs[i + 1].base_offset:
+            if i + 1 < len(segs) and seg.next_offset > segs[i + 1].base_offset:
                 fail(f"segment {seg.base_offset} ends at {seg.next_offset}, next starts at {segs[i + 1].base_offset}")
-            if i + 1 < len(segs) and seg.size == 0:
+            if 0 < i < len(segs) - 1 and seg.size == 0:
                 fail(f"closed segment {seg.base_offset} is empty")
             if os.path.getsize(seg.log_path) != seg.size:
                 fail(f"segment {seg.base_offset} size {seg.size} != file size {os.path.getsize(seg.log_path)}")
             starts = {}
             expected, max_ts, end = seg.base_offset, -1, 0
             for p, h in seg.iter_headers(0):
-                if h.base_offset != expected:
-                    fail(f"segment {seg.base_offset}: batch at {p} has base {h.base_offset}, expected {expected}")
+                if h.base_offset < expected:
+                    fail(f"segment {seg.base_offset}: batch at {p} has base {h.base_offset}, expected >= {expected}")
                 starts[h.base_offset] = p
                 expected, max_ts, end = h.next_offset, max(max_ts, h.max_timestamp), p + h.size
             if end != seg.size or expected != seg.next_offset or max_ts != seg.max_timestamp:

@@ -8,8 +8,10 @@ for the 61-byte header)::
     | batch base=B    (hdr + payload) | batch base=B+n0 ...     | ...
     +---------------------------------+-------------------------+------ ...
 
-Batches are contiguous: the first has base ``B`` (the segment's base offset, also its file
-name) and each next base is the previous batch's ``next_offset``. The indexes are described
+Batch offsets increase: each batch's base is at least the previous batch's ``next_offset``
+and the first is at least ``B`` (the segment's base offset, also its file name). As written,
+batches are contiguous (first base ``B``, each next base = previous ``next_offset``); log
+compaction (``storage.cleaner``) may leave gaps, inside a segment and between segments. The indexes are described
 in ``storage.index``. All I/O uses ``os.pread``/``os.pwrite`` on handles obtained from the
 shared :class:`~storage.handles.FileHandleCache` right before each call.
 """
@@ -120,13 +122,15 @@ class Segment:
     def _load_tail(self) -> None:
         """Walk from the last offset index entry to the end: next_offset, max_timestamp."""
         off, pos = self.index.last()
+        exact = len(self.index) > 0  # an indexed batch starts exactly at its entry
         expected = off
         max_ts = -1
         for p, h in self.iter_headers(pos):
-            if h.base_offset != expected or h.last_offset_delta < 0:
+            if (h.base_offset != expected if exact else h.base_offset < expected) or h.last_offset_delta < 0:
                 raise CorruptBatchError(
                     f"{self.log_path}: batch at position {p} has base {h.base_offset}, expected {expected}"
                 )
+            exact = False
             expected = h.next_offset
             max_ts = max(max_ts, h.max_timestamp)
             pos = p + h.size
@@ -164,7 +168,7 @@ class Segment:
         self._reset()
         expected = self.base_offset
         for p, h in self.iter_headers(0, end):
-            if h.base_offset != expected or h.last_offset_delta < 0 or p + h.size > end:
+            if h.base_offset < expected or h.last_offset_delta < 0 or p + h.size > end:
                 raise CorruptBatchError(f"{self.log_path}: bad batch framing at position {p}")
             self._index_batch(h, p)
             expected = h.next_offset
@@ -174,7 +178,7 @@ class Segment:
         self.time_index.rewrite()
 
     def recover(self, max_message_bytes: int | None = None,
-                on_batch: Callable[[BatchHeader], None] | None = None) -> int:
+                on_batch: Callable[[BatchHeader], None] | None = None, allow_gaps: bool = False) -> int:
         """Validate every batch (framing, CRC, offsets); truncate at the first bad one.
 
         Indexes are rebuilt from the surviving batches.
@@ -182,6 +186,10 @@ class Segment:
         Args:
             max_message_bytes: Batches larger than this count as corrupt.
             on_batch: Called with the header of every valid batch, in order.
+            allow_gaps: Accept offset gaps between batches (closed segments, which compaction
+                may have rewritten). When False a batch must start exactly where the
+                previous one ended: ``base_offset`` is not covered by the CRC, so this is
+                what catches a corrupted one in the active segment.
 
         Returns:
             Number of bytes truncated from the end of the ``.log`` file.
@@ -215,7 +223,7 @@ class Segment:
             except CorruptBatchError as exc:
                 reason = str(exc)
                 break
-            if h.base_offset != expected or h.last_offset_delta < 0:
+            if (h.base_offset < expected if allow_gaps else h.base_offset != expected) or h.last_offset_delta < 0:
                 reason = f"base offset {h.base_offset}, expected {expected}"
                 break
             if h.last_offset - self.base_offset > MAX_RELATIVE_OFFSET:

@@ -85,7 +85,11 @@ class Housekeeping:
         cleaned_to = self._cleaned_to.get(part.tp, lg.log_start_offset)
         if len(lg.segments_info()) < 2 or dirty_ratio(lg, cleaned_to) < settings["min_cleanable_dirty_ratio"]:
             return True
-        result = clean(lg, now_ms, settings["delete_retention_ms"], max_bytes=CLEAN_BYTES_PER_TURN, cleaned_up_to=cleaned_to)
+        # only below the high watermark: what is above may still be truncated away, and the
+        # older copy of its key with it
+        hw = min(part.high_watermark, lg.log_end_offset)
+        result = clean(lg, now_ms, settings["delete_retention_ms"], max_bytes=CLEAN_BYTES_PER_TURN, cleaned_up_to=cleaned_to,
+                       max_offset=hw)
         if result.segments_cleaned:
             part.producers = None
             log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed", part.topic, part.index,

@@ -43,6 +43,7 @@ def log_config(settings: dict) -> LogConfig:
         flush_ms=settings["flush_ms"],
         fsync=settings["fsync"],
         max_message_bytes=settings["max_message_bytes"],
+        allow_offset_gaps="compact" in settings["cleanup_policy"],
     )
 
 

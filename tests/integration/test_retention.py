@@ -87,3 +87,46 @@ def test_growing_a_topic_adds_partitions_that_clients_use(broker):
             a.create_partitions("grow", 3)  # shrinking is refused
     with Producer(bootstrap=broker.bootstrap) as p:
         assert p.send("grow", b"x", partition=4).result(10).partition == 4
+
+
+def test_a_compacted_topic_keeps_the_latest_value_per_key_while_a_consumer_reads_it(broker):
+    keys = [b"k%d" % i for i in range(20)]
+    with Admin(bootstrap=broker.bootstrap) as a:
+        a.create_topic("latest", partitions=1, config={"cleanup_policy": "compact", "segment_bytes": 16 * 1024,
+                                                        "min_cleanable_dirty_ratio": 0.1, "delete_retention_ms": 0})
+    latest = {}
+    seen_offsets = []
+    with Consumer("latest", bootstrap=broker.bootstrap, auto_offset_reset="earliest") as c, \
+            Producer(bootstrap=broker.bootstrap, linger_ms=1) as p:
+        for n in range(6000):
+            key = keys[n % len(keys)]
+            value = None if n % 997 == 0 else b"%s=%d" % (key, n)
+            p.send("latest", value=value, key=key)
+            latest[key] = value
+            if n % 500 == 0:
+                p.flush(10)
+                seen_offsets.extend(r.offset for r in c.poll(timeout_ms=50))  # reading while the cleaner works
+        p.flush(10)
+        end = c.end_offsets([("latest", 0)])[("latest", 0)]
+        while not seen_offsets or seen_offsets[-1] < end - 1:
+            seen_offsets.extend(r.offset for r in c.poll(timeout_ms=200))
+    assert seen_offsets == sorted(set(seen_offsets))  # in order, nothing twice, across the cleaner's swaps
+    part_dir = broker.data_dir / "latest-0"
+
+    def compacted():
+        with Consumer(bootstrap=broker.bootstrap, auto_offset_reset="earliest") as c:
+            c.assign([("latest", 0)])
+            recs = []
+            while not recs or recs[-1].offset < end - 1:
+                batch = c.poll(timeout_ms=200)
+                if not batch:
+                    break
+                recs.extend(batch)
+        return recs if len(recs) < end / 4 else None  # far fewer than written: cleaned
+
+    recs = wait_until(compacted, timeout=20, what="the cleaner to compact the closed segments")
+    final = {}
+    for r in recs:
+        final[r.key] = r.value
+    assert {k: v for k, v in final.items() if v is not None} == {k: v for k, v in latest.items() if v is not None}
+    assert len(list(part_dir.glob("*.log"))) >= 1
