@@ -48,25 +48,32 @@ class ReplicaFetcher:
     def __init__(self, broker_id: int, request_timeout_ms: int = 5000) -> None:
         self.broker_id = broker_id
         self.request_timeout_ms = request_timeout_ms
-        self.in_flight: dict[int, InFlight] = {}  # by leader broker id
+        self.in_flight: dict[int, InFlight] = {}  # by cid
         self._paused: dict[tuple[str, int], int] = {}  # tp -> leader epoch it was paused at
         self._cid = 0
 
     def requests(self, partitions: dict[tuple[str, int], Partition], live: set[int], now_ms: int) -> list[tuple[int, dict]]:
-        """Fetch requests to send now: ``[(leader_id, header)]``."""
-        for leader, flight in list(self.in_flight.items()):
+        """Fetch requests to send now: ``[(leader_id, header)]``.
+
+        Normally one request is in flight per leader, covering every partition followed
+        there; a partition that starts being followed while that request is parked (a new
+        topic, a leadership change) gets a request of its own at once rather than waiting
+        up to the long-poll time for the next round.
+        """
+        for cid, flight in list(self.in_flight.items()):
             if now_ms - flight.sent_ms > REPLICA_FETCH_MAX_WAIT_MS + self.request_timeout_ms:
-                del self.in_flight[leader]  # lost: ask again
+                del self.in_flight[cid]  # lost: ask again
+        covered = {(tp, f.leader) for f in self.in_flight.values() for tp in f.tps}  # a moved partition is not covered
         by_leader: dict[int, list[Partition]] = {}
         for tp, part in partitions.items():
-            if part.leader < 0 or part.is_leader or self.broker_id not in part.replicas:
+            if part.leader < 0 or part.is_leader or self.broker_id not in part.replicas or (tp, part.leader) in covered:
                 continue
             if self._paused.get(tp) == part.leader_epoch:
                 continue
             by_leader.setdefault(part.leader, []).append(part)
         out = []
         for leader, parts in by_leader.items():
-            if leader in self.in_flight or leader not in live:
+            if leader not in live:
                 continue
             self._cid += 1
             specs = [
@@ -90,22 +97,21 @@ class ReplicaFetcher:
                 "max_bytes": REPLICA_FETCH_MAX_BYTES,
                 "partitions": specs,
             }
-            self.in_flight[leader] = InFlight(self._cid, leader, now_ms, [p.tp for p in parts])
+            self.in_flight[self._cid] = InFlight(self._cid, leader, now_ms, [p.tp for p in parts])
             out.append((leader, header))
         return out
 
     def owns(self, cid: int) -> bool:
-        return any(f.cid == cid for f in self.in_flight.values())
+        return cid in self.in_flight
 
     def on_response(self, header: dict, payloads: list[bytes], partitions: dict[tuple[str, int], Partition], now_ms: int,
                     on_append=None) -> list[tuple[str, int]]:
         """Apply a fetch answer; returns the partitions whose high watermark moved.
 
         ``on_append(partition, batch, base_offset)`` sees every appended batch (producer state)."""
-        flight = next((f for f in self.in_flight.values() if f.cid == header.get("cid")), None)
+        flight = self.in_flight.pop(header.get("cid"), None)
         if flight is None:
             return []
-        del self.in_flight[flight.leader]
         moved = []
         if header.get("error"):
             log.warning("replica fetch from broker %s failed: %s", flight.leader, header.get("error_message"))

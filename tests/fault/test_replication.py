@@ -111,7 +111,8 @@ def test_leader_failover_keeps_every_acknowledged_record(cluster):
                      timeout=20, what="a new leader")
     assert new["leader_epoch"] > p["leader_epoch"] and new["leader"] in p["isr"]
     wait_until(lambda: high_watermark(cluster, new["leader"], "f") == 200, timeout=20, what="the high watermark on the new leader")
-    assert produce(cluster, new["leader"], "f", 10, acks=-1, start=200)["base_offset"] == 200
+    result = produce(cluster, new["leader"], "f", 10, acks=-1, start=200)
+    assert result["base_offset"] == 200, result
     cluster.brokers[old].start()  # the old leader returns as a follower and catches up
     wait_until(lambda: sorted(partition_meta(cluster, "f")["isr"]) == sorted(p["replicas"]), timeout=30, what="ISR expand")
 
