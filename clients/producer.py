@@ -28,7 +28,7 @@ from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.partitioner import Partitioner
 from clients.records import COMPRESSION_BY_NAME, encode_batch
-from clients.serde import SERIALIZERS, resolve
+from clients.serde import SERIALIZERS, bytes_serializer, resolve
 from clients.structs import TopicPartition
 from zbroker.errors import (
     ConnectionBrokenError,
@@ -48,11 +48,10 @@ _ACKS = {0: 0, 1: 1, -1: -1, "0": 0, "1": 1, "-1": -1, "all": -1}
 def _to_bytes(obj, what: str):
     if obj is None or type(obj) is bytes:
         return obj
-    if isinstance(obj, str):
-        return obj.encode("utf-8")
-    if isinstance(obj, (bytearray, memoryview)):
-        return bytes(obj)
-    raise TypeError(f"{what} must be bytes, str or None (or set a serializer), got {type(obj).__name__}")
+    try:
+        return bytes_serializer(obj)
+    except TypeError:
+        raise TypeError(f"{what} must be bytes, str or None (or set a serializer), got {type(obj).__name__}") from None
 
 
 class Producer:
