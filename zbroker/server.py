@@ -115,8 +115,8 @@ class Server:
         except zmq.ZMQError as exc:
             self.broker.close()
             raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}: {exc}") from None
-        log.info("broker %s listening on %s gossip=%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
-                 self.entry.gossip_port, self.entry.data_dir, os.getpid())
+        log.info("broker %s listening on %s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
+                 f" gossip={self.entry.gossip_port}" if self.pub is not None else "", self.entry.data_dir, os.getpid())
         poller = zmq.Poller()
         for sock in (self.router, self.sub, *self.dealers.values()):
             if sock is not None:
