@@ -22,6 +22,7 @@ All state is guarded by one lock; ``poll()`` waits on a condition of it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -40,8 +41,15 @@ log = logging.getLogger(__name__)
 RESET_TIMESTAMPS = {"earliest": EARLIEST_TIMESTAMP, "latest": LATEST_TIMESTAMP}
 
 
+_EPOCHS = itertools.count(1)  # one counter for every PartitionState: a new state never reuses an epoch
+
+
 class PartitionState:
-    """Consumption state of one assigned partition."""
+    """Consumption state of one assigned partition.
+
+    ``epoch`` changes on every seek, reset and new assignment (drawn from one process-wide
+    counter), so an answer to a fetch sent before any of those can never be mistaken for a
+    current one -- not even after a partition is revoked and assigned again."""
 
     __slots__ = ("position", "fetch_offset", "reset", "epoch", "inflight", "buffered", "high_watermark", "log_start_offset", "error", "backoff_until", "resetting")
 
@@ -49,7 +57,7 @@ class PartitionState:
         self.position: int | None = None
         self.fetch_offset: int | None = None
         self.reset = reset  # "earliest" | "latest" | None
-        self.epoch = 0
+        self.epoch = next(_EPOCHS)
         self.inflight = False
         self.resetting = False
         self.buffered = 0
@@ -126,7 +134,7 @@ class Fetcher:
             st = self.states.get(tp)
             if st is None:
                 raise ValueError(f"partition {tp[0]}-{tp[1]} is not assigned to this consumer")
-            st.epoch += 1
+            st.epoch = next(_EPOCHS)
             st.position = st.fetch_offset = offset
             st.reset = reset
             st.error = None
@@ -195,7 +203,7 @@ class Fetcher:
                 recs = decode_batches(data, tp[0], tp[1], st.position, self.check_crcs)
             except ZBrokerError as exc:
                 # restart fetching at the position; surface the error once
-                st.epoch += 1
+                st.epoch = next(_EPOCHS)
                 st.fetch_offset = st.position
                 st.buffered = 0
                 self._drop_buffers(lambda x: x == tp)
@@ -373,7 +381,7 @@ class Fetcher:
         if err == ErrorCode.OFFSET_OUT_OF_RANGE:
             if self.auto_offset_reset in RESET_TIMESTAMPS:
                 log.info("offset %s out of range for %s-%s: resetting to %s", st.fetch_offset, tp[0], tp[1], self.auto_offset_reset)
-                st.epoch += 1
+                st.epoch = next(_EPOCHS)
                 st.position = st.fetch_offset = None
                 st.reset = self.auto_offset_reset
                 st.buffered = 0

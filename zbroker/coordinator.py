@@ -42,6 +42,13 @@ OFFSETS_TOPIC = "__consumer_offsets"
 GROUP_WRITE_TIMEOUT_MS = 10_000
 
 
+def _check_pairs(name: str, pairs) -> None:
+    for i, tp in enumerate(pairs or ()):
+        if not (isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
+                and not isinstance(tp[1], bool)):
+            raise P.RequestError(ErrorCode.INVALID_REQUEST, f"field '{name}[{i}]' must be [topic, partition]")
+
+
 def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -211,21 +218,24 @@ class GroupCoordinator:
 
     def _group_heartbeat(self: Broker, peer, header, fields, frames, now_ms):
         group = fields["group"]
-        for i, tp in enumerate(fields["owned"] or ()):
-            if not (isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)):
-                raise P.RequestError(ErrorCode.INVALID_REQUEST, f"field 'owned[{i}]' must be [topic, partition]")
+        _check_pairs("owned", fields["owned"])
+        if fields["rebalance_timeout_ms"] < 1000:
+            raise P.RequestError(ErrorCode.INVALID_REQUEST, f"rebalance_timeout_ms must be >= 1000, got {fields['rebalance_timeout_ms']}")
         part = self._group_partition(group)
         lo, hi = self.config.setting("group_min_session_timeout_ms"), self.config.setting("group_max_session_timeout_ms")
         session = fields["session_timeout_ms"]
         if not lo <= session <= hi:
             raise P.RequestError(ErrorCode.INVALID_SESSION_TIMEOUT, f"session_timeout_ms must be from {lo} to {hi}, got {session}")
-        g = self.groups.setdefault(group, Group(group))
-        self._group_index[group] = part.index
+        g = self.groups.get(group) or Group(group)
         epoch_before = g.epoch
         try:
             resp, changed, removed = g.heartbeat(fields, now_ms, session, self._partitions_of)
         except GroupError as exc:
             raise P.RequestError(exc.code, exc.message) from None
+        if not g.members and group not in self.groups:
+            return P.response(P.GROUP_HEARTBEAT, header["cid"], heartbeat_interval_ms=1000, **resp)  # a leave of nobody
+        self.groups[group] = g  # only a request that succeeded creates a group
+        self._group_index[group] = part.index
         body = P.response(P.GROUP_HEARTBEAT, header["cid"], heartbeat_interval_ms=max(100, min(3000, session // 3)), **resp)
         if not changed and not removed and g.epoch == epoch_before:
             return body
@@ -247,13 +257,14 @@ class GroupCoordinator:
     def _offset_commit(self: Broker, peer, header, fields, frames, now_ms):
         group = fields["group"]
         part = self._group_partition(group)
-        g = self.groups.setdefault(group, Group(group))
-        self._group_index[group] = part.index
+        g = self.groups.get(group) or Group(group)
         tps = [(o["topic"], o["partition"]) for o in fields["offsets"]]
         try:
             g.validate_commit(fields["member_id"], fields["member_epoch"], tps)
         except GroupError as exc:
             raise P.RequestError(exc.code, exc.message) from None
+        self.groups[group] = g
+        self._group_index[group] = part.index
         for o in fields["offsets"]:
             if o["offset"] < 0:
                 raise P.RequestError(ErrorCode.INVALID_REQUEST, f"offset for {o['topic']}-{o['partition']} must be >= 0")
@@ -274,6 +285,7 @@ class GroupCoordinator:
         group = fields["group"]
         self._group_partition(group)
         offsets = self.group_offsets.get(group, {})
+        _check_pairs("partitions", fields["partitions"])
         wanted = [tuple(tp) for tp in fields["partitions"]] if fields["partitions"] is not None else sorted(offsets)
         out = []
         for tp in wanted:

@@ -204,8 +204,16 @@ class DataPath:
         if epoch > part.leader_epoch:
             raise P.RequestError(ErrorCode.UNKNOWN_LEADER_EPOCH, f"leader epoch {epoch} is newer than {part.leader_epoch}")
         offset, last_epoch = spec["offset"], spec.get("last_fetched_epoch", -1)
+        if offset > part.log.log_end_offset:
+            # a follower can never be ahead of its leader's log end in the same epoch: refuse,
+            # before its offset could move the high watermark
+            if last_epoch < 0:
+                raise P.RequestError(ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {offset} is past the log end {part.log.log_end_offset}")
         if last_epoch >= 0 and offset > part.log.log_start_offset:
-            end_epoch, end_offset = part.log.leader_epoch_cache.end_offset_for(last_epoch, part.log.log_end_offset)
+            cache = part.log.leader_epoch_cache
+            end_epoch, end_offset = cache.end_offset_for(last_epoch, part.log.log_end_offset)
+            if end_epoch < 0 and cache.latest_epoch is not None and last_epoch > cache.latest_epoch:
+                end_epoch, end_offset = cache.latest_epoch, part.log.log_end_offset  # never "truncate everything"
             if end_epoch != last_epoch or offset > end_offset:
                 entry["diverging"] = [end_epoch, max(end_offset, part.log.log_start_offset)]
                 entry["high_watermark"] = part.high_watermark
@@ -220,6 +228,10 @@ class DataPath:
         def respond(entries, payloads) -> None:
             self._reply(peer, P.response(P.FETCH, cid, partitions=entries), payloads)
 
+        if fields["max_bytes"] < 0 or any(spec["max_bytes"] < 0 for spec in fields["partitions"]):
+            raise P.RequestError(ErrorCode.INVALID_REQUEST, "max_bytes must be >= 0")
+        if fields["max_wait_ms"] > 300_000:
+            raise P.RequestError(ErrorCode.INVALID_REQUEST, "max_wait_ms must be <= 300000")
         entries, payloads, total, errors = self._read_partitions(fields, now_ms)
         if total >= fields["min_bytes"] or errors or fields["max_wait_ms"] <= 0 or not keys:
             respond(entries, payloads)

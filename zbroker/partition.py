@@ -77,6 +77,9 @@ class Partition:
         self.replicas, self.isr = list(replicas), list(isr)
         if became_leader:
             self.epoch_start_offset = self.log.log_end_offset
+            # record the new epoch now, not at the first append: a follower holding records of the
+            # previous epoch must be told where that epoch ends here, not "unknown" (-> truncate all)
+            self.log.leader_epoch_cache.assign(leader_epoch, self.log.log_end_offset)
             # followers get a fresh lag clock: one replica_lag_ms to show they keep up
             self.followers = {r: ReplicaState(last_caught_up_ms=now_ms) for r in replicas if r != self.broker_id}
         if self.pending_isr is not None and (sorted(self.pending_isr) == sorted(isr) or leader_epoch != self.leader_epoch):

@@ -189,6 +189,15 @@ RAFT_SCHEMAS: dict[str, dict[str, Field]] = {
 SCHEMAS.update(RAFT_SCHEMAS)
 
 
+#: Requests only brokers may send (checked against the sender's ZeroMQ routing id).
+BROKER_ONLY = frozenset({*RAFT_SCHEMAS, ALTER_ISR, CREATE_INTERNAL_TOPIC})
+
+
+def broker_identity(broker_id: int) -> bytes:
+    """The routing id a broker's DEALERs use, so peers can tell broker traffic from clients'."""
+    return b"zb-broker-%d" % broker_id
+
+
 def _type_name(types: tuple[type, ...]) -> str:
     names = {int: "integer", str: "string", bool: "boolean", list: "array", dict: "map", _NONE: "nil"}
     return " or ".join(names.get(t, t.__name__) for t in types)

@@ -80,18 +80,14 @@ class Purgatory:
         if not ops:
             return 0
         completed = 0
-        remaining = []
-        for op in ops:
+        for op in list(ops):  # a completion may park or check again: iterate a copy
             if op.done:
                 continue
             if op.try_complete():
                 completed += 1
-            else:
-                remaining.append(op)
-        if remaining:
-            self._watchers[key] = remaining
-        else:
-            del self._watchers[key]
+        for op in list(self._watchers.get(key, ())):
+            if op.done:
+                self._unwatch(op)  # from every key it watched, so idle keys do not keep it alive
         return completed
 
     def expire(self, now_ms: int) -> int:
@@ -112,8 +108,10 @@ class Purgatory:
         for key in op.keys:
             ops = self._watchers.get(key)
             if ops is not None:
-                ops[:] = [o for o in ops if o is not op]
-                if not ops:
+                remaining = [o for o in ops if o is not op]
+                if remaining:
+                    self._watchers[key] = remaining
+                else:
                     del self._watchers[key]
 
     def next_deadline(self) -> int | None:

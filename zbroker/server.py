@@ -39,7 +39,7 @@ import zmq
 
 from zbroker.broker import Broker
 from zbroker.config import ClusterConfig
-from zbroker.protocol import encode
+from zbroker.protocol import broker_identity, encode
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Server:
         for peer in peers:
             self.sub.connect(f"tcp://{peer.host}:{peer.gossip_port}")
             dealer = self.ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, broker_identity(self.broker_id))
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDHWM, 1000)
@@ -132,13 +133,13 @@ class Server:
                     timeout = min(timeout, max(0, self._next_beat - now))
                 events = dict(poller.poll(timeout))
                 if sub is not None and sub in events:
-                    self._drain(sub, lambda frames: broker.on_heartbeat(frames[0], now_ms()))
+                    self._drain(sub, lambda frames: self._guarded(broker.on_heartbeat, frames[0], now_ms()))
                 for sock in events:
                     if sock in peer_of:
-                        self._drain(sock, lambda frames: broker.on_peer_reply(frames, now_ms()))
+                        self._drain(sock, lambda frames: self._guarded(broker.on_peer_reply, frames, now_ms()))
                 if router in events:
                     self._drain(router, self._on_request)
-                broker.tick(now_ms())
+                self._guarded(broker.tick, now_ms())
                 now = now_ms()
                 if self.pub is not None and now >= self._next_beat:
                     self._next_beat = now + heartbeat_ms
@@ -146,6 +147,14 @@ class Server:
                 self._flush_outbox()
         finally:
             self._shutdown()
+
+    @staticmethod
+    def _guarded(fn, *args) -> None:
+        """Run a broker step; a failure (a bug, a disk error) is logged and the loop goes on."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("error in %s; the broker keeps serving", getattr(fn, "__name__", fn))
 
     def _drain(self, sock: zmq.Socket, handle) -> None:
         for _ in range(_BURST):

@@ -51,3 +51,11 @@ def test_cancel_all_answers_everything():
     p.park(op.make(100, ["a"]))
     p.cancel_all()
     assert op.completed == ["expired"] and len(p) == 0
+
+
+def test_an_operation_done_through_one_key_leaves_every_key():
+    p, op = Purgatory(), Op()
+    p.park(op.make(100, ["busy", "idle"]))
+    op.ready = True
+    assert p.check("busy") == 1
+    assert p._watchers == {}  # nothing left watching the idle key
