@@ -49,7 +49,10 @@ from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "OffsetMismatch"]
+__all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "OffsetMismatch", "PARTITION_METADATA_FILE"]
+
+#: Written by the owner of the log (the broker: which topic incarnation it belongs to); kept as is.
+PARTITION_METADATA_FILE = "partition.metadata"
 
 _SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
 _STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
@@ -177,7 +180,7 @@ class Log:
                     logs.add(int(m.group(1)))
                 else:
                     others.append((int(m.group(1)), Path(entry.path)))
-            elif name != EPOCH_FILE:
+            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE):
                 log.warning("ignoring unknown file path=%s", entry.path)
         for base, path in others:
             if base not in logs:

@@ -125,9 +125,15 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
                 tp = (topic.name, pm.partition)
                 wanted.add(tp)
                 part = self.partitions.get(tp)
+                if part is not None and part.topic_id != topic.topic_id:
+                    # deleted and created again within one metadata step: another topic
+                    del self.partitions[tp]
+                    self.logs.delete(tp)
+                    self.purgatory.check(tp)
+                    part = None
                 if part is None:
-                    lg = self.logs.open(tp, cfg, now_ms)
-                    part = Partition(topic.name, pm.partition, lg, self.broker_id)
+                    lg = self.logs.open(tp, cfg, now_ms, topic.topic_id)
+                    part = Partition(topic.name, pm.partition, lg, self.broker_id, topic_id=topic.topic_id)
                     part.high_watermark = min(max(self.logs.high_watermarks.get(tp, 0), lg.log_start_offset), lg.log_end_offset)
                     self.partitions[tp] = part
                 if part.log.config != cfg:

@@ -19,6 +19,7 @@ change of leader bumps the partition's leader epoch.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
 from zbroker.metadata import PARTITION_CHANGE_RECORD, MetadataImage, PartitionMeta, TopicMeta
@@ -102,4 +103,4 @@ def new_topic(image: MetadataImage, brokers: list[int], name: str, partitions: i
     parts = place_partitions(image, brokers, partitions, rf)
     for pm in parts:
         pm.leader = elect_leader(pm, live, unclean=False)
-    return TopicMeta(name, parts, dict(overrides))
+    return TopicMeta(name, parts, dict(overrides), topic_id=uuid.uuid4().hex)

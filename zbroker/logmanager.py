@@ -7,7 +7,8 @@ On-disk layout (storage/ draws the inside of a partition directory)::
         meta/quorum-state, meta/incarnation  election state, restart counter
         recovery-point-offset-checkpoint     per partition: offset up to which data is fsynced
         replication-offset-checkpoint        per partition: high watermark
-        <topic>-<partition>/                 one partition log (storage.Log)
+        <topic>-<partition>/                 one partition log (storage.Log), plus
+                                             partition.metadata: the topic id it belongs to
 
 Recovery after an unclean stop: each log is opened with its checkpointed
 recovery point, so only data written after the last checkpoint is scanned
@@ -23,7 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from storage import FileHandleCache, Log, LogConfig, OffsetCheckpoint
+from storage import FileHandleCache, Log, LogConfig, OffsetCheckpoint, write_atomic
+from storage.log import PARTITION_METADATA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,27 @@ class LogManager:
             log.warning("ignoring unreadable checkpoint: %s", exc)
             return {}
 
-    def open(self, tp: TopicPartition, config: LogConfig, now_ms: int) -> Log:
-        """Open (recovering if needed) or create the log of a partition."""
+    def open(self, tp: TopicPartition, config: LogConfig, now_ms: int, topic_id: str = "") -> Log:
+        """Open (recovering if needed) or create the log of a partition.
+
+        ``topic_id`` names the topic's incarnation (``partition.metadata`` in the directory):
+        a directory left by an earlier topic of the same name -- deleted and created again
+        while this broker was away -- is emptied first, never served as the new topic.
+        """
         existing = self.logs.get(tp)
         if existing is not None:
             return existing
         path = self.data_dir / partition_dir_name(tp)
+        marker = path / PARTITION_METADATA_FILE
+        if topic_id and marker.exists() and marker.read_text().strip() != f"topic_id: {topic_id}":
+            log.info("partition dir %s belongs to an earlier topic of that name: removing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+            self._recovery_points.pop(tp, None)
+            self.high_watermarks.pop(tp, None)
         recovery_point = self._recovery_points.get(tp)  # None: scan everything
         lg = Log(path, config, now_ms, handles=self.handles, recovery_point=recovery_point)
+        if topic_id and not marker.exists():
+            write_atomic(marker, f"topic_id: {topic_id}\n".encode())
         self.logs[tp] = lg
         return lg
 

@@ -50,6 +50,7 @@ class TopicMeta:
     partitions: list[PartitionMeta]
     overrides: dict[str, Any] = field(default_factory=dict)
     internal: bool = False
+    topic_id: str = ""  # unique per creation: a topic deleted and created again is another topic
 
     @property
     def partition_count(self) -> int:
@@ -85,7 +86,7 @@ class MetadataImage:
 # whole values (never increments), so applying one twice is harmless; an empty
 # record is the Raft leader-change marker and changes nothing.
 
-TOPIC_RECORD = "topic"  # name, internal, overrides, partitions: [{partition, replicas, leader, leader_epoch, isr}]
+TOPIC_RECORD = "topic"  # name, internal, topic_id, overrides, partitions: [{partition, replicas, leader, leader_epoch, isr}]
 REMOVE_TOPIC_RECORD = "remove_topic"  # name
 TOPIC_CONFIG_RECORD = "topic_config"  # name, overrides (the whole new override map)
 PARTITION_CHANGE_RECORD = "partition_change"  # topic, partition, leader, leader_epoch, isr
@@ -98,6 +99,7 @@ def topic_record(topic: TopicMeta) -> dict:
         "type": TOPIC_RECORD,
         "name": topic.name,
         "internal": topic.internal,
+        "topic_id": topic.topic_id,
         "overrides": dict(topic.overrides),
         "partitions": [asdict(p) for p in topic.partitions],
     }
@@ -108,7 +110,8 @@ def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:
     kind = record.get("type")
     if kind == TOPIC_RECORD:
         parts = [PartitionMeta(**p) for p in record["partitions"]]
-        image.add(TopicMeta(record["name"], parts, dict(record["overrides"]), bool(record.get("internal", False))))
+        image.add(TopicMeta(record["name"], parts, dict(record["overrides"]), bool(record.get("internal", False)),
+                            record.get("topic_id", "")))
         return (record["name"],)
     if kind == REMOVE_TOPIC_RECORD:
         image.remove(record["name"])

@@ -50,6 +50,7 @@ class Partition:
     index: int
     log: Log
     broker_id: int
+    topic_id: str = ""
     leader: int = -1
     leader_epoch: int = 0
     replicas: list[int] = field(default_factory=list)

@@ -99,3 +99,17 @@ def test_state_survives_reopening(tmp_path):
     assert desc["config"]["retention_ms"] == 10
     assert desc["partitions"][0]["high_watermark"] == 4
     second.broker.close()
+
+
+def test_a_topic_deleted_and_created_again_in_one_step_starts_empty(h):
+    from zbroker.controller import new_topic
+    from zbroker.metadata import topic_record
+
+    h.call("produce", batch(4), batches=[{"topic": "t", "partition": 0}])
+    again = new_topic(h.broker.image, [1], "t", 2, 1, {}, {1})
+    h.broker.control.propose([{"type": "remove_topic", "name": "t"}, topic_record(again)])  # one metadata step
+    h.broker._reconcile(h.now)
+    desc, _ = h.call("describe_topic", topic="t")
+    assert [p["high_watermark"] for p in desc["partitions"]] == [0, 0]
+    marker = h.broker.logs.data_dir / "t-0" / "partition.metadata"
+    assert marker.read_text().strip() == f"topic_id: {again.topic_id}"
