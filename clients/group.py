@@ -62,6 +62,7 @@ class GroupMembership:
         self.next_beat = 0.0
         self.interval = 1.0
         self.last_poll = time.monotonic()
+        self.last_ok = time.monotonic()  # last heartbeat the coordinator answered
         self.closed = False
 
     # -- network thread -------------------------------------------------------------
@@ -74,6 +75,14 @@ class GroupMembership:
             return now + 0.2
         if self.lost or self.target is not None:
             return now + 0.5  # poll() has changes to apply first
+        if self.owned and now - self.last_ok > self.session_timeout_ms / 1000.0:
+            # no coordinator has confirmed us for a whole session: it may have removed us and
+            # given our partitions away; stop reading them (on_lost) rather than risk two owners
+            log.warning("group %s: no heartbeat answered for %.1f s: giving up the partitions", self.group, now - self.last_ok)
+            with self.lock:
+                self.lost = True
+            self._wake_poll()
+            return now + 0.5
         if self.epoch > 0 and now - self.last_poll > self.max_poll_interval and not self.left:
             log.warning("group %s: no poll() for %.0f s (max_poll_interval_ms): leaving the group", self.group, now - self.last_poll)
             self.left = True
@@ -138,6 +147,7 @@ class GroupMembership:
                 log.warning("group %s: heartbeat error %s: %s", self.group, code, header.get("error_message"))
                 self.next_beat = now + 1.0
         elif header.get("member_epoch", 0) >= 0:
+            self.last_ok = now
             with self.lock:
                 self.member_id = header["member_id"]
                 self.epoch = header["member_epoch"]
@@ -168,6 +178,7 @@ class GroupMembership:
                 gone, self.owned, self.target = sorted(self.owned), set(), None
                 self.lost = self.left = False
                 self.epoch = 0  # join again (same member id where the coordinator still knows it)
+                self.last_ok = time.monotonic()
             c._fetcher.set_assignment([])
             if gone:
                 c._callback("on_lost", gone)

@@ -123,7 +123,7 @@ def clean(log: Log, now_ms: int, delete_retention_ms: int, max_bytes: int = 64 <
         What was done.
     """
     segments = log.segments()
-    latest = _key_map(segments, max_offset)
+    latest, protected = _key_map(segments, max_offset)
     horizon = now_ms - delete_retention_ms
     cleaned = before = after = removed = 0
     done = True
@@ -131,14 +131,14 @@ def clean(log: Log, now_ms: int, delete_retention_ms: int, max_bytes: int = 64 <
         if max_offset is not None and seg.next_offset > max_offset:
             break
         keep = _keeper(latest, seg.max_timestamp < horizon)
-        n = _count_removable(seg, keep)
+        n = _count_removable(seg, keep, protected)
         if not n:
             continue
         if cleaned and before + seg.size > max_bytes:
             done = False
             break
         before += seg.size
-        after += _rewrite(log, seg, keep, now_ms)
+        after += _rewrite(log, seg, keep, now_ms, protected)
         removed += n
         cleaned += 1
     if cleaned:
@@ -190,16 +190,23 @@ def _decode(h: BatchHeader, buf: bytes) -> list[Record] | None:
     return records
 
 
-def _key_map(segments: list[Segment], max_offset: int | None) -> dict:
-    """key -> latest offset below ``max_offset`` over the given segments (oldest first)."""
+def _key_map(segments: list[Segment], max_offset: int | None) -> tuple[dict, set[int]]:
+    """key -> latest offset below ``max_offset`` over the given segments (oldest first), and the
+    base offsets of each producer id's last batch: those stay whole (as in Kafka), so the
+    producer state rebuilt from batch headers keeps every producer's last sequence number."""
     latest: dict = {}
+    last_batch: dict[int, int] = {}
     for seg in segments:
-        for _h, _buf, records in _batches(seg):
+        for h, _buf, records in _batches(seg):
+            if max_offset is not None and h.base_offset >= max_offset:
+                continue
+            if h.producer_id >= 0:
+                last_batch[h.producer_id] = h.base_offset
             if records:
                 for off, _ts, key, _value, _headers in records:
                     if key is not None and (max_offset is None or off < max_offset):
                         latest[key] = off
-    return latest
+    return latest, set(last_batch.values())
 
 
 def _keeper(latest: dict, drop_tombstones: bool) -> Callable[[Record], bool]:
@@ -211,14 +218,15 @@ def _keeper(latest: dict, drop_tombstones: bool) -> Callable[[Record], bool]:
     return keep
 
 
-def _count_removable(seg: Segment, keep: Callable[[Record], bool]) -> int:
-    return sum(1 for _h, _b, records in _batches(seg) if records for r in records if not keep(r))
+def _count_removable(seg: Segment, keep: Callable[[Record], bool], protected: set[int] = frozenset()) -> int:
+    return sum(1 for h, _b, records in _batches(seg) if records and h.base_offset not in protected
+               for r in records if not keep(r))
 
 
 def _clean_batch(h: BatchHeader, buf: bytes, records: list[Record] | None,
-                 keep: Callable[[Record], bool]) -> list[bytes]:
+                 keep: Callable[[Record], bool], protected: set[int] = frozenset()) -> list[bytes]:
     """The batches replacing one batch: itself, nothing, or one per run of kept offsets."""
-    if records is None:
+    if records is None or h.base_offset in protected:
         return [buf]
     kept = [r for r in records if keep(r)]
     if len(kept) == len(records):
@@ -246,13 +254,13 @@ def _build_run(h: BatchHeader, run: list[Record]) -> bytes:
                               leader_epoch=h.leader_epoch)
 
 
-def _write_cleaned(seg: Segment, keep: Callable[[Record], bool]) -> tuple[Path, int]:
+def _write_cleaned(seg: Segment, keep: Callable[[Record], bool], protected: set[int] = frozenset()) -> tuple[Path, int]:
     """Step 1: write and fsync ``<base>.log.cleaned``. Returns its path and size."""
     path = seg.directory / (segment_name(seg.base_offset) + CLEANED_SUFFIX)
     size = 0
     with open(path, "wb") as f:
         for h, buf, records in _batches(seg):
-            for b in _clean_batch(h, buf, records, keep):
+            for b in _clean_batch(h, buf, records, keep, protected):
                 f.write(b)
                 size += len(b)
         f.flush()
@@ -285,10 +293,11 @@ def _finish_swap(directory: Path, base: int, handles: FileHandleCache | None) ->
     fsync_dir(directory)
 
 
-def _rewrite(log: Log, seg: Segment, keep: Callable[[Record], bool], now_ms: int) -> int:
+def _rewrite(log: Log, seg: Segment, keep: Callable[[Record], bool], now_ms: int,
+             protected: set[int] = frozenset()) -> int:
     """Replace one closed segment by its cleaned version. Returns the new size."""
     base = seg.base_offset
-    cleaned, size = _write_cleaned(seg, keep)
+    cleaned, size = _write_cleaned(seg, keep, protected)
     if size == 0 and base != log.log_start_offset:
         os.unlink(cleaned)
         log._replace_segment(base, None)

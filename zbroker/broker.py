@@ -55,6 +55,7 @@ from zbroker.topicadmin import META_KEY, TopicAdmin
 log = logging.getLogger(__name__)
 
 Frames = list[bytes]
+MAX_AUTO_CREATES_PER_REQUEST = 10  # creating topics costs the loop time; a producer asks for a few
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
 
@@ -343,9 +344,12 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         if names is None:
             names = list(self.image.topics)
         topics = []
+        auto_creates = 0
         for name in names:
             topic = self.image.get(name)
-            if topic is None and fields["allow_auto_create"] and self.config.setting("auto_create_topics"):
+            if (topic is None and fields["allow_auto_create"] and self.config.setting("auto_create_topics")
+                    and auto_creates < MAX_AUTO_CREATES_PER_REQUEST):
+                auto_creates += 1
                 self._auto_create(name, now_ms)
                 topic = self.image.get(name)
                 if topic is None and topic_name_problem(name) is None:

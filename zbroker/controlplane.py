@@ -128,6 +128,12 @@ class ControlPlane:
             log.info("metadata caught up at offset %d: serving partitions", self.applied)
         return self._ready
 
+    def in_contact(self, now_ms: int) -> bool:
+        """This broker hears from a live controller (or is one, followed by a quorum).  A broker
+        cut off from the controller may have been replaced as a partition's leader without
+        knowing it, so it stops answering for consumer groups."""
+        return self.raft._leader_is_fresh(now_ms)
+
     def caught_up(self) -> bool:
         """The image holds every record this broker has (so a controller may act on it)."""
         return self.applied >= self.metalog.end_offset() and self.raft.high_watermark >= self.metalog.end_offset()

@@ -110,6 +110,10 @@ class GroupCoordinator:
         part = self.partitions.get((OFFSETS_TOPIC, index))
         if part is None or not part.is_leader or not self.control.ready:
             raise P.RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} does not coordinate group {group!r}")
+        if not self.control.in_contact(self._now()):
+            # maybe deposed without knowing: answering from memory could confirm an assignment
+            # the new coordinator has already handed to another member
+            raise P.RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} lost contact with the controller")
         if index not in self._loaded_offsets:
             raise P.RequestError(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "loading the group's state; retry")
         return part

@@ -71,7 +71,8 @@ class Housekeeping:
         before = lg.log_start_offset
         deleted = lg.delete_segments_before(cutoff)
         if deleted:
-            part.producers = None  # rebuilt from what is left when next needed
+            # producer state stays in memory as it is: rebuilding it from what is left would
+            # forget producers whose last batch was deleted, and cost a scan in the loop
             log.info("retention: %s-%s deleted %d segment(s), log start %d -> %d", part.topic, part.index, deleted, before,
                      lg.log_start_offset)
 
@@ -90,8 +91,7 @@ class Housekeeping:
         hw = min(part.high_watermark, lg.log_end_offset)
         result = clean(lg, now_ms, settings["delete_retention_ms"], max_bytes=CLEAN_BYTES_PER_TURN, cleaned_up_to=cleaned_to,
                        max_offset=hw)
-        if result.segments_cleaned:
-            part.producers = None
+        if result.segments_cleaned:  # each producer's last batch is kept whole: its state stays valid
             log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed", part.topic, part.index,
                      result.segments_cleaned, result.bytes_before, result.bytes_after, result.records_removed)
         if result.done:

@@ -129,7 +129,7 @@ def test_interrupted_before_commit_keeps_original(tmp_path):
     fill(lg, n=40, keys=3)
     before = records(lg)
     seg = lg.segments()[0]
-    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None), False))
+    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None)[0], False))
     assert path.name.endswith(CLEANED_SUFFIX)
     lg.close()
     lg = make(d)
@@ -147,7 +147,7 @@ def test_interrupted_after_commit_finishes_swap(tmp_path, indexes_gone):
     shutil.copytree(d, ref)
     lg = make(d)
     seg = lg.segments()[0]
-    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None), False))
+    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None)[0], False))
     swap = _commit_swap(path)
     assert swap.name.endswith(SWAP_SUFFIX)
     lg.close()
@@ -287,3 +287,20 @@ def test_a_replica_of_a_compacted_log_accepts_batches_past_its_end(tmp_path):
     assert reopened.log_end_offset == 6
     reopened.close()
     strict.close()
+
+
+def test_each_producers_last_batch_stays_whole(tmp_path):
+    """So producer state rebuilt from headers still knows every producer's last sequence."""
+    from storage import Log, LogConfig, build_native_batch
+    from storage.cleaner import clean
+
+    lg = Log(tmp_path / "p", LogConfig(segment_bytes=400, allow_offset_gaps=True), 0)
+    last = build_native_batch([(1, b"a", b"1", None), (1, b"b", b"1", None)], producer_id=7, producer_epoch=0, base_sequence=0)
+    lg.append(last, 0)
+    for i in range(20):  # newer values for both keys, from no producer, rolling segments
+        lg.append(build_native_batch([(1, b"a", b"%d" % i, None), (1, b"b", b"%d" % i, None)]), 0)
+    clean(lg, 0, delete_retention_ms=0)
+    first = next(h for s in lg.segments() for _p, h in s.iter_headers())
+    assert (first.producer_id, first.base_sequence, first.record_count) == (7, 0, 2)
+    lg._check()
+    lg.close()
