@@ -104,6 +104,10 @@ class ReplicaFetcher:
     def owns(self, cid: int) -> bool:
         return cid in self.in_flight
 
+    def forget(self, tp: tuple[str, int]) -> None:
+        """The partition left this broker."""
+        self._paused.pop(tp, None)
+
     def on_response(self, header: dict, payloads: list[bytes], partitions: dict[tuple[str, int], Partition], now_ms: int,
                     on_append=None) -> list[tuple[str, int]]:
         """Apply a fetch answer; returns the partitions whose high watermark moved.
