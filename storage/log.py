@@ -352,10 +352,14 @@ class Log:
 
         Truncation is at batch granularity: the batch containing ``offset`` is removed
         whole, so the new LEO is ``offset`` when it is a batch boundary (as epoch end offsets
-        are) and that batch's base offset otherwise. No-op if ``offset >= LEO``. An offset
-        below the log start offset empties the log and restarts it at ``offset``.
+        are) and that batch's base offset otherwise. At or past the LEO the records stay, but
+        leader epochs starting at or after ``offset`` are still forgotten (a leader records its
+        epoch when elected, before writing anything: a follower truncating to where that epoch
+        began must lose it, or it would keep naming an epoch its new leader does not know). An
+        offset below the log start offset empties the log and restarts it at ``offset``.
         """
         if offset >= self._leo:
+            self.leader_epoch_cache.truncate_from_end(offset)
             return
         if offset <= self.log_start_offset:
             self.truncate_fully_and_start_at(offset)

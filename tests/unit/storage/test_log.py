@@ -309,3 +309,14 @@ def test_leader_epoch_cache(tmp_path):
     (tmp_path / "bad").write_text("0\n1\n3\n")
     with pytest.raises(CheckpointError, match="line 3"):
         LeaderEpochCache(tmp_path / "bad")
+
+
+def test_truncating_at_the_end_forgets_an_epoch_that_wrote_nothing(tmp_path):
+    from storage import Log, LogConfig, build_native_batch
+
+    lg = Log(tmp_path / "e", LogConfig(), 0)
+    lg.append(build_native_batch([(1, None, b"x", None)]), 0, leader_epoch=0)
+    lg.leader_epoch_cache.assign(3, lg.log_end_offset)  # elected leader at epoch 3, wrote nothing
+    lg.truncate_to(lg.log_end_offset)  # told by the new leader that epoch 0 ends here
+    assert lg.leader_epoch_cache.latest_epoch == 0
+    lg.close()
