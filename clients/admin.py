@@ -101,29 +101,38 @@ class Admin:
         self._closed = False
 
     def _call(self, kind: str, fields: dict) -> dict:
+        """A request any broker can answer (admin requests reach the controller from any broker)."""
         if self._closed:
             raise ClientClosedError("admin client is closed")
         deadline = time.monotonic() + self.request_timeout_ms / 1000.0
+        return self._request_until(kind, fields, deadline, self._meta.candidates, _RETRY_CODES)
+
+    def _request_until(self, kind: str, fields: dict, deadline: float, addresses, retry_codes, on_retry=None) -> dict:
+        """Ask the brokers ``addresses()`` names, in turn, until one answers.
+
+        Timeouts, broken connections and answers with a code in ``retry_codes`` (no
+        controller or coordinator yet, or it moved) are retried, with a short pause, until
+        ``deadline``; ``on_retry()`` runs after each (e.g. to forget a coordinator that moved).
+        Any other error is raised at once.
+        """
         last: ZBrokerError | None = None
         while True:
-            for address in self._meta.candidates():
-                left = int((deadline - time.monotonic()) * 1000)
-                if left <= 0:
-                    raise last or RequestTimeoutError(f"{kind}: no broker answered")
+            for address in addresses():
+                left = self._remaining_ms(deadline, kind, last)
                 try:
                     header, _ = self._net.request(address, kind, fields, timeout_ms=left)
                     return header
                 except (RequestTimeoutError, ConnectionBrokenError) as exc:
                     last = exc
                 except ZBrokerError as exc:
-                    # no controller yet, or a controller change under way: wait and retry
-                    if exc.code not in _RETRY_CODES:
+                    if exc.code not in retry_codes:
                         raise
                     last = exc
-                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-            if time.monotonic() >= deadline:
-                raise last or RequestTimeoutError(f"{kind}: no broker answered")
-            time.sleep(0.05)
+                    self._pause(deadline)
+                if on_retry is not None:
+                    on_retry()
+            self._remaining_ms(deadline, kind, last)
+            self._pause(deadline)
 
     def create_topic(self, name: str, partitions: int | None = None, replication_factor: int | None = None,
                      config: dict | None = None, validate_only: bool = False) -> None:
@@ -240,28 +249,10 @@ class Admin:
 
     def _find_coordinator(self, group: str, deadline: float) -> str:
         """``host:port`` of the broker coordinating ``group`` (retrying until ``deadline``)."""
-        if group in self._coordinators:
-            return self._coordinators[group]
-        last: ZBrokerError | None = None
-        while True:
-            for address in self._meta.candidates():
-                left = self._remaining_ms(deadline, "find_coordinator", last)
-                try:
-                    header, _ = self._net.request(address, "find_coordinator", {"group": group}, timeout_ms=left)
-                except (RequestTimeoutError, ConnectionBrokenError) as exc:
-                    last = exc
-                    continue
-                except ZBrokerError as exc:
-                    if exc.code not in _REFIND_CODES:
-                        raise
-                    last = exc  # the offsets topic is being created or has no leader yet
-                    self._pause(deadline)
-                    continue
-                found = f"{header['host']}:{header['port']}"
-                self._coordinators[group] = found
-                return found
-            self._remaining_ms(deadline, "find_coordinator", last)
-            self._pause(deadline)
+        if group not in self._coordinators:
+            header = self._request_until("find_coordinator", {"group": group}, deadline, self._meta.candidates, _REFIND_CODES)
+            self._coordinators[group] = f"{header['host']}:{header['port']}"
+        return self._coordinators[group]
 
     def _group_call(self, group: str, kind: str, fields: dict) -> dict:
         """A request to ``group``'s coordinator, finding it again when it moves; returns the header."""
@@ -270,22 +261,8 @@ class Admin:
         if not isinstance(group, str) or not group:
             raise InvalidGroupIdError("group must be a non-empty string")
         deadline = time.monotonic() + self.request_timeout_ms / 1000.0
-        last: ZBrokerError | None = None
-        while True:
-            address = self._find_coordinator(group, deadline)
-            left = self._remaining_ms(deadline, kind, last)
-            try:
-                header, _ = self._net.request(address, kind, fields, timeout_ms=left)
-                return header
-            except (RequestTimeoutError, ConnectionBrokenError) as exc:
-                last = exc
-            except ZBrokerError as exc:
-                if exc.code not in _REFIND_CODES:
-                    raise
-                last = exc
-            self._coordinators.pop(group, None)
-            self._remaining_ms(deadline, kind, last)
-            self._pause(deadline)
+        return self._request_until(kind, fields, deadline, lambda: [self._find_coordinator(group, deadline)], _REFIND_CODES,
+                                   on_retry=lambda: self._coordinators.pop(group, None))
 
     def _log_offsets(self, specs: list[tuple[str, int, int]], strict: bool) -> dict[tuple[str, int, int], int]:
         """``list_offsets`` at each partition's leader: {(topic, partition, timestamp): offset}.
