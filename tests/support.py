@@ -245,3 +245,23 @@ class ClusterProcesses:
                 except OSError:
                     pass
             b.close()
+
+
+def run_cli(*args: str, bootstrap: str | None = None, input: bytes | None = None, timeout: float = 60, cwd=None):
+    """Run ``python -m zbroker ARGS`` as a user would; returns the CompletedProcess."""
+    env = dict(os.environ)
+    env.pop("ZBROKER_DEBUG", None)
+    env.pop("ZBROKER_BOOTSTRAP", None)
+    if bootstrap:
+        env["ZBROKER_BOOTSTRAP"] = bootstrap
+    return subprocess.run([sys.executable, "-m", "zbroker", *args], input=input, capture_output=True, timeout=timeout,
+                          env=env, cwd=cwd)
+
+
+def one_line_error(proc) -> str:
+    """The single line a failed CLI command printed on stderr (no traceback)."""
+    err = proc.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]

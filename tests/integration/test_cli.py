@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from support import BrokerProcess, RawClient, free_port
+from support import BrokerProcess, RawClient, free_port, one_line_error, run_cli
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def zb(*args: str, bootstrap: str | None = None, input: bytes | None = None, timeout: float = 60, cwd=None):
-    env = dict(os.environ)
-    env.pop("ZBROKER_DEBUG", None)
-    if bootstrap:
-        env["ZBROKER_BOOTSTRAP"] = bootstrap
-    return subprocess.run(
-        [sys.executable, "-m", "zbroker", *args], input=input, capture_output=True, timeout=timeout, env=env, cwd=cwd
-    )
-
-
-def one_line_error(proc) -> str:
-    err = proc.stderr.decode()
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_cli(*args, bootstrap=bootstrap, input=input, timeout=timeout, cwd=cwd)
 
 
 def test_topics_create_list_describe_alter_delete(broker):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime
 
@@ -12,7 +9,7 @@ import pytest
 
 from clients import Admin, Consumer, Producer
 from clients.structs import GroupDescription, MemberInfo, OffsetInfo
-from support import wait_until
+from support import one_line_error, run_cli, wait_until
 from zbroker.errors import GroupIdNotFoundError, NonEmptyGroupError
 
 TOPIC = "orders"
@@ -20,19 +17,7 @@ PER_PARTITION = 5
 
 
 def zb(bootstrap: str, *args: str, timeout: float = 30):
-    env = dict(os.environ)
-    env.pop("ZBROKER_DEBUG", None)
-    env.pop("ZBROKER_BOOTSTRAP", None)
-    return subprocess.run([sys.executable, "-m", "zbroker", "--bootstrap", bootstrap, "groups", *args],
-                          capture_output=True, timeout=timeout, env=env)
-
-
-def one_line_error(proc) -> str:
-    err = proc.stderr.decode()
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_cli("--bootstrap", bootstrap, "groups", *args, timeout=timeout)
 
 
 def produce(broker, count_per_partition: int = PER_PARTITION) -> list:
