@@ -55,6 +55,7 @@ from zbroker.topicadmin import META_KEY, TopicAdmin
 log = logging.getLogger(__name__)
 
 Frames = list[bytes]
+REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
 MAX_AUTO_CREATES_PER_REQUEST = 10  # creating topics costs the loop time; a producer asks for a few
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
@@ -84,6 +85,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         self._group_index: dict[str, int] = {}  # group -> its __consumer_offsets partition
         self._loaded_offsets: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
         self._last_checkpoint_ms = now_ms
+        self._next_replication_ms = now_ms
         self._init_housekeeping(now_ms)
         self._handlers: dict[str, Handler] = {
             P.METADATA: self._metadata,
@@ -167,12 +169,27 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
     # -- replication -------------------------------------------------------------
 
     def _replication_step(self, now_ms: int) -> None:
-        """Send follower fetches that are due and ISR changes that are needed."""
+        """From the timer: follower fetches and ISR changes, each at most every
+        ``REPLICATION_CHECK_MS`` (both walk every partition: not on every loop turn)."""
+        if now_ms < self._next_replication_ms:
+            return
+        self._next_replication_ms = now_ms + REPLICATION_CHECK_MS
+        self._send_replica_fetches(now_ms)
+        self._check_isr(now_ms)
+
+    def _send_replica_fetches(self, now_ms: int) -> None:
+        """Follower fetches to every leader that has none in flight (or a partition not covered)."""
         if not self.control.ready:
             return  # see ControlPlane.ready
         live = self.control.live_brokers(now_ms)
         for leader, header in self.fetcher.requests(self.partitions, live, now_ms):
             self.peer_outbox.append((leader, header, []))
+
+    def _check_isr(self, now_ms: int) -> None:
+        """As a leader: propose ISR changes (followers lagging, or caught up again)."""
+        if not self.control.ready:
+            return
+        live = self.control.live_brokers(now_ms)
         lag = self.config.setting("replica_lag_ms")
         for part in self.partitions.values():
             if not part.is_leader:
@@ -224,7 +241,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         if header.get("type") == P.FETCH and self.fetcher.owns(cid):
             for tp in self.fetcher.on_response(header, frames[1:], self.partitions, now_ms, self._producer_appended):
                 self.logs.high_watermarks[tp] = self.partitions[tp].high_watermark
-            self._replication_step(now_ms)  # fetch again at once: the leader long-polls
+            self._send_replica_fetches(now_ms)  # fetch again at once: the leader long-polls
         elif cid < 0:
             if header.get("error"):
                 log.info("ISR change refused: %s", header.get("error_message"))
@@ -285,8 +302,8 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
             due = min(due, deadline)
         if self._forwards:
             due = min(due, min(f[3] for f in self._forwards.values()))
-        if any(p.is_leader and p.pending_isr is None and len(p.isr) < len(p.replicas) for p in self.partitions.values()):
-            due = min(due, now_ms + 100)  # watch under-replicated partitions for followers catching up
+        if self.partitions:
+            due = min(due, self._next_replication_ms)
         due = min(due, self._next_pass_ms if not self._pass else now_ms + 10)
         return max(0, due - now_ms)
 
