@@ -116,7 +116,7 @@ def _admin(ctx: click.Context):
     return Admin(bootstrap=ctx.obj["bootstrap"], request_timeout_ms=10000)
 
 
-def _parse_configs(pairs: tuple[str, ...], allow_empty: bool = False) -> dict[str, str | None]:
+def _parse_configs(pairs: tuple[str, ...]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -50,18 +50,19 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from zbroker import protocol as P
 from zbroker.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
-PRE_VOTE = "raft_pre_vote"
-PRE_VOTE_RESPONSE = "raft_pre_vote_response"
-VOTE = "raft_vote"
-VOTE_RESPONSE = "raft_vote_response"
-BEGIN_EPOCH = "raft_begin_epoch"
-FETCH = "raft_fetch"
-FETCH_RESPONSE = "raft_fetch_response"
-MESSAGE_TYPES = (PRE_VOTE, PRE_VOTE_RESPONSE, VOTE, VOTE_RESPONSE, BEGIN_EPOCH, FETCH, FETCH_RESPONSE)
+# Message types: the protocol's (zbroker/protocol.py defines them and their field schemas).
+PRE_VOTE = P.RAFT_PRE_VOTE
+PRE_VOTE_RESPONSE = P.RAFT_PRE_VOTE_RESPONSE
+VOTE = P.RAFT_VOTE
+VOTE_RESPONSE = P.RAFT_VOTE_RESPONSE
+BEGIN_EPOCH = P.RAFT_BEGIN_EPOCH
+FETCH = P.RAFT_FETCH
+FETCH_RESPONSE = P.RAFT_FETCH_RESPONSE
 
 #: The record a new leader appends first; commits of earlier epochs ride on it.
 #: An empty record: appliers skip it.
