@@ -250,7 +250,7 @@ def produce(ctx, topic: str, key_separator: str | None, acks: str, partition: in
 
 @cli.command()
 @click.argument("topic")
-@click.option("--group", help="Consumer group (consumer groups are not implemented yet: reads every partition).")
+@click.option("--group", help="Consume as a member of this group: share partitions with its other members, commit positions.")
 @click.option("--from-beginning", is_flag=True, help="Start at the earliest offset (default: only new records).")
 @click.option("--partition", type=click.IntRange(0), help="Read only this partition.")
 @click.option("--offset", type=click.IntRange(0), help="With --partition: start at this offset.")
