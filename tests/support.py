@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,40 @@ import zmq
 READY_TIMEOUT_S = 20.0
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now and was never handed out before in this process.
+
+    Ports come from below the kernel's ephemeral range: a port taken from inside it (bind to
+    port 0) can be picked again by the kernel for the next bind-to-0 or for any outgoing
+    connection before the broker binds it, which made two brokers of one test cluster share a
+    port. Below the range only an explicit bind can take it, and ``_handed_out`` rules out
+    handing one port to two brokers.
+    """
+    rng = random.Random()
+    low = max(1024, _ephemeral_low() - 12000)
+    high = _ephemeral_low() - 1
+    for _ in range(1000):
+        port = rng.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}..{high}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):

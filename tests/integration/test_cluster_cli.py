@@ -36,8 +36,6 @@ def write_config(tmp_path: Path, brokers: int = 1, name: str = "test") -> tuple[
     text = f'[cluster]\nname = "{name}"\nheartbeat_ms = 100\nsession_timeout_ms = 1000\n\n'
     for i in range(1, brokers + 1):
         port, gossip = free_port(), free_port()
-        while gossip == port:
-            gossip = free_port()
         entry = {"id": i, "port": port, "gossip_port": gossip, "data_dir": tmp_path / "data" / str(i)}
         entries.append(entry)
         text += f'[[broker]]\nid = {i}\nhost = "127.0.0.1"\nport = {port}\ngossip_port = {gossip}\ndata_dir = "data/{i}"\n\n'
