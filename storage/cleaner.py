@@ -23,12 +23,25 @@ A batch whose records are all kept is copied byte for byte. Split runs are rebui
 original compression codec, producer id and epoch, leader epoch, and ``base_sequence``
 shifted by the run's offset delta (so the sequence of every record is unchanged).
 
-Slices: each :func:`clean` call builds the key map over the whole log, then walks the closed
-segments oldest first, rewriting those that have anything to remove, until about
-``max_bytes`` have been rewritten. Segments with nothing to remove are skipped, so repeated
-calls make progress without any cursor. A tombstone is only dropped after every older segment
-was checked against the same key map in the same call, so an older copy of its key can never
-outlive it (no resurrection across slices).
+A pass (:class:`Cleaner`) is done in bounded steps, so a caller with an event loop never
+stalls on it: :meth:`Cleaner.step` reads and writes about ``budget`` bytes and returns. A pass
+has two phases:
+
+1. **Map.** Batches are read from the log start up to ``map_end`` (the high watermark when the
+   pass began, or the log end), building key -> latest offset and each producer's last batch.
+   The map is bounded (``max_map_keys``): when it fills, ``map_end`` moves back to where it
+   stopped and the rest waits for the next pass.
+2. **Clean.** Closed segments lying wholly below ``map_end`` are visited oldest first. Each is
+   scanned up to its first removable record (a segment with none costs one read); if there is
+   one, the segment is rewritten into ``<base>.log.cleaned`` over as many steps as it takes,
+   then swapped in.
+
+A tombstone is only dropped after every older segment was checked against the same key map in
+the same pass, so an older copy of its key can never outlive it (no resurrection). Between
+steps the log may change under the pass: appends land beyond ``map_end`` and do not matter; a
+segment deleted by retention is skipped (a rewrite of it is abandoned); a truncation of the log
+or its closing aborts the whole pass (a truncated key may have been the latest of its key), and
+an abandoned ``.cleaned`` file is deleted.
 
 Crash safety of one segment rewrite::
 
@@ -47,7 +60,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Generator
 
 from storage.batch import (CONTROL_BIT, MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT, BatchHeader,
                            build_native_batch, decode_native_records, validate_batch)
@@ -61,11 +74,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CleanResult", "clean", "dirty_ratio", "complete_interrupted_swaps",
-           "CLEANED_SUFFIX", "SWAP_SUFFIX"]
+__all__ = ["Cleaner", "CleanResult", "clean", "dirty_ratio", "complete_interrupted_swaps",
+           "CLEANED_SUFFIX", "SWAP_SUFFIX", "MAX_MAP_KEYS"]
 
 CLEANED_SUFFIX = LOG_SUFFIX + ".cleaned"
 SWAP_SUFFIX = LOG_SUFFIX + ".swap"
+MAX_MAP_KEYS = 4_000_000
 _OPAQUE_ATTRIBUTES = TIMESTAMP_TYPE_BIT | TRANSACTIONAL_BIT | CONTROL_BIT
 _SEQ_MOD = 1 << 31
 
@@ -74,22 +88,24 @@ Record = tuple  # (offset, timestamp, key, value, headers) as from decode_native
 
 @dataclass(frozen=True)
 class CleanResult:
-    """Outcome of one :func:`clean` slice.
+    """Outcome of a whole :class:`Cleaner` pass.
 
     Attributes:
         segments_cleaned: Closed segments rewritten (or deleted, when emptied).
         bytes_before: Their size before.
         bytes_after: Their size after.
         records_removed: Records dropped (superseded values and expired tombstones).
-        done: False when the byte budget ran out while a segment still had records to
-            remove (call again).
+        cleaned_up_to: Base offset of the first segment the pass did not cover: every closed
+            segment below it was checked against the pass's key map.
+        aborted: The log was truncated or closed during the pass; it stopped early.
     """
 
     segments_cleaned: int
     bytes_before: int
     bytes_after: int
     records_removed: int
-    done: bool
+    cleaned_up_to: int
+    aborted: bool = False
 
 
 def dirty_ratio(log: Log, cleaned_up_to: int) -> float:
@@ -102,49 +118,204 @@ def dirty_ratio(log: Log, cleaned_up_to: int) -> float:
     return sum(s.size for s in closed if s.base_offset >= cleaned_up_to) / total
 
 
-def clean(log: Log, now_ms: int, delete_retention_ms: int, max_bytes: int = 64 << 20,
-          cleaned_up_to: int = 0, max_offset: int | None = None) -> CleanResult:
-    """One bounded slice of cleaning (see the module docstring).
+class Cleaner:
+    """One compaction pass over ``log``, run by calling :meth:`step` until it returns True.
 
     Args:
         log: The log; its active segment is read but never rewritten.
-        now_ms: Current time.
         delete_retention_ms: Tombstones stay while their segment's max timestamp is at least
             ``now_ms - delete_retention_ms``.
-        max_bytes: About how many bytes of segment data to rewrite in this call (at least
-            one segment is rewritten if any needs it).
-        cleaned_up_to: Accepted for the caller's bookkeeping (:func:`dirty_ratio`); not
-            needed here, since segments with nothing to remove are found and skipped.
-        max_offset: If given (the high watermark, as Kafka does), records at or above it
-            are ignored by the key map and segments reaching past it are not rewritten, so
-            a record that may still be truncated never causes an older one to be removed.
-
-    Returns:
-        What was done.
+        max_offset: If given (the high watermark, as Kafka does), records at or above it are
+            ignored by the key map and segments reaching past it are not rewritten, so a
+            record that may still be truncated never causes an older one to be removed.
+        max_map_keys: Bound on the key map's size (its memory).
     """
-    segments = log.segments()
-    latest, protected = _key_map(segments, max_offset)
-    horizon = now_ms - delete_retention_ms
-    cleaned = before = after = removed = 0
-    done = True
-    for seg in segments[:-1]:
-        if max_offset is not None and seg.next_offset > max_offset:
-            break
-        keep = _keeper(latest, seg.max_timestamp < horizon)
-        n = _count_removable(seg, keep, protected)
-        if not n:
-            continue
-        if cleaned and before + seg.size > max_bytes:
-            done = False
-            break
-        before += seg.size
-        after += _rewrite(log, seg, keep, now_ms, protected)
-        removed += n
-        cleaned += 1
-    if cleaned:
-        logger.info("cleaned dir=%s segments=%s bytes=%s->%s records_removed=%s done=%s",
-                 log.directory, cleaned, before, after, removed, done)
-    return CleanResult(cleaned, before, after, removed, done)
+
+    def __init__(self, log: Log, delete_retention_ms: int, max_offset: int | None = None,
+                 max_map_keys: int = MAX_MAP_KEYS) -> None:
+        self.log = log
+        self.delete_retention_ms = delete_retention_ms
+        leo = log.log_end_offset
+        self.map_end = leo if max_offset is None else min(leo, max_offset)
+        self.max_map_keys = max_map_keys
+        self._truncations = log.truncations
+        self._latest: dict = {}
+        self._last_batch: dict[int, int] = {}
+        self._protected: set[int] = set()
+        self._now_ms = 0
+        self._cleaned_up_to = log.log_start_offset
+        self._cleaned = self._before = self._after = self._removed = 0
+        self._aborted = False
+        self._work: Generator[int, None, None] | None = self._run()
+
+    @property
+    def done(self) -> bool:
+        return self._work is None
+
+    def step(self, now_ms: int, budget: int) -> bool:
+        """Do about ``budget`` bytes of reading and writing (at least one batch).
+
+        Returns:
+            True once the pass is over (finished or aborted); see :meth:`result`.
+        """
+        if self._work is None:
+            return True
+        if self.log._closed or self.log.truncations != self._truncations:
+            logger.info("cleaning aborted dir=%s: the log was %s", self.log.directory,
+                        "closed" if self.log._closed else "truncated")
+            self._aborted = True
+            self._finish()
+            return True
+        self._now_ms = now_ms
+        spent = 0
+        while True:
+            try:
+                spent += next(self._work)
+            except StopIteration:
+                self._finish()
+                return True
+            if spent >= budget:
+                return False
+
+    def result(self) -> CleanResult:
+        """What the pass did (so far, if it is not over)."""
+        return CleanResult(self._cleaned, self._before, self._after, self._removed, self._cleaned_up_to,
+                           self._aborted)
+
+    def abort(self) -> None:
+        """Stop the pass now, deleting any half-written ``.cleaned`` file."""
+        if self._work is not None:
+            self._aborted = True
+            self._finish()
+
+    def _finish(self) -> None:
+        work, self._work = self._work, None
+        if work is not None:
+            work.close()  # runs the rewrite's cleanup, if one is open
+        if self._cleaned:
+            logger.info("cleaned dir=%s segments=%s bytes=%s->%s records_removed=%s aborted=%s",
+                        self.log.directory, self._cleaned, self._before, self._after, self._removed, self._aborted)
+
+    # ------------------------------------------------------------------ the pass
+
+    def _alive(self, seg: Segment) -> bool:
+        return self.log._segments.get(seg.base_offset) is seg
+
+    def _next_segment(self, after: int | None) -> Segment | None:
+        it = self.log._segments.irange(minimum=after, inclusive=(False, True)) if after is not None \
+            else self.log._segments.irange()
+        base = next(iter(it), None)
+        return None if base is None else self.log._segments[base]
+
+    def _run(self) -> Generator[int, None, None]:
+        yield from self._build_map()
+        self._protected = set(self._last_batch.values())
+        seg = self._next_segment(None)
+        while seg is not None and seg is not self.log.active_segment and seg.next_offset <= self.map_end:
+            yield from self._clean_segment(seg)
+            self._cleaned_up_to = seg.base_offset + 1
+            seg = self._next_segment(seg.base_offset)
+        self._cleaned_up_to = seg.base_offset if seg is not None else self.log.log_end_offset
+
+    def _build_map(self) -> Generator[int, None, None]:
+        latest, last_batch, map_end = self._latest, self._last_batch, self.map_end
+        seg = self._next_segment(None)
+        while seg is not None and seg.base_offset < map_end:
+            for pos, h in seg.iter_headers(0):
+                if h.base_offset >= map_end:
+                    return
+                buf = seg.read(pos, h.size)
+                if h.producer_id >= 0:
+                    last_batch[h.producer_id] = h.base_offset
+                records = _decode(h, buf)
+                if records:
+                    for off, _ts, key, _value, _headers in records:
+                        if key is not None and off < map_end:
+                            latest[key] = off
+                yield h.size
+                if len(latest) >= self.max_map_keys:
+                    self.map_end = h.next_offset
+                    logger.info("cleaner key map full dir=%s keys=%s: this pass stops at offset %s",
+                                self.log.directory, len(latest), self.map_end)
+                    return
+                if not self._alive(seg):  # deleted by retention while we were away
+                    break
+            seg = self._next_segment(seg.base_offset)
+
+    def _keeper(self, seg: Segment) -> Callable[[Record], bool]:
+        return _keeper(self._latest, seg.max_timestamp < self._now_ms - self.delete_retention_ms)
+
+    def _clean_segment(self, seg: Segment) -> Generator[int, None, None]:
+        keep = self._keeper(seg)
+        protected = self._protected
+        for pos, h in seg.iter_headers(0):  # scan up to the first removable record
+            records = _decode(h, seg.read(pos, h.size))
+            yield h.size
+            if not self._alive(seg):
+                return
+            if records and h.base_offset not in protected and not all(keep(r) for r in records):
+                break
+        else:
+            return
+        path = seg.directory / (segment_name(seg.base_offset) + CLEANED_SUFFIX)
+        committed = False
+        f = open(path, "wb")
+        try:
+            size = removed = 0
+            for pos, h in seg.iter_headers(0):
+                buf = seg.read(pos, h.size)
+                records = _decode(h, buf)
+                out = _clean_batch(h, buf, records, keep, protected)
+                for b in out:
+                    f.write(b)
+                    size += len(b)
+                if out != [buf]:
+                    removed += len(records) - sum(1 for r in records if keep(r))
+                yield h.size + sum(len(b) for b in out)
+                if not self._alive(seg):
+                    return
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            mtime_ns = seg.last_modified_ms * 1_000_000
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+            before = seg.size
+            self._swap_in(seg, path, size)
+            committed = True
+            self._cleaned += 1
+            self._before += before
+            self._after += size
+            self._removed += removed
+        finally:
+            if not committed:
+                f.close()
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def _swap_in(self, seg: Segment, cleaned: Path, size: int) -> None:
+        """Replace ``seg`` by its cleaned copy (or drop it when empty and not the first)."""
+        log, base = self.log, seg.base_offset
+        if size == 0 and base != log.log_start_offset:
+            os.unlink(cleaned)
+            log._replace_segment(base, None)
+            seg.delete()
+            fsync_dir(seg.directory)
+            return
+        _commit_swap(cleaned)
+        seg.close()
+        _finish_swap(seg.directory, base, log.handles)
+        new = Segment.open(seg.directory, base, log.handles, log.config.index_interval_bytes, self._now_ms)
+        log._replace_segment(base, new)
+
+
+def clean(log: Log, now_ms: int, delete_retention_ms: int, max_offset: int | None = None) -> CleanResult:
+    """A whole :class:`Cleaner` pass at once (tools and tests; the broker steps one in slices)."""
+    cleaner = Cleaner(log, delete_retention_ms, max_offset)
+    while not cleaner.step(now_ms, 1 << 30):
+        pass
+    return cleaner.result()
 
 
 def complete_interrupted_swaps(directory: Path, handles: FileHandleCache | None = None) -> int:
@@ -169,13 +340,6 @@ def complete_interrupted_swaps(directory: Path, handles: FileHandleCache | None 
 # ---------------------------------------------------------------------- internals
 
 
-def _batches(seg: Segment) -> Iterator[tuple[BatchHeader, bytes, list[Record] | None]]:
-    """``(header, batch bytes, records)`` per batch; records None for opaque batches."""
-    for pos, h in seg.iter_headers(0):
-        buf = seg.read(pos, h.size)
-        yield h, buf, _decode(h, buf)
-
-
 def _decode(h: BatchHeader, buf: bytes) -> list[Record] | None:
     if h.magic != MAGIC_NATIVE or h.attributes & _OPAQUE_ATTRIBUTES or h.record_count <= 0:
         return None
@@ -190,25 +354,6 @@ def _decode(h: BatchHeader, buf: bytes) -> list[Record] | None:
     return records
 
 
-def _key_map(segments: list[Segment], max_offset: int | None) -> tuple[dict, set[int]]:
-    """key -> latest offset below ``max_offset`` over the given segments (oldest first), and the
-    base offsets of each producer id's last batch: those stay whole (as in Kafka), so the
-    producer state rebuilt from batch headers keeps every producer's last sequence number."""
-    latest: dict = {}
-    last_batch: dict[int, int] = {}
-    for seg in segments:
-        for h, _buf, records in _batches(seg):
-            if max_offset is not None and h.base_offset >= max_offset:
-                continue
-            if h.producer_id >= 0:
-                last_batch[h.producer_id] = h.base_offset
-            if records:
-                for off, _ts, key, _value, _headers in records:
-                    if key is not None and (max_offset is None or off < max_offset):
-                        latest[key] = off
-    return latest, set(last_batch.values())
-
-
 def _keeper(latest: dict, drop_tombstones: bool) -> Callable[[Record], bool]:
     def keep(r: Record) -> bool:
         off, _ts, key, value, _headers = r
@@ -216,11 +361,6 @@ def _keeper(latest: dict, drop_tombstones: bool) -> Callable[[Record], bool]:
             return True
         return latest.get(key) == off and not (value is None and drop_tombstones)
     return keep
-
-
-def _count_removable(seg: Segment, keep: Callable[[Record], bool], protected: set[int] = frozenset()) -> int:
-    return sum(1 for h, _b, records in _batches(seg) if records and h.base_offset not in protected
-               for r in records if not keep(r))
 
 
 def _clean_batch(h: BatchHeader, buf: bytes, records: list[Record] | None,
@@ -254,22 +394,6 @@ def _build_run(h: BatchHeader, run: list[Record]) -> bytes:
                               leader_epoch=h.leader_epoch)
 
 
-def _write_cleaned(seg: Segment, keep: Callable[[Record], bool], protected: set[int] = frozenset()) -> tuple[Path, int]:
-    """Step 1: write and fsync ``<base>.log.cleaned``. Returns its path and size."""
-    path = seg.directory / (segment_name(seg.base_offset) + CLEANED_SUFFIX)
-    size = 0
-    with open(path, "wb") as f:
-        for h, buf, records in _batches(seg):
-            for b in _clean_batch(h, buf, records, keep, protected):
-                f.write(b)
-                size += len(b)
-        f.flush()
-        os.fsync(f.fileno())
-    mtime_ns = seg.last_modified_ms * 1_000_000
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-    return path, size
-
-
 def _commit_swap(cleaned: Path) -> Path:
     """Step 2 (the commit point): rename ``.cleaned`` to ``.swap`` durably."""
     swap = cleaned.with_name(cleaned.name[:-len(CLEANED_SUFFIX)] + SWAP_SUFFIX)
@@ -293,20 +417,3 @@ def _finish_swap(directory: Path, base: int, handles: FileHandleCache | None) ->
     fsync_dir(directory)
 
 
-def _rewrite(log: Log, seg: Segment, keep: Callable[[Record], bool], now_ms: int,
-             protected: set[int] = frozenset()) -> int:
-    """Replace one closed segment by its cleaned version. Returns the new size."""
-    base = seg.base_offset
-    cleaned, size = _write_cleaned(seg, keep, protected)
-    if size == 0 and base != log.log_start_offset:
-        os.unlink(cleaned)
-        log._replace_segment(base, None)
-        seg.delete()
-        fsync_dir(seg.directory)
-        return 0
-    _commit_swap(cleaned)
-    seg.close()
-    _finish_swap(seg.directory, base, log.handles)
-    new = Segment.open(seg.directory, base, log.handles, log.config.index_interval_bytes, now_ms)
-    log._replace_segment(base, new)
-    return size

@@ -137,6 +137,7 @@ class Log:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segments: SortedDict = SortedDict()
         self._closed = False
+        self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
         bases = self._scan_directory()
         try:
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
@@ -364,6 +365,7 @@ class Log:
         if offset <= self.log_start_offset:
             self.truncate_fully_and_start_at(offset)
             return
+        self.truncations += 1
         for base in reversed(list(self._segments.irange(minimum=offset))):
             self._segments.pop(base).delete()
         seg = self._segments.peekitem(-1)[1]
@@ -376,6 +378,7 @@ class Log:
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         """Delete all data; the log restarts empty with start offset = LEO = ``offset``."""
+        self.truncations += 1
         for base in reversed(self._segments.keys()):
             self._segments.pop(base).delete()
         seg = Segment.create(self.directory, offset, self.handles, self.config.index_interval_bytes,

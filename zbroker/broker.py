@@ -152,10 +152,10 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         for tp in [tp for tp in self.partitions if tp not in wanted]:
             del self.partitions[tp]
             log.info("removing partition %s-%s from this broker", *tp)
+            self._forget_housekeeping(tp)
             self.logs.delete(tp)
             self.purgatory.check(tp)
             self.fetcher.forget(tp)
-            self._cleaned_to.pop(tp, None)
         applied = self.control.applied
         for name, end in list(self._pending_topics.items()):
             if end <= applied or not self.control.is_controller:

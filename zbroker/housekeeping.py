@@ -3,8 +3,9 @@
 A mixin of :class:`zbroker.broker.Broker`.  Every ``retention_check_ms`` a pass
 starts over every partition this broker holds (leaders and followers alike: each
 replica cleans its own copy).  Each turn of the event loop handles at most
-``PARTITIONS_PER_TURN`` partitions of the pass, and compaction rewrites at most
-``CLEAN_BYTES_PER_TURN`` bytes before yielding, so the loop never stalls on it:
+``PARTITIONS_PER_TURN`` partitions of the pass, and a compaction pass
+(:class:`storage.cleaner.Cleaner`) reads and writes about ``CLEAN_BYTES_PER_TURN``
+bytes per turn before yielding, so the loop never stalls on it:
 
 - ``cleanup_policy`` with ``delete``: whole closed segments past ``retention_ms``
   or beyond ``retention_bytes`` go (:func:`zbroker.retention.retention_cutoff`),
@@ -12,7 +13,7 @@ replica cleans its own copy).  Each turn of the event loop handles at most
 - ``cleanup_policy`` with ``compact``: when the share of never-cleaned bytes in the
   closed segments reaches ``min_cleanable_dirty_ratio``, the cleaner
   (:mod:`storage.cleaner`) keeps the latest record per key and drops tombstones
-  older than ``delete_retention_ms``; an unfinished clean continues next turn.
+  older than ``delete_retention_ms``; an unfinished pass continues next turn.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from storage.cleaner import Cleaner, dirty_ratio
 from zbroker.retention import retention_cutoff
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARTITIONS_PER_TURN = 32
-CLEAN_BYTES_PER_TURN = 8 << 20
+CLEAN_BYTES_PER_TURN = 2 << 20  # about 10 ms of reading and decoding on the reference machine
 
 
 class Housekeeping:
@@ -39,6 +41,7 @@ class Housekeeping:
         self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
         self._pass: deque = deque()
         self._cleaned_to: dict[tuple[str, int], int] = {}
+        self._cleaners: dict[tuple[str, int], Cleaner] = {}
 
     def _housekeeping(self: Broker, now_ms: int) -> None:
         if now_ms >= self._next_pass_ms:
@@ -56,9 +59,12 @@ class Housekeeping:
             try:
                 if "delete" in policy:
                     self._apply_retention(part, settings, now_ms)
-                if "compact" in policy and not self._compact(part, settings, now_ms):
-                    self._pass.append(tp)  # unfinished: more next turn
-                    break
+                if "compact" in policy:
+                    if not self._compact(part, settings, now_ms):
+                        self._pass.append(tp)  # unfinished: more next turn
+                        break
+                elif tp in self._cleaners:  # the topic stopped being compacted mid-pass
+                    self._forget_housekeeping(tp)
             except Exception:  # never let housekeeping take the event loop down
                 log.exception("housekeeping of %s-%s failed", tp[0], tp[1])
 
@@ -77,23 +83,33 @@ class Housekeeping:
                      lg.log_start_offset)
 
     def _compact(self: Broker, part, settings: dict, now_ms: int) -> bool:
-        """One slice of cleaning if the partition is dirty enough; True when nothing is left to do."""
-        try:
-            from storage.cleaner import clean, dirty_ratio
-        except ImportError:  # a build without the cleaner: compacted topics are kept whole
-            return True
+        """One slice of a cleaning pass (started if the partition is dirty enough); True when
+        this partition needs no more turns."""
         lg = part.log
-        cleaned_to = self._cleaned_to.get(part.tp, lg.log_start_offset)
-        if len(lg.segments_info()) < 2 or dirty_ratio(lg, cleaned_to) < settings["min_cleanable_dirty_ratio"]:
-            return True
-        # only below the high watermark: what is above may still be truncated away, and the
-        # older copy of its key with it
-        hw = min(part.high_watermark, lg.log_end_offset)
-        result = clean(lg, now_ms, settings["delete_retention_ms"], max_bytes=CLEAN_BYTES_PER_TURN, cleaned_up_to=cleaned_to,
-                       max_offset=hw)
+        cleaner = self._cleaners.get(part.tp)
+        if cleaner is None:
+            cleaned_to = self._cleaned_to.get(part.tp, lg.log_start_offset)
+            if len(lg.segments_info()) < 2 or dirty_ratio(lg, cleaned_to) < settings["min_cleanable_dirty_ratio"]:
+                return True
+            # only below the high watermark: what is above may still be truncated away, and the
+            # older copy of its key with it
+            hw = min(part.high_watermark, lg.log_end_offset)
+            cleaner = self._cleaners[part.tp] = Cleaner(lg, settings["delete_retention_ms"], max_offset=hw)
+        if not cleaner.step(now_ms, CLEAN_BYTES_PER_TURN):
+            return False
+        del self._cleaners[part.tp]
+        result = cleaner.result()
         if result.segments_cleaned:  # each producer's last batch is kept whole: its state stays valid
-            log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed", part.topic, part.index,
-                     result.segments_cleaned, result.bytes_before, result.bytes_after, result.records_removed)
-        if result.done:
-            self._cleaned_to[part.tp] = lg.segments_info()[-1][0]  # everything before the active segment
-        return result.done
+            log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed%s", part.topic,
+                     part.index, result.segments_cleaned, result.bytes_before, result.bytes_after,
+                     result.records_removed, " (pass aborted: log truncated)" if result.aborted else "")
+        if not result.aborted:
+            self._cleaned_to[part.tp] = result.cleaned_up_to
+        return True
+
+    def _forget_housekeeping(self: Broker, tp: tuple[str, int]) -> None:
+        """The partition left this broker (or was deleted): drop its cleaning state."""
+        self._cleaned_to.pop(tp, None)
+        cleaner = self._cleaners.pop(tp, None)
+        if cleaner is not None:
+            cleaner.abort()

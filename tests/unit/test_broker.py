@@ -113,3 +113,40 @@ def test_a_topic_deleted_and_created_again_in_one_step_starts_empty(h):
     assert [p["high_watermark"] for p in desc["partitions"]] == [0, 0]
     marker = h.broker.logs.data_dir / "t-0" / "partition.metadata"
     assert marker.read_text().strip() == f"topic_id: {again.topic_id}"
+
+
+def test_compaction_runs_in_bounded_turns_of_the_loop(h, monkeypatch):
+    import zbroker.housekeeping as hk
+    from storage import decode_native_records, iter_batches
+
+    monkeypatch.setattr(hk, "CLEAN_BYTES_PER_TURN", 4096)
+    cfg = {"cleanup_policy": "compact", "segment_bytes": 4096, "min_cleanable_dirty_ratio": 0.1}
+    assert h.call("create_topic", topic="c", partitions=1, config=cfg)[0]["error"] == 0
+    model = {}
+    for i in range(200):
+        recs = [(h.now, b"k%d" % ((i * 3 + j) % 7), b"v%d-%d" % (i, j) + b"." * 40, None) for j in range(4)]
+        model.update({k: v for _ts, k, v, _h in recs})
+        assert h.call("produce", build_native_batch(recs), acks=1,
+                      batches=[{"topic": "c", "partition": 0}])[0]["error"] == 0
+    part = h.broker.partitions[("c", 0)]
+    before = part.log.size_bytes()
+    h.now += h.broker.config.setting("retention_check_ms")
+    turns = 0
+    while True:
+        h.broker.tick(h.now)
+        turns += 1
+        if ("c", 0) not in h.broker._cleaners and part.log.size_bytes() < before:
+            break
+        assert h.broker.next_timer_ms(h.now) <= 10  # an unfinished pass asks for the next turn soon
+        h.now += 10
+        assert turns < 500
+    assert turns > 5  # the pass was spread over many turns
+    data = part.log.read(0, 1 << 20).data
+    closed_keys, latest = [], {}
+    for pos, hd in iter_batches(data):
+        for off, _ts, k, v, _hd in decode_native_records(data[pos:pos + hd.size]):
+            if off < part.log.active_segment.base_offset:
+                closed_keys.append(k)
+            latest[k] = v
+    assert latest == model
+    assert len(closed_keys) == len(set(closed_keys))  # one record per key left in closed segments

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from storage import Log, LogConfig, build_native_batch, decode_native_records, iter_batches
-from storage.cleaner import (CLEANED_SUFFIX, SWAP_SUFFIX, _commit_swap, _keeper, _key_map, _write_cleaned,
-                             clean, dirty_ratio)
+import storage.cleaner
+from storage.cleaner import CLEANED_SUFFIX, SWAP_SUFFIX, Cleaner, clean, dirty_ratio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,7 +62,7 @@ def test_keeps_latest_per_key_offsets_preserved_and_reopen(tmp_path):
     start, leo, active_base = lg.log_start_offset, lg.log_end_offset, lg.active_segment.base_offset
     size_before = lg.size_bytes()
     res = clean(lg, now_ms=10_000, delete_retention_ms=DAY)
-    assert res.done and res.segments_cleaned > 0 and res.records_removed > 0
+    assert not res.aborted and res.segments_cleaned > 0 and res.records_removed > 0
     assert res.bytes_after < res.bytes_before and lg.size_bytes() < size_before
     want = expected_after_clean(before, active_base)
     assert records(lg) == want
@@ -70,7 +70,7 @@ def test_keeps_latest_per_key_offsets_preserved_and_reopen(tmp_path):
     assert (lg.log_start_offset, lg.log_end_offset) == (start, leo)
     lg._check()
     again = clean(lg, now_ms=10_000, delete_retention_ms=DAY)
-    assert again.done and again.segments_cleaned == 0
+    assert not again.aborted and again.segments_cleaned == 0
     put(lg, [(b"k1", b"after")], 20_000)
     lg._check()
     want = records(lg)
@@ -123,67 +123,167 @@ def test_read_in_a_compacted_gap_returns_next_record(tmp_path):
         assert r.first_offset <= o < r.next_offset
 
 
+def state_of(recs):
+    """key -> value after replaying ``(offset, key, value)`` records (tombstones remove)."""
+    state: dict = {}
+    for _o, k, v in recs:
+        if v is None:
+            state.pop(k, None)
+        else:
+            state[k] = v
+    return state
+
+
+def step_until(cleaner, predicate, budget=200):
+    for _ in range(10_000):
+        if predicate():
+            return
+        assert not cleaner.step(10_000, budget), "the pass ended first"
+    raise AssertionError("condition never reached")
+
+
 def test_interrupted_before_commit_keeps_original(tmp_path):
     d = tmp_path / "t-0"
     lg = make(d)
     fill(lg, n=40, keys=3)
     before = records(lg)
-    seg = lg.segments()[0]
-    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None)[0], False))
-    assert path.name.endswith(CLEANED_SUFFIX)
+    cleaned = d / (lg.segments()[0].log_path.name + ".cleaned")
+    cleaner = Cleaner(lg, DAY)
+    step_until(cleaner, cleaned.exists)  # a rewrite half written: then the process dies
+    assert cleaned.name.endswith(CLEANED_SUFFIX)
     lg.close()
     lg = make(d)
-    assert not path.exists()
+    assert not cleaned.exists()
     assert records(lg) == before
     lg._check()
 
 
 @pytest.mark.parametrize("indexes_gone", [False, True])
-def test_interrupted_after_commit_finishes_swap(tmp_path, indexes_gone):
+def test_interrupted_after_commit_finishes_swap(tmp_path, monkeypatch, indexes_gone):
     d, ref = tmp_path / "t-0", tmp_path / "ref"
     lg = make(d)
     fill(lg, n=40, keys=3)
     lg.close()
     shutil.copytree(d, ref)
     lg = make(d)
+    before = records(lg)
     seg = lg.segments()[0]
-    path, _ = _write_cleaned(seg, _keeper(_key_map(lg.segments(), None)[0], False))
-    swap = _commit_swap(path)
-    assert swap.name.endswith(SWAP_SUFFIX)
+    size_before = seg.size
+
+    def crash(*_args):
+        raise RuntimeError("crash after the commit point")
+
+    monkeypatch.setattr(storage.cleaner, "_finish_swap", crash)
+    with pytest.raises(RuntimeError):
+        clean(lg, 10_000, DAY)
+    monkeypatch.undo()
+    swap = d / (seg.log_path.name + ".swap")
+    assert swap.name.endswith(SWAP_SUFFIX) and swap.exists() and seg.log_path.exists()
     lg.close()
     if indexes_gone:
         os.unlink(seg.index.path)
         os.unlink(seg.time_index.path)
-    assert seg.log_path.exists() and seg.index.path.exists() != indexes_gone
     lg = make(d)
     assert not swap.exists()
     lg._check()
+    assert lg.segments()[0].size < size_before  # the cleaned copy is in place
+    assert state_of(records(lg)) == state_of(before)
     rl = make(ref)
-    res = clean(rl, now_ms=10_000, delete_retention_ms=DAY, max_bytes=1)  # just the first segment
-    assert res.segments_cleaned == 1 and not res.done
+    clean(rl, 10_000, DAY)
+    clean(lg, 10_000, DAY)
     assert records(lg) == records(rl)
 
 
-def test_bounded_slices_finish_the_job(tmp_path):
+def test_bounded_steps_finish_the_job_while_reads_go_on(tmp_path):
     d, ref = tmp_path / "t-0", tmp_path / "ref"
     lg = make(d)
     fill(lg, n=150)
     lg.close()
     shutil.copytree(d, ref)
     lg, rl = make(d), make(ref)
-    assert clean(rl, 10_000, DAY).done
-    calls, total = 0, 0
-    while True:
-        res = clean(lg, 10_000, DAY, max_bytes=1000)
-        calls += 1
-        total += res.segments_cleaned
-        assert res.bytes_before <= 1000 or res.segments_cleaned == 1
+    want_state = state_of(records(lg))
+    clean(rl, 10_000, DAY)
+    cleaner = Cleaner(lg, DAY)
+    steps = 0
+    while not cleaner.step(10_000, 1000):
+        steps += 1
         lg._check()
-        if res.done:
-            break
-        assert calls < 100
-    assert calls > 2 and total > 2
+        assert state_of(records(lg)) == want_state  # the log reads right between any two steps
+        assert steps < 1000
+    assert steps > 10 and cleaner.result().segments_cleaned > 2
     assert records(lg) == records(rl)
+
+
+def test_appends_during_a_pass_are_left_alone(tmp_path):
+    lg = make(tmp_path / "t-0")
+    fill(lg, n=80, keys=5)
+    cleaner = Cleaner(lg, DAY)
+    map_end = cleaner.map_end
+    for i in range(40):  # new values of every key land beyond the map: nothing newer is known yet
+        put(lg, [(b"k%d" % (i % 5), b"late%d" % i)], 50_000 + i)
+        cleaner.step(10_000, 300)
+    while not cleaner.step(10_000, 300):
+        pass
+    lg._check()
+    recs = records(lg)
+    assert [r for r in recs if r[0] >= map_end] == [(o, b"k%d" % (i % 5), b"late%d" % i)
+                                                  for i, o in enumerate(range(map_end, map_end + 40))]
+    assert cleaner.result().cleaned_up_to <= map_end
+
+
+def test_truncation_or_close_aborts_the_pass_and_drops_the_half_written_copy(tmp_path):
+    d = tmp_path / "t-0"
+    lg = make(d)
+    fill(lg, n=60, keys=3)
+    cleaned = d / (lg.segments()[0].log_path.name + ".cleaned")
+    cleaner = Cleaner(lg, DAY)
+    step_until(cleaner, cleaned.exists)
+    lg.truncate_to(lg.log_end_offset - 3)
+    before = records(lg)
+    assert cleaner.step(10_000, 1 << 20)
+    assert cleaner.result().aborted and not cleaned.exists()
+    assert records(lg) == before
+    lg._check()
+    cleaner = Cleaner(lg, DAY)
+    step_until(cleaner, cleaned.exists)
+    lg.close()
+    assert cleaner.step(10_000, 1 << 20) and cleaner.result().aborted and not cleaned.exists()
+
+
+def test_a_segment_deleted_by_retention_mid_pass_is_skipped(tmp_path):
+    lg = make(tmp_path / "t-0")
+    fill(lg, n=60, keys=3)
+    first = lg.segments()[0]
+    cleaned = first.directory / (first.log_path.name + ".cleaned")
+    cleaner = Cleaner(lg, DAY)
+    step_until(cleaner, cleaned.exists)
+    lg.delete_segments_before(lg.segments()[1].base_offset)
+    while not cleaner.step(10_000, 300):
+        pass
+    res = cleaner.result()
+    assert not res.aborted and res.segments_cleaned > 0 and not cleaned.exists()
+    lg._check()
+    closed = [x for x in records(lg) if x[0] < lg.active_segment.base_offset]
+    later = {k for o, k, _ in records(lg) if o >= lg.active_segment.base_offset}
+    assert len({k for _, k, _ in closed}) == len(closed) and not later & {k for _, k, _ in closed}
+
+
+def test_a_full_key_map_cuts_the_pass_short(tmp_path):
+    lg = make(tmp_path / "t-0")
+    for i in range(60):  # every key new: the map fills
+        put(lg, [(b"u%d" % i, b"x" * 10), (b"same", b"%d" % i)], 1000 + i)
+    cleaner = Cleaner(lg, DAY, max_map_keys=20)
+    while not cleaner.step(10_000, 1 << 20):
+        pass
+    res = cleaner.result()
+    assert cleaner.map_end < lg.log_end_offset and res.cleaned_up_to <= cleaner.map_end
+    assert res.records_removed > 0
+    untouched = [x for x in records(lg) if x[0] >= res.cleaned_up_to]
+    assert [v for _, k, v in untouched if k == b"same"]  # older copies beyond the map stay for now
+    lg._check()
+    clean(lg, 10_000, DAY)  # a pass with room for every key finishes the job
+    closed = [x for x in records(lg) if x[0] < lg.active_segment.base_offset]
+    assert len({k for _, k, _ in closed}) == len(closed)
 
 
 def test_dirty_ratio(tmp_path):
@@ -191,8 +291,9 @@ def test_dirty_ratio(tmp_path):
     assert dirty_ratio(lg, 0) == 0.0  # no closed segment
     fill(lg, n=80)
     assert dirty_ratio(lg, lg.log_start_offset) == 1.0
-    assert clean(lg, 10_000, DAY).done
+    res = clean(lg, 10_000, DAY)
     cleaned_to = lg.active_segment.base_offset
+    assert res.cleaned_up_to == cleaned_to
     assert dirty_ratio(lg, cleaned_to) == 0.0
     fill(lg, n=40, ts=20_000)
     r = dirty_ratio(lg, cleaned_to)
@@ -225,12 +326,14 @@ def test_max_offset_bounds_what_is_cleaned(tmp_path):
 
 
 def test_random_against_model(tmp_path):
+    """Appends interleaved with the steps of passes of random budgets, checked against a dict."""
     rnd = random.Random(1234)
     d = tmp_path / "t-0"
     lg = make(d)
     model: dict[bytes, bytes] = {}
     epochs: dict[int, int] = {}
     now = 1000
+    cleaner = None
     for step in range(600):
         now += rnd.randint(1, 50)
         items = []
@@ -244,21 +347,20 @@ def test_random_against_model(tmp_path):
                 model[k] = v
         info = lg.append(build_native_batch([(now, k, v, None) for k, v in items]), now, leader_epoch=step // 100)
         epochs.update({o: step // 100 for o in range(info.base_offset, info.last_offset + 1)})
-        if rnd.random() < 0.08:
-            res = clean(lg, now, rnd.choice([0, 100, 5000, DAY]), max_bytes=rnd.choice([1, 2000, 1 << 20]))
-            assert res.bytes_after <= res.bytes_before
+        if cleaner is None and rnd.random() < 0.08:
+            cleaner = Cleaner(lg, rnd.choice([0, 100, 5000, DAY]))
+        if cleaner is not None:
+            if cleaner.step(now, rnd.choice([1, 300, 2000, 1 << 20])):
+                res = cleaner.result()
+                assert res.bytes_after <= res.bytes_before and not res.aborted
+                cleaner = None
             lg._check()
-            state: dict = {}
-            for _o, k, v in records(lg):
-                if v is None:
-                    state.pop(k, None)
-                else:
-                    state[k] = v
-            assert state == model, step
+            assert state_of(records(lg)) == model, step
             data = lg.read(lg.log_start_offset, 10**9).data
             assert all(h.leader_epoch == epochs[h.base_offset] for _, h in iter_batches(data))
-    while not clean(lg, now + DAY, 0).done:
+    while cleaner is not None and not cleaner.step(now, 1 << 30):
         pass
+    clean(lg, now + DAY, 0)
     lg._check()
     final = records(lg)
     lg.close()
