@@ -52,6 +52,8 @@ class DataPath:
             raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic or partition {topic}-{index}")
         if pm.leader < 0:
             raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} has no leader right now")
+        if (topic, index) in self._opening:
+            raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} is still being opened on broker {self.broker_id}")
         raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
 
     def _min_isr(self: Broker, topic: str) -> int:

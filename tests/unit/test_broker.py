@@ -150,3 +150,23 @@ def test_compaction_runs_in_bounded_turns_of_the_loop(h, monkeypatch):
             latest[k] = v
     assert latest == model
     assert len(closed_keys) == len(set(closed_keys))  # one record per key left in closed segments
+
+
+def test_a_big_topic_is_opened_over_several_turns(h):
+    from zbroker.broker import OPENS_PER_TURN
+
+    n = OPENS_PER_TURN * 4 + 3
+    h.broker.tick(h.now)  # a new turn
+    assert h.call("create_topic", topic="big", partitions=n)[0]["error"] == 0
+    opened = [tp for tp in h.broker.partitions if tp[0] == "big"]
+    assert len(opened) == OPENS_PER_TURN  # the rest is queued, the loop is not held up
+    waiting = next(i for i in range(n) if ("big", i) not in h.broker.partitions)
+    reply = h.call("produce", batch(), acks=1, batches=[{"topic": "big", "partition": waiting}])
+    assert reply[0]["results"][0]["error"] == 5  # LEADER_NOT_AVAILABLE: retriable
+    turns = 0
+    while h.broker.next_timer_ms(h.now) == 0 and turns < 100:
+        h.broker.tick(h.now)
+        turns += 1
+    assert turns == 4 and all(("big", i) in h.broker.partitions for i in range(n))
+    reply = h.call("produce", batch(), acks=1, batches=[{"topic": "big", "partition": waiting}])
+    assert reply[0]["results"][0]["error"] == 0
