@@ -529,11 +529,16 @@ class Log:
             self.handles.close_all()
         self._closed = True
 
-    def delete(self) -> None:
-        """Release handles and remove the partition directory."""
+    def delete(self, trash: Path | None = None) -> None:
+        """Release handles and remove the partition directory -- or, with ``trash``, only
+        rename it there (one cheap call; the caller removes it later)."""
         for seg in self._segments.values():
             seg.close()
         self._closed = True
+        if trash is not None:
+            os.replace(self.directory, trash)
+            log.info("deleted log dir=%s (moved to %s)", self.directory, trash.name)
+            return
         shutil.rmtree(self.directory, ignore_errors=True)
         log.info("deleted log dir=%s", self.directory)
 

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 Frames = list[bytes]
 REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
 OPENS_PER_TURN = 16  # partitions opened per loop turn (about 25 ms): see Broker._open_pending
+PURGES_PER_TURN = 16  # directories of deleted partitions removed per loop turn (about 6 ms)
 MAX_AUTO_CREATES_PER_REQUEST = 10  # creating topics costs the loop time; a producer asks for a few
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
 
@@ -325,6 +326,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
             self._sync_coordination(now_ms)
             self._expire_members(now_ms)
             self._housekeeping(now_ms)
+        self.logs.purge_deleted(PURGES_PER_TURN)
         self.purgatory.expire(now_ms)
         self._expire_forwards(now_ms)
         if now_ms - self._last_checkpoint_ms >= self.config.setting("flush_check_ms"):
@@ -345,6 +347,8 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         due = min(due, self._next_pass_ms if not self._pass else now_ms + 10)
         if self._opening:
             due = now_ms
+        if self.logs.trash:
+            due = min(due, now_ms + 10)
         return max(0, due - now_ms)
 
     def close(self) -> None:

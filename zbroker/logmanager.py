@@ -9,6 +9,8 @@ On-disk layout (storage/ draws the inside of a partition directory)::
         replication-offset-checkpoint        per partition: high watermark
         <topic>-<partition>/                 one partition log (storage.Log), plus
                                              partition.metadata: the topic id it belongs to
+        <topic>-<partition>.<uuid>-delete/   a deleted partition's log, being removed in the
+                                             background (as Kafka names them)
 
 Recovery after an unclean stop: each log is opened with its checkpointed
 recovery point, so only data written after the last checkpoint is scanned
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +37,7 @@ TopicPartition = tuple[str, int]
 
 RECOVERY_CHECKPOINT = "recovery-point-offset-checkpoint"
 HW_CHECKPOINT = "replication-offset-checkpoint"
+DELETED_SUFFIX = "-delete"
 
 
 def log_config(settings: dict) -> LogConfig:
@@ -65,6 +70,8 @@ class LogManager:
         self._hw = OffsetCheckpoint(self.data_dir / HW_CHECKPOINT)
         self._recovery_points = self._read_checkpoint(self._recovery)
         self.high_watermarks = self._read_checkpoint(self._hw)
+        self.trash: deque[Path] = deque(p for p in self.data_dir.iterdir()
+                                        if p.is_dir() and p.name.endswith(DELETED_SUFFIX))
 
     @staticmethod
     def _read_checkpoint(cp: OffsetCheckpoint) -> dict[TopicPartition, int]:
@@ -104,14 +111,28 @@ class LogManager:
         return self.logs.get(tp)
 
     def delete(self, tp: TopicPartition) -> None:
-        """Close and remove a partition's log and its directory."""
+        """Close a partition's log and rename its directory to ``...-delete``: one rename,
+        whatever the log's size. :meth:`purge_deleted` removes the files later."""
         lg = self.logs.pop(tp, None)
         self._recovery_points.pop(tp, None)
         self.high_watermarks.pop(tp, None)
+        trash = self.data_dir / f"{partition_dir_name(tp)}.{uuid.uuid4().hex}{DELETED_SUFFIX}"
         if lg is not None:
-            lg.delete()
+            lg.delete(trash)
         else:
-            shutil.rmtree(self.data_dir / partition_dir_name(tp), ignore_errors=True)
+            try:
+                (self.data_dir / partition_dir_name(tp)).replace(trash)
+            except FileNotFoundError:
+                return
+        self.trash.append(trash)
+
+    def purge_deleted(self, max_dirs: int) -> int:
+        """Remove up to ``max_dirs`` directories of deleted partitions. Returns how many."""
+        n = 0
+        while self.trash and n < max_dirs:
+            shutil.rmtree(self.trash.popleft(), ignore_errors=True)
+            n += 1
+        return n
 
     def stray_dirs(self, known: set[TopicPartition]) -> Iterator[Path]:
         """Partition-looking directories that belong to no known partition."""

@@ -170,3 +170,41 @@ def test_a_big_topic_is_opened_over_several_turns(h):
     assert turns == 4 and all(("big", i) in h.broker.partitions for i in range(n))
     reply = h.call("produce", batch(), acks=1, batches=[{"topic": "big", "partition": waiting}])
     assert reply[0]["results"][0]["error"] == 0
+
+
+def test_a_deleted_topic_is_renamed_at_once_and_removed_in_later_turns(h):
+    from zbroker.broker import PURGES_PER_TURN
+
+    n = PURGES_PER_TURN * 2 + 1
+    assert h.call("create_topic", topic="gone", partitions=n)[0]["error"] == 0
+    while h.broker._opening:
+        h.broker.tick(h.now)
+    assert h.call("produce", batch(), acks=1, batches=[{"topic": "gone", "partition": 0}])[0]["error"] == 0
+    data_dir = h.broker.logs.data_dir
+    assert h.call("delete_topic", topic="gone")[0]["error"] == 0
+    assert not any(p.name.startswith("gone-") and p.name[5:].isdigit() for p in data_dir.iterdir())
+    trash = [p for p in data_dir.iterdir() if p.name.endswith("-delete")]
+    assert len(trash) == n  # renamed, not yet removed
+    assert h.broker.next_timer_ms(h.now) <= 10
+    turns = 0
+    while any(p.name.endswith("-delete") for p in data_dir.iterdir()):
+        h.broker.tick(h.now)
+        turns += 1
+        assert turns < 10
+    assert turns == 3
+    # a topic of the same name starts empty
+    assert h.call("create_topic", topic="gone", partitions=1)[0]["error"] == 0
+    reply = h.call("list_offsets", partitions=[{"topic": "gone", "partition": 0, "timestamp": -1}])
+    assert reply[0]["partitions"][0]["offset"] == 0
+
+
+def test_trash_left_by_a_crash_is_removed_after_a_restart(tmp_path):
+    h = Harness(tmp_path / "d")
+    stale = h.broker.logs.data_dir / "old-0.0123abcd-delete"
+    stale.mkdir()
+    (stale / "00000000000000000000.log").write_bytes(b"x" * 100)
+    h.broker.close()
+    h = Harness(tmp_path / "d")
+    h.broker.tick(h.now)
+    assert not stale.exists()
+    h.broker.close()
