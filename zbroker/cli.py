@@ -176,7 +176,14 @@ def topics_describe(ctx, name: str) -> None:
     click.echo("Config:")
     for key in sorted(desc.config):
         mark = "  (override)" if key in overrides else ""
-        click.echo(f"  {key} = {desc.config[key]}{mark}")
+        click.echo(f"  {key} = {_toml_value(desc.config[key])}{mark}")
+
+
+def _toml_value(value) -> str:
+    """A setting as ``--config KEY=VALUE`` takes it (true, 100, compact)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 @topics.command("delete")

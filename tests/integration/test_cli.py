@@ -25,6 +25,7 @@ def test_topics_create_list_describe_alter_delete(broker):
     desc = zb("topics", "describe", "orders", bootstrap=b).stdout.decode()
     assert "partitions: 4" in desc
     assert "retention_ms = 3600000  (override)" in desc and "segment_bytes = 1073741824\n" in desc
+    assert "unclean_leader_election = false\n" in desc and "cleanup_policy = delete\n" in desc
     assert zb("topics", "alter", "orders", "--config", "segment_ms=1000", bootstrap=b).returncode == 0
     assert "segment_ms = 1000  (override)" in zb("topics", "describe", "orders", bootstrap=b).stdout.decode()
     assert zb("topics", "delete", "orders", bootstrap=b).returncode == 0
