@@ -199,7 +199,8 @@ class ClusterProcesses:
 
     def __init__(self, root: Path, n: int = 3, heartbeat_ms: int = 100, session_timeout_ms: int = 1500,
                  election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test",
-                 min_insync_replicas: int = 1, replica_lag_ms: int = 10_000, partitions: int = 3) -> None:
+                 min_insync_replicas: int = 1, replica_lag_ms: int = 10_000, partitions: int = 3,
+                 cluster_settings: dict | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "cluster.toml"
@@ -211,6 +212,7 @@ class ClusterProcesses:
             f"election_timeout_ms = {election_timeout_ms}",
             f"replica_lag_ms = {replica_lag_ms}",
             "flush_check_ms = 200",
+            *(f"{k} = {v}" for k, v in (cluster_settings or {}).items()),
             "",
             "[topic_defaults]",
             f"partitions = {partitions}",

@@ -168,6 +168,8 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "max_open_files": (1024, _int(16)),
     "flush_check_ms": (1000, _int(10)),
     "retention_check_ms": (30_000, _int(100)),
+    "metadata_snapshot_records": (10_000, _int(1)),
+    "metadata_segment_bytes": (8 << 20, _int(1024)),
     "offsets_topic_partitions": (6, _int(1, 1000)),
     "group_min_session_timeout_ms": (1000, _int(100)),
     "group_max_session_timeout_ms": (300_000, _int(100)),

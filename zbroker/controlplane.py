@@ -33,7 +33,7 @@ from zbroker import raft as R
 from zbroker.config import ClusterConfig
 from zbroker.controller import leadership_changes
 from zbroker.membership import Membership
-from zbroker.metadata import MetadataImage, apply_record
+from zbroker.metadata import MetadataImage, apply_record, image_records
 from zbroker.metalog import MetadataLog, QuorumStateFile
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ControlPlane:
         self.broker_id = broker_id
         self.voters = sorted(b.id for b in config.brokers)
         data_dir = config.broker(broker_id).data_dir
-        self.metalog = MetadataLog(data_dir, clock, handles)
+        self.metalog = MetadataLog(data_dir, clock, handles, segment_bytes=config.setting("metadata_segment_bytes"))
         self.state_file = QuorumStateFile(data_dir)
         state, known_hw = self.state_file.load()
         self.raft = R.RaftNode(
@@ -68,7 +68,10 @@ class ControlPlane:
         )
         self.image = MetadataImage()
         self.applied = 0
-        self.raft.high_watermark = min(known_hw, self.metalog.end_offset())
+        self._reloaded: list[dict] = []  # a snapshot's records, applied in place of the image
+        self._snapshot_at = 0  # offset of the latest snapshot this broker holds
+        self._load_snapshot()
+        self.raft.high_watermark = max(min(known_hw, self.metalog.end_offset()), self.applied)
         self._saved_hw = self.raft.high_watermark
         self.peer_outbox: list[tuple[int, dict, Any]] = []
         self.incarnation = self._next_incarnation(data_dir, now_ms)
@@ -142,6 +145,9 @@ class ControlPlane:
 
     def on_raft_message(self, msg: dict, payload: Any, now_ms: int) -> None:
         self.raft.receive(msg, payload, now_ms)
+        if self.raft.installed_snapshot is not None:
+            self.raft.installed_snapshot = None
+            self._load_snapshot()
         self._drain_raft()
 
     def on_heartbeat(self, hb: dict, now_ms: int) -> None:
@@ -190,8 +196,37 @@ class ControlPlane:
             self.peer_outbox.extend(self.raft.outbox)
             self.raft.outbox = []
 
+    def _load_snapshot(self) -> None:
+        """Replace the image by the metadata log's latest snapshot (at start, or once one is
+        downloaded from the controller)."""
+        snapshot = self.metalog.snapshot_id()
+        if snapshot is None or snapshot[0] <= self.applied:
+            return
+        records = self.metalog.snapshot_records()
+        self.image.clear()
+        for record in records:
+            apply_record(self.image, record)
+        self.applied = snapshot[0]
+        self._snapshot_at = snapshot[0]
+        self._reloaded = records
+        log.info("metadata image loaded from snapshot offset=%d epoch=%d topics=%d", *snapshot, len(self.image.topics))
+
+    def _maybe_snapshot(self) -> None:
+        """Every ``metadata_snapshot_records`` applied records: snapshot the image, drop the
+        log below it.  Only applied (so committed) state goes in a snapshot."""
+        if self.applied - self._snapshot_at < self.config.setting("metadata_snapshot_records"):
+            return
+        records = [msgpack.packb(r, use_bin_type=True) for r in image_records(self.image)]
+        snapshot = self.metalog.write_snapshot(self.applied, records)
+        self._snapshot_at = self.applied
+        log.info("metadata snapshot written offset=%d epoch=%d records=%d; metadata log starts at %d",
+                 *snapshot, len(records), self.metalog.start_offset())
+
     def apply_committed(self) -> list[dict]:
         hw = self.raft.high_watermark
+        if self._reloaded:
+            reloaded, self._reloaded = self._reloaded, []
+            return reloaded + self.apply_committed()
         if hw <= self.applied:
             return []
         applied = []
@@ -204,6 +239,7 @@ class ControlPlane:
                     log.error("skipping unreadable metadata record at offset %d: %s", offset, exc)
             self.applied = offset + 1
         self.applied = max(self.applied, hw)
+        self._maybe_snapshot()
         if hw != self._saved_hw:
             self._saved_hw = hw
             self.state_file.save(self.raft.state, hw)

@@ -79,6 +79,11 @@ class MetadataImage:
     def remove(self, name: str) -> TopicMeta | None:
         return self.topics.pop(name, None)
 
+    def clear(self) -> None:
+        """Forget everything (before a snapshot is applied in its place)."""
+        self.topics.clear()
+        self.next_producer_id = 0
+
 
 # -- the metadata log's records -------------------------------------------------------
 #
@@ -103,6 +108,13 @@ def topic_record(topic: TopicMeta) -> dict:
         "overrides": dict(topic.overrides),
         "partitions": [asdict(p) for p in topic.partitions],
     }
+
+
+def image_records(image: MetadataImage) -> list[dict]:
+    """Records that rebuild ``image`` when applied, in order, to an empty image (a snapshot)."""
+    records = [topic_record(topic) for topic in image.topics.values()]
+    records.append({"type": PRODUCER_IDS_RECORD, "next": image.next_producer_id})
+    return records
 
 
 def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:

@@ -54,6 +54,8 @@ RAFT_VOTE_RESPONSE = "raft_vote_response"
 RAFT_BEGIN_EPOCH = "raft_begin_epoch"
 RAFT_FETCH = "raft_fetch"
 RAFT_FETCH_RESPONSE = "raft_fetch_response"
+RAFT_FETCH_SNAPSHOT = "raft_fetch_snapshot"
+RAFT_FETCH_SNAPSHOT_RESPONSE = "raft_fetch_snapshot_response"
 
 # acks on the wire, as in Kafka: 0 = no response, 1 = leader wrote it, -1 = all in-sync replicas.
 ACKS_ALL = -1
@@ -184,6 +186,16 @@ RAFT_SCHEMAS: dict[str, dict[str, Field]] = {
         "last_fetched_epoch": _f(int),
         "high_watermark": _f(int),
         "diverging": _f(list, _NONE, required=False, item=(int,)),
+        "snapshot": _f(list, _NONE, required=False, item=(int,)),
+    },
+    RAFT_FETCH_SNAPSHOT: {**_RAFT, "snapshot": _f(list, item=(int,)), "position": _f(int)},
+    RAFT_FETCH_SNAPSHOT_RESPONSE: {
+        **_RAFT,
+        **_LEADER,
+        "error": _f(int, required=False, default=0),
+        "snapshot": _f(list, item=(int,)),
+        "position": _f(int),
+        "size": _f(int),
     },
 }
 SCHEMAS.update(RAFT_SCHEMAS)

@@ -37,6 +37,14 @@ even across restarts.
   counted only once a record of the leader's own epoch (the leader-change record
   it appends on election) is held by a quorum (Raft's commit rule).  Followers
   learn it from fetch responses.  Everyone applies records below it.
+- **Snapshots.**  Each voter's owner may snapshot its applied state at a committed
+  offset S and drop the log below it (the log start moves up to S).  A fetch the
+  leader cannot check against its log any more -- below its log start, or ending
+  in an epoch older than its oldest remaining one -- is answered with the leader's
+  latest snapshot id ``(S, epoch of record S-1)``; the follower downloads it in
+  chunks (``fetch_snapshot``), installs it (its log restarts empty at S) and fetches
+  on from S.  A snapshot holds committed records only, so installing one never
+  loses a committed record and never keeps an uncommitted one.
 - **Fencing.**  Fetches from an older epoch are answered FENCED_LEADER_EPOCH with
   the current epoch and leader; a leader that sees a higher epoch, or that has not
   been fetched from by a quorum within the fetch timeout, steps down.
@@ -63,6 +71,8 @@ VOTE_RESPONSE = P.RAFT_VOTE_RESPONSE
 BEGIN_EPOCH = P.RAFT_BEGIN_EPOCH
 FETCH = P.RAFT_FETCH
 FETCH_RESPONSE = P.RAFT_FETCH_RESPONSE
+FETCH_SNAPSHOT = P.RAFT_FETCH_SNAPSHOT
+FETCH_SNAPSHOT_RESPONSE = P.RAFT_FETCH_SNAPSHOT_RESPONSE
 
 #: The record a new leader appends first; commits of earlier epochs ride on it.
 #: An empty record: appliers skip it.
@@ -103,6 +113,18 @@ class RaftLog(Protocol):
         ...
 
     def truncate_to(self, offset: int) -> None: ...
+
+    def start_offset(self) -> int: ...  # first offset still in the log (0 until a prefix is dropped)
+
+    def snapshot_id(self) -> tuple[int, int] | None: ...  # (offset, epoch) of the latest snapshot
+
+    def snapshot_size(self) -> int: ...  # of the latest snapshot, in read_snapshot's units
+
+    def read_snapshot(self, position: int, max_bytes: int) -> Any:  # a chunk of the latest snapshot
+        ...
+
+    def install_snapshot(self, snapshot_id: tuple[int, int], chunks: list) -> None:
+        """Make the downloaded snapshot the latest and restart the log empty at its offset."""
 
 
 class NotLeader(Exception):
@@ -161,6 +183,8 @@ class RaftNode:
         self._leader_hw_seen = 0
         self._last_contact = now_ms
         self._fetch_sent_at: int | None = None
+        self._download: tuple[tuple[int, int], list, int] | None = None  # snapshot id, chunks, position
+        self.installed_snapshot: tuple[int, int] | None = None  # set on install; the owner resets it
         self._deadline = now_ms + election_timeout_ms + self._rank_delay()
         if len(self.voters) == 1:
             self._deadline = now_ms  # a quorum of one: no one to wait for
@@ -195,6 +219,7 @@ class RaftNode:
         self._parked.clear()
         self._followers.clear()
         self._fetch_sent_at = None
+        self._download = None
         self._last_contact = now_ms
         self._deadline = now_ms + self.fetch_timeout_ms + self._rank_delay()
         if was != (self.role, self.state.epoch, self.leader):
@@ -352,20 +377,65 @@ class RaftNode:
 
     def _send_fetch(self, now_ms: int) -> None:
         self._fetch_sent_at = now_ms
+        if self._download is not None:
+            snapshot_id, _chunks, position = self._download
+            self._send(self.leader, FETCH_SNAPSHOT, snapshot=list(snapshot_id), position=position)
+            return
         self._send(self.leader, FETCH, offset=self.log.end_offset(), last_fetched_epoch=self.log.last_epoch())
 
-    def _on_fetch_response(self, src: int, msg: dict, payload: Any, now_ms: int) -> None:
+    def _from_our_leader(self, src: int, msg: dict, now_ms: int) -> bool:
+        """Epoch checks of a leader's answer: a newer epoch or a fencing is news to act on;
+        True if it comes from the leader we follow in our epoch (else it is stale)."""
         epoch = msg["epoch"]
         if epoch > self.state.epoch or (msg.get("error") == ErrorCode.FENCED_LEADER_EPOCH and epoch >= self.state.epoch):
             self.observe(epoch, msg.get("leader"), now_ms)
+            return False
+        return epoch == self.state.epoch and self.role is Role.FOLLOWER and src == self.leader
+
+    def _on_fetch_snapshot_response(self, src: int, msg: dict, payload: Any, now_ms: int) -> None:
+        if not self._from_our_leader(src, msg, now_ms) or self._download is None:
             return
-        if epoch < self.state.epoch or self.role is not Role.FOLLOWER or src != self.leader:
-            return  # stale
+        snapshot_id, chunks, position = self._download
+        if tuple(msg["snapshot"]) != snapshot_id or msg["position"] != position:
+            return  # a duplicate or reordered answer
+        self._last_contact = now_ms
+        self._deadline = now_ms + self.fetch_timeout_ms + self._rank_delay()
+        self._fetch_sent_at = None
+        if msg.get("error") or not payload and position < msg["size"]:
+            self._download = None  # the leader has a newer snapshot: a plain fetch learns its id
+        else:
+            if payload:
+                chunks.append(payload)
+                position += len(payload)
+            self._download = (snapshot_id, chunks, position)
+            if position >= msg["size"]:
+                self._download = None
+                log.info("raft: installing metadata snapshot offset=%d epoch=%d", *snapshot_id)
+                try:
+                    self.log.install_snapshot(snapshot_id, chunks)
+                except ValueError as exc:  # damaged on the way or at the source: fetch again
+                    log.error("raft: metadata snapshot from %d unusable: %s", src, exc)
+                else:
+                    self.installed_snapshot = snapshot_id
+                    self.high_watermark = max(self.high_watermark, snapshot_id[0])
+        self._send_fetch(now_ms)
+
+    def _on_fetch_response(self, src: int, msg: dict, payload: Any, now_ms: int) -> None:
+        if not self._from_our_leader(src, msg, now_ms):
+            return
         if (msg["offset"], msg.get("last_fetched_epoch")) != (self.log.end_offset(), self.log.last_epoch()):
             return  # a duplicate or reordered answer to an older fetch (same end and epoch = same log tail)
         self._last_contact = now_ms
         self._deadline = now_ms + self.fetch_timeout_ms + self._rank_delay()
         self._fetch_sent_at = None
+        snapshot = msg.get("snapshot")
+        if snapshot is not None:
+            # our log cannot be checked against the leader's any more: take its snapshot
+            log.info("raft: fetching metadata snapshot offset=%d epoch=%d from %d", snapshot[0], snapshot[1], src)
+            self._download = ((snapshot[0], snapshot[1]), [], 0)
+            self._leader_hw_seen = msg["high_watermark"]
+            self._send_fetch(now_ms)
+            return
         diverging = msg.get("diverging")
         if diverging is not None:
             # Truncate to where the leader's and our copies of that epoch both end
@@ -373,6 +443,9 @@ class RaftNode:
             div_epoch, div_end = diverging
             _, own_end = self.log.end_offset_for_epoch(div_epoch)
             target = max(0, min(div_end, own_end if own_end >= 0 else 0, self.log.end_offset()))
+            # never into what a snapshot covers: everything below our log start is committed,
+            # so it agrees with any leader's log
+            target = max(target, self.log.start_offset())
             log.info("raft: truncating metadata log to %d (diverged at epoch %d)", target, div_epoch)
             self.log.truncate_to(target)
         else:
@@ -387,29 +460,39 @@ class RaftNode:
 
     # -- replication: leader side ----------------------------------------------------
 
-    def _on_fetch(self, src: int, msg: dict, now_ms: int) -> None:
+    def _as_leader(self, src: int, msg: dict, now_ms: int, response: str, **echo: Any) -> bool:
+        """Epoch checks of a follower's request: an older epoch is fenced (with ``echo`` in the
+        answer), a newer one makes us a follower. True if we lead this epoch."""
         epoch = msg["epoch"]
         if epoch < self.state.epoch:
-            self._send(src, FETCH_RESPONSE, error=int(ErrorCode.FENCED_LEADER_EPOCH), leader=self._fresh_leader(now_ms),
-                       offset=msg["offset"], last_fetched_epoch=msg["last_fetched_epoch"], high_watermark=0)
-            return
+            self._send(src, response, error=int(ErrorCode.FENCED_LEADER_EPOCH), leader=self._fresh_leader(now_ms), **echo)
+            return False
         if epoch > self.state.epoch:
             self._become_follower(epoch, None, now_ms)
-            return
-        if self.role is not Role.LEADER:
-            return
-        self._answer_fetch(src, msg, now_ms, may_park=True)
+            return False
+        return self.role is Role.LEADER
+
+    def _on_fetch(self, src: int, msg: dict, now_ms: int) -> None:
+        if self._as_leader(src, msg, now_ms, FETCH_RESPONSE, offset=msg["offset"], last_fetched_epoch=msg["last_fetched_epoch"],
+                           high_watermark=0):
+            self._answer_fetch(src, msg, now_ms, may_park=True)
 
     def _answer_fetch(self, src: int, msg: dict, now_ms: int, may_park: bool = False) -> None:
         offset, last_epoch = msg["offset"], msg["last_fetched_epoch"]
-        end_epoch, end_offset = self.log.end_offset_for_epoch(last_epoch) if offset > 0 else (0, 0)
-        if offset > 0 and (end_epoch != last_epoch or offset > end_offset):
-            self._send(src, FETCH_RESPONSE, error=0, leader=self.id, offset=offset, last_fetched_epoch=last_epoch,
-                       high_watermark=self.high_watermark, diverging=[end_epoch, max(end_offset, 0)])
-            return
         follower = self._followers.get(src)
         if follower is None:
             return  # not a voter
+        start, snapshot = self.log.start_offset(), self.log.snapshot_id()
+        if (offset > 0 or start > 0) and (offset, last_epoch) != snapshot:
+            end_epoch, end_offset = self.log.end_offset_for_epoch(last_epoch) if offset >= start else (-1, -1)
+            if end_epoch != last_epoch or offset > end_offset:
+                reply = dict(error=0, leader=self.id, offset=offset, last_fetched_epoch=last_epoch, high_watermark=self.high_watermark)
+                if start > 0 and (end_epoch < 0 or end_offset <= start) and snapshot is not None:
+                    follower[1] = now_ms  # fetching, even if not yet from our log
+                    self._send(src, FETCH_RESPONSE, snapshot=list(snapshot), **reply)
+                else:
+                    self._send(src, FETCH_RESPONSE, diverging=[end_epoch, max(end_offset, 0)], **reply)
+                return
         follower[0], follower[1] = offset, now_ms
         self._advance_hw()
         chunk = self.log.read(offset, self.fetch_max_bytes) if offset < self.log.end_offset() else None
@@ -419,6 +502,23 @@ class RaftNode:
         self._hw_sent[src] = self.high_watermark
         self._send(src, FETCH_RESPONSE, chunk or None, error=0, leader=self.id, offset=offset, last_fetched_epoch=last_epoch,
                    high_watermark=self.high_watermark)
+
+    def _on_fetch_snapshot(self, src: int, msg: dict, now_ms: int) -> None:
+        if not self._as_leader(src, msg, now_ms, FETCH_SNAPSHOT_RESPONSE, snapshot=msg["snapshot"], position=msg["position"],
+                               size=0):
+            return
+        follower = self._followers.get(src)
+        if follower is None:
+            return
+        follower[1] = now_ms
+        snapshot, position = self.log.snapshot_id(), msg["position"]
+        reply = dict(leader=self.id, snapshot=msg["snapshot"], position=position)
+        if snapshot is None or tuple(msg["snapshot"]) != snapshot:
+            self._send(src, FETCH_SNAPSHOT_RESPONSE, error=int(ErrorCode.UNKNOWN_SERVER_ERROR), size=0, **reply)
+            return
+        size = self.log.snapshot_size()
+        chunk = self.log.read_snapshot(position, self.fetch_max_bytes) if position < size else None
+        self._send(src, FETCH_SNAPSHOT_RESPONSE, chunk or None, error=0, size=size, **reply)
 
     def _advance_hw(self) -> None:
         ends = sorted([self.log.end_offset()] + [f[0] for f in self._followers.values()], reverse=True)
@@ -479,3 +579,7 @@ class RaftNode:
             self._on_fetch(src, msg, now_ms)
         elif kind == FETCH_RESPONSE:
             self._on_fetch_response(src, msg, payload, now_ms)
+        elif kind == FETCH_SNAPSHOT:
+            self._on_fetch_snapshot(src, msg, now_ms)
+        elif kind == FETCH_SNAPSHOT_RESPONSE:
+            self._on_fetch_snapshot_response(src, msg, payload, now_ms)

@@ -187,3 +187,39 @@ def test_clients_bootstrap_from_one_broker_and_follow_leaders_through_a_broker_r
                 seen.add(n)
                 first.append(n)
         assert first == sent[key], f"key {key!r}: lost or reordered records"
+
+
+def test_a_broker_back_after_the_metadata_log_moved_on_catches_up_from_a_snapshot(tmp_path):
+    c = ClusterProcesses(tmp_path / "cluster", cluster_settings={"metadata_snapshot_records": 20,
+                                                                 "metadata_segment_bytes": 2048})
+    try:
+        c.start()
+        wait_until(c.agreed_controller, timeout=10, what="a controller")
+        controller = c.agreed_controller()[0]
+        away = next(i for i in c.brokers if i != controller)
+        c.brokers[away].kill()
+        present = [i for i in c.brokers if i != away]
+        with admin(c, present) as a:
+            for i in range(40):  # far more metadata records than a snapshot interval
+                a.create_topic(f"t{i}", partitions=2, config={"retention_ms": 1000 + i})
+                if i % 3 == 0:
+                    a.delete_topic(f"t{i}")
+        meta = c.root / f"b{controller}" / "meta"
+        assert list(meta.glob("*.snapshot")), "the controller wrote no metadata snapshot"
+        log_dir = c.root / f"b{controller}" / "__cluster_metadata-0"
+        assert not (log_dir / f"{0:020d}.log").exists(), "the controller kept its whole metadata log"
+        names = sorted(f"t{i}" for i in range(40) if i % 3)
+
+        def agreed():
+            views = [topics_view(c, i) for i in c.brokers]
+            return views[0] is not None and all(v == views[0] for v in views) and [t for t, _ in views[0]] == names
+
+        c.brokers[away].start()
+        wait_until(agreed, timeout=30, what="the returning broker to catch up")
+        assert "installing metadata snapshot" in c.brokers[away].log_text()
+        # and it serves from that state across its own restart
+        c.brokers[away].kill()
+        c.brokers[away].start()
+        wait_until(agreed, timeout=30, what="the same metadata after a restart")
+    finally:
+        c.close()
