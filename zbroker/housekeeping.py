@@ -40,7 +40,6 @@ class Housekeeping:
     def _init_housekeeping(self: Broker, now_ms: int) -> None:
         self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
         self._pass: deque = deque()
-        self._cleaned_to: dict[tuple[str, int], int] = {}
         self._cleaners: dict[tuple[str, int], Cleaner] = {}
 
     def _housekeeping(self: Broker, now_ms: int) -> None:
@@ -88,7 +87,9 @@ class Housekeeping:
         lg = part.log
         cleaner = self._cleaners.get(part.tp)
         if cleaner is None:
-            cleaned_to = self._cleaned_to.get(part.tp, lg.log_start_offset)
+            cleaned_to = self.logs.cleaned_to.get(part.tp, lg.log_start_offset)
+            if cleaned_to > lg.log_end_offset:  # the log was truncated since: start over
+                cleaned_to = lg.log_start_offset
             if len(lg.segments_info()) < 2 or dirty_ratio(lg, cleaned_to) < settings["min_cleanable_dirty_ratio"]:
                 return True
             # only below the high watermark: what is above may still be truncated away, and the
@@ -104,12 +105,12 @@ class Housekeeping:
                      part.index, result.segments_cleaned, result.bytes_before, result.bytes_after,
                      result.records_removed, " (pass aborted: log truncated)" if result.aborted else "")
         if not result.aborted:
-            self._cleaned_to[part.tp] = result.cleaned_up_to
+            self.logs.cleaned_to[part.tp] = result.cleaned_up_to
         return True
 
     def _forget_housekeeping(self: Broker, tp: tuple[str, int]) -> None:
         """The partition left this broker (or was deleted): drop its cleaning state."""
-        self._cleaned_to.pop(tp, None)
+        self.logs.cleaned_to.pop(tp, None)
         cleaner = self._cleaners.pop(tp, None)
         if cleaner is not None:
             cleaner.abort()

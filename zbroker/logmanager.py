@@ -7,6 +7,8 @@ On-disk layout (storage/ draws the inside of a partition directory)::
         meta/quorum-state, meta/incarnation  election state, restart counter
         recovery-point-offset-checkpoint     per partition: offset up to which data is fsynced
         replication-offset-checkpoint        per partition: high watermark
+        cleaner-offset-checkpoint            per compacted partition: where its last cleaning
+                                             pass ended (so a restart does not redo it)
         <topic>-<partition>/                 one partition log (storage.Log), plus
                                              partition.metadata: the topic id it belongs to
         <topic>-<partition>.<uuid>-delete/   a deleted partition's log, being removed in the
@@ -37,6 +39,7 @@ TopicPartition = tuple[str, int]
 
 RECOVERY_CHECKPOINT = "recovery-point-offset-checkpoint"
 HW_CHECKPOINT = "replication-offset-checkpoint"
+CLEANER_CHECKPOINT = "cleaner-offset-checkpoint"
 DELETED_SUFFIX = "-delete"
 
 
@@ -70,6 +73,9 @@ class LogManager:
         self._hw = OffsetCheckpoint(self.data_dir / HW_CHECKPOINT)
         self._recovery_points = self._read_checkpoint(self._recovery)
         self.high_watermarks = self._read_checkpoint(self._hw)
+        self._cleaner = OffsetCheckpoint(self.data_dir / CLEANER_CHECKPOINT)
+        self.cleaned_to = self._read_checkpoint(self._cleaner)  # written when it changes
+        self._cleaned_to_saved = dict(self.cleaned_to)
         self.trash: deque[Path] = deque(p for p in self.data_dir.iterdir()
                                         if p.is_dir() and p.name.endswith(DELETED_SUFFIX))
 
@@ -100,6 +106,7 @@ class LogManager:
             shutil.rmtree(path, ignore_errors=True)
             self._recovery_points.pop(tp, None)
             self.high_watermarks.pop(tp, None)
+            self.cleaned_to.pop(tp, None)
         recovery_point = self._recovery_points.get(tp)  # None: scan everything
         lg = Log(path, config, now_ms, handles=self.handles, recovery_point=recovery_point)
         if topic_id and not marker.exists():
@@ -116,6 +123,7 @@ class LogManager:
         lg = self.logs.pop(tp, None)
         self._recovery_points.pop(tp, None)
         self.high_watermarks.pop(tp, None)
+        self.cleaned_to.pop(tp, None)
         trash = self.data_dir / f"{partition_dir_name(tp)}.{uuid.uuid4().hex}{DELETED_SUFFIX}"
         if lg is not None:
             lg.delete(trash)
@@ -151,6 +159,10 @@ class LogManager:
         """Write the recovery-point and high-watermark checkpoints."""
         self._recovery.write({tp: lg.recovery_point for tp, lg in self.logs.items()})
         self._hw.write({tp: hw for tp, hw in self.high_watermarks.items() if tp in self.logs})
+        cleaned = {tp: off for tp, off in self.cleaned_to.items() if tp in self.logs}
+        if cleaned != self._cleaned_to_saved:
+            self._cleaner.write(cleaned)
+            self._cleaned_to_saved = cleaned
 
     def close(self) -> None:
         """Flush every log, write the checkpoints, close every file."""
