@@ -136,9 +136,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
                 part = self.partitions.get(tp)
                 if part is not None and part.topic_id != topic.topic_id:
                     # deleted and created again within one metadata step: another topic
-                    del self.partitions[tp]
-                    self.logs.delete(tp)
-                    self.purgatory.check(tp)
+                    self._drop_partition(tp)
                     part = None
                 if part is None:
                     self._opening.setdefault(tp, None)
@@ -148,13 +146,23 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         for tp in [tp for tp in self._opening if tp not in wanted]:
             del self._opening[tp]
         for tp in [tp for tp in self.partitions if tp not in wanted]:
-            del self.partitions[tp]
             log.info("removing partition %s-%s from this broker", *tp)
-            self._forget_housekeeping(tp)
-            self.logs.delete(tp)
-            self.purgatory.check(tp)
-            self.fetcher.forget(tp)
+            self._drop_partition(tp)
         self._open_pending(now_ms)
+        applied = self.control.applied
+        for name, end in list(self._pending_topics.items()):
+            if end <= applied or not self.control.is_controller:
+                del self._pending_topics[name]
+        if self.control.ready:
+            self._sync_coordination(now_ms)
+
+    def _drop_partition(self, tp: tuple[str, int]) -> None:
+        """Close and delete a local partition (its files go in the background)."""
+        del self.partitions[tp]
+        self._forget_housekeeping(tp)
+        self.logs.delete(tp)
+        self.purgatory.check(tp)
+        self.fetcher.forget(tp)
 
     def _open_pending(self, now_ms: int, everything: bool = False) -> None:
         """Open (create or recover) queued partitions: what is left of this turn's
@@ -173,7 +181,11 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
             if topic is None or pm is None or self.broker_id not in pm.replicas or tp in self.partitions:
                 continue
             cfg = log_config(self.config.topic_settings(topic.overrides))
-            lg = self.logs.open(tp, cfg, now_ms, topic.topic_id)
+            try:
+                lg = self.logs.open(tp, cfg, now_ms, topic.topic_id)
+            except Exception:  # a disk problem: leave it out until the next metadata change, serve the rest
+                log.exception("cannot open partition %s-%s", *tp)
+                continue
             part = Partition(topic.name, pm.partition, lg, self.broker_id, topic_id=topic.topic_id)
             part.high_watermark = min(max(self.logs.high_watermarks.get(tp, 0), lg.log_start_offset), lg.log_end_offset)
             self.partitions[tp] = part
@@ -192,12 +204,6 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
             self.purgatory.check(part.tp)  # parked requests of a partition that changed hands
         if part.is_leader and part.update_high_watermark():
             self._hw_moved(part)
-        applied = self.control.applied
-        for name, end in list(self._pending_topics.items()):
-            if end <= applied or not self.control.is_controller:
-                del self._pending_topics[name]
-        if self.control.ready:
-            self._sync_coordination(now_ms)
 
     def _now(self) -> int:
         return self._clock()

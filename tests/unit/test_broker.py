@@ -215,3 +215,13 @@ def test_trash_left_by_a_crash_is_removed_after_a_restart(tmp_path):
     h.broker.tick(h.now)
     assert not stale.exists()
     h.broker.close()
+
+
+def test_a_topic_can_be_created_again_after_its_last_partition_is_deleted(tmp_path):
+    h = Harness(tmp_path / "d")  # no other topic: the broker holds no partition after the delete
+    for _ in range(3):
+        assert h.call("create_topic", topic="again", partitions=1)[0]["error"] == 0
+        assert h.call("describe_topic", topic="again")[0]["error"] == 0
+        assert h.call("delete_topic", topic="again")[0]["error"] == 0
+        h.broker.tick(h.now)
+    h.broker.close()
