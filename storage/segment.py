@@ -59,13 +59,14 @@ class Segment:
     """
 
     def __init__(self, directory: Path, base_offset: int, handles: FileHandleCache,
-                 index_interval_bytes: int, now_ms: int) -> None:
+                 index_interval_bytes: int, now_ms: int, index_suffix: str = "") -> None:
         stem = segment_name(base_offset)
         self.directory = directory
         self.base_offset = base_offset
         self.log_path = directory / (stem + LOG_SUFFIX)
-        self.index = OffsetIndex(directory / (stem + INDEX_SUFFIX), base_offset, handles)
-        self.time_index = TimeIndex(directory / (stem + TIMEINDEX_SUFFIX), base_offset, handles)
+        # index_suffix: the cleaner builds a rewritten segment's indexes under other names
+        self.index = OffsetIndex(directory / (stem + INDEX_SUFFIX + index_suffix), base_offset, handles)
+        self.time_index = TimeIndex(directory / (stem + TIMEINDEX_SUFFIX + index_suffix), base_offset, handles)
         self.index_interval_bytes = index_interval_bytes
         self._handles = handles
         self.size = 0
@@ -118,6 +119,17 @@ class Segment:
             log.info("rebuilding indexes segment=%s", seg.log_path)
             seg._rebuild_indexes()
         return seg
+
+    def adopt_rewritten(self, created_ms: int, last_modified_ms: int) -> None:
+        """The cleaner built this object's indexes under ``.cleaned`` names while writing a
+        rewritten copy of the segment; the files now carry the normal names. Use them as they
+        are, without reading anything back."""
+        stem = segment_name(self.base_offset)
+        self.index.path = self.directory / (stem + INDEX_SUFFIX)
+        self.time_index.path = self.directory / (stem + TIMEINDEX_SUFFIX)
+        self.created_ms = created_ms
+        self.last_modified_ms = last_modified_ms
+        self._unsynced = False
 
     def _load_tail(self) -> None:
         """Walk from the last offset index entry to the end: next_offset, max_timestamp."""

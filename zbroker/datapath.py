@@ -52,7 +52,7 @@ class DataPath:
             raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic or partition {topic}-{index}")
         if pm.leader < 0:
             raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} has no leader right now")
-        if (topic, index) in self._opening:
+        if pm.leader == self.broker_id and (topic, index) in self._opening:
             raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} is still being opened on broker {self.broker_id}")
         raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
 
@@ -189,7 +189,10 @@ class DataPath:
                         data = lg.read(offset, min(spec["max_bytes"], budget), max_offset=limit).data
                     except OffsetOutOfRange:  # retention raced the check above
                         entry["error"] = int(ErrorCode.OFFSET_OUT_OF_RANGE)
-            errors = errors or entry["error"] != 0 or bool(entry.get("diverging"))
+            # a partition still being opened here is no reason to end a long poll early: the
+            # fetch waits (and says LEADER_NOT_AVAILABLE for it when it is answered)
+            opening = entry["error"] == ErrorCode.LEADER_NOT_AVAILABLE and (topic, index) in self._opening
+            errors = errors or (entry["error"] != 0 and not opening) or bool(entry.get("diverging"))
             total += len(data)
             budget -= len(data)
             entries.append(entry)

@@ -124,14 +124,20 @@ class LogManager:
         self._recovery_points.pop(tp, None)
         self.high_watermarks.pop(tp, None)
         self.cleaned_to.pop(tp, None)
-        trash = self.data_dir / f"{partition_dir_name(tp)}.{uuid.uuid4().hex}{DELETED_SUFFIX}"
-        if lg is not None:
-            lg.delete(trash)
-        else:
-            try:
-                (self.data_dir / partition_dir_name(tp)).replace(trash)
-            except FileNotFoundError:
-                return
+        suffix = f"-{tp[1]}.{uuid.uuid4().hex}{DELETED_SUFFIX}"
+        trash = self.data_dir / (tp[0][: 255 - len(suffix)] + suffix)  # a file name holds 255 bytes
+        path = self.data_dir / partition_dir_name(tp)
+        try:
+            if lg is not None:
+                lg.delete(trash)
+            else:
+                path.replace(trash)
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # cannot rename: remove it now instead
+            log.warning("cannot move %s aside (%s): removing it now", path, exc)
+            shutil.rmtree(path, ignore_errors=True)
+            return
         self.trash.append(trash)
 
     def purge_deleted(self, max_dirs: int) -> int:

@@ -126,10 +126,10 @@ class MetadataLog:
                 log.warning("metadata log starts at %d but no valid snapshot covers it: discarding the local copy", start)
                 self.log.truncate_fully_and_start_at(0)
             return
-        offset = self._snapshot[0]
-        if end < offset or start > offset:
-            # a crash between installing a downloaded snapshot and restarting the log there
-            # (end < offset), or lost segments (start > offset): the log restarts at the snapshot
+        offset, epoch = self._snapshot
+        if end < offset or start > offset or (start < offset and self.epoch_at(offset - 1) != epoch):
+            # the log does not continue the snapshot (lost segments, a crash while installing a
+            # downloaded one, a log that diverged below it): it restarts at the snapshot
             log.warning("metadata log [%d, %d) does not continue snapshot %d: restarting it there", start, end, offset)
             self.log.truncate_fully_and_start_at(offset)
 
@@ -174,8 +174,10 @@ class MetadataLog:
         offset, epoch, _records = decode_snapshot(data)
         if (offset, epoch) != tuple(snapshot_id):
             raise SnapshotError(f"downloaded snapshot holds offset {offset} epoch {epoch}, not {tuple(snapshot_id)}")
-        self._adopt((offset, epoch), data)
+        # the log first: a crash in between leaves an empty log above an older snapshot (or
+        # none), which loading repairs by fetching again -- never a stale log beside this one
         self.log.truncate_fully_and_start_at(offset)
+        self._adopt((offset, epoch), data)
 
     def epoch_at(self, offset: int) -> int:
         """Raft epoch of the record at ``offset`` (held in the log, or the snapshot's last)."""

@@ -225,3 +225,28 @@ def test_a_topic_can_be_created_again_after_its_last_partition_is_deleted(tmp_pa
         assert h.call("delete_topic", topic="again")[0]["error"] == 0
         h.broker.tick(h.now)
     h.broker.close()
+
+
+def test_a_partition_still_opening_does_not_end_a_long_poll(h):
+    from zbroker.broker import OPENS_PER_TURN
+
+    h.broker.tick(h.now)  # a new turn
+    assert h.call("create_topic", topic="big", partitions=OPENS_PER_TURN + 2)[0]["error"] == 0
+    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.partitions)
+    h.send("fetch", 9, max_wait_ms=1000, partitions=[{"topic": "t", "partition": 0, "offset": 0},
+                                                     {"topic": "big", "partition": waiting, "offset": 0}])
+    assert h.replies() == []  # parked, not answered at once with an error
+    h.send("produce", 10, batch(), batches=[{"topic": "t", "partition": 0}])
+    fetch = next(r for r in h.replies() if r[0]["cid"] == 9)[0]
+    assert [p["error"] for p in fetch["partitions"]] == [0, 5]
+
+
+def test_a_topic_with_a_249_character_name_is_deleted(h):
+    name = "x" * 249
+    assert h.call("create_topic", topic=name, partitions=1)[0]["error"] == 0
+    assert h.call("delete_topic", topic=name)[0]["error"] == 0
+    data_dir = h.broker.logs.data_dir
+    assert not (data_dir / f"{name}-0").exists()
+    while h.broker.logs.trash:
+        h.broker.tick(h.now)
+    assert not [p for p in data_dir.iterdir() if p.name.startswith("xxx")]

@@ -119,3 +119,14 @@ def test_a_single_node_control_plane_snapshots_and_restarts_from_it(tmp_path):
     assert cp.image.topics == before and "t3" not in cp.image.topics
     assert cp.applied == cp.metalog.end_offset()
     cp.close()
+
+
+def test_a_log_that_does_not_continue_the_snapshot_restarts_at_it(tmp_path):
+    ml = MetadataLog(tmp_path, lambda: 0, segment_bytes=1024)
+    fill(ml, 10, epoch=1)  # records of epoch 1 where the snapshot says epoch 2 ended
+    ml.close()
+    (tmp_path / "meta").mkdir(exist_ok=True)
+    (tmp_path / "meta" / f"{12:020d}-{2:010d}.snapshot").write_bytes(encode_snapshot(12, 2, [b"r"]))
+    again = MetadataLog(tmp_path, lambda: 0, segment_bytes=1024)
+    assert again.snapshot_id() == (12, 2)
+    assert again.start_offset() == again.end_offset() == 12 and again.last_epoch() == 2

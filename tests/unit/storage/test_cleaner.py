@@ -194,7 +194,8 @@ def test_interrupted_after_commit_finishes_swap(tmp_path, monkeypatch, indexes_g
     assert records(lg) == records(rl)
 
 
-def test_bounded_steps_finish_the_job_while_reads_go_on(tmp_path):
+def test_bounded_steps_finish_the_job_while_reads_go_on(tmp_path, caplog):
+    caplog.set_level("INFO", logger="storage.segment")
     d, ref = tmp_path / "t-0", tmp_path / "ref"
     lg = make(d)
     fill(lg, n=150)
@@ -212,6 +213,13 @@ def test_bounded_steps_finish_the_job_while_reads_go_on(tmp_path):
         assert steps < 1000
     assert steps > 10 and cleaner.result().segments_cleaned > 2
     assert records(lg) == records(rl)
+    # the rewritten segments' indexes were built while writing: nothing was read back or rebuilt
+    assert "rebuilding indexes" not in caplog.text
+    assert not list(d.glob("*.cleaned"))
+    lg.close()
+    reopened = Log(d, CFG, now_ms=0, recovery_point=rl.log_end_offset)  # trusts the index files
+    reopened._check()
+    assert records(reopened) == records(rl)
 
 
 def test_appends_during_a_pass_are_left_alone(tmp_path):
