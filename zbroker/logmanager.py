@@ -103,10 +103,7 @@ class LogManager:
         marker = path / PARTITION_METADATA_FILE
         if topic_id and marker.exists() and marker.read_text().strip() != f"topic_id: {topic_id}":
             log.info("partition dir %s belongs to an earlier topic of that name: removing it", path)
-            shutil.rmtree(path, ignore_errors=True)
-            self._recovery_points.pop(tp, None)
-            self.high_watermarks.pop(tp, None)
-            self.cleaned_to.pop(tp, None)
+            self.delete(tp)  # moved aside at once, removed in the background
         recovery_point = self._recovery_points.get(tp)  # None: scan everything
         lg = Log(path, config, now_ms, handles=self.handles, recovery_point=recovery_point)
         if topic_id and not marker.exists():
