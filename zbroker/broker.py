@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 Frames = list[bytes]
 REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
 OPENS_PER_TURN = 16  # partitions opened per loop turn (about 25 ms): see Broker._open_pending
+OPEN_RETRY_MS = 5000  # a partition whose files could not be opened is tried again this much later
 PURGES_PER_TURN = 16  # directories of deleted partitions removed per loop turn (about 6 ms)
 MAX_AUTO_CREATES_PER_REQUEST = 10  # creating topics costs the loop time; a producer asks for a few
 Handler = Callable[[bytes, dict, dict, Frames, int], "dict | None"]
@@ -74,6 +75,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         self.image = self.control.image
         self.partitions: dict[tuple[str, int], Partition] = {}
         self._opening: dict[tuple[str, int], None] = {}  # in the image, to be opened (ordered set)
+        self._open_failed: dict[tuple[str, int], int] = {}  # could not be opened -> when to try again
         self._opens_left = OPENS_PER_TURN  # of this loop turn (reset by tick)
         self.purgatory = Purgatory()
         self.outbox: list[tuple[bytes, Frames]] = []
@@ -139,12 +141,15 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
                     self._drop_partition(tp)
                     part = None
                 if part is None:
-                    self._opening.setdefault(tp, None)
+                    if tp not in self._open_failed:
+                        self._opening.setdefault(tp, None)
                     continue
                 cfg = cfg or log_config(self.config.topic_settings(topic.overrides))
                 self._sync_partition(part, pm, cfg, now_ms)
-        for tp in [tp for tp in self._opening if tp not in wanted]:
-            del self._opening[tp]
+        for tp in [tp for tp in (*self._opening, *self._open_failed) if tp not in wanted]:
+            self._opening.pop(tp, None)
+            self._open_failed.pop(tp, None)
+            self.purgatory.check(tp)  # fetches parked on it learn it is gone
         for tp in [tp for tp in self.partitions if tp not in wanted]:
             log.info("removing partition %s-%s from this broker", *tp)
             self._drop_partition(tp)
@@ -173,24 +178,31 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         heartbeats, Raft and requests go on meanwhile, and a queued partition answers
         LEADER_NOT_AVAILABLE (retriable) until it is open.
         """
+        for tp, retry_at in list(self._open_failed.items()):
+            if retry_at <= now_ms:
+                del self._open_failed[tp]
+                self._opening.setdefault(tp, None)
         while self._opening and (everything or self._opens_left > 0):
             tp = next(iter(self._opening))
             del self._opening[tp]
             topic = self.image.get(tp[0])
             pm = self.image.partition(*tp)
             if topic is None or pm is None or self.broker_id not in pm.replicas or tp in self.partitions:
+                self.purgatory.check(tp)
                 continue
             cfg = log_config(self.config.topic_settings(topic.overrides))
+            self._opens_left -= 1
             try:
                 lg = self.logs.open(tp, cfg, now_ms, topic.topic_id)
-            except Exception:  # a disk problem: leave it out until the next metadata change, serve the rest
-                log.exception("cannot open partition %s-%s", *tp)
+            except Exception:  # a disk problem: serve the rest, try this one again later
+                log.exception("cannot open partition %s-%s; trying again in %d ms", *tp, OPEN_RETRY_MS)
+                self._open_failed[tp] = now_ms + OPEN_RETRY_MS
+                self.purgatory.check(tp)
                 continue
             part = Partition(topic.name, pm.partition, lg, self.broker_id, topic_id=topic.topic_id)
             part.high_watermark = min(max(self.logs.high_watermarks.get(tp, 0), lg.log_start_offset), lg.log_end_offset)
             self.partitions[tp] = part
             self._sync_partition(part, pm, cfg, now_ms)
-            self._opens_left -= 1
 
     def _sync_partition(self, part: Partition, pm, cfg, now_ms: int) -> None:
         """Bring one open partition in line with its metadata: settings, leader, ISR."""
@@ -324,7 +336,7 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         self._drain_control(now_ms)
         if applied:
             self._reconcile(now_ms)
-        elif self._opening:
+        elif self._opening or self._open_failed:
             self._open_pending(now_ms)
         self.purgatory.check(META_KEY)  # also: controller changes fail pending admin requests
         self._replication_step(now_ms)
@@ -353,6 +365,8 @@ class Broker(TopicAdmin, DataPath, ProducerStateMixin, GroupCoordinator, Houseke
         due = min(due, self._next_pass_ms if not self._pass else now_ms + 10)
         if self._opening:
             due = now_ms
+        if self._open_failed:
+            due = min(due, min(self._open_failed.values()))
         if self.logs.trash:
             due = min(due, now_ms + 10)
         return max(0, due - now_ms)

@@ -54,6 +54,9 @@ class DataPath:
             raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} has no leader right now")
         if pm.leader == self.broker_id and (topic, index) in self._opening:
             raise P.RequestError(ErrorCode.LEADER_NOT_AVAILABLE, f"{topic}-{index} is still being opened on broker {self.broker_id}")
+        if pm.leader == self.broker_id and (topic, index) in self._open_failed:
+            raise P.RequestError(ErrorCode.KAFKA_STORAGE_ERROR,
+                                 f"broker {self.broker_id} cannot open the files of {topic}-{index} (see its log)")
         raise P.RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
 
     def _min_isr(self: Broker, topic: str) -> int:

@@ -104,6 +104,8 @@ class LogManager:
         if topic_id and marker.exists() and marker.read_text().strip() != f"topic_id: {topic_id}":
             log.info("partition dir %s belongs to an earlier topic of that name: removing it", path)
             self.delete(tp)  # moved aside at once, removed in the background
+            if path.exists():  # neither moved nor removed: never serve the old topic's data
+                raise OSError(f"cannot remove {path}, left by an earlier topic of that name")
         recovery_point = self._recovery_points.get(tp)  # None: scan everything
         lg = Log(path, config, now_ms, handles=self.handles, recovery_point=recovery_point)
         if topic_id and not marker.exists():

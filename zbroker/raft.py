@@ -413,7 +413,7 @@ class RaftNode:
                 log.info("raft: installing metadata snapshot offset=%d epoch=%d", *snapshot_id)
                 try:
                     self.log.install_snapshot(snapshot_id, chunks)
-                except ValueError as exc:  # damaged on the way or at the source: fetch again
+                except (ValueError, OSError) as exc:  # damaged, or our disk failed: fetch it again
                     log.error("raft: metadata snapshot from %d unusable: %s", src, exc)
                 else:
                     self.installed_snapshot = snapshot_id

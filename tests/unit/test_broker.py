@@ -250,3 +250,41 @@ def test_a_topic_with_a_249_character_name_is_deleted(h):
     while h.broker.logs.trash:
         h.broker.tick(h.now)
     assert not [p for p in data_dir.iterdir() if p.name.startswith("xxx")]
+
+
+def test_a_partition_that_cannot_be_opened_says_so_and_is_tried_again(h, monkeypatch):
+    from zbroker.broker import OPEN_RETRY_MS
+
+    real_open = h.broker.logs.open
+    broken = {("bad", 0)}
+
+    def flaky_open(tp, *args, **kwargs):
+        if tp in broken:
+            raise OSError("disk says no")
+        return real_open(tp, *args, **kwargs)
+
+    monkeypatch.setattr(h.broker.logs, "open", flaky_open)
+    h.broker.tick(h.now)
+    assert h.call("create_topic", topic="bad", partitions=1)[0]["error"] == 0
+    h.send("fetch", 5, max_wait_ms=60_000, partitions=[{"topic": "bad", "partition": 0, "offset": 0}])
+    (reply,) = h.replies()  # answered at once: a storage error, not a long wait
+    assert reply[0]["partitions"][0]["error"] == 56
+    assert h.broker.next_timer_ms(h.now) <= OPEN_RETRY_MS
+    broken.clear()
+    h.now += OPEN_RETRY_MS
+    h.broker.tick(h.now)
+    assert ("bad", 0) in h.broker.partitions
+    assert h.call("produce", batch(), acks=1, batches=[{"topic": "bad", "partition": 0}])[0]["results"][0]["error"] == 0
+
+
+def test_a_fetch_parked_on_an_opening_partition_is_answered_when_its_topic_goes(h):
+    from zbroker.broker import OPENS_PER_TURN
+
+    h.broker.tick(h.now)
+    assert h.call("create_topic", topic="big", partitions=OPENS_PER_TURN + 2)[0]["error"] == 0
+    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.partitions)
+    h.send("fetch", 6, max_wait_ms=60_000, partitions=[{"topic": "big", "partition": waiting, "offset": 0}])
+    assert h.replies() == []
+    h.send("delete_topic", 7, topic="big")
+    fetch = next(r for r in h.replies() if r[0]["cid"] == 6)[0]
+    assert fetch["partitions"][0]["error"] == 3  # UNKNOWN_TOPIC_OR_PARTITION, at once
