@@ -45,6 +45,10 @@ class GroupMembership:
         self.instance_id = instance_id
         self.assignor = assignor
         self.session_timeout_ms = session_timeout_ms
+        # A heartbeat (or a coordinator lookup) to a broker that died is never answered: ZeroMQ
+        # does not tell us the peer is gone. Waiting longer than a third of the session for it
+        # would let the new coordinator expire us before we even look for it.
+        self.rpc_timeout_ms = max(200, min(5000, session_timeout_ms // 3))
         self.max_poll_interval = max_poll_interval_ms / 1000.0
         self.client_id = client_id or ""
         self.lock = threading.Lock()
@@ -103,7 +107,7 @@ class GroupMembership:
         self.finding = True
         self.find_tries += 1
         address = candidates[self.find_tries % len(candidates)]
-        self.net.send(address, "find_coordinator", {"group": self.group}, (), self._on_find, timeout_ms=3000)
+        self.net.send(address, "find_coordinator", {"group": self.group}, (), self._on_find, timeout_ms=self.rpc_timeout_ms)
 
     def _on_find(self, header, _frames, exc) -> None:
         self.finding = False
@@ -127,7 +131,8 @@ class GroupMembership:
     def _send_heartbeat(self, now: float, leave: bool = False) -> None:
         self.inflight = True
         self.next_beat = now + self.interval
-        self.net.send(self.coordinator, "group_heartbeat", self._fields(leave), (), self._on_heartbeat, timeout_ms=5000)
+        self.net.send(self.coordinator, "group_heartbeat", self._fields(leave), (), self._on_heartbeat,
+                      timeout_ms=self.rpc_timeout_ms)
 
     def _on_heartbeat(self, header, _frames, exc) -> None:
         self.inflight = False
