@@ -154,10 +154,6 @@ class Cleaner:
         self._aborted = False
         self._work: Generator[int, None, None] | None = self._run()
 
-    @property
-    def done(self) -> bool:
-        return self._work is None
-
     def step(self, now_ms: int, budget: int) -> bool:
         """Do about ``budget`` bytes of reading and writing (at least one batch).
 

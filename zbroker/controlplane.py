@@ -69,7 +69,6 @@ class ControlPlane:
         self.image = MetadataImage()
         self.applied = 0
         self._reloaded: list[dict] = []  # a snapshot's records, applied in place of the image
-        self._snapshot_at = 0  # offset of the latest snapshot this broker holds
         self._load_snapshot()
         self.raft.high_watermark = max(min(known_hw, self.metalog.end_offset()), self.applied)
         self._saved_hw = self.raft.high_watermark
@@ -207,18 +206,17 @@ class ControlPlane:
         for record in records:
             apply_record(self.image, record)
         self.applied = snapshot[0]
-        self._snapshot_at = snapshot[0]
         self._reloaded = records
         log.info("metadata image loaded from snapshot offset=%d epoch=%d topics=%d", *snapshot, len(self.image.topics))
 
     def _maybe_snapshot(self) -> None:
         """Every ``metadata_snapshot_records`` applied records: snapshot the image, drop the
         log below it.  Only applied (so committed) state goes in a snapshot."""
-        if self.applied - self._snapshot_at < self.config.setting("metadata_snapshot_records"):
+        latest = self.metalog.snapshot_id()
+        if self.applied - (latest[0] if latest else 0) < self.config.setting("metadata_snapshot_records"):
             return
         records = [msgpack.packb(r, use_bin_type=True) for r in image_records(self.image)]
         snapshot = self.metalog.write_snapshot(self.applied, records)
-        self._snapshot_at = self.applied
         log.info("metadata snapshot written offset=%d epoch=%d records=%d; metadata log starts at %d",
                  *snapshot, len(records), self.metalog.start_offset())
 

@@ -114,8 +114,8 @@ class Housekeeping:
         return True, True
 
     def _forget_housekeeping(self: Broker, tp: tuple[str, int]) -> None:
-        """The partition left this broker (or was deleted): drop its cleaning state."""
-        self.logs.cleaned_to.pop(tp, None)
+        """The partition left this broker, or stopped being compacted: drop its cleaning pass
+        (LogManager.delete forgets where its last pass ended)."""
         cleaner = self._cleaners.pop(tp, None)
         if cleaner is not None:
             cleaner.abort()

@@ -92,6 +92,7 @@ class MetadataLog:
         self.snapshot_dir = Path(data_dir) / "meta"
         self._snapshot: tuple[int, int] | None = None
         self._snapshot_bytes = b""
+        self._snapshot_records: list[bytes] = []  # decoded once, when the snapshot is adopted
         self._load_snapshot()
 
     # -- snapshots ---------------------------------------------------------------
@@ -118,7 +119,7 @@ class MetadataLog:
             except (OSError, SnapshotError) as exc:
                 log.warning("ignoring metadata snapshot %s: %s", path, exc)
                 continue
-            self._snapshot, self._snapshot_bytes = (offset, epoch), data
+            self._snapshot, self._snapshot_bytes, self._snapshot_records = (offset, epoch), data, got[2]
             break
         start, end = self.log.log_start_offset, self.log.log_end_offset
         if self._snapshot is None:
@@ -146,12 +147,12 @@ class MetadataLog:
         """The latest snapshot's records, decoded (empty without a snapshot)."""
         if self._snapshot is None:
             return []
-        return [msgpack.unpackb(r, raw=False) for r in decode_snapshot(self._snapshot_bytes)[2]]
+        return [msgpack.unpackb(r, raw=False) for r in self._snapshot_records]
 
-    def _adopt(self, snapshot_id: tuple[int, int], data: bytes) -> None:
+    def _adopt(self, snapshot_id: tuple[int, int], data: bytes, records: list[bytes]) -> None:
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.snapshot_dir / f"{snapshot_id[0]:020d}-{snapshot_id[1]:010d}.snapshot", data)
-        self._snapshot, self._snapshot_bytes = snapshot_id, data
+        self._snapshot, self._snapshot_bytes, self._snapshot_records = snapshot_id, data, records
         for _offset, _epoch, path in self._snapshot_files()[SNAPSHOTS_KEPT:]:
             path.unlink(missing_ok=True)
 
@@ -159,7 +160,7 @@ class MetadataLog:
         """Snapshot the image as of ``offset`` (committed, applied; ``records`` rebuild it),
         then delete the log's segments wholly below it.  Returns the snapshot id."""
         snapshot_id = (offset, self.epoch_at(offset - 1))
-        self._adopt(snapshot_id, encode_snapshot(*snapshot_id, records))
+        self._adopt(snapshot_id, encode_snapshot(*snapshot_id, records), records)
         self.log.delete_segments_before(offset)
         return snapshot_id
 
@@ -171,13 +172,13 @@ class MetadataLog:
             SnapshotError: The bytes are not the snapshot they claim to be.
         """
         data = b"".join(bytes(c) for c in chunks)
-        offset, epoch, _records = decode_snapshot(data)
+        offset, epoch, records = decode_snapshot(data)
         if (offset, epoch) != tuple(snapshot_id):
             raise SnapshotError(f"downloaded snapshot holds offset {offset} epoch {epoch}, not {tuple(snapshot_id)}")
         # the log first: a crash in between leaves an empty log above an older snapshot (or
         # none), which loading repairs by fetching again -- never a stale log beside this one
         self.log.truncate_fully_and_start_at(offset)
-        self._adopt((offset, epoch), data)
+        self._adopt((offset, epoch), data, records)
 
     def epoch_at(self, offset: int) -> int:
         """Raft epoch of the record at ``offset`` (held in the log, or the snapshot's last)."""
