@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from zbroker.cli_output import echo_table
 from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_PORT, ConfigError, load_config, single_node_config
 from zbroker.errors import ZBrokerError
 
@@ -170,9 +171,7 @@ def topics_describe(ctx, name: str) -> None:
             (str(p.partition), str(p.leader), ",".join(map(str, p.replicas)), ",".join(map(str, p.isr)),
              str(p.leader_epoch), str(p.log_start_offset), str(p.high_watermark), under)
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    echo_table(rows)
     click.echo("Config:")
     for key in sorted(desc.config):
         mark = "  (override)" if key in overrides else ""

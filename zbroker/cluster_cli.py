@@ -33,6 +33,7 @@ from typing import Any
 
 import click
 
+from zbroker.cli_output import echo_table
 from zbroker.config import BrokerEntry, ClusterConfig, load_config
 
 PID_FILE = "broker.pid"
@@ -405,9 +406,7 @@ def status(config_path: str, timeout_s: float) -> None:
             if show_under:
                 row.append(str(under.get(entry.id, 0)))
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    echo_table(rows)
 
     distinct = set(views.values())
     if not views:

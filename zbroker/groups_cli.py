@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import click
 
+from zbroker.cli_output import echo_table
+
 
 def _admin(ctx: click.Context):
     from zbroker.cli import _admin as make_admin
 
     return make_admin(ctx)
-
-
-def _table(rows: list[tuple[str, ...]], indent: str = "") -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 @click.group()
@@ -59,7 +55,7 @@ def groups_describe(ctx, group: str) -> None:
         numbers = (info.committed, info.log_end, info.lag) if info else (-1, -1, -1)
         rows.append((tp[0], str(tp[1]), m.member_id if m else "-", (m.client_id or "-") if m else "-",
                      *("-" if n < 0 else str(n) for n in numbers)))
-    _table(rows)
+    echo_table(rows)
     click.echo("Members:")
     if not desc.members:
         click.echo("  (none)")
@@ -67,7 +63,7 @@ def groups_describe(ctx, group: str) -> None:
     mrows = [("MEMBER", "CLIENT", "INSTANCE", "EPOCH", "ASSIGNED")]
     for m in desc.members:
         mrows.append((m.member_id, m.client_id or "-", m.instance_id or "-", str(m.member_epoch), str(len(m.assignment))))
-    _table(mrows, indent="  ")
+    echo_table(mrows, indent="  ")
 
 
 @groups.command("reset-offsets")
