@@ -69,7 +69,7 @@ from storage.batch import (CONTROL_BIT, MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, TRANSA
                            build_native_batch, decode_native_records, parse_header, validate_batch)
 from storage.checkpoint import fsync_dir
 from storage.errors import CorruptBatchError
-from storage.handles import FileHandleCache
+from storage.swap import CLEANED, CLEANED_SUFFIX, SWAP_SUFFIX, commit_swap as _commit_swap, finish_swap as _finish_swap
 from storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, Segment, segment_name
 
 if TYPE_CHECKING:
@@ -77,12 +77,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Cleaner", "CleanResult", "clean", "dirty_ratio", "complete_interrupted_swaps",
-           "CLEANED_SUFFIX", "SWAP_SUFFIX", "MAX_MAP_KEYS"]
+__all__ = ["Cleaner", "CleanResult", "clean", "dirty_ratio", "CLEANED_SUFFIX", "SWAP_SUFFIX", "MAX_MAP_KEYS"]
 
-_CLEANED = ".cleaned"
-CLEANED_SUFFIX = LOG_SUFFIX + _CLEANED
-SWAP_SUFFIX = LOG_SUFFIX + ".swap"
 MAX_MAP_KEYS = 4_000_000
 SYNC_EVERY_BYTES = 4 << 20  # a rewrite is fsynced as it goes: no step flushes a whole segment
 BATCH_COST = 512  # budget bytes charged at least per batch: small batches cost a read and a decode each
@@ -262,7 +258,7 @@ class Cleaner:
         path = seg.directory / (segment_name(seg.base_offset) + CLEANED_SUFFIX)
         # the new file's indexes are built as it is written, so swapping it in costs no rebuild
         indexes = Segment(seg.directory, seg.base_offset, self.log.handles, self.log.config.index_interval_bytes,
-                          self._now_ms, index_suffix=_CLEANED)
+                          self._now_ms, index_suffix=CLEANED)
         for stale in (indexes.index.path, indexes.time_index.path):  # left by an abandoned attempt
             stale.unlink(missing_ok=True)
         committed = False
@@ -319,7 +315,7 @@ class Cleaner:
         log, base = self.log, seg.base_offset
         if size == 0 and base != log.log_start_offset:
             for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-                os.unlink(seg.directory / (segment_name(base) + suffix + _CLEANED))
+                os.unlink(seg.directory / (segment_name(base) + suffix + CLEANED))
             log._replace_segment(base, None)
             seg.delete()
             fsync_dir(seg.directory)
@@ -337,25 +333,6 @@ def clean(log: Log, now_ms: int, delete_retention_ms: int, max_offset: int | Non
     while not cleaner.step(now_ms, 1 << 30):
         pass
     return cleaner.result()
-
-
-def complete_interrupted_swaps(directory: Path, handles: FileHandleCache | None = None) -> int:
-    """Recovery: finish every swap whose ``<base>.log.swap`` file exists (called on log open).
-
-    ``.cleaned`` files (interrupted before the commit point) are left to the caller's stray
-    file sweep.
-
-    Returns:
-        Number of swaps completed.
-    """
-    n = 0
-    for entry in os.scandir(directory):
-        stem = entry.name[:-len(SWAP_SUFFIX)]
-        if entry.name.endswith(SWAP_SUFFIX) and len(stem) == 20 and stem.isdigit():
-            logger.info("completing interrupted segment swap path=%s", entry.path)
-            _finish_swap(Path(directory), int(stem), handles)
-            n += 1
-    return n
 
 
 # ---------------------------------------------------------------------- internals
@@ -413,33 +390,5 @@ def _build_run(h: BatchHeader, run: list[Record]) -> bytes:
                               compression=h.compression, producer_id=h.producer_id,
                               producer_epoch=h.producer_epoch, base_sequence=seq,
                               leader_epoch=h.leader_epoch)
-
-
-def _commit_swap(cleaned: Path) -> Path:
-    """Step 2 (the commit point): rename ``.cleaned`` to ``.swap`` durably."""
-    swap = cleaned.with_name(cleaned.name[:-len(CLEANED_SUFFIX)] + SWAP_SUFFIX)
-    os.replace(cleaned, swap)
-    fsync_dir(cleaned.parent)
-    return swap
-
-
-def _finish_swap(directory: Path, base: int, handles: FileHandleCache | None) -> None:
-    """Step 3: put the new indexes in place of the old ones (or, if they are not there, drop
-    the old ones: opening rebuilds them), rename ``.swap`` over ``.log`` durably."""
-    stem = directory / segment_name(base)
-    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX, LOG_SUFFIX):
-        if handles is not None:
-            handles.close(str(stem) + suffix)
-            handles.close(str(stem) + suffix + _CLEANED)
-    for suffix in (INDEX_SUFFIX, TIMEINDEX_SUFFIX):
-        try:
-            os.replace(str(stem) + suffix + _CLEANED, str(stem) + suffix)
-        except FileNotFoundError:
-            try:
-                os.unlink(str(stem) + suffix)
-            except FileNotFoundError:
-                pass
-    os.replace(str(stem) + SWAP_SUFFIX, str(stem) + LOG_SUFFIX)
-    fsync_dir(directory)
 
 

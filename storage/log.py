@@ -40,12 +40,12 @@ from sortedcontainers import SortedDict
 
 from storage.batch import MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, decode_native_records, patch_batch, validate_batch
 from storage.checkpoint import fsync_dir
-from storage.cleaner import complete_interrupted_swaps
 from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
 from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
                              Segment)
+from storage.swap import complete_interrupted_swaps
 
 log = logging.getLogger(__name__)
 
