@@ -48,6 +48,8 @@ class ErrorCode(IntEnum):
     UNKNOWN_MEMBER_ID = 25
     INVALID_SESSION_TIMEOUT = 26
     REBALANCE_IN_PROGRESS = 27
+    TOPIC_AUTHORIZATION_FAILED = 29
+    GROUP_AUTHORIZATION_FAILED = 30
     CLUSTER_AUTHORIZATION_FAILED = 31
     INVALID_TIMESTAMP = 32
     UNSUPPORTED_VERSION = 35
@@ -116,6 +118,19 @@ INVALID_METADATA = frozenset(
         ErrorCode.COORDINATOR_NOT_AVAILABLE,
     }
 )
+
+
+class RequestError(Exception):
+    """A request a service cannot serve: the error code to answer with, and why.
+
+    Raised by the services below the front doors; each front door's router turns it
+    into its own protocol's error reply.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class ZBrokerError(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from zbroker.errors import ErrorCode
+from zbroker.errors import ErrorCode, RequestError  # noqa: F401  (RequestError: decode errors)
 
 PROTOCOL_VERSION = 1
 
@@ -46,7 +46,7 @@ DESCRIBE_GROUP = "describe_group"
 DELETE_GROUP = "delete_group"
 CREATE_INTERNAL_TOPIC = "create_internal_topic"  # broker -> controller
 
-# Broker-to-broker (zbroker.raft message types; one-way, never answered on the ROUTER).
+# Broker-to-broker Raft messages (zbroker.control.raft's types; one-way, never answered on the ROUTER).
 RAFT_PRE_VOTE = "raft_pre_vote"
 RAFT_PRE_VOTE_RESPONSE = "raft_pre_vote_response"
 RAFT_VOTE = "raft_vote"
@@ -63,15 +63,6 @@ ACKS_ALL = -1
 # list_offsets special timestamps (Kafka's values).
 LATEST_TIMESTAMP = -1
 EARLIEST_TIMESTAMP = -2
-
-
-class RequestError(Exception):
-    """A request the broker cannot serve; carries the wire error to answer with."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class UndecodableFrame(Exception):
@@ -280,6 +271,18 @@ def decode_header(frame: bytes, max_size: int = 1 << 20) -> dict:
     if not isinstance(cid, int) or isinstance(cid, bool):
         raise UndecodableFrame("header frame has no integer 'cid'")
     return header
+
+
+def check_fields(kind: str, header: dict) -> dict:
+    """Check every field of a request of a known type against its schema.
+
+    Returns:
+        every schema field, defaults filled in.
+
+    Raises:
+        RequestError: INVALID_REQUEST naming the field.
+    """
+    return _check("", header, SCHEMAS[kind])
 
 
 def decode_request(header: dict) -> tuple[str, dict]:

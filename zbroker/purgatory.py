@@ -6,7 +6,8 @@ parked here instead of blocking the event loop.  An operation watches keys
 (partitions); whoever changes a key (an append, a follower's progress) calls
 :meth:`Purgatory.check`, which retries the watchers of that key.  The event loop
 calls :meth:`Purgatory.expire` with ``now`` and sleeps no longer than
-:meth:`Purgatory.next_deadline`.  Pure: time is passed in.
+:meth:`Purgatory.next_deadline`.  Pure: time is passed in, and handed on to the
+operations' callbacks, so a parked request sees the loop's one clock.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ class DelayedOperation:
     Args:
         deadline_ms: when to give up waiting and complete anyway.
         keys: what to watch.
-        try_complete: called on a change to a watched key (and once on entry);
-            returns True once it has completed the operation.
-        on_expire: completes the operation at the deadline.
+        try_complete: ``try_complete(now_ms)``, called on a change to a watched key
+            (and once on entry); returns True once it has completed the operation.
+        on_expire: ``on_expire(now_ms)`` completes the operation at the deadline.
     """
 
     __slots__ = ("deadline_ms", "keys", "_try", "_expire", "done")
@@ -34,8 +35,8 @@ class DelayedOperation:
         self,
         deadline_ms: int,
         keys: Iterable[Hashable],
-        try_complete: Callable[[], bool],
-        on_expire: Callable[[], None],
+        try_complete: Callable[[int], bool],
+        on_expire: Callable[[int], None],
     ) -> None:
         self.deadline_ms = deadline_ms
         self.keys = tuple(keys)
@@ -43,15 +44,15 @@ class DelayedOperation:
         self._expire = on_expire
         self.done = False
 
-    def try_complete(self) -> bool:
-        if not self.done and self._try():
+    def try_complete(self, now_ms: int) -> bool:
+        if not self.done and self._try(now_ms):
             self.done = True
         return self.done
 
-    def force_expire(self) -> None:
+    def force_expire(self, now_ms: int) -> None:
         if not self.done:
             self.done = True
-            self._expire()
+            self._expire(now_ms)
 
 
 class Purgatory:
@@ -65,16 +66,16 @@ class Purgatory:
     def __len__(self) -> int:
         return sum(1 for _, _, op in self._deadlines if not op.done)
 
-    def park(self, op: DelayedOperation) -> bool:
+    def park(self, op: DelayedOperation, now_ms: int) -> bool:
         """Try ``op`` once; if not complete, park it. Returns True if it completed now."""
-        if op.try_complete():
+        if op.try_complete(now_ms):
             return True
         for key in op.keys:
             self._watchers[key].append(op)
         heapq.heappush(self._deadlines, (op.deadline_ms, next(self._seq), op))
         return False
 
-    def check(self, key: Hashable) -> int:
+    def check(self, key: Hashable, now_ms: int) -> int:
         """Retry the operations watching ``key``; returns how many completed."""
         ops = self._watchers.get(key)
         if not ops:
@@ -83,7 +84,7 @@ class Purgatory:
         for op in list(ops):  # a completion may park or check again: iterate a copy
             if op.done:
                 continue
-            if op.try_complete():
+            if op.try_complete(now_ms):
                 completed += 1
         for op in list(self._watchers.get(key, ())):
             if op.done:
@@ -96,7 +97,7 @@ class Purgatory:
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, _, op = heapq.heappop(self._deadlines)
             if not op.done:
-                op.force_expire()
+                op.force_expire(now_ms)
                 expired += 1
                 self._unwatch(op)
         # drop completed operations from the head so next_deadline stays meaningful
@@ -119,9 +120,9 @@ class Purgatory:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else None
 
-    def cancel_all(self) -> None:
+    def cancel_all(self, now_ms: int) -> None:
         """Expire everything (shutdown)."""
         for _, _, op in self._deadlines:
-            op.force_expire()
+            op.force_expire(now_ms)
         self._deadlines.clear()
         self._watchers.clear()

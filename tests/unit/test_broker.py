@@ -1,10 +1,12 @@
 """The broker's request handling without sockets: frames and `now` in, outbox out."""
 
+import dataclasses
+
 import msgpack
 import pytest
 
 from storage.batch import build_native_batch
-from zbroker.broker import Broker
+from zbroker.node import BrokerNode
 from zbroker.config import single_node_config
 
 PEER = b"\x00peer"
@@ -18,7 +20,7 @@ class Harness:
     def __init__(self, data_dir, now=1_000):
         self.cfg = single_node_config(str(data_dir))
         self.now = now
-        self.broker = Broker(self.cfg, 1, now)
+        self.broker = BrokerNode(self.cfg, 1, now)
 
     def send(self, kind, cid, *payloads, **fields):
         self.broker.handle(PEER, [req(kind, cid, **fields), *payloads], self.now)
@@ -84,7 +86,7 @@ def test_a_handler_bug_is_answered_not_raised(h, monkeypatch):
     def boom(*a):
         raise RuntimeError("bug")
 
-    monkeypatch.setitem(h.broker._handlers, "metadata", boom)
+    monkeypatch.setitem(h.broker.router.table, "metadata", dataclasses.replace(h.broker.router.table["metadata"], call=boom))
     reply, _ = h.call("metadata")
     assert reply["error"] == -1 and "bug" in reply["error_message"]
 
@@ -102,21 +104,21 @@ def test_state_survives_reopening(tmp_path):
 
 
 def test_a_topic_deleted_and_created_again_in_one_step_starts_empty(h):
-    from zbroker.controller import new_topic
-    from zbroker.metadata import topic_record
+    from zbroker.control.controller import new_topic
+    from zbroker.control.metadata import topic_record
 
     h.call("produce", batch(4), batches=[{"topic": "t", "partition": 0}])
-    again = new_topic(h.broker.image, [1], "t", 2, 1, {}, {1})
-    h.broker.control.propose([{"type": "remove_topic", "name": "t"}, topic_record(again)])  # one metadata step
-    h.broker._reconcile(h.now)
+    again = new_topic(h.broker.app.control.image, [1], "t", 2, 1, {}, {1})
+    h.broker.app.control.propose([{"type": "remove_topic", "name": "t"}, topic_record(again)])  # one metadata step
+    h.broker.app.metadata_changed(h.now)
     desc, _ = h.call("describe_topic", topic="t")
     assert [p["high_watermark"] for p in desc["partitions"]] == [0, 0]
-    marker = h.broker.logs.data_dir / "t-0" / "partition.metadata"
+    marker = h.broker.app.logs.data_dir / "t-0" / "partition.metadata"
     assert marker.read_text().strip() == f"topic_id: {again.topic_id}"
 
 
 def test_compaction_runs_in_bounded_turns_of_the_loop(h, monkeypatch):
-    import zbroker.housekeeping as hk
+    import zbroker.core.housekeeping as hk
     from storage import decode_native_records, iter_batches
 
     monkeypatch.setattr(hk, "CLEAN_BYTES_PER_TURN", 4096)
@@ -128,14 +130,14 @@ def test_compaction_runs_in_bounded_turns_of_the_loop(h, monkeypatch):
         model.update({k: v for _ts, k, v, _h in recs})
         assert h.call("produce", build_native_batch(recs), acks=1,
                       batches=[{"topic": "c", "partition": 0}])[0]["error"] == 0
-    part = h.broker.partitions[("c", 0)]
+    part = h.broker.app.partitions.online[("c", 0)]
     before = part.log.size_bytes()
-    h.now += h.broker.config.setting("retention_check_ms")
+    h.now += h.cfg.setting("retention_check_ms")
     turns = 0
     while True:
         h.broker.tick(h.now)
         turns += 1
-        if ("c", 0) not in h.broker._cleaners and part.log.size_bytes() < before:
+        if ("c", 0) not in h.broker.app.housekeeping.cleaners and part.log.size_bytes() < before:
             break
         assert h.broker.next_timer_ms(h.now) <= 10  # an unfinished pass asks for the next turn soon
         h.now += 10
@@ -151,43 +153,43 @@ def test_compaction_runs_in_bounded_turns_of_the_loop(h, monkeypatch):
     assert latest == model
     assert len(closed_keys) == len(set(closed_keys))  # one record per key left in closed segments
     # where the pass ended survives a restart, so the next start does not clean it all again
-    cleaned_to = h.broker.logs.cleaned_to[("c", 0)]
+    cleaned_to = h.broker.app.logs.cleaned_to[("c", 0)]
     assert cleaned_to == part.log.active_segment.base_offset
-    h.broker.tick(h.now + h.broker.config.setting("flush_check_ms"))
+    h.broker.tick(h.now + h.cfg.setting("flush_check_ms"))
     h.broker.close()
-    h.broker = Broker(h.cfg, 1, h.now)
-    assert h.broker.logs.cleaned_to[("c", 0)] == cleaned_to
+    h.broker = BrokerNode(h.cfg, 1, h.now)
+    assert h.broker.app.logs.cleaned_to[("c", 0)] == cleaned_to
 
 
 def test_a_big_topic_is_opened_over_several_turns(h):
-    from zbroker.broker import OPENS_PER_TURN
+    from zbroker.core.partitions import OPENS_PER_TURN
 
     n = OPENS_PER_TURN * 4 + 3
     h.broker.tick(h.now)  # a new turn
     assert h.call("create_topic", topic="big", partitions=n)[0]["error"] == 0
-    opened = [tp for tp in h.broker.partitions if tp[0] == "big"]
+    opened = [tp for tp in h.broker.app.partitions.online if tp[0] == "big"]
     assert len(opened) == OPENS_PER_TURN  # the rest is queued, the loop is not held up
-    waiting = next(i for i in range(n) if ("big", i) not in h.broker.partitions)
+    waiting = next(i for i in range(n) if ("big", i) not in h.broker.app.partitions.online)
     reply = h.call("produce", batch(), acks=1, batches=[{"topic": "big", "partition": waiting}])
     assert reply[0]["results"][0]["error"] == 5  # LEADER_NOT_AVAILABLE: retriable
     turns = 0
     while h.broker.next_timer_ms(h.now) == 0 and turns < 100:
         h.broker.tick(h.now)
         turns += 1
-    assert turns == 4 and all(("big", i) in h.broker.partitions for i in range(n))
+    assert turns == 4 and all(("big", i) in h.broker.app.partitions.online for i in range(n))
     reply = h.call("produce", batch(), acks=1, batches=[{"topic": "big", "partition": waiting}])
     assert reply[0]["results"][0]["error"] == 0
 
 
 def test_a_deleted_topic_is_renamed_at_once_and_removed_in_later_turns(h):
-    from zbroker.broker import PURGES_PER_TURN
+    from zbroker.core.partitions import PURGES_PER_TURN
 
     n = PURGES_PER_TURN * 2 + 1
     assert h.call("create_topic", topic="gone", partitions=n)[0]["error"] == 0
-    while h.broker._opening:
+    while h.broker.app.partitions.opening:
         h.broker.tick(h.now)
     assert h.call("produce", batch(), acks=1, batches=[{"topic": "gone", "partition": 0}])[0]["error"] == 0
-    data_dir = h.broker.logs.data_dir
+    data_dir = h.broker.app.logs.data_dir
     assert h.call("delete_topic", topic="gone")[0]["error"] == 0
     assert not any(p.name.startswith("gone-") and p.name[5:].isdigit() for p in data_dir.iterdir())
     trash = [p for p in data_dir.iterdir() if p.name.endswith("-delete")]
@@ -207,7 +209,7 @@ def test_a_deleted_topic_is_renamed_at_once_and_removed_in_later_turns(h):
 
 def test_trash_left_by_a_crash_is_removed_after_a_restart(tmp_path):
     h = Harness(tmp_path / "d")
-    stale = h.broker.logs.data_dir / "old-0.0123abcd-delete"
+    stale = h.broker.app.logs.data_dir / "old-0.0123abcd-delete"
     stale.mkdir()
     (stale / "00000000000000000000.log").write_bytes(b"x" * 100)
     h.broker.close()
@@ -228,11 +230,11 @@ def test_a_topic_can_be_created_again_after_its_last_partition_is_deleted(tmp_pa
 
 
 def test_a_partition_still_opening_does_not_end_a_long_poll(h):
-    from zbroker.broker import OPENS_PER_TURN
+    from zbroker.core.partitions import OPENS_PER_TURN
 
     h.broker.tick(h.now)  # a new turn
     assert h.call("create_topic", topic="big", partitions=OPENS_PER_TURN + 2)[0]["error"] == 0
-    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.partitions)
+    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.app.partitions.online)
     h.send("fetch", 9, max_wait_ms=1000, partitions=[{"topic": "t", "partition": 0, "offset": 0},
                                                      {"topic": "big", "partition": waiting, "offset": 0}])
     assert h.replies() == []  # parked, not answered at once with an error
@@ -245,17 +247,17 @@ def test_a_topic_with_a_249_character_name_is_deleted(h):
     name = "x" * 249
     assert h.call("create_topic", topic=name, partitions=1)[0]["error"] == 0
     assert h.call("delete_topic", topic=name)[0]["error"] == 0
-    data_dir = h.broker.logs.data_dir
+    data_dir = h.broker.app.logs.data_dir
     assert not (data_dir / f"{name}-0").exists()
-    while h.broker.logs.trash:
+    while h.broker.app.logs.trash:
         h.broker.tick(h.now)
     assert not [p for p in data_dir.iterdir() if p.name.startswith("xxx")]
 
 
 def test_a_partition_that_cannot_be_opened_says_so_and_is_tried_again(h, monkeypatch):
-    from zbroker.broker import OPEN_RETRY_MS
+    from zbroker.core.partitions import OPEN_RETRY_MS
 
-    real_open = h.broker.logs.open
+    real_open = h.broker.app.logs.open
     broken = {("bad", 0)}
 
     def flaky_open(tp, *args, **kwargs):
@@ -263,7 +265,7 @@ def test_a_partition_that_cannot_be_opened_says_so_and_is_tried_again(h, monkeyp
             raise OSError("disk says no")
         return real_open(tp, *args, **kwargs)
 
-    monkeypatch.setattr(h.broker.logs, "open", flaky_open)
+    monkeypatch.setattr(h.broker.app.logs, "open", flaky_open)
     h.broker.tick(h.now)
     assert h.call("create_topic", topic="bad", partitions=1)[0]["error"] == 0
     h.send("fetch", 5, max_wait_ms=60_000, partitions=[{"topic": "bad", "partition": 0, "offset": 0}])
@@ -273,16 +275,16 @@ def test_a_partition_that_cannot_be_opened_says_so_and_is_tried_again(h, monkeyp
     broken.clear()
     h.now += OPEN_RETRY_MS
     h.broker.tick(h.now)
-    assert ("bad", 0) in h.broker.partitions
+    assert ("bad", 0) in h.broker.app.partitions.online
     assert h.call("produce", batch(), acks=1, batches=[{"topic": "bad", "partition": 0}])[0]["results"][0]["error"] == 0
 
 
 def test_a_fetch_parked_on_an_opening_partition_is_answered_when_its_topic_goes(h):
-    from zbroker.broker import OPENS_PER_TURN
+    from zbroker.core.partitions import OPENS_PER_TURN
 
     h.broker.tick(h.now)
     assert h.call("create_topic", topic="big", partitions=OPENS_PER_TURN + 2)[0]["error"] == 0
-    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.partitions)
+    waiting = next(i for i in range(OPENS_PER_TURN + 2) if ("big", i) not in h.broker.app.partitions.online)
     h.send("fetch", 6, max_wait_ms=60_000, partitions=[{"topic": "big", "partition": waiting, "offset": 0}])
     assert h.replies() == []
     h.send("delete_topic", 7, topic="big")

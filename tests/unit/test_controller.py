@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from zbroker.controller import NO_LEADER, elect_leader, leadership_changes, new_topic, place_partitions
-from zbroker.metadata import MetadataImage, PartitionMeta, TopicMeta, apply_record, topic_record
+from zbroker.control.controller import NO_LEADER, elect_leader, leadership_changes, new_topic, place_partitions
+from zbroker.control.metadata import MetadataImage, PartitionMeta, TopicMeta, apply_record, topic_record
 
 BROKERS = [1, 2, 3]
 

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from zbroker.errors import ErrorCode
-from zbroker.groups import Group, GroupError, GroupState, assign_range, assign_round_robin, assign_sticky, Member
+from zbroker.groups.group import (Group, GroupError, GroupState, Member, MemberHeartbeat, assign_range, assign_round_robin,
+                                  assign_sticky)
 
 SESSION = 1000
 COUNTS = {"t": 6, "u": 3}
@@ -23,12 +24,11 @@ class Client:
         self.member_id, self.epoch, self.owned = "", 0, set()
 
     def beat(self, now, release=True):
-        req = {"member_id": self.member_id, "member_epoch": self.epoch, "instance_id": self.instance_id,
-               "topics": self.topics, "owned": sorted(map(list, self.owned)), "assignor": self.assignor,
-               "rebalance_timeout_ms": 5000}
+        req = MemberHeartbeat("g", self.epoch, self.member_id, instance_id=self.instance_id, topics=self.topics,
+                              owned=sorted(self.owned), assignor=self.assignor, rebalance_timeout_ms=5000)
         resp, _, _ = self.group.heartbeat(req, now, SESSION, parts)
-        self.member_id, self.epoch = resp["member_id"], resp["member_epoch"]
-        new = {tuple(tp) for tp in resp["assignment"]}
+        self.member_id, self.epoch = resp.member_id, resp.member_epoch
+        new = {tuple(tp) for tp in resp.assignment}
         if release:
             self.owned = new  # released what was taken away, took what was given
         else:
@@ -37,7 +37,7 @@ class Client:
         return new
 
     def leave(self, now, static=False):
-        req = {"member_id": self.member_id, "member_epoch": -2 if static else -1, "owned": []}
+        req = MemberHeartbeat("g", -2 if static else -1, self.member_id, owned=[])
         self.group.heartbeat(req, now, SESSION, parts)
         self.owned = set()
 
@@ -104,7 +104,7 @@ def test_stale_epochs_are_fenced_and_commits_checked():
     a, b = Client(g), Client(g)
     settle(g, [a, b], 0)
     with pytest.raises(GroupError) as info:
-        g.heartbeat({"member_id": a.member_id, "member_epoch": a.epoch + 7, "owned": []}, 1, SESSION, parts)
+        g.heartbeat(MemberHeartbeat("g", a.epoch + 7, a.member_id, owned=[]), 1, SESSION, parts)
     assert info.value.code == ErrorCode.FENCED_MEMBER_EPOCH
     g.validate_commit(a.member_id, a.epoch, sorted(a.owned))
     with pytest.raises(GroupError) as info:
@@ -114,7 +114,7 @@ def test_stale_epochs_are_fenced_and_commits_checked():
         g.validate_commit("", -1, [("t", 0)])  # an outsider (admin reset), while the group has members
     assert info.value.code == ErrorCode.NON_EMPTY_GROUP
     with pytest.raises(GroupError):
-        g.heartbeat({"member_id": "nobody", "member_epoch": 3, "owned": []}, 1, SESSION, parts)
+        g.heartbeat(MemberHeartbeat("g", 3, "nobody", owned=[]), 1, SESSION, parts)
 
 
 @pytest.mark.parametrize("fn", [assign_range, assign_round_robin, assign_sticky])

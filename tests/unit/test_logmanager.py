@@ -1,9 +1,9 @@
-"""The broker's partition logs on disk (zbroker.logmanager)."""
+"""The broker's partition logs on disk (zbroker.core.logmanager)."""
 
 import pytest
 
 from storage import LogConfig, build_native_batch
-from zbroker.logmanager import LogManager
+from zbroker.core.logmanager import LogManager
 
 pytestmark = pytest.mark.timeout(30)
 

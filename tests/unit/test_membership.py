@@ -2,7 +2,7 @@
 
 import random
 
-from zbroker.membership import Membership, PeerState
+from zbroker.control.membership import Membership, PeerState
 
 HB, SESSION = 100, 1000
 

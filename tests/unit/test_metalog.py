@@ -1,11 +1,11 @@
-"""The metadata log on disk (zbroker.metalog): snapshots, the prefix below them, recovery."""
+"""The metadata log on disk (zbroker.control.metalog): snapshots, the prefix below them, recovery."""
 
 import msgpack
 import pytest
 
 from zbroker.config import single_node_config
-from zbroker.metadata import MetadataImage, PartitionMeta, TopicMeta, apply_record, image_records, topic_record
-from zbroker.metalog import MetadataLog, SnapshotError, decode_snapshot, encode_snapshot
+from zbroker.control.metadata import MetadataImage, PartitionMeta, TopicMeta, apply_record, image_records, topic_record
+from zbroker.control.metalog import MetadataLog, SnapshotError, decode_snapshot, encode_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,7 +102,7 @@ def test_image_records_rebuild_the_image():
 
 
 def test_a_single_node_control_plane_snapshots_and_restarts_from_it(tmp_path):
-    from zbroker.controlplane import ControlPlane
+    from zbroker.control.controlplane import ControlPlane
 
     cfg = single_node_config(str(tmp_path))
     cfg.settings.update(metadata_snapshot_records=10, metadata_segment_bytes=1024)

@@ -3,7 +3,7 @@
 import pytest
 
 from storage import Log, LogConfig, build_native_batch
-from zbroker.partition import Partition
+from zbroker.core.partition import Partition
 
 LAG = 1000
 

@@ -4,7 +4,7 @@ import pytest
 
 from zbroker import protocol as P
 from zbroker.errors import ErrorCode
-from zbroker.producer_state import check, record
+from zbroker.core.producer_state import check, record
 
 
 def test_in_order_batches_pass_and_duplicates_return_their_offset():

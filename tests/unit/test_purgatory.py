@@ -9,35 +9,35 @@ class Op:
         self.completed = []
 
     def make(self, deadline, keys):
-        def try_complete():
+        def try_complete(now_ms):
             if self.ready:
                 self.completed.append("ready")
             return self.ready
 
-        return DelayedOperation(deadline, keys, try_complete, lambda: self.completed.append("expired"))
+        return DelayedOperation(deadline, keys, try_complete, lambda now_ms: self.completed.append("expired"))
 
 
 def test_an_operation_that_can_complete_now_is_not_parked():
     p, op = Purgatory(), Op(ready=True)
-    assert p.park(op.make(100, ["a"]))
+    assert p.park(op.make(100, ["a"]), 0)
     assert op.completed == ["ready"] and len(p) == 0 and p.next_deadline() is None
 
 
 def test_a_change_to_a_watched_key_completes_it_once():
     p, op = Purgatory(), Op()
-    assert not p.park(op.make(100, ["a", "b"]))
-    assert p.check("a") == 0
+    assert not p.park(op.make(100, ["a", "b"]), 0)
+    assert p.check("a", 0) == 0
     op.ready = True
-    assert p.check("b") == 1
-    assert p.check("a") == 0  # already done; not completed twice
+    assert p.check("b", 0) == 1
+    assert p.check("a", 0) == 0  # already done; not completed twice
     p.expire(1000)
     assert op.completed == ["ready"]
 
 
 def test_deadlines_expire_in_order_and_bound_the_sleep():
     p, first, second = Purgatory(), Op(), Op()
-    p.park(second.make(200, ["a"]))
-    p.park(first.make(100, ["a"]))
+    p.park(second.make(200, ["a"]), 0)
+    p.park(first.make(100, ["a"]), 0)
     assert p.next_deadline() == 100
     assert p.expire(99) == 0
     assert p.expire(100) == 1 and first.completed == ["expired"] and second.completed == []
@@ -48,14 +48,14 @@ def test_deadlines_expire_in_order_and_bound_the_sleep():
 
 def test_cancel_all_answers_everything():
     p, op = Purgatory(), Op()
-    p.park(op.make(100, ["a"]))
-    p.cancel_all()
+    p.park(op.make(100, ["a"]), 0)
+    p.cancel_all(0)
     assert op.completed == ["expired"] and len(p) == 0
 
 
 def test_an_operation_done_through_one_key_leaves_every_key():
     p, op = Purgatory(), Op()
-    p.park(op.make(100, ["busy", "idle"]))
+    p.park(op.make(100, ["busy", "idle"]), 0)
     op.ready = True
-    assert p.check("busy") == 1
+    assert p.check("busy", 0) == 1
     assert p._watchers == {}  # nothing left watching the idle key

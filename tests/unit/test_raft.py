@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from zbroker.raft import LEADER_CHANGE, ElectionState, NotLeader, RaftNode, Role
+from zbroker.control.raft import LEADER_CHANGE, ElectionState, NotLeader, RaftNode, Role
 
 
 class MemoryLog:

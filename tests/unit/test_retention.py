@@ -1,6 +1,6 @@
 """Retention decisions with a fake clock and tiny segments."""
 
-from zbroker.retention import retention_cutoff
+from zbroker.core.retention import retention_cutoff
 
 DAY = 86_400_000
 

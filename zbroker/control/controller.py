@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
-from zbroker.metadata import PARTITION_CHANGE_RECORD, MetadataImage, PartitionMeta, TopicMeta
+from zbroker.control.metadata import PARTITION_CHANGE_RECORD, MetadataImage, PartitionMeta, TopicMeta
 
 NO_LEADER = -1
 

@@ -5,16 +5,16 @@ No sockets: the server hands in Raft messages and gossip heartbeats, calls
 :attr:`ControlPlane.peer_outbox` (to other brokers) and :meth:`heartbeat`
 (on the PUB socket).
 
-Every broker is a voter of the metadata quorum (:mod:`zbroker.raft`) and keeps a
-copy of ``__cluster_metadata`` (:mod:`zbroker.metalog`).  Records below the
+Every broker is a voter of the metadata quorum (:mod:`zbroker.control.raft`) and keeps a
+copy of ``__cluster_metadata`` (:mod:`zbroker.control.metalog`).  Records below the
 Raft high watermark are *committed*; every broker applies them, in order, to its
-:class:`~zbroker.metadata.MetadataImage`, which is what metadata requests are
+:class:`~zbroker.control.metadata.MetadataImage`, which is what metadata requests are
 answered from and what decides which partitions this broker leads.
 
 The Raft leader is the *controller*.  It turns admin requests into records
 (:meth:`propose`), and on every step, once its image is current, compares
 partition leaderships with the brokers gossip says are alive and proposes the
-changes :func:`zbroker.controller.leadership_changes` asks for: leadership moves
+changes :func:`zbroker.control.controller.leadership_changes` asks for: leadership moves
 off brokers dead for ``session_timeout_ms`` and back to preferred leaders that
 return.  A leadership change bumps the partition's leader epoch.
 """
@@ -23,22 +23,31 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from storage import write_atomic
-from zbroker import raft as R
+from zbroker.control import raft as R
 from zbroker.config import ClusterConfig
-from zbroker.controller import leadership_changes
-from zbroker.membership import Membership
-from zbroker.metadata import MetadataImage, apply_record, image_records
-from zbroker.metalog import MetadataLog, QuorumStateFile
+from zbroker.control.controller import leadership_changes
+from zbroker.control.membership import Membership
+from zbroker.control.metadata import MetadataImage, apply_record, image_records
+from zbroker.control.metalog import MetadataLog, QuorumStateFile
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "heartbeat"
+
+
+@dataclass(slots=True)
+class RaftMessage:
+    """A Raft message for another broker: its fields (``type`` included) and an optional payload."""
+
+    fields: dict
+    payload: bytes | None = None
 
 
 class ControlPlane:
@@ -250,7 +259,7 @@ class ControlPlane:
         (wait until :attr:`applied` reaches it).
 
         Raises:
-            zbroker.raft.NotLeader: this broker is not the controller.
+            zbroker.control.raft.NotLeader: this broker is not the controller.
         """
         _, end = self.raft.propose([msgpack.packb(r, use_bin_type=True) for r in records])
         self._drain_raft()

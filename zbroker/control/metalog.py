@@ -3,7 +3,7 @@
 Layout under ``<data_dir>/``::
 
     __cluster_metadata-0/        a storage.Log; every Raft entry is a record whose value is
-                                 a msgpack map (zbroker.metadata records) or empty (the
+                                 a msgpack map (zbroker.control.metadata records) or empty (the
                                  leader-change marker); batch leader_epoch = Raft epoch
     meta/quorum-state            JSON {"epoch", "voted_for", "high_watermark"}, atomic
     meta/<offset>-<epoch>.snapshot   the image as of offset (every record below it applied),
@@ -12,10 +12,10 @@ Layout under ``<data_dir>/``::
 
 A snapshot file is ``ZBSN`` + u32 CRC-32C (big-endian) of the body + the body, a msgpack
 map ``{"offset", "epoch", "records": [bytes]}``: each record a msgpack metadata record
-(zbroker.metadata) that rebuilds the image when applied to an empty one.  Followers that
+(zbroker.control.metadata) that rebuilds the image when applied to an empty one.  Followers that
 fall behind the controller's log start download these bytes as they are (raft.py).
 
-:class:`MetadataLog` adapts a storage.Log to the :class:`zbroker.raft.RaftLog`
+:class:`MetadataLog` adapts a storage.Log to the :class:`zbroker.control.raft.RaftLog`
 interface: a leader's proposal becomes one native batch (so it is appended, and
 replicated, atomically), a follower appends the leader's batches unchanged
 (``assign_offsets=False``), and the log's leader-epoch cache answers "where did
@@ -38,7 +38,7 @@ import msgpack
 
 from storage import FileHandleCache, Log, LogConfig, build_native_batch, decode_native_records, iter_batches, write_atomic
 from storage.batch import parse_header
-from zbroker.raft import ElectionState
+from zbroker.control.raft import ElectionState
 
 log = logging.getLogger(__name__)
 

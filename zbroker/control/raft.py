@@ -58,21 +58,23 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from zbroker import protocol as P
 from zbroker.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
-# Message types: the protocol's (zbroker/protocol.py defines them and their field schemas).
-PRE_VOTE = P.RAFT_PRE_VOTE
-PRE_VOTE_RESPONSE = P.RAFT_PRE_VOTE_RESPONSE
-VOTE = P.RAFT_VOTE
-VOTE_RESPONSE = P.RAFT_VOTE_RESPONSE
-BEGIN_EPOCH = P.RAFT_BEGIN_EPOCH
-FETCH = P.RAFT_FETCH
-FETCH_RESPONSE = P.RAFT_FETCH_RESPONSE
-FETCH_SNAPSHOT = P.RAFT_FETCH_SNAPSHOT
-FETCH_SNAPSHOT_RESPONSE = P.RAFT_FETCH_SNAPSHOT_RESPONSE
+# Message types.  The native protocol carries them under the same names and checks their
+# fields (zbroker/protocol.py, RAFT_SCHEMAS; tests/unit/test_architecture.py keeps the two equal).
+PRE_VOTE = "raft_pre_vote"
+PRE_VOTE_RESPONSE = "raft_pre_vote_response"
+VOTE = "raft_vote"
+VOTE_RESPONSE = "raft_vote_response"
+BEGIN_EPOCH = "raft_begin_epoch"
+FETCH = "raft_fetch"
+FETCH_RESPONSE = "raft_fetch_response"
+FETCH_SNAPSHOT = "raft_fetch_snapshot"
+FETCH_SNAPSHOT_RESPONSE = "raft_fetch_snapshot_response"
+MESSAGE_TYPES = (PRE_VOTE, PRE_VOTE_RESPONSE, VOTE, VOTE_RESPONSE, BEGIN_EPOCH, FETCH, FETCH_RESPONSE, FETCH_SNAPSHOT,
+                 FETCH_SNAPSHOT_RESPONSE)
 
 #: The record a new leader appends first; commits of earlier epochs ride on it.
 #: An empty record: appliers skip it.

@@ -1,8 +1,9 @@
-"""Topic administration: create, delete, alter, add partitions -- through the controller.
+"""Topic administration through the controller: create, delete, alter, add partitions,
+producer ids and ISR changes.
 
 A broker that is not the controller forwards these requests to the controller
-(over its DEALER to that broker) and relays the answer; with no controller known
-it answers NOT_CONTROLLER (retriable).  The controller checks the request against
+(through the :class:`zbroker.context.PeerChannel`) and relays the answer; with no
+controller known it answers NOT_CONTROLLER (retriable).  The controller checks the request against
 its committed image (and the topics already being created or deleted), turns it
 into metadata records, proposes them through Raft and answers only once they are
 committed and applied -- so an acknowledged topic exists on a majority, survives
@@ -12,162 +13,328 @@ any controller failover, and is in this broker's image before the answer leaves.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
-from zbroker import protocol as P
-from zbroker.config import TOPIC_CONFIG, ConfigError, validate_topic_config
-from zbroker.controller import new_topic
-from zbroker.errors import ErrorCode
-from zbroker.metadata import (
+from zbroker.config import TOPIC_CONFIG, ClusterConfig, ConfigError, validate_topic_config
+from zbroker.context import INTERNAL, Completion, PeerChannel, PeerReply, RequestContext
+from zbroker.control.controller import new_topic
+from zbroker.control.controlplane import ControlPlane
+from zbroker.control.metadata import (
     ADD_PARTITIONS_RECORD,
+    PARTITION_CHANGE_RECORD,
+    PRODUCER_IDS_RECORD,
     REMOVE_TOPIC_RECORD,
     TOPIC_CONFIG_RECORD,
     TopicMeta,
     topic_name_problem,
     topic_record,
 )
-from zbroker.purgatory import DelayedOperation
-from zbroker.raft import NotLeader
-
-if TYPE_CHECKING:
-    from zbroker.broker import Broker
+from zbroker.control.raft import NotLeader
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.purgatory import DelayedOperation, Purgatory
 
 log = logging.getLogger(__name__)
 
 META_KEY = "__metadata_applied__"  # purgatory key: the image moved forward
 ADMIN_TIMEOUT_MS = 30_000
+OFFSETS_TOPIC = "__consumer_offsets"
+
+
+# -- the requests (typed; the same objects travel to the controller when forwarded) --------
+
+@dataclass(slots=True)
+class CreateTopic:
+    topic: str
+    partitions: int | None = None
+    replication_factor: int | None = None
+    config: dict = field(default_factory=dict)
+    validate_only: bool = False
+
+
+@dataclass(slots=True)
+class DeleteTopic:
+    topic: str
+
+
+@dataclass(slots=True)
+class AlterTopicConfig:
+    topic: str
+    config: dict  # key -> value, or None to remove an override
+
+
+@dataclass(slots=True)
+class CreatePartitions:
+    topic: str
+    total: int
+
+
+@dataclass(slots=True)
+class InitProducerId:
+    pass
+
+
+@dataclass(slots=True)
+class ProducerId:
+    producer_id: int
+    producer_epoch: int = 0
+
+
+@dataclass(slots=True)
+class AlterIsr:
+    """A leader's ISR change, for the controller to commit."""
+
+    topic: str
+    partition: int
+    leader: int
+    leader_epoch: int
+    isr: list[int]
+
+
+@dataclass(slots=True)
+class CreateInternalTopic:
+    """Ask the controller to create ``__consumer_offsets`` (one-way)."""
+
+    topic: str
+    partitions: int
+    replication_factor: int
+    config: dict
+
+
+AdminRequest = CreateTopic | DeleteTopic | AlterTopicConfig | CreatePartitions | InitProducerId
 
 
 class TopicAdmin:
-    """Mixin of :class:`zbroker.broker.Broker`: the admin request handlers."""
+    """Topic and producer-id administration, as the controller or forwarded to it."""
 
-    def _admin_request(self: Broker, peer, header, fields, frames, now_ms, build) -> dict | None:
-        """Run ``build(fields, now_ms) -> (records, topic names)`` as the controller, or forward the request."""
-        kind, cid = header["type"], header["cid"]
+    def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, purgatory: Purgatory,
+                 peers: PeerChannel) -> None:
+        self.config = config
+        self.broker_id = broker_id
+        self.control = control
+        self.image = control.image
+        self.purgatory = purgatory
+        self.peers = peers
+        self.pending: dict[str, int] = {}  # topic -> metadata offset its create/delete commits at
+        self._pid_reserved = 0  # producer ids handed out by this controller, committed or not
+        self.after_propose: Callable[[int], None] = lambda now_ms: None  # the app applies what committed
+
+    # -- the requests ------------------------------------------------------------------
+
+    def create_topic(self, ctx: RequestContext, req: CreateTopic, now_ms: int) -> Completion | None:
+        return self._run(ctx, req, now_ms, self._build_create)
+
+    def delete_topic(self, ctx: RequestContext, req: DeleteTopic, now_ms: int) -> Completion | None:
+        return self._run(ctx, req, now_ms, self._build_delete)
+
+    def alter_topic_config(self, ctx: RequestContext, req: AlterTopicConfig, now_ms: int) -> Completion | None:
+        return self._run(ctx, req, now_ms, self._build_alter)
+
+    def create_partitions(self, ctx: RequestContext, req: CreatePartitions, now_ms: int) -> Completion | None:
+        return self._run(ctx, req, now_ms, self._build_add_partitions)
+
+    def init_producer_id(self, ctx: RequestContext, now_ms: int) -> Completion[ProducerId]:
+        """A new producer id from the controller's counter in the metadata log."""
         if not self.control.is_controller:
-            return self._forward_to_controller(peer, header, frames, now_ms)
-        records, names = build(fields, now_ms)
-        if not records:  # validate_only, or nothing to change
-            return P.response(kind, cid)
-        return self._admin_commit(peer, header, now_ms, records, lambda: P.response(kind, cid), names)
+            return self._forward(InitProducerId(), now_ms)
+        # ids handed out but not yet committed count too: two requests in one commit
+        # interval must not get the same id
+        pid = max(self.image.next_producer_id, self._pid_reserved)
+        self._pid_reserved = pid + 1
+        return self._commit([{"type": PRODUCER_IDS_RECORD, "next": pid + 1}], now_ms, ProducerId(pid, 0))
 
-    def _admin_commit(self: Broker, peer, header, now_ms, records, make_response, names=()) -> None:
-        """Propose ``records`` as the controller; answer ``make_response()`` once they are committed."""
-        kind, cid = header["type"], header["cid"]
+    def alter_isr(self, ctx: RequestContext, req: AlterIsr, now_ms: int) -> None:
+        """As the controller: commit a leader's ISR change if it still leads in that epoch."""
+        if not self.control.is_controller:
+            raise RequestError(ErrorCode.NOT_CONTROLLER, "not the controller")
+        pm = self.image.partition(req.topic, req.partition)
+        if pm is None or (pm.leader, pm.leader_epoch) != (req.leader, req.leader_epoch):
+            raise RequestError(ErrorCode.FENCED_LEADER_EPOCH, "not the leader of that partition in that epoch")
+        isr = [r for r in pm.replicas if r in req.isr]
+        if pm.leader not in isr:
+            raise RequestError(ErrorCode.INVALID_REQUEST, "the ISR must hold the leader")
+        if isr != pm.isr:
+            self.control.propose([{"type": PARTITION_CHANGE_RECORD, "topic": req.topic, "partition": req.partition,
+                                   "leader": pm.leader, "leader_epoch": pm.leader_epoch, "isr": isr}])
+            self.after_propose(now_ms)
+
+    def propose_isr(self, req: AlterIsr, now_ms: int) -> None:
+        """As a leader: have the controller commit an ISR change (refusals are only logged;
+        the leader proposes again if it still wants the change)."""
+        if self.control.is_controller:
+            try:
+                self.alter_isr(INTERNAL, req, now_ms)
+            except RequestError as exc:
+                log.info("ISR change refused: %s", exc.message)
+        elif self.control.controller >= 0:
+            self.peers.call(self.control.controller, req, _log_isr_refusal, ADMIN_TIMEOUT_MS, now_ms)
+
+    def create_internal_topic(self, ctx: RequestContext, req: CreateInternalTopic, now_ms: int) -> None:
+        """As the controller, at another broker's request: create the offsets topic."""
+        if req.topic != OFFSETS_TOPIC:
+            raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, "only the offsets topic is created this way")
+        if self.control.is_controller and self.image.get(OFFSETS_TOPIC) is None:
+            self.ensure_offsets_topic(now_ms)
+
+    def ensure_offsets_topic(self, now_ms: int) -> None:
+        """Start creating ``__consumer_offsets`` (compacted; as the controller, or asking it)."""
+        if OFFSETS_TOPIC in self.pending:
+            return
+        rf = min(3, len(self.config.brokers))
+        req = CreateInternalTopic(OFFSETS_TOPIC, self.config.setting("offsets_topic_partitions"), rf,
+                                  {"cleanup_policy": "compact", "min_insync_replicas": min(2, rf)})
+        if self.control.is_controller:
+            create = CreateTopic(req.topic, req.partitions, req.replication_factor, req.config)
+            self._propose_now(lambda: self._build_create(create, now_ms, internal=True), now_ms)
+        elif self.control.controller >= 0:
+            self.peers.send(self.control.controller, req)
+
+    def auto_create(self, name: str, now_ms: int) -> None:
+        """Start creating a topic a producer asked for (answers nobody; metadata is retried)."""
+        if name in self.pending or topic_name_problem(name) is not None:
+            return
+        if self.control.is_controller:
+            self._propose_now(lambda: self._build_create(CreateTopic(name), now_ms), now_ms)
+        elif self.control.controller >= 0:
+            self.peers.send(self.control.controller, CreateTopic(name))
+
+    # -- state -------------------------------------------------------------------------
+
+    def known_topic(self, name: str) -> TopicMeta:
+        topic = self.image.get(name)
+        if topic is None or name in self.pending:
+            raise RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
+        return topic
+
+    def prune_pending(self) -> None:
+        """After the image moved: forget creations and deletions that are applied."""
+        applied = self.control.applied
+        for name, end in list(self.pending.items()):
+            if end <= applied or not self.control.is_controller:
+                del self.pending[name]
+
+    # -- as the controller, or forwarded to it -----------------------------------------
+
+    def _run(self, ctx: RequestContext, req, now_ms: int, build) -> Completion | None:
+        """Run ``build(req, now_ms) -> (records, topic names)`` as the controller, or forward."""
+        if not self.control.is_controller:
+            return self._forward(req, now_ms)
+        records, names = build(req, now_ms)
+        if not records:  # validate_only, or nothing to change
+            return None
+        return self._commit(records, now_ms, None, names)
+
+    def _propose_now(self, build, now_ms: int) -> None:
+        """Propose what ``build()`` returns, answering nobody (auto-creation)."""
+        try:
+            records, names = build()
+            end = self.control.propose(records)
+        except (RequestError, NotLeader):
+            return
+        self.pending.update(dict.fromkeys(names, end))
+        self.after_propose(now_ms)
+
+    def _commit(self, records: list[dict], now_ms: int, value, names=()) -> Completion:
+        """Propose ``records`` as the controller; complete with ``value`` once committed."""
         epoch = self.control.epoch
         try:
             end = self.control.propose(records)
         except NotLeader as exc:
-            raise P.RequestError(ErrorCode.NOT_CONTROLLER, str(exc)) from None
-        self._pending_topics.update(dict.fromkeys(names, end))
-        self._reconcile(now_ms)
+            raise RequestError(ErrorCode.NOT_CONTROLLER, str(exc)) from None
+        self.pending.update(dict.fromkeys(names, end))
+        self.after_propose(now_ms)
+        done: Completion = Completion()
 
-        def try_complete() -> bool:
+        def try_complete(now: int) -> bool:
             if self.control.epoch != epoch or not self.control.is_controller:
-                self._reply(peer, P.response(kind, cid, ErrorCode.NOT_CONTROLLER, "controller changed before the change was committed; retry"), [])
+                done.fail_with(ErrorCode.NOT_CONTROLLER, "controller changed before the change was committed; retry")
                 return True
             if self.control.applied >= end:
-                self._reply(peer, make_response(), [])
+                done.complete(value)
                 return True
             return False
 
-        def on_expire() -> None:
-            self._reply(peer, P.response(kind, cid, ErrorCode.REQUEST_TIMED_OUT, "the change was not committed in time (is a majority of brokers up?)"), [])
+        def on_expire(now: int) -> None:
+            done.fail_with(ErrorCode.REQUEST_TIMED_OUT, "the change was not committed in time (is a majority of brokers up?)")
 
-        self.purgatory.park(DelayedOperation(now_ms + ADMIN_TIMEOUT_MS, [META_KEY], try_complete, on_expire))
-        return None
+        self.purgatory.park(DelayedOperation(now_ms + ADMIN_TIMEOUT_MS, [META_KEY], try_complete, on_expire), now_ms)
+        return done
 
-    def _forward_to_controller(self: Broker, peer, header, frames, now_ms) -> dict | None:
+    def _forward(self, req, now_ms: int) -> Completion:
         controller = self.control.controller
         if controller < 0 or controller == self.broker_id:
-            raise P.RequestError(ErrorCode.NOT_CONTROLLER, "no controller elected yet; retry")
-        self._forward_seq += 1
-        fwd_cid = self._forward_seq
-        self._forwards[fwd_cid] = (peer, header["cid"], header["type"], now_ms + ADMIN_TIMEOUT_MS)
-        self.peer_outbox.append((controller, {**header, "cid": fwd_cid}, frames[1:]))
-        return None
+            raise RequestError(ErrorCode.NOT_CONTROLLER, "no controller elected yet; retry")
+        done: Completion = Completion()
 
-    def _forward_reply(self: Broker, header: dict, frames: list[bytes]) -> None:
-        """The controller's answer to a request we forwarded: relay it to the client."""
-        entry = self._forwards.pop(header["cid"], None)
-        if entry is None:
-            return  # timed out already
-        peer, cid, _kind, _deadline = entry
-        self._reply(peer, {**header, "cid": cid}, frames[1:])
+        def on_reply(reply: PeerReply, now: int) -> None:
+            if reply.error:
+                done.fail(RequestError(reply.error, reply.message or "the controller refused the request"))
+            else:
+                done.complete(reply.value)
 
-    def _expire_forwards(self: Broker, now_ms: int) -> None:
-        for fwd_cid, (peer, cid, kind, deadline) in list(self._forwards.items()):
-            if deadline <= now_ms:
-                del self._forwards[fwd_cid]
-                self._reply(peer, P.response(kind, cid, ErrorCode.REQUEST_TIMED_OUT, "the controller did not answer in time"), [])
+        self.peers.call(controller, req, on_reply, ADMIN_TIMEOUT_MS, now_ms)
+        return done
 
-    # -- the requests --------------------------------------------------------------------
+    # -- building metadata records -------------------------------------------------------
 
-    def _checked_overrides(self: Broker, config: dict) -> dict:
+    def _checked_overrides(self, config: dict) -> dict:
         try:
             return validate_topic_config(config)
         except ConfigError as exc:
-            raise P.RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+            raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from None
 
-    def _known_topic(self: Broker, name: str) -> TopicMeta:
-        topic = self.image.get(name)
-        if topic is None or name in self._pending_topics:
-            raise P.RequestError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown topic {name!r}")
-        return topic
-
-    def _build_create(self: Broker, fields: dict, now_ms: int, internal: bool = False):
-        name = fields["topic"]
+    def _build_create(self, req: CreateTopic, now_ms: int, internal: bool = False):
+        name = req.topic
         problem = topic_name_problem(name, allow_internal=internal)
         if problem:
-            raise P.RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, problem)
-        if self.image.get(name) is not None or name in self._pending_topics:
-            raise P.RequestError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
-        partitions = fields.get("partitions")
+            raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, problem)
+        if self.image.get(name) is not None or name in self.pending:
+            raise RequestError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        partitions = req.partitions
         if partitions is None:
             partitions = self.config.default_partitions()
         if not 1 <= partitions <= 100_000:
-            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"partitions must be from 1 to 100000, got {partitions}")
-        rf = fields.get("replication_factor")
+            raise RequestError(ErrorCode.INVALID_PARTITIONS, f"partitions must be from 1 to 100000, got {partitions}")
+        rf = req.replication_factor
         if rf is None:
             rf = self.config.default_replication_factor()
         brokers = [b.id for b in self.config.brokers]
         if not 1 <= rf <= len(brokers):
-            raise P.RequestError(
+            raise RequestError(
                 ErrorCode.INVALID_REPLICATION_FACTOR, f"replication factor {rf} must be from 1 to the {len(brokers)} configured brokers"
             )
-        overrides = self._checked_overrides(fields.get("config") or {})
-        if fields.get("validate_only"):
+        overrides = self._checked_overrides(req.config or {})
+        if req.validate_only:
             return [], ()
         topic = new_topic(self.image, brokers, name, partitions, rf, overrides, self.control.live_brokers(now_ms))
         topic.internal = internal
         log.info("creating topic=%s partitions=%d rf=%d overrides=%s", name, partitions, rf, overrides)
         return [topic_record(topic)], (name,)
 
-    def _build_delete(self: Broker, fields: dict, now_ms: int):
-        topic = self._known_topic(fields["topic"])
+    def _build_delete(self, req: DeleteTopic, now_ms: int):
+        topic = self.known_topic(req.topic)
         log.info("deleting topic=%s", topic.name)
         return [{"type": REMOVE_TOPIC_RECORD, "name": topic.name}], (topic.name,)
 
-    def _build_alter(self: Broker, fields: dict, now_ms: int):
-        topic = self._known_topic(fields["topic"])
-        removals = [k for k, v in fields["config"].items() if v is None]
+    def _build_alter(self, req: AlterTopicConfig, now_ms: int):
+        topic = self.known_topic(req.topic)
+        removals = [k for k, v in req.config.items() if v is None]
         for key in removals:
             if key not in TOPIC_CONFIG:
-                raise P.RequestError(ErrorCode.INVALID_CONFIG, f"{key}: unknown topic setting")
-        changes = self._checked_overrides({k: v for k, v in fields["config"].items() if v is not None})
+                raise RequestError(ErrorCode.INVALID_CONFIG, f"{key}: unknown topic setting")
+        changes = self._checked_overrides({k: v for k, v in req.config.items() if v is not None})
         overrides = {k: v for k, v in topic.overrides.items() if k not in removals}
         overrides.update(changes)
         log.info("altering topic=%s set=%s removed=%s", topic.name, changes, removals)
         return [{"type": TOPIC_CONFIG_RECORD, "name": topic.name, "overrides": overrides}], ()
 
-    def _build_add_partitions(self: Broker, fields: dict, now_ms: int):
-        topic = self._known_topic(fields["topic"])
+    def _build_add_partitions(self, req: CreatePartitions, now_ms: int):
+        topic = self.known_topic(req.topic)
         if topic.internal:
-            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} is internal: its partition count is fixed")
-        total, current = fields["total"], topic.partition_count
+            raise RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} is internal: its partition count is fixed")
+        total, current = req.total, topic.partition_count
         if not current < total <= 100_000:
-            raise P.RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} has {current} partitions: the new total must be more, at most 100000")
+            raise RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} has {current} partitions: the new total must be more, at most 100000")
         brokers = [b.id for b in self.config.brokers]
         rf = len(topic.partitions[0].replicas)
         live = self.control.live_brokers(now_ms)
@@ -177,30 +344,7 @@ class TopicAdmin:
         log.info("adding partitions to topic=%s: %d -> %d", topic.name, current, total)
         return [{"type": ADD_PARTITIONS_RECORD, "name": topic.name, "partitions": [asdict(pm) for pm in added]}], ()
 
-    def _create_partitions(self: Broker, peer, header, fields, frames, now_ms):
-        return self._admin_request(peer, header, fields, frames, now_ms, self._build_add_partitions)
 
-    def _create_topic(self: Broker, peer, header, fields, frames, now_ms):
-        return self._admin_request(peer, header, fields, frames, now_ms, self._build_create)
-
-    def _delete_topic(self: Broker, peer, header, fields, frames, now_ms):
-        return self._admin_request(peer, header, fields, frames, now_ms, self._build_delete)
-
-    def _alter_topic_config(self: Broker, peer, header, fields, frames, now_ms):
-        return self._admin_request(peer, header, fields, frames, now_ms, self._build_alter)
-
-    def _auto_create(self: Broker, name: str, now_ms: int) -> None:
-        """Start creating a topic a producer asked for (answers nobody; metadata is retried)."""
-        if name in self._pending_topics or topic_name_problem(name) is not None:
-            return
-        header = P.request(P.CREATE_TOPIC, 0, topic=name)
-        if self.control.is_controller:
-            try:
-                records, names = self._build_create({"topic": name}, now_ms)
-                end = self.control.propose(records)
-                self._pending_topics.update(dict.fromkeys(names, end))
-                self._reconcile(now_ms)
-            except (P.RequestError, NotLeader):
-                pass
-        elif self.control.controller >= 0:
-            self.peer_outbox.append((self.control.controller, header, []))
+def _log_isr_refusal(reply: PeerReply, now_ms: int) -> None:
+    if reply.error:
+        log.info("ISR change refused: %s", reply.message)

@@ -1,6 +1,6 @@
 """Retention and compaction, run off the request path in bounded slices.
 
-A mixin of :class:`zbroker.broker.Broker`.  Every ``retention_check_ms`` a pass
+Every ``retention_check_ms`` a pass
 starts over every partition this broker holds (leaders and followers alike: each
 replica cleans its own copy).  Each turn of the event loop handles at most
 ``PARTITIONS_PER_TURN`` partitions of the pass, and a compaction pass
@@ -8,7 +8,7 @@ replica cleans its own copy).  Each turn of the event loop handles at most
 bytes per turn before yielding, so the loop never stalls on it:
 
 - ``cleanup_policy`` with ``delete``: whole closed segments past ``retention_ms``
-  or beyond ``retention_bytes`` go (:func:`zbroker.retention.retention_cutoff`),
+  or beyond ``retention_bytes`` go (:func:`zbroker.core.retention.retention_cutoff`),
   never the active one, never above the high watermark; the log start advances.
 - ``cleanup_policy`` with ``compact``: when the share of never-cleaned bytes in the
   closed segments reaches ``min_cleanable_dirty_ratio``, the cleaner
@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 from storage.cleaner import Cleaner, dirty_ratio
-from zbroker.retention import retention_cutoff
-
-if TYPE_CHECKING:
-    from zbroker.broker import Broker
+from zbroker.config import ClusterConfig
+from zbroker.core.partitions import PartitionManager
+from zbroker.core.retention import retention_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +33,26 @@ CLEAN_BYTES_PER_TURN = 1 << 20  # 5-15 ms of reading and decoding on the referen
 
 
 class Housekeeping:
-    """Mixin: the retention and compaction pass."""
+    """The retention and compaction pass over this broker's partitions."""
 
-    def _init_housekeeping(self: Broker, now_ms: int) -> None:
-        self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
+    def __init__(self, config: ClusterConfig, partitions: PartitionManager, now_ms: int) -> None:
+        self.config = config
+        self.partitions = partitions
+        self.logs = partitions.logs
+        self.image = partitions.image
+        self.next_pass_ms = now_ms + config.setting("retention_check_ms")
         self._pass: deque = deque()
-        self._cleaners: dict[tuple[str, int], Cleaner] = {}
+        self.cleaners: dict[tuple[str, int], Cleaner] = {}
+        partitions.on_removed.append(self.forget)
 
-    def _housekeeping(self: Broker, now_ms: int) -> None:
-        if now_ms >= self._next_pass_ms:
-            self._next_pass_ms = now_ms + self.config.setting("retention_check_ms")
+    def next_deadline(self, now_ms: int) -> int:
+        return self.next_pass_ms if not self._pass else now_ms + 10
+
+    def step(self, now_ms: int) -> None:
+        if now_ms >= self.next_pass_ms:
+            self.next_pass_ms = now_ms + self.config.setting("retention_check_ms")
             if not self._pass:
-                self._pass.extend(self.partitions)
+                self._pass.extend(self.partitions.online)
         for _ in range(min(PARTITIONS_PER_TURN, len(self._pass))):
             tp = self._pass.popleft()
             part = self.partitions.get(tp)
@@ -64,12 +70,12 @@ class Housekeeping:
                         self._pass.append(tp)  # unfinished: more next turn
                     if stepped:
                         break  # one cleaning step per turn: that is the turn's budget
-                elif tp in self._cleaners:  # the topic stopped being compacted mid-pass
-                    self._forget_housekeeping(tp)
+                elif tp in self.cleaners:  # the topic stopped being compacted mid-pass
+                    self.forget(tp)
             except Exception:  # never let housekeeping take the event loop down
                 log.exception("housekeeping of %s-%s failed", tp[0], tp[1])
 
-    def _apply_retention(self: Broker, part, settings: dict, now_ms: int) -> None:
+    def _apply_retention(self, part, settings: dict, now_ms: int) -> None:
         lg = part.log
         hw = part.high_watermark if part.is_leader else min(part.high_watermark, lg.log_end_offset)
         cutoff = retention_cutoff(lg.segments_info(), hw, now_ms, settings["retention_ms"], settings["retention_bytes"])
@@ -83,14 +89,14 @@ class Housekeeping:
             log.info("retention: %s-%s deleted %d segment(s), log start %d -> %d", part.topic, part.index, deleted, before,
                      lg.log_start_offset)
 
-    def _compact(self: Broker, part, settings: dict, now_ms: int) -> tuple[bool, bool]:
+    def _compact(self, part, settings: dict, now_ms: int) -> tuple[bool, bool]:
         """One slice of a cleaning pass (started if the partition is dirty enough).
 
         Returns:
             (whether a cleaning step ran, whether this partition needs no more turns).
         """
         lg = part.log
-        cleaner = self._cleaners.get(part.tp)
+        cleaner = self.cleaners.get(part.tp)
         if cleaner is None:
             cleaned_to = self.logs.cleaned_to.get(part.tp, lg.log_start_offset)
             if cleaned_to > lg.log_end_offset:  # the log was truncated since: start over
@@ -100,10 +106,10 @@ class Housekeeping:
             # only below the high watermark: what is above may still be truncated away, and the
             # older copy of its key with it
             hw = min(part.high_watermark, lg.log_end_offset)
-            cleaner = self._cleaners[part.tp] = Cleaner(lg, settings["delete_retention_ms"], max_offset=hw)
+            cleaner = self.cleaners[part.tp] = Cleaner(lg, settings["delete_retention_ms"], max_offset=hw)
         if not cleaner.step(now_ms, CLEAN_BYTES_PER_TURN):
             return True, False
-        del self._cleaners[part.tp]
+        del self.cleaners[part.tp]
         result = cleaner.result()
         if result.segments_cleaned:  # each producer's last batch is kept whole: its state stays valid
             log.info("compaction: %s-%s cleaned %d segment(s), %d -> %d bytes, %d records removed%s", part.topic,
@@ -113,9 +119,9 @@ class Housekeeping:
             self.logs.cleaned_to[part.tp] = result.cleaned_up_to
         return True, True
 
-    def _forget_housekeeping(self: Broker, tp: tuple[str, int]) -> None:
+    def forget(self, tp: tuple[str, int]) -> None:
         """The partition left this broker, or stopped being compacted: drop its cleaning pass
         (LogManager.delete forgets where its last pass ended)."""
-        cleaner = self._cleaners.pop(tp, None)
+        cleaner = self.cleaners.pop(tp, None)
         if cleaner is not None:
             cleaner.abort()

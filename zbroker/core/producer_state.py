@@ -1,7 +1,7 @@
 """Idempotent producers: producer ids, and per-partition sequence checks (Kafka's model).
 
-A producer asks any broker for a producer id (``init_producer_id``); the
-controller hands out ids from a counter kept in the metadata log, so an id is
+A producer asks any broker for a producer id (``init_producer_id``, served by
+:mod:`zbroker.control.topicadmin`); the controller hands out ids from a counter kept in the metadata log, so an id is
 never given twice, across failovers and restarts.  The producer numbers the
 records it sends to each partition (``base_sequence`` in the batch header,
 counting records from 0) and resends a batch with the same numbers.
@@ -25,16 +25,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from storage import parse_header
-from zbroker import protocol as P
-from zbroker.errors import ErrorCode
-from zbroker.metadata import PRODUCER_IDS_RECORD
-from zbroker.partition import Partition
-
-if TYPE_CHECKING:
-    from zbroker.broker import Broker
+from zbroker.core.partition import Partition
+from zbroker.errors import ErrorCode, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +57,16 @@ def check(producers: dict[int, ProducerEntry], pid: int, epoch: int, first_seq: 
     """Check a batch before it is appended: the offset of its duplicate, or None to append.
 
     Raises:
-        P.RequestError: INVALID_PRODUCER_EPOCH or OUT_OF_ORDER_SEQUENCE_NUMBER.
+        RequestError: INVALID_PRODUCER_EPOCH or OUT_OF_ORDER_SEQUENCE_NUMBER.
     """
     entry = producers.get(pid)
     if entry is None:
         return None  # a producer this partition has not seen (or whose state expired): accept
     if epoch < entry.epoch:
-        raise P.RequestError(ErrorCode.INVALID_PRODUCER_EPOCH, f"producer {pid} epoch {epoch} is older than {entry.epoch}")
+        raise RequestError(ErrorCode.INVALID_PRODUCER_EPOCH, f"producer {pid} epoch {epoch} is older than {entry.epoch}")
     if epoch > entry.epoch:
         if first_seq != 0:
-            raise P.RequestError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: a new epoch must start at sequence 0")
+            raise RequestError(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: a new epoch must start at sequence 0")
         return None
     last_seq = (first_seq + count - 1) % SEQ_MOD
     for first, last, base in entry.batches:
@@ -80,7 +74,7 @@ def check(producers: dict[int, ProducerEntry], pid: int, epoch: int, first_seq: 
             return base
     expected = (entry.last_seq() + 1) % SEQ_MOD
     if first_seq != expected:
-        raise P.RequestError(
+        raise RequestError(
             ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, f"producer {pid}: expected sequence {expected}, got {first_seq}"
         )
     return None
@@ -96,33 +90,29 @@ def rebuild(part: Partition) -> dict[int, ProducerEntry]:
     return producers
 
 
-class ProducerStateMixin:
-    """Mixin of :class:`zbroker.broker.Broker`."""
+def producers_of(part: Partition) -> dict[int, ProducerEntry]:
+    """The partition's producer state, rebuilt from its batch headers on first use or after a truncation."""
+    if part.producers is None:
+        part.producers = rebuild(part)
+    return part.producers
 
-    def _producers_of(self: Broker, part: Partition) -> dict[int, ProducerEntry]:
-        if part.producers is None:  # first use, or the log was truncated
-            part.producers = rebuild(part)
-        return part.producers
 
-    def _producer_check(self: Broker, part: Partition, batch: bytes) -> int | None:
-        if len(batch) < 61:
-            return None
-        h = parse_header(batch)
-        if h.producer_id < 0 or h.base_sequence < 0:
-            return None
-        return check(self._producers_of(part), h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+def check_batch(part: Partition, batch) -> int | None:
+    """Check a batch a leader is about to append: the offset of its duplicate, or None to append.
 
-    def _producer_appended(self: Broker, part: Partition, batch, base_offset: int) -> None:
-        h = parse_header(batch)
-        if h.producer_id >= 0 and h.base_sequence >= 0:
-            record(self._producers_of(part), h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, base_offset)
+    Raises:
+        RequestError: INVALID_PRODUCER_EPOCH or OUT_OF_ORDER_SEQUENCE_NUMBER.
+    """
+    if len(batch) < 61:
+        return None
+    h = parse_header(batch)
+    if h.producer_id < 0 or h.base_sequence < 0:
+        return None
+    return check(producers_of(part), h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
 
-    def _init_producer_id(self: Broker, peer, header, fields, frames, now_ms):
-        if not self.control.is_controller:
-            return self._forward_to_controller(peer, header, frames, now_ms)
-        # ids handed out but not yet committed count too: two requests in one commit
-        # interval must not get the same id
-        pid = max(self.image.next_producer_id, self._pid_reserved)
-        self._pid_reserved = pid + 1
-        return self._admin_commit(peer, header, now_ms, [{"type": PRODUCER_IDS_RECORD, "next": pid + 1}],
-                                  lambda: P.response(P.INIT_PRODUCER_ID, header["cid"], producer_id=pid, producer_epoch=0))
+
+def note_appended(part: Partition, batch, base_offset: int) -> None:
+    """Remember an appended batch's producer and sequence range (leaders and followers)."""
+    h = parse_header(batch)
+    if h.producer_id >= 0 and h.base_sequence >= 0:
+        record(producers_of(part), h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, base_offset)

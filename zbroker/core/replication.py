@@ -1,13 +1,14 @@
 """Follower side of replication: fetching from partition leaders (pure decisions).
 
 A broker that holds a replica of a partition led elsewhere fetches it from the
-leader with ordinary ``fetch`` requests carrying its ``replica_id``, one request
+leader with ordinary fetch requests (:class:`zbroker.core.fetch.FetchRequest`) carrying
+its ``replica_id``, sent through the broker's :class:`zbroker.context.PeerChannel`, one request
 in flight per leader broker covering every partition it follows there (long
 polls, so an append on the leader wakes them at once).  Each partition in the
 request names the follower's log end (``offset``), the leader epoch it believes
 current (``leader_epoch``) and the epoch of its last record (``last_fetched_epoch``).
 
-The leader answers per partition (zbroker/broker.py, ``_replica_read``):
+The leader answers per partition (:mod:`zbroker.core.fetch`):
 
 - records from ``offset`` on (whole stored batches, unchanged: the follower
   appends them with their offsets and leader epochs) and its high watermark;
@@ -16,6 +17,10 @@ The leader answers per partition (zbroker/broker.py, ``_replica_read``):
   that epoch end and fetches again -- never by high watermark;
 - FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH / NOT_LEADER_OR_FOLLOWER when the two
   disagree on the leader epoch: the follower waits until its metadata moves on.
+
+:class:`Replication` is the service around it: every ``REPLICATION_CHECK_MS`` it sends
+the fetches :class:`ReplicaFetcher` asks for and, as a leader, proposes ISR changes
+(followers lagging more than ``replica_lag_ms``, or caught up again) to the controller.
 """
 
 from __future__ import annotations
@@ -24,45 +29,55 @@ import logging
 from dataclasses import dataclass
 
 from storage import CorruptBatchError, OffsetMismatch, iter_batches
+from zbroker.config import ClusterConfig
+from zbroker.context import PeerChannel, PeerReply
+from zbroker.control.controlplane import ControlPlane
+from zbroker.control.topicadmin import AlterIsr, TopicAdmin
+from zbroker.core.fetch import FetchedPartition, FetchPartition, FetchRequest, FetchResult
+from zbroker.core.partition import Partition
+from zbroker.core.partitions import PartitionManager
+from zbroker.core.producer_state import note_appended
 from zbroker.errors import ErrorCode
-from zbroker.partition import Partition
 
 log = logging.getLogger(__name__)
 
 REPLICA_FETCH_MAX_WAIT_MS = 500
 REPLICA_FETCH_MAX_BYTES = 8 << 20
 PARTITION_FETCH_MAX_BYTES = 4 << 20
+REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
+ISR_PROPOSAL_TIMEOUT_MS = 5_000  # an unanswered ISR proposal is thought over again after this
+
+TP = tuple[str, int]
 
 
 @dataclass
 class InFlight:
-    cid: int
     leader: int
     sent_ms: int
-    tps: list[tuple[str, int]]
+    tps: list[TP]
 
 
 class ReplicaFetcher:
-    """Builds follower fetches and applies their answers."""
+    """Builds follower fetches and applies their answers (pure: no I/O, time passed in)."""
 
     def __init__(self, broker_id: int, request_timeout_ms: int = 5000) -> None:
         self.broker_id = broker_id
         self.request_timeout_ms = request_timeout_ms
-        self.in_flight: dict[int, InFlight] = {}  # by cid
-        self._paused: dict[tuple[str, int], int] = {}  # tp -> leader epoch it was paused at
-        self._cid = 0
+        self.in_flight: dict[int, InFlight] = {}  # by fetch number
+        self._paused: dict[TP, int] = {}  # tp -> leader epoch it was paused at
+        self._seq = 0
 
-    def requests(self, partitions: dict[tuple[str, int], Partition], live: set[int], now_ms: int) -> list[tuple[int, dict]]:
-        """Fetch requests to send now: ``[(leader_id, header)]``.
+    def requests(self, partitions: dict[TP, Partition], live: set[int], now_ms: int) -> list[tuple[int, int, FetchRequest]]:
+        """Fetches to send now: ``[(fetch number, leader id, request)]``.
 
         Normally one request is in flight per leader, covering every partition followed
         there; a partition that starts being followed while that request is parked (a new
         topic, a leadership change) gets a request of its own at once rather than waiting
         up to the long-poll time for the next round.
         """
-        for cid, flight in list(self.in_flight.items()):
+        for seq, flight in list(self.in_flight.items()):
             if now_ms - flight.sent_ms > REPLICA_FETCH_MAX_WAIT_MS + self.request_timeout_ms:
-                del self.in_flight[cid]  # lost: ask again
+                del self.in_flight[seq]  # lost: ask again
         covered = {(tp, f.leader) for f in self.in_flight.values() for tp in f.tps}  # a moved partition is not covered
         by_leader: dict[int, list[Partition]] = {}
         for tp, part in partitions.items():
@@ -75,68 +90,46 @@ class ReplicaFetcher:
         for leader, parts in by_leader.items():
             if leader not in live:
                 continue
-            self._cid += 1
-            specs = [
-                {
-                    "topic": p.topic,
-                    "partition": p.index,
-                    "offset": p.log.log_end_offset,
-                    "leader_epoch": p.leader_epoch,
-                    "last_fetched_epoch": _last_epoch(p),
-                    "max_bytes": PARTITION_FETCH_MAX_BYTES,
-                }
-                for p in parts
-            ]
-            header = {
-                "v": 1,
-                "type": "fetch",
-                "cid": self._cid,
-                "replica_id": self.broker_id,
-                "max_wait_ms": REPLICA_FETCH_MAX_WAIT_MS,
-                "min_bytes": 1,
-                "max_bytes": REPLICA_FETCH_MAX_BYTES,
-                "partitions": specs,
-            }
-            self.in_flight[self._cid] = InFlight(self._cid, leader, now_ms, [p.tp for p in parts])
-            out.append((leader, header))
+            self._seq += 1
+            specs = [FetchPartition(p.topic, p.index, p.log.log_end_offset, PARTITION_FETCH_MAX_BYTES, p.leader_epoch,
+                                    _last_epoch(p)) for p in parts]
+            req = FetchRequest(specs, max_wait_ms=REPLICA_FETCH_MAX_WAIT_MS, min_bytes=1, max_bytes=REPLICA_FETCH_MAX_BYTES,
+                               replica_id=self.broker_id)
+            self.in_flight[self._seq] = InFlight(leader, now_ms, [p.tp for p in parts])
+            out.append((self._seq, leader, req))
         return out
 
-    def owns(self, cid: int) -> bool:
-        return cid in self.in_flight
-
-    def forget(self, tp: tuple[str, int]) -> None:
+    def forget(self, tp: TP) -> None:
         """The partition left this broker."""
         self._paused.pop(tp, None)
 
-    def on_response(self, header: dict, payloads: list[bytes], partitions: dict[tuple[str, int], Partition], now_ms: int,
-                    on_append=None) -> list[tuple[str, int]]:
+    def on_response(self, seq: int, error: int, message: str | None, result: FetchResult | None,
+                    partitions: dict[TP, Partition], now_ms: int, on_append=None) -> list[TP]:
         """Apply a fetch answer; returns the partitions whose high watermark moved.
-
         ``on_append(partition, batch, base_offset)`` sees every appended batch (producer state)."""
-        flight = self.in_flight.pop(header.get("cid"), None)
+        flight = self.in_flight.pop(seq, None)
         if flight is None:
             return []
         moved = []
-        if header.get("error"):
-            log.warning("replica fetch from broker %s failed: %s", flight.leader, header.get("error_message"))
+        if error or result is None:
+            log.warning("replica fetch from broker %s failed: %s", flight.leader, message)
             return moved
-        for i, entry in enumerate(header.get("partitions") or ()):
-            tp = (entry.get("topic"), entry.get("partition"))
+        for entry in result.partitions:
+            tp = (entry.topic, entry.partition)
             part = partitions.get(tp)
             if part is None or part.leader != flight.leader or part.is_leader:
                 continue  # metadata moved on while the fetch was out
-            data = payloads[i] if i < len(payloads) else b""
-            if self._apply(part, entry, data, now_ms, on_append):
+            if self._apply(part, entry, now_ms, on_append):
                 moved.append(tp)
         return moved
 
-    def _apply(self, part: Partition, entry: dict, data: bytes, now_ms: int, on_append=None) -> bool:
-        error = entry.get("error", 0)
+    def _apply(self, part: Partition, entry: FetchedPartition, now_ms: int, on_append=None) -> bool:
+        error = entry.error
         if error in (ErrorCode.FENCED_LEADER_EPOCH, ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER):
             self._paused[part.tp] = part.leader_epoch  # until our metadata names a new epoch
             return False
         if error == ErrorCode.OFFSET_OUT_OF_RANGE:
-            start = entry.get("log_start_offset", -1)
+            start = entry.log_start_offset
             if start > part.log.log_end_offset:
                 log.info("replica %s-%s is behind the leader's log start %d: starting over there", *part.tp, start)
                 part.log.truncate_fully_and_start_at(start)
@@ -144,15 +137,15 @@ class ReplicaFetcher:
             return False
         if error:
             return False
-        diverging = entry.get("diverging")
-        if diverging:
-            epoch, end = diverging
+        if entry.diverging:
+            epoch, end = entry.diverging
             own = part.log.leader_epoch_cache.end_offset_for(epoch, part.log.log_end_offset)[1]
             target = max(part.log.log_start_offset, min(end, own if own >= 0 else end, part.log.log_end_offset))
             log.info("replica %s-%s truncating to %d (diverged from the leader at epoch %d)", *part.tp, target, epoch)
             part.log.truncate_to(target)
             part.producers = None  # rebuilt from what is left
             return False
+        data = entry.data
         if data:
             view = memoryview(data)
             try:
@@ -166,9 +159,72 @@ class ReplicaFetcher:
             except (CorruptBatchError, OffsetMismatch) as exc:
                 log.error("replica %s-%s: bad data from leader %s: %s", *part.tp, part.leader, exc)
                 return False
-        return part.follower_high_watermark(entry.get("high_watermark", 0))
+        return part.follower_high_watermark(max(entry.high_watermark, 0))
 
 
 def _last_epoch(part: Partition) -> int:
     epoch = part.log.leader_epoch_cache.latest_epoch
     return epoch if epoch is not None else -1
+
+
+class Replication:
+    """Follower fetching and, as a leader, ISR upkeep."""
+
+    def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, partitions: PartitionManager,
+                 admin: TopicAdmin, peers: PeerChannel) -> None:
+        self.config = config
+        self.control = control
+        self.partitions = partitions
+        self.admin = admin
+        self.peers = peers
+        self.fetcher = ReplicaFetcher(broker_id)
+        self.next_check_ms = 0
+        partitions.on_removed.append(self.fetcher.forget)
+
+    def step(self, now_ms: int) -> None:
+        """From the timer: follower fetches and ISR changes, each at most every
+        ``REPLICATION_CHECK_MS`` (both walk every partition: not on every loop turn)."""
+        if now_ms < self.next_check_ms:
+            return
+        self.next_check_ms = now_ms + REPLICATION_CHECK_MS
+        self.send_fetches(now_ms)
+        self.check_isr(now_ms)
+
+    def next_deadline(self) -> int | None:
+        return self.next_check_ms if self.partitions.online else None
+
+    def send_fetches(self, now_ms: int) -> None:
+        """Follower fetches to every leader that has none in flight (or a partition not covered)."""
+        if not self.control.ready:
+            return  # see ControlPlane.ready
+        live = self.control.live_brokers(now_ms)
+        timeout = REPLICA_FETCH_MAX_WAIT_MS + self.fetcher.request_timeout_ms
+        for seq, leader, req in self.fetcher.requests(self.partitions.online, live, now_ms):
+            self.peers.call(leader, req, lambda reply, now, seq=seq: self._on_fetched(seq, reply, now), timeout, now_ms)
+
+    def _on_fetched(self, seq: int, reply: PeerReply, now_ms: int) -> None:
+        moved = self.fetcher.on_response(seq, reply.error, reply.message, reply.value, self.partitions.online, now_ms,
+                                         note_appended)
+        for tp in moved:
+            self.partitions.logs.high_watermarks[tp] = self.partitions.online[tp].high_watermark
+        self.send_fetches(now_ms)  # fetch again at once: the leader long-polls
+
+    def check_isr(self, now_ms: int) -> None:
+        """As a leader: propose ISR changes (followers lagging, or caught up again)."""
+        if not self.control.ready:
+            return
+        live = self.control.live_brokers(now_ms)
+        lag = self.config.setting("replica_lag_ms")
+        for part in self.partitions.online.values():
+            if not part.is_leader:
+                continue
+            if part.pending_isr is not None and now_ms - part.pending_since_ms > ISR_PROPOSAL_TIMEOUT_MS:
+                part.pending_isr = None  # lost or refused: think again
+            proposal = part.isr_proposal(now_ms, lag, live)
+            if proposal is None:
+                continue
+            log.info("partition %s-%s proposes isr %s (was %s)", part.topic, part.index, proposal, part.isr)
+            part.pending_isr, part.pending_since_ms = proposal, now_ms
+            if part.update_high_watermark():
+                self.partitions.hw_moved(part, now_ms)
+            self.admin.propose_isr(AlterIsr(part.topic, part.index, self.control.broker_id, part.leader_epoch, proposal), now_ms)

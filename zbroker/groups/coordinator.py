@@ -1,4 +1,4 @@
-"""Group coordination on a broker: which broker coordinates a group, and its requests.
+"""The group coordinator: which broker coordinates a group, and the group requests.
 
 A group's coordinator is the leader of partition ``murmur2(group) % N`` of the
 internal topic ``__consumer_offsets`` (N = ``offsets_topic_partitions``; the
@@ -15,38 +15,99 @@ Record keys and values (msgpack)::
     ["m", group, member_id]        -> Member.to_record() | nil          a member (nil: removed)
     ["g", group]                   -> {"epoch"} | nil                   the group (nil: deleted)
 
-The state machine itself is :mod:`zbroker.groups`.
+The state machine itself is :mod:`zbroker.groups.group`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import msgpack
 
 from storage import build_native_batch, decode_native_records, iter_batches
-from zbroker import protocol as P
-from zbroker.errors import ErrorCode
-from zbroker.groups import Group, GroupError, Member
+from zbroker.config import ClusterConfig
+from zbroker.context import Completion, RequestContext
+from zbroker.control.controlplane import ControlPlane
+from zbroker.control.topicadmin import OFFSETS_TOPIC, TopicAdmin
+from zbroker.core.partition import Partition
+from zbroker.core.partitions import PartitionManager
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.groups.group import Group, GroupError, HeartbeatAnswer, Member, MemberHeartbeat
 from zbroker.hashing import positive_hash_mod
-from zbroker.partition import Partition
-from zbroker.purgatory import DelayedOperation
-
-if TYPE_CHECKING:
-    from zbroker.broker import Broker
+from zbroker.purgatory import DelayedOperation, Purgatory
 
 log = logging.getLogger(__name__)
 
-OFFSETS_TOPIC = "__consumer_offsets"
 GROUP_WRITE_TIMEOUT_MS = 10_000
+TP = tuple[str, int]
 
 
-def _check_pairs(name: str, pairs) -> None:
-    for i, tp in enumerate(pairs or ()):
-        if not (isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
-                and not isinstance(tp[1], bool)):
-            raise P.RequestError(ErrorCode.INVALID_REQUEST, f"field '{name}[{i}]' must be [topic, partition]")
+# -- typed requests and answers --------------------------------------------------------
+
+@dataclass(slots=True)
+class Coordinator:
+    broker_id: int
+    host: str
+    port: int
+
+
+@dataclass(slots=True)
+class HeartbeatResult:
+    answer: HeartbeatAnswer
+    heartbeat_interval_ms: int
+
+
+@dataclass(slots=True)
+class CommitOffset:
+    topic: str
+    partition: int
+    offset: int
+    metadata: str = ""
+
+
+@dataclass(slots=True)
+class OffsetCommit:
+    group: str
+    offsets: list[CommitOffset]
+    member_id: str = ""
+    member_epoch: int = -1  # -1 with no member id: an admin commit (the group must be empty)
+
+
+@dataclass(slots=True)
+class CommittedOffset:
+    topic: str
+    partition: int
+    offset: int  # -1: none committed
+    metadata: str = ""
+
+
+@dataclass(slots=True)
+class GroupListing:
+    group: str
+    state: str
+    members: int
+
+
+@dataclass(slots=True)
+class MemberDetail:
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    topics: list[str]
+    member_epoch: int
+    assignment: list[TP]
+    revoking: list[TP]
+
+
+@dataclass(slots=True)
+class GroupDetail:
+    group: str
+    state: str
+    group_epoch: int
+    assignor: str | None
+    members: list[MemberDetail] = field(default_factory=list)
+    offsets: list[CommittedOffset] = field(default_factory=list)
 
 
 def _pack(obj) -> bytes:
@@ -54,86 +115,75 @@ def _pack(obj) -> bytes:
 
 
 class GroupCoordinator:
-    """Mixin of :class:`zbroker.broker.Broker`."""
+    """The groups whose ``__consumer_offsets`` partition this broker leads."""
+
+    def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, partitions: PartitionManager,
+                 admin: TopicAdmin, purgatory: Purgatory) -> None:
+        self.config = config
+        self.broker_id = broker_id
+        self.control = control
+        self.image = control.image
+        self.partitions = partitions
+        self.admin = admin
+        self.purgatory = purgatory
+        self.groups: dict[str, Group] = {}  # the groups this broker coordinates
+        self.offsets: dict[str, dict[TP, tuple[int, str]]] = {}  # group -> {(topic, partition): (offset, metadata)}
+        self._index: dict[str, int] = {}  # group -> its __consumer_offsets partition
+        self.loaded: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
 
     # -- placement ---------------------------------------------------------------------
 
-    def _offsets_partition_of(self: Broker, group: str) -> int:
+    def _offsets_partition_of(self, group: str) -> int:
         return positive_hash_mod(group.encode(), self.config.setting("offsets_topic_partitions"))
 
-    def _find_coordinator(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
+    def find_coordinator(self, ctx: RequestContext, group: str, now_ms: int) -> Coordinator:
         if not group:
-            raise P.RequestError(ErrorCode.INVALID_GROUP_ID, "group must be a non-empty string")
+            raise RequestError(ErrorCode.INVALID_GROUP_ID, "group must be a non-empty string")
         topic = self.image.get(OFFSETS_TOPIC)
         if topic is None:
-            self._create_offsets_topic(now_ms)
-            raise P.RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "creating the offsets topic; retry")
+            self.admin.ensure_offsets_topic(now_ms)
+            raise RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "creating the offsets topic; retry")
         pm = topic.partitions[self._offsets_partition_of(group) % len(topic.partitions)]
         if pm.leader < 0:
-            raise P.RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "the group's offsets partition has no leader; retry")
+            raise RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "the group's offsets partition has no leader; retry")
         b = self.config.broker(pm.leader)
-        return P.response(P.FIND_COORDINATOR, header["cid"], coordinator=b.id, host=b.host, port=b.port)
+        return Coordinator(b.id, b.host, b.port)
 
-    def _create_offsets_topic(self: Broker, now_ms: int) -> None:
-        rf = min(3, len(self.config.brokers))
-        fields = {"topic": OFFSETS_TOPIC, "partitions": self.config.setting("offsets_topic_partitions"),
-                  "replication_factor": rf, "config": {"cleanup_policy": "compact", "min_insync_replicas": min(2, rf)}}
-        if OFFSETS_TOPIC in self._pending_topics:
-            return
-        if self.control.is_controller:
-            try:
-                records, names = self._build_create(fields, now_ms, internal=True)
-                end = self.control.propose(records)
-                self._pending_topics.update(dict.fromkeys(names, end))
-                self._reconcile(now_ms)
-            except P.RequestError:
-                pass
-        elif self.control.controller >= 0:
-            self.peer_outbox.append((self.control.controller, P.request(P.CREATE_INTERNAL_TOPIC, 0, **fields), []))
-
-    def _create_internal_topic(self: Broker, peer, header, fields, frames, now_ms):
-        if fields["topic"] != OFFSETS_TOPIC:
-            raise P.RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, "only the offsets topic is created this way")
-        if self.control.is_controller and self.image.get(OFFSETS_TOPIC) is None:
-            self._create_offsets_topic(now_ms)
-        return None
-
-    def _group_partition(self: Broker, group: str) -> Partition:
+    def _group_partition(self, group: str, now_ms: int) -> Partition:
         """The offsets partition this broker coordinates ``group`` through, or NOT_COORDINATOR."""
         if not group:
-            raise P.RequestError(ErrorCode.INVALID_GROUP_ID, "group must be a non-empty string")
+            raise RequestError(ErrorCode.INVALID_GROUP_ID, "group must be a non-empty string")
         topic = self.image.get(OFFSETS_TOPIC)
         if topic is None:
-            raise P.RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "no offsets topic yet")
+            raise RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "no offsets topic yet")
         index = self._offsets_partition_of(group) % len(topic.partitions)
         part = self.partitions.get((OFFSETS_TOPIC, index))
         if part is None or not part.is_leader or not self.control.ready:
-            raise P.RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} does not coordinate group {group!r}")
-        if not self.control.in_contact(self._now()):
+            raise RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} does not coordinate group {group!r}")
+        if not self.control.in_contact(now_ms):
             # maybe deposed without knowing: answering from memory could confirm an assignment
             # the new coordinator has already handed to another member
-            raise P.RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} lost contact with the controller")
-        if index not in self._loaded_offsets:
-            raise P.RequestError(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "loading the group's state; retry")
+            raise RequestError(ErrorCode.NOT_COORDINATOR, f"broker {self.broker_id} lost contact with the controller")
+        if index not in self.loaded:
+            raise RequestError(ErrorCode.COORDINATOR_LOAD_IN_PROGRESS, "loading the group's state; retry")
         return part
 
     # -- loading ------------------------------------------------------------------------
 
-    def _sync_coordination(self: Broker, now_ms: int) -> None:
+    def sync(self, now_ms: int) -> None:
         """Load the groups of offsets partitions this broker now leads; drop the others."""
-        led = {tp[1] for tp, part in self.partitions.items() if tp[0] == OFFSETS_TOPIC and part.is_leader}
-        for index in sorted(self._loaded_offsets - led):
-            self._loaded_offsets.discard(index)
-            for name in [g for g, idx in self._group_index.items() if idx == index]:
+        led = {tp[1] for tp, part in self.partitions.online.items() if tp[0] == OFFSETS_TOPIC and part.is_leader}
+        for index in sorted(self.loaded - led):
+            self.loaded.discard(index)
+            for name in [g for g, idx in self._index.items() if idx == index]:
                 self.groups.pop(name, None)
-                self.group_offsets.pop(name, None)
-                del self._group_index[name]
+                self.offsets.pop(name, None)
+                del self._index[name]
             log.info("no longer coordinating the groups of %s-%d", OFFSETS_TOPIC, index)
-        for index in sorted(led - self._loaded_offsets):
-            self._load_offsets_partition(self.partitions[(OFFSETS_TOPIC, index)], index, now_ms)
+        for index in sorted(led - self.loaded):
+            self._load(self.partitions.online[(OFFSETS_TOPIC, index)], index, now_ms)
 
-    def _load_offsets_partition(self: Broker, part: Partition, index: int, now_ms: int) -> None:
+    def _load(self, part: Partition, index: int, now_ms: int) -> None:
         lg, offset, count = part.log, part.log.log_start_offset, 0
         session = self.config.setting("group_max_session_timeout_ms")
         while offset < lg.log_end_offset:
@@ -143,26 +193,26 @@ class GroupCoordinator:
             for pos, h in iter_batches(data):
                 for _off, _ts, key, value, _hdr in decode_native_records(data[pos : pos + h.size]):
                     try:
-                        self._apply_group_record(msgpack.unpackb(key, raw=False), msgpack.unpackb(value, raw=False) if value else None,
-                                                 index, now_ms, session)
+                        self._apply_record(msgpack.unpackb(key, raw=False), msgpack.unpackb(value, raw=False) if value else None,
+                                           index, now_ms, session)
                         count += 1
                     except Exception as exc:  # one bad record must not lose the rest
                         log.error("skipping an unreadable group record in %s-%d: %s", OFFSETS_TOPIC, index, exc)
                 offset = h.next_offset
-        self._loaded_offsets.add(index)
+        self.loaded.add(index)
         log.info("coordinating the groups of %s-%d: %d records, %d groups", OFFSETS_TOPIC, index, count,
-                 sum(1 for i in self._group_index.values() if i == index))
+                 sum(1 for i in self._index.values() if i == index))
 
-    def _apply_group_record(self: Broker, key: list, value, index: int, now_ms: int, session_ms: int) -> None:
+    def _apply_record(self, key: list, value, index: int, now_ms: int, session_ms: int) -> None:
         kind, group = key[0], key[1]
-        self._group_index[group] = index
+        self._index[group] = index
         g = self.groups.setdefault(group, Group(group))
         if kind == "o":
             tp = (key[2], key[3])
             if value is None:
-                self.group_offsets.get(group, {}).pop(tp, None)
+                self.offsets.get(group, {}).pop(tp, None)
             else:
-                self.group_offsets.setdefault(group, {})[tp] = (value["offset"], value.get("metadata") or "")
+                self.offsets.setdefault(group, {})[tp] = (value["offset"], value.get("metadata") or "")
         elif kind == "m":
             if value is None:
                 g.members.pop(key[2], None)
@@ -172,40 +222,40 @@ class GroupCoordinator:
         elif kind == "g":
             if value is None:
                 self.groups.pop(group, None)
-                self.group_offsets.pop(group, None)
-                self._group_index.pop(group, None)
+                self.offsets.pop(group, None)
+                self._index.pop(group, None)
             else:
                 g.epoch = max(g.epoch, value["epoch"])
 
     # -- writing ------------------------------------------------------------------------
 
-    def _write_group_records(self: Broker, part: Partition, records: list[tuple[list, object]], now_ms: int) -> int:
+    def _write(self, part: Partition, records: list[tuple[list, object]], now_ms: int) -> int:
         batch = build_native_batch([(now_ms, _pack(k), None if v is None else _pack(v), None) for k, v in records])
         info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
-        if part.update_high_watermark():
-            self._hw_moved(part)
-        else:
-            self.purgatory.check(part.tp)  # followers waiting for data
+        self.partitions.changed(part, now_ms)
         return info.last_offset + 1
 
-    def _when_replicated(self: Broker, part: Partition, end: int, now_ms: int, peer, kind: str, cid: int, make) -> None:
-        """Answer ``make()`` once ``end`` is below the partition's high watermark (or an error)."""
+    def _when_replicated(self, part: Partition, end: int, now_ms: int, value) -> Completion:
+        """A completion settled with ``value`` once ``end`` is below the partition's high
+        watermark (or with an error)."""
+        done: Completion = Completion()
 
         def settle(final: bool) -> bool:
             if not part.is_leader or self.partitions.get(part.tp) is not part:
-                self._reply(peer, P.response(kind, cid, ErrorCode.NOT_COORDINATOR, "the coordinator moved; retry"), [])
-                return True
-            if part.high_watermark >= end:
-                self._reply(peer, make(), [])
-                return True
-            if final:
-                self._reply(peer, P.response(kind, cid, ErrorCode.COORDINATOR_NOT_AVAILABLE, "could not replicate the group's state in time"), [])
-                return True
-            return False
+                done.fail_with(ErrorCode.NOT_COORDINATOR, "the coordinator moved; retry")
+            elif part.high_watermark >= end:
+                done.complete(value)
+            elif final:
+                done.fail_with(ErrorCode.COORDINATOR_NOT_AVAILABLE, "could not replicate the group's state in time")
+            else:
+                return False
+            return True
 
-        self.purgatory.park(DelayedOperation(now_ms + GROUP_WRITE_TIMEOUT_MS, [part.tp], lambda: settle(False), lambda: settle(True)))
+        self.purgatory.park(DelayedOperation(now_ms + GROUP_WRITE_TIMEOUT_MS, [part.tp], lambda now: settle(False),
+                                             lambda now: settle(True)), now_ms)
+        return done
 
-    def _member_records(self: Broker, g: Group, changed, removed, session_ms: int) -> list:
+    def _member_records(self, g: Group, changed, removed, session_ms: int) -> list:
         records = [(["g", g.group_id], {"epoch": g.epoch})]
         for mid in changed:
             m = g.members.get(mid)
@@ -216,130 +266,116 @@ class GroupCoordinator:
 
     # -- requests -----------------------------------------------------------------------
 
-    def _partitions_of(self: Broker, topic: str) -> int | None:
+    def _partitions_of(self, topic: str) -> int | None:
         meta = self.image.get(topic)
         return meta.partition_count if meta is not None else None
 
-    def _group_heartbeat(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
-        _check_pairs("owned", fields["owned"])
-        if fields["rebalance_timeout_ms"] < 1000:
-            raise P.RequestError(ErrorCode.INVALID_REQUEST, f"rebalance_timeout_ms must be >= 1000, got {fields['rebalance_timeout_ms']}")
-        part = self._group_partition(group)
+    def heartbeat(self, ctx: RequestContext, req: MemberHeartbeat, now_ms: int) -> HeartbeatResult | Completion[HeartbeatResult]:
+        if req.rebalance_timeout_ms < 1000:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"rebalance_timeout_ms must be >= 1000, got {req.rebalance_timeout_ms}")
+        part = self._group_partition(req.group, now_ms)
         lo, hi = self.config.setting("group_min_session_timeout_ms"), self.config.setting("group_max_session_timeout_ms")
-        session = fields["session_timeout_ms"]
+        session = req.session_timeout_ms
         if not lo <= session <= hi:
-            raise P.RequestError(ErrorCode.INVALID_SESSION_TIMEOUT, f"session_timeout_ms must be from {lo} to {hi}, got {session}")
-        g = self.groups.get(group) or Group(group)
+            raise RequestError(ErrorCode.INVALID_SESSION_TIMEOUT, f"session_timeout_ms must be from {lo} to {hi}, got {session}")
+        g = self.groups.get(req.group) or Group(req.group)
         epoch_before = g.epoch
         try:
-            resp, changed, removed = g.heartbeat(fields, now_ms, session, self._partitions_of)
+            answer, changed, removed = g.heartbeat(req, now_ms, session, self._partitions_of)
         except GroupError as exc:
-            raise P.RequestError(exc.code, exc.message) from None
-        if not g.members and group not in self.groups:
-            return P.response(P.GROUP_HEARTBEAT, header["cid"], heartbeat_interval_ms=1000, **resp)  # a leave of nobody
-        self.groups[group] = g  # only a request that succeeded creates a group
-        self._group_index[group] = part.index
-        body = P.response(P.GROUP_HEARTBEAT, header["cid"], heartbeat_interval_ms=max(100, min(3000, session // 3)), **resp)
+            raise RequestError(exc.code, exc.message) from None
+        if not g.members and req.group not in self.groups:
+            return HeartbeatResult(answer, 1000)  # a leave of nobody
+        self.groups[req.group] = g  # only a request that succeeded creates a group
+        self._index[req.group] = part.index
+        result = HeartbeatResult(answer, max(100, min(3000, session // 3)))
         if not changed and not removed and g.epoch == epoch_before:
-            return body
-        end = self._write_group_records(part, self._member_records(g, changed, removed, session), now_ms)
-        self._when_replicated(part, end, now_ms, peer, P.GROUP_HEARTBEAT, header["cid"], lambda: body)
-        return None
+            return result
+        end = self._write(part, self._member_records(g, changed, removed, session), now_ms)
+        return self._when_replicated(part, end, now_ms, result)
 
-    def _expire_members(self: Broker, now_ms: int) -> None:
+    def expire_members(self, now_ms: int) -> None:
         for name, g in list(self.groups.items()):
             if not g.members:
                 continue
             gone = g.expire(now_ms, self._partitions_of)
             if gone:
                 log.info("group %s: removed members %s (session or rebalance timeout)", name, gone)
-                part = self.partitions.get((OFFSETS_TOPIC, self._group_index.get(name, -1)))
+                part = self.partitions.get((OFFSETS_TOPIC, self._index.get(name, -1)))
                 if part is not None and part.is_leader:
-                    self._write_group_records(part, self._member_records(g, [], gone, 0), now_ms)
+                    self._write(part, self._member_records(g, [], gone, 0), now_ms)
 
-    def _offset_commit(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
-        part = self._group_partition(group)
+    def offset_commit(self, ctx: RequestContext, req: OffsetCommit, now_ms: int) -> list[TP] | Completion[list[TP]]:
+        """Commit offsets; answers the committed partitions once the commit is replicated."""
+        group = req.group
+        part = self._group_partition(group, now_ms)
         g = self.groups.get(group) or Group(group)
-        tps = [(o["topic"], o["partition"]) for o in fields["offsets"]]
+        tps = [(o.topic, o.partition) for o in req.offsets]
         try:
-            g.validate_commit(fields["member_id"], fields["member_epoch"], tps)
+            g.validate_commit(req.member_id, req.member_epoch, tps)
         except GroupError as exc:
-            raise P.RequestError(exc.code, exc.message) from None
+            raise RequestError(exc.code, exc.message) from None
         self.groups[group] = g
-        self._group_index[group] = part.index
-        for o in fields["offsets"]:
-            if o["offset"] < 0:
-                raise P.RequestError(ErrorCode.INVALID_REQUEST, f"offset for {o['topic']}-{o['partition']} must be >= 0")
-        records = [(["o", group, o["topic"], o["partition"]], {"offset": o["offset"], "metadata": o["metadata"], "ts": now_ms})
-                   for o in fields["offsets"]]
-        if not records:
-            return P.response(P.OFFSET_COMMIT, header["cid"], results=[])
-        end = self._write_group_records(part, records, now_ms)
-        offsets = self.group_offsets.setdefault(group, {})
-        for o in fields["offsets"]:
-            offsets[(o["topic"], o["partition"])] = (o["offset"], o["metadata"])
-        results = [{"topic": t, "partition": p, "error": 0} for t, p in tps]
-        self._when_replicated(part, end, now_ms, peer, P.OFFSET_COMMIT, header["cid"],
-                              lambda: P.response(P.OFFSET_COMMIT, header["cid"], results=results))
-        return None
+        self._index[group] = part.index
+        for o in req.offsets:
+            if o.offset < 0:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"offset for {o.topic}-{o.partition} must be >= 0")
+        if not req.offsets:
+            return []
+        records = [(["o", group, o.topic, o.partition], {"offset": o.offset, "metadata": o.metadata, "ts": now_ms})
+                   for o in req.offsets]
+        end = self._write(part, records, now_ms)
+        offsets = self.offsets.setdefault(group, {})
+        for o in req.offsets:
+            offsets[(o.topic, o.partition)] = (o.offset, o.metadata)
+        return self._when_replicated(part, end, now_ms, tps)
 
-    def _offset_fetch(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
-        self._group_partition(group)
-        offsets = self.group_offsets.get(group, {})
-        _check_pairs("partitions", fields["partitions"])
-        wanted = [tuple(tp) for tp in fields["partitions"]] if fields["partitions"] is not None else sorted(offsets)
+    def offset_fetch(self, ctx: RequestContext, group: str, tps: list[TP] | None, now_ms: int) -> list[CommittedOffset]:
+        """Committed offsets of ``tps`` (None: every partition the group committed)."""
+        self._group_partition(group, now_ms)
+        offsets = self.offsets.get(group, {})
+        wanted = tps if tps is not None else sorted(offsets)
         out = []
         for tp in wanted:
             committed = offsets.get(tp)
-            out.append({"topic": tp[0], "partition": tp[1], "offset": committed[0] if committed else -1,
-                        "metadata": committed[1] if committed else "", "error": 0})
-        return P.response(P.OFFSET_FETCH, header["cid"], offsets=out)
+            out.append(CommittedOffset(tp[0], tp[1], committed[0] if committed else -1, committed[1] if committed else ""))
+        return out
 
-    def _list_groups(self: Broker, peer, header, fields, frames, now_ms):
+    def list_groups(self, ctx: RequestContext) -> list[GroupListing]:
         groups = []
         for name, g in sorted(self.groups.items()):
-            if self._group_index.get(name) in self._loaded_offsets:
+            if self._index.get(name) in self.loaded:
                 g.refresh_target(self._partitions_of)
-                groups.append({"group": name, "state": g.state.value, "members": len(g.members)})
-        for name in sorted(set(self.group_offsets) - set(self.groups)):
-            groups.append({"group": name, "state": "empty", "members": 0})
-        return P.response(P.LIST_GROUPS, header["cid"], groups=groups)
+                groups.append(GroupListing(name, g.state.value, len(g.members)))
+        for name in sorted(set(self.offsets) - set(self.groups)):
+            groups.append(GroupListing(name, "empty", 0))
+        return groups
 
-    def _describe_group(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
-        self._group_partition(group)
+    def describe_group(self, ctx: RequestContext, group: str, now_ms: int) -> GroupDetail:
+        self._group_partition(group, now_ms)
         g = self.groups.get(group)
-        offsets = self.group_offsets.get(group, {})
+        offsets = self.offsets.get(group, {})
         if g is None and not offsets:
-            raise P.RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
+            raise RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
         if g is not None:
             g.refresh_target(self._partitions_of)  # after a coordinator move the target is recomputed lazily
         members = [] if g is None else [
-            {"member_id": m.member_id, "instance_id": m.instance_id, "client_id": m.client_id, "topics": sorted(m.topics),
-             "member_epoch": m.epoch, "assignment": sorted(map(list, m.assigned)), "revoking": sorted(map(list, m.revoking))}
+            MemberDetail(m.member_id, m.instance_id, m.client_id, sorted(m.topics), m.epoch, sorted(m.assigned), sorted(m.revoking))
             for m in sorted(g.members.values(), key=lambda m: m.member_id)
         ]
-        return P.response(
-            P.DESCRIBE_GROUP, header["cid"], group=group, state=(g.state.value if g else "empty"),
-            group_epoch=(g.epoch if g else 0), assignor=(g.assignor() if g else None), members=members,
-            offsets=[{"topic": t, "partition": p, "offset": o, "metadata": md} for (t, p), (o, md) in sorted(offsets.items())],
-        )
+        return GroupDetail(group, g.state.value if g else "empty", g.epoch if g else 0, g.assignor() if g else None, members,
+                           [CommittedOffset(t, p, o, md) for (t, p), (o, md) in sorted(offsets.items())])
 
-    def _delete_group(self: Broker, peer, header, fields, frames, now_ms):
-        group = fields["group"]
-        part = self._group_partition(group)
+    def delete_group(self, ctx: RequestContext, group: str, now_ms: int) -> Completion[None]:
+        part = self._group_partition(group, now_ms)
         g = self.groups.get(group)
         if g is not None and g.members:
-            raise P.RequestError(ErrorCode.NON_EMPTY_GROUP, f"group {group!r} has active members")
-        offsets = self.group_offsets.get(group, {})
+            raise RequestError(ErrorCode.NON_EMPTY_GROUP, f"group {group!r} has active members")
+        offsets = self.offsets.get(group, {})
         if g is None and not offsets:
-            raise P.RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
+            raise RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
         records = [(["o", group, t, p], None) for (t, p) in offsets] + [(["g", group], None)]
-        end = self._write_group_records(part, records, now_ms)
+        end = self._write(part, records, now_ms)
         self.groups.pop(group, None)
-        self.group_offsets.pop(group, None)
-        self._when_replicated(part, end, now_ms, peer, P.DELETE_GROUP, header["cid"], lambda: P.response(P.DELETE_GROUP, header["cid"]))
-        return None
+        self.offsets.pop(group, None)
+        return self._when_replicated(part, end, now_ms, None)

@@ -57,6 +57,33 @@ class GroupError(Exception):
         self.message = message
 
 
+@dataclass(slots=True)
+class MemberHeartbeat:
+    """A member's heartbeat (KIP-848's ConsumerGroupHeartbeat, whatever door it came through).
+
+    ``member_epoch`` 0 joins, -1 leaves, -2 leaves for a while (a static member);
+    ``topics``, ``owned`` and ``assignor`` None mean "unchanged since the last heartbeat".
+    """
+
+    group: str
+    member_epoch: int
+    member_id: str = ""
+    instance_id: str | None = None
+    client_id: str = ""
+    topics: list[str] | None = None
+    owned: list[TP] | None = None
+    assignor: str | None = None
+    rebalance_timeout_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+
+
+@dataclass(slots=True)
+class HeartbeatAnswer:
+    member_id: str
+    member_epoch: int
+    assignment: list[TP]  # sorted
+
+
 class GroupState(enum.Enum):
     EMPTY = "empty"
     RECONCILING = "reconciling"
@@ -242,31 +269,32 @@ class Group:
 
     # -- requests ------------------------------------------------------------------------
 
-    def heartbeat(self, req: dict, now_ms: int, session_ms: int, partitions_of) -> tuple[dict, list[str], list[str]]:
-        """Handle a heartbeat.  Returns (response fields, changed member ids, removed member ids).
+    def heartbeat(self, req: MemberHeartbeat, now_ms: int, session_ms: int,
+                  partitions_of) -> tuple[HeartbeatAnswer, list[str], list[str]]:
+        """Handle a heartbeat.  Returns (the answer, changed member ids, removed member ids).
 
         Raises:
             GroupError: UNKNOWN_MEMBER_ID, FENCED_MEMBER_EPOCH, UNSUPPORTED_ASSIGNOR,
                 UNRELEASED_INSTANCE_ID.
         """
-        member_id, epoch = req.get("member_id") or "", req["member_epoch"]
-        instance_id = req.get("instance_id")
-        owned = {(t, p) for t, p in req["owned"]} if req.get("owned") is not None else None
+        member_id, epoch = req.member_id or "", req.member_epoch
+        instance_id = req.instance_id
+        owned = {(t, p) for t, p in req.owned} if req.owned is not None else None
         changed, removed = [], []
-        if req.get("assignor") not in (None, *ASSIGNORS):
-            raise GroupError(ErrorCode.UNSUPPORTED_ASSIGNOR, f"assignor {req.get('assignor')!r} is not one of {', '.join(ASSIGNORS)}")
+        if req.assignor not in (None, *ASSIGNORS):
+            raise GroupError(ErrorCode.UNSUPPORTED_ASSIGNOR, f"assignor {req.assignor!r} is not one of {', '.join(ASSIGNORS)}")
 
         if epoch in (LEAVE_EPOCH, STATIC_LEAVE_EPOCH):
             m = self.members.get(member_id)
             if m is None:
-                return {"member_id": member_id, "member_epoch": epoch, "assignment": []}, [], []
+                return HeartbeatAnswer(member_id, epoch, []), [], []
             if epoch == STATIC_LEAVE_EPOCH and m.instance_id:
                 m.away = True  # keeps its partitions for its session timeout
                 m.deadline_ms = now_ms + session_ms
-                return {"member_id": member_id, "member_epoch": epoch, "assignment": []}, [member_id], []
+                return HeartbeatAnswer(member_id, epoch, []), [member_id], []
             self._remove(member_id)
             self.refresh_target(partitions_of)
-            return {"member_id": member_id, "member_epoch": LEAVE_EPOCH, "assignment": []}, [], [member_id]
+            return HeartbeatAnswer(member_id, LEAVE_EPOCH, []), [], [member_id]
 
         if epoch == JOIN_EPOCH:
             existing = next((m for m in self.members.values() if instance_id and m.instance_id == instance_id), None)
@@ -276,8 +304,8 @@ class Group:
                 m = existing  # a static member back: same slot, same partitions
                 m.away = False
             else:
-                m = Member(member_id or uuid.uuid4().hex, instance_id, req.get("client_id") or "", list(req.get("topics") or []),
-                           req.get("assignor"), req.get("rebalance_timeout_ms") or 300_000)
+                m = Member(member_id or uuid.uuid4().hex, instance_id, req.client_id or "", list(req.topics or []),
+                           req.assignor, req.rebalance_timeout_ms or 300_000)
                 self.members[m.member_id] = m
                 self._bump()
                 m.epoch = self.epoch  # >= 1: epoch 0 means "joining"
@@ -289,23 +317,19 @@ class Group:
             if epoch not in (m.epoch, m.epoch - 1) or (epoch != m.epoch and owned is not None and not owned <= m.assigned | m.revoking):
                 raise GroupError(ErrorCode.FENCED_MEMBER_EPOCH, f"member epoch {epoch} is stale (current {m.epoch})")
         m.deadline_ms = now_ms + session_ms
-        if req.get("topics") is not None and sorted(req["topics"]) != sorted(m.topics):
-            m.topics = list(req["topics"])
+        if req.topics is not None and sorted(req.topics) != sorted(m.topics):
+            m.topics = list(req.topics)
             self._bump()
             changed.append(m.member_id)
-        if req.get("assignor") is not None and req["assignor"] != m.assignor:
-            m.assignor = req["assignor"]
+        if req.assignor is not None and req.assignor != m.assignor:
+            m.assignor = req.assignor
             self._bump()
-        if req.get("rebalance_timeout_ms"):
-            m.rebalance_timeout_ms = req["rebalance_timeout_ms"]
+        if req.rebalance_timeout_ms:
+            m.rebalance_timeout_ms = req.rebalance_timeout_ms
         self.refresh_target(partitions_of)
         if self._reconcile(m, owned, now_ms):
             changed.append(m.member_id)
-        return (
-            {"member_id": m.member_id, "member_epoch": m.epoch, "assignment": sorted(map(list, m.assigned))},
-            sorted(set(changed)),
-            removed,
-        )
+        return HeartbeatAnswer(m.member_id, m.epoch, sorted(m.assigned)), sorted(set(changed)), removed
 
     def expire(self, now_ms: int, partitions_of) -> list[str]:
         """Remove members whose session expired or who held on to revoked partitions past

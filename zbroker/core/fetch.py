@@ -1,0 +1,194 @@
+"""Fetch (consumers and followers) and list offsets, on a partition's leader.
+
+- **Consumer fetches** read whole stored batches below the high watermark, at least one
+  batch even above ``max_bytes`` so a consumer always progresses.
+- **Follower fetches** (``replica_id`` >= 0) read up to the log end and move the
+  follower's position, which may move the high watermark (completing acks=all produces
+  and waking consumer fetches).  They are checked by leader epoch: a follower whose tail
+  is not in the leader's log is told where to truncate (``diverging``, KIP-101/KIP-320).
+- A fetch with less than ``min_bytes`` available is a long poll: parked in the purgatory
+  on its partitions, retried on every append to them, answered at ``max_wait_ms`` with
+  whatever there is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from storage import OffsetOutOfRange
+from zbroker.context import Completion, RequestContext
+from zbroker.core.partition import Partition
+from zbroker.core.partitions import PartitionManager
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.purgatory import DelayedOperation, Purgatory
+
+LATEST_TIMESTAMP = -1  # list_offsets: Kafka's special timestamps
+EARLIEST_TIMESTAMP = -2
+MAX_WAIT_LIMIT_MS = 300_000
+
+
+@dataclass(slots=True)
+class FetchPartition:
+    topic: str
+    partition: int
+    offset: int
+    max_bytes: int = 1048576
+    leader_epoch: int = -1  # followers: the epoch they follow
+    last_fetched_epoch: int = -1  # followers: the epoch of their last record
+
+
+@dataclass(slots=True)
+class FetchRequest:
+    partitions: list[FetchPartition]
+    max_wait_ms: int = 500
+    min_bytes: int = 1
+    max_bytes: int = 52428800
+    replica_id: int = -1
+
+
+@dataclass(slots=True)
+class FetchedPartition:
+    topic: str
+    partition: int
+    error: int = 0
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    diverging: list[int] | None = None  # [epoch, end_offset]: truncate there (followers)
+    data: bytes = b""  # whole stored batches
+
+
+@dataclass(slots=True)
+class FetchResult:
+    partitions: list[FetchedPartition] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OffsetQuery:
+    topic: str
+    partition: int
+    timestamp: int  # LATEST_TIMESTAMP, EARLIEST_TIMESTAMP or a time in ms
+
+
+@dataclass(slots=True)
+class OffsetAnswer:
+    topic: str
+    partition: int
+    error: int = 0
+    offset: int = -1
+    timestamp: int = -1
+
+
+class FetchService:
+    def __init__(self, partitions: PartitionManager, purgatory: Purgatory) -> None:
+        self.partitions = partitions
+        self.purgatory = purgatory
+
+    def fetch(self, ctx: RequestContext, req: FetchRequest, now_ms: int) -> FetchResult | Completion[FetchResult]:
+        if req.max_bytes < 0 or any(spec.max_bytes < 0 for spec in req.partitions):
+            raise RequestError(ErrorCode.INVALID_REQUEST, "max_bytes must be >= 0")
+        if req.max_wait_ms > MAX_WAIT_LIMIT_MS:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"max_wait_ms must be <= {MAX_WAIT_LIMIT_MS}")
+        result, total, errors = self._read(req, now_ms)
+        if total >= req.min_bytes or errors or req.max_wait_ms <= 0 or not req.partitions:
+            return result
+        done: Completion[FetchResult] = Completion()
+
+        def try_complete(now: int) -> bool:
+            result, total, errors = self._read(req, now)
+            if total >= req.min_bytes or errors:
+                done.complete(result)
+                return True
+            return False
+
+        def on_expire(now: int) -> None:
+            done.complete(self._read(req, now)[0])
+
+        keys = [(s.topic, s.partition) for s in req.partitions]
+        self.purgatory.park(DelayedOperation(now_ms + req.max_wait_ms, keys, try_complete, on_expire), now_ms)
+        return done
+
+    def _read(self, req: FetchRequest, now_ms: int) -> tuple[FetchResult, int, bool]:
+        """Read every requested partition; returns (result, bytes, any error)."""
+        out = FetchResult()
+        budget = req.max_bytes
+        replica = req.replica_id
+        total, errors = 0, False
+        for spec in req.partitions:
+            entry = FetchedPartition(spec.topic, spec.partition)
+            try:
+                part = self.partitions.leader(spec.topic, spec.partition)
+                if replica >= 0:
+                    self._check_replica_fetch(part, spec, entry, now_ms, replica)
+            except RequestError as exc:
+                entry.error = int(exc.code)
+                part = None
+            if part is not None and entry.diverging is None:
+                lg = part.log
+                entry.high_watermark = part.high_watermark
+                entry.log_start_offset = lg.log_start_offset
+                limit = None if replica >= 0 else part.high_watermark
+                offset = spec.offset
+                if offset < lg.log_start_offset or offset > lg.log_end_offset:
+                    entry.error = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+                elif offset < (lg.log_end_offset if limit is None else limit) and budget > 0:
+                    try:
+                        entry.data = lg.read(offset, min(spec.max_bytes, budget), max_offset=limit).data
+                    except OffsetOutOfRange:  # retention raced the check above
+                        entry.error = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+            # a partition still being opened here is no reason to end a long poll early: the
+            # fetch waits (and says LEADER_NOT_AVAILABLE for it when it is answered)
+            opening = entry.error == ErrorCode.LEADER_NOT_AVAILABLE and self.partitions.is_opening((spec.topic, spec.partition))
+            errors = errors or (entry.error != 0 and not opening) or entry.diverging is not None
+            total += len(entry.data)
+            budget -= len(entry.data)
+            out.partitions.append(entry)
+        return out, total, errors
+
+    def _check_replica_fetch(self, part: Partition, spec: FetchPartition, entry: FetchedPartition, now_ms: int,
+                             replica: int) -> None:
+        """Leader epoch and divergence checks of a follower's fetch; records its position."""
+        if replica not in part.replicas:
+            raise RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {replica} holds no replica of {part.topic}-{part.index}")
+        epoch = spec.leader_epoch
+        if 0 <= epoch < part.leader_epoch:
+            raise RequestError(ErrorCode.FENCED_LEADER_EPOCH, f"leader epoch {epoch} is older than {part.leader_epoch}")
+        if epoch > part.leader_epoch:
+            raise RequestError(ErrorCode.UNKNOWN_LEADER_EPOCH, f"leader epoch {epoch} is newer than {part.leader_epoch}")
+        offset, last_epoch = spec.offset, spec.last_fetched_epoch
+        if offset > part.log.log_end_offset:
+            # a follower can never be ahead of its leader's log end in the same epoch: refuse,
+            # before its offset could move the high watermark
+            if last_epoch < 0:
+                raise RequestError(ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {offset} is past the log end {part.log.log_end_offset}")
+        if last_epoch >= 0 and offset > part.log.log_start_offset:
+            cache = part.log.leader_epoch_cache
+            end_epoch, end_offset = cache.end_offset_for(last_epoch, part.log.log_end_offset)
+            if end_epoch < 0 and cache.latest_epoch is not None and last_epoch > cache.latest_epoch:
+                end_epoch, end_offset = cache.latest_epoch, part.log.log_end_offset  # never "truncate everything"
+            if end_epoch != last_epoch or offset > end_offset:
+                entry.diverging = [end_epoch, max(end_offset, part.log.log_start_offset)]
+                entry.high_watermark = part.high_watermark
+                return
+        if part.on_follower_fetch(replica, offset, now_ms):
+            self.partitions.hw_moved(part, now_ms)
+
+    def list_offsets(self, ctx: RequestContext, queries: list[OffsetQuery]) -> list[OffsetAnswer]:
+        results = []
+        for q in queries:
+            entry = OffsetAnswer(q.topic, q.partition)
+            try:
+                part = self.partitions.leader(q.topic, q.partition)
+            except RequestError as exc:
+                entry.error = int(exc.code)
+                results.append(entry)
+                continue
+            if q.timestamp == LATEST_TIMESTAMP:
+                entry.offset = part.high_watermark
+            elif q.timestamp == EARLIEST_TIMESTAMP:
+                entry.offset = part.log.log_start_offset
+            else:
+                found = part.log.offset_for_timestamp(q.timestamp)
+                if found is not None and found[0] < part.high_watermark:
+                    entry.offset, entry.timestamp = found
+            results.append(entry)
+        return results

@@ -1,0 +1,9 @@
+"""The native request handlers: thin adapters from wire fields to typed service calls and back.
+
+Each module holds one family of request types and a ``ROUTES`` list; :data:`ROUTES` is
+the native router's whole table.
+"""
+
+from zbroker.frontends.native.handlers import admin, cluster, data, groups
+
+ROUTES = [*data.ROUTES, *admin.ROUTES, *groups.ROUTES, *cluster.ROUTES]

@@ -1,0 +1,109 @@
+"""find_coordinator, group_heartbeat, offset_commit, offset_fetch, list_groups, describe_group, delete_group."""
+
+from __future__ import annotations
+
+from zbroker import protocol as P
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.native.router import Route
+from zbroker.groups.coordinator import CommitOffset, Coordinator, GroupDetail, HeartbeatResult, OffsetCommit
+from zbroker.groups.group import MemberHeartbeat
+from zbroker.security import CLUSTER, Operation, group, topic
+
+
+def _pairs(name: str, pairs) -> list[tuple[str, int]] | None:
+    """``[[topic, partition], ...]`` from the wire, checked."""
+    if pairs is None:
+        return None
+    out = []
+    for i, tp in enumerate(pairs):
+        if not (isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
+                and not isinstance(tp[1], bool)):
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"field '{name}[{i}]' must be [topic, partition]")
+        out.append((tp[0], tp[1]))
+    return out
+
+
+def _lists(tps) -> list[list]:
+    return [list(tp) for tp in tps]
+
+
+def find_coordinator(app, ctx, fields, payloads, now_ms):
+    return app.groups.find_coordinator(ctx, fields["group"], now_ms)
+
+
+def find_coordinator_reply(c: Coordinator):
+    return {"coordinator": c.broker_id, "host": c.host, "port": c.port}, []
+
+
+def group_heartbeat(app, ctx, fields, payloads, now_ms):
+    req = MemberHeartbeat(fields["group"], fields["member_epoch"], fields["member_id"], fields["instance_id"],
+                          fields["client_id"], fields["topics"], _pairs("owned", fields["owned"]), fields["assignor"],
+                          fields["rebalance_timeout_ms"], fields["session_timeout_ms"])
+    return app.groups.heartbeat(ctx, req, now_ms)
+
+
+def group_heartbeat_reply(r: HeartbeatResult):
+    a = r.answer
+    return {"heartbeat_interval_ms": r.heartbeat_interval_ms, "member_id": a.member_id, "member_epoch": a.member_epoch,
+            "assignment": _lists(a.assignment)}, []
+
+
+def offset_commit(app, ctx, fields, payloads, now_ms):
+    offsets = [CommitOffset(o["topic"], o["partition"], o["offset"], o["metadata"]) for o in fields["offsets"]]
+    return app.groups.offset_commit(ctx, OffsetCommit(fields["group"], offsets, fields["member_id"], fields["member_epoch"]), now_ms)
+
+
+def offset_commit_reply(tps):
+    return {"results": [{"topic": t, "partition": p, "error": 0} for t, p in tps]}, []
+
+
+def offset_fetch(app, ctx, fields, payloads, now_ms):
+    return app.groups.offset_fetch(ctx, fields["group"], _pairs("partitions", fields["partitions"]), now_ms)
+
+
+def offset_fetch_reply(offsets):
+    return {"offsets": [{"topic": o.topic, "partition": o.partition, "offset": o.offset, "metadata": o.metadata, "error": 0}
+                        for o in offsets]}, []
+
+
+def list_groups(app, ctx, fields, payloads, now_ms):
+    return app.groups.list_groups(ctx)
+
+
+def list_groups_reply(groups):
+    return {"groups": [{"group": g.group, "state": g.state, "members": g.members} for g in groups]}, []
+
+
+def describe_group(app, ctx, fields, payloads, now_ms):
+    return app.groups.describe_group(ctx, fields["group"], now_ms)
+
+
+def describe_group_reply(g: GroupDetail):
+    return {
+        "group": g.group, "state": g.state, "group_epoch": g.group_epoch, "assignor": g.assignor,
+        "members": [{"member_id": m.member_id, "instance_id": m.instance_id, "client_id": m.client_id, "topics": m.topics,
+                     "member_epoch": m.member_epoch, "assignment": _lists(m.assignment), "revoking": _lists(m.revoking)}
+                    for m in g.members],
+        "offsets": [{"topic": o.topic, "partition": o.partition, "offset": o.offset, "metadata": o.metadata} for o in g.offsets],
+    }, []
+
+
+def delete_group(app, ctx, fields, payloads, now_ms):
+    return app.groups.delete_group(ctx, fields["group"], now_ms)
+
+
+def _on_group(operation):
+    return lambda f: [(operation, group(f["group"]))]
+
+
+ROUTES = [
+    Route(P.FIND_COORDINATOR, find_coordinator, find_coordinator_reply, access=_on_group(Operation.DESCRIBE)),
+    Route(P.GROUP_HEARTBEAT, group_heartbeat, group_heartbeat_reply, access=_on_group(Operation.READ)),
+    Route(P.OFFSET_COMMIT, offset_commit, offset_commit_reply,
+          access=lambda f: [(Operation.READ, group(f["group"])),
+                            *((Operation.READ, topic(name)) for name in {o["topic"] for o in f["offsets"]})]),
+    Route(P.OFFSET_FETCH, offset_fetch, offset_fetch_reply, access=_on_group(Operation.DESCRIBE)),
+    Route(P.LIST_GROUPS, list_groups, list_groups_reply, access=lambda f: [(Operation.DESCRIBE, CLUSTER)]),
+    Route(P.DESCRIBE_GROUP, describe_group, describe_group_reply, access=_on_group(Operation.DESCRIBE)),
+    Route(P.DELETE_GROUP, delete_group, access=_on_group(Operation.DELETE)),
+]

@@ -1,0 +1,188 @@
+"""The native router: one table of request types, one place that runs every request.
+
+For each message from the ROUTER socket, :meth:`NativeRouter.handle`:
+
+1. decodes frame 0 (:func:`zbroker.protocol.decode_header`) -- garbage without a
+   correlation id is dropped and logged, there is nobody to answer;
+2. finds the route of the request type and checks the version against the route's
+   range (UNSUPPORTED_VERSION), then every field against the type's schema
+   (INVALID_REQUEST naming the field);
+3. builds the :class:`RequestContext`: the principal is ``Broker:N`` for the DEALER of
+   broker N (its routing id), ``User:ANONYMOUS`` otherwise;
+4. authorizes: a broker-to-broker request must come from the broker it names
+   (CLUSTER_AUTHORIZATION_FAILED); every route names the resources it touches, and the
+   authorizer is asked for each;
+5. runs the handler, which calls a service with typed arguments;
+6. answers: the handler's typed result is encoded by the route; a
+   :class:`zbroker.context.Completion` is answered when it settles; a
+   :class:`zbroker.errors.RequestError` becomes an error reply with its code; any other
+   exception is logged with its traceback and answered UNKNOWN_SERVER_ERROR;
+7. records the request's count, error and latency in the metrics registry.
+
+Adding a request type is one handler plus one :class:`Route` in a handler module's
+``ROUTES``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from zbroker import protocol as P
+from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_principal
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.metrics import RequestMetrics
+from zbroker.security import Authorizer, Operation, Resource, ResourceType
+
+log = logging.getLogger(__name__)
+
+LISTENER = "native"
+Frames = list[bytes]
+
+#: A handler's answer meaning "send nothing" (acks=0 produce, one-way messages).
+NO_REPLY = object()
+#: :attr:`Route.sender`: any broker of the cluster may send this request.
+ANY_BROKER = -1
+
+_DENIED = {
+    ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+    ResourceType.GROUP: ErrorCode.GROUP_AUTHORIZATION_FAILED,
+    ResourceType.CLUSTER: ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+def _no_fields(result: Any) -> tuple[dict, Frames]:
+    return {}, []
+
+
+@dataclass(frozen=True)
+class Route:
+    """One request type of the native protocol.
+
+    Attributes:
+        kind: the ``type`` string.
+        call: ``call(app, ctx, fields, payloads, now_ms)`` -> a typed result, a
+            Completion of one, or NO_REPLY.
+        reply: ``reply(result) -> (response fields, payload frames)``.
+        access: ``access(fields) -> [(Operation, Resource), ...]`` to authorize.
+        versions: the protocol versions accepted, inclusive.
+        sender: for broker-to-broker requests, ``sender(fields)`` names the broker the
+            request must come from: a broker id, :data:`ANY_BROKER`, or None (anyone may
+            send this one, e.g. a consumer's fetch).
+    """
+
+    kind: str
+    call: Callable[..., Any]
+    reply: Callable[[Any], tuple[dict, Frames]] = _no_fields
+    access: Callable[[dict], Iterable[tuple[Operation, Resource]]] = lambda fields: ()
+    versions: tuple[int, int] = (1, 1)
+    sender: Callable[[dict], int | None] | None = None
+
+
+class NativeRouter:
+    """Runs native requests against the services of ``app``; replies go to ``send(conn, frames)``."""
+
+    def __init__(self, app, routes: Iterable[Route], authorizer: Authorizer, metrics: RequestMetrics,
+                 send: Callable[[bytes, Frames], None], max_request_bytes: int) -> None:
+        self.app = app
+        self.table: dict[str, Route] = {}
+        for route in routes:
+            if route.kind in self.table:
+                raise ValueError(f"two routes for request type {route.kind!r}")
+            self.table[route.kind] = route
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.send = send
+        self.max_request_bytes = max_request_bytes
+
+    def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:
+        """Handle one message received from ``conn`` (its ZeroMQ routing id)."""
+        started = time.perf_counter()
+        try:
+            header = P.decode_header(frames[0], self.max_request_bytes)
+        except P.UndecodableFrame as exc:
+            log.warning("dropped a message from peer=%s: %s", conn.hex(), exc)
+            return
+        cid = header["cid"]
+        kind = header.get("type")
+        route = self.table.get(kind) if isinstance(kind, str) else None
+        reply_type = kind if isinstance(kind, str) else "error"
+        metric = route.kind if route is not None else "unknown"
+        try:
+            if route is None:
+                self._check_version(header, (P.PROTOCOL_VERSION, P.PROTOCOL_VERSION))
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {kind!r}")
+            self._check_version(header, route.versions)
+            fields = P.check_fields(route.kind, header)
+            ctx = RequestContext(self._principal(conn), LISTENER, header.get("client_id") or "", conn)
+            self._authorize(ctx, route, fields)
+            answer = route.call(self.app, ctx, fields, frames[1:], now_ms)
+        except RequestError as exc:
+            log.warning("bad request from peer=%s type=%r cid=%s: %s", conn.hex(), kind, cid, exc.message)
+            self._error(conn, reply_type, cid, exc.code, exc.message, metric, started)
+            return
+        except Exception as exc:  # a bug must not stop the broker
+            log.exception("error handling type=%r cid=%s", kind, cid)
+            self._error(conn, reply_type, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", metric, started)
+            return
+        if answer is NO_REPLY:
+            self.metrics.observe(LISTENER, metric, time.perf_counter() - started)
+        elif isinstance(answer, Completion):
+            answer.on_done(lambda done: self._settled(conn, route, cid, done, started))
+        else:
+            self._answer(conn, route, cid, answer, started)
+
+    # -- steps -------------------------------------------------------------------
+
+    @staticmethod
+    def _check_version(header: dict, versions: tuple[int, int]) -> None:
+        version = header.get("v")
+        if not (isinstance(version, int) and not isinstance(version, bool) and versions[0] <= version <= versions[1]):
+            raise RequestError(ErrorCode.UNSUPPORTED_VERSION,
+                               f"protocol version {version!r} not supported (this broker speaks {P.PROTOCOL_VERSION})")
+
+    @staticmethod
+    def _principal(conn: bytes) -> str:
+        """``Broker:N`` for a broker's DEALER (its routing id), else anonymous.  The routing
+        id is chosen by the sender: this tells brokers from confused clients, not from
+        attackers (CURVE keys will)."""
+        if conn.startswith(b"zb-broker-"):
+            try:
+                return broker_principal(int(conn[10:]))
+            except ValueError:
+                pass
+        return ANONYMOUS
+
+    def _authorize(self, ctx: RequestContext, route: Route, fields: dict) -> None:
+        claimed = route.sender(fields) if route.sender is not None else None
+        if claimed is not None:
+            if ctx.broker_id is None or (claimed != ANY_BROKER and ctx.broker_id != claimed):
+                raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{route.kind} is only accepted from the broker it names")
+        for operation, resource in route.access(fields):
+            if not self.authorizer.authorize(ctx, operation, resource):
+                raise RequestError(_DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
+                                                           f"{resource.type.value} {resource.name!r}")
+
+    # -- answers -----------------------------------------------------------------
+
+    def _answer(self, conn: bytes, route: Route, cid: int, result: Any, started: float) -> None:
+        try:
+            fields, payloads = route.reply(result)
+        except Exception as exc:
+            log.exception("error encoding the answer to type=%r cid=%s", route.kind, cid)
+            self._error(conn, route.kind, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", route.kind, started)
+            return
+        self.send(conn, [P.encode(P.response(route.kind, cid, **fields)), *payloads])
+        self.metrics.observe(LISTENER, route.kind, time.perf_counter() - started)
+
+    def _settled(self, conn: bytes, route: Route, cid: int, done: Completion, started: float) -> None:
+        if done.error is not None:
+            self._error(conn, route.kind, cid, done.error.code, done.error.message, route.kind, started)
+        else:
+            self._answer(conn, route, cid, done.value, started)
+
+    def _error(self, conn: bytes, kind: str, cid: int, code: int, message: str, metric: str, started: float) -> None:
+        self.send(conn, [P.encode(P.response(kind, cid, code, message))])
+        self.metrics.observe(LISTENER, metric, time.perf_counter() - started, int(code))

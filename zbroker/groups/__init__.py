@@ -1,0 +1,1 @@
+"""Consumer groups: the KIP-848 group state machine, its assignors and the coordinator."""

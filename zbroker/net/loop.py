@@ -1,0 +1,92 @@
+"""The one event loop: a zmq.Poller over every listener's sockets, and timers.
+
+    poll every registered socket (timeout = the nearest timer, at most 100 ms)
+    -> each readable socket's listener drains a burst of messages into its handler
+    -> run every timer that is due
+    (replies are sent by the listeners as they are produced, with DONTWAIT)
+
+Listeners (:class:`Listener`) register their sockets; a ZeroMQ ROUTER for requests,
+DEALERs to the other brokers and the gossip SUB today, a TCP listener for the Kafka
+protocol and an HTTP listener next.  Timers (:class:`Timer`) say when they next have
+work and are ticked with the loop's one clock.  A failure in a handler or a timer is
+logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Protocol
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+MAX_POLL_MS = 100
+
+
+class Listener(Protocol):
+    def sockets(self) -> list[zmq.Socket]:
+        """The sockets to poll for input."""
+
+    def on_readable(self, sock: zmq.Socket) -> None:
+        """Drain a burst of input from ``sock``."""
+
+    def close(self) -> None: ...
+
+
+class Timer(Protocol):
+    def next_timer_ms(self, now_ms: int) -> int:
+        """Milliseconds until :meth:`tick` has work."""
+
+    def tick(self, now_ms: int) -> None: ...
+
+
+def guarded(fn: Callable, *args) -> None:
+    """Run one step; a failure (a bug, a disk error) is logged and the loop goes on."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("error in %s; the broker keeps serving", getattr(fn, "__qualname__", fn))
+
+
+class EventLoop:
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self.clock = clock
+        self._poller = zmq.Poller()
+        self._owners: dict[zmq.Socket, Listener] = {}
+        self._order: list[zmq.Socket] = []  # input is taken in registration order
+        self._timers: list[Timer] = []
+        self._listeners: list[Listener] = []
+        self.stopped = False
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        for sock in listener.sockets():
+            self._poller.register(sock, zmq.POLLIN)
+            self._owners[sock] = listener
+            self._order.append(sock)
+
+    def add_timer(self, timer: Timer) -> None:
+        self._timers.append(timer)
+
+    def stop(self, *_args) -> None:
+        """Ask the loop to end (safe from a signal handler: checked at least every 100 ms)."""
+        self.stopped = True
+
+    def run(self) -> None:
+        """Poll and tick until :meth:`stop`."""
+        while not self.stopped:
+            now = self.clock()
+            timeout = MAX_POLL_MS
+            for timer in self._timers:
+                timeout = min(timeout, timer.next_timer_ms(now))
+            events = dict(self._poller.poll(max(0, timeout)))
+            for sock in self._order:
+                if sock in events:
+                    guarded(self._owners[sock].on_readable, sock)
+            for timer in self._timers:
+                guarded(timer.tick, self.clock())
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()

@@ -1,0 +1,174 @@
+"""ZeroMQ listeners: the request ROUTER, the DEALERs to other brokers, the gossip PUB/SUB.
+
+- :class:`RouterListener` -- ROUTER on the broker's ``port``: clients, and other
+  brokers' requests and Raft messages.  ROUTER_MANDATORY (a reply to a vanished peer
+  raises instead of vanishing silently; it is logged and dropped), ROUTER_HANDOVER (a
+  reconnecting client with the same identity takes over), bounded send and receive
+  queues, MAXMSGSIZE = ``max_request_bytes``.
+- :class:`PeerDealers` -- one DEALER per other broker, connected to its ROUTER, with
+  this broker's routing id: Raft messages, follower fetches and forwarded requests out,
+  answers back.  ``IMMEDIATE`` so nothing queues for a peer that is down.
+- :class:`Gossip` -- PUB on ``gossip_port`` (this broker's heartbeat), SUB to every
+  peer's (theirs).  Beats may be lost; they carry sequence numbers.
+
+Every send is ``DONTWAIT``: a send that would block (the peer does not read and its
+queue is full) drops that message with a log line, so one slow peer never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+BURST = 256  # messages handled from one socket before timers and other sockets get a turn
+Frames = list[bytes]
+
+
+def _drain(sock: zmq.Socket, handle: Callable[[Frames], None]) -> None:
+    for _ in range(BURST):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            handle(frames)
+        except Exception:
+            log.exception("error handling a message; the broker keeps serving")
+
+
+class RouterListener:
+    """The ROUTER for requests: ``on_request(routing id, frames, )``; :meth:`send` answers."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, max_message_bytes: int,
+                 on_request: Callable[[bytes, Frames], None]) -> None:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self.sock = sock
+        self._on_request = on_request
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.sock]
+
+    def on_readable(self, sock: zmq.Socket) -> None:
+        _drain(sock, self._message)
+
+    def _message(self, frames: Frames) -> None:
+        if len(frames) < 2:
+            log.warning("dropped a message with no frames after the routing id")
+            return
+        self._on_request(frames[0], frames[1:])
+
+    def send(self, conn: bytes, frames: Frames) -> None:
+        try:
+            self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False)
+        except zmq.Again:
+            log.warning("dropped a reply to peer=%s: its send queue is full", conn.hex())
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                log.info("dropped a reply to peer=%s: it disconnected", conn.hex())
+            else:
+                raise
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class PeerDealers:
+    """One DEALER per other broker; answers go to ``on_reply(frames)``."""
+
+    def __init__(self, ctx: zmq.Context, identity: bytes, peers: dict[int, str], max_message_bytes: int,
+                 on_reply: Callable[[Frames], None]) -> None:
+        self.dealers: dict[int, zmq.Socket] = {}
+        for peer_id, endpoint in peers.items():
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, identity)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDHWM, 1000)
+            dealer.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+            dealer.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            dealer.connect(endpoint)
+            self.dealers[peer_id] = dealer
+        self._on_reply = on_reply
+
+    def sockets(self) -> list[zmq.Socket]:
+        return list(self.dealers.values())
+
+    def on_readable(self, sock: zmq.Socket) -> None:
+        _drain(sock, self._on_reply)
+
+    def send(self, broker_id: int, frames: Frames) -> None:
+        dealer = self.dealers.get(broker_id)
+        if dealer is None:
+            return
+        try:
+            dealer.send_multipart(frames, zmq.DONTWAIT)
+        except zmq.Again:
+            log.debug("dropped a message to broker %s: not connected or queue full", broker_id)
+
+    def close(self) -> None:
+        for dealer in self.dealers.values():
+            dealer.close(linger=0)
+
+
+class Gossip:
+    """PUB this broker's heartbeat every ``interval_ms`` (a timer); SUB the peers' into ``on_beat``."""
+
+    def __init__(self, ctx: zmq.Context, bind: str, peers: list[str], interval_ms: int, beat: Callable[[], bytes],
+                 on_beat: Callable[[bytes], None]) -> None:
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 1000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            self.pub.bind(bind)
+        except zmq.ZMQError:
+            self.close()
+            raise
+        for endpoint in peers:
+            self.sub.connect(endpoint)
+        self.interval_ms = interval_ms
+        self._beat = beat
+        self._on_beat = on_beat
+        self._next_beat = 0
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.sub]
+
+    def on_readable(self, sock: zmq.Socket) -> None:
+        _drain(sock, lambda frames: self._on_beat(frames[0]))
+
+    def next_timer_ms(self, now_ms: int) -> int:
+        return max(0, self._next_beat - now_ms)
+
+    def tick(self, now_ms: int) -> None:
+        if now_ms < self._next_beat:
+            return
+        self._next_beat = now_ms + self.interval_ms
+        try:
+            self.pub.send(self._beat(), zmq.DONTWAIT)
+        except zmq.Again:
+            pass  # heartbeats may be lost; the next one follows
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.sub.close(linger=0)

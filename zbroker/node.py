@@ -1,0 +1,80 @@
+"""A broker as a sans-IO object: its services and its front doors, frames in, frames out.
+
+:class:`BrokerNode` joins the :class:`~zbroker.app.App` (the services) with the native
+front door (:class:`~zbroker.frontends.native.router.NativeRouter` for requests,
+:class:`~zbroker.frontends.native.peers.PeerLink` for broker-to-broker traffic).  It
+touches no socket: the server loop (:mod:`zbroker.server`) hands it what its listeners
+received and sends what it put in :attr:`outbox` (replies, ``(routing id, frames)``) and
+:attr:`peer_outbox` (``(broker id, frames)``).  Unit tests drive it the same way, with
+time passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from zbroker.app import App
+from zbroker.config import ClusterConfig
+from zbroker.frontends.native.gossip import decode_heartbeat, encode_heartbeat
+from zbroker.frontends.native.handlers import ROUTES
+from zbroker.frontends.native.peers import PeerLink
+from zbroker.frontends.native.router import NativeRouter
+from zbroker.metrics import RequestMetrics
+from zbroker.security import AllowAll, Authorizer
+
+Frames = list[bytes]
+
+
+class BrokerNode:
+    """One broker: services plus the native front door, without I/O."""
+
+    def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock: Callable[[], int] | None = None,
+                 authorizer: Authorizer | None = None, send: Callable[[bytes, Frames], None] | None = None,
+                 send_peer: Callable[[int, Frames], None] | None = None) -> None:
+        """``send(routing id, frames)`` answers a client and ``send_peer(broker id, frames)``
+        messages another broker; by default both append to :attr:`outbox` and
+        :attr:`peer_outbox`."""
+        self.outbox: list[tuple[bytes, Frames]] = []
+        self.peer_outbox: list[tuple[int, Frames]] = []
+        self.metrics = RequestMetrics()
+        self.peers = PeerLink(send_peer or (lambda broker, frames: self.peer_outbox.append((broker, frames))))
+        self.app = App(config, broker_id, now_ms, clock or (lambda: now_ms), self.peers)
+        self.router = NativeRouter(self.app, ROUTES, authorizer or AllowAll(), self.metrics,
+                                   send or (lambda conn, frames: self.outbox.append((conn, frames))),
+                                   config.setting("max_request_bytes"))
+
+    # -- input -------------------------------------------------------------------
+
+    def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:
+        """A request from the ROUTER socket; answers land in :attr:`outbox`."""
+        self.router.handle(conn, frames, now_ms)
+
+    def on_peer_reply(self, frames: Frames, now_ms: int) -> None:
+        """An answer on one of our DEALERs to another broker."""
+        self.peers.on_reply(frames, now_ms)
+
+    def on_heartbeat(self, frame: bytes, now_ms: int) -> None:
+        beat = decode_heartbeat(frame)
+        if beat is not None:
+            self.app.on_heartbeat(beat, now_ms)
+
+    def heartbeat(self) -> bytes:
+        return encode_heartbeat(self.app.heartbeat())
+
+    # -- timers ------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        self.app.tick(now_ms)
+        self.peers.expire(now_ms)
+
+    def next_timer_ms(self, now_ms: int) -> int:
+        """Milliseconds until :meth:`tick` has work."""
+        due = self.app.next_deadline(now_ms)
+        calls = self.peers.next_deadline()
+        if calls is not None:
+            due = min(due, calls)
+        return max(0, due - now_ms)
+
+    def close(self, now_ms: int | None = None) -> None:
+        """Answer parked requests, flush every log and write checkpoints."""
+        self.app.close(self.app.clock() if now_ms is None else now_ms)
