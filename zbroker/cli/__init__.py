@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from zbroker.cli_output import echo_table
+from zbroker.cli.output import echo_table
 from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_PORT, ConfigError, load_config, single_node_config
 from zbroker.errors import ZBrokerError
 
@@ -310,13 +310,11 @@ def consume(ctx, topic, group, from_beginning, partition, offset, max_messages, 
     click.echo(f"consumed {seen} record(s)", err=True)
 
 
-from zbroker.bench import bench  # noqa: E402
-from zbroker.cluster_cli import cluster  # noqa: E402
-from zbroker.groups_cli import groups  # noqa: E402
+from zbroker.cli import bench, cluster, groups  # noqa: E402
 
-cli.add_command(bench)
-cli.add_command(cluster)
-cli.add_command(groups)
+cli.add_command(bench.bench)
+cli.add_command(cluster.cluster)
+cli.add_command(groups.groups)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from zbroker.cli_output import echo_table
+from zbroker.cli.output import echo_table
 
 
 def _admin(ctx: click.Context):

@@ -18,7 +18,7 @@ Readiness and status use a raw DEALER socket and a ``metadata`` request
 (docs/protocol.md §4.1), so they do not depend on the client library's retry
 behaviour.  All waiting is polling against a deadline.
 
-Registered on the main group by ``zbroker/cli.py`` (``cli.add_command(cluster)``).
+Registered on the main group by ``zbroker/cli/__init__.py`` (``cli.add_command(cluster.cluster)``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import click
 
-from zbroker.cli_output import echo_table
+from zbroker.cli.output import echo_table
 from zbroker.config import BrokerEntry, ClusterConfig, load_config
 
 PID_FILE = "broker.pid"
@@ -202,7 +202,7 @@ def cluster() -> None:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # The brokers must run the same zbroker as this command, wherever it was imported from.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding zbroker/ (this is zbroker/cli/cluster.py)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
