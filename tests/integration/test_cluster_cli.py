@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from support import RawClient, free_port, wait_until
-from zbroker.cluster_cli import is_our_broker, pid_alive
+from zbroker.cli.cluster import is_our_broker, pid_alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,7 +262,7 @@ def test_status_shows_under_replicated_partitions_and_disagreeing_controllers(tm
     """The table's logic, fed with made-up metadata answers (no brokers needed)."""
     from click.testing import CliRunner
 
-    from zbroker import cluster_cli
+    from zbroker.cli import cluster as cluster_cli
 
     config, entries = write_config(tmp_path, brokers=3)
 

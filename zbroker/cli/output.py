@@ -1,4 +1,4 @@
-"""Output helpers shared by the CLI's command modules (``cli``, ``cluster_cli``, ``groups_cli``)."""
+"""Output helpers shared by the CLI's command modules (``topics``, ``groups``, ``cluster``)."""
 
 from __future__ import annotations
 

@@ -1,22 +1,17 @@
 """`zbroker groups list|describe|reset-offsets|delete`: consumer-group administration.
 
-Registered on the main group by ``zbroker/cli.py`` (``cli.add_command(groups)``),
-which turns zbroker errors into one line.  The client library and the shared
-helpers of ``zbroker.cli`` are imported inside the commands: ``zbroker.cli``
-imports this module while it loads.
+Registered on the main group by ``zbroker/cli/__init__.py``, which turns zbroker
+errors into one line.  The client library is imported inside the commands
+(``make_admin``).
 """
 
 from __future__ import annotations
 
 import click
 
-from zbroker.cli_output import echo_table
-
-
-def _admin(ctx: click.Context):
-    from zbroker.cli import _admin as make_admin
-
-    return make_admin(ctx)
+from zbroker.cli.common import BadUsage, Fail, make_admin
+from zbroker.cli.output import echo_table
+from zbroker.errors import NonEmptyGroupError
 
 
 @click.group()
@@ -28,7 +23,7 @@ def groups() -> None:
 @click.pass_context
 def groups_list(ctx) -> None:
     """List consumer group names, one per line."""
-    with _admin(ctx) as admin:
+    with make_admin(ctx) as admin:
         names = admin.list_groups()
     for name in names:
         click.echo(name)
@@ -39,7 +34,7 @@ def groups_list(ctx) -> None:
 @click.pass_context
 def groups_describe(ctx, group: str) -> None:
     """Show GROUP's state, members, assignment, committed offsets and lag."""
-    with _admin(ctx) as admin:
+    with make_admin(ctx) as admin:
         desc = admin.describe_group(group)
     owner: dict[tuple[str, int], object] = {}
     for m in desc.members:
@@ -78,9 +73,6 @@ def groups_describe(ctx, group: str) -> None:
 def groups_reset_offsets(ctx, group: str, topic: str, to_earliest: bool, to_latest: bool, to_offset: int | None,
                          to_datetime: str | None, partitions: tuple[int, ...]) -> None:
     """Set GROUP's committed offsets of --topic; the group's consumers must be stopped."""
-    from zbroker.cli import BadUsage, Fail
-    from zbroker.errors import NonEmptyGroupError
-
     chosen = [name for name, given in (("--to-earliest", to_earliest), ("--to-latest", to_latest),
                                        ("--to-offset", to_offset is not None), ("--to-datetime", to_datetime is not None)) if given]
     if len(chosen) != 1:
@@ -93,7 +85,7 @@ def groups_reset_offsets(ctx, group: str, topic: str, to_earliest: bool, to_late
             datetime.fromisoformat(to_datetime.strip())
         except ValueError:
             raise BadUsage(f"--to-datetime: not an ISO-8601 date/time: {to_datetime!r}") from None
-    with _admin(ctx) as admin:
+    with make_admin(ctx) as admin:
         try:
             new = admin.reset_offsets(group, topic, to_earliest=to_earliest, to_latest=to_latest, to_offset=to_offset,
                                       to_datetime=to_datetime, partitions=list(partitions) or None)
@@ -110,10 +102,7 @@ def groups_reset_offsets(ctx, group: str, topic: str, to_earliest: bool, to_late
 @click.pass_context
 def groups_delete(ctx, group: str) -> None:
     """Delete GROUP and its committed offsets (it must have no members)."""
-    from zbroker.cli import Fail
-    from zbroker.errors import NonEmptyGroupError
-
-    with _admin(ctx) as admin:
+    with make_admin(ctx) as admin:
         try:
             admin.delete_group(group)
         except NonEmptyGroupError:

@@ -18,7 +18,7 @@ Readiness and status use a raw DEALER socket and a ``metadata`` request
 (docs/protocol.md §4.1), so they do not depend on the client library's retry
 behaviour.  All waiting is polling against a deadline.
 
-Registered on the main group by ``zbroker/cli.py`` (``cli.add_command(cluster)``).
+Registered on the main group by ``zbroker/cli/__init__.py`` (``cli.add_command(cluster.cluster)``).
 """
 
 from __future__ import annotations
@@ -33,22 +33,14 @@ from typing import Any
 
 import click
 
-from zbroker.cli_output import echo_table
+from zbroker.cli.common import Fail
+from zbroker.cli.output import echo_table
 from zbroker.config import BrokerEntry, ClusterConfig, load_config
 
 PID_FILE = "broker.pid"
 LOG_FILE = "broker.log"
 LOG_TAIL_LINES = 20
 POLL_S = 0.05
-
-
-class ClusterFail(click.ClickException):
-    """A one-line failure, exit 1 (same shape as zbroker.cli.Fail, kept here to avoid a circular import)."""
-
-    exit_code = 1
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 # -- pid files and processes ---------------------------------------------------------
@@ -202,7 +194,7 @@ def cluster() -> None:
 def _child_env() -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # The brokers must run the same zbroker as this command, wherever it was imported from.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding zbroker/ (this is zbroker/cli/cluster.py)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -267,8 +259,8 @@ def up(config_path: str, wait_s: float) -> None:
                        f"last lines of {log_path(entry)}:", err=True)
             click.echo(_indent(log_tail(log_path(entry), started.get(entry.id, (None, 0))[1])), err=True)
         ids = ", ".join(str(e.id) for e in silent)
-        raise ClusterFail(f"broker(s) {ids} did not answer within {wait_s:g}s (still running; "
-                          f"`zbroker cluster down {config_path}` stops them)")
+        raise Fail(f"broker(s) {ids} did not answer within {wait_s:g}s (still running; "
+                   f"`zbroker cluster down {config_path}` stops them)")
 
 
 def _indent(text: str) -> str:
@@ -297,7 +289,7 @@ def _startup_failed(config: ClusterConfig, entry: BrokerEntry, code: int, offset
                 proc.wait(10)
         remove_pid_file(by_id[broker_id])
     hint = f"; stopped broker(s) {', '.join(others)} started with it" if others else ""
-    raise ClusterFail(f"broker {entry.id} failed to start{hint}")
+    raise Fail(f"broker {entry.id} failed to start{hint}")
 
 
 @cluster.command("down")
@@ -362,7 +354,7 @@ def down(config_path: str, timeout_s: float) -> None:
         remove_pid_file(by_id[broker_id])
         click.echo(f"broker {broker_id} did not stop within {timeout_s:g}s after SIGTERM; killed (SIGKILL, pid {pid})")
     if failed:
-        raise ClusterFail(f"broker(s) {', '.join(map(str, failed))} could not be stopped")
+        raise Fail(f"broker(s) {', '.join(map(str, failed))} could not be stopped")
 
 
 def _under_replicated(header: dict[str, Any]) -> int:
@@ -420,5 +412,5 @@ def status(config_path: str, timeout_s: float) -> None:
             f"broker {bid} says {'none' if c in (None, -1) else c} (epoch {e})" for bid, (c, e) in sorted(views.items())))
     missing = [e.id for e in config.brokers if e.id not in answers]
     if missing:
-        raise ClusterFail(f"{len(missing)} of {len(config.brokers)} broker(s) did not answer: "
-                          + ", ".join(map(str, missing)))
+        raise Fail(f"{len(missing)} of {len(config.brokers)} broker(s) did not answer: "
+                   + ", ".join(map(str, missing)))

@@ -1,0 +1,57 @@
+"""`zbroker serve`: run one broker in the foreground.
+
+The broker is imported in one place, inside the command: ``zbroker --help`` and
+the other commands never load it, and ``zbroker serve`` never loads ``clients``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zbroker.cli.common import BadUsage
+from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_PORT, load_config, single_node_config
+
+
+def parse_hostport(value: str, what: str = "--listen") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BadUsage(f"{what}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Cluster config file (TOML).")
+@click.option("--broker-id", type=int, help="Which broker of the config file this is (default: the first).")
+@click.option("--data-dir", help=f"Data directory (default: ./{DEFAULT_DATA_DIR}, or the config's data_dir).")
+@click.option("--listen", help=f"HOST:PORT to listen on (default: 127.0.0.1:{DEFAULT_PORT}, or the config's).")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(config_path: str | None, broker_id: int | None, data_dir: str | None, listen: str | None, log_level: str) -> None:
+    """Run a broker in the foreground until SIGTERM or Ctrl-C.
+
+    Without --config: a single-node broker listening on 127.0.0.1:9555 with its
+    data under ./zbroker-data and the default topic settings (docs/operations.md).
+    """
+    from zbroker.server import serve as run_server, setup_logging
+
+    if config_path is None:
+        host, port = parse_hostport(listen) if listen else ("127.0.0.1", DEFAULT_PORT)
+        config = single_node_config(data_dir or DEFAULT_DATA_DIR, host, port)
+        broker_id = config.brokers[0].id
+    else:
+        config = load_config(config_path)
+        if broker_id is None:
+            broker_id = config.brokers[0].id
+        entry = config.broker(broker_id)
+        changes = {}
+        if data_dir:
+            changes["data_dir"] = data_dir
+        if listen:
+            host, port = parse_hostport(listen)
+            changes.update(host=host, port=port)
+        if changes:
+            config = config.with_broker(entry.id, **changes)
+    Path(config.broker(broker_id).data_dir).mkdir(parents=True, exist_ok=True)
+    setup_logging(log_level)
+    run_server(config, broker_id)
