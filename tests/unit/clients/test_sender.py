@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from clients.accumulator import RecordAccumulator
-from clients.producer import _Sender
+from clients.producer.accumulator import RecordAccumulator
+from clients.producer.idempotence import IdempotenceState
+from clients.producer.sender import Sender
 from clients.records import decode_batches, set_base_offset
 from zbroker.errors import (
     ConnectionBrokenError,
@@ -44,14 +45,16 @@ def make(acks=1, retries=10, batch_size=10_000, linger_ms=0, idempotent=False):
     acc = RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms)
     net = FakeNet()
     meta = FakeMeta({TP: "b1"})
-    producer = SimpleNamespace(
-        _acc=acc, _net=net, _meta=meta, max_in_flight=5, delivery_timeout=120.0, retry_backoff=0.1,
-        retries=retries, compression=0, acks=acks, request_timeout_ms=1000, _closed_hard=False,
-        metadata_max_age=300.0, enable_idempotence=idempotent, _pid=7 if idempotent else -1, _pid_epoch=0,
-        _seq={}, _pid_requested=False, _pid_reset=False, _pid_tries=-1,
-    )
+    idem = None
+    if idempotent:
+        idem = IdempotenceState()
+        idem.on_producer_id(7, 0)
     clock = SimpleNamespace(now=0.0)
-    sender = _Sender(producer, clock=lambda: clock.now)
+    sender = Sender(
+        acc, net, meta, max_in_flight=5, delivery_timeout=120.0, retry_backoff=0.1, retries=retries,
+        compression=0, acks=acks, request_timeout_ms=1000, metadata_max_age=300.0, idempotence=idem,
+        clock=lambda: clock.now,
+    )
     sender.fake_clock = clock
     return sender, acc, net, meta
 
