@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from storage.batch import parse_header
+
 from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
@@ -13,8 +15,10 @@ from clients.records import decode_batches, set_base_offset
 from zbroker.errors import (
     ConnectionBrokenError,
     ErrorCode,
+    InvalidProducerEpochError,
     MessageTooLargeError,
     NotLeaderOrFollowerError,
+    OutOfOrderSequenceNumberError,
     RequestTimeoutError,
 )
 
@@ -154,7 +158,7 @@ def test_not_leader_class_is_retriable():
 
 
 def test_idempotent_batches_are_numbered_and_keep_their_numbers_on_retry():
-    from storage.batch import parse_header
+
 
     sender, acc, net, meta = make(idempotent=True)
     for i in range(3):
@@ -169,3 +173,62 @@ def test_idempotent_batches_are_numbered_and_keep_their_numbers_on_retry():
     retried = net.sent[-1]
     assert parse_header(retried.frames[0]).base_sequence == 0  # the same numbers again
     assert parse_header(retried.frames[1]).base_sequence == 3  # the next batch continues after it
+
+
+def error_result(code):
+    return {"error": 0, "results": [{"error": int(code), "error_message": "no"}]}
+
+
+def test_idempotent_out_of_order_sequence_fails_the_batch_and_takes_a_new_producer_id():
+    sender, acc, net, meta = make(idempotent=True)
+    meta.candidates = lambda: ["b1"]
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(error_result(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER), [], None)
+    assert isinstance(f.exception(0), OutOfOrderSequenceNumberError)
+    g, _ = acc.append(TP, 2, None, b"y", None, 10, 2.0)
+    run(sender, 2.0)
+    (ask,) = [r for r in net.sent if r.kind == "init_producer_id"]
+    ask.callback({"producer_id": 9, "producer_epoch": 0}, [], None)
+    run(sender, 2.1)
+    h = parse_header(net.sent[-1].frames[0])
+    assert (h.producer_id, h.base_sequence) == (9, 0)
+    net.sent[-1].callback(ok(1, base=5), [], None)
+    assert g.result(0).offset == 5
+
+
+def test_idempotent_invalid_producer_epoch_fails_and_resets_too():
+    sender, acc, net, _meta = make(idempotent=True)
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(error_result(ErrorCode.INVALID_PRODUCER_EPOCH), [], None)
+    assert isinstance(f.exception(0), InvalidProducerEpochError)
+    assert sender.idem.reset_pending
+
+
+def test_idempotent_duplicate_answer_is_a_success_with_the_first_offset():
+    # the broker answers a resent batch it already has with the original offset
+    sender, acc, net, _meta = make(idempotent=True)
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(None, [], RequestTimeoutError("answer lost"))
+    run(sender, 2.0)
+    resent = net.sent[-1]
+    assert parse_header(resent.frames[0]).base_sequence == 0
+    resent.callback(ok(1, base=42), [], None)
+    assert f.result(0).offset == 42 and not sender.idem.reset_pending and sender.idem.sequences == {TP: 1}
+
+
+def test_idempotent_waits_for_a_producer_id_before_numbering():
+    sender, acc, net, meta = make(idempotent=True)
+    sender.idem = IdempotenceState()
+    meta.candidates = lambda: []
+    acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    assert run(sender, 1.0) == 1.1 and net.sent == []  # no broker known: try again after the backoff
+    meta.candidates = lambda: ["b1", "b2"]
+    run(sender, 1.1)
+    (ask,) = net.sent
+    ask.callback(None, [], RequestTimeoutError("no answer"))
+    assert meta.updates == 1
+    run(sender, 1.2)
+    assert [r.address for r in net.sent] == ["b1", "b2"]  # the next broker
