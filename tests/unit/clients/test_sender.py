@@ -6,12 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from storage.batch import parse_header
-
 from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
 from clients.records import decode_batches, set_base_offset
+from storage.batch import parse_header
+from tests.unit.clients.clientfakes import FakeMeta, FakeNet
 from zbroker.errors import (
     ConnectionBrokenError,
     ErrorCode,
@@ -23,26 +23,6 @@ from zbroker.errors import (
 )
 
 TP = ("t", 0)
-
-
-class FakeNet:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, address, kind, fields, frames, callback, timeout_ms=None, expect_response=True, on_sent=None):
-        self.sent.append(SimpleNamespace(address=address, kind=kind, fields=fields, frames=list(frames), callback=callback, on_sent=on_sent))
-
-    def wakeup(self):
-        pass
-
-
-class FakeMeta:
-    def __init__(self, leaders):
-        self.cache = SimpleNamespace(leaders=leaders, updated_at=0.0)
-        self.updates = 0
-
-    def request_update(self, now=None):
-        self.updates += 1
 
 
 def make(acks=1, retries=10, batch_size=10_000, linger_ms=0, idempotent=False):
