@@ -36,6 +36,19 @@ def answer(req, parts, frames):
     req.callback({"error": 0, "partitions": parts}, frames, None)
 
 
+def fetching(reset="earliest", offset=0, tps=(TP,)):
+    """A fetcher at ``offset`` on ``tps`` with its first fetch sent: (fetcher, net, meta, request)."""
+    f, net, meta = make(reset=reset)
+    f.set_assignment(list(tps))
+    for tp in tps:
+        f.seek(tp, offset)
+    f.run(0.0)
+    return f, net, meta, net.of_kind("fetch")[0]
+
+
+OUT_OF_RANGE = {"error": int(ErrorCode.OFFSET_OUT_OF_RANGE), "log_start_offset": 10, "high_watermark": 20}
+
+
 def ok(hw=100):
     return {"error": 0, "high_watermark": hw, "log_start_offset": 0}
 
@@ -88,11 +101,7 @@ def test_pending_reset_is_resolved_with_list_offsets(reset, timestamp):
 
 
 def test_fetched_batches_are_buffered_and_collected_in_offset_order():
-    f, net, _ = make()
-    f.set_assignment([TP])
-    f.seek(TP, 0)
-    f.run(0.0)
-    (first,) = net.of_kind("fetch")
+    f, net, _, first = fetching()
     answer(first, [ok()], [batch(0, 3) + batch(3, 2)])
     assert f.states[TP].fetch_offset == 5 and f.states[TP].high_watermark == 100
     f.run(0.0)
@@ -106,20 +115,13 @@ def test_fetched_batches_are_buffered_and_collected_in_offset_order():
 
 
 def test_records_below_the_fetch_position_are_skipped():
-    f, net, _ = make()
-    f.set_assignment([TP])
-    f.seek(TP, 3)
-    f.run(0.0)
-    answer(net.of_kind("fetch")[0], [ok()], [batch(0, 5)])  # a fetch may start mid-batch
+    f, _net, _, req = fetching(offset=3)
+    answer(req, [ok()], [batch(0, 5)])  # a fetch may start mid-batch
     assert [r.offset for r in collect(f)] == [3, 4]
 
 
 def test_an_answer_from_before_a_seek_is_dropped():
-    f, net, _ = make()
-    f.set_assignment([TP])
-    f.seek(TP, 0)
-    f.run(0.0)
-    stale = net.of_kind("fetch")[0]
+    f, _net, _, stale = fetching()
     f.seek(TP, 10)
     answer(stale, [ok()], [batch(0, 5)])
     assert collect(f) == [] and position(f) == 10
@@ -140,11 +142,8 @@ def test_one_fetch_per_leader_for_all_its_partitions():
 
 @pytest.mark.parametrize("reset, timestamp", [("earliest", EARLIEST_TIMESTAMP), ("latest", LATEST_TIMESTAMP)])
 def test_offset_out_of_range_resets_by_policy(reset, timestamp):
-    f, net, _ = make(reset=reset)
-    f.set_assignment([TP])
-    f.seek(TP, 500)
-    f.run(0.0)
-    answer(net.of_kind("fetch")[0], [{"error": int(ErrorCode.OFFSET_OUT_OF_RANGE), "log_start_offset": 10, "high_watermark": 20}], [b""])
+    f, net, _, req = fetching(reset=reset, offset=500)
+    answer(req, [OUT_OF_RANGE], [b""])
     st = f.states[TP]
     assert st.position is None and st.reset == reset and st.error is None
     f.run(0.0)
@@ -153,11 +152,8 @@ def test_offset_out_of_range_resets_by_policy(reset, timestamp):
 
 
 def test_offset_out_of_range_with_reset_none_is_raised_by_poll():
-    f, net, _ = make(reset="none")
-    f.set_assignment([TP])
-    f.seek(TP, 500)
-    f.run(0.0)
-    answer(net.of_kind("fetch")[0], [{"error": int(ErrorCode.OFFSET_OUT_OF_RANGE), "log_start_offset": 10, "high_watermark": 20}], [b""])
+    f, net, _, req = fetching(reset="none", offset=500)
+    answer(req, [OUT_OF_RANGE], [b""])
     with pytest.raises(OffsetOutOfRangeError, match="500"):
         collect(f)
     assert net.of_kind("list_offsets") == []
@@ -165,22 +161,16 @@ def test_offset_out_of_range_with_reset_none_is_raised_by_poll():
 
 @pytest.mark.parametrize("code", [ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION])
 def test_not_leader_errors_refresh_metadata_and_back_off(code):
-    f, net, meta = make()
-    f.set_assignment([TP])
-    f.seek(TP, 0)
-    f.run(0.0)
-    answer(net.of_kind("fetch")[0], [{"error": int(code)}], [b""])
+    f, net, meta, req = fetching()
+    answer(req, [{"error": int(code)}], [b""])
     assert meta.updates == 1
     st = f.states[TP]
     assert st.error is None and st.backoff_until > 0 and position(f) == 0  # retried, not failed
 
 
 def test_transport_error_backs_off_without_losing_the_position():
-    f, net, _ = make()
-    f.set_assignment([TP])
-    f.seek(TP, 4)
-    f.run(0.0)
-    net.of_kind("fetch")[0].callback(None, [], TimeoutError("no answer"))
+    f, net, _, req = fetching(offset=4)
+    req.callback(None, [], TimeoutError("no answer"))
     st = f.states[TP]
     assert not st.inflight and st.backoff_until > 0 and position(f) == 4
     assert f.run(0.0) == st.backoff_until  # waits for the backoff, sends nothing
@@ -199,11 +189,7 @@ def test_leaderless_partition_requests_metadata():
 
 
 def test_revoked_partition_buffers_are_dropped():
-    f, net, _ = make()
-    f.set_assignment([TP, TP1])
-    f.seek(TP, 0)
-    f.seek(TP1, 0)
-    f.run(0.0)
-    answer(net.of_kind("fetch")[0], [ok(), ok()], [batch(0, 2), batch(0, 2, prefix=b"w")])
+    f, _net, _, req = fetching(tps=(TP, TP1))
+    answer(req, [ok(), ok()], [batch(0, 2), batch(0, 2, prefix=b"w")])
     f.set_assignment([TP1])
     assert {r.partition for r in collect(f)} == {1} and f.buffered_total == 0

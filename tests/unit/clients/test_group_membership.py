@@ -58,6 +58,15 @@ def beat(g, net, answer=None, exc=None):
     return hb
 
 
+def member(*tps, epoch=1, **kw):
+    """A membership that found its coordinator and owns ``tps``."""
+    g, net = make(**kw)
+    found(g, net)
+    beat(g, net, assignment(*tps, epoch=epoch))
+    g.apply()
+    return g, net
+
+
 def assignment(*tps, epoch=1, member_id="m-1", interval_ms=1000):
     return {"error": 0, "member_id": member_id, "member_epoch": epoch, "heartbeat_interval_ms": interval_ms,
             "assignment": [list(tp) for tp in tps]}
@@ -107,10 +116,7 @@ def test_new_assignment_is_applied_in_poll_with_committed_offsets():
 
 
 def test_revocation_calls_back_commits_and_stops_fetching_first():
-    g, net = make()
-    found(g, net)
-    beat(g, net, assignment(P0, P1))
-    g.apply()
+    g, net = member(P0, P1)
     g.clock_.advance(1.0)
     beat(g, net, assignment(P1, P2, epoch=2))
     g.apply()
@@ -120,10 +126,7 @@ def test_revocation_calls_back_commits_and_stops_fetching_first():
 
 
 def test_revocation_without_auto_commit_does_not_commit():
-    g, net = make(auto_commit=False)
-    found(g, net)
-    beat(g, net, assignment(P0))
-    g.apply()
+    g, net = member(P0, auto_commit=False)
     g.clock_.advance(1.0)
     beat(g, net, assignment(epoch=2))
     g.apply()
@@ -132,10 +135,7 @@ def test_revocation_without_auto_commit_does_not_commit():
 
 @pytest.mark.parametrize("code", [ErrorCode.FENCED_MEMBER_EPOCH, ErrorCode.UNKNOWN_MEMBER_ID])
 def test_fenced_or_unknown_member_loses_its_partitions_and_rejoins(code):
-    g, net = make()
-    found(g, net)
-    beat(g, net, assignment(P0, P1, epoch=3))
-    g.apply()
+    g, net = member(P0, P1, epoch=3)
     g.clock_.advance(1.0)
     beat(g, net, {"error": int(code), "error_message": "fenced"})
     assert g.lost and g.pending()
@@ -149,10 +149,7 @@ def test_fenced_or_unknown_member_loses_its_partitions_and_rejoins(code):
 
 @pytest.mark.parametrize("code", [ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_NOT_AVAILABLE])
 def test_coordinator_moved_is_looked_up_again(code):
-    g, net = make()
-    found(g, net)
-    beat(g, net, assignment(P0))
-    g.apply()
+    g, net = member(P0)
     g.clock_.advance(1.0)
     beat(g, net, {"error": int(code)})
     assert g.coordinator is None and g.owned == {P0}  # the partitions stay
@@ -191,10 +188,7 @@ def test_heartbeats_follow_the_coordinators_interval():
 
 
 def test_no_answer_for_a_session_gives_the_partitions_up():
-    g, net = make(session_timeout_ms=3000)
-    found(g, net)
-    beat(g, net, assignment(P0))
-    g.apply()
+    g, net = member(P0, session_timeout_ms=3000)
     g.clock_.advance(3.1)
     g.last_poll = g.clock_()
     g.run(g.clock_())
@@ -204,10 +198,7 @@ def test_no_answer_for_a_session_gives_the_partitions_up():
 
 
 def test_no_poll_for_max_poll_interval_leaves_the_group():
-    g, net = make(max_poll_interval_ms=10000)
-    found(g, net)
-    beat(g, net, assignment(P0))
-    g.apply()
+    g, net = member(P0, max_poll_interval_ms=10000)
     g.clock_.advance(10.5)
     g.last_ok = g.clock_()
     g.run(g.clock_())
