@@ -18,9 +18,10 @@ which owns one background *network thread*.  That thread owns every socket:
 
 User threads call :meth:`NetworkClient.send` (callback style, any thread) or
 :meth:`NetworkClient.request` (blocking).  Many requests may be in flight per
-connection; responses are matched by ``cid``.  Every request has a deadline;
-missing it fails the request with :class:`RequestTimeoutError`.  ``close()``
-fails everything pending with :class:`ClientClosedError`.
+connection; responses are matched by ``cid`` in the in-flight table
+(:mod:`clients.inflight`, pure data).  Every request has a deadline; missing it
+fails the request with :class:`RequestTimeoutError`.  ``close()`` fails
+everything pending with :class:`ClientClosedError`.
 
 *Tasks* (the producer's sender, the consumer's fetcher) run inside the network
 thread after every wake-up: ``task.run(now) -> next deadline | None``.
@@ -30,7 +31,6 @@ Callbacks also run in the network thread and must not block.
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 import logging
 import os
@@ -42,6 +42,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from clients.inflight import InFlight, InFlightTable
 from zbroker.errors import (
     ClientClosedError,
     ConnectionBrokenError,
@@ -82,19 +83,6 @@ def parse_bootstrap(bootstrap: str | list[str] | None) -> list[str]:
     if not out:
         raise ValueError(f"empty bootstrap {bootstrap!r}")
     return out
-
-
-class _Pending:
-    __slots__ = ("cid", "address", "callback", "deadline", "sent", "cancelled", "kind")
-
-    def __init__(self, cid, address, callback, deadline, kind):
-        self.cid = cid
-        self.address = address
-        self.callback = callback
-        self.deadline = deadline
-        self.kind = kind
-        self.sent = False
-        self.cancelled = False
 
 
 class _Conn:
@@ -146,8 +134,7 @@ class NetworkClient:
         self._wake_lock = threading.Lock()
         self._conns: dict[str, _Conn] = {}
         self._by_sock: dict = {}
-        self._pending: dict[int, _Pending] = {}
-        self._timeouts: list = []
+        self._inflight = InFlightTable()
         self._tasks: list = []
         self._cids = itertools.count(1)
         self._closing = False
@@ -310,14 +297,11 @@ class NetworkClient:
             return
         pending = None
         if expect_response:
-            deadline = time.monotonic() + timeout
-            pending = _Pending(cid, address, callback, deadline, kind)
-            self._pending[cid] = pending
-            heapq.heappush(self._timeouts, (deadline, cid))
+            pending = self._inflight.add(cid, address, callback, time.monotonic() + timeout, kind)
         try:
             data = [_packb(header, use_bin_type=True), *frames]
         except Exception as exc:  # a caller put something unpackable in the header
-            self._pending.pop(cid, None)
+            self._inflight.cancel(cid)
             if callback is not None:
                 self._safe(callback, None, [], exc)
             return
@@ -361,9 +345,13 @@ class NetworkClient:
             conn.pollout = False
             self._poller.modify(conn.sock, zmq.POLLIN)
 
-    def _fail(self, pending: _Pending, exc: BaseException) -> None:
-        pending.cancelled = True
-        if self._pending.pop(pending.cid, None) is not None and pending.callback is not None:
+    def _fail(self, pending: InFlight, exc: BaseException) -> None:
+        """Cancel ``pending`` if it is still in the table, and call it back with ``exc``."""
+        if self._inflight.cancel(pending.cid) is not None:
+            self._fail_removed(pending, exc)
+
+    def _fail_removed(self, pending: InFlight, exc: BaseException) -> None:
+        if pending.callback is not None:
             self._safe(pending.callback, None, [], exc)
 
     @staticmethod
@@ -386,8 +374,8 @@ class NetworkClient:
             elif event == zmq.EVENT_DISCONNECTED:
                 conn.connected = False
                 log.info("connection lost address=%s", conn.address)
-                for p in [p for p in self._pending.values() if p.address == conn.address and p.sent]:
-                    self._fail(p, ConnectionBrokenError(f"connection to {conn.address} broke with {p.kind} in flight"))
+                for p in self._inflight.fail_address(conn.address):
+                    self._fail_removed(p, ConnectionBrokenError(f"connection to {conn.address} broke with {p.kind} in flight"))
             elif event == zmq.EVENT_CONNECT_RETRIED and not conn.connected and conn.outbox:
                 # Nothing in the outbox left this process: failing it cannot duplicate anything.
                 items, conn.outbox = conn.outbox, collections.deque()
@@ -400,7 +388,7 @@ class NetworkClient:
 
     def _on_readable(self, conn: _Conn) -> None:
         sock = conn.sock
-        pending_map = self._pending
+        inflight = self._inflight
         for _ in range(10000):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -412,7 +400,7 @@ class NetworkClient:
             except Exception:
                 log.warning("dropping undecodable response from %s", conn.address)
                 continue
-            pending = pending_map.pop(cid, None)
+            pending = inflight.pop(cid)
             if pending is None:
                 continue  # timed out or cancelled earlier
             if not isinstance(header, dict):
@@ -422,17 +410,9 @@ class NetworkClient:
                 self._safe(pending.callback, header, frames[1:], None)
 
     def _expire(self, now: float) -> float | None:
-        heap = self._timeouts
-        while heap and heap[0][0] <= now:
-            _deadline, cid = heapq.heappop(heap)
-            p = self._pending.get(cid)
-            if p is not None and p.deadline <= now:
-                self._fail(p, RequestTimeoutError(f"{p.kind} to {p.address}: no answer within the request timeout"))
-        # drop stale heap entries cheaply when the heap grows much larger than the pending set
-        if len(heap) > 1024 and len(heap) > 4 * len(self._pending):
-            self._timeouts = heap = [(p.deadline, p.cid) for p in self._pending.values()]
-            heapq.heapify(heap)
-        return heap[0][0] if heap else None
+        for p in self._inflight.expire(now):
+            self._fail_removed(p, RequestTimeoutError(f"{p.kind} to {p.address}: no answer within the request timeout"))
+        return self._inflight.next_deadline()
 
     def _drain_commands(self) -> None:
         try:
@@ -502,8 +482,8 @@ class NetworkClient:
                     self._safe(item[5], None, [], exc)
                 elif item[8] is not None:
                     self._safe(item[8], exc)
-        for p in list(self._pending.values()):
-            self._fail(p, exc)
+        for p in self._inflight.drain():
+            self._fail_removed(p, exc)
         for task in self._tasks:
             close = getattr(task, "on_close", None)
             if close is not None:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from clients.accumulator import RecordAccumulator, RecordFuture, failed_future
+from clients.producer.accumulator import RecordAccumulator, RecordFuture, failed_future
 from clients.structs import RecordMetadata, TopicPartition
 from zbroker.errors import NotLeaderOrFollowerError, UnknownTopicOrPartitionError
 

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 
-from clients.accumulator import RecordAccumulator
+from clients.producer.accumulator import RecordAccumulator
 from clients.partitioner import Partitioner, murmur2, partition_for_key
 
 VECTORS = [

@@ -6,52 +6,39 @@ from types import SimpleNamespace
 
 import pytest
 
-from clients.accumulator import RecordAccumulator
-from clients.producer import _Sender
+from clients.producer.accumulator import RecordAccumulator
+from clients.producer.idempotence import IdempotenceState
+from clients.producer.sender import Sender
 from clients.records import decode_batches, set_base_offset
+from storage.batch import parse_header
+from tests.unit.clients.clientfakes import FakeMeta, FakeNet
 from zbroker.errors import (
     ConnectionBrokenError,
     ErrorCode,
+    InvalidProducerEpochError,
     MessageTooLargeError,
     NotLeaderOrFollowerError,
+    OutOfOrderSequenceNumberError,
     RequestTimeoutError,
 )
 
 TP = ("t", 0)
 
 
-class FakeNet:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, address, kind, fields, frames, callback, timeout_ms=None, expect_response=True, on_sent=None):
-        self.sent.append(SimpleNamespace(address=address, kind=kind, fields=fields, frames=list(frames), callback=callback, on_sent=on_sent))
-
-    def wakeup(self):
-        pass
-
-
-class FakeMeta:
-    def __init__(self, leaders):
-        self.cache = SimpleNamespace(leaders=leaders, updated_at=0.0)
-        self.updates = 0
-
-    def request_update(self, now=None):
-        self.updates += 1
-
-
 def make(acks=1, retries=10, batch_size=10_000, linger_ms=0, idempotent=False):
     acc = RecordAccumulator(batch_size=batch_size, linger_ms=linger_ms)
     net = FakeNet()
     meta = FakeMeta({TP: "b1"})
-    producer = SimpleNamespace(
-        _acc=acc, _net=net, _meta=meta, max_in_flight=5, delivery_timeout=120.0, retry_backoff=0.1,
-        retries=retries, compression=0, acks=acks, request_timeout_ms=1000, _closed_hard=False,
-        metadata_max_age=300.0, enable_idempotence=idempotent, _pid=7 if idempotent else -1, _pid_epoch=0,
-        _seq={}, _pid_requested=False, _pid_reset=False, _pid_tries=-1,
-    )
+    idem = None
+    if idempotent:
+        idem = IdempotenceState()
+        idem.on_producer_id(7, 0)
     clock = SimpleNamespace(now=0.0)
-    sender = _Sender(producer, clock=lambda: clock.now)
+    sender = Sender(
+        acc, net, meta, max_in_flight=5, delivery_timeout=120.0, retry_backoff=0.1, retries=retries,
+        compression=0, acks=acks, request_timeout_ms=1000, metadata_max_age=300.0, idempotence=idem,
+        clock=lambda: clock.now,
+    )
     sender.fake_clock = clock
     return sender, acc, net, meta
 
@@ -151,7 +138,7 @@ def test_not_leader_class_is_retriable():
 
 
 def test_idempotent_batches_are_numbered_and_keep_their_numbers_on_retry():
-    from storage.batch import parse_header
+
 
     sender, acc, net, meta = make(idempotent=True)
     for i in range(3):
@@ -166,3 +153,62 @@ def test_idempotent_batches_are_numbered_and_keep_their_numbers_on_retry():
     retried = net.sent[-1]
     assert parse_header(retried.frames[0]).base_sequence == 0  # the same numbers again
     assert parse_header(retried.frames[1]).base_sequence == 3  # the next batch continues after it
+
+
+def error_result(code):
+    return {"error": 0, "results": [{"error": int(code), "error_message": "no"}]}
+
+
+def test_idempotent_out_of_order_sequence_fails_the_batch_and_takes_a_new_producer_id():
+    sender, acc, net, meta = make(idempotent=True)
+    meta.candidates = lambda: ["b1"]
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(error_result(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER), [], None)
+    assert isinstance(f.exception(0), OutOfOrderSequenceNumberError)
+    g, _ = acc.append(TP, 2, None, b"y", None, 10, 2.0)
+    run(sender, 2.0)
+    (ask,) = [r for r in net.sent if r.kind == "init_producer_id"]
+    ask.callback({"producer_id": 9, "producer_epoch": 0}, [], None)
+    run(sender, 2.1)
+    h = parse_header(net.sent[-1].frames[0])
+    assert (h.producer_id, h.base_sequence) == (9, 0)
+    net.sent[-1].callback(ok(1, base=5), [], None)
+    assert g.result(0).offset == 5
+
+
+def test_idempotent_invalid_producer_epoch_fails_and_resets_too():
+    sender, acc, net, _meta = make(idempotent=True)
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(error_result(ErrorCode.INVALID_PRODUCER_EPOCH), [], None)
+    assert isinstance(f.exception(0), InvalidProducerEpochError)
+    assert sender.idem.reset_pending
+
+
+def test_idempotent_duplicate_answer_is_a_success_with_the_first_offset():
+    # the broker answers a resent batch it already has with the original offset
+    sender, acc, net, _meta = make(idempotent=True)
+    f, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    net.sent[-1].callback(None, [], RequestTimeoutError("answer lost"))
+    run(sender, 2.0)
+    resent = net.sent[-1]
+    assert parse_header(resent.frames[0]).base_sequence == 0
+    resent.callback(ok(1, base=42), [], None)
+    assert f.result(0).offset == 42 and not sender.idem.reset_pending and sender.idem.sequences == {TP: 1}
+
+
+def test_idempotent_waits_for_a_producer_id_before_numbering():
+    sender, acc, net, meta = make(idempotent=True)
+    sender.idem = IdempotenceState()
+    meta.candidates = lambda: []
+    acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    assert run(sender, 1.0) == 1.1 and net.sent == []  # no broker known: try again after the backoff
+    meta.candidates = lambda: ["b1", "b2"]
+    run(sender, 1.1)
+    (ask,) = net.sent
+    ask.callback(None, [], RequestTimeoutError("no answer"))
+    assert meta.updates == 1
+    run(sender, 1.2)
+    assert [r.address for r in net.sent] == ["b1", "b2"]  # the next broker

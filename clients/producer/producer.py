@@ -1,11 +1,13 @@
-"""The producer: ``send()`` appends to the accumulator; the sender ships batches.
+"""The producer's public API: ``send()`` appends to the accumulator; the sender ships batches.
 
 ``send()`` runs in the caller's thread and does only O(1) work: pick the
 partition, append a tuple to that partition's open batch, return a
-:class:`~clients.accumulator.RecordFuture`.  The :class:`_Sender` runs in the
-network thread: it drains sendable batches grouped by leader, encodes each
-batch once (one ``msgpack.packb``), sends one ``produce`` request per leader
-and resolves the futures from the response.
+:class:`~clients.producer.accumulator.RecordFuture`.  The
+:class:`~clients.producer.sender.Sender` runs in the network thread: it drains
+sendable batches grouped by leader, encodes each batch once (one
+``msgpack.packb``), sends one ``produce`` request per leader and resolves the
+futures from the response.  Idempotence (producer id, sequence numbers) is
+:class:`~clients.producer.idempotence.IdempotenceState`.
 
 Ordering under retries: at most one produce request per partition is in
 flight (it carries every sendable batch of that partition); a batch that fails
@@ -23,15 +25,16 @@ import logging
 import threading
 import time
 
-from clients.accumulator import RECORD_OVERHEAD, RecordAccumulator, RecordFuture, failed_future
 from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.partitioner import Partitioner
-from clients.records import COMPRESSION_BY_NAME, encode_batch
+from clients.producer.accumulator import RECORD_OVERHEAD, RecordAccumulator, RecordFuture, failed_future
+from clients.producer.idempotence import IdempotenceState
+from clients.producer.sender import Sender
+from clients.records import COMPRESSION_BY_NAME
 from clients.serde import SERIALIZERS, bytes_serializer, resolve
 from clients.structs import TopicPartition
 from zbroker.errors import (
-    ConnectionBrokenError,
     ClientClosedError,
     ErrorCode,
     RequestTimeoutError,
@@ -130,12 +133,6 @@ class Producer:
         self.metadata_max_age = metadata_max_age_ms / 1000.0
         self.max_batches = max(4, buffer_memory // max(1, batch_size))
         self.enable_idempotence = enable_idempotence and self.acks != 0
-        self._pid = -1  # producer id and epoch (idempotence); -1 until the cluster hands one out
-        self._pid_epoch = -1
-        self._pid_requested = False
-        self._pid_tries = -1
-        self._pid_reset = False
-        self._seq: dict = {}  # tp -> next sequence number
         self.max_block_ms = max_block_ms if max_block_ms is not None else request_timeout_ms
         self._key_ser = resolve(key_serializer, SERIALIZERS, "key_serializer")
         self._value_ser = resolve(value_serializer, SERIALIZERS, "value_serializer")
@@ -146,8 +143,12 @@ class Producer:
         self._part_lock = threading.Lock()
         self._sticky_open: dict = {}  # topic -> batch that null-key records currently go to
         self._closed = False
-        self._closed_hard = False  # set when close() gave up waiting: stop retrying
-        self._sender = _Sender(self)
+        self._sender = Sender(
+            self._acc, self._net, self._meta, acks=self.acks, compression=self.compression,
+            request_timeout_ms=request_timeout_ms, retries=retries, delivery_timeout=self.delivery_timeout,
+            retry_backoff=self.retry_backoff, max_in_flight=max_in_flight, metadata_max_age=self.metadata_max_age,
+            idempotence=IdempotenceState() if self.enable_idempotence else None,
+        )
         self._net.add_task(self._sender)
 
     # -- public API ------------------------------------------------------------------
@@ -286,7 +287,7 @@ class Producer:
         except TimeoutError:
             log.warning("producer closed with records still unacknowledged")
         finally:
-            self._closed_hard = True
+            self._sender.stop_retrying = True
             self._net.close()
             self._acc.fail_all(ClientClosedError("producer closed before the record was acknowledged"))
 
@@ -357,172 +358,3 @@ class Producer:
                 if unknown_tries >= 10:
                     return last
             time.sleep(0.05)
-
-
-class _Sender:
-    """Runs in the network thread: drains the accumulator and resolves batches."""
-
-    def __init__(self, producer: Producer, clock=time.monotonic) -> None:
-        self.clock = clock  # injectable for tests
-        self.p = producer
-        self.acc = producer._acc
-        self.net = producer._net
-        self.meta = producer._meta
-        self.inflight: dict[str, int] = {}
-
-    def _can_send(self, address: str) -> bool:
-        return self.inflight.get(address, 0) < self.p.max_in_flight
-
-    def _idempotence_ready(self, now: float) -> bool:
-        """Make sure there is a producer id before batches are numbered."""
-        p = self.p
-        if p._pid_reset and not any(self.inflight.values()):
-            # batches already sent keep their id and numbers (their fate may be unknown: a
-            # resend must still be recognised); batches not sent yet are numbered afresh
-            p._pid, p._pid_reset, p._seq = -1, False, {}
-        if p._pid >= 0:
-            return True
-        if not p._pid_requested:
-            candidates = self.meta.candidates()
-            if candidates:
-                p._pid_requested = True
-                p._pid_tries += 1  # a broker that does not answer: the next try goes to the next one
-                address = candidates[p._pid_tries % len(candidates)]
-                self.net.send(address, "init_producer_id", {}, (), self._on_producer_id, timeout_ms=min(5000, p.request_timeout_ms))
-        return False
-
-    def _on_producer_id(self, header, _frames, exc) -> None:
-        p = self.p
-        p._pid_requested = False
-        if exc is None and not header.get("error"):
-            p._pid, p._pid_epoch = header["producer_id"], header["producer_epoch"]
-            log.debug("producer id %s epoch %s", p._pid, p._pid_epoch)
-        else:
-            log.debug("init_producer_id failed: %s", exc or header.get("error_message"))
-            self.meta.request_update(self.clock())
-        self.net.wakeup()
-
-    def run(self, now: float):
-        acc = self.acc
-        if not acc.queues:
-            return None
-        if self.p.enable_idempotence and not self._idempotence_ready(now):
-            return now + self.p.retry_backoff
-        if now - self.meta.cache.updated_at > self.p.metadata_max_age:
-            self.meta.request_update(now)
-        expired = acc.expired(now, self.p.delivery_timeout)
-        for b in expired:
-            self._finish(b, -1, RequestTimeoutError(f"{b.tp[0]}-{b.tp[1]}: record not sent within delivery_timeout_ms"))
-        by_leader, deadline, leaderless = acc.drain(now, self.meta.cache.leaders.get, self._can_send)
-        if leaderless:
-            self.meta.request_update(now)
-            retry = now + self.p.retry_backoff
-            deadline = retry if deadline is None or retry < deadline else deadline
-        for address, items in by_leader.items():
-            self._send(address, items)
-        return deadline
-
-    def _send(self, address: str, items: list) -> None:
-        p = self.p
-        frames = []
-        descs = []
-        for tp, batches in items:
-            for b in batches:
-                if b.encoded is None:
-                    if p.enable_idempotence:
-                        b.base_seq = p._seq.get(tp, 0)
-                        p._seq[tp] = (b.base_seq + len(b.records)) % (1 << 31)
-                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression, p._pid, p._pid_epoch, b.base_seq)
-                    else:
-                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression)
-                b.attempts += 1
-                frames.append(b.encoded)
-                descs.append({"topic": tp[0], "partition": tp[1]})
-        fields = {"acks": p.acks, "timeout_ms": p.request_timeout_ms, "batches": descs}
-        self.inflight[address] = self.inflight.get(address, 0) + 1
-        if p.acks == 0:
-            self.net.send(
-                address, "produce", fields, frames, None, expect_response=False,
-                on_sent=lambda exc: self._on_sent(address, items, exc),
-            )
-        else:
-            self.net.send(
-                address, "produce", fields, frames,
-                lambda h, _f, exc: self._on_response(address, items, h, exc),
-                timeout_ms=p.request_timeout_ms + 5000,
-            )
-
-    def _finish(self, b, base_offset: int, error) -> None:
-        if b.base_seq >= 0 and isinstance(error, ZBrokerError) and not error.retriable and not isinstance(
-            error, (RequestTimeoutError, ConnectionBrokenError, ClientClosedError)
-        ):
-            # the broker refused it, so it is not in the log: the gap it leaves in the
-            # sequence would block every later batch of the partition; start a new id
-            self.p._pid_reset = True
-        b.complete(base_offset, error)
-        self.acc.completed(b)
-
-    def _on_sent(self, address: str, items: list, exc) -> None:
-        self.inflight[address] -= 1
-        for tp, batches in items:
-            for b in batches:
-                self._finish(b, -1, exc)
-            self.acc.unmute(tp)
-        self.net.wakeup()
-
-    def _retry_or_fail(self, tp, batches, exc: BaseException, now: float) -> list:
-        """Split ``batches`` into those to retry (returned) and those failed now."""
-        retry = []
-        for b in batches:
-            if (
-                isinstance(exc, ZBrokerError)
-                and exc.retriable
-                and b.attempts <= self.p.retries
-                and now - b.created < self.p.delivery_timeout
-                and not self.p._closed_hard
-            ):
-                retry.append(b)
-            else:
-                self._finish(b, -1, exc)
-        return retry
-
-    def _on_response(self, address: str, items: list, header, exc) -> None:
-        self.inflight[address] -= 1
-        now = self.clock()
-        refresh = False
-        if exc is None and header.get("error"):
-            exc = error_from(header["error"], header.get("error_message"))
-        if exc is not None:
-            log.debug("produce to %s failed: %s", address, exc)
-            refresh = getattr(exc, "invalid_metadata", False)
-            for tp, batches in items:
-                retry = self._retry_or_fail(tp, batches, exc, now)
-                if retry:
-                    self.acc.reenqueue(tp, retry, now + self.p.retry_backoff)
-                self.acc.unmute(tp)
-        else:
-            results = header.get("results") or ()
-            i = 0
-            for tp, batches in items:
-                retry = []
-                for b in batches:
-                    r = results[i] if i < len(results) else None
-                    i += 1
-                    if r is None:
-                        err, msg = ErrorCode.UNKNOWN_SERVER_ERROR, "produce response has no result for this batch"
-                    else:
-                        err, msg = r.get("error", 0), r.get("error_message")
-                    if err == 0:
-                        if retry:
-                            log.warning("%s-%s: a later batch succeeded after an earlier one failed: order may change", tp[0], tp[1])
-                        self._finish(b, r.get("base_offset", -1), None)
-                        continue
-                    e = error_from(err, msg or f"{tp[0]}-{tp[1]}: produce error {err}")
-                    refresh = refresh or e.invalid_metadata
-                    retry.extend(self._retry_or_fail(tp, [b], e, now))
-                if retry:
-                    self.acc.reenqueue(tp, retry, now + self.p.retry_backoff)
-                self.acc.unmute(tp)
-        if refresh:
-            self.meta.request_update(now)
-        self.net.wakeup()

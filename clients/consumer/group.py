@@ -17,6 +17,9 @@ stopped -- before the next heartbeat reports it gone:
 
 A member that does not call ``poll()`` for ``max_poll_interval_ms`` leaves the group
 by itself, as in Kafka, so its partitions move to members that make progress.
+
+No sockets here: requests go through ``net`` (``send``/``request``/``wakeup``), time
+comes from ``now`` or the injected ``clock``, so tests drive it with fakes.
 """
 
 from __future__ import annotations
@@ -34,13 +37,27 @@ _FENCED = {ErrorCode.UNKNOWN_MEMBER_ID, ErrorCode.FENCED_MEMBER_EPOCH}
 
 
 class GroupMembership:
-    """Heartbeats (network thread) and assignment changes (user thread) of one consumer."""
+    """Heartbeats (network thread) and assignment changes (user thread) of one consumer.
 
-    def __init__(self, consumer, group: str, instance_id: str | None, assignor: str, session_timeout_ms: int,
-                 max_poll_interval_ms: int, client_id: str | None) -> None:
-        self.c = consumer
-        self.net = consumer._net
-        self.meta = consumer._meta
+    Args:
+        net: the transport (``send``, ``request``, ``wakeup``).
+        meta: the metadata manager (``candidates()``: brokers to ask for the coordinator).
+        fetcher: the consumer's fetcher (``set_assignment``, ``seek``, ``cond``).
+        offsets: the consumer's :class:`~clients.consumer.offsets.ConsumerOffsets`
+            (``enable_auto_commit``, ``commit_positions``, ``fetch_committed``).
+        callback: ``callback(name, partitions)`` runs the user's ``on_assigned``,
+            ``on_revoked`` or ``on_lost``.
+        clock: ``time.monotonic`` or a fake.
+    """
+
+    def __init__(self, net, meta, fetcher, offsets, callback, group: str, instance_id: str | None, assignor: str,
+                 session_timeout_ms: int, max_poll_interval_ms: int, client_id: str | None, clock=time.monotonic) -> None:
+        self.net = net
+        self.meta = meta
+        self.fetcher = fetcher
+        self.offsets = offsets
+        self.callback = callback
+        self.clock = clock
         self.group = group
         self.instance_id = instance_id
         self.assignor = assignor
@@ -65,8 +82,8 @@ class GroupMembership:
         self.find_tries = 0
         self.next_beat = 0.0
         self.interval = 1.0
-        self.last_poll = time.monotonic()
-        self.last_ok = time.monotonic()  # last heartbeat the coordinator answered
+        self.last_poll = clock()
+        self.last_ok = clock()  # last heartbeat the coordinator answered
         self.closed = False
 
     # -- network thread -------------------------------------------------------------
@@ -136,7 +153,7 @@ class GroupMembership:
 
     def _on_heartbeat(self, header, _frames, exc) -> None:
         self.inflight = False
-        now = time.monotonic()
+        now = self.clock()
         if exc is not None:
             self.coordinator = None  # timed out or broke: find it again
         elif header.get("error"):
@@ -166,8 +183,8 @@ class GroupMembership:
         self.net.wakeup()
 
     def _wake_poll(self) -> None:
-        with self.c._fetcher.cond:
-            self.c._fetcher.cond.notify_all()
+        with self.fetcher.cond:
+            self.fetcher.cond.notify_all()
 
     # -- user thread --------------------------------------------------------------------
 
@@ -176,17 +193,17 @@ class GroupMembership:
 
     def apply(self) -> None:
         """Apply membership changes (inside poll(): callbacks run in the user's thread)."""
-        self.last_poll = time.monotonic()
-        c = self.c
+        self.last_poll = now = self.clock()
+        fetcher = self.fetcher
         if self.lost or self.left:
             with self.lock:
                 gone, self.owned, self.target = sorted(self.owned), set(), None
                 self.lost = self.left = False
                 self.epoch = 0  # join again (same member id where the coordinator still knows it)
-                self.last_ok = time.monotonic()
-            c._fetcher.set_assignment([])
+                self.last_ok = now
+            fetcher.set_assignment([])
             if gone:
-                c._callback("on_lost", gone)
+                self.callback("on_lost", gone)
             self._beat_now()
             return
         with self.lock:
@@ -196,19 +213,19 @@ class GroupMembership:
         revoked = sorted(self.owned - target)
         added = sorted(target - self.owned)
         if revoked:
-            c._callback("on_revoked", revoked)
-            if c.enable_auto_commit:
-                c._commit_positions(revoked, quiet=True)
+            self.callback("on_revoked", revoked)
+            if self.offsets.enable_auto_commit:
+                self.offsets.commit_positions(revoked, quiet=True)
             keep = [tp for tp in self.owned if tp in target]
-            c._fetcher.set_assignment(keep)
+            fetcher.set_assignment(keep)
         if added:
-            c._fetcher.set_assignment(sorted((self.owned & target) | set(added)))
-            committed = c._fetch_committed(added)
+            fetcher.set_assignment(sorted((self.owned & target) | set(added)))
+            committed = self.offsets.fetch_committed(added)
             for tp in added:
                 offset = committed.get(tp, -1)
                 if offset is not None and offset >= 0:
-                    c._fetcher.seek(tp, offset)
-            c._callback("on_assigned", added)
+                    fetcher.seek(tp, offset)
+            self.callback("on_assigned", added)
         with self.lock:
             self.owned = set(target)
             if self.target is target:
@@ -238,25 +255,29 @@ class GroupMembership:
             log.info("group %s: leave not acknowledged: %s", self.group, exc)
 
 
-def coordinator_call(consumer, kind: str, fields: dict, timeout_s: float):
-    """A request to the group's coordinator, finding it again on NOT_COORDINATOR; returns the header."""
-    g = consumer._group
-    deadline = time.monotonic() + timeout_s
-    last: ZBrokerError | None = None
-    while time.monotonic() < deadline:
-        address = g.coordinator
-        if address is None:
-            g._find(time.monotonic())
-            time.sleep(0.05)
-            continue
-        try:
-            header, _ = consumer._net.request(address, kind, fields, timeout_ms=int(max(0.1, deadline - time.monotonic()) * 1000))
-            return header
-        except ZBrokerError as exc:
-            last = exc
-            if exc.code in _REFIND or exc.code == ErrorCode.REQUEST_TIMED_OUT or getattr(exc, "invalid_metadata", False):
-                g.coordinator = None
+    def call(self, kind: str, fields: dict, timeout_s: float) -> dict:
+        """A request to the group's coordinator (user thread), finding it again on
+        NOT_COORDINATOR and the like; returns the response header.
+
+        Raises:
+            ZBrokerError: the coordinator's error, or COORDINATOR_NOT_AVAILABLE after ``timeout_s``.
+        """
+        deadline = self.clock() + timeout_s
+        last: ZBrokerError | None = None
+        while self.clock() < deadline:
+            address = self.coordinator
+            if address is None:
+                self._find(self.clock())
                 time.sleep(0.05)
                 continue
-            raise
-    raise last or error_from(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"no coordinator for group {g.group!r}")
+            try:
+                header, _ = self.net.request(address, kind, fields, timeout_ms=int(max(0.1, deadline - self.clock()) * 1000))
+                return header
+            except ZBrokerError as exc:
+                last = exc
+                if exc.code in _REFIND or exc.code == ErrorCode.REQUEST_TIMED_OUT or getattr(exc, "invalid_metadata", False):
+                    self.coordinator = None
+                    time.sleep(0.05)
+                    continue
+                raise
+        raise last or error_from(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"no coordinator for group {self.group!r}")

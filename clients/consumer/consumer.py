@@ -1,4 +1,4 @@
-"""The consumer: assignment, positions, ``poll()`` and offset look-ups.
+"""The consumer's public API: assignment, positions and ``poll()``.
 
 Fetching happens ahead of ``poll()`` in the network thread (see
 :mod:`clients.fetcher`); ``poll()`` decodes buffered batches and returns at
@@ -6,9 +6,10 @@ once when data is buffered.
 
 With a ``group``, subscribed consumers share their topics' partitions: the
 group's coordinator assigns each partition to exactly one member and moves
-partitions incrementally when members come and go (:mod:`clients.group`);
+partitions incrementally when members come and go (:mod:`clients.consumer.group`);
 positions are committed to the coordinator (``commit()``, auto-commit) and a
-newly assigned partition starts at its committed offset.
+newly assigned partition starts at its committed offset.  Offset look-ups and
+commits are :mod:`clients.consumer.offsets`; the methods here delegate.
 """
 
 from __future__ import annotations
@@ -17,20 +18,13 @@ import logging
 import time
 
 from clients.connection import NetworkClient
+from clients.consumer.group import GroupMembership
+from clients.consumer.offsets import ConsumerOffsets
 from clients.fetcher import Fetcher
-from clients.group import GroupMembership, coordinator_call
 from clients.metadata import MetadataManager
 from clients.serde import DESERIALIZERS, resolve
 from clients.structs import OffsetAndTimestamp, Record, TopicPartition
-from zbroker.errors import (
-    ClientClosedError,
-    ErrorCode,
-    InvalidGroupIdError,
-    RequestTimeoutError,
-    ZBrokerError,
-    error_from,
-)
-from zbroker.protocol import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from zbroker.errors import ClientClosedError, ZBrokerError
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +136,17 @@ class Consumer:
         self._net.add_task(self._fetcher)
         self._net.add_task(_Task(self._metadata_task))
         self._group: GroupMembership | None = None
-        self._next_auto_commit = time.monotonic() + auto_commit_interval_ms / 1000.0
+        self._offsets = ConsumerOffsets(
+            self._net, self._meta, self._fetcher, group=group, request_timeout_ms=request_timeout_ms,
+            enable_auto_commit=enable_auto_commit, auto_commit_interval_ms=auto_commit_interval_ms,
+            check_open=self._check_open,
+        )
         if group is not None:
             if not isinstance(group, str) or not group:
                 raise ValueError("group must be a non-empty string")
-            self._group = GroupMembership(self, group, group_instance_id, assignor, session_timeout_ms,
-                                          max_poll_interval_ms, client_id)
+            self._group = GroupMembership(self._net, self._meta, self._fetcher, self._offsets, self._callback, group,
+                                          group_instance_id, assignor, session_timeout_ms, max_poll_interval_ms, client_id)
+            self._offsets.membership = self._group
             self._net.add_task(_Task(self._group.run))
         if topics:
             self.subscribe(list(topics))
@@ -240,7 +239,7 @@ class Consumer:
                 group.last_poll = time.monotonic()
                 if group.pending():
                     group.apply()  # callbacks and commits run here, in the caller's thread
-                self._maybe_auto_commit()
+                self._offsets.maybe_auto_commit()
             with fetcher.cond:
                 if self._closed:
                     return []
@@ -275,13 +274,11 @@ class Consumer:
 
     def seek_to_beginning(self, *tps) -> None:
         """Move the partitions (default: all assigned) to their log start."""
-        for tp in self._tps(tps):
-            self._fetcher.seek(tp, None, "earliest")
+        self._offsets.reset(self._tps(tps), "earliest")
 
     def seek_to_end(self, *tps) -> None:
         """Move the partitions (default: all assigned) to their high watermark."""
-        for tp in self._tps(tps):
-            self._fetcher.seek(tp, None, "latest")
+        self._offsets.reset(self._tps(tps), "latest")
 
     def position(self, topic: str, partition: int, timeout_ms: int | None = None) -> int:
         """The next offset :meth:`poll` returns for the partition (resolving a pending reset).
@@ -290,20 +287,7 @@ class Consumer:
             OffsetOutOfRangeError: no position and ``auto_offset_reset='none'``.
             RequestTimeoutError: the reset did not resolve in time.
         """
-        timeout = (timeout_ms if timeout_ms is not None else self.request_timeout_ms) / 1000.0
-        deadline = time.monotonic() + timeout
-        tp = (topic, partition)
-        fetcher = self._fetcher
-        self._net.wakeup()
-        with fetcher.cond:
-            while True:
-                pos = fetcher.position(tp)
-                if pos is not None:
-                    return pos
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RequestTimeoutError(f"position of {topic}-{partition} not known within {timeout}s")
-                fetcher.cond.wait(min(left, 0.1))
+        return self._offsets.position((topic, partition), timeout_ms)
 
     def highwater(self, topic: str, partition: int) -> int:
         """The high watermark seen in the last fetch of the partition (-1 if none yet)."""
@@ -312,78 +296,20 @@ class Consumer:
 
     def beginning_offsets(self, tps) -> dict[TopicPartition, int]:
         """Log start offset of each partition."""
-        return {tp: r[0] for tp, r in self._list_offsets({tuple(tp): EARLIEST_TIMESTAMP for tp in tps}).items()}
+        return self._offsets.beginning_offsets(tps)
 
     def end_offsets(self, tps) -> dict[TopicPartition, int]:
         """High watermark (next offset to be written and readable) of each partition."""
-        return {tp: r[0] for tp, r in self._list_offsets({tuple(tp): LATEST_TIMESTAMP for tp in tps}).items()}
+        return self._offsets.end_offsets(tps)
 
     def offsets_for_times(self, timestamps: dict) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         """First offset whose timestamp is >= the given ms timestamp, per partition (None if none).
 
         The broker answers at batch granularity (docs/protocol.md §4.8).
         """
-        for ts in timestamps.values():
-            if ts < 0:
-                raise ValueError(f"timestamps must be >= 0, got {ts}")
-        res = self._list_offsets({tuple(tp): ts for tp, ts in timestamps.items()})
-        return {tp: (OffsetAndTimestamp(off, ts) if off >= 0 else None) for tp, (off, ts) in res.items()}
-
-    def _list_offsets(self, wanted: dict) -> dict[TopicPartition, tuple[int, int]]:
-        self._check_open()
-        deadline = time.monotonic() + self.request_timeout_ms / 1000.0
-        todo = {TopicPartition(*tp): ts for tp, ts in wanted.items()}
-        out: dict[TopicPartition, tuple[int, int]] = {}
-        last: ZBrokerError | None = None
-        while todo:
-            if time.monotonic() >= deadline:
-                raise last or RequestTimeoutError("list_offsets did not complete in time")
-            cache = self._meta.cache
-            by_leader: dict[str, list] = {}
-            missing = []
-            for tp in todo:
-                addr = cache.leader(*tp)
-                (by_leader.setdefault(addr, []) if addr else missing).append(tp)
-            if missing:
-                try:
-                    self._meta.refresh(sorted({t for t, _ in missing}), timeout_ms=5000)
-                except ZBrokerError as exc:
-                    last = exc
-                for tp in missing:
-                    if cache.topic_errors.get(tp[0]) == ErrorCode.UNKNOWN_TOPIC_OR_PARTITION or (
-                        tp[0] in self._meta.cache.partition_counts and tp[1] >= self._meta.cache.partition_counts[tp[0]]
-                    ):
-                        raise error_from(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"unknown partition {tp[0]}-{tp[1]}")
-            for addr, tps in by_leader.items():
-                parts = [{"topic": t, "partition": p, "timestamp": todo[(t, p)]} for t, p in tps]
-                try:
-                    header, _ = self._net.request(addr, "list_offsets", {"partitions": parts})
-                except ZBrokerError as exc:
-                    if not exc.retriable:
-                        raise
-                    last = exc
-                    continue
-                for tp, r in zip(tps, header.get("partitions") or ()):
-                    err = r.get("error", 0)
-                    if err:
-                        e = error_from(err, r.get("error_message"))
-                        if not e.retriable:
-                            raise e
-                        last = e
-                        continue
-                    out[tp] = (r.get("offset", -1), r.get("timestamp", -1))
-                    del todo[tp]
-            if todo:
-                time.sleep(0.1)
-                self._meta.request_update()
-        return out
+        return self._offsets.offsets_for_times(timestamps)
 
     # -- groups ----------------------------------------------------------------------
-
-    def _need_group(self, what: str) -> GroupMembership:
-        if self._group is None:
-            raise InvalidGroupIdError(f"{what} needs a group: Consumer(..., group='name')")
-        return self._group
 
     def _callback(self, name: str, tps) -> None:
         fn = self._callbacks.get(name)
@@ -393,20 +319,6 @@ class Consumer:
             fn([TopicPartition(*tp) for tp in tps])
         except Exception:  # a listener's bug must not break the group protocol
             log.exception("%s callback failed", name)
-
-    def _positions(self, tps) -> dict:
-        with self._fetcher.lock:
-            out = {}
-            for tp in tps:
-                st = self._fetcher.states.get(tuple(tp))
-                if st is not None and st.position is not None:
-                    out[tuple(tp)] = st.position
-            return out
-
-    def _commit_fields(self, offsets: dict, metadata: str) -> dict:
-        member_id, epoch = self._group.commit_fields()
-        return {"group": self.group, "member_id": member_id, "member_epoch": epoch,
-                "offsets": [{"topic": t, "partition": p, "offset": int(o), "metadata": metadata} for (t, p), o in sorted(offsets.items())]}
 
     def commit(self, offsets=None, metadata: str = "", asynchronous: bool = False, callback=None) -> None:
         """Commit positions to the group: ``offsets`` ({(topic, partition): next offset to read})
@@ -420,70 +332,15 @@ class Consumer:
             the membership moved on (the partitions may have moved). NonEmptyGroupError:
             committing from outside an active group.
         """
-        group = self._need_group("commit()")
-        if offsets is None:
-            offsets = self._positions(self._fetcher.states)
-        offsets = {tuple(tp): o for tp, o in offsets.items()}
-        if not offsets:
-            if callback:
-                callback(None)
-            return
-        fields = self._commit_fields(offsets, metadata)
-        if asynchronous and group.coordinator is not None:
-            def done(header, _frames, exc):
-                err = exc or (error_from(header["error"], header.get("error_message")) if header.get("error") else None)
-                if err is not None:
-                    log.info("async commit failed: %s", err)
-                if callback:
-                    callback(err)
-            self._net.send(group.coordinator, "offset_commit", fields, (), done, timeout_ms=self.request_timeout_ms)
-            return
-        try:
-            coordinator_call(self, "offset_commit", fields, self.request_timeout_ms / 1000.0)
-        except ZBrokerError as exc:
-            if callback:
-                callback(exc)
-                return
-            raise
-        if callback:
-            callback(None)
+        self._offsets.commit(offsets, metadata, asynchronous, callback)
 
     def commit_async(self, offsets=None, callback=None) -> None:
         """Same as ``commit(offsets, asynchronous=True, callback=callback)``."""
         self.commit(offsets, asynchronous=True, callback=callback)
 
-    def _commit_positions(self, tps, quiet: bool = False) -> None:
-        offsets = self._positions(tps)
-        if not offsets:
-            return
-        try:
-            self.commit(offsets)
-        except ZBrokerError as exc:
-            if not quiet:
-                raise
-            log.warning("group %s: commit of %d positions failed: %s", self.group, len(offsets), exc)
-
-    def _maybe_auto_commit(self) -> None:
-        if not self.enable_auto_commit or self._group is None:
-            return
-        now = time.monotonic()
-        if now < self._next_auto_commit:
-            return
-        self._next_auto_commit = now + self.auto_commit_interval_ms / 1000.0
-        offsets = self._positions(self._fetcher.states)
-        if offsets:
-            self.commit(offsets, asynchronous=True)
-
-    def _fetch_committed(self, tps) -> dict:
-        header = coordinator_call(self, "offset_fetch", {"group": self.group, "partitions": [list(tp) for tp in tps]},
-                                  self.request_timeout_ms / 1000.0)
-        return {(o["topic"], o["partition"]): o["offset"] for o in header.get("offsets") or ()}
-
     def committed(self, topic: str, partition: int) -> int | None:
         """The group's committed offset of a partition (the next offset to read), or None."""
-        self._need_group("committed()")
-        offset = self._fetch_committed([(topic, partition)]).get((topic, partition), -1)
-        return offset if offset >= 0 else None
+        return self._offsets.committed(topic, partition)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -497,9 +354,9 @@ class Consumer:
             return
         if self._group is not None:
             if self.enable_auto_commit and self._group.topics is not None and self._group.owned:
-                self._commit_positions(sorted(self._group.owned), quiet=True)
+                self._offsets.commit_positions(sorted(self._group.owned), quiet=True)
             elif self.enable_auto_commit and self._group.topics is None:
-                self._commit_positions(list(self._fetcher.states), quiet=True)
+                self._offsets.commit_positions(list(self._fetcher.states), quiet=True)
             self._group.leave()
         self._closed = True
         self._fetcher.closed = True
