@@ -5,8 +5,8 @@ import random
 import pytest
 
 from zbroker.errors import ErrorCode
-from zbroker.groups.group import (Group, GroupError, GroupState, Member, MemberHeartbeat, assign_range, assign_round_robin,
-                                  assign_sticky)
+from zbroker.groups.assignors import assign_range, assign_round_robin, assign_sticky
+from zbroker.groups.group import Group, GroupError, GroupState, Member, MemberHeartbeat
 
 SESSION = 1000
 COUNTS = {"t": 6, "u": 3}

@@ -37,9 +37,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
 
 from zbroker.errors import ErrorCode
+from zbroker.groups.assignors import ASSIGNOR_FUNCS, ASSIGNORS
 
 TP = tuple[str, int]
 
@@ -47,7 +47,6 @@ JOIN_EPOCH = 0
 LEAVE_EPOCH = -1
 STATIC_LEAVE_EPOCH = -2
 
-ASSIGNORS = ("sticky", "range", "round_robin")
 
 
 class GroupError(Exception):
@@ -121,78 +120,6 @@ class Member:
         m.deadline_ms = now_ms + session_ms  # a fresh session after a coordinator move
         m.revoking_since_ms = now_ms
         return m
-
-
-# -- assignors -------------------------------------------------------------------------
-
-
-def _partitions(topics: set[str], partitions_of: Callable[[str], int | None]) -> list[TP]:
-    out = []
-    for t in sorted(topics):
-        n = partitions_of(t) or 0
-        out.extend((t, p) for p in range(n))
-    return out
-
-
-def assign_range(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
-    """Per topic, contiguous ranges over the members subscribed to it (Kafka's range)."""
-    out = {m: set() for m in members}
-    topics = {t for m in members.values() for t in m.topics}
-    for t in sorted(topics):
-        subs = sorted(m for m, mem in members.items() if t in mem.topics)
-        n = partitions_of(t) or 0
-        if not subs:
-            continue
-        per, extra = divmod(n, len(subs))
-        start = 0
-        for i, m in enumerate(subs):
-            count = per + (1 if i < extra else 0)
-            out[m].update((t, p) for p in range(start, start + count))
-            start += count
-    return out
-
-
-def assign_round_robin(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
-    """All partitions in order, dealt to the subscribed members in turn."""
-    out = {m: set() for m in members}
-    ids = sorted(members)
-    i = 0
-    for tp in _partitions({t for m in members.values() for t in m.topics}, partitions_of):
-        for _ in range(len(ids)):
-            m = ids[i % len(ids)]
-            i += 1
-            if tp[0] in members[m].topics:
-                out[m].add(tp)
-                break
-    return out
-
-
-def assign_sticky(members: dict[str, Member], partitions_of) -> dict[str, set[TP]]:
-    """Balanced, keeping every partition where it is when balance allows (fewest moves)."""
-    out = {m: set() for m in members}
-    if not members:
-        return out
-    every = _partitions({t for m in members.values() for t in m.topics}, partitions_of)
-    eligible = {tp: sorted(m for m, mem in members.items() if tp[0] in mem.topics) for tp in every}
-    quota_base, extra = divmod(len(every), len(members))
-    ids = sorted(members)
-    quota = {m: quota_base + (1 if i < extra else 0) for i, m in enumerate(ids)}
-    free = []
-    for tp in every:
-        holder = next((m for m in ids if tp in members[m].assigned or tp in members[m].revoking), None)
-        if holder is not None and holder in eligible[tp] and len(out[holder]) < quota[holder]:
-            out[holder].add(tp)
-        else:
-            free.append(tp)
-    for tp in free:
-        candidates = eligible[tp]
-        if candidates:
-            best = min(candidates, key=lambda m: (len(out[m]) - quota[m], len(out[m]), m))
-            out[best].add(tp)
-    return out
-
-
-ASSIGNOR_FUNCS = {"sticky": assign_sticky, "range": assign_range, "round_robin": assign_round_robin}
 
 
 # -- a group -------------------------------------------------------------------------------
