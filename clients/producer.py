@@ -27,9 +27,10 @@ from clients.accumulator import RECORD_OVERHEAD, RecordAccumulator, RecordFuture
 from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.partitioner import Partitioner
-from clients.records import COMPRESSION_BY_NAME, encode_batch
 from clients.serde import SERIALIZERS, bytes_serializer, resolve
 from clients.structs import TopicPartition
+from storage.batch import encode_native_batch
+from storage.compression import COMPRESSION_BY_NAME
 from zbroker.errors import (
     ConnectionBrokenError,
     ClientClosedError,
@@ -72,7 +73,7 @@ class Producer:
             answer, a timeout or a leader change never write a record twice.  If a
             batch fails for good, the producer takes a new producer id so the
             sequence gap cannot block later sends.
-        compression: ``"none"``, ``"zstd"`` or ``"lz4"``.
+        compression: ``"none"``, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``.
         request_timeout_ms: deadline of each request (default 30000).
         client_id: sent to brokers with every request.
         max_in_flight: produce requests in flight per broker (default 5); per
@@ -117,7 +118,7 @@ class Producer:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         if compression not in COMPRESSION_BY_NAME:
-            raise ValueError(f"compression must be 'none', 'zstd' or 'lz4', got {compression!r}")
+            raise ValueError(f"compression must be one of none, gzip, snappy, lz4, zstd, got {compression!r}")
         if batch_size < 1 or linger_ms < 0 or max_in_flight < 1:
             raise ValueError("batch_size and max_in_flight must be >= 1 and linger_ms >= 0")
         self.acks = _ACKS[acks]
@@ -432,9 +433,9 @@ class _Sender:
                     if p.enable_idempotence:
                         b.base_seq = p._seq.get(tp, 0)
                         p._seq[tp] = (b.base_seq + len(b.records)) % (1 << 31)
-                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression, p._pid, p._pid_epoch, b.base_seq)
+                        b.encoded = encode_native_batch(b.records, b.base_ts, b.max_ts, p.compression, p._pid, p._pid_epoch, b.base_seq)
                     else:
-                        b.encoded = encode_batch(b.records, b.base_ts, b.max_ts, p.compression)
+                        b.encoded = encode_native_batch(b.records, b.base_ts, b.max_ts, p.compression)
                 b.attempts += 1
                 frames.append(b.encoded)
                 descs.append({"topic": tp[0], "partition": tp[1]})

@@ -8,7 +8,8 @@ import pytest
 
 from clients.accumulator import RecordAccumulator
 from clients.producer import _Sender
-from clients.records import decode_batches, set_base_offset
+from clients.structs import Record
+from storage.batch import decode_batches, set_base_offset
 from zbroker.errors import (
     ConnectionBrokenError,
     ErrorCode,
@@ -62,7 +63,7 @@ def run(sender, now):
 
 
 def values(frame):
-    return [r.value for r in decode_batches(set_base_offset(frame, 0), "t", 0, 0)]
+    return [r.value for r in decode_batches(set_base_offset(frame, 0), "t", 0, 0, record_type=Record)]
 
 
 def ok(n_batches, base=0):
