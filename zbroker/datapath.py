@@ -23,8 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from storage import CorruptBatchError, OffsetOutOfRange, parse_header
-from storage.batch import COMPRESSION_MASK, COMPRESSION_SNAPPY
+from storage import CorruptBatchError, OffsetOutOfRange
 from zbroker import protocol as P
 from zbroker.errors import ErrorCode
 from zbroker.partition import Partition
@@ -134,8 +133,6 @@ class DataPath:
                 raise P.RequestError(
                     ErrorCode.MESSAGE_TOO_LARGE, f"batch of {len(batch)} bytes exceeds max_message_bytes={max_bytes} of {topic}"
                 )
-            if len(batch) >= 23 and parse_header(batch).attributes & COMPRESSION_MASK == COMPRESSION_SNAPPY:
-                raise P.RequestError(ErrorCode.UNSUPPORTED_COMPRESSION_TYPE, "snappy compression is not supported")
             if acks == P.ACKS_ALL and len(part.isr) < self._min_isr(topic):
                 raise P.RequestError(
                     ErrorCode.NOT_ENOUGH_REPLICAS,
