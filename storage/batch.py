@@ -239,8 +239,8 @@ def encode_native_batch(
                   compression, producer_id, producer_epoch, base_sequence, 0, -1)
 
 
-def _build(magic, encode, records, base_timestamp, compression, producer_id, producer_epoch,
-           base_sequence, base_offset, leader_epoch) -> bytes:
+def _build(magic, encode, records, base_offset, base_timestamp, compression=COMPRESSION_NONE,
+           producer_id=-1, producer_epoch=-1, base_sequence=-1, leader_epoch=-1) -> bytes:
     if not records:
         raise ValueError("a batch needs at least one record")
     max_timestamp = max(r[0] for r in records)
@@ -280,45 +280,23 @@ def build_native_batch(
     """
     if base_timestamp is None and records:
         base_timestamp = min(r[0] for r in records)
-    return _build(MAGIC_NATIVE, encode_native, records, base_timestamp, compression, producer_id,
-                  producer_epoch, base_sequence, base_offset, leader_epoch)
+    return _build(MAGIC_NATIVE, encode_native, records, base_offset, base_timestamp, compression,
+                  producer_id, producer_epoch, base_sequence, leader_epoch)
 
 
-def build_kafka_batch(
-    records: list[tuple[int, bytes | None, bytes | None, object]],
-    base_offset: int = 0,
-    base_timestamp: int | None = None,
-    compression: int = COMPRESSION_NONE,
-    producer_id: int = -1,
-    producer_epoch: int = -1,
-    base_sequence: int = -1,
-    leader_epoch: int = -1,
-) -> bytes:
+def build_kafka_batch(records: list[tuple], base_offset: int = 0, base_timestamp: int | None = None,
+                      **kw) -> bytes:
     """Build one Kafka RecordBatch v2 (magic 2), as a Kafka producer would send it.
 
-    Args:
-        records: ``(timestamp_ms, key, value, headers)``; headers None, a dict str -> bytes
-            or a list of ``(str, bytes | None)`` pairs (a key may repeat).
-        base_offset: Offset of the first record (the broker overwrites it).
-        base_timestamp: Defaults to the first record's timestamp, as Kafka's producer does
-            (later records may have negative deltas).
-        compression: One of the ``COMPRESSION_*`` codecs (snappy in xerial framing, LZ4
-            frames with independent blocks).
-        producer_id: Idempotent producer id, -1 for none.
-        producer_epoch: Producer epoch, -1 for none.
-        base_sequence: Sequence number of the first record, -1 for none.
-        leader_epoch: Leader epoch (the broker overwrites it).
-
-    Returns:
-        The complete batch bytes with a valid CRC (timestamp type CreateTime).
-
-    Raises:
-        ValueError: ``records`` is empty, or the codec is unknown.
+    Takes the arguments of :func:`build_native_batch`, with two differences: headers may also
+    be a list of ``(str, bytes | None)`` pairs (a key may repeat), and ``base_timestamp``
+    defaults to the first record's timestamp, as Kafka's producer does (later records may
+    have negative deltas). Snappy is written in xerial framing, LZ4 frames with independent
+    blocks; the timestamp type is CreateTime.
     """
     if base_timestamp is None and records:
         base_timestamp = records[0][0]
-    return _build(MAGIC_KAFKA, encode_kafka, records, base_timestamp, compression, producer_id,
-                  producer_epoch, base_sequence, base_offset, leader_epoch)
+    return _build(MAGIC_KAFKA, encode_kafka, records, base_offset, base_timestamp, **kw)
 
 
 def set_base_offset(batch: bytes, base_offset: int) -> bytes:

@@ -117,8 +117,9 @@ def compress(codec: int, data: bytes, *, lz4_linked_blocks: bool = False) -> byt
         codec: A ``COMPRESSION_*`` id.
         data: The uncompressed records.
         lz4_linked_blocks: Write an LZ4 frame with linked blocks (python-lz4's default, which
-            native producers have always written). Kafka readers refuse linked blocks, so
-            the default is independent blocks.
+            native producers have always written; a frame of one block, up to 64 KiB, is
+            marked independent either way). Kafka readers refuse linked blocks, so the
+            default is independent blocks.
 
     Returns:
         The payload as stored (``data`` itself for ``COMPRESSION_NONE``).
