@@ -27,8 +27,11 @@ import logging
 import threading
 import time
 
-from clients.records import decode_batches, walk
+from clients.structs import Record
+from storage.batch import decode_batches, walk
+from storage.errors import CorruptBatchError
 from zbroker.errors import (
+    CorruptMessageError,
     ErrorCode,
     OffsetOutOfRangeError,
     ZBrokerError,
@@ -39,6 +42,14 @@ from zbroker.protocol import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 log = logging.getLogger(__name__)
 
 RESET_TIMESTAMPS = {"earliest": EARLIEST_TIMESTAMP, "latest": LATEST_TIMESTAMP}
+
+
+def _decode(data, tp, position: int, check_crcs: bool) -> list[Record]:
+    """Records of both magic values from ``position`` on; a bad batch is a CorruptMessageError."""
+    try:
+        return decode_batches(data, tp[0], tp[1], position, check_crcs, Record)
+    except CorruptBatchError as exc:  # the message names topic, partition and offset
+        raise CorruptMessageError(str(exc)) from exc
 
 
 _EPOCHS = itertools.count(1)  # one counter for every PartitionState: a new state never reuses an epoch
@@ -200,7 +211,7 @@ class Fetcher:
                 continue
             st.buffered -= len(data)
             try:
-                recs = decode_batches(data, tp[0], tp[1], st.position, self.check_crcs)
+                recs = _decode(data, tp, st.position, self.check_crcs)
             except ZBrokerError as exc:
                 # restart fetching at the position; surface the error once
                 st.epoch = next(_EPOCHS)

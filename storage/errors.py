@@ -17,7 +17,15 @@ class StorageError(Exception):
 
 
 class CorruptBatchError(StorageError, ValueError):
-    """A record batch failed validation; the message names what is wrong."""
+    """A record batch failed validation; the message names what is wrong.
+
+    ``offset`` is the failing batch's base offset when the batch was found among others
+    (None when the whole input is the one batch).
+    """
+
+    def __init__(self, message: str = "", offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 class OffsetOutOfRange(StorageError):

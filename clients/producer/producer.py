@@ -31,9 +31,9 @@ from clients.partitioner import Partitioner
 from clients.producer.accumulator import RECORD_OVERHEAD, RecordAccumulator, RecordFuture, failed_future
 from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
-from clients.records import COMPRESSION_BY_NAME
 from clients.serde import SERIALIZERS, bytes_serializer, resolve
 from clients.structs import TopicPartition
+from storage.compression import COMPRESSION_BY_NAME
 from zbroker.errors import (
     ClientClosedError,
     ErrorCode,
@@ -75,7 +75,7 @@ class Producer:
             answer, a timeout or a leader change never write a record twice.  If a
             batch fails for good, the producer takes a new producer id so the
             sequence gap cannot block later sends.
-        compression: ``"none"``, ``"zstd"`` or ``"lz4"``.
+        compression: ``"none"``, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``.
         request_timeout_ms: deadline of each request (default 30000).
         client_id: sent to brokers with every request.
         max_in_flight: produce requests in flight per broker (default 5); per
@@ -120,7 +120,7 @@ class Producer:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
         if compression not in COMPRESSION_BY_NAME:
-            raise ValueError(f"compression must be 'none', 'zstd' or 'lz4', got {compression!r}")
+            raise ValueError(f"compression must be one of none, gzip, snappy, lz4, zstd, got {compression!r}")
         if batch_size < 1 or linger_ms < 0 or max_in_flight < 1:
             raise ValueError("batch_size and max_in_flight must be >= 1 and linger_ms >= 0")
         self.acks = _ACKS[acks]

@@ -18,7 +18,7 @@ import time
 
 from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
-from clients.records import encode_batch
+from storage.batch import encode_native_batch
 from zbroker.errors import ErrorCode, RequestTimeoutError, ZBrokerError, error_from
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,9 @@ class Sender:
     def _encode(self, tp, b) -> bytes:
         idem = self.idem
         if idem is None:
-            return encode_batch(b.records, b.base_ts, b.max_ts, self.compression)
+            return encode_native_batch(b.records, b.base_ts, b.max_ts, self.compression)
         b.base_seq = idem.assign(tp, len(b.records))
-        return encode_batch(b.records, b.base_ts, b.max_ts, self.compression, idem.producer_id, idem.producer_epoch, b.base_seq)
+        return encode_native_batch(b.records, b.base_ts, b.max_ts, self.compression, idem.producer_id, idem.producer_epoch, b.base_seq)
 
     def _send(self, address: str, items: list) -> None:
         frames = []

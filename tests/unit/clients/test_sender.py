@@ -9,8 +9,8 @@ import pytest
 from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
-from clients.records import decode_batches, set_base_offset
-from storage.batch import parse_header
+from clients.structs import Record
+from storage.batch import decode_batches, parse_header, set_base_offset
 from tests.unit.clients.clientfakes import FakeMeta, FakeNet
 from zbroker.errors import (
     ConnectionBrokenError,
@@ -49,7 +49,7 @@ def run(sender, now):
 
 
 def values(frame):
-    return [r.value for r in decode_batches(set_base_offset(frame, 0), "t", 0, 0)]
+    return [r.value for r in decode_batches(set_base_offset(frame, 0), "t", 0, 0, record_type=Record)]
 
 
 def ok(n_batches, base=0):

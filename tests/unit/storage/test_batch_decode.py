@@ -1,4 +1,9 @@
-"""Native batch encode/decode: round trips, compression, skipping, corruption."""
+"""Native batch encode/decode: round trips, compression, skipping, corruption.
+
+Moved from tests/unit/clients/test_records.py with the codec (clients/records.py became
+storage.batch): the storage codec raises CorruptBatchError where the client codec raised
+CorruptMessageError (the consumer still raises that: tests/unit/clients/test_fetch_decode.py).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,29 @@ from crc32c import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.records import (
+from clients.structs import Record
+from storage.batch import (
     COMPRESSION_LZ4,
     COMPRESSION_NONE,
     COMPRESSION_ZSTD,
     HEADER_SIZE,
     MAGIC_NATIVE,
-    build_batch,
-    decode_batches,
+    build_native_batch,
     set_base_offset,
     walk,
 )
-from clients.structs import Record
-from zbroker.errors import CorruptMessageError
+from storage.batch import decode_batches as _decode_batches
+from storage.errors import CorruptBatchError
+
+
+def build_batch(records, compression=COMPRESSION_NONE):
+    """The producer's layout: base_timestamp is the first record's (later deltas may be negative)."""
+    return build_native_batch(records, base_timestamp=records[0][0], compression=compression)
+
+
+def decode_batches(buf, topic, partition, min_offset):
+    return _decode_batches(buf, topic, partition, min_offset, record_type=Record)
+
 
 RECS = [
     (1700000000000, b"k1", b"v1", {"h": b"x"}),
@@ -80,7 +95,7 @@ def test_trailing_partial_batch_ignored():
 def test_crc_mismatch_raises():
     batch = bytearray(build_batch(RECS))
     batch[-1] ^= 0xFF
-    with pytest.raises(CorruptMessageError, match="CRC"):
+    with pytest.raises(CorruptBatchError, match="CRC"):
         decode_batches(bytes(batch), "t", 0, 0)
 
 
@@ -94,14 +109,14 @@ def test_wrong_record_count_raises():
     batch = bytearray(build_batch(RECS))
     batch[57:61] = struct.pack(">i", 5)
     batch[17:21] = struct.pack(">I", crc32c(bytes(batch[21:])))
-    with pytest.raises(CorruptMessageError, match="records"):
+    with pytest.raises(CorruptBatchError, match="records"):
         decode_batches(bytes(batch), "t", 0, 0)
 
 
 def test_bad_length_raises():
     batch = bytearray(build_batch(RECS))
     batch[8:12] = struct.pack(">i", 3)
-    with pytest.raises(CorruptMessageError):
+    with pytest.raises(CorruptBatchError):
         decode_batches(bytes(batch), "t", 0, 0)
 
 
@@ -113,7 +128,7 @@ def test_gc_state_restored():
     assert gc.isenabled()
     batch = bytearray(build_batch(RECS))
     batch[-1] ^= 1
-    with pytest.raises(CorruptMessageError):
+    with pytest.raises(CorruptBatchError):
         decode_batches(bytes(batch), "t", 0, 0)
     assert gc.isenabled()
 

@@ -1,0 +1,182 @@
+"""Payload compression codecs of record batches (attribute bits 0-2), shared by both magics.
+
+======  ======  ==================================================================
+id      name    bytes of a compressed payload
+======  ======  ==================================================================
+0       none    the records as they are
+1       gzip    one gzip member (RFC 1952); readers accept several members
+2       snappy  xerial framing (below) when it starts with the xerial magic,
+                otherwise one raw snappy block; written as xerial framing
+3       lz4     one LZ4 *frame* (not a bare LZ4 block); Kafka readers need
+                independent blocks (FLG bit 5 set)
+4       zstd    one zstd frame; readers must cope without a content size
+======  ======  ==================================================================
+
+Snappy's xerial framing (what the Java client writes, and what every Kafka client reads)::
+
+    82 53 4E 41 50 50 59 00   magic "\\x82SNAPPY\\x00"
+    00 00 00 01               version (i32 BE)
+    00 00 00 01               minimum compatible version (i32 BE)
+    then repeated: length i32 BE, one raw snappy block of that many bytes
+
+Every block decompresses on its own; the payload is the concatenation. We write blocks of at
+most 32 KiB uncompressed, as snappy-java does.
+
+Pure functions over bytes; errors in a payload raise :class:`CorruptBatchError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import threading
+import zlib
+
+import cramjam
+import lz4.frame
+import zstandard
+
+from storage.errors import CorruptBatchError
+
+__all__ = [
+    "COMPRESSION_NONE", "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4",
+    "COMPRESSION_ZSTD", "COMPRESSION_MASK", "COMPRESSION_BY_NAME", "compress", "decompress",
+]
+
+COMPRESSION_NONE = 0
+COMPRESSION_GZIP = 1
+COMPRESSION_SNAPPY = 2
+COMPRESSION_LZ4 = 3
+COMPRESSION_ZSTD = 4
+COMPRESSION_MASK = 0x07
+
+COMPRESSION_BY_NAME = {
+    None: COMPRESSION_NONE, "none": COMPRESSION_NONE, "gzip": COMPRESSION_GZIP,
+    "snappy": COMPRESSION_SNAPPY, "lz4": COMPRESSION_LZ4, "zstd": COMPRESSION_ZSTD,
+}
+
+XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_XERIAL_HEADER = XERIAL_MAGIC + struct.pack(">ii", 1, 1)
+_XERIAL_BLOCK = 32 * 1024
+_I32 = struct.Struct(">i")
+
+# zstandard's (de)compressor objects are not safe for concurrent use: one per thread.
+_local = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "zc", None)
+    if c is None:
+        c = _local.zc = zstandard.ZstdCompressor(level=3)
+    return c
+
+
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip container, mtime 0: deterministic
+    return c.compress(data) + c.flush()
+
+
+def _snappy_xerial(data: bytes) -> bytes:
+    out = [_XERIAL_HEADER]
+    for i in range(0, len(data), _XERIAL_BLOCK):
+        block = bytes(cramjam.snappy.compress_raw(data[i : i + _XERIAL_BLOCK]))
+        out += (_I32.pack(len(block)), block)
+    return b"".join(out)
+
+
+def _unsnappy(data: bytes) -> bytes:
+    if not data.startswith(XERIAL_MAGIC):
+        return bytes(cramjam.snappy.decompress_raw(data))
+    if len(data) < len(_XERIAL_HEADER):
+        raise CorruptBatchError("truncated xerial snappy header")
+    out = []
+    pos, n = len(_XERIAL_HEADER), len(data)
+    while pos < n:
+        if n - pos < 4:
+            raise CorruptBatchError(f"truncated xerial snappy block length at byte {pos}")
+        size = _I32.unpack_from(data, pos)[0]
+        pos += 4
+        if size < 0 or pos + size > n:
+            raise CorruptBatchError(f"xerial snappy block of {size} bytes at byte {pos} overruns {n}")
+        out.append(bytes(cramjam.snappy.decompress_raw(data[pos : pos + size])))
+        pos += size
+    return b"".join(out)
+
+
+def compress(codec: int, data: bytes, *, lz4_linked_blocks: bool = False) -> bytes:
+    """Compress one batch payload.
+
+    Args:
+        codec: A ``COMPRESSION_*`` id.
+        data: The uncompressed records.
+        lz4_linked_blocks: Write an LZ4 frame with linked blocks (python-lz4's default, which
+            native producers have always written; a frame of one block, up to 64 KiB, is
+            marked independent either way). Kafka readers refuse linked blocks, so the
+            default is independent blocks.
+
+    Returns:
+        The payload as stored (``data`` itself for ``COMPRESSION_NONE``).
+
+    Raises:
+        ValueError: ``codec`` is not one of ids 0..4.
+
+    Runtime: O(len(data)).
+    """
+    if codec == COMPRESSION_NONE:
+        return data
+    if codec == COMPRESSION_ZSTD:
+        return _zstd_compressor().compress(data)
+    if codec == COMPRESSION_LZ4:
+        return lz4.frame.compress(data, block_linked=lz4_linked_blocks)
+    if codec == COMPRESSION_GZIP:
+        return _gzip(data)
+    if codec == COMPRESSION_SNAPPY:
+        return _snappy_xerial(data)
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def decompress(codec: int, data: bytes | memoryview) -> bytes:
+    """Decompress one batch payload written by any Kafka client or zbroker producer.
+
+    Args:
+        codec: The batch's ``attributes & COMPRESSION_MASK``.
+        data: The stored payload.
+
+    Returns:
+        The uncompressed records.
+
+    Raises:
+        CorruptBatchError: Unknown codec id, or a payload the codec cannot decode
+            (the codec library's message is included).
+
+    Runtime: O(output size).
+    """
+    if codec == COMPRESSION_NONE:
+        return bytes(data)
+    data = bytes(data)
+    try:
+        if codec == COMPRESSION_ZSTD:
+            # decompressobj copes with frames that do not record their content size.
+            dobj = _zstd_decompressor().decompressobj()
+            out = dobj.decompress(data)
+            if not dobj.eof:
+                raise CorruptBatchError("cannot decompress payload (codec 4): truncated zstd frame")
+            return out
+        if codec == COMPRESSION_LZ4:
+            return lz4.frame.decompress(data)
+        if codec == COMPRESSION_GZIP:
+            return gzip.decompress(data)
+        if codec == COMPRESSION_SNAPPY:
+            return _unsnappy(data)
+    except CorruptBatchError:
+        raise
+    except Exception as exc:  # codec libraries raise assorted types
+        raise CorruptBatchError(f"cannot decompress payload (codec {codec}): {exc}") from exc
+    raise CorruptBatchError(f"unknown compression codec {codec}")
