@@ -3,7 +3,7 @@
 - :mod:`.consumer`: the public :class:`Consumer` (assignment, ``poll``, positions);
 - :mod:`.offsets`: offset look-ups (``list_offsets``) and the group's commits;
 - :mod:`.group`: group membership (heartbeats, assignment changes);
-- the fetcher is :mod:`clients.fetcher` for now.
+- :mod:`.fetcher`: fetches in flight per leader, buffered batches, offset resets.
 """
 
 from clients.consumer.consumer import Consumer

@@ -1,7 +1,7 @@
 """The consumer's public API: assignment, positions and ``poll()``.
 
 Fetching happens ahead of ``poll()`` in the network thread (see
-:mod:`clients.fetcher`); ``poll()`` decodes buffered batches and returns at
+:mod:`clients.consumer.fetcher`); ``poll()`` decodes buffered batches and returns at
 once when data is buffered.
 
 With a ``group``, subscribed consumers share their topics' partitions: the
@@ -20,7 +20,7 @@ import time
 from clients.connection import NetworkClient
 from clients.consumer.group import GroupMembership
 from clients.consumer.offsets import ConsumerOffsets
-from clients.fetcher import Fetcher
+from clients.consumer.fetcher import Fetcher
 from clients.metadata import MetadataManager
 from clients.serde import DESERIALIZERS, resolve
 from clients.structs import OffsetAndTimestamp, Record, TopicPartition

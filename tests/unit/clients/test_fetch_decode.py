@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from clients.fetcher import Fetcher
+from clients.consumer.fetcher import Fetcher
 from clients.structs import Record
 from storage.batch import COMPRESSION_SNAPPY, COMPRESSION_ZSTD, build_kafka_batch, build_native_batch
 from zbroker.errors import CorruptMessageError

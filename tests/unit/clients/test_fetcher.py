@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.fetcher import Fetcher
+from clients.consumer.fetcher import Fetcher
 from storage.batch import build_native_batch
 from tests.unit.clients.clientfakes import FakeMeta, FakeNet
 from zbroker.errors import ErrorCode, OffsetOutOfRangeError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clients.consumer.group import GroupMembership
-from clients.fetcher import Fetcher
+from clients.consumer.fetcher import Fetcher
 from tests.unit.clients.clientfakes import FakeClock, FakeMeta, FakeNet
 from zbroker.errors import ErrorCode
 
