@@ -285,11 +285,12 @@ def test_an_unreadable_group_record_is_skipped_with_one_error(tmp_path, caplog):
 def test_records_of_the_wrong_shape_are_skipped_too(tmp_path, caplog):
     app = start(single_app(tmp_path))
     part = app.partitions.get(offsets_tp(app))
-    bad = [(["o", GROUP], {"offset": 1}), (["m", GROUP, "x"], {"no": "member_id"}), (["z"], None)]
+    bad = [(["o", GROUP], {"offset": 1}), (["m", GROUP, "x"], {"no": "member_id"}), (["z", GROUP], None)]
     records = [(NOW, msgpack.packb(k), None if v is None else msgpack.packb(v), None) for k, v in bad]
     part.log.append(build_native_batch(records), NOW, leader_epoch=part.leader_epoch)
     with caplog.at_level(logging.ERROR, logger="zbroker.groups.coordinator"):
         app = reopen(app, tmp_path, NOW + 100)
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 3
     assert offsets_tp(app)[1] in app.groups.loaded
+    assert app.groups.list_groups(INTERNAL) == []  # a skipped record leaves no trace (no phantom group)
     app.close(NOW + 100)
