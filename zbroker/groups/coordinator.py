@@ -204,28 +204,38 @@ class GroupCoordinator:
                  sum(1 for i in self._index.values() if i == index))
 
     def _apply_record(self, key: list, value, index: int, now_ms: int, session_ms: int) -> None:
+        """Apply one record; a record that cannot be read raises before anything changes."""
         kind, group = key[0], key[1]
+        if kind == "o":
+            tp = (key[2], key[3])
+            committed = None if value is None else (value["offset"], value.get("metadata") or "")
+        elif kind == "m":
+            member_id = key[2]
+            # the session restarts here: a member's clock does not survive a coordinator move
+            member = None if value is None else Member.from_record(value, now_ms,
+                                                                   min(session_ms, value.get("session_ms", session_ms)))
+        elif kind == "g":
+            epoch = None if value is None else value["epoch"]
+        else:
+            raise ValueError(f"unknown record kind {kind!r}")
         self._index[group] = index
         g = self.groups.setdefault(group, Group(group))
         if kind == "o":
-            tp = (key[2], key[3])
-            if value is None:
+            if committed is None:
                 self.offsets.get(group, {}).pop(tp, None)
             else:
-                self.offsets.setdefault(group, {})[tp] = (value["offset"], value.get("metadata") or "")
+                self.offsets.setdefault(group, {})[tp] = committed
         elif kind == "m":
-            if value is None:
-                g.members.pop(key[2], None)
+            if member is None:
+                g.members.pop(member_id, None)
             else:
-                # the session restarts here: a member's clock does not survive a coordinator move
-                g.members[key[2]] = Member.from_record(value, now_ms, min(session_ms, value.get("session_ms", session_ms)))
-        elif kind == "g":
-            if value is None:
-                self.groups.pop(group, None)
-                self.offsets.pop(group, None)
-                self._index.pop(group, None)
-            else:
-                g.epoch = max(g.epoch, value["epoch"])
+                g.members[member_id] = member
+        elif epoch is None:
+            self.groups.pop(group, None)
+            self.offsets.pop(group, None)
+            self._index.pop(group, None)
+        else:
+            g.epoch = max(g.epoch, epoch)
 
     # -- writing ------------------------------------------------------------------------
 
