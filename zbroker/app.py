@@ -55,8 +55,7 @@ class App:
         self.control = ControlPlane(config, broker_id, self.logs.handles, now_ms, clock)
         self.purgatory = Purgatory()
         self.partitions = PartitionManager(config, broker_id, self.logs, self.control, self.purgatory)
-        self.admin = TopicAdmin(config, broker_id, self.control, self.purgatory, peers)
-        self.admin.after_propose = self.metadata_changed
+        self.admin = TopicAdmin(config, broker_id, self.control, self.purgatory, peers, after_propose=self.metadata_changed)
         self.produce = ProduceService(self.partitions, self.purgatory)
         self.fetch = FetchService(self.partitions, self.purgatory)
         self.cluster = ClusterInfo(config, broker_id, self.control, self.partitions, self.admin)

@@ -3,7 +3,6 @@ Raft stepped by hand, and settling a service's answer (a value, a Completion, an
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -100,9 +99,3 @@ def error_code(call: Callable[[], Any]) -> int:
     with pytest.raises(RequestError) as info:
         settle(call())
     return info.value.code
-
-
-def enable_logger(monkeypatch, name: str) -> None:
-    """Re-enable a module's logger for one test: import-linter (tests/unit/test_architecture.py)
-    configures logging with ``disable_existing_loggers``, which silences loggers already made."""
-    monkeypatch.setattr(logging.getLogger(name), "disabled", False)

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from storage import build_native_batch
-from tests.unit.servicefakes import START_MS, enable_logger, error_code, settle, single_app
+from tests.unit.servicefakes import START_MS, error_code, settle, single_app
 from zbroker.context import INTERNAL, Completion
 from zbroker.control.metadata import PARTITION_CHANGE_RECORD
 from zbroker.control.topicadmin import OFFSETS_TOPIC, CreateTopic
@@ -268,7 +268,6 @@ def test_a_deleted_group_stays_deleted_after_a_restart(tmp_path):
 
 
 def test_an_unreadable_group_record_is_skipped_with_one_error(tmp_path, caplog, monkeypatch):
-    enable_logger(monkeypatch, "zbroker.groups.coordinator")
     app = start(single_app(tmp_path))
     commit(app, {0: 5})
     part = app.partitions.get(offsets_tp(app))
@@ -284,7 +283,6 @@ def test_an_unreadable_group_record_is_skipped_with_one_error(tmp_path, caplog, 
 
 
 def test_records_of_the_wrong_shape_are_skipped_too(tmp_path, caplog, monkeypatch):
-    enable_logger(monkeypatch, "zbroker.groups.coordinator")
     app = start(single_app(tmp_path))
     part = app.partitions.get(offsets_tp(app))
     bad = [(["o", GROUP], {"offset": 1}), (["m", GROUP, "x"], {"no": "member_id"}), (["z", GROUP], None)]

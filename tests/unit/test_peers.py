@@ -5,7 +5,6 @@ import logging
 import msgpack
 import pytest
 
-from tests.unit.servicefakes import enable_logger
 from zbroker import protocol as P
 from zbroker.context import PeerReply
 from zbroker.control.controlplane import RaftMessage
@@ -118,7 +117,6 @@ def test_a_fetch_reply_decodes_to_a_result_with_payloads_matched_to_partitions(l
 
 
 def test_replies_to_unknown_or_expired_calls_and_one_way_messages_are_dropped(link, out, caplog, monkeypatch):
-    enable_logger(monkeypatch, "zbroker.frontends.native.peers")
     got = Replies()
     link.call(2, DeleteTopic("t"), got, 100, NOW)
     cid = header(out[0][1])["cid"]

@@ -108,7 +108,9 @@ class TopicAdmin:
     """Topic and producer-id administration, as the controller or forwarded to it."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, purgatory: Purgatory,
-                 peers: PeerChannel) -> None:
+                 peers: PeerChannel, after_propose: Callable[[int], None] = lambda now_ms: None) -> None:
+        """``after_propose(now_ms)`` runs after every proposal: on a quorum of one the records
+        are committed and applied at once, and the broker must act on them (the app reconciles)."""
         self.config = config
         self.broker_id = broker_id
         self.control = control
@@ -117,7 +119,7 @@ class TopicAdmin:
         self.peers = peers
         self.pending: dict[str, int] = {}  # topic -> metadata offset its create/delete commits at
         self._pid_reserved = 0  # producer ids handed out by this controller, committed or not
-        self.after_propose: Callable[[int], None] = lambda now_ms: None  # the app applies what committed
+        self.after_propose = after_propose
 
     # -- the requests ------------------------------------------------------------------
 

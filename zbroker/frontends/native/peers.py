@@ -100,8 +100,7 @@ class PeerLink:
             header = {"v": P.PROTOCOL_VERSION, "cid": cid, **message.fields}
             return [P.encode(header), *([message.payload] if message.payload else [])]
         kind, fields, _decode = _CODECS[type(message)]
-        payloads: Frames = []
-        return [P.encode(P.request(kind, cid, **fields(message))), *payloads]
+        return [P.encode(P.request(kind, cid, **fields(message)))]
 
     def on_reply(self, frames: Frames, now_ms: int) -> None:
         """An answer on one of the broker's DEALERs."""
