@@ -76,7 +76,7 @@ def _apply(options):
 @click.option("--acks", type=click.Choice(["0", "1", "all"]), default="1", show_default=True)
 @click.option("--linger-ms", type=click.IntRange(0), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1024), default=65536, show_default=True)
-@click.option("--compression", type=click.Choice(["none", "zstd", "lz4"]), default="none", show_default=True)
+@click.option("--compression", type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]), default="none", show_default=True)
 @click.option("--sample-every", type=click.IntRange(1), default=1000, show_default=True, help="Sample ack latency of one record in N.")
 @click.option("--rate", type=click.IntRange(0), default=0, show_default=True,
               help="Records/s to offer (0 = as fast as possible: throughput, with latency dominated by queueing).")

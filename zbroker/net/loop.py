@@ -7,7 +7,10 @@
 
 Listeners (:class:`Listener`) register their sockets; a ZeroMQ ROUTER for requests,
 DEALERs to the other brokers and the gossip SUB today, a TCP listener for the Kafka
-protocol and an HTTP listener next.  Timers (:class:`Timer`) say when they next have
+protocol and an HTTP listener next.  zmq.Poller polls ZeroMQ sockets and anything with a
+``fileno()`` alike, so a plain TCP listening socket and its accepted connections register
+the same way; a listener adds and removes sockets as connections come and go
+(:meth:`EventLoop.watch`, :meth:`EventLoop.unwatch`).  Timers (:class:`Timer`) say when they next have
 work and are ticked with the loop's one clock.  A failure in a handler or a timer is
 logged and the loop goes on.
 """
@@ -25,10 +28,10 @@ MAX_POLL_MS = 100
 
 
 class Listener(Protocol):
-    def sockets(self) -> list[zmq.Socket]:
-        """The sockets to poll for input."""
+    def sockets(self) -> list:
+        """The sockets to poll for input at start (ZeroMQ sockets, or objects with ``fileno()``)."""
 
-    def on_readable(self, sock: zmq.Socket) -> None:
+    def on_readable(self, sock) -> None:
         """Drain a burst of input from ``sock``."""
 
     def close(self) -> None: ...
@@ -53,8 +56,8 @@ class EventLoop:
     def __init__(self, clock: Callable[[], int]) -> None:
         self.clock = clock
         self._poller = zmq.Poller()
-        self._owners: dict[zmq.Socket, Listener] = {}
-        self._order: list[zmq.Socket] = []  # input is taken in registration order
+        self._owners: dict = {}  # poll key (a zmq socket, or a file descriptor) -> (socket, its listener)
+        self._order: list = []  # poll keys; input is taken in registration order
         self._timers: list[Timer] = []
         self._listeners: list[Listener] = []
         self.stopped = False
@@ -62,9 +65,26 @@ class EventLoop:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
         for sock in listener.sockets():
-            self._poller.register(sock, zmq.POLLIN)
-            self._owners[sock] = listener
-            self._order.append(sock)
+            self.watch(listener, sock)
+
+    @staticmethod
+    def _key(sock):
+        # zmq.Poller reports ZeroMQ sockets as themselves and anything else by file descriptor
+        return sock if isinstance(sock, zmq.Socket) else sock.fileno()
+
+    def watch(self, listener: Listener, sock) -> None:
+        """Poll ``sock`` for input and hand it to ``listener`` (e.g. a new connection)."""
+        key = self._key(sock)
+        self._poller.register(key, zmq.POLLIN)
+        self._owners[key] = (sock, listener)
+        self._order.append(key)
+
+    def unwatch(self, sock) -> None:
+        """Stop polling ``sock`` (call it before closing a plain socket)."""
+        key = self._key(sock)
+        if self._owners.pop(key, None) is not None:
+            self._poller.unregister(key)
+            self._order.remove(key)
 
     def add_timer(self, timer: Timer) -> None:
         self._timers.append(timer)
@@ -81,9 +101,10 @@ class EventLoop:
             for timer in self._timers:
                 timeout = min(timeout, timer.next_timer_ms(now))
             events = dict(self._poller.poll(max(0, timeout)))
-            for sock in self._order:
-                if sock in events:
-                    guarded(self._owners[sock].on_readable, sock)
+            for key in list(self._order):
+                if key in events and key in self._owners:
+                    sock, listener = self._owners[key]
+                    guarded(listener.on_readable, sock)
             for timer in self._timers:
                 guarded(timer.tick, self.clock())
 
