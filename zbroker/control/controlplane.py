@@ -143,7 +143,7 @@ class ControlPlane:
         """This broker hears from a live controller (or is one, followed by a quorum).  A broker
         cut off from the controller may have been replaced as a partition's leader without
         knowing it, so it stops answering for consumer groups."""
-        return self.raft._leader_is_fresh(now_ms)
+        return self.raft.leader_is_fresh(now_ms)
 
     def caught_up(self) -> bool:
         """The image holds every record this broker has (so a controller may act on it)."""

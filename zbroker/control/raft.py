@@ -293,7 +293,7 @@ class RaftNode:
     def _on_pre_vote(self, src: int, msg: dict, now_ms: int) -> None:
         granted = (
             msg["proposed"] > self.state.epoch
-            and not self._leader_is_fresh(now_ms)
+            and not self.leader_is_fresh(now_ms)
             and self._log_is_current(msg["last_epoch"], msg["end_offset"])
         )
         self._send(src, PRE_VOTE_RESPONSE, proposed=msg["proposed"], granted=granted, leader=self._fresh_leader(now_ms))
@@ -335,7 +335,7 @@ class RaftNode:
                 self._send(v, BEGIN_EPOCH, leader=self.id)
         self._advance_hw()
 
-    def _leader_is_fresh(self, now_ms: int) -> bool:
+    def leader_is_fresh(self, now_ms: int) -> bool:
         """True while we follow a leader we heard from within the election timeout,
         or lead with a quorum fetching: then a vote request is a disruption, ignored
         (Raft's leader stickiness), so a returning, partitioned voter cannot depose
@@ -348,11 +348,11 @@ class RaftNode:
     def _fresh_leader(self, now_ms: int) -> int | None:
         """The leader to tell others about: only one we know is alive, never hearsay
         about a leader that may have died (that would send them back to it)."""
-        return self.leader if self._leader_is_fresh(now_ms) else None
+        return self.leader if self.leader_is_fresh(now_ms) else None
 
     def _on_vote(self, src: int, msg: dict, now_ms: int) -> None:
         epoch = msg["epoch"]
-        if epoch > self.state.epoch and self._leader_is_fresh(now_ms):
+        if epoch > self.state.epoch and self.leader_is_fresh(now_ms):
             return
         if epoch > self.state.epoch:
             self._become_follower(epoch, None, now_ms)
