@@ -82,9 +82,8 @@ class App:
 
     def drain_control(self, now_ms: int) -> None:
         """Send what Raft queued for peers; apply what committed."""
-        for dst, fields, payload in self.control.peer_outbox:
+        for dst, fields, payload in self.control.take_outbox():
             self.peers.send(dst, RaftMessage(fields, payload))
-        self.control.peer_outbox.clear()
         if self.control.apply_committed():
             self.metadata_changed(now_ms)
             self.purgatory.check(META_KEY, now_ms)
@@ -139,7 +138,11 @@ class App:
 
     def close(self, now_ms: int) -> None:
         """Answer parked requests, flush every log and write checkpoints."""
-        self.purgatory.cancel_all(now_ms)
-        self.logs.close()
-        self.control.close()
+        try:
+            self.purgatory.cancel_all(now_ms)
+        finally:
+            try:
+                self.logs.close()
+            finally:
+                self.control.close()
         log.info("broker %s closed cleanly", self.broker_id)

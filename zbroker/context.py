@@ -110,9 +110,14 @@ class Completion(Generic[T]):
             callback(self)
 
 
+#: :attr:`PeerReply.value` of a call that got no answer in time (its error is REQUEST_TIMED_OUT).
+TIMED_OUT = object()
+
+
 @dataclass(frozen=True, slots=True)
 class PeerReply:
-    """Another broker's answer to a :meth:`PeerChannel.call` (or the timeout of one)."""
+    """Another broker's answer to a :meth:`PeerChannel.call` (or the timeout of one:
+    ``error`` REQUEST_TIMED_OUT, ``value`` :data:`TIMED_OUT`)."""
 
     error: int = 0
     message: str | None = None

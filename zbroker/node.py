@@ -43,6 +43,12 @@ class BrokerNode:
                                    send or (lambda conn, frames: self.outbox.append((conn, frames))),
                                    config.setting("max_request_bytes"))
 
+    def connect(self, send: Callable[[bytes, Frames], None], send_peer: Callable[[int, Frames], None] | None) -> None:
+        """Send through these from now on (the server's listeners, bound once the node is loaded)."""
+        self.router.send = send
+        if send_peer is not None:
+            self.peers.connect(send_peer)
+
     # -- input -------------------------------------------------------------------
 
     def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:

@@ -50,35 +50,38 @@ class Server:
     def stop(self, *_args) -> None:
         self.loop.stop()
 
-    def _listen(self, ctx: zmq.Context) -> tuple[RouterListener, PeerDealers | None]:
-        """Bind and connect every socket; their handlers reach the node once it exists."""
+    def _listen(self, ctx: zmq.Context, node: BrokerNode) -> tuple[RouterListener, PeerDealers | None]:
+        """Bind and connect every socket and register it with the loop."""
         max_bytes = self.config.setting("max_request_bytes")
         peers = [b for b in self.config.brokers if b.id != self.broker_id]
         dealers = None
         if peers:  # a single node gossips with no one
             gossip = Gossip(ctx, f"tcp://{self.entry.host}:{self.entry.gossip_port}",
                             [f"tcp://{p.host}:{p.gossip_port}" for p in peers], self.config.setting("heartbeat_ms"),
-                            lambda: self.node.heartbeat(), lambda frame: self.node.on_heartbeat(frame, now_ms()))
+                            node.heartbeat, lambda frame: node.on_heartbeat(frame, now_ms()))
             self.loop.add_listener(gossip)
-            self.loop.add_timer(gossip)
+            self.loop.add_timer(gossip)  # after the node's: a beat tells of the turn's state
             dealers = PeerDealers(ctx, broker_identity(self.broker_id), {p.id: f"tcp://{p.host}:{p.port}" for p in peers},
-                                  max_bytes, lambda frames: self.node.on_peer_reply(frames, now_ms()))
+                                  max_bytes, lambda frames: node.on_peer_reply(frames, now_ms()))
             self.loop.add_listener(dealers)
         router = RouterListener(ctx, f"tcp://{self.entry.host}:{self.entry.port}", max_bytes,
-                                lambda conn, frames: self.node.handle(conn, frames, now_ms()))
+                                lambda conn, frames: node.handle(conn, frames, now_ms()))
         self.loop.add_listener(router)
         return router, dealers
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`; then shut down cleanly."""
+        # load (recover every partition) first, then listen: nothing queues up meanwhile,
+        # and no peer's heartbeat is stamped with a time long after it was sent
+        node = self.node = BrokerNode(self.config, self.broker_id, now_ms(), clock=now_ms)
+        self.loop.add_timer(node)
         try:
-            router, dealers = self._listen(zmq.Context.instance())
+            router, dealers = self._listen(zmq.Context.instance(), node)
         except zmq.ZMQError as exc:
+            node.close(now_ms())
             self.loop.close()
             raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}: {exc}") from None
-        node = self.node = BrokerNode(self.config, self.broker_id, now_ms(), clock=now_ms, send=router.send,
-                                      send_peer=dealers.send if dealers is not None else None)
-        self.loop.add_timer(node)
+        node.connect(router.send, dealers.send if dealers is not None else None)
         log.info("broker %s listening on %s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
                  f" gossip={self.entry.gossip_port}" if dealers is not None else "", self.entry.data_dir, os.getpid())
         try:

@@ -280,6 +280,11 @@ class ControlPlane:
                 log.info("controller: %s-%s leader -> %s (epoch %s)", rec["topic"], rec["partition"], rec["leader"], rec["leader_epoch"])
             self._leadership_pending = self.propose(changes)
 
+    def take_outbox(self) -> list[tuple[int, dict, Any]]:
+        """The Raft messages queued for peers since the last call: ``(broker id, fields, payload)``."""
+        out, self.peer_outbox = self.peer_outbox, []
+        return out
+
     def close(self) -> None:
         self.state_file.save(self.raft.state, self.raft.high_watermark)
         self.metalog.close()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from zbroker.config import TOPIC_CONFIG, ClusterConfig, ConfigError, validate_topic_config
-from zbroker.context import INTERNAL, Completion, PeerChannel, PeerReply, RequestContext
+from zbroker.context import INTERNAL, TIMED_OUT, Completion, PeerChannel, PeerReply, RequestContext
 from zbroker.control.controller import new_topic
 from zbroker.control.controlplane import ControlPlane
 from zbroker.control.metadata import (
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 META_KEY = "__metadata_applied__"  # purgatory key: the image moved forward
 ADMIN_TIMEOUT_MS = 30_000
+ISR_CALL_TIMEOUT_MS = 5_000  # = a leader's re-proposal interval (core.replication.ISR_PROPOSAL_TIMEOUT_MS)
 OFFSETS_TOPIC = "__consumer_offsets"
 
 
@@ -109,8 +110,8 @@ class TopicAdmin:
 
     def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, purgatory: Purgatory,
                  peers: PeerChannel, after_propose: Callable[[int], None] = lambda now_ms: None) -> None:
-        """``after_propose(now_ms)`` runs after every proposal: on a quorum of one the records
-        are committed and applied at once, and the broker must act on them (the app reconciles)."""
+        """``after_propose(now_ms)`` runs when a proposal was committed and applied at once (a
+        quorum of one): the broker must act on it before answering (the app reconciles)."""
         self.config = config
         self.broker_id = broker_id
         self.control = control
@@ -156,9 +157,8 @@ class TopicAdmin:
         if pm.leader not in isr:
             raise RequestError(ErrorCode.INVALID_REQUEST, "the ISR must hold the leader")
         if isr != pm.isr:
-            self.control.propose([{"type": PARTITION_CHANGE_RECORD, "topic": req.topic, "partition": req.partition,
-                                   "leader": pm.leader, "leader_epoch": pm.leader_epoch, "isr": isr}])
-            self.after_propose(now_ms)
+            self._propose([{"type": PARTITION_CHANGE_RECORD, "topic": req.topic, "partition": req.partition,
+                            "leader": pm.leader, "leader_epoch": pm.leader_epoch, "isr": isr}], now_ms)
 
     def propose_isr(self, req: AlterIsr, now_ms: int) -> None:
         """As a leader: have the controller commit an ISR change (refusals are only logged;
@@ -169,7 +169,8 @@ class TopicAdmin:
             except RequestError as exc:
                 log.info("ISR change refused: %s", exc.message)
         elif self.control.controller >= 0:
-            self.peers.call(self.control.controller, req, _log_isr_refusal, ADMIN_TIMEOUT_MS, now_ms)
+            # answered within a leader's re-proposal interval, or forgotten (it proposes again)
+            self.peers.call(self.control.controller, req, _log_isr_refusal, ISR_CALL_TIMEOUT_MS, now_ms)
 
     def create_internal_topic(self, ctx: RequestContext, req: CreateInternalTopic, now_ms: int) -> None:
         """As the controller, at another broker's request: create the offsets topic."""
@@ -230,21 +231,17 @@ class TopicAdmin:
         """Propose what ``build()`` returns, answering nobody (auto-creation)."""
         try:
             records, names = build()
-            end = self.control.propose(records)
+            self._propose(records, now_ms, names)
         except (RequestError, NotLeader):
             return
-        self.pending.update(dict.fromkeys(names, end))
-        self.after_propose(now_ms)
 
     def _commit(self, records: list[dict], now_ms: int, value, names=()) -> Completion:
         """Propose ``records`` as the controller; complete with ``value`` once committed."""
         epoch = self.control.epoch
         try:
-            end = self.control.propose(records)
+            end = self._propose(records, now_ms, names)
         except NotLeader as exc:
             raise RequestError(ErrorCode.NOT_CONTROLLER, str(exc)) from None
-        self.pending.update(dict.fromkeys(names, end))
-        self.after_propose(now_ms)
         done: Completion = Completion()
 
         def try_complete(now: int) -> bool:
@@ -262,6 +259,15 @@ class TopicAdmin:
         self.purgatory.park(DelayedOperation(now_ms + ADMIN_TIMEOUT_MS, [META_KEY], try_complete, on_expire), now_ms)
         return done
 
+    def _propose(self, records: list[dict], now_ms: int, names=()) -> int:
+        """Propose as the controller; returns the offset the records commit at.  On a quorum
+        of one they are applied at once, and the broker acts on them before answering."""
+        end = self.control.propose(records)
+        self.pending.update(dict.fromkeys(names, end))
+        if self.control.applied >= end:
+            self.after_propose(now_ms)
+        return end
+
     def _forward(self, req, now_ms: int) -> Completion:
         controller = self.control.controller
         if controller < 0 or controller == self.broker_id:
@@ -269,8 +275,10 @@ class TopicAdmin:
         done: Completion = Completion()
 
         def on_reply(reply: PeerReply, now: int) -> None:
-            if reply.error:
-                done.fail(RequestError(reply.error, reply.message or "the controller refused the request"))
+            if reply.error == ErrorCode.REQUEST_TIMED_OUT and reply.value is TIMED_OUT:
+                done.fail_with(ErrorCode.REQUEST_TIMED_OUT, "the controller did not answer in time")
+            elif reply.error:
+                done.fail(RequestError(reply.error, reply.message or ""))  # relayed as the controller said it
             else:
                 done.complete(reply.value)
 
@@ -348,5 +356,7 @@ class TopicAdmin:
 
 
 def _log_isr_refusal(reply: PeerReply, now_ms: int) -> None:
-    if reply.error:
+    if reply.value is TIMED_OUT:
+        log.info("ISR change not answered by the controller in time; the leader will propose again")
+    elif reply.error:
         log.info("ISR change refused: %s", reply.message)

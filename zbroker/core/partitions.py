@@ -103,8 +103,13 @@ class PartitionManager:
             self.purgatory.check(part.tp, now_ms)  # follower fetches wait for appends
 
     def hw_moved(self, part: Partition, now_ms: int) -> None:
+        """A leader's high watermark moved: checkpoint it, retry what is parked on it."""
         self.logs.high_watermarks[part.tp] = part.high_watermark
         self.purgatory.check(part.tp, now_ms)
+
+    def record_high_watermark(self, tp: TP) -> None:
+        """A follower learned a new high watermark from its leader: checkpoint it."""
+        self.logs.high_watermarks[tp] = self.online[tp].high_watermark
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -47,6 +47,12 @@ class ProduceResult:
         self.error, self.error_message, self.base_offset = int(code), message, -1
 
 
+def check_acks(acks: int) -> None:
+    """Raises INVALID_REQUIRED_ACKS unless ``acks`` is 0, 1 or -1 (all)."""
+    if acks not in (0, 1, ACKS_ALL):
+        raise RequestError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {acks}")
+
+
 class ProduceService:
     def __init__(self, partitions: PartitionManager, purgatory: Purgatory) -> None:
         self.partitions = partitions
@@ -60,8 +66,7 @@ class ProduceService:
             the results at once (acks=1, or every batch failed), a Completion (acks=all),
             or None for acks=0 (nobody is answered).
         """
-        if acks not in (0, 1, ACKS_ALL):
-            raise RequestError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {acks}")
+        check_acks(acks)
         results: list[ProduceResult] = []
         waits: list[tuple[ProduceResult, Partition, int]] = []
         for topic, index, batch in batches:

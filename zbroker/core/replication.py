@@ -111,6 +111,9 @@ class ReplicaFetcher:
         if flight is None:
             return []
         moved = []
+        if error == ErrorCode.REQUEST_TIMED_OUT:
+            log.debug("replica fetch from broker %s: %s", flight.leader, message)  # a peer down: gossip tells
+            return moved
         if error or result is None:
             log.warning("replica fetch from broker %s failed: %s", flight.leader, message)
             return moved
@@ -206,7 +209,7 @@ class Replication:
         moved = self.fetcher.on_response(seq, reply.error, reply.message, reply.value, self.partitions.online, now_ms,
                                          note_appended)
         for tp in moved:
-            self.partitions.logs.high_watermarks[tp] = self.partitions.online[tp].high_watermark
+            self.partitions.record_high_watermark(tp)
         self.send_fetches(now_ms)  # fetch again at once: the leader long-polls
 
     def check_isr(self, now_ms: int) -> None:

@@ -114,6 +114,20 @@ def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def checked_tps(name: str, pairs) -> list[TP] | None:
+    """``(topic, partition)`` pairs as given by a front door, each checked to be a string
+    and an integer (INVALID_REQUEST naming the first that is not); None stays None."""
+    if pairs is None:
+        return None
+    out = []
+    for i, tp in enumerate(pairs):
+        if not (isinstance(tp, (list, tuple)) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
+                and not isinstance(tp[1], bool)):
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"field '{name}[{i}]' must be [topic, partition]")
+        out.append((tp[0], tp[1]))
+    return out
+
+
 class GroupCoordinator:
     """The groups whose ``__consumer_offsets`` partition this broker leads."""
 
@@ -281,6 +295,7 @@ class GroupCoordinator:
         return meta.partition_count if meta is not None else None
 
     def heartbeat(self, ctx: RequestContext, req: MemberHeartbeat, now_ms: int) -> HeartbeatResult | Completion[HeartbeatResult]:
+        req.owned = checked_tps("owned", req.owned)
         if req.rebalance_timeout_ms < 1000:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"rebalance_timeout_ms must be >= 1000, got {req.rebalance_timeout_ms}")
         part = self._group_partition(req.group, now_ms)
@@ -343,6 +358,7 @@ class GroupCoordinator:
     def offset_fetch(self, ctx: RequestContext, group: str, tps: list[TP] | None, now_ms: int) -> list[CommittedOffset]:
         """Committed offsets of ``tps`` (None: every partition the group committed)."""
         self._group_partition(group, now_ms)
+        tps = checked_tps("partitions", tps)
         offsets = self.offsets.get(group, {})
         wanted = tps if tps is not None else sorted(offsets)
         out = []

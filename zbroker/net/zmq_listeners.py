@@ -74,6 +74,8 @@ class RouterListener:
         self._on_request(frames[0], frames[1:])
 
     def send(self, conn: bytes, frames: Frames) -> None:
+        """Send a reply now, or drop it with a log line: never raises (a reply may be sent
+        from inside another request's handling, which one peer's trouble must not fail)."""
         try:
             self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False)
         except zmq.Again:
@@ -82,7 +84,7 @@ class RouterListener:
             if exc.errno == zmq.EHOSTUNREACH:
                 log.info("dropped a reply to peer=%s: it disconnected", conn.hex())
             else:
-                raise
+                log.error("dropped a reply to peer=%s: %s", conn.hex(), exc)
 
     def close(self) -> None:
         self.sock.close(linger=0)

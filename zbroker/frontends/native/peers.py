@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from zbroker import protocol as P
-from zbroker.context import PeerReply
+from zbroker.context import TIMED_OUT, PeerReply
 from zbroker.control.controlplane import RaftMessage
 from zbroker.control.topicadmin import (
     AlterIsr,
@@ -82,6 +82,10 @@ class PeerLink:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def connect(self, send: Callable[[int, Frames], None]) -> None:
+        """Send through ``send(broker id, frames)`` from now on."""
+        self._send = send
+
     def send(self, broker_id: int, message: Any) -> None:
         self._send(broker_id, self._encode(message, 0))
 
@@ -131,7 +135,8 @@ class PeerLink:
             _, cid = heapq.heappop(self._deadlines)
             call = self._calls.pop(cid, None)
             if call is not None:
-                call.on_reply(PeerReply(int(ErrorCode.REQUEST_TIMED_OUT), f"broker {call.broker_id} did not answer in time"), now_ms)
+                call.on_reply(PeerReply(int(ErrorCode.REQUEST_TIMED_OUT), f"broker {call.broker_id} did not answer in time",
+                                        TIMED_OUT), now_ms)
 
     def next_deadline(self) -> int | None:
         while self._deadlines and self._deadlines[0][1] not in self._calls:

@@ -34,7 +34,7 @@ from zbroker import protocol as P
 from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_principal
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
-from zbroker.security import Authorizer, Operation, Resource, ResourceType
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class NativeRouter:
                 raise ValueError(f"two routes for request type {route.kind!r}")
             self.table[route.kind] = route
         self.authorizer = authorizer
+        self._check_access = not isinstance(authorizer, AllowAll)  # no per-request resource lists for nothing
         self.metrics = metrics
         self.send = send
         self.max_request_bytes = max_request_bytes
@@ -139,6 +140,7 @@ class NativeRouter:
     @staticmethod
     def _check_version(header: dict, versions: tuple[int, int]) -> None:
         version = header.get("v")
+        # an integer: true or 1.0 is no version (the old check let them pass as equal to 1)
         if not (isinstance(version, int) and not isinstance(version, bool) and versions[0] <= version <= versions[1]):
             raise RequestError(ErrorCode.UNSUPPORTED_VERSION,
                                f"protocol version {version!r} not supported (this broker speaks {P.PROTOCOL_VERSION})")
@@ -149,10 +151,9 @@ class NativeRouter:
         id is chosen by the sender: this tells brokers from confused clients, not from
         attackers (CURVE keys will)."""
         if conn.startswith(b"zb-broker-"):
-            try:
-                return broker_principal(int(conn[10:]))
-            except ValueError:
-                pass
+            digits = conn[10:]
+            if digits.isdigit() and P.broker_identity(int(digits)) == conn:  # exactly, no "zb-broker-02"
+                return broker_principal(int(digits))
         return ANONYMOUS
 
     def _authorize(self, ctx: RequestContext, route: Route, fields: dict) -> None:
@@ -160,6 +161,8 @@ class NativeRouter:
         if claimed is not None:
             if ctx.broker_id is None or (claimed != ANY_BROKER and ctx.broker_id != claimed):
                 raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{route.kind} is only accepted from the broker it names")
+        if not self._check_access:
+            return
         for operation, resource in route.access(fields):
             if not self.authorizer.authorize(ctx, operation, resource):
                 raise RequestError(_DENIED[resource.type], f"{ctx.principal} may not {operation.value} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zbroker import protocol as P
 from zbroker.core.fetch import FetchPartition, FetchRequest, FetchResult, FetchedPartition, OffsetQuery
-from zbroker.core.produce import ProduceResult
+from zbroker.core.produce import ProduceResult, check_acks
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.native.router import NO_REPLY, Route
 from zbroker.security import CLUSTER, Operation, topic
@@ -14,6 +14,7 @@ from zbroker.security import CLUSTER, Operation, topic
 
 def produce(app, ctx, fields, payloads, now_ms):
     specs = fields["batches"]
+    check_acks(fields["acks"])
     if len(specs) != len(payloads):
         raise RequestError(ErrorCode.INVALID_REQUEST, f"'batches' lists {len(specs)} batches but {len(payloads)} payload frames came")
     batches = [(spec["topic"], spec["partition"], frame) for spec, frame in zip(specs, payloads)]

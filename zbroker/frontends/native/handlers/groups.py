@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 from zbroker import protocol as P
-from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.native.router import Route
 from zbroker.groups.coordinator import CommitOffset, Coordinator, GroupDetail, HeartbeatResult, OffsetCommit
 from zbroker.groups.group import MemberHeartbeat
 from zbroker.security import CLUSTER, Operation, group, topic
-
-
-def _pairs(name: str, pairs) -> list[tuple[str, int]] | None:
-    """``[[topic, partition], ...]`` from the wire, checked."""
-    if pairs is None:
-        return None
-    out = []
-    for i, tp in enumerate(pairs):
-        if not (isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and isinstance(tp[1], int)
-                and not isinstance(tp[1], bool)):
-            raise RequestError(ErrorCode.INVALID_REQUEST, f"field '{name}[{i}]' must be [topic, partition]")
-        out.append((tp[0], tp[1]))
-    return out
 
 
 def _lists(tps) -> list[list]:
@@ -37,7 +23,7 @@ def find_coordinator_reply(c: Coordinator):
 
 def group_heartbeat(app, ctx, fields, payloads, now_ms):
     req = MemberHeartbeat(fields["group"], fields["member_epoch"], fields["member_id"], fields["instance_id"],
-                          fields["client_id"], fields["topics"], _pairs("owned", fields["owned"]), fields["assignor"],
+                          fields["client_id"], fields["topics"], fields["owned"], fields["assignor"],
                           fields["rebalance_timeout_ms"], fields["session_timeout_ms"])
     return app.groups.heartbeat(ctx, req, now_ms)
 
@@ -58,7 +44,7 @@ def offset_commit_reply(tps):
 
 
 def offset_fetch(app, ctx, fields, payloads, now_ms):
-    return app.groups.offset_fetch(ctx, fields["group"], _pairs("partitions", fields["partitions"]), now_ms)
+    return app.groups.offset_fetch(ctx, fields["group"], fields["partitions"], now_ms)
 
 
 def offset_fetch_reply(offsets):
