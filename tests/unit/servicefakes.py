@@ -8,9 +8,11 @@ from typing import Any, Callable
 
 import pytest
 
+from storage import build_native_batch
 from zbroker.app import App
 from zbroker.config import ClusterConfig, parse_config, single_node_config
-from zbroker.context import Completion, PeerReply
+from zbroker.context import INTERNAL, Completion, PeerReply
+from zbroker.control.topicadmin import CreateTopic
 from zbroker.errors import RequestError
 
 START_MS = 1_000
@@ -99,3 +101,31 @@ def error_code(call: Callable[[], Any]) -> int:
     with pytest.raises(RequestError) as info:
         settle(call())
     return info.value.code
+
+
+# -- the data path ------------------------------------------------------------------------
+
+
+def records_batch(n: int = 1, ts: int = START_MS, value: bytes = b"v", **header) -> bytes:
+    """One native batch of ``n`` records at ``ts`` (``header``: producer_id, producer_epoch,
+    base_sequence)."""
+    return build_native_batch([(ts, None, value, None)] * n, **header)
+
+
+def create_topic(app: App, name: str = "t", now: int = START_MS, **fields) -> None:
+    """Create a topic through TopicAdmin and wait for its commit (single node: at once)."""
+    settle(app.admin.create_topic(INTERNAL, CreateTopic(name, **fields), now))
+
+
+def leading_cluster(tmp_path) -> tuple[App, int]:
+    """Broker 1 of three, elected controller, with topic ``t``: 3 partitions on all three
+    brokers, all in sync; broker 1 leads ``t-0`` (2 leads ``t-1``, 3 leads ``t-2``).
+    Returns the app and the time; every peer is still in its start-up grace then."""
+    app = App(three_brokers(tmp_path), 1, START_MS, lambda: START_MS, RecordingPeers())
+    now = elect(app, START_MS)
+    done = app.admin.create_topic(INTERNAL, CreateTopic("t", 3, 3), now)
+    acknowledge(app, now)
+    settle(done)
+    assert [pm.leader for pm in app.control.image.get("t").partitions] == [1, 2, 3]
+    assert app.partitions.get(("t", 0)).isr == [1, 2, 3]
+    return app, now
