@@ -12,7 +12,9 @@ from storage import build_native_batch
 from zbroker.app import App
 from zbroker.config import ClusterConfig, parse_config, single_node_config
 from zbroker.context import INTERNAL, Completion, PeerReply
+from zbroker.control.metadata import PARTITION_CHANGE_RECORD
 from zbroker.control.topicadmin import CreateTopic
+from zbroker.core.fetch import FetchedPartition, FetchPartition, FetchRequest
 from zbroker.errors import RequestError
 
 START_MS = 1_000
@@ -129,3 +131,25 @@ def leading_cluster(tmp_path) -> tuple[App, int]:
     assert [pm.leader for pm in app.control.image.get("t").partitions] == [1, 2, 3]
     assert app.partitions.get(("t", 0)).isr == [1, 2, 3]
     return app, now
+
+
+def commit_records(app: App, now: int, *records: dict) -> None:
+    """As the controller of three: propose metadata records, broker 2 acknowledges, applied."""
+    app.control.propose(list(records))
+    acknowledge(app, now)
+
+
+def partition_change(leader: int, leader_epoch: int, isr: list[int], topic: str = "t", partition: int = 0) -> dict:
+    return {"type": PARTITION_CHANGE_RECORD, "topic": topic, "partition": partition, "leader": leader,
+            "leader_epoch": leader_epoch, "isr": isr}
+
+
+def follower_fetch(app: App, replica: int, offset: int, now: int, epoch: int = 0, last_fetched_epoch: int | None = None,
+                   topic: str = "t", partition: int = 0) -> FetchedPartition:
+    """``replica``'s fetch of one partition, answered at once (its last fetched epoch: ``epoch``
+    unless given)."""
+    last = epoch if last_fetched_epoch is None else last_fetched_epoch
+    req = FetchRequest([FetchPartition(topic, partition, offset, leader_epoch=epoch, last_fetched_epoch=last)],
+                       max_wait_ms=0, replica_id=replica)
+    (entry,) = settle(app.fetch.fetch(INTERNAL, req, now)).partitions
+    return entry

@@ -8,10 +8,12 @@ elected controller by hand (:func:`~tests.unit.servicefakes.leading_cluster`), w
 import pytest
 
 from storage import iter_batches
-from tests.unit.servicefakes import START_MS, acknowledge, create_topic, error_code, leading_cluster, records_batch, settle, single_app
+from tests.unit.servicefakes import (
+    START_MS, commit_records, create_topic, error_code, follower_fetch, leading_cluster, partition_change, records_batch,
+    settle, single_app,
+)
 from zbroker.context import INTERNAL, Completion
-from zbroker.control.metadata import PARTITION_CHANGE_RECORD, TOPIC_CONFIG_RECORD
-from zbroker.core.fetch import FetchPartition, FetchRequest
+from zbroker.control.metadata import TOPIC_CONFIG_RECORD
 from zbroker.core.produce import ACKS_ALL
 from zbroker.errors import ErrorCode
 
@@ -156,12 +158,6 @@ def test_acks_all_where_every_batch_failed_is_answered_at_once(app):
     assert outcome(results) == [(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, -1)]
 
 
-def follower_fetch(app, replica, offset, now, epoch=0):
-    req = FetchRequest([FetchPartition("t", 0, offset, leader_epoch=epoch, last_fetched_epoch=epoch)], max_wait_ms=0,
-                       replica_id=replica)
-    return settle(app.fetch.fetch(INTERNAL, req, now))
-
-
 def test_acks_all_waits_until_every_in_sync_follower_has_the_batch(cluster):
     app, now = cluster
     produce(app, (0, records_batch(2)), acks=1, now=now)
@@ -195,27 +191,18 @@ def test_acks_all_answers_each_partition_on_its_own(cluster):
     assert outcome(settle(done)) == [(ErrorCode.NOT_LEADER_OR_FOLLOWER, -1), (ErrorCode.REQUEST_TIMED_OUT, -1)]
 
 
-def commit(app, now, *records):
-    app.control.propose(list(records))
-    acknowledge(app, now)
-
-
-def moved(leader, epoch, isr):
-    return {"type": PARTITION_CHANGE_RECORD, "topic": "t", "partition": 0, "leader": leader, "leader_epoch": epoch, "isr": isr}
-
-
 def test_leadership_moving_while_acks_all_waits_fails_not_leader(cluster):
     app, now = cluster
     done = produce(app, (0, records_batch()), acks=ACKS_ALL, now=now)
-    commit(app, now + 1, moved(2, 1, [1, 2, 3]))
+    commit_records(app, now + 1, partition_change(2, 1, [1, 2, 3]))
     assert not app.partitions.get(("t", 0)).is_leader
     assert outcome(settle(done)) == [(ErrorCode.NOT_LEADER_OR_FOLLOWER, -1)]
 
 
 def test_the_isr_shrinking_below_the_minimum_while_waiting_fails_after_append(cluster):
     app, now = cluster
-    commit(app, now, {"type": TOPIC_CONFIG_RECORD, "name": "t", "overrides": {"min_insync_replicas": 2}})
+    commit_records(app, now, {"type": TOPIC_CONFIG_RECORD, "name": "t", "overrides": {"min_insync_replicas": 2}})
     done = produce(app, (0, records_batch()), acks=ACKS_ALL, now=now)
     assert not done.done
-    commit(app, now + 1, moved(1, 0, [1]))
+    commit_records(app, now + 1, partition_change(1, 0, [1]))
     assert outcome(settle(done)) == [(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, -1)]
