@@ -222,7 +222,8 @@ def test_a_follower_whose_last_epoch_disagrees_is_told_where_to_truncate(cluster
 
 
 def offsets(app, *queries, index=0):
-    return [(a.error, a.offset, a.timestamp) for a in app.fetch.list_offsets(INTERNAL, [OffsetQuery("t", index, q) for q in queries])]
+    answers = app.fetch.list_offsets(INTERNAL, [OffsetQuery("t", index, q) for q in queries])
+    return [(a.error, a.offset, a.timestamp) for a in answers]
 
 
 def test_list_offsets_earliest_latest_and_by_timestamp(app):
