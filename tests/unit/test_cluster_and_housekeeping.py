@@ -103,6 +103,15 @@ def test_auto_create_is_capped_per_request(app):
     assert set(errors(metadata(app, names, auto=True)).values()) == {0}  # the next request creates the rest
 
 
+def test_invalid_names_do_not_use_up_the_auto_create_cap(app):
+    """Invalid names are never created: counting them would starve a valid name behind them on
+    every retry of the same request."""
+    names = [f"bad/{i}" for i in range(MAX_AUTO_CREATES_PER_REQUEST)] + ["good"]
+    answer = errors(metadata(app, names, auto=True))
+    assert answer["good"] == 0 and app.control.image.get("good") is not None
+    assert {answer[n] for n in names[:-1]} == {ErrorCode.INVALID_TOPIC_EXCEPTION}
+
+
 def test_auto_create_through_another_controller_answers_leader_not_available(tmp_path):
     app = App(three_brokers(tmp_path), 1, NOW, lambda: NOW, RecordingPeers())
     follow(app, 2, NOW)
