@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from tests.unit.servicefakes import (
-    START_MS, RecordingPeers, commit_records, create_topic, error_code, follow, follower_fetch, leading_cluster,
+    START_MS, RecordingPeers, commit_records, create_topic, error_code, follow, follower_fetch,
     partition_change, records_batch, single_app, three_brokers,
 )
 from zbroker.app import App
@@ -28,13 +28,6 @@ def app(tmp_path):
     app = single_app(tmp_path)
     yield app
     app.close(NOW)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    app, now = leading_cluster(tmp_path)
-    yield app, now
-    app.close(now)
 
 
 def metadata(app, names=None, auto=False, now=NOW):

@@ -4,7 +4,7 @@ retried, roles following the image, removal hooks."""
 import pytest
 
 from tests.unit.servicefakes import (
-    START_MS, commit_records, create_topic, error_code, leading_cluster, partition_change, records_batch, settle, single_app,
+    START_MS, commit_records, create_topic, error_code, partition_change, records_batch, settle, single_app,
 )
 from zbroker.context import INTERNAL
 from zbroker.control.topicadmin import DeleteTopic
@@ -116,8 +116,8 @@ def test_a_failed_open_is_retried_after_open_retry_ms(app, broken):
 # -- following the image ----------------------------------------------------------------------
 
 
-def test_roles_follow_the_image(tmp_path):
-    app, now = leading_cluster(tmp_path)
+def test_roles_follow_the_image(cluster):
+    app, now = cluster
     assert app.partitions.leader("t", 0).is_leader
     assert leader_error(app, "t", 1) == ErrorCode.NOT_LEADER_OR_FOLLOWER
     commit_records(app, now, partition_change(2, 1, [2, 3]), partition_change(1, 1, [1, 2, 3], partition=1))
@@ -127,7 +127,6 @@ def test_roles_follow_the_image(tmp_path):
     assert app.partitions.leader("t", 1) is part1 and part1.leader_epoch == 1
     commit_records(app, now, partition_change(-1, 2, [2]))
     assert leader_error(app, "t", 0) == ErrorCode.LEADER_NOT_AVAILABLE
-    app.close(now)
 
 
 def test_deleting_a_topic_runs_the_removal_hooks_for_its_open_partitions(app):

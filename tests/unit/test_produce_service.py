@@ -9,7 +9,7 @@ import pytest
 
 from storage import iter_batches
 from tests.unit.servicefakes import (
-    START_MS, commit_records, create_topic, error_code, follower_fetch, leading_cluster, partition_change, records_batch,
+    START_MS, commit_records, create_topic, error_code, follower_fetch, partition_change, records_batch,
     settle, single_app,
 )
 from zbroker.context import INTERNAL, Completion
@@ -27,13 +27,6 @@ def app(tmp_path):
     create_topic(app, "t", partitions=2)
     yield app
     app.close(NOW)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    app, now = leading_cluster(tmp_path)
-    yield app, now
-    app.close(now)
 
 
 def produce(app, *batches, acks=1, timeout_ms=1000, now=NOW):
