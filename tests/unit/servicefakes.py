@@ -8,9 +8,13 @@ from typing import Any, Callable
 
 import pytest
 
+from storage import build_native_batch
 from zbroker.app import App
 from zbroker.config import ClusterConfig, parse_config, single_node_config
-from zbroker.context import Completion, PeerReply
+from zbroker.context import INTERNAL, Completion, PeerReply
+from zbroker.control.metadata import PARTITION_CHANGE_RECORD
+from zbroker.control.topicadmin import CreateTopic
+from zbroker.core.fetch import FetchedPartition, FetchPartition, FetchRequest
 from zbroker.errors import RequestError
 
 START_MS = 1_000
@@ -99,3 +103,53 @@ def error_code(call: Callable[[], Any]) -> int:
     with pytest.raises(RequestError) as info:
         settle(call())
     return info.value.code
+
+
+# -- the data path ------------------------------------------------------------------------
+
+
+def records_batch(n: int = 1, ts: int = START_MS, value: bytes = b"v", **header) -> bytes:
+    """One native batch of ``n`` records at ``ts`` (``header``: producer_id, producer_epoch,
+    base_sequence)."""
+    return build_native_batch([(ts, None, value, None)] * n, **header)
+
+
+def create_topic(app: App, name: str = "t", now: int = START_MS, **fields) -> None:
+    """Create a topic through TopicAdmin and wait for its commit (single node: at once)."""
+    settle(app.admin.create_topic(INTERNAL, CreateTopic(name, **fields), now))
+
+
+def leading_cluster(tmp_path) -> tuple[App, int]:
+    """Broker 1 of three, elected controller, with topic ``t``: 3 partitions on all three
+    brokers, all in sync; broker 1 leads ``t-0`` (2 leads ``t-1``, 3 leads ``t-2``).
+    Returns the app and the time; every peer is still in its start-up grace then."""
+    app = App(three_brokers(tmp_path), 1, START_MS, lambda: START_MS, RecordingPeers())
+    now = elect(app, START_MS)
+    done = app.admin.create_topic(INTERNAL, CreateTopic("t", 3, 3), now)
+    acknowledge(app, now)
+    settle(done)
+    assert [pm.leader for pm in app.control.image.get("t").partitions] == [1, 2, 3]
+    assert app.partitions.get(("t", 0)).isr == [1, 2, 3]
+    return app, now
+
+
+def commit_records(app: App, now: int, *records: dict) -> None:
+    """As the controller of three: propose metadata records, broker 2 acknowledges, applied."""
+    app.control.propose(list(records))
+    acknowledge(app, now)
+
+
+def partition_change(leader: int, leader_epoch: int, isr: list[int], topic: str = "t", partition: int = 0) -> dict:
+    return {"type": PARTITION_CHANGE_RECORD, "topic": topic, "partition": partition, "leader": leader,
+            "leader_epoch": leader_epoch, "isr": isr}
+
+
+def follower_fetch(app: App, replica: int, offset: int, now: int, epoch: int = 0, last_fetched_epoch: int | None = None,
+                   topic: str = "t", partition: int = 0) -> FetchedPartition:
+    """``replica``'s fetch of one partition, answered at once (its last fetched epoch: ``epoch``
+    unless given)."""
+    last = epoch if last_fetched_epoch is None else last_fetched_epoch
+    req = FetchRequest([FetchPartition(topic, partition, offset, leader_epoch=epoch, last_fetched_epoch=last)],
+                       max_wait_ms=0, replica_id=replica)
+    (entry,) = settle(app.fetch.fetch(INTERNAL, req, now)).partitions
+    return entry

@@ -86,12 +86,13 @@ class ClusterInfo:
         auto_creates = 0
         for name in names:
             topic = self.image.get(name)
+            # an invalid name is never created: counting it would starve the valid names behind it
             if (topic is None and allow_auto_create and self.config.setting("auto_create_topics")
-                    and auto_creates < MAX_AUTO_CREATES_PER_REQUEST):
+                    and topic_name_problem(name) is None and auto_creates < MAX_AUTO_CREATES_PER_REQUEST):
                 auto_creates += 1
                 self.admin.auto_create(name, now_ms)
                 topic = self.image.get(name)
-                if topic is None and topic_name_problem(name) is None:
+                if topic is None:
                     topics.append(TopicState(name, int(ErrorCode.LEADER_NOT_AVAILABLE)))
                     continue
             if topic is None:
