@@ -199,3 +199,17 @@ def test_the_isr_shrinking_below_the_minimum_while_waiting_fails_after_append(cl
     assert not done.done
     commit_records(app, now + 1, partition_change(1, 0, [1]))
     assert outcome(settle(done)) == [(ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND, -1)]
+
+
+def test_a_resent_batch_under_acks_all_waits_for_the_whole_original_batch(cluster):
+    app, now = cluster
+    batch = records_batch(3, producer_id=7, producer_epoch=0, base_sequence=0)
+    produce(app, (0, batch), acks=1, now=now)  # the first try: appended, its answer lost
+    done = produce(app, (0, batch), acks=ACKS_ALL, now=now)  # the retry: a duplicate
+    follower_fetch(app, 2, 1, now + 1)
+    follower_fetch(app, 3, 1, now + 1)  # the followers hold only the first of its 3 records
+    assert not done.done and app.partitions.get(("t", 0)).high_watermark == 1
+    follower_fetch(app, 2, 3, now + 2)
+    follower_fetch(app, 3, 3, now + 2)
+    assert outcome(settle(done)) == [(0, 0)]
+    assert leo(app) == 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from storage import CorruptBatchError
+from storage import CorruptBatchError, parse_header
 from zbroker.context import Completion, RequestContext
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
@@ -123,9 +123,9 @@ class ProduceService:
                     f"{topic}-{index} has {len(part.isr)} in-sync replicas, min_insync_replicas={self.partitions.min_isr(topic)}",
                 )
             dup = check_batch(part, batch)
-            if dup is not None:
+            if dup is not None:  # acks=all waits for the whole original batch, as for a first try
                 result.base_offset, result.log_start_offset = dup, part.log.log_start_offset
-                return result, part, dup + 1
+                return result, part, dup + parse_header(batch).record_count
             info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
             note_appended(part, batch, info.base_offset)
         except RequestError as exc:
