@@ -102,7 +102,8 @@ def test_zmq_and_plain_tcp_listeners_share_the_loop_and_a_handler_bug_does_not_s
         loop.close()
         push.close(linger=0)
         ctx.term()
-    assert rec.got[:2] == [b"zmq-1", b"zmq-2"] and b"tcp-1" in rec.got
+    # each socket's messages in order; the two sockets interleave as they arrive
+    assert [m for m in rec.got if m.startswith(b"zmq")] == [b"zmq-1", b"zmq-2"] and b"tcp-1" in rec.got
     assert rec.closed == 1  # the accepted connection was watched, then unwatched on EOF
     assert stop.ticks >= 1
 
