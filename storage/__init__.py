@@ -12,12 +12,13 @@ from storage.batch import (
     COMPRESSION_ZSTD, CONTROL_BIT, HEADER_SIZE, LOG_OVERHEAD, MAGIC_KAFKA, MAGIC_NATIVE,
     TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT, BatchHeader, build_kafka_batch, build_native_batch,
     decode_batches, decode_native_records, encode_native_batch, iter_batches, parse_header,
-    patch_batch, set_base_offset, validate_batch, walk,
+    patch_batch, set_base_offset, validate_batch, validate_produced_batch, walk,
 )
 from storage.compression import COMPRESSION_BY_NAME
 from storage.checkpoint import OffsetCheckpoint, write_atomic
 from storage.errors import (
-    CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange, StorageError,
+    CheckpointError, CorruptBatchError, InvalidRecordError, OffsetMismatch, OffsetOutOfRange, StorageError,
+    UnsupportedCodecError,
 )
 from storage.handles import FileHandleCache
 from storage.leader_epoch import LeaderEpochCache
@@ -26,7 +27,8 @@ from storage.log import AppendInfo, Log, LogConfig, ReadResult
 __all__ = [
     "Log", "LogConfig", "AppendInfo", "ReadResult", "FileHandleCache", "OffsetCheckpoint",
     "write_atomic", "LeaderEpochCache", "StorageError", "OffsetOutOfRange", "OffsetMismatch",
-    "CorruptBatchError", "CheckpointError",
+    "CorruptBatchError", "CheckpointError", "InvalidRecordError", "UnsupportedCodecError",
+    "validate_produced_batch",
     "HEADER_SIZE", "LOG_OVERHEAD", "MAGIC_KAFKA", "MAGIC_NATIVE", "COMPRESSION_NONE",
     "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4", "COMPRESSION_ZSTD",
     "COMPRESSION_MASK", "TIMESTAMP_TYPE_BIT", "TRANSACTIONAL_BIT", "CONTROL_BIT",

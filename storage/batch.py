@@ -1,7 +1,9 @@
 """Record batches: the unit the broker validates, stores and serves.
 
 A batch is a fixed 61-byte big-endian header (Kafka RecordBatch v2 layout) followed by a
-payload. The broker only ever touches the header; records are decoded by clients and tools.
+payload. The broker touches only the header (and, for a produced uncompressed magic-2
+batch, parses the records to refuse what no reader could read: :func:`validate_produced_batch`);
+records are decoded by clients and tools.
 
 ::
 
@@ -47,7 +49,7 @@ from storage.compression import (
     COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_MASK, COMPRESSION_NONE, COMPRESSION_SNAPPY,
     COMPRESSION_ZSTD, compress, decompress,
 )
-from storage.errors import CorruptBatchError
+from storage.errors import CorruptBatchError, InvalidRecordError, UnsupportedCodecError
 from storage.records import decode_kafka, decode_native, encode_kafka, encode_native
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "COMPRESSION_NONE", "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4",
     "COMPRESSION_ZSTD", "COMPRESSION_MASK", "TIMESTAMP_TYPE_BIT", "TRANSACTIONAL_BIT",
     "CONTROL_BIT", "BatchHeader", "CorruptBatchError", "parse_header", "validate_batch",
+    "validate_produced_batch",
     "patch_batch", "build_native_batch", "encode_native_batch", "build_kafka_batch",
     "decode_native_records", "decode_batches", "iter_batches", "walk", "set_base_offset",
 ]
@@ -166,9 +169,9 @@ def validate_batch(buf: bytes | bytearray | memoryview, max_size: int | None = N
     if h.magic not in _VALID_MAGICS:
         raise CorruptBatchError(f"bad magic {h.magic}: expected {MAGIC_KAFKA} or {MAGIC_NATIVE}")
     if h.record_count < 0:
-        raise CorruptBatchError(f"record count mismatch: negative record_count {h.record_count}")
+        raise InvalidRecordError(f"record count mismatch: negative record_count {h.record_count}")
     if h.record_count > 0 and h.last_offset_delta != h.record_count - 1:
-        raise CorruptBatchError(
+        raise InvalidRecordError(
             f"record count mismatch: record_count {h.record_count} but last_offset_delta "
             f"{h.last_offset_delta}"
         )
@@ -176,6 +179,55 @@ def validate_batch(buf: bytes | bytearray | memoryview, max_size: int | None = N
     actual = _crc(mv[_CRC_START:])
     if actual != h.crc:
         raise CorruptBatchError(f"bad crc: header 0x{h.crc:08x}, computed 0x{actual:08x}")
+    return h
+
+
+def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int | None = None) -> BatchHeader:
+    """:func:`validate_batch`, plus the rules a producer's batch must keep (Kafka's LogValidator
+    for appends from clients), so that nothing a reader cannot read is acknowledged.
+
+    On top of framing, magic and CRC: the codec is defined (0-4); ``record_count >= 1`` and
+    ``last_offset_delta == record_count - 1`` (so the offsets the batch takes are exactly its
+    records); it is not a control batch (the broker writes those) and does not claim
+    LogAppendTime (every topic uses CreateTime, and only a broker may stamp append times);
+    ``max_timestamp >= base_timestamp``. An uncompressed magic-2 batch has its records parsed
+    (:func:`storage.records.decode_kafka`: every length adds up exactly to the payload, the
+    count matches) and their offset deltas must be ``0..n-1`` in order. Native payloads
+    (magic 122) and compressed magic-2 payloads are never decoded here: their records are
+    the producer's to get right, and a reader reports an undecodable batch with its offset.
+
+    Runtime: a native or compressed batch costs what :func:`validate_batch` costs (one header
+    unpack, one CRC-32C) plus a few integer compares; an uncompressed magic-2 batch adds a
+    Python parse of every record field, O(records).
+
+    Raises:
+        UnsupportedCodecError: The codec id is 5, 6 or 7.
+        InvalidRecordError: A rule above is broken; the message names it.
+        CorruptBatchError: As :func:`validate_batch` (framing, magic, CRC, size).
+    """
+    h = validate_batch(buf, max_size)
+    codec = h.attributes & COMPRESSION_MASK
+    if codec > COMPRESSION_ZSTD:
+        raise UnsupportedCodecError(f"undefined compression codec {codec} (attributes bits 0-2): defined are 0-4")
+    if h.record_count < 1:
+        raise InvalidRecordError(
+            f"batch claims {h.record_count} records (last_offset_delta {h.last_offset_delta}): a batch holds at least one"
+        )
+    if h.attributes & CONTROL_BIT:
+        raise InvalidRecordError("control batches (attributes bit 5) are written by the broker, never produced")
+    if h.attributes & TIMESTAMP_TYPE_BIT:
+        raise InvalidRecordError("the LogAppendTime bit (attributes bit 3) is the broker's; every topic uses CreateTime")
+    if h.max_timestamp < h.base_timestamp:
+        raise InvalidRecordError(f"max_timestamp {h.max_timestamp} is before base_timestamp {h.base_timestamp}")
+    if h.magic == MAGIC_KAFKA and codec == COMPRESSION_NONE:
+        payload = buf if isinstance(buf, memoryview) else memoryview(buf)
+        try:
+            records = decode_kafka(payload[HEADER_SIZE:], h.record_count)
+        except CorruptBatchError as exc:
+            raise InvalidRecordError(f"magic-2 records do not parse: {exc}") from None
+        for i, rec in enumerate(records):
+            if rec[0] != i:
+                raise InvalidRecordError(f"magic-2 record {i} has offset delta {rec[0]}: deltas must run 0..{h.record_count - 1}")
     return h
 
 

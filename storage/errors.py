@@ -3,7 +3,9 @@
 Each class names one thing a caller can act on:
 
 * :class:`CorruptBatchError` -- the bytes handed in (or found on disk) are not a
-  well-formed record batch. The producer (or the disk) is at fault.
+  well-formed record batch. The producer (or the disk) is at fault. Two subclasses say
+  which rule a producer's batch broke: :class:`InvalidRecordError` (Kafka's INVALID_RECORD)
+  and :class:`UnsupportedCodecError` (UNSUPPORTED_COMPRESSION_TYPE).
 * :class:`OffsetOutOfRange` -- a read asked for an offset the log does not hold.
 * :class:`OffsetMismatch` -- a replica append did not start at the log end offset.
 * :class:`CheckpointError` -- a checkpoint file is malformed (names file and line).
@@ -26,6 +28,15 @@ class CorruptBatchError(StorageError, ValueError):
     def __init__(self, message: str = "", offset: int | None = None) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+class InvalidRecordError(CorruptBatchError):
+    """The batch is framed and its CRC matches, but its header fields disagree with each
+    other or its records do not parse (Kafka's InvalidRecordException)."""
+
+
+class UnsupportedCodecError(CorruptBatchError):
+    """The batch's attributes name a compression codec that is not defined (ids 5-7)."""
 
 
 class OffsetOutOfRange(StorageError):

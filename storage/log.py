@@ -38,7 +38,8 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
-from storage.batch import MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, decode_native_records, patch_batch, validate_batch
+from storage.batch import (MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, BatchHeader, decode_native_records, patch_batch,
+                           validate_batch)
 from storage.checkpoint import fsync_dir
 from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
@@ -259,7 +260,7 @@ class Log:
     # ------------------------------------------------------------------ writes
 
     def append(self, batch: bytes | bytearray | memoryview, now_ms: int, leader_epoch: int = 0,
-               assign_offsets: bool = True) -> AppendInfo:
+               assign_offsets: bool = True, header: BatchHeader | None = None) -> AppendInfo:
         """Validate and append one batch. O(1): no per-record work.
 
         Args:
@@ -269,6 +270,9 @@ class Log:
             assign_offsets: True for leader appends (the batch gets ``base_offset = LEO``);
                 False for replica appends (the batch must already start at LEO and keeps its
                 leader epoch).
+            header: What :func:`storage.batch.validate_produced_batch` returned for this very
+                batch (the produce path checks it before its duplicate check); the log then
+                does not check it again. None: the log validates it (:func:`validate_batch`).
 
         Returns:
             Where the batch landed.
@@ -277,7 +281,7 @@ class Log:
             CorruptBatchError: Bad framing, CRC, count, size or an empty offset range.
             OffsetMismatch: Replica append whose base offset is not the LEO.
         """
-        h = validate_batch(batch, self.config.max_message_bytes)
+        h = header or validate_batch(batch, self.config.max_message_bytes)
         if h.last_offset_delta < 0:
             raise CorruptBatchError(f"empty batch: last_offset_delta {h.last_offset_delta}")
         leo = self._leo

@@ -128,10 +128,19 @@ class TopicAdmin:
         return self._run(ctx, req, now_ms, self._build_create)
 
     def delete_topic(self, ctx: RequestContext, req: DeleteTopic, now_ms: int) -> Completion | None:
+        self._refuse_internal(req.topic, "deleted")
         return self._run(ctx, req, now_ms, self._build_delete)
 
     def alter_topic_config(self, ctx: RequestContext, req: AlterTopicConfig, now_ms: int) -> Completion | None:
+        self._refuse_internal(req.topic, "reconfigured")
         return self._run(ctx, req, now_ms, self._build_alter)
+
+    def _refuse_internal(self, name: str, what: str) -> None:
+        """Internal topics are the broker's (INVALID_TOPIC_EXCEPTION): deleting
+        ``__consumer_offsets`` would lose every group's offsets, and its settings are the broker's."""
+        topic = self.image.get(name)
+        if topic is not None and topic.internal:
+            raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"{name} is an internal topic: it cannot be {what}")
 
     def create_partitions(self, ctx: RequestContext, req: CreatePartitions, now_ms: int) -> Completion | None:
         return self._run(ctx, req, now_ms, self._build_add_partitions)

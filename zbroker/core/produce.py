@@ -1,10 +1,14 @@
 """Produce: appending record batches on a partition's leader, with acks 0, 1 or all.
 
-- Each batch goes to its partition's leader (:meth:`PartitionManager.leader`), is
-  checked against ``max_message_bytes``, the ISR size (acks=all) and the producer's
-  sequence (:mod:`zbroker.core.producer_state`: a duplicate is acknowledged with its
-  first offset, not written twice), and appended with the leader's epoch.  Records are
-  never decoded: the log checks framing and CRC.
+- Each batch goes to its partition's leader (:meth:`PartitionManager.leader`); an internal
+  topic (``__consumer_offsets``) is the broker's and refuses it (INVALID_TOPIC_EXCEPTION).
+  It is checked against ``max_message_bytes``, the ISR size (acks=all), the rules of a
+  produced batch (:func:`storage.batch.validate_produced_batch`: framing and CRC give
+  CORRUPT_MESSAGE, an undefined codec UNSUPPORTED_COMPRESSION_TYPE, a record count that
+  disagrees with the offset delta, no records, a control batch or magic-2 records that do
+  not parse INVALID_RECORD; native payloads are never decoded) and the producer's sequence
+  (:mod:`zbroker.core.producer_state`: a duplicate is acknowledged with its first offset,
+  not written twice), and appended with the leader's epoch.
 - ``acks=1`` is answered at once; ``acks=all`` is refused with NOT_ENOUGH_REPLICAS when
   the ISR is smaller than ``min_insync_replicas``, otherwise parked in the purgatory
   (keyed by its partitions) until the high watermark passes every batch of the request
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from storage import CorruptBatchError, parse_header
+from storage import CorruptBatchError, InvalidRecordError, UnsupportedCodecError, validate_produced_batch
 from zbroker.context import Completion, RequestContext
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
@@ -51,6 +55,15 @@ def check_acks(acks: int) -> None:
     """Raises INVALID_REQUIRED_ACKS unless ``acks`` is 0, 1 or -1 (all)."""
     if acks not in (0, 1, ACKS_ALL):
         raise RequestError(ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {acks}")
+
+
+def _code_of(exc: CorruptBatchError) -> ErrorCode:
+    """The produce error of a refused batch, as Kafka answers it."""
+    if isinstance(exc, InvalidRecordError):
+        return ErrorCode.INVALID_RECORD
+    if isinstance(exc, UnsupportedCodecError):
+        return ErrorCode.UNSUPPORTED_COMPRESSION_TYPE
+    return ErrorCode.CORRUPT_MESSAGE
 
 
 class ProduceService:
@@ -111,6 +124,9 @@ class ProduceService:
         """Append one batch; returns (result, partition or None, end offset)."""
         result = ProduceResult(topic, index)
         try:
+            meta = self.partitions.image.get(topic)
+            if meta is not None and meta.internal:
+                raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"cannot append to internal topic {topic}")
             part = self.partitions.leader(topic, index)
             max_bytes = part.log.config.max_message_bytes
             if len(batch) > max_bytes:
@@ -122,18 +138,19 @@ class ProduceService:
                     ErrorCode.NOT_ENOUGH_REPLICAS,
                     f"{topic}-{index} has {len(part.isr)} in-sync replicas, min_insync_replicas={self.partitions.min_isr(topic)}",
                 )
+            header = validate_produced_batch(batch, max_bytes)
             dup = check_batch(part, batch)
             if dup is not None:  # acks=all waits for the whole original batch, as for a first try
                 result.base_offset, result.log_start_offset = dup, part.log.log_start_offset
-                return result, part, dup + parse_header(batch).record_count
-            info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
+                return result, part, dup + header.record_count
+            info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch, header=header)
             note_appended(part, batch, info.base_offset)
         except RequestError as exc:
             result.fail(exc.code, exc.message)
             return result, None, 0
         except CorruptBatchError as exc:
-            log.warning("rejected corrupt batch for %s-%s: %s", topic, index, exc)
-            result.fail(ErrorCode.CORRUPT_MESSAGE, str(exc))
+            log.warning("rejected batch for %s-%s: %s", topic, index, exc)
+            result.fail(_code_of(exc), str(exc))
             return result, None, 0
         except OSError as exc:
             log.error("storage error appending to %s-%s: %s", topic, index, exc)

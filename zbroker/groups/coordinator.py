@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from storage import build_native_batch, decode_native_records, iter_batches
+from storage import CorruptBatchError, StorageError, build_native_batch, decode_native_records, iter_batches
 from zbroker.config import ClusterConfig
 from zbroker.context import Completion, RequestContext
 from zbroker.control.controlplane import ControlPlane
@@ -128,6 +128,61 @@ def checked_tps(name: str, pairs) -> list[TP] | None:
     return out
 
 
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _check_tps(pairs, what: str) -> None:
+    _check(pairs is None or (isinstance(pairs, list) and all(
+        isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and _is_int(tp[1]) for tp in pairs)),
+        f"{what} must be a list of [topic, partition]")
+
+
+def _group_record(key: bytes | None, value: bytes | None) -> tuple[list, dict | None]:
+    """Unpack one ``__consumer_offsets`` record and check its shape (module docstring).
+
+    Raises:
+        ValueError (or msgpack's errors): naming what is wrong; nothing is applied then.
+    """
+    k = msgpack.unpackb(key, raw=False)
+    v = None if value is None else msgpack.unpackb(value, raw=False)
+    _check(isinstance(k, list) and len(k) >= 2 and isinstance(k[1], str) and k[1] != "", "key must be [kind, group, ...]")
+    _check(v is None or isinstance(v, dict), "value must be a map or nil")
+    kind = k[0]
+    if kind == "o":
+        _check(len(k) == 4 and isinstance(k[2], str) and _is_int(k[3]) and k[3] >= 0, "key must be ['o', group, topic, partition]")
+        _check(v is None or (_is_int(v.get("offset")) and isinstance(v.get("metadata") or "", str)),
+               "an offset value needs an integer 'offset' and a string 'metadata'")
+    elif kind == "m":
+        _check(len(k) == 3 and isinstance(k[2], str), "key must be ['m', group, member_id]")
+        if v is not None:
+            _check(v.get("member_id") == k[2], "a member value needs the key's 'member_id'")
+            for name in ("instance_id", "assignor"):
+                _check(v.get(name) is None or isinstance(v[name], str), f"member '{name}' must be a string or nil")
+            _check(isinstance(v.get("client_id", ""), str), "member 'client_id' must be a string")
+            _check(isinstance(v.get("topics") or [], list) and all(isinstance(t, str) for t in v.get("topics") or []),
+                   "member 'topics' must be a list of strings")
+            for name in ("rebalance_timeout_ms", "epoch", "session_ms"):
+                _check(name not in v or _is_int(v[name]), f"member '{name}' must be an integer")
+            for name in ("assigned", "revoking"):
+                _check_tps(v.get(name), f"member '{name}'")
+    elif kind == "g":
+        _check(len(k) == 2 and (v is None or _is_int(v.get("epoch"))), "a group record is ['g', group] -> {epoch}")
+    else:
+        raise ValueError(f"unknown record kind {_short(repr(kind), 40)}")
+    return k, v
+
+
 class GroupCoordinator:
     """The groups whose ``__consumer_offsets`` partition this broker leads."""
 
@@ -198,27 +253,57 @@ class GroupCoordinator:
             self._load(self.partitions.online[(OFFSETS_TOPIC, index)], index, now_ms)
 
     def _load(self, part: Partition, index: int, now_ms: int) -> None:
+        """Replay the partition's records into the groups.  Never raises on bad data: a batch
+        that does not decode and a record of the wrong shape are skipped, each with one ERROR
+        line naming the partition and offsets; the load always moves forward, so it ends."""
         lg, offset, count = part.log, part.log.log_start_offset, 0
         session = self.config.setting("group_max_session_timeout_ms")
+        where = f"{OFFSETS_TOPIC}-{index}"
         while offset < lg.log_end_offset:
-            data = lg.read(offset, 1 << 20).data
-            if not data:
+            try:
+                data = lg.read(offset, 1 << 20).data
+            except (StorageError, OSError) as exc:
+                log.error("cannot read %s at offset %d: %s; groups are loaded without the records from there on",
+                          where, offset, exc)
                 break
+            start = offset
             for pos, h in iter_batches(data):
-                for _off, _ts, key, value, _hdr in decode_native_records(data[pos : pos + h.size]):
-                    try:
-                        self._apply_record(msgpack.unpackb(key, raw=False), msgpack.unpackb(value, raw=False) if value else None,
-                                           index, now_ms, session)
-                        count += 1
-                    except Exception as exc:  # one bad record must not lose the rest
-                        log.error("skipping an unreadable group record in %s-%d: %s", OFFSETS_TOPIC, index, exc)
+                if h.next_offset <= offset:
+                    continue  # a batch before the offset asked for (or one that takes no offsets)
+                count += self._load_batch(data[pos : pos + h.size], h, where, index, now_ms, session)
                 offset = h.next_offset
+            if offset == start:  # nothing whole to read at this offset: the rest cannot be reached
+                log.error("%s: no readable batch at offset %d (of %d); groups are loaded without the records "
+                          "from there on", where, offset, lg.log_end_offset)
+                break
         self.loaded.add(index)
-        log.info("coordinating the groups of %s-%d: %d records, %d groups", OFFSETS_TOPIC, index, count,
+        log.info("coordinating the groups of %s: %d records, %d groups", where, count,
                  sum(1 for i in self._index.values() if i == index))
 
-    def _apply_record(self, key: list, value, index: int, now_ms: int, session_ms: int) -> None:
-        """Apply one record; a record that cannot be read raises before anything changes."""
+    def _load_batch(self, batch, h, where: str, index: int, now_ms: int, session_ms: int) -> int:
+        """Apply one batch's records; returns how many were applied (bad ones: one ERROR line)."""
+        try:
+            records = decode_native_records(batch)
+        except CorruptBatchError as exc:
+            log.error("skipping an unreadable batch in %s at offsets %d-%d: %s", where, h.base_offset, h.last_offset,
+                      _short(exc))
+            return 0
+        applied, bad, first = 0, 0, None
+        for off, _ts, key, value, _hdr in records:
+            try:
+                self._apply_record(_group_record(key, value), index, now_ms, session_ms)
+                applied += 1
+            except Exception as exc:  # noqa: BLE001 -- one bad record must not lose the rest
+                bad += 1
+                first = first or (off, exc)
+        if bad:
+            log.error("skipping %d unreadable group record(s) in %s at offsets %d-%d (first at %d: %s)", bad, where,
+                      h.base_offset, h.last_offset, first[0], _short(first[1]))
+        return applied
+
+    def _apply_record(self, record: tuple, index: int, now_ms: int, session_ms: int) -> None:
+        """Apply one record checked by :func:`_group_record`; nothing changes if it raises."""
+        key, value = record
         kind, group = key[0], key[1]
         if kind == "o":
             tp = (key[2], key[3])
@@ -228,10 +313,8 @@ class GroupCoordinator:
             # the session restarts here: a member's clock does not survive a coordinator move
             member = None if value is None else Member.from_record(value, now_ms,
                                                                    min(session_ms, value.get("session_ms", session_ms)))
-        elif kind == "g":
-            epoch = None if value is None else value["epoch"]
         else:
-            raise ValueError(f"unknown record kind {kind!r}")
+            epoch = None if value is None else value["epoch"]
         self._index[group] = index
         g = self.groups.setdefault(group, Group(group))
         if kind == "o":

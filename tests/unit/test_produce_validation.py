@@ -1,0 +1,112 @@
+"""Produce refuses what no reader could read, with Kafka's codes, and never touches internal topics.
+
+Batches are forged with a matching CRC (:mod:`tests.unit.batchforge`), so each case reaches
+the rule it tests. After every refusal the partition's log end offset has not moved.
+"""
+
+import pytest
+
+from storage import (COMPRESSION_GZIP, COMPRESSION_ZSTD, CONTROL_BIT, HEADER_SIZE, TIMESTAMP_TYPE_BIT, build_kafka_batch,
+                     build_native_batch, validate_produced_batch)
+from tests.unit.batchforge import forge
+from tests.unit.servicefakes import START_MS, create_topic, single_app
+from zbroker.context import INTERNAL
+from zbroker.control.topicadmin import OFFSETS_TOPIC
+from zbroker.errors import ErrorCode
+
+NOW = START_MS
+RECORDS = [(NOW, b"k%d" % i, b"v" * i, {"h": b"x"}) for i in range(3)]
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = single_app(tmp_path)
+    create_topic(app, "t", partitions=1)
+    yield app
+    app.close(NOW)
+
+
+def produce_one(app, batch, topic="t"):
+    """(error, base_offset, log end offset after)."""
+    [r] = app.produce.produce(INTERNAL, 1, 1000, [(topic, 0, batch)], NOW)
+    part = app.partitions.get((topic, 0))
+    return r.error, r.base_offset, part.log.log_end_offset if part else None
+
+
+def kafka_payload(records=RECORDS) -> bytes:
+    return build_kafka_batch(records)[HEADER_SIZE:]
+
+
+def _renumbered_kafka() -> bytes:
+    """Three magic-2 records whose offset deltas are 0, 2, 1."""
+    good = build_kafka_batch(RECORDS)
+    one = [build_kafka_batch([r])[HEADER_SIZE:] for r in RECORDS]
+    # each one-record payload has offset delta 0: the varint after the length and ts delta
+    # is at byte 3 (length < 64, attributes, ts delta 0); zigzag(2) = 4, zigzag(1) = 2
+    swapped = one[0] + one[1][:3] + b"\x04" + one[1][4:] + one[2][:3] + b"\x02" + one[2][4:]
+    return forge(good, payload=swapped)
+
+
+BAD = {
+    # a record count the offsets disagree with: the LEO would move by 2**31
+    "count 1, last_offset_delta 2**31-1": (forge(record_count=1, last_offset_delta=2**31 - 1), ErrorCode.INVALID_RECORD),
+    "count 0, last_offset_delta 2**31-1": (forge(record_count=0, last_offset_delta=2**31 - 1), ErrorCode.INVALID_RECORD),
+    "zero records": (forge(record_count=0, last_offset_delta=0), ErrorCode.INVALID_RECORD),
+    "negative count": (forge(record_count=-5, last_offset_delta=-6), ErrorCode.INVALID_RECORD),
+    "codec 5": (forge(attributes=5), ErrorCode.UNSUPPORTED_COMPRESSION_TYPE),
+    "codec 7": (forge(attributes=7), ErrorCode.UNSUPPORTED_COMPRESSION_TYPE),
+    "control batch": (forge(attributes=CONTROL_BIT), ErrorCode.INVALID_RECORD),
+    "log-append-time bit": (forge(attributes=TIMESTAMP_TYPE_BIT), ErrorCode.INVALID_RECORD),
+    "max_timestamp before base_timestamp": (forge(base_timestamp=NOW, max_timestamp=NOW - 1), ErrorCode.INVALID_RECORD),
+    "bad crc": (forge(crc=1), ErrorCode.CORRUPT_MESSAGE),
+    "magic 2, records cut short": (forge(build_kafka_batch(RECORDS), payload=kafka_payload()[:-3]), ErrorCode.INVALID_RECORD),
+    "magic 2, bytes after the records": (forge(build_kafka_batch(RECORDS), payload=kafka_payload() + b"\x00"),
+                                          ErrorCode.INVALID_RECORD),
+    "magic 2, fewer records than counted": (forge(build_kafka_batch(RECORDS), record_count=4, last_offset_delta=3),
+                                             ErrorCode.INVALID_RECORD),
+    "magic 2, garbage records": (forge(build_kafka_batch(RECORDS), payload=b"\xff" * 40), ErrorCode.INVALID_RECORD),
+    "magic 2, offset deltas out of order": (_renumbered_kafka(), ErrorCode.INVALID_RECORD),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_a_batch_no_reader_could_read_is_refused_and_the_log_end_does_not_move(app, name):
+    batch, code = BAD[name]
+    assert produce_one(app, batch) == (code, -1, 0)
+    assert produce_one(app, build_native_batch([(NOW, None, b"v", None)])) == (0, 0, 1)  # the partition still serves
+
+
+def test_the_log_end_stays_sane_after_a_batch_claiming_2_31_offsets(app):
+    for batch in (forge(record_count=1, last_offset_delta=2**31 - 1), forge(record_count=0, last_offset_delta=2**31 - 1)):
+        produce_one(app, batch)
+    part = app.partitions.get(("t", 0))
+    assert part.log.log_end_offset == 0 and len(part.log.segments()) == 1
+
+
+@pytest.mark.parametrize("batch", [
+    build_native_batch(RECORDS), build_native_batch(RECORDS, compression=COMPRESSION_ZSTD), build_kafka_batch(RECORDS),
+    build_kafka_batch(RECORDS, compression=COMPRESSION_GZIP),
+], ids=["native", "native-zstd", "kafka", "kafka-gzip"])
+def test_well_formed_batches_of_either_magic_are_appended(app, batch):
+    assert produce_one(app, batch) == (0, 0, 3)
+
+
+def test_native_payloads_are_never_decoded_on_the_produce_path():
+    """The header is all a native batch is judged by: garbage records with a right header pass
+    (a reader reports them with their offset); decoding them would cost every producer."""
+    garbage = forge(payload=b"\xc1" * 32)
+    assert validate_produced_batch(garbage).record_count == 1
+
+
+# -- internal topics are the broker's ------------------------------------------------------------
+
+
+def test_a_client_cannot_produce_to_the_offsets_topic(app):
+    app.admin.ensure_offsets_topic(NOW)
+    app.tick(NOW)
+    assert app.control.image.get(OFFSETS_TOPIC).internal
+    part = app.partitions.get((OFFSETS_TOPIC, 0))
+    before = part.log.log_end_offset
+    [r] = app.produce.produce(INTERNAL, 1, 1000, [(OFFSETS_TOPIC, 0, build_native_batch(RECORDS))], NOW)
+    assert r.error == ErrorCode.INVALID_TOPIC_EXCEPTION and "internal topic" in r.error_message
+    assert part.log.log_end_offset == before
