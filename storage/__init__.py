@@ -17,7 +17,7 @@ from storage.batch import (
 from storage.compression import COMPRESSION_BY_NAME
 from storage.checkpoint import OffsetCheckpoint, write_atomic
 from storage.errors import (
-    CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange, StorageError,
+    CheckpointError, CorruptBatchError, DamagedRangeError, OffsetMismatch, OffsetOutOfRange, StorageError,
 )
 from storage.handles import FileHandleCache
 from storage.leader_epoch import LeaderEpochCache
@@ -26,7 +26,7 @@ from storage.log import AppendInfo, Log, LogConfig, ReadResult
 __all__ = [
     "Log", "LogConfig", "AppendInfo", "ReadResult", "FileHandleCache", "OffsetCheckpoint",
     "write_atomic", "LeaderEpochCache", "StorageError", "OffsetOutOfRange", "OffsetMismatch",
-    "CorruptBatchError", "CheckpointError",
+    "CorruptBatchError", "CheckpointError", "DamagedRangeError",
     "HEADER_SIZE", "LOG_OVERHEAD", "MAGIC_KAFKA", "MAGIC_NATIVE", "COMPRESSION_NONE",
     "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4", "COMPRESSION_ZSTD",
     "COMPRESSION_MASK", "TIMESTAMP_TYPE_BIT", "TRANSACTIONAL_BIT", "CONTROL_BIT",

@@ -23,7 +23,8 @@ needed, and writes it with one ``pwrite``. ``read`` locates the batch containing
 the sparse index plus a short header walk, then returns whole stored batches with one
 ``pread`` per segment. ``fsync`` happens per the flush policy; ``recovery_point`` is the
 offset up to which data is known to be durable. On open, segments at or after the recovery
-point are CRC-checked and cut at the first bad batch.
+point are CRC-checked; damaged bytes cost only the offsets they held (``storage.recovery``),
+which are recorded (``storage.damage``) and answered with :class:`DamagedRangeError`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from storage.handles import FileHandleCache
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
 from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
                              Segment)
-from storage.recovery import load_segments, repair_segment
+from storage.recovery import load_segments, repair_for_read, skip_damaged
 from storage.swap import complete_interrupted_swaps
 
 log = logging.getLogger(__name__)
@@ -378,6 +379,11 @@ class Log:
         self.damaged.truncate_before(offset)
         log.info("truncated fully dir=%s start_offset=%s", self.directory, offset)
 
+    def skip_damaged(self, end: int) -> None:
+        """Replica side: the leader lost ``[LEO, end)`` to damage too. Record the range and
+        let the next replica append start at ``end`` (a new segment there)."""
+        skip_damaged(self, end)
+
     def delete_segments_before(self, offset: int) -> int:
         """Delete closed segments lying entirely below ``offset``; never the active one.
 
@@ -444,7 +450,7 @@ class Log:
         try:
             return self._read(offset, max_bytes, max_offset)
         except _SegmentDamaged as exc:
-            self._repair_for_read(exc.segment, exc.__cause__)
+            repair_for_read(self, exc.segment, exc.__cause__)
         try:
             return self._read(offset, max_bytes, max_offset)
         except _SegmentDamaged as exc:
@@ -490,23 +496,6 @@ class Log:
         except CorruptBatchError as exc:
             raise _SegmentDamaged(seg) from exc
         return ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), first, nxt, count)
-
-    def _repair_for_read(self, seg: Segment, cause: BaseException | None) -> None:
-        """A read tripped over damage in ``seg``: scan and repair it as recovery would."""
-        log.error("partition log %s: a read found damage in %s (%s): scanning it", self.directory, seg.log_path.name, cause)
-        keys = self._segments.keys()
-        i = keys.index(seg.base_offset)
-        next_base = keys[i + 1] if i + 1 < len(keys) else None
-        repair_segment(self, seg, next_base)
-        seg._unsynced = True
-        if seg is self._active:
-            self._leo = seg.next_offset
-            self.recovery_point = min(self.recovery_point, self._leo)
-            self.leader_epoch_cache.truncate_from_end(self._leo)
-            self.damaged.truncate_from(self._leo)
-        elif seg.size == 0 and i > 0:  # wholly damaged: its offsets are recorded, the file goes
-            del self._segments[seg.base_offset]
-            seg.delete()
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``.

@@ -137,3 +137,39 @@ def remove_damaged_bytes(seg: Segment, rec: Recovered) -> None:
         fsync_dir(seg.directory)
     seg.index.rewrite()
     seg.time_index.rewrite()
+
+
+def repair_for_read(lg: "Log", seg: Segment, cause: BaseException | None) -> None:
+    """A read of ``lg`` tripped over damage in ``seg``: scan and repair it as recovery would."""
+    log.error("partition log %s: a read found damage in %s (%s): scanning it", lg.directory, seg.log_path.name, cause)
+    keys = lg._segments.keys()
+    i = keys.index(seg.base_offset)
+    next_base = keys[i + 1] if i + 1 < len(keys) else None
+    repair_segment(lg, seg, next_base)
+    seg._unsynced = True
+    if seg is lg._active:
+        lg._leo = seg.next_offset
+        lg.recovery_point = min(lg.recovery_point, lg._leo)
+        lg.leader_epoch_cache.truncate_from_end(lg._leo)
+        lg.damaged.truncate_from(lg._leo)
+    elif seg.size == 0 and i > 0:  # wholly damaged: its offsets are recorded, the file goes
+        del lg._segments[seg.base_offset]
+        seg.delete()
+
+
+def skip_damaged(lg: "Log", end: int) -> None:
+    """See :meth:`storage.log.Log.skip_damaged`."""
+    start = lg._leo
+    if end <= start:
+        return
+    _lost(lg, start, end, "the leader's copy is damaged too")
+    old = lg._active
+    if old.size == 0 and len(lg._segments) > 1:  # an empty active segment: replace it
+        del lg._segments[old.base_offset]
+        old.delete()
+    seg = Segment.create(lg.directory, end, lg.handles, lg.config.index_interval_bytes, old.created_ms)
+    lg._segments[end] = seg
+    lg._active = seg
+    lg._leo = end
+    lg._new_files = True
+    lg.flush()
