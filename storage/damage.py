@@ -20,7 +20,7 @@ import bisect
 import os
 from pathlib import Path
 
-from storage.checkpoint import CHECKPOINT_VERSION, fsync_dir, parse_versioned_lines, write_atomic
+from storage.checkpoint import CHECKPOINT_VERSION, fsync_dir, read_int_pairs, write_atomic
 from storage.errors import CheckpointError
 
 __all__ = ["DamagedRanges", "FILE_NAME"]
@@ -41,17 +41,7 @@ class DamagedRanges:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.ranges: list[tuple[int, int]] = []
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"{self.path}: not UTF-8 text: {exc}") from None
-        for i, (start, end) in enumerate(parse_versioned_lines(self.path, text, 2), start=3):
-            try:
-                s, e = int(start), int(end)
-            except ValueError:
-                raise CheckpointError(f"{self.path}: line {i}: offsets must be integers") from None
+        for i, (s, e) in enumerate(read_int_pairs(self.path, "offsets"), start=3):
             if not 0 <= s < e or (self.ranges and s < self.ranges[-1][1]):
                 raise CheckpointError(f"{self.path}: line {i}: range [{s}, {e}) is empty or out of order")
             self.ranges.append((s, e))
