@@ -17,8 +17,8 @@ from storage.batch import (
 from storage.compression import COMPRESSION_BY_NAME
 from storage.checkpoint import OffsetCheckpoint, write_atomic
 from storage.errors import (
-    CheckpointError, CorruptBatchError, InvalidRecordError, OffsetMismatch, OffsetOutOfRange, StorageError,
-    UnsupportedCodecError,
+    CheckpointError, CorruptBatchError, DamagedRangeError, InvalidRecordError, OffsetMismatch, OffsetOutOfRange,
+    StorageError, UnsupportedCodecError,
 )
 from storage.handles import FileHandleCache
 from storage.leader_epoch import LeaderEpochCache
@@ -27,7 +27,7 @@ from storage.log import AppendInfo, Log, LogConfig, ReadResult
 __all__ = [
     "Log", "LogConfig", "AppendInfo", "ReadResult", "FileHandleCache", "OffsetCheckpoint",
     "write_atomic", "LeaderEpochCache", "StorageError", "OffsetOutOfRange", "OffsetMismatch",
-    "CorruptBatchError", "CheckpointError", "InvalidRecordError", "UnsupportedCodecError",
+    "CorruptBatchError", "CheckpointError", "DamagedRangeError", "InvalidRecordError", "UnsupportedCodecError",
     "validate_produced_batch",
     "HEADER_SIZE", "LOG_OVERHEAD", "MAGIC_KAFKA", "MAGIC_NATIVE", "COMPRESSION_NONE",
     "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4", "COMPRESSION_ZSTD",

@@ -93,6 +93,31 @@ def parse_versioned_lines(path: Path, text: str, fields: int) -> list[list[str]]
     return out
 
 
+def read_int_pairs(path: Path, what: str) -> list[tuple[int, int]]:
+    """The entries of a versioned file of two integers per line (a missing file: none).
+
+    Args:
+        path: The file.
+        what: What the two integers are, for the error message ("epoch and offset").
+
+    Raises:
+        CheckpointError: Naming the file and the line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text: {exc}") from None
+    out = []
+    for i, (a, b) in enumerate(parse_versioned_lines(path, text, 2), start=3):
+        try:
+            out.append((int(a), int(b)))
+        except ValueError:
+            raise CheckpointError(f"{path}: line {i}: {what} must be integers") from None
+    return out
+
+
 class OffsetCheckpoint:
     """A ``(topic, partition) -> offset`` map persisted atomically.
 

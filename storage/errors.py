@@ -6,6 +6,8 @@ Each class names one thing a caller can act on:
   well-formed record batch. The producer (or the disk) is at fault. Two subclasses say
   which rule a producer's batch broke: :class:`InvalidRecordError` (Kafka's INVALID_RECORD)
   and :class:`UnsupportedCodecError` (UNSUPPORTED_COMPRESSION_TYPE).
+* :class:`DamagedRangeError` -- a read asked for an offset lost to damaged bytes on disk;
+  the error names the damaged range, so the reader can go on after it.
 * :class:`OffsetOutOfRange` -- a read asked for an offset the log does not hold.
 * :class:`OffsetMismatch` -- a replica append did not start at the log end offset.
 * :class:`CheckpointError` -- a checkpoint file is malformed (names file and line).
@@ -37,6 +39,17 @@ class InvalidRecordError(CorruptBatchError):
 
 class UnsupportedCodecError(CorruptBatchError):
     """The batch's attributes name a compression codec that is not defined (ids 5-7)."""
+
+
+class DamagedRangeError(CorruptBatchError):
+    """Offsets ``[start, end)`` of the log were in damaged bytes (found by recovery or by a
+    read) and cannot be served; ``end`` is the first offset after them."""
+
+    def __init__(self, offset: int, start: int, end: int) -> None:
+        super().__init__(f"offset {offset} is in the damaged range [{start}, {end}): the data there is lost; "
+                         f"the next readable offset is {end}", offset)
+        self.start = start
+        self.end = end
 
 
 class OffsetOutOfRange(StorageError):

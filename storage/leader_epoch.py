@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from storage.checkpoint import CHECKPOINT_VERSION, parse_versioned_lines, write_atomic
+from storage.checkpoint import CHECKPOINT_VERSION, read_int_pairs, write_atomic
 from storage.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,7 @@ class LeaderEpochCache:
         self._leo = log_end_offset
         self._epochs: list[int] = []
         self._starts: list[int] = []
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"{self.path}: not UTF-8 text: {exc}") from None
-        for i, (e, s) in enumerate(parse_versioned_lines(self.path, text, 2), start=3):
-            try:
-                epoch, start = int(e), int(s)
-            except ValueError:
-                raise CheckpointError(f"{self.path}: line {i}: epoch and offset must be integers") from None
+        for i, (epoch, start) in enumerate(read_int_pairs(self.path, "epoch and offset"), start=3):
             if self._epochs and (epoch <= self._epochs[-1] or start < self._starts[-1]):
                 raise CheckpointError(f"{self.path}: line {i}: entries not increasing")
             self._epochs.append(epoch)

@@ -23,7 +23,8 @@ needed, and writes it with one ``pwrite``. ``read`` locates the batch containing
 the sparse index plus a short header walk, then returns whole stored batches with one
 ``pread`` per segment. ``fsync`` happens per the flush policy; ``recovery_point`` is the
 offset up to which data is known to be durable. On open, segments at or after the recovery
-point are CRC-checked and cut at the first bad batch.
+point are CRC-checked; damaged bytes cost only the offsets they held (``storage.recovery``),
+which are recorded (``storage.damage``) and answered with :class:`DamagedRangeError`.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ from sortedcontainers import SortedDict
 from storage.batch import (MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, BatchHeader, decode_native_records, patch_batch,
                            validate_batch)
 from storage.checkpoint import fsync_dir
-from storage.errors import CheckpointError, CorruptBatchError, OffsetMismatch, OffsetOutOfRange
+from storage.damage import FILE_NAME as DAMAGE_FILE, DamagedRanges
+from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
 from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
                              Segment)
+from storage.recovery import load_segments, repair_for_read, skip_damaged
 from storage.swap import complete_interrupted_swaps
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,14 @@ class ReadResult(NamedTuple):
     batch_count: int
 
 
+class _SegmentDamaged(Exception):
+    """Internal: a read found damage in ``segment`` (the cause says what)."""
+
+    def __init__(self, segment: Segment) -> None:
+        super().__init__(segment.log_path.name)
+        self.segment = segment
+
+
 class Log:
     """A partition's commit log.
 
@@ -148,7 +159,13 @@ class Log:
             os.unlink(self.directory / EPOCH_FILE)
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = True
-        self._load_segments(bases, now_ms, recovery_point)
+        try:
+            self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
+        except CheckpointError as exc:  # the ranges cannot be trusted: the files show what is there
+            log.error("discarding malformed damaged-offsets file: %s", exc)
+            os.unlink(self.directory / DAMAGE_FILE)
+            self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
+        load_segments(self, bases, now_ms, recovery_point)
         if not self._segments:
             self._segments[0] = Segment.create(self.directory, 0, self.handles,
                                                config.index_interval_bytes, now_ms)
@@ -158,6 +175,8 @@ class Log:
             self._rebuild_epoch_cache()
         self.leader_epoch_cache.truncate_from_end(self._leo)
         self.leader_epoch_cache.truncate_from_start(self.log_start_offset)
+        self.damaged.truncate_from(self._leo)
+        self.damaged.truncate_before(self.log_start_offset)
         rp = self.log_start_offset if recovery_point is None else recovery_point
         self.recovery_point = min(max(rp, self.log_start_offset), self._leo)
         self._unflushed_messages = 0
@@ -182,47 +201,13 @@ class Log:
                     logs.add(int(m.group(1)))
                 else:
                     others.append((int(m.group(1)), Path(entry.path)))
-            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE):
+            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE):
                 log.warning("ignoring unknown file path=%s", entry.path)
         for base, path in others:
             if base not in logs:
                 log.info("removing orphan index path=%s", path)
                 os.unlink(path)
         return sorted(logs)
-
-    def _load_segments(self, bases: list[int], now_ms: int, recovery_point: int | None) -> None:
-        cfg = self.config
-        prev: Segment | None = None
-        for i, base in enumerate(bases):
-            seg = None
-            if recovery_point is not None and base < recovery_point:
-                try:
-                    seg = Segment.open(self.directory, base, self.handles, cfg.index_interval_bytes, now_ms)
-                except CorruptBatchError as exc:
-                    log.warning("segment failed to load, recovering it: %s", exc)
-                    seg = None
-                if seg is not None and seg.next_offset > recovery_point:
-                    seg = None  # holds unflushed data: CRC-check it
-            truncated = 0
-            if seg is None:
-                seg = Segment(self.directory, base, self.handles, cfg.index_interval_bytes, now_ms)
-                truncated = seg.recover(cfg.max_message_bytes, self._note_epoch,
-                                        allow_gaps=i + 1 < len(bases) or cfg.allow_offset_gaps)
-            if prev is not None and prev.next_offset > base:  # a gap (compaction) is fine
-                log.info("recovery removed overlapping segments dir=%s expected>=%s found=%s",
-                         self.directory, prev.next_offset, base)
-                self._delete_files(bases[i:])
-                return
-            self._segments[base] = seg
-            prev = seg
-            if truncated:
-                self._delete_files(bases[i + 1:])
-                return
-
-    def _delete_files(self, bases: list[int]) -> None:
-        for base in reversed(bases):
-            Segment(self.directory, base, self.handles, 0, 0).delete()
-            log.info("recovery deleted segment dir=%s base=%s", self.directory, base)
 
     def _note_epoch(self, header) -> None:
         latest = self.leader_epoch_cache.latest_epoch
@@ -378,6 +363,7 @@ class Log:
         self._leo = seg.next_offset
         self.recovery_point = min(self.recovery_point, self._leo)
         self.leader_epoch_cache.truncate_from_end(self._leo)
+        self.damaged.truncate_from(self._leo)
         log.info("truncated dir=%s requested=%s log_end_offset=%s", self.directory, offset, self._leo)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
@@ -393,7 +379,14 @@ class Log:
         self.recovery_point = offset
         self._new_files = True
         self.leader_epoch_cache.clear()
+        self.damaged.truncate_from(offset)
+        self.damaged.truncate_before(offset)
         log.info("truncated fully dir=%s start_offset=%s", self.directory, offset)
+
+    def skip_damaged(self, end: int) -> None:
+        """Replica side: the leader lost ``[LEO, end)`` to damage too. Record the range and
+        let the next replica append start at ``end`` (a new segment there)."""
+        skip_damaged(self, end)
 
     def delete_segments_before(self, offset: int) -> int:
         """Delete closed segments lying entirely below ``offset``; never the active one.
@@ -415,6 +408,7 @@ class Log:
             start = self.log_start_offset
             self.recovery_point = max(self.recovery_point, start)
             self.leader_epoch_cache.truncate_from_start(start)
+            self.damaged.truncate_before(start)
             log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, start)
         return count
 
@@ -437,9 +431,13 @@ class Log:
         If compaction removed ``offset`` the read starts at the next batch after it.
 
         At least one batch is returned if any exists at ``offset`` (even beyond
-        ``max_bytes``); never a partial batch. Reads may span segments. Records are not
-        decoded: the cost is one index lookup, a short header walk and one ``pread`` per
-        segment touched.
+        ``max_bytes``); never a partial batch. Reads may span segments, never a damaged
+        range (``storage.damage``): they stop before it. Records are not decoded; each batch's
+        framing and CRC are checked. The cost is one index lookup, a short header walk, one
+        ``pread`` per segment touched and a CRC-32C over the bytes returned.
+
+        A batch found damaged here has its segment repaired like at start-up
+        (``storage.recovery``): the damaged range is recorded, logged and reported.
 
         Args:
             offset: First wanted offset (may be inside a batch).
@@ -449,33 +447,58 @@ class Log:
 
         Raises:
             OffsetOutOfRange: ``offset`` is below the log start or beyond the LEO.
+            DamagedRangeError: ``offset`` was in damaged bytes; the error names the range.
+            CorruptBatchError: Damage a repair could not place in a range.
+            OSError: The disk failed.
         """
+        try:
+            return self._read(offset, max_bytes, max_offset)
+        except _SegmentDamaged as exc:
+            repair_for_read(self, exc.segment, exc.__cause__)
+        try:
+            return self._read(offset, max_bytes, max_offset)
+        except _SegmentDamaged as exc:
+            raise exc.__cause__ from None
+
+    def _read(self, offset: int, max_bytes: int, max_offset: int | None) -> ReadResult:
         if offset < self.log_start_offset or offset > self._leo:
             raise OffsetOutOfRange(offset, self.log_start_offset, self._leo)
+        hole = self.damaged.find(offset)
+        if hole is not None:
+            raise DamagedRangeError(offset, *hole)
         if offset == self._leo:
             return ReadResult(b"", offset, offset, 0)
+        next_hole = self.damaged.next_start(offset)
+        if next_hole is not None and (max_offset is None or next_hole < max_offset):
+            max_offset = next_hole
         segs = self._segments
         i = segs.bisect_right(offset) - 1
         values = segs.values()
         seg = values[i]
-        pos = seg.find_position(offset)
         parts: list[bytes] = []
         first, nxt, count, budget = offset, offset, 0, max_bytes
-        while True:
-            data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0)
-            if c:
-                if not count:
-                    first = f
-                parts.append(data)
-                budget -= len(data)
-                count += c
-                nxt = n
-            if pos + len(data) < seg.size or budget <= 0:
-                break
-            i += 1
-            if i >= len(values):
-                break
-            seg, pos = values[i], 0
+        try:
+            pos = seg.find_position(offset)
+            while True:
+                data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0)
+                if c:
+                    if not count:
+                        if n <= offset:
+                            raise CorruptBatchError(f"{seg.log_path}: batch at position {pos} ends at {n}, "
+                                                    f"before offset {offset}")
+                        first = f
+                    parts.append(data)
+                    budget -= len(data)
+                    count += c
+                    nxt = n
+                if pos + len(data) < seg.size or budget <= 0:
+                    break
+                i += 1
+                if i >= len(values):
+                    break
+                seg, pos = values[i], 0
+        except CorruptBatchError as exc:
+            raise _SegmentDamaged(seg) from exc
         return ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), first, nxt, count)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:

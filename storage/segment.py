@@ -21,16 +21,16 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from storage.batch import HEADER_SIZE, BatchHeader, parse_header, validate_batch
+from storage.batch import HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, BatchHeader, parse_header, validate_batch
 from storage.errors import CorruptBatchError
 from storage.handles import FileHandleCache
 from storage.index import OffsetIndex, TimeIndex
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Segment", "segment_name", "LOG_SUFFIX", "INDEX_SUFFIX", "TIMEINDEX_SUFFIX"]
+__all__ = ["Segment", "Recovered", "segment_name", "LOG_SUFFIX", "INDEX_SUFFIX", "TIMEINDEX_SUFFIX"]
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -39,6 +39,92 @@ MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 MAX_POSITION = 0xFFFFFFFF
 _SCAN_CHUNK = 16384
 _RECOVER_CHUNK = 1 << 20
+_MAGIC_AT = 16  # the magic byte's position in a batch header
+_MAGIC_BYTES = (bytes([MAGIC_KAFKA]), bytes([MAGIC_NATIVE]))
+
+
+class Recovered(NamedTuple):
+    """What :meth:`Segment.recover` found.
+
+    Attributes:
+        kept: Byte spans ``[start, end)`` of the valid batches, in order (merged).
+        lost: Offset ranges ``[start, end)`` that were in damaged bytes.
+        reasons: Why each damaged stretch failed, for the log.
+        file_size: Size of the ``.log`` file scanned.
+    """
+
+    kept: list[tuple[int, int]]
+    lost: list[tuple[int, int]]
+    reasons: list[str]
+    file_size: int
+
+    @property
+    def clean(self) -> bool:
+        """Nothing to remove: every byte is a valid batch."""
+        return self.kept == [(0, self.file_size)] or (not self.kept and not self.file_size)
+
+    @property
+    def tail_only(self) -> bool:
+        """Only bytes after the last valid batch go (a torn tail): truncating is enough."""
+        return len(self.kept) <= 1 and (not self.kept or self.kept[0][0] == 0)
+
+
+class _Reader:
+    """Reads a file through a window of ``_RECOVER_CHUNK`` bytes (sequential scans)."""
+
+    def __init__(self, fd: int, file_size: int) -> None:
+        self.fd = fd
+        self.file_size = file_size
+        self._buf = b""
+        self._start = 0
+
+    def read(self, pos: int, n: int) -> memoryview | bytes:
+        off = pos - self._start
+        if off < 0 or off + n > len(self._buf):
+            self._buf = os.pread(self.fd, max(_RECOVER_CHUNK, n), pos)
+            self._start, off = pos, 0
+        return memoryview(self._buf)[off:off + n]
+
+
+def _resync(seg: "Segment", reader: _Reader, pos: int, max_message_bytes: int | None, expected: int,
+            max_offset: int | None) -> tuple[int, BatchHeader] | None:
+    """After damage at ``pos``: the next position holding a whole valid batch whose offsets
+    start at or after ``expected`` (and end by ``max_offset``), with its header; None if none.
+
+    The damaged batch's own length is tried first (a batch damaged only in its payload);
+    then every later position whose magic byte is a known one. A false match needs a random
+    stretch to carry a sane length and a matching CRC-32C: about one in 2**32.
+    """
+    head = reader.read(pos, HEADER_SIZE)
+    if len(head) == HEADER_SIZE:
+        size = parse_header(head).size
+        if size >= HEADER_SIZE and pos + size < reader.file_size:
+            h, _ = seg._check_at(reader, pos + size, max_message_bytes, expected, False, max_offset)
+            if h is not None:
+                return pos + size, h
+    p = pos + 1
+    last = reader.file_size - HEADER_SIZE
+    while p <= last:
+        window = reader.read(p, min(_RECOVER_CHUNK, reader.file_size - p))
+        data = bytes(window)
+        i = 0
+        limit = len(data) - HEADER_SIZE
+        while i <= limit:
+            j = _next_magic(data, i + _MAGIC_AT)
+            if j < 0 or j - _MAGIC_AT > limit:
+                break
+            i = j - _MAGIC_AT
+            h, _ = seg._check_at(reader, p + i, max_message_bytes, expected, False, max_offset)
+            if h is not None:
+                return p + i, h
+            i += 1
+        p += max(1, limit + 1)
+    return None
+
+
+def _next_magic(data: bytes, start: int) -> int:
+    a, b = data.find(_MAGIC_BYTES[0], start), data.find(_MAGIC_BYTES[1], start)
+    return a if b < 0 else b if a < 0 else min(a, b)
 
 
 def segment_name(base_offset: int) -> str:
@@ -190,10 +276,16 @@ class Segment:
         self.time_index.rewrite()
 
     def recover(self, max_message_bytes: int | None = None,
-                on_batch: Callable[[BatchHeader], None] | None = None, allow_gaps: bool = False) -> int:
-        """Validate every batch (framing, CRC, offsets); truncate at the first bad one.
+                on_batch: Callable[[BatchHeader], None] | None = None, allow_gaps: bool = False,
+                max_offset: int | None = None, known_gaps: dict[int, int] | None = None) -> "Recovered":
+        """Validate every batch (framing, CRC, offsets); step over damaged bytes.
 
-        Indexes are rebuilt from the surviving batches.
+        A batch that fails is damaged; the scan resynchronises at the next position holding
+        a whole batch with a valid CRC and offsets at or after the damaged one's (see
+        :func:`_resync`) and goes on from there. Damage with nothing valid after it is a
+        torn or damaged tail, truncated. Indexes are rebuilt in memory for the batches kept,
+        at the positions they will have once the damaged bytes are gone: the caller must then
+        remove them (:func:`storage.recovery.remove_damaged_bytes`) before anything else.
 
         Args:
             max_message_bytes: Batches larger than this count as corrupt.
@@ -202,59 +294,67 @@ class Segment:
                 may have rewritten). When False a batch must start exactly where the
                 previous one ended: ``base_offset`` is not covered by the CRC, so this is
                 what catches a corrupted one in the active segment.
+            max_offset: The next segment's base offset: batches must end at or before it,
+                and a damaged tail loses the offsets up to it.
+            known_gaps: Damaged ranges recorded before (start -> end): the batch after one
+                starts at its end, not where the previous batch ended.
 
         Returns:
-            Number of bytes truncated from the end of the ``.log`` file.
+            The byte spans kept, the offset ranges lost and why.
         """
-        fd = self._fd()
-        file_size = os.fstat(fd).st_size
+        file_size = os.fstat(self._fd()).st_size
         self._reset()
+        reader = _Reader(self._fd(), file_size)
+        kept: list[tuple[int, int]] = []
+        lost: list[tuple[int, int]] = []
+        reasons: list[str] = []
         pos = 0
         expected = self.base_offset
-        chunk = b""
-        chunk_start = 0
-        reason = ""
+        gaps = known_gaps or {}
         while pos < file_size:
-            if pos + HEADER_SIZE > chunk_start + len(chunk):
-                chunk = os.pread(self._fd(), _RECOVER_CHUNK, pos)
-                chunk_start = pos
-            if chunk_start + len(chunk) - pos < HEADER_SIZE:
-                reason = "torn header"
-                break
-            h = parse_header(chunk, pos - chunk_start)
-            size = h.size
-            if size < HEADER_SIZE or pos + size > file_size:
-                reason = f"bad or torn batch length {h.batch_length}"
-                break
-            if pos + size > chunk_start + len(chunk):
-                chunk = os.pread(self._fd(), max(_RECOVER_CHUNK, size), pos)
-                chunk_start = pos
-            start = pos - chunk_start
-            try:
-                validate_batch(memoryview(chunk)[start:start + size], max_message_bytes)
-            except CorruptBatchError as exc:
-                reason = str(exc)
-                break
-            if (h.base_offset < expected if allow_gaps else h.base_offset != expected) or h.last_offset_delta < 0:
-                reason = f"base offset {h.base_offset}, expected {expected}"
-                break
-            if h.last_offset - self.base_offset > MAX_RELATIVE_OFFSET:
-                reason = "relative offset overflow"
-                break
-            self._index_batch(h, pos)
+            expected = gaps.get(expected, expected)
+            h, reason = self._check_at(reader, pos, max_message_bytes, expected, not allow_gaps, max_offset)
+            if h is None:
+                found = _resync(self, reader, pos, max_message_bytes, expected, max_offset)
+                reasons.append(f"position {pos}: {reason}")
+                if found is None:
+                    end = max_offset if max_offset is not None else expected
+                    if end > expected:
+                        lost.append((expected, end))
+                    break
+                pos, h = found
+                if h.base_offset > expected:
+                    lost.append((expected, h.base_offset))
+            if kept and kept[-1][1] == pos:
+                kept[-1] = (kept[-1][0], pos + h.size)
+            else:
+                kept.append((pos, pos + h.size))
+            self._index_batch(h, self.size)
             if on_batch is not None:
                 on_batch(h)
-            pos += size
+            pos += h.size
             expected = h.next_offset
-        truncated = file_size - pos
-        if truncated:
-            os.ftruncate(self._fd(), pos)
-            self._unsynced = True
-            log.info("recovery truncated segment=%s position=%s bytes=%s reason=%s",
-                     self.log_path, pos, truncated, reason)
-        self.index.rewrite()
-        self.time_index.rewrite()
-        return truncated
+        return Recovered(kept, lost, reasons, file_size)
+
+    def _check_at(self, reader: "_Reader", pos: int, max_message_bytes: int | None, expected: int, exact: bool,
+                  max_offset: int | None) -> tuple[BatchHeader | None, str]:
+        """The batch at ``pos`` if it is whole, valid and at the right offsets, else a reason."""
+        head = reader.read(pos, HEADER_SIZE)
+        if len(head) < HEADER_SIZE:
+            return None, "torn header"
+        h = parse_header(head)
+        size = h.size
+        if size < HEADER_SIZE or pos + size > reader.file_size:
+            return None, f"bad or torn batch length {h.batch_length}"
+        try:
+            validate_batch(reader.read(pos, size), max_message_bytes)
+        except CorruptBatchError as exc:
+            return None, str(exc)
+        if (h.base_offset != expected if exact else h.base_offset < expected) or h.last_offset_delta < 0:
+            return None, f"base offset {h.base_offset}, expected {expected}"
+        if h.last_offset - self.base_offset > MAX_RELATIVE_OFFSET or (max_offset is not None and h.next_offset > max_offset):
+            return None, f"offsets [{h.base_offset}, {h.next_offset}) outside the segment"
+        return h, ""
 
     # ------------------------------------------------------------------ I/O
 
@@ -348,13 +448,16 @@ class Segment:
             if max_offset is not None and h.base_offset >= max_offset:
                 break
             size = h.size
-            if size < HEADER_SIZE:
-                raise CorruptBatchError(f"{self.log_path}: bad batch length at position {position + pos}")
+            if size < HEADER_SIZE or pos + size > avail or h.base_offset < nxt:
+                raise CorruptBatchError(f"{self.log_path}: bad batch at position {position + pos}: length "
+                                        f"{h.batch_length}, base offset {h.base_offset}")
             if pos + size > len(buf):
-                if count == 0 and at_least_one and size <= avail:
+                if count == 0 and at_least_one:
                     buf = os.pread(self._fd(), size, position)
+                    validate_batch(buf)
                     pos, count, first, nxt = size, 1, h.base_offset, h.next_offset
                 break
+            validate_batch(memoryview(buf)[pos:pos + size])
             if count == 0:
                 first = h.base_offset
             count += 1

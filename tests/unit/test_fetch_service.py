@@ -235,3 +235,45 @@ def test_list_offsets_sees_only_below_the_high_watermark_and_only_on_the_leader(
         follower_fetch(app, replica, 2, now)
     assert offsets(app, LATEST_TIMESTAMP, 100) == [(0, 2, -1), (0, 0, 100)]
     assert offsets(app, LATEST_TIMESTAMP, index=1) == [(ErrorCode.NOT_LEADER_OR_FOLLOWER, -1, -1)]
+
+
+# -- damage (issue 10 point 5) ----------------------------------------------------------------
+
+
+def test_damaged_range_answers_corrupt_message_with_where_it_ends(app):
+    append(app, 0, 2, 3, 4)  # batches [0, 2) [2, 5) [5, 9)
+    lg = app.partitions.get(("t", 0)).log
+    lg.damaged.add(2, 5)  # as recovery records a damaged batch
+    (before,) = settle(fetch(app, (0, 0))).partitions
+    assert before.error == 0 and batches(before) == [(0, 2)]  # stops before the hole
+    (inside,) = settle(fetch(app, (0, 3), (1, 0))).partitions[:1]
+    assert (inside.error, inside.damaged, inside.data) == (ErrorCode.CORRUPT_MESSAGE, [2, 5], b"")
+    (after,) = settle(fetch(app, (0, 5))).partitions
+    assert after.error == 0 and batches(after) == [(5, 4)]  # seek past it works
+
+
+def test_framing_damage_found_by_a_fetch_is_recorded_not_a_traceback(app):
+    append(app, 0, 2, 3, 4)
+    lg = app.partitions.get(("t", 0)).log
+    seg = lg.active_segment
+    pos = seg.find_position(2)
+    with open(seg.log_path, "r+b") as f:  # the length field of batch [2, 5)
+        f.seek(pos + 8)
+        f.write(b"\xff\xff\xff\x7f")
+    (entry,) = settle(fetch(app, (0, 2))).partitions
+    assert (entry.error, entry.damaged) == (ErrorCode.CORRUPT_MESSAGE, [2, 5])
+    assert lg.damaged.ranges == [(2, 5)]
+    (after,) = settle(fetch(app, (0, 5))).partitions
+    assert after.error == 0 and batches(after) == [(5, 4)]
+
+
+def test_disk_error_answers_kafka_storage_error(app, monkeypatch):
+    append(app, 0, 2)
+    lg = app.partitions.get(("t", 0)).log
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(lg.active_segment, "read_batches", broken)
+    (entry,) = settle(fetch(app, (0, 0))).partitions
+    assert entry.error == ErrorCode.KAFKA_STORAGE_ERROR

@@ -177,3 +177,33 @@ def test_a_forgotten_partition_is_no_longer_paused(parts):
     answer(fetcher, seq, parts, FetchedPartition("t", 0, int(ErrorCode.FENCED_LEADER_EPOCH)))
     fetcher.forget(("t", 0))  # it left this broker (and may come back in the same epoch)
     assert ("t", 0) in by_leader(fetcher.requests(parts, LIVE, NOW + 1))[1]
+
+
+# -- damage (issue 10 point 5) ----------------------------------------------------------------
+
+
+def test_follower_truncates_to_its_first_damaged_range_before_fetching(parts):
+    part = parts[("t", 0)]
+    append(part, 2, epoch=4)
+    append(part, 3, epoch=4)
+    append(part, 4, epoch=4)
+    part.log.damaged.add(2, 5)  # recovery lost a batch here; the leader has it
+    part.high_watermark = 9
+    fetcher = ReplicaFetcher(ME)
+    (req,) = [r for _, leader, r in fetcher.requests(parts, LIVE, NOW) if leader == 1]
+    spec = next(p for p in req.partitions if (p.topic, p.partition) == ("t", 0))
+    assert spec.offset == 2 and part.log.log_end_offset == 2 and not part.log.damaged
+    assert part.high_watermark == 2  # never counted as holding what it lost
+
+
+def test_follower_skips_a_range_the_leader_lost_too(parts):
+    part = parts[("t", 0)]
+    append(part, 2, epoch=4)
+    fetcher = ReplicaFetcher(ME)
+    seq = next(s for s, leader, _ in fetcher.requests(parts, LIVE, NOW) if leader == 1)
+    answer(fetcher, seq, parts, FetchedPartition("t", 0, int(ErrorCode.CORRUPT_MESSAGE), 9, 0, damaged=[2, 5]))
+    assert part.log.log_end_offset == 5 and part.log.damaged.ranges == [(2, 5)]
+    (req,) = [r for _, leader, r in fetcher.requests(parts, LIVE, NOW) if leader == 1]
+    spec = next(p for p in req.partitions if (p.topic, p.partition) == ("t", 0))
+    assert spec.offset == 5  # the copied range is not truncated again
+    part.log._check()

@@ -6,6 +6,9 @@
   follower's position, which may move the high watermark (completing acks=all produces
   and waking consumer fetches).  They are checked by leader epoch: a follower whose tail
   is not in the leader's log is told where to truncate (``diverging``, KIP-101/KIP-320).
+- **Damage**: an offset in a range lost to damaged bytes on disk (``storage.recovery``)
+  answers CORRUPT_MESSAGE with ``damaged`` = [start, end]: the reader goes on at ``end``. A
+  read stops before such a range. A disk failure answers KAFKA_STORAGE_ERROR.
 - A fetch with less than ``min_bytes`` available is a long poll: parked in the purgatory
   on its partitions, retried on every append to them, answered at ``max_wait_ms`` with
   whatever there is.
@@ -13,14 +16,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
-from storage import OffsetOutOfRange
+from storage import CorruptBatchError, DamagedRangeError, OffsetOutOfRange
 from zbroker.context import Completion, RequestContext
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.purgatory import DelayedOperation, Purgatory
+
+log = logging.getLogger(__name__)
 
 LATEST_TIMESTAMP = -1  # list_offsets: Kafka's special timestamps
 EARLIEST_TIMESTAMP = -2
@@ -55,6 +61,7 @@ class FetchedPartition:
     log_start_offset: int = -1
     diverging: list[int] | None = None  # [epoch, end_offset]: truncate there (followers)
     data: bytes = b""  # whole stored batches
+    damaged: list[int] | None = None  # [start, end]: offsets lost to damaged bytes (CORRUPT_MESSAGE); go on at end
 
 
 @dataclass(slots=True)
@@ -131,10 +138,7 @@ class FetchService:
                 if offset < lg.log_start_offset or offset > lg.log_end_offset:
                     entry.error = int(ErrorCode.OFFSET_OUT_OF_RANGE)
                 elif offset < (lg.log_end_offset if limit is None else limit) and budget > 0:
-                    try:
-                        entry.data = lg.read(offset, min(spec.max_bytes, budget), max_offset=limit).data
-                    except OffsetOutOfRange:  # retention raced the check above
-                        entry.error = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+                    self._read_log(part, entry, offset, min(spec.max_bytes, budget), limit)
             # a partition still being opened here is no reason to end a long poll early: the
             # fetch waits (and says LEADER_NOT_AVAILABLE for it when it is answered)
             opening = entry.error == ErrorCode.LEADER_NOT_AVAILABLE and self.partitions.is_opening((spec.topic, spec.partition))
@@ -143,6 +147,23 @@ class FetchService:
             budget -= len(entry.data)
             out.partitions.append(entry)
         return out, total, errors
+
+    @staticmethod
+    def _read_log(part: Partition, entry: FetchedPartition, offset: int, max_bytes: int, limit: int | None) -> None:
+        """Read into ``entry``; damage and disk failures become the partition's error."""
+        try:
+            entry.data = part.log.read(offset, max_bytes, max_offset=limit).data
+        except OffsetOutOfRange:  # retention raced the caller's check
+            entry.error = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+        except DamagedRangeError as exc:  # recorded and logged once, where it was found
+            entry.error = int(ErrorCode.CORRUPT_MESSAGE)
+            entry.damaged = [exc.start, exc.end]
+        except CorruptBatchError as exc:
+            log.error("partition %s-%s: cannot read offset %d: %s", part.topic, part.index, offset, exc)
+            entry.error = int(ErrorCode.CORRUPT_MESSAGE)
+        except OSError as exc:
+            log.error("partition %s-%s: disk error reading offset %d: %s", part.topic, part.index, offset, exc)
+            entry.error = int(ErrorCode.KAFKA_STORAGE_ERROR)
 
     def _check_replica_fetch(self, part: Partition, spec: FetchPartition, entry: FetchedPartition, now_ms: int,
                              replica: int) -> None:

@@ -15,10 +15,10 @@ On-disk layout (storage/ draws the inside of a partition directory)::
                                              background (as Kafka names them)
 
 Recovery after an unclean stop: each log is opened with its checkpointed
-recovery point, so only data written after the last checkpoint is scanned
-(and a torn or corrupt tail truncated).  On a clean stop every log is flushed
-and both checkpoints are written with the final offsets, so the next start
-scans only each log's active segment.
+recovery point, so only segments holding data at or after it are scanned
+(``storage.recovery``).  On a clean stop every log is flushed and both
+checkpoints are written with the final offsets, so the next start CRC-checks
+nothing (reads check what they return).
 """
 
 from __future__ import annotations

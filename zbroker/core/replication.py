@@ -16,7 +16,17 @@ The leader answers per partition (:mod:`zbroker.core.fetch`):
   leader's log (KIP-101/KIP-320): the follower truncates to where both copies of
   that epoch end and fetches again -- never by high watermark;
 - FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH / NOT_LEADER_OR_FOLLOWER when the two
-  disagree on the leader epoch: the follower waits until its metadata moves on.
+  disagree on the leader epoch: the follower waits until its metadata moves on;
+- CORRUPT_MESSAGE with ``damaged`` [start, end] when the leader lost those offsets to
+  damaged bytes too: the follower records the same range and goes on at ``end``.
+
+**Damage repair.** A follower whose own log has damaged ranges (found by recovery when it
+opened, ``storage.recovery``) truncates to the start of the first one before its first
+fetch from a leader, and fetches everything from there again: the leader has every
+acknowledged record. Its log end is then below the hole, so the leader cannot count it as
+caught up over the hole (the high watermark and the ISR go by the follower's fetch offset).
+A leader, or a replica with no leader to follow, keeps its intact later data and answers
+the damaged range with CORRUPT_MESSAGE.
 
 :class:`Replication` is the service around it: every ``REPLICATION_CHECK_MS`` it sends
 the fetches :class:`ReplicaFetcher` asks for and, as a leader, proposes ISR changes
@@ -65,6 +75,7 @@ class ReplicaFetcher:
         self.request_timeout_ms = request_timeout_ms
         self.in_flight: dict[int, InFlight] = {}  # by fetch number
         self._paused: dict[TP, int] = {}  # tp -> leader epoch it was paused at
+        self._repaired: set[TP] = set()  # own damaged ranges dropped (once per partition opened)
         self._seq = 0
 
     def requests(self, partitions: dict[TP, Partition], live: set[int], now_ms: int) -> list[tuple[int, int, FetchRequest]]:
@@ -91,6 +102,8 @@ class ReplicaFetcher:
             if leader not in live:
                 continue
             self._seq += 1
+            for p in parts:
+                self._drop_own_damage(p)
             specs = [FetchPartition(p.topic, p.index, p.log.log_end_offset, PARTITION_FETCH_MAX_BYTES, p.leader_epoch,
                                     _last_epoch(p)) for p in parts]
             req = FetchRequest(specs, max_wait_ms=REPLICA_FETCH_MAX_WAIT_MS, min_bytes=1, max_bytes=REPLICA_FETCH_MAX_BYTES,
@@ -102,6 +115,21 @@ class ReplicaFetcher:
     def forget(self, tp: TP) -> None:
         """The partition left this broker."""
         self._paused.pop(tp, None)
+        self._repaired.discard(tp)
+
+    def _drop_own_damage(self, part: Partition) -> None:
+        """Before the first fetch of a partition: truncate to its first damaged range, so the
+        leader's copy fills it (ranges copied from the leader later are the leader's own)."""
+        if part.tp in self._repaired:
+            return
+        self._repaired.add(part.tp)
+        if part.log.damaged:
+            start = part.log.damaged.ranges[0][0]
+            log.warning("replica %s-%s has damaged offsets %s: truncating to %d to fetch them again from leader %d",
+                        *part.tp, part.log.damaged.ranges, start, part.leader)
+            part.log.truncate_to(start)
+            part.producers = None
+            part.high_watermark = min(part.high_watermark, part.log.log_end_offset)
 
     def on_response(self, seq: int, error: int, message: str | None, result: FetchResult | None,
                     partitions: dict[TP, Partition], now_ms: int, on_append=None) -> list[TP]:
@@ -137,6 +165,13 @@ class ReplicaFetcher:
                 log.info("replica %s-%s is behind the leader's log start %d: starting over there", *part.tp, start)
                 part.log.truncate_fully_and_start_at(start)
                 part.producers = None
+            return False
+        if error == ErrorCode.CORRUPT_MESSAGE and entry.damaged:
+            start, end = entry.damaged
+            if start <= part.log.log_end_offset < end:
+                log.error("replica %s-%s: leader %d lost offsets [%d, %d) to damage too: skipping them",
+                          *part.tp, part.leader, start, end)
+                part.log.skip_damaged(end)
             return False
         if error:
             return False

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from storage import Log, LogConfig, build_native_batch, iter_batches
+from storage.errors import DamagedRangeError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,17 +78,33 @@ def test_flip_every_byte_of_last_batch(built):
         reopen_and_check(d, 10, raw)
 
 
-def test_corrupt_base_offset_or_middle_batch(built):
+def test_corrupt_base_offset_of_last_batch(built):
     d, raw, positions = built
     log_path = d / (SEG + ".log")
     bad = bytearray(raw)
     bad[positions[-1] + 7] ^= 0xFF  # base offset no longer contiguous
     log_path.write_bytes(bytes(bad))
     reopen_and_check(d, 10, raw)
+
+
+def test_corrupt_middle_batch_loses_that_batch_only(built):
+    # was: "a middle batch: it and all later ones go" (LEO 4); issue 10 point 5 keeps later batches
+    d, raw, positions = built
+    log_path = d / (SEG + ".log")
     bad = bytearray(raw)
-    bad[positions[2] + 40] ^= 0xFF  # a middle batch: it and all later ones go
+    bad[positions[2] + 40] ^= 0xFF
     log_path.write_bytes(bytes(bad))
-    reopen_and_check(d, 4, raw)
+    for _ in range(2):  # the repair is durable: a second open finds a clean file and the same range
+        lg = Log(d, CFG, 0)
+        lg._check()
+        assert lg.log_end_offset == 12 and lg.damaged.ranges == [(4, 6)]
+        assert log_path.read_bytes() == raw[:positions[2]] + raw[positions[3]:]
+        assert lg.read(0, 10**6).data == raw[:positions[2]]  # stops before the hole
+        with pytest.raises(DamagedRangeError) as err:
+            lg.read(4, 10**6)
+        assert (err.value.start, err.value.end) == (4, 6)
+        assert lg.read(6, 10**6).data == raw[positions[3]:]
+        lg.close()
 
 
 def test_garbage_after_last_batch(built):
@@ -99,7 +116,9 @@ def test_garbage_after_last_batch(built):
         assert log_path.read_bytes() == raw
 
 
-def test_later_segments_deleted_after_corruption(tmp_path):
+def test_corruption_in_old_segment_keeps_later_segments(tmp_path):
+    # was test_later_segments_deleted_after_corruption: every segment after the damaged one was
+    # deleted; issue 10 point 5: only the damaged batch is lost, later segments stay
     d = tmp_path / "t-0"
     cfg = LogConfig(segment_bytes=250, index_interval_bytes=40)
     lg = Log(d, cfg, 0)
@@ -114,9 +133,10 @@ def test_later_segments_deleted_after_corruption(tmp_path):
     p.write_bytes(bytes(data))
     lg = Log(d, cfg, 0)
     lg._check()
-    assert [s.base_offset for s in lg.segments()] == bases[:2]
-    assert lg.log_end_offset == bases[2] - 2
-    assert not (d / f"{bases[3]:020d}.log").exists()
+    assert [s.base_offset for s in lg.segments()] == bases
+    assert lg.log_end_offset == 24
+    assert lg.damaged.ranges == [(bases[2] - 2, bases[2])]
+    assert (d / f"{bases[3]:020d}.log").exists()
 
 
 @pytest.mark.parametrize("damage", ["delete", "odd_size", "non_monotonic", "beyond_end", "not_batch_start"])

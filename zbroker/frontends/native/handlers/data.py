@@ -61,6 +61,8 @@ def fetch_reply(result: FetchResult):
                  "log_start_offset": p.log_start_offset}
         if p.diverging is not None:
             entry["diverging"] = p.diverging
+        if p.damaged is not None:
+            entry["damaged"] = p.damaged
         entries.append(entry)
         payloads.append(p.data)
     return {"partitions": entries}, payloads
@@ -72,11 +74,12 @@ def fetch_result(header: dict, payloads: list[bytes]) -> FetchResult:
     for i, entry in enumerate(header.get("partitions") or ()):
         if not isinstance(entry, dict):
             continue
-        diverging = entry.get("diverging")
+        diverging, damaged = entry.get("diverging"), entry.get("damaged")
         out.partitions.append(FetchedPartition(
             entry.get("topic"), entry.get("partition"), entry.get("error", 0), entry.get("high_watermark", 0),
             entry.get("log_start_offset", -1), list(diverging) if diverging else None,
-            payloads[i] if i < len(payloads) else b""))
+            payloads[i] if i < len(payloads) else b"",
+            list(damaged) if isinstance(damaged, (list, tuple)) and len(damaged) == 2 else None))
     return out
 
 

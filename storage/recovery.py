@@ -1,0 +1,175 @@
+"""Loading a partition's segments, and losing only what is damaged.
+
+Kafka's LogLoader truncates a partition at its first bad batch and deletes every later
+segment. Batches carry their offsets, so zbroker can do better: a damaged byte range costs
+the offsets that were in it and nothing else.
+
+Theory of operation
+-------------------
+On open (:func:`load_segments`), segments wholly below the recovery point (fsynced before the
+last checkpoint) are opened trusting their data: indexes loaded, the tail after the last
+index entry walked. Every other segment -- the one holding the recovery point and all later
+ones; with no checkpoint, all of them -- is scanned (:meth:`storage.segment.Segment.recover`):
+every batch's framing, CRC and offsets are checked. At a batch that fails, the scan
+resynchronises: the next position holding a whole batch with a valid CRC whose offsets lie
+at or after the damaged one's and below the next segment's base. Everything from there on
+is kept. The damaged bytes are removed from the segment (:func:`remove_damaged_bytes`: a copy
+without them is swapped in crash-safely, ``storage.swap``), the offsets they held -- from
+where the last good batch ended to where the resynchronised one starts -- are recorded
+durably (``storage.damage``) and logged at ERROR with the range. Damage with nothing valid
+after it in the *last* segment is a torn tail: truncated, and the offsets it held are not
+known (they were never acknowledged if the tail was torn by a crash). In an earlier segment
+the offsets up to the next segment's base are recorded as lost.
+
+Segments are not only damaged inside: a segment missing between two others, or an empty one,
+leaves a gap between one segment's end and the next one's base. Unless the log is compacted
+(compaction makes such gaps), the gap is recorded as damaged, never served as a silent gap.
+
+Damage that the start-up scan did not look at (a segment below the recovery point) is found
+when a read trips over it: :meth:`storage.log.Log.read` repairs that segment the same way
+(:func:`repair_segment`) and the read answers with the damaged range.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from storage.checkpoint import fsync_dir
+from storage.errors import CorruptBatchError
+from storage.segment import Recovered, Segment
+from storage.swap import CLEANED_SUFFIX, commit_swap, finish_swap
+
+if TYPE_CHECKING:
+    from storage.log import Log
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_segments", "repair_segment", "remove_damaged_bytes"]
+
+_COPY_CHUNK = 1 << 20
+
+
+def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int | None) -> None:
+    """Open the segments at ``bases`` into ``lg`` (see the module text for what is scanned)."""
+    cfg = lg.config
+    prev: Segment | None = None
+    for i, base in enumerate(bases):
+        nxt = bases[i + 1] if i + 1 < len(bases) else None
+        seg = None
+        if recovery_point is not None and base < recovery_point:
+            try:
+                seg = Segment.open(lg.directory, base, lg.handles, cfg.index_interval_bytes, now_ms)
+            except CorruptBatchError as exc:
+                log.warning("segment failed to load, scanning it: %s", exc)
+                seg = None
+            if seg is not None and (seg.next_offset > recovery_point or (nxt is not None and seg.next_offset > nxt)):
+                seg = None  # holds unflushed data, or runs into the next segment: scan it
+        if seg is None:
+            seg = Segment(lg.directory, base, lg.handles, cfg.index_interval_bytes, now_ms)
+            repair_segment(lg, seg, nxt, on_batch=lg._note_epoch)
+        if prev is not None and nxt is not None and seg.size == 0:
+            log.error("partition log %s: segment %s is empty: removed", lg.directory, seg.log_path.name)
+            seg.delete()
+            continue
+        if prev is not None and prev.next_offset < base and not cfg.allow_offset_gaps:
+            _lost(lg, prev.next_offset, base, f"no segment holds them (the next one, {seg.log_path.name}, starts at {base})")
+        lg._segments[base] = seg
+        prev = seg
+
+
+def repair_segment(lg: "Log", seg: Segment, next_base: int | None, on_batch=None) -> Recovered:
+    """Scan ``seg`` (of ``lg``), remove its damaged bytes, record and log what they held.
+
+    Args:
+        next_base: The next segment's base offset, None for the last segment.
+        on_batch: Called with every valid batch's header.
+    """
+    rec = seg.recover(lg.config.max_message_bytes, on_batch,
+                      allow_gaps=next_base is not None or lg.config.allow_offset_gaps, max_offset=next_base,
+                      known_gaps=dict(lg.damaged.ranges))
+    remove_damaged_bytes(seg, rec)
+    for start, end in rec.lost:
+        _lost(lg, start, end, f"damaged bytes in {seg.log_path.name} ({'; '.join(rec.reasons)})")
+    if not rec.lost and rec.reasons:
+        removed = rec.file_size - sum(e - s for s, e in rec.kept)
+        log.warning("partition log %s: removed %d bytes holding no complete batch from %s (%s)",
+                    lg.directory, removed, seg.log_path.name, "; ".join(rec.reasons))
+    return rec
+
+
+def _lost(lg: "Log", start: int, end: int, why: str) -> None:
+    if lg.damaged.add(start, end):
+        log.error("partition log %s: offsets [%d, %d) are lost: %s; later data is kept and reads of the range "
+                  "answer CORRUPT_MESSAGE", lg.directory, start, end, why)
+
+
+def remove_damaged_bytes(seg: Segment, rec: Recovered) -> None:
+    """Make the ``.log`` file hold exactly the spans ``rec`` kept, and write the indexes
+    :meth:`Segment.recover` rebuilt.
+
+    A torn tail is truncated in place. Damage in the middle needs a copy: the kept spans are
+    written to ``<base>.log.cleaned``, fsynced, and swapped in (``storage.swap``: a crash
+    leaves either the old file or the new one, never a mix).
+    """
+    if not rec.clean:
+        if rec.tail_only:
+            end = rec.kept[0][1] if rec.kept else 0
+            os.ftruncate(seg._fd(), end)
+            os.fsync(seg._fd())
+        else:
+            cleaned = seg.log_path.with_name(seg.log_path.stem + CLEANED_SUFFIX)
+            src = seg._fd()
+            with open(cleaned, "wb") as out:
+                for start, end in rec.kept:
+                    pos = start
+                    while pos < end:
+                        chunk = os.pread(src, min(_COPY_CHUNK, end - pos), pos)
+                        if not chunk:
+                            raise OSError(f"{seg.log_path}: short read at {pos}")
+                        out.write(chunk)
+                        pos += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            commit_swap(cleaned)
+            finish_swap(seg.directory, seg.base_offset, seg._handles)
+        fsync_dir(seg.directory)
+    seg.index.rewrite()
+    seg.time_index.rewrite()
+
+
+def repair_for_read(lg: "Log", seg: Segment, cause: BaseException | None) -> None:
+    """A read of ``lg`` tripped over damage in ``seg``: scan and repair it as recovery would."""
+    log.error("partition log %s: a read found damage in %s (%s): scanning it", lg.directory, seg.log_path.name, cause)
+    keys = lg._segments.keys()
+    i = keys.index(seg.base_offset)
+    next_base = keys[i + 1] if i + 1 < len(keys) else None
+    repair_segment(lg, seg, next_base)
+    seg._unsynced = True
+    if seg is lg._active:
+        lg._leo = seg.next_offset
+        lg.recovery_point = min(lg.recovery_point, lg._leo)
+        lg.leader_epoch_cache.truncate_from_end(lg._leo)
+        lg.damaged.truncate_from(lg._leo)
+    elif seg.size == 0 and i > 0:  # wholly damaged: its offsets are recorded, the file goes
+        del lg._segments[seg.base_offset]
+        seg.delete()
+
+
+def skip_damaged(lg: "Log", end: int) -> None:
+    """See :meth:`storage.log.Log.skip_damaged`."""
+    start = lg._leo
+    if end <= start:
+        return
+    _lost(lg, start, end, "the leader's copy is damaged too")
+    old = lg._active
+    if old.size == 0 and len(lg._segments) > 1:  # an empty active segment: replace it
+        del lg._segments[old.base_offset]
+        old.delete()
+    seg = Segment.create(lg.directory, end, lg.handles, lg.config.index_interval_bytes, old.created_ms)
+    lg._segments[end] = seg
+    lg._active = seg
+    lg._leo = end
+    lg._new_files = True
+    lg.flush()
