@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from storage.batch import build_native_batch
-from support import BrokerProcess, RawClient
+from support import RawClient, running_broker
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,14 +21,7 @@ SLACK = 32 * MiB  # allocator, kernel socket buffers, pyzmq bookkeeping
 
 @pytest.fixture
 def small_budget_broker(tmp_path):
-    config = tmp_path / "broker.toml"
-    config.write_text(f"[cluster]\nmax_queued_reply_bytes = {QUEUED_REPLY_BYTES}\n\n[[broker]]\nid = 1\n")
-    proc = BrokerProcess(tmp_path / "data", config=config)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.close()
+    yield from running_broker(tmp_path, f"[cluster]\nmax_queued_reply_bytes = {QUEUED_REPLY_BYTES}\n\n[[broker]]\nid = 1\n")
 
 
 def rss_bytes(pid: int) -> int:

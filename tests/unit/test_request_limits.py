@@ -7,22 +7,13 @@ import logging
 import msgpack
 import pytest
 
-from tests.unit.test_broker import PEER, Harness, batch
-from tests.unit.servicefakes import settle
+from tests.unit.test_broker import PEER, Harness, batch, h  # noqa: F401  (h: the fixture)
 from zbroker import protocol as P
 from zbroker.context import INTERNAL
 from zbroker.core.fetch import FetchPartition, FetchRequest
 from zbroker.errors import ErrorCode, RequestError
 
 INVALID = int(ErrorCode.INVALID_REQUEST)
-
-
-@pytest.fixture
-def h(tmp_path):
-    harness = Harness(tmp_path / "d")
-    assert harness.call("create_topic", topic="t", partitions=2)[0]["error"] == 0
-    yield harness
-    harness.broker.close()
 
 
 def tp(partition=0, **more):
