@@ -186,7 +186,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         ),
     },
     LIST_OFFSETS: {
-        "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}, unique=_TP),
+        # a partition may appear more than once (one entry per timestamp asked): each entry is
+        # one index lookup answered on its own, so the cost is what the request carries
+        "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
     },
     CREATE_PARTITIONS: {"topic": _TOPIC, "total": _f(int)},
     INIT_PRODUCER_ID: {},

@@ -25,7 +25,6 @@ def tp(partition=0, **more):
 
 @pytest.mark.parametrize("kind, field, item, extra", [
     ("fetch", "partitions", tp(1, offset=0), {}),
-    ("list_offsets", "partitions", tp(1, timestamp=-1), {}),
     ("offset_commit", "offsets", tp(1, offset=0), {"group": "g"}),
 ])
 def test_a_partition_named_twice_is_refused_naming_both_places(h, kind, field, item, extra):
