@@ -194,6 +194,19 @@ class BrokerProcess:
             self._log.close()
 
 
+def running_broker(tmp_path: Path, config_text: str):
+    """A generator for a fixture: a single broker from the config file ``config_text``, killed
+    at the end."""
+    config = tmp_path / "broker.toml"
+    config.write_text(config_text)
+    proc = BrokerProcess(tmp_path / "data", config=config)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
 class ClusterProcesses:
     """N brokers from one generated config file, on free loopback ports, fast timings."""
 

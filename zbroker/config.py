@@ -165,6 +165,8 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "replica_lag_ms": (10_000, _int(100)),
     "auto_create_topics": (True, _bool),
     "max_request_bytes": (104_857_600, _int(1024)),
+    "fetch_max_bytes": (52_428_800, _int(1024)),  # cap of a fetch response's max_bytes
+    "max_queued_reply_bytes": (67_108_864, _int(65_536)),  # per connection: replies ZeroMQ has not yet written
     "max_open_files": (1024, _int(16)),
     "flush_check_ms": (1000, _int(10)),
     "retention_check_ms": (30_000, _int(100)),

@@ -9,8 +9,10 @@ a ZeroMQ multipart message::
 Requests and responses share the layout; a response repeats the request's
 ``type`` and ``cid`` and adds ``error`` (0 = none) and, on failure,
 ``error_message``.  Each request type has a schema (field -> type, required,
-default) that :func:`decode_request` checks, so a handler only ever sees
-well-typed values and a bad field is answered with INVALID_REQUEST naming it.
+default, cap) that :func:`decode_request` checks, so a handler only ever sees
+well-typed values of bounded size, and a bad field is answered with INVALID_REQUEST
+naming it (and the cap it broke).  Values quoted back in errors are cut short
+(:func:`clip`).
 docs/protocol.md is the human-readable form of this module.
 """
 
@@ -69,47 +71,102 @@ class UndecodableFrame(Exception):
     """Frame 0 is not a msgpack map with a usable correlation id: nobody to answer."""
 
 
+# -- limits ----------------------------------------------------------------------
+# Every cap of a request field (docs/protocol.md, "Limits"), checked by the schema
+# checker in one place: over a cap is INVALID_REQUEST naming the field and the cap.
+
+MAX_TOPIC_CHARS = 249  # Kafka's cap on a topic name
+MAX_ID_CHARS = 255  # group, member_id, instance_id, client_id, assignor and any other string
+MAX_COMMIT_METADATA_CHARS = 4096  # offset_commit metadata: Kafka's offset.metadata.max.bytes
+MAX_PARTITIONS = 10_000  # partitions of a fetch, list_offsets, offset_fetch; offsets of a commit; owned
+MAX_BATCHES = 10_000  # batches of one produce
+MAX_TOPICS = 10_000  # topics of a metadata request or a heartbeat
+MAX_CONFIG_ENTRIES = 64  # keys of a create_topic / alter_topic_config / create_internal_topic config
+MAX_BROKER_LIST = 256  # broker-to-broker lists: an ISR, Raft positions
+MAX_ECHO_CHARS = 64  # a value from the request quoted in an error or a log line is cut to this
+MAX_ERROR_MESSAGE_CHARS = 1024  # error_message is cut to this, whatever produced it
+
+
+def clip(value: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """A short, bounded repr of a value taken from a request, for error messages and logs.
+
+    >>> clip("x" * 100, 4)
+    "'xxxx'... (100 chars)"
+    """
+    if isinstance(value, (str, bytes)):
+        if len(value) <= limit:
+            return repr(value)
+        unit = "chars" if isinstance(value, str) else "bytes"
+        return f"{value[:limit]!r}... ({len(value)} {unit})"
+    if isinstance(value, (list, dict)):
+        return f"{_type_name((type(value),))} of {len(value)} items"
+    text = repr(value)  # numbers, bools, nil, floats: short, except huge ints
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def clip_message(message: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    """An error message cut to ``limit`` chars (the last defence: callers clip what they quote)."""
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message)} chars)"
+
+
 # -- schemas ---------------------------------------------------------------------
 
-_INT = (int,)
-_STR = (str,)
-_BOOL = (bool,)
 _NONE = type(None)
 
 
 @dataclass(frozen=True)
 class Field:
+    """One field of a request.
+
+    Attributes:
+        types: the accepted Python types (bool is never an int here).
+        required, default: a missing optional field gets ``default``.
+        item: the schema of a list's items: a map schema or a :class:`Field`.
+        cap: most chars of a string, most items of a list or map; None = the type's
+            default (:data:`MAX_ID_CHARS`, :data:`MAX_PARTITIONS`).
+        unique: for a list of maps, the keys whose values no two items may share.
+    """
+
     types: tuple[type, ...]
     required: bool = True
     default: Any = None
-    item: dict[str, Field] | tuple[type, ...] | None = None  # schema of list items
+    item: dict[str, Field] | Field | None = None
+    cap: int | None = None
+    unique: tuple[str, ...] | None = None
 
 
-def _f(*types: type, required: bool = True, default: Any = None, item=None) -> Field:
-    return Field(tuple(types), required, default, item)
+def _f(*types: type, required: bool = True, default: Any = None, item=None, cap: int | None = None,
+       unique: tuple[str, ...] | None = None) -> Field:
+    return Field(tuple(types), required, default, item, cap, unique)
 
 
-_TOPIC_PARTITION = {"topic": _f(str), "partition": _f(int)}
+_DEFAULT_CAPS = {str: MAX_ID_CHARS, list: MAX_PARTITIONS, dict: MAX_CONFIG_ENTRIES}
+_INT = _f(int)
+_TOPIC = _f(str, cap=MAX_TOPIC_CHARS)
+_PAIR = _f(list, cap=2)  # [topic, partition]
+_TOPIC_PARTITION = {"topic": _TOPIC, "partition": _f(int)}
+_TP = ("topic", "partition")
 
 SCHEMAS: dict[str, dict[str, Field]] = {
     METADATA: {
-        "topics": _f(list, _NONE, required=False, item=_STR),
+        "topics": _f(list, _NONE, required=False, item=_TOPIC, cap=MAX_TOPICS),
         "allow_auto_create": _f(bool, required=False, default=False),
     },
     CREATE_TOPIC: {
-        "topic": _f(str),
+        "topic": _TOPIC,
         "partitions": _f(int, _NONE, required=False),
         "replication_factor": _f(int, _NONE, required=False),
         "config": _f(dict, required=False, default={}),
         "validate_only": _f(bool, required=False, default=False),
     },
-    DELETE_TOPIC: {"topic": _f(str)},
-    DESCRIBE_TOPIC: {"topic": _f(str)},
-    ALTER_TOPIC_CONFIG: {"topic": _f(str), "config": _f(dict)},
+    DELETE_TOPIC: {"topic": _TOPIC},
+    DESCRIBE_TOPIC: {"topic": _TOPIC},
+    ALTER_TOPIC_CONFIG: {"topic": _TOPIC, "config": _f(dict)},
     PRODUCE: {
         "acks": _f(int, required=False, default=1),
         "timeout_ms": _f(int, required=False, default=30000),
-        "batches": _f(list, item=_TOPIC_PARTITION),
+        # a partition may appear more than once: its batches are appended in order
+        "batches": _f(list, item=_TOPIC_PARTITION, cap=MAX_BATCHES),
     },
     FETCH: {
         "max_wait_ms": _f(int, required=False, default=500),
@@ -125,12 +182,15 @@ SCHEMAS: dict[str, dict[str, Field]] = {
                 "leader_epoch": _f(int, required=False, default=-1),  # followers: the epoch they follow
                 "last_fetched_epoch": _f(int, required=False, default=-1),  # followers: epoch of their last record
             },
+            unique=_TP,
         ),
     },
     LIST_OFFSETS: {
+        # a partition may appear more than once (one entry per timestamp asked): each entry is
+        # one index lookup answered on its own, so the cost is what the request carries
         "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
     },
-    CREATE_PARTITIONS: {"topic": _f(str), "total": _f(int)},
+    CREATE_PARTITIONS: {"topic": _TOPIC, "total": _f(int)},
     INIT_PRODUCER_ID: {},
     FIND_COORDINATOR: {"group": _f(str)},
     GROUP_HEARTBEAT: {
@@ -139,8 +199,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "member_epoch": _f(int),
         "instance_id": _f(str, _NONE, required=False),
         "client_id": _f(str, required=False, default=""),
-        "topics": _f(list, _NONE, required=False, item=_STR),
-        "owned": _f(list, _NONE, required=False, item=(list,)),
+        "topics": _f(list, _NONE, required=False, item=_TOPIC, cap=MAX_TOPICS),
+        "owned": _f(list, _NONE, required=False, item=_PAIR),
         "assignor": _f(str, _NONE, required=False),
         "rebalance_timeout_ms": _f(int, required=False, default=300000),
         "session_timeout_ms": _f(int, required=False, default=45000),
@@ -149,14 +209,17 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "group": _f(str),
         "member_id": _f(str, required=False, default=""),
         "member_epoch": _f(int, required=False, default=-1),
-        "offsets": _f(list, item={**_TOPIC_PARTITION, "offset": _f(int), "metadata": _f(str, required=False, default="")}),
+        "offsets": _f(list, item={**_TOPIC_PARTITION, "offset": _f(int),
+                                  "metadata": _f(str, required=False, default="", cap=MAX_COMMIT_METADATA_CHARS)},
+                      unique=_TP),
     },
-    OFFSET_FETCH: {"group": _f(str), "partitions": _f(list, _NONE, required=False, item=(list,))},
+    OFFSET_FETCH: {"group": _f(str), "partitions": _f(list, _NONE, required=False, item=_PAIR)},
     LIST_GROUPS: {},
     DESCRIBE_GROUP: {"group": _f(str)},
     DELETE_GROUP: {"group": _f(str)},
-    CREATE_INTERNAL_TOPIC: {"topic": _f(str), "partitions": _f(int), "replication_factor": _f(int), "config": _f(dict)},
-    ALTER_ISR: {"topic": _f(str), "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int), "isr": _f(list, item=(int,))},
+    CREATE_INTERNAL_TOPIC: {"topic": _TOPIC, "partitions": _f(int), "replication_factor": _f(int), "config": _f(dict)},
+    ALTER_ISR: {"topic": _TOPIC, "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int),
+                "isr": _f(list, item=_INT, cap=MAX_BROKER_LIST)},
 }
 
 _RAFT = {"from": _f(int), "epoch": _f(int)}
@@ -176,15 +239,15 @@ RAFT_SCHEMAS: dict[str, dict[str, Field]] = {
         "offset": _f(int),
         "last_fetched_epoch": _f(int),
         "high_watermark": _f(int),
-        "diverging": _f(list, _NONE, required=False, item=(int,)),
-        "snapshot": _f(list, _NONE, required=False, item=(int,)),
+        "diverging": _f(list, _NONE, required=False, item=_INT, cap=MAX_BROKER_LIST),
+        "snapshot": _f(list, _NONE, required=False, item=_INT, cap=MAX_BROKER_LIST),
     },
-    RAFT_FETCH_SNAPSHOT: {**_RAFT, "snapshot": _f(list, item=(int,)), "position": _f(int)},
+    RAFT_FETCH_SNAPSHOT: {**_RAFT, "snapshot": _f(list, item=_INT, cap=MAX_BROKER_LIST), "position": _f(int)},
     RAFT_FETCH_SNAPSHOT_RESPONSE: {
         **_RAFT,
         **_LEADER,
         "error": _f(int, required=False, default=0),
-        "snapshot": _f(list, item=(int,)),
+        "snapshot": _f(list, item=_INT, cap=MAX_BROKER_LIST),
         "position": _f(int),
         "size": _f(int),
     },
@@ -213,36 +276,56 @@ def _is(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+def _invalid(message: str) -> RequestError:
+    return RequestError(ErrorCode.INVALID_REQUEST, message)
+
+
 def _check(where: str, body: dict, schema: dict[str, Field]) -> dict:
     out = {}
     for name, field in schema.items():
         if name not in body:
             if field.required:
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"missing field '{where}{name}'")
+                raise _invalid(f"missing field '{where}{name}'")
             out[name] = field.default
             continue
-        value = body[name]
-        if not _is(value, field.types):
-            raise RequestError(
-                ErrorCode.INVALID_REQUEST,
-                f"field '{where}{name}' must be {_type_name(field.types)}, got {type(value).__name__}",
-            )
-        if field.item is not None and isinstance(value, list):
-            value = [_check_item(f"{where}{name}[{i}].", v, field.item) for i, v in enumerate(value)]
-        out[name] = value
+        out[name] = _check_value(f"{where}{name}", body[name], field)
     return out
 
 
-def _check_item(where: str, value: Any, item) -> Any:
-    if isinstance(item, dict):
-        if not isinstance(value, dict):
-            raise RequestError(ErrorCode.INVALID_REQUEST, f"field '{where[:-1]}' must be a map, got {type(value).__name__}")
-        return _check(where, value, item)
-    if not _is(value, item):
-        raise RequestError(
-            ErrorCode.INVALID_REQUEST, f"field '{where[:-1]}' must be {_type_name(item)}, got {type(value).__name__}"
-        )
+def _check_value(path: str, value: Any, field: Field) -> Any:
+    """Type, cap, items and uniqueness of one value; ``path`` names it in errors."""
+    if not _is(value, field.types):
+        raise _invalid(f"field '{path}' must be {_type_name(field.types)}, got {type(value).__name__}")
+    if isinstance(value, (str, list, dict)):
+        cap = field.cap if field.cap is not None else _DEFAULT_CAPS[type(value)]
+        if len(value) > cap:
+            unit = "chars" if isinstance(value, str) else "items"
+            raise _invalid(f"field '{path}' has {len(value)} {unit}, over the cap of {cap}")
+    if isinstance(value, list) and field.item is not None:
+        item = field.item
+        if isinstance(item, Field):
+            value = [_check_value(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+        else:
+            value = [_check(f"{path}[{i}].", _map(f"{path}[{i}]", v), item) for i, v in enumerate(value)]
+        if field.unique:
+            _check_unique(path, value, field.unique)
     return value
+
+
+def _map(path: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _invalid(f"field '{path}' must be a map, got {type(value).__name__}")
+    return value
+
+
+def _check_unique(path: str, items: list[dict], keys: tuple[str, ...]) -> None:
+    seen: dict[tuple, int] = {}
+    for i, item in enumerate(items):
+        key = tuple(item[k] for k in keys)
+        first = seen.setdefault(key, i)
+        if first != i:
+            named = ", ".join(f"{k} {clip(v)}" for k, v in zip(keys, key))
+            raise _invalid(f"field '{path}[{i}]' repeats {named} of '{path}[{first}]': each at most once per request")
 
 
 # -- codec -----------------------------------------------------------------------
@@ -297,12 +380,12 @@ def decode_request(header: dict) -> tuple[str, dict]:
     version = header.get("v")
     if version != PROTOCOL_VERSION:
         raise RequestError(
-            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {version!r} not supported (this broker speaks {PROTOCOL_VERSION})"
+            ErrorCode.UNSUPPORTED_VERSION, f"protocol version {clip(version)} not supported (this broker speaks {PROTOCOL_VERSION})"
         )
     kind = header.get("type")
     schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
     if schema is None:
-        raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {kind!r}")
+        raise _invalid(f"unknown request type {clip(kind)}")
     return kind, _check("", header, schema)
 
 
@@ -310,7 +393,7 @@ def response(kind: str, cid: int, error: int = 0, error_message: str | None = No
     """Build a response header map."""
     msg = {"v": PROTOCOL_VERSION, "type": kind, "cid": cid, "error": int(error)}
     if error_message:
-        msg["error_message"] = error_message
+        msg["error_message"] = clip_message(error_message)
     msg.update(fields)
     return msg
 

@@ -23,7 +23,7 @@ class DelayedOperation:
 
     Args:
         deadline_ms: when to give up waiting and complete anyway.
-        keys: what to watch.
+        keys: what to watch (repeats are ignored).
         try_complete: ``try_complete(now_ms)``, called on a change to a watched key
             (and once on entry); returns True once it has completed the operation.
         on_expire: ``on_expire(now_ms)`` completes the operation at the deadline.
@@ -39,7 +39,7 @@ class DelayedOperation:
         on_expire: Callable[[int], None],
     ) -> None:
         self.deadline_ms = deadline_ms
-        self.keys = tuple(keys)
+        self.keys = tuple(dict.fromkeys(keys))  # each key once: a repeated key would retry it once per copy
         self._try = try_complete
         self._expire = on_expire
         self.done = False

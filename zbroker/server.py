@@ -65,7 +65,8 @@ class Server:
                                   max_bytes, lambda frames: node.on_peer_reply(frames, now_ms()))
             self.loop.add_listener(dealers)
         router = RouterListener(ctx, f"tcp://{self.entry.host}:{self.entry.port}", max_bytes,
-                                lambda conn, frames: node.handle(conn, frames, now_ms()))
+                                lambda conn, frames: node.handle(conn, frames, now_ms()),
+                                self.config.setting("max_queued_reply_bytes"))
         self.loop.add_listener(router)
         return router, dealers
 

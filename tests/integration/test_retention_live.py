@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clients import Admin, Consumer, Producer
-from support import BrokerProcess, wait_until
+from support import running_broker, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -17,14 +17,7 @@ MB = 1 << 20
 
 @pytest.fixture
 def broker(tmp_path):
-    config = tmp_path / "broker.toml"
-    config.write_text('[cluster]\nretention_check_ms = 200\n\n[[broker]]\nid = 1\n\n[topic_defaults]\npartitions = 1\n')
-    proc = BrokerProcess(tmp_path / "data", config=config)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.close()
+    yield from running_broker(tmp_path, "[cluster]\nretention_check_ms = 200\n\n[[broker]]\nid = 1\n\n[topic_defaults]\npartitions = 1\n")
 
 
 def disk_use(path: Path) -> int:

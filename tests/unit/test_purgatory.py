@@ -59,3 +59,14 @@ def test_an_operation_done_through_one_key_leaves_every_key():
     op.ready = True
     assert p.check("busy", 0) == 1
     assert p._watchers == {}  # nothing left watching the idle key
+
+
+def test_an_operation_watching_a_key_twice_is_retried_once_per_change():
+    """A fetch naming one partition many times once cost each append parked x copies^2 retries."""
+    p, tries = Purgatory(), []
+    op = DelayedOperation(100, ["a"] * 50, lambda now: tries.append(now) and False, lambda now: None)
+    assert not p.park(op, 0)
+    tries.clear()
+    p.check("a", 1)
+    assert tries == [1]
+    assert op.keys == ("a",)

@@ -4,7 +4,7 @@ Served by any broker from its copy of the metadata image (every broker applies t
 committed metadata log), plus, for ``describe_topic``, the log positions of the
 partitions this broker leads.  A metadata request may auto-create topics a producer
 names (``auto_create_topics``), at most ``MAX_AUTO_CREATES_PER_REQUEST`` per request:
-creating topics costs the loop time.
+creating topics costs the loop time.  A name asked for twice is answered once.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ class ClusterInfo:
         self.admin = admin
 
     def metadata(self, ctx: RequestContext, names: list[str] | None, allow_auto_create: bool, now_ms: int) -> ClusterMetadata:
-        if names is None:
-            names = list(self.image.topics)
+        # each name once (Kafka treats the list as a set): the answer is bounded by the
+        # distinct names, which the wire caps (protocol.MAX_TOPICS)
+        names = list(self.image.topics) if names is None else list(dict.fromkeys(names))
         topics = []
         auto_creates = 0
         for name in names:

@@ -9,6 +9,10 @@
 - **Damage**: an offset in a range lost to damaged bytes on disk (``storage.recovery``)
   answers CORRUPT_MESSAGE with ``damaged`` = [start, end]: the reader goes on at ``end``. A
   read stops before such a range. A disk failure answers KAFKA_STORAGE_ERROR.
+- A fetch names each partition at most once (INVALID_REQUEST otherwise: a repeated
+  partition would be read, answered and watched once per copy), and its ``max_bytes`` is
+  capped by the broker's ``fetch_max_bytes``: a response holds at most that much plus one
+  batch.
 - A fetch with less than ``min_bytes`` available is a long poll: parked in the purgatory
   on its partitions, retried on every append to them, answered at ``max_wait_ms`` with
   whatever there is.
@@ -17,7 +21,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from storage import CorruptBatchError, DamagedRangeError, OffsetOutOfRange
 from zbroker.context import Completion, RequestContext
@@ -85,6 +89,16 @@ class OffsetAnswer:
     timestamp: int = -1
 
 
+def _check_distinct(specs: list[FetchPartition]) -> None:
+    seen: set[tuple[str, int]] = set()
+    for spec in specs:
+        tp = (spec.topic, spec.partition)
+        if tp in seen:
+            raise RequestError(ErrorCode.INVALID_REQUEST,
+                               f"partition {spec.partition} of topic {spec.topic[:64]!r} is fetched more than once")
+        seen.add(tp)
+
+
 class FetchService:
     def __init__(self, partitions: PartitionManager, purgatory: Purgatory) -> None:
         self.partitions = partitions
@@ -95,6 +109,10 @@ class FetchService:
             raise RequestError(ErrorCode.INVALID_REQUEST, "max_bytes must be >= 0")
         if req.max_wait_ms > MAX_WAIT_LIMIT_MS:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"max_wait_ms must be <= {MAX_WAIT_LIMIT_MS}")
+        _check_distinct(req.partitions)
+        cap = self.partitions.config.setting("fetch_max_bytes")
+        if req.max_bytes > cap:
+            req = replace(req, max_bytes=cap)
         result, total, errors = self._read(req, now_ms)
         if total >= req.min_bytes or errors or req.max_wait_ms <= 0 or not req.partitions:
             return result

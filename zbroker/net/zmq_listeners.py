@@ -4,7 +4,13 @@
   brokers' requests and Raft messages.  ROUTER_MANDATORY (a reply to a vanished peer
   raises instead of vanishing silently; it is logged and dropped), ROUTER_HANDOVER (a
   reconnecting client with the same identity takes over), bounded send and receive
-  queues, MAXMSGSIZE = ``max_request_bytes``.
+  queues, MAXMSGSIZE = ``max_request_bytes``.  Replies are bounded per connection in
+  bytes, not only in messages (ZeroMQ's high-water marks count messages): each reply is
+  sent zero-copy with a tracker, and the bytes of a peer's replies ZeroMQ still holds
+  (queued, not yet written to its TCP socket) are counted.  A reply that would take a
+  peer that already has replies queued over ``max_queued_reply_bytes`` is dropped with
+  a log line, as one over the high-water mark is: a peer that does not read its replies
+  holds at most that much of the broker's memory, plus one reply.
 - :class:`PeerDealers` -- one DEALER per other broker, connected to its ROUTER, with
   this broker's routing id: Raft messages, follower fetches and forwarded requests out,
   answers back.  ``IMMEDIATE`` so nothing queues for a peer that is down.
@@ -13,18 +19,24 @@
 
 Every send is ``DONTWAIT``: a send that would block (the peer does not read and its
 queue is full) drops that message with a log line, so one slow peer never blocks the loop.
+Those log lines are rate-limited (:mod:`zbroker.ratelimit`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import Callable
 
 import zmq
 
+from zbroker.ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 BURST = 256  # messages handled from one socket before timers and other sockets get a turn
+REPLY_OVERHEAD = 1024  # bytes counted per queued reply besides its frames (ZeroMQ and tracker bookkeeping)
 Frames = list[bytes]
 
 
@@ -40,11 +52,52 @@ def _drain(sock: zmq.Socket, handle: Callable[[Frames], None]) -> None:
             log.exception("error handling a message; the broker keeps serving")
 
 
+class QueuedReplies:
+    """Bytes of replies handed to ZeroMQ, per peer, that ZeroMQ has not released yet.
+
+    A reply's tracker is done once ZeroMQ has written the reply to the socket (or dropped
+    it with its peer).  A peer's replies leave in order, so done ones are popped from the
+    front: O(1) amortised per reply.  Peers with nothing queued are forgotten, also those
+    never heard from again: every peer is swept once the map has doubled since the last
+    sweep, which keeps it to the peers with replies queued, amortised O(1) per reply.
+    """
+
+    def __init__(self) -> None:
+        self._replies: dict[bytes, deque[tuple[zmq.MessageTracker, int]]] = {}
+        self._bytes: dict[bytes, int] = {}
+        self._sweep_at = 64
+
+    def held(self, conn: bytes) -> int:
+        """Bytes still queued for ``conn`` (after forgetting the replies ZeroMQ released)."""
+        replies = self._replies.get(conn)
+        if replies is None:
+            return 0
+        while replies and replies[0][0].done:
+            self._bytes[conn] -= replies.popleft()[1]
+        if not replies:
+            del self._replies[conn], self._bytes[conn]
+            return 0
+        return self._bytes[conn]
+
+    def add(self, conn: bytes, tracker: zmq.MessageTracker, size: int) -> None:
+        if tracker.done:
+            return
+        self._replies.setdefault(conn, deque()).append((tracker, size))
+        self._bytes[conn] = self._bytes.get(conn, 0) + size
+        if len(self._replies) > self._sweep_at:
+            for peer in list(self._replies):
+                self.held(peer)
+            self._sweep_at = max(64, 2 * len(self._replies))
+
+    def peers(self) -> int:
+        return len(self._replies)
+
+
 class RouterListener:
     """The ROUTER for requests: ``on_request(routing id, frames, )``; :meth:`send` answers."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, max_message_bytes: int,
-                 on_request: Callable[[bytes, Frames], None]) -> None:
+                 on_request: Callable[[bytes, Frames], None], max_queued_reply_bytes: int = 64 << 20) -> None:
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -60,6 +113,9 @@ class RouterListener:
             raise
         self.sock = sock
         self._on_request = on_request
+        self.max_queued_reply_bytes = max_queued_reply_bytes
+        self.queued = QueuedReplies()
+        self.drop_log = RateLimitedLog(log, burst=10, window_s=10.0)  # per kind; the rest is counted
 
     def sockets(self) -> list[zmq.Socket]:
         return [self.sock]
@@ -69,22 +125,37 @@ class RouterListener:
 
     def _message(self, frames: Frames) -> None:
         if len(frames) < 2:
-            log.warning("dropped a message with no frames after the routing id")
+            self.drop_log.log(time.monotonic(), "empty", logging.WARNING, "dropped a message with no frames after the routing id")
             return
         self._on_request(frames[0], frames[1:])
 
     def send(self, conn: bytes, frames: Frames) -> None:
         """Send a reply now, or drop it with a log line: never raises (a reply may be sent
-        from inside another request's handling, which one peer's trouble must not fail)."""
+        from inside another request's handling, which one peer's trouble must not fail).
+
+        A reply is dropped if the peer's queue is full (the high-water mark), or if the
+        peer already has replies queued and this one would take it over
+        ``max_queued_reply_bytes``."""
+        size = sum(len(f) for f in frames) + REPLY_OVERHEAD
+        held = self.queued.held(conn)
+        if held and held + size > self.max_queued_reply_bytes:
+            self.drop_log.log(time.monotonic(), "reply_bytes", logging.WARNING,
+                         "dropped a reply of %d bytes to peer=%s: it has %d bytes of replies unread (max_queued_reply_bytes=%d)",
+                         size, conn.hex(), held, self.max_queued_reply_bytes)
+            return
         try:
-            self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False)
+            tracker = self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False, track=True)
         except zmq.Again:
-            log.warning("dropped a reply to peer=%s: its send queue is full", conn.hex())
+            self.drop_log.log(time.monotonic(), "reply_hwm", logging.WARNING, "dropped a reply to peer=%s: its send queue is full",
+                         conn.hex())
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                log.info("dropped a reply to peer=%s: it disconnected", conn.hex())
+                self.drop_log.log(time.monotonic(), "reply_gone", logging.INFO, "dropped a reply to peer=%s: it disconnected",
+                             conn.hex())
             else:
                 log.error("dropped a reply to peer=%s: %s", conn.hex(), exc)
+        else:
+            self.queued.add(conn, tracker, size)
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -34,6 +34,7 @@ from zbroker import protocol as P
 from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_principal
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
+from zbroker.ratelimit import RateLimitedLog
 from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class NativeRouter:
         self.metrics = metrics
         self.send = send
         self.max_request_bytes = max_request_bytes
+        self.bad_input_log = RateLimitedLog(log, burst=10, window_s=10.0)  # per kind; the rest is counted
 
     def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:
         """Handle one message received from ``conn`` (its ZeroMQ routing id)."""
@@ -104,28 +106,31 @@ class NativeRouter:
         try:
             header = P.decode_header(frames[0], self.max_request_bytes)
         except P.UndecodableFrame as exc:
-            log.warning("dropped a message from peer=%s: %s", conn.hex(), exc)
+            self.bad_input_log.log(now_ms / 1000, "undecodable", logging.WARNING, "dropped a message from peer=%s: %s",
+                              P.clip(conn.hex()), exc)
             return
         cid = header["cid"]
         kind = header.get("type")
         route = self.table.get(kind) if isinstance(kind, str) else None
-        reply_type = kind if isinstance(kind, str) else "error"
+        # an unknown type is echoed only while short: the reply never costs more than the request
+        reply_type = kind if isinstance(kind, str) and len(kind) <= P.MAX_ECHO_CHARS else "error"
         metric = route.kind if route is not None else "unknown"
         try:
             if route is None:
                 self._check_version(header, (P.PROTOCOL_VERSION, P.PROTOCOL_VERSION))
-                raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {kind!r}")
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {P.clip(kind)}")
             self._check_version(header, route.versions)
             fields = P.check_fields(route.kind, header)
-            ctx = RequestContext(self._principal(conn), LISTENER, header.get("client_id") or "", conn)
+            ctx = RequestContext(self._principal(conn), LISTENER, self._client_id(header), conn)
             self._authorize(ctx, route, fields)
             answer = route.call(self.app, ctx, fields, frames[1:], now_ms)
         except RequestError as exc:
-            log.warning("bad request from peer=%s type=%r cid=%s: %s", conn.hex(), kind, cid, exc.message)
+            self.bad_input_log.log(now_ms / 1000, "bad_request", logging.WARNING, "bad request from peer=%s type=%s cid=%s: %s",
+                              P.clip(conn.hex()), P.clip(kind), cid, P.clip_message(exc.message, 256))
             self._error(conn, reply_type, cid, exc.code, exc.message, metric, started)
             return
         except Exception as exc:  # a bug must not stop the broker
-            log.exception("error handling type=%r cid=%s", kind, cid)
+            log.exception("error handling type=%s cid=%s", P.clip(kind), cid)
             self._error(conn, reply_type, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", metric, started)
             return
         if answer is NO_REPLY:
@@ -143,7 +148,18 @@ class NativeRouter:
         # an integer: true or 1.0 is no version (the old check let them pass as equal to 1)
         if not (isinstance(version, int) and not isinstance(version, bool) and versions[0] <= version <= versions[1]):
             raise RequestError(ErrorCode.UNSUPPORTED_VERSION,
-                               f"protocol version {version!r} not supported (this broker speaks {P.PROTOCOL_VERSION})")
+                               f"protocol version {P.clip(version)} not supported (this broker speaks {P.PROTOCOL_VERSION})")
+
+    @staticmethod
+    def _client_id(header: dict) -> str:
+        """The optional ``client_id`` of any request header: a short string."""
+        client_id = header.get("client_id")
+        if client_id is None:
+            return ""
+        if not isinstance(client_id, str) or len(client_id) > P.MAX_ID_CHARS:
+            raise RequestError(ErrorCode.INVALID_REQUEST,
+                               f"field 'client_id' must be a string of at most {P.MAX_ID_CHARS} chars, got {P.clip(client_id)}")
+        return client_id
 
     @staticmethod
     def _principal(conn: bytes) -> str:
