@@ -206,6 +206,11 @@ class Admin:
                                     log_end_offset=found[p.partition]["log_end_offset"])
                 if p.partition in found and p.high_watermark < 0 else p for p in parts]
 
+    def api_versions(self) -> dict[str, tuple[int, int]]:
+        """The request types a broker serves, each with its (min, max) protocol version."""
+        h = self._call("api_versions", {})
+        return {v["type"]: (v["min"], v["max"]) for v in h.get("versions") or ()}
+
     def describe_cluster(self) -> ClusterDescription:
         """Cluster name, controller and brokers."""
         h = self._call("metadata", {"topics": []})
