@@ -61,3 +61,17 @@ def test_a_fetch_inside_a_compaction_gap_starts_at_the_next_kept_record(n):
         assert header["partitions"][0]["error"] == 0  # not OFFSET_OUT_OF_RANGE: a gap is inside the log
         first = decode_batches(data, "c", 0)[0][2]
         assert first == min(k for k in kept if k > offset)
+
+
+def test_every_error_code_the_broker_raises_is_in_the_protocol_error_table():
+    import re
+    from pathlib import Path
+
+    from zbroker.errors import ErrorCode
+
+    root = Path(__file__).resolve().parents[2]
+    table = {int(code) for code in re.findall(r"^\| (-?\d+) \| [A-Z_]+ \|", (root / "docs/protocol.md").read_text(), re.M)}
+    raised = {name for src in [*root.glob("zbroker/**/*.py"), *root.glob("storage/**/*.py")] if src.name != "errors.py"
+              for name in re.findall(r"ErrorCode\.([A-Z_]+)", src.read_text())}
+    missing = sorted(name for name in raised if int(ErrorCode[name]) not in table)
+    assert not missing, f"docs/protocol.md §3 lacks {missing}"
