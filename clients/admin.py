@@ -184,31 +184,32 @@ class Admin:
         return TopicDescription(h.get("topic", name), parts, dict(h.get("config") or {}), bool(h.get("internal")), list(h.get("overrides") or ()))
 
     def _fill_offsets(self, name: str, parts: list[PartitionInfo]) -> list[PartitionInfo]:
-        """A broker knows the offsets of the partitions it leads only: ask the other leaders."""
+        """A broker reports the log positions only of the partitions it leads (-1 for the
+        others): ask each other leader for its own, with ``describe_topic`` too."""
         missing = [p for p in parts if p.high_watermark < 0 and p.leader >= 0]
         if not missing:
             return parts
         meta = self._call("metadata", {"topics": [name]})
         address = {b["id"]: f"{b['host']}:{b['port']}" for b in meta.get("brokers") or ()}
-        found: dict[int, tuple[int, int]] = {}
-        by_leader: dict[int, list[int]] = {}
-        for p in missing:
-            by_leader.setdefault(p.leader, []).append(p.partition)
-        for leader, indexes in by_leader.items():
-            if leader not in address:
-                continue
-            specs = [{"topic": name, "partition": i, "timestamp": ts} for i in indexes for ts in (-2, -1)]
+        found: dict[int, dict] = {}
+        for leader in sorted({p.leader for p in missing} & set(address)):
             try:
-                header, _ = self._net.request(address[leader], "list_offsets", {"partitions": specs}, timeout_ms=self.request_timeout_ms)
+                header, _ = self._net.request(address[leader], "describe_topic", {"topic": name},
+                                              timeout_ms=self.request_timeout_ms)
             except ZBrokerError:
                 continue  # a leader that does not answer: its offsets stay unknown (-1)
-            results = header.get("partitions") or ()
-            for i, index in enumerate(indexes):
-                start, end = results[2 * i], results[2 * i + 1]
-                if not start.get("error") and not end.get("error"):
-                    found[index] = (start["offset"], end["offset"])
-        return [dataclasses.replace(p, log_start_offset=found[p.partition][0], high_watermark=found[p.partition][1])
-                if p.partition in found else p for p in parts]
+            for entry in header.get("partitions") or ():
+                if entry.get("leader") == leader and entry.get("high_watermark", -1) >= 0:
+                    found[entry["partition"]] = entry
+        return [dataclasses.replace(p, log_start_offset=found[p.partition]["log_start_offset"],
+                                    high_watermark=found[p.partition]["high_watermark"],
+                                    log_end_offset=found[p.partition]["log_end_offset"])
+                if p.partition in found and p.high_watermark < 0 else p for p in parts]
+
+    def api_versions(self) -> dict[str, tuple[int, int]]:
+        """The request types a broker serves, each with its (min, max) protocol version."""
+        h = self._call("api_versions", {})
+        return {v["type"]: (v["min"], v["max"]) for v in h.get("versions") or ()}
 
     def describe_cluster(self) -> ClusterDescription:
         """Cluster name, controller and brokers."""

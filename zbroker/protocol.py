@@ -47,6 +47,7 @@ LIST_GROUPS = "list_groups"
 DESCRIBE_GROUP = "describe_group"
 DELETE_GROUP = "delete_group"
 CREATE_INTERNAL_TOPIC = "create_internal_topic"  # broker -> controller
+API_VERSIONS = "api_versions"  # which request types and versions this broker serves
 
 # Broker-to-broker Raft messages (zbroker.control.raft's types; one-way, never answered on the ROUTER).
 RAFT_PRE_VOTE = "raft_pre_vote"
@@ -221,6 +222,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     ALTER_ISR: {"topic": _TOPIC, "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int),
                 "isr": _f(list, item=_INT, cap=MAX_BROKER_LIST)},
 }
+SCHEMAS[API_VERSIONS] = {}  # no fields: the answer lists every request type with its version range
 
 _RAFT = {"from": _f(int), "epoch": _f(int)}
 _LOG_POSITION = {"last_epoch": _f(int), "end_offset": _f(int)}

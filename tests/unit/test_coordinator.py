@@ -155,6 +155,23 @@ def test_a_stale_member_epoch_is_fenced(app):
     assert error_code(lambda: beat(app, 1, "nobody")) == ErrorCode.UNKNOWN_MEMBER_ID
 
 
+def test_a_fenced_member_is_removed_at_once_and_a_rejoin_with_an_empty_id_takes_its_partitions(tmp_path):
+    app = start(single_app(tmp_path))
+    a = join(app)
+    b = join(app)
+    a = beat(app, a.member_epoch, a.member_id, owned=a.assignment)
+    assert error_code(lambda: beat(app, a.member_epoch + 5, a.member_id, owned=a.assignment)) == ErrorCode.FENCED_MEMBER_EPOCH
+    assert [m.member_id for m in app.groups.describe_group(INTERNAL, GROUP, NOW).members] == [b.member_id]
+    a2 = join(app, owned=[])  # the outside client's way: "" and epoch 0, long before a's session ends
+    for _ in range(4):
+        b = beat(app, b.member_epoch, b.member_id, owned=b.assignment)
+        a2 = beat(app, a2.member_epoch, a2.member_id, owned=a2.assignment)
+    assert sorted(a2.assignment + b.assignment) == [("t", p) for p in range(4)] and a2.assignment
+    app2 = reopen(app, tmp_path, NOW + 1)  # the removal is in the offsets partition too
+    assert {m.member_id for m in app2.groups.describe_group(INTERNAL, GROUP, NOW + 1).members} == {a2.member_id, b.member_id}
+    app2.close(NOW + 1)
+
+
 def test_a_bad_session_timeout_is_refused_and_creates_no_group(app):
     assert error_code(lambda: join(app, session_timeout_ms=10)) == ErrorCode.INVALID_SESSION_TIMEOUT
     assert error_code(lambda: join(app, rebalance_timeout_ms=10)) == ErrorCode.INVALID_REQUEST

@@ -106,15 +106,54 @@ def test_stale_epochs_are_fenced_and_commits_checked():
     with pytest.raises(GroupError) as info:
         g.heartbeat(MemberHeartbeat("g", a.epoch + 7, a.member_id, owned=[]), 1, SESSION, parts)
     assert info.value.code == ErrorCode.FENCED_MEMBER_EPOCH
-    g.validate_commit(a.member_id, a.epoch, sorted(a.owned))
+    with pytest.raises(GroupError) as info:  # fenced = removed: its commits are refused too
+        g.validate_commit(a.member_id, a.epoch, sorted(a.owned))
+    assert info.value.code == ErrorCode.UNKNOWN_MEMBER_ID
     with pytest.raises(GroupError) as info:
-        g.validate_commit(a.member_id, a.epoch + 7, sorted(a.owned))
+        g.validate_commit(b.member_id, b.epoch + 7, sorted(b.owned))
     assert info.value.code == ErrorCode.STALE_MEMBER_EPOCH
     with pytest.raises(GroupError) as info:
         g.validate_commit("", -1, [("t", 0)])  # an outsider (admin reset), while the group has members
     assert info.value.code == ErrorCode.NON_EMPTY_GROUP
     with pytest.raises(GroupError):
         g.heartbeat(MemberHeartbeat("g", 3, "nobody", owned=[]), 1, SESSION, parts)
+
+
+def fence(g, client, now):
+    with pytest.raises(GroupError) as info:
+        g.heartbeat(MemberHeartbeat("g", client.epoch + 5, client.member_id, topics=["t"], owned=sorted(client.owned)),
+                    now, SESSION, parts)
+    assert info.value.code == ErrorCode.FENCED_MEMBER_EPOCH
+    assert info.value.removed == [client.member_id]
+    client.epoch, client.owned = 0, set()  # what the client does: drop everything, join again
+
+
+@pytest.mark.parametrize("keep_member_id", [True, False])
+def test_a_fenced_member_is_gone_at_once_whatever_id_it_rejoins_with(keep_member_id):
+    g = Group("g")
+    a, b = Client(g), Client(g)
+    settle(g, [a, b], 0)
+    old_id, held = a.member_id, set(a.owned)
+    fence(g, a, 10)
+    assert old_id not in g.members  # no ghost holding a's partitions until its session expires
+    if not keep_member_id:
+        a.member_id = ""
+    settle(g, [a, b], 20)  # well inside the old session (SESSION = 1000)
+    assert set(g.members) == {a.member_id, b.member_id} and len(g.members) == 2
+    assert (a.member_id == old_id) == keep_member_id
+    assert a.owned and b.owned and a.owned | b.owned == {("t", p) for p in range(6)}
+    assert held & (a.owned | b.owned) == held
+
+
+def test_a_join_with_a_known_member_id_replaces_that_member_at_once():
+    g = Group("g")
+    a, b = Client(g), Client(g)
+    settle(g, [a, b], 0)
+    a.epoch, a.owned = 0, set()  # restarted, same member id, epoch 0
+    a.beat(10)
+    assert len(g.members) == 2 and g.members[a.member_id].revoking == set()
+    settle(g, [a, b], 20)
+    assert len(a.owned) == 3 and len(b.owned) == 3
 
 
 @pytest.mark.parametrize("fn", [assign_range, assign_round_robin, assign_sticky])

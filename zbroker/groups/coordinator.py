@@ -391,6 +391,8 @@ class GroupCoordinator:
         try:
             answer, changed, removed = g.heartbeat(req, now_ms, session, self._partitions_of)
         except GroupError as exc:
+            if exc.removed:  # a fenced member is gone: persist that, the error is answered at once
+                self._write(part, self._member_records(g, [], exc.removed, session), now_ms)
             raise RequestError(exc.code, exc.message) from None
         if not g.members and req.group not in self.groups:
             return HeartbeatResult(answer, 1000)  # a leave of nobody

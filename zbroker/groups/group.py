@@ -28,8 +28,12 @@ epoch**; offset commits carrying an older epoch are rejected.
 Liveness: a member silent for ``session_timeout_ms`` is removed.  A static
 member (``instance_id``) that leaves with epoch -2 keeps its assignment for its
 session timeout; rejoining with the same instance id resumes it without moving
-anything.  Time is passed in; records describing the new state are returned
-for the caller to persist.
+anything.  A member whose heartbeat carries a stale epoch is *fenced*: it is
+removed at once (it was told to drop its partitions), so a client that rejoins
+-- with its member id or with "" -- finds no ghost of itself holding them.  A
+join (epoch 0) with the member id of a member the group still has replaces
+that member at once, releasing what it held.  Time is passed in; records
+describing the new state are returned for the caller to persist.
 """
 
 from __future__ import annotations
@@ -50,10 +54,14 @@ STATIC_LEAVE_EPOCH = -2
 
 
 class GroupError(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    """A refused group request.  ``removed``: members the refusal took out of the group
+    (a fenced member), whose removal the caller must persist like any other."""
+
+    def __init__(self, code: ErrorCode, message: str, removed: list[str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.removed = removed or []
 
 
 @dataclass(slots=True)
@@ -231,6 +239,8 @@ class Group:
                 m = existing  # a static member back: same slot, same partitions
                 m.away = False
             else:
+                if member_id in self.members:  # the same client back (restarted): the old one goes now
+                    self._remove(member_id)
                 m = Member(member_id or uuid.uuid4().hex, instance_id, req.client_id or "", list(req.topics or []),
                            req.assignor, req.rebalance_timeout_ms or 300_000)
                 self.members[m.member_id] = m
@@ -242,7 +252,13 @@ class Group:
             if m is None:
                 raise GroupError(ErrorCode.UNKNOWN_MEMBER_ID, f"member {member_id!r} is not in group {self.group_id!r}")
             if epoch not in (m.epoch, m.epoch - 1) or (epoch != m.epoch and owned is not None and not owned <= m.assigned | m.revoking):
-                raise GroupError(ErrorCode.FENCED_MEMBER_EPOCH, f"member epoch {epoch} is stale (current {m.epoch})")
+                # Fenced: the member is told its membership is lost and drops every partition, so
+                # the coordinator drops it too, at once -- whether it rejoins with its member id or
+                # with "", no ghost keeps its partitions until the session expires.
+                self._remove(member_id)
+                self.refresh_target(partitions_of)
+                raise GroupError(ErrorCode.FENCED_MEMBER_EPOCH, f"member epoch {epoch} is stale (current {m.epoch}): "
+                                 "the member was removed, join again with epoch 0", removed=[member_id])
         m.deadline_ms = now_ms + session_ms
         if req.topics is not None and sorted(req.topics) != sorted(m.topics):
             m.topics = list(req.topics)

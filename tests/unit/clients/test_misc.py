@@ -63,3 +63,37 @@ def test_serde():
     assert resolve(None, SERIALIZERS, "x") is None
     with pytest.raises(ValueError):
         resolve("yaml", SERIALIZERS, "x")
+
+
+class _LeadersNet:
+    """Two brokers; each reports log positions only for the partition it leads."""
+
+    def __init__(self):
+        self.asked = []
+
+    @staticmethod
+    def _describe(broker):
+        parts = []
+        for index, leader, positions in ((0, 1, (0, 5, 7)), (1, 2, (3, 9, 9))):
+            start, hw, leo = positions if leader == broker else (-1, -1, -1)
+            parts.append({"partition": index, "error": 0, "leader": leader, "replicas": [leader], "isr": [leader],
+                          "leader_epoch": 0, "log_start_offset": start, "high_watermark": hw, "log_end_offset": leo})
+        return {"error": 0, "topic": "t", "internal": False, "config": {}, "overrides": [], "partitions": parts}
+
+    def request(self, address, kind, fields, timeout_ms=None):
+        self.asked.append((address, kind))
+        if kind == "metadata":
+            return {"error": 0, "brokers": [{"id": 1, "host": "h1", "port": 1}, {"id": 2, "host": "h2", "port": 2}]}, []
+        assert kind == "describe_topic"
+        return self._describe({"h1:1": 1, "h2:2": 2}[address]), []
+
+
+def test_admin_describe_topic_gets_every_partitions_positions_from_its_leader():
+    from clients.admin import Admin
+
+    admin = Admin.__new__(Admin)  # no sockets: a fake network in place of NetworkClient
+    admin.request_timeout_ms, admin._closed, admin._net = 1000, False, _LeadersNet()
+    admin._meta = type("Meta", (), {"candidates": staticmethod(lambda: ["h1:1"])})()
+    desc = admin.describe_topic("t")
+    assert [(p.log_start_offset, p.high_watermark, p.log_end_offset) for p in desc.partitions] == [(0, 5, 7), (3, 9, 9)]
+    assert ("h2:2", "describe_topic") in admin._net.asked
