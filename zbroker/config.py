@@ -6,11 +6,16 @@ Layout of a config file (every section but ``[[broker]]`` optional)::
     [[broker]]           one table per broker: id, host, port, gossip_port, data_dir
     [topic_defaults]     default topic settings; topics override them per key
 
-Unknown keys, missing fields, wrong types, bad values, duplicate ids and
-duplicate ports are :class:`ConfigError`, whose message names the file and
-the key, for example ``configs/x.toml: broker[1].port: must be an integer
-from 1 to 65535, got "95x"``.  Relative ``data_dir`` paths are resolved
-against the config file's directory.
+Unknown keys, missing fields, wrong types, bad values, duplicate ids, duplicate
+ports, shared data dirs and broken rules across keys (:data:`RULES`) are
+:class:`ConfigError`, whose message names the file and the key, for example
+``configs/x.toml: broker[1].port: must be an integer from 1 to 65535, got '95x'``.
+Relative ``data_dir`` paths are resolved against the config file's directory.
+
+A setting is declared by one line ``"key": (default, checker)`` in
+:data:`CLUSTER_SETTINGS` or :data:`TOPIC_CONFIG`, with a checker from below
+(``_int(lo, hi)``, ``_float(lo, hi)``, ``_bool``, ``_choice(...)``, ``_str``);
+a rule that relates it to other keys is one entry of :data:`RULES`.
 """
 
 from __future__ import annotations
