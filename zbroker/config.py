@@ -6,11 +6,16 @@ Layout of a config file (every section but ``[[broker]]`` optional)::
     [[broker]]           one table per broker: id, host, port, gossip_port, data_dir
     [topic_defaults]     default topic settings; topics override them per key
 
-Unknown keys, missing fields, wrong types, bad values, duplicate ids and
-duplicate ports are :class:`ConfigError`, whose message names the file and
-the key, for example ``configs/x.toml: broker[1].port: must be an integer
-from 1 to 65535, got "95x"``.  Relative ``data_dir`` paths are resolved
-against the config file's directory.
+Unknown keys, missing fields, wrong types, bad values, duplicate ids, duplicate
+ports, shared data dirs and broken rules across keys (:data:`RULES`) are
+:class:`ConfigError`, whose message names the file and the key, for example
+``configs/x.toml: broker[1].port: must be an integer from 1 to 65535, got '95x'``.
+Relative ``data_dir`` paths are resolved against the config file's directory.
+
+A setting is declared by one line ``"key": (default, checker)`` in
+:data:`CLUSTER_SETTINGS` or :data:`TOPIC_CONFIG`, with a checker from below
+(``_int(lo, hi)``, ``_float(lo, hi)``, ``_bool``, ``_choice(...)``, ``_str``);
+a rule that relates it to other keys is one entry of :data:`RULES`.
 """
 
 from __future__ import annotations
@@ -31,25 +36,73 @@ class ConfigError(ValueError):
 
 
 # -- value checkers --------------------------------------------------------------
-# Each takes the raw value and returns it normalised, or raises ValueError with a
-# phrase that completes "KEY: ...".
+# A setting is declared as ``key: (default, checker)``.  A checker is called with a typed
+# value (from TOML or from a request's msgpack) and returns it, or raises ValueError with
+# a phrase that completes "KEY: ...", naming the expected type and the value it got.  It
+# never converts: the string "1000" is not an integer.  Its ``from_text`` reads the text
+# form a command line gives (``--config retention_ms=1000``), converting only the type.
+
+INT64_MAX = 2**63 - 1  # every integer setting fits in Kafka's int64 (and in msgpack)
+_SHOWN_CHARS = 60  # values are echoed in errors up to this many characters
 
 
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-                v = int(v)
-            else:
-                raise ValueError(f"must be an integer{_range(lo, hi)}, got {v!r}")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ValueError(f"must be an integer{_range(lo, hi)}, got {v!r}")
+def _show(v: Any) -> str:
+    text = repr(v)
+    if len(text) > _SHOWN_CHARS:
+        text = f"{text[:_SHOWN_CHARS]}... ({type(v).__name__} of {len(v) if hasattr(v, '__len__') else '?'})"
+    if isinstance(v, str) and v.strip() and _looks_numeric(v):
+        text += " (a string)"
+    return text
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _Checker:
+    expected = "a value"
+
+    def __call__(self, v: Any) -> Any:
+        if not self.fits(v):
+            raise ValueError(f"must be {self.expected}, got {_show(v)}")
         return v
 
-    return check
+    def fits(self, v: Any) -> bool:
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> Any:
+        return text
 
 
-def _range(lo: int | None, hi: int | None) -> str:
+class _Int(_Checker):
+    def __init__(self, lo: int | None, hi: int | None) -> None:
+        self.lo, self.hi = lo, hi
+        self.expected = f"an integer{_range(lo, hi)}"
+
+    def fits(self, v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return False
+        return (self.lo is None or v >= self.lo) and v <= (INT64_MAX if self.hi is None else self.hi)
+
+    def __call__(self, v: Any) -> int:
+        if not self.fits(v) and isinstance(v, int) and not isinstance(v, bool) and v > INT64_MAX:
+            raise ValueError(f"must be {self.expected}, got {_show(v)} (more than 2**63-1)")
+        return super().__call__(v)
+
+    def from_text(self, text: str) -> Any:
+        t = text.strip()
+        return int(t) if t.lstrip("-").isascii() and t.lstrip("-").isdigit() and t.count("-") <= 1 else text
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> _Int:
+    return _Int(lo, hi)
+
+
+def _range(lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
         return f" from {lo} to {hi}"
     if lo is not None:
@@ -57,40 +110,57 @@ def _range(lo: int | None, hi: int | None) -> str:
     return ""
 
 
-def _float(lo: float, hi: float) -> Callable[[Any], float]:
-    def check(v: Any) -> float:
-        try:
-            f = float(v) if not isinstance(v, bool) else None
-        except (TypeError, ValueError):
-            f = None
-        if f is None or not lo <= f <= hi:
-            raise ValueError(f"must be a number from {lo} to {hi}, got {v!r}")
-        return f
+class _Float(_Checker):
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+        self.expected = f"a number from {lo} to {hi}"
 
-    return check
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and self.lo <= v <= self.hi
 
+    def __call__(self, v: Any) -> float:
+        return float(super().__call__(v))
 
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    raise ValueError(f"must be true or false, got {v!r}")
+    def from_text(self, text: str) -> Any:
+        return float(text) if _looks_numeric(text) else text
 
 
-def _choice(*options: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in options:
-            raise ValueError(f"must be one of {', '.join(repr(o) for o in options)}, got {v!r}")
-        return v
-
-    return check
+def _float(lo: float, hi: float) -> _Float:
+    return _Float(lo, hi)
 
 
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError(f"must be a non-empty string, got {v!r}")
-    return v
+class _Bool(_Checker):
+    expected = "true or false"
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, bool)
+
+    def from_text(self, text: str) -> Any:
+        return {"true": True, "false": False}.get(text.strip().lower(), text)
+
+
+class _Choice(_Checker):
+    def __init__(self, *options: str) -> None:
+        self.options = options
+        self.expected = f"one of {', '.join(repr(o) for o in options)}"
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, str) and v in self.options
+
+
+def _choice(*options: str) -> _Choice:
+    return _Choice(*options)
+
+
+class _Str(_Checker):
+    expected = "a non-empty string"
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, str) and bool(v)
+
+
+_bool = _Bool()
+_str = _Str()
 
 
 # -- topic settings ----------------------------------------------------------------
@@ -103,8 +173,8 @@ TOPIC_CONFIG: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "segment_bytes": (1_073_741_824, _int(1024)),
     "segment_ms": (604_800_000, _int(1)),
     "cleanup_policy": ("delete", _choice("delete", "compact", "compact,delete", "delete,compact")),
-    "min_insync_replicas": (1, _int(1)),
-    "max_message_bytes": (1_048_588, _int(64)),
+    "min_insync_replicas": (1, _int(1, 100)),  # and <= the replication factor (RULES)
+    "max_message_bytes": (1_048_588, _int(64, 2**31 - 1)),  # and see RULES (max_request_bytes)
     "flush_messages": (0, _int(0)),  # 0 = no count-based fsync
     "flush_ms": (0, _int(0)),  # 0 = no time-based fsync
     "fsync": ("never", _choice("never", "always")),
@@ -121,21 +191,75 @@ TOPIC_CREATION_DEFAULTS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 
-def validate_topic_config(overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Check per-topic overrides; return them normalised.
+def check_topic_config(overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Check typed per-topic overrides (from a request or TOML) key by key; return them.
+
+    Types are strict: ``"1000"`` is not an integer, ``True`` is not 1, ``1.0`` is not 1.
 
     Raises:
-        ConfigError: naming the first unknown key or bad value.
+        ConfigError: naming the first unknown key, or the key, the value and the expected type.
     """
     out = {}
     for key, value in overrides.items():
         if key not in TOPIC_CONFIG:
-            raise ConfigError(f"{where}{key}: unknown topic setting (known: {', '.join(sorted(TOPIC_CONFIG))})")
+            raise ConfigError(f"{where}{_show_key(key)}: unknown topic setting (known: {', '.join(sorted(TOPIC_CONFIG))})")
         try:
             out[key] = TOPIC_CONFIG[key][1](value)
         except ValueError as exc:
             raise ConfigError(f"{where}{key}: {exc}") from None
     return out
+
+
+def topic_config_from_text(pairs: dict[str, Any]) -> dict[str, Any]:
+    """Convert the text values of ``--config KEY=VALUE`` to their keys' types where they parse
+    (``"1000"`` -> 1000, ``"true"`` -> True); anything else is left for the check to name."""
+    return {k: TOPIC_CONFIG[k][1].from_text(v) if k in TOPIC_CONFIG and isinstance(v, str) else v
+            for k, v in pairs.items()}
+
+
+def validate_topic_config(overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Check per-topic overrides given as text or typed values; return them typed.
+
+    Raises:
+        ConfigError: naming the first unknown key or bad value.
+    """
+    return check_topic_config(topic_config_from_text(overrides), where)
+
+
+def _show_key(key: Any) -> str:
+    return key if isinstance(key, str) and len(key) <= _SHOWN_CHARS else _show(key)
+
+
+# -- rules across keys ---------------------------------------------------------------------
+# Checked when a config file is loaded (over [cluster], [topic_defaults] and the default
+# replication factor) and when a topic is created or its config altered (over the cluster
+# settings, the topic's effective settings and its replication factor).
+
+MIN_REQUEST_BYTES = 8 << 20  # >= a follower's fetch reply frame (core.replication.PARTITION_FETCH_MAX_BYTES)
+MAX_REQUEST_BYTES = 1 << 30  # one request is held in memory whole
+REQUEST_HEADER_BYTES = 1 << 20  # room for a request's header frame next to its largest batch
+FOLLOWER_FETCH_WAIT_MS = 500  # = core.replication.REPLICA_FETCH_MAX_WAIT_MS
+
+#: (keys, holds(*values), why): the values of ``keys`` must satisfy ``holds``.
+RULES: list[tuple[tuple[str, ...], Callable[..., bool], str]] = [
+    (("heartbeat_ms", "session_timeout_ms"), lambda hb, session: session >= 2 * hb,
+     "session_timeout_ms must be at least twice heartbeat_ms, or one late heartbeat declares a live broker dead"),
+    (("group_min_session_timeout_ms", "group_max_session_timeout_ms"), lambda lo, hi: lo <= hi,
+     "the minimum group session timeout must not exceed the maximum"),
+    (("min_insync_replicas", "replication_factor"), lambda isr, rf: isr <= rf,
+     "min_insync_replicas must not exceed the replication factor, or every acks=all produce fails NOT_ENOUGH_REPLICAS"),
+    (("max_message_bytes", "max_request_bytes"), lambda batch, request: batch + REQUEST_HEADER_BYTES <= request,
+     f"max_request_bytes must hold one max_message_bytes batch plus {REQUEST_HEADER_BYTES} bytes of request header"),
+]
+
+
+def broken_rule(values: dict[str, Any], label: Callable[[str], str] = str) -> str | None:
+    """The first rule ``values`` break, as ``"k1=v1, k2=v2: why"`` (keys through ``label``);
+    None if all hold.  A rule whose keys are not all in ``values`` is skipped."""
+    for keys, holds, why in RULES:
+        if all(k in values for k in keys) and not holds(*(values[k] for k in keys)):
+            return f"{', '.join(f'{label(k)}={values[k]!r}' for k in keys)}: {why}"
+    return None
 
 
 # -- broker / cluster ----------------------------------------------------------------
@@ -162,11 +286,11 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "heartbeat_ms": (250, _int(10)),
     "session_timeout_ms": (3000, _int(100)),
     "election_timeout_ms": (1000, _int(50)),
-    "replica_lag_ms": (10_000, _int(100)),
+    "replica_lag_ms": (10_000, _int(2 * FOLLOWER_FETCH_WAIT_MS)),  # > a follower's fetch wait
     "auto_create_topics": (True, _bool),
-    "max_request_bytes": (104_857_600, _int(1024)),
-    "fetch_max_bytes": (52_428_800, _int(1024)),  # cap of a fetch response's max_bytes
-    "max_queued_reply_bytes": (67_108_864, _int(65_536)),  # per connection: replies ZeroMQ has not yet written
+    "max_request_bytes": (104_857_600, _int(MIN_REQUEST_BYTES, MAX_REQUEST_BYTES)),
+    "fetch_max_bytes": (52_428_800, _int(1024, 2**31 - 1)),  # cap of a fetch response's max_bytes
+    "max_queued_reply_bytes": (67_108_864, _int(65_536, 2**40)),  # per connection: replies ZeroMQ has not yet written
     "max_open_files": (1024, _int(16)),
     "flush_check_ms": (1000, _int(10)),
     "retention_check_ms": (30_000, _int(100)),
@@ -216,6 +340,19 @@ class ClusterConfig:
         if overrides:
             out.update(overrides)
         return out
+
+    def check_topic(self, overrides: dict[str, Any], replication_factor: int) -> None:
+        """Check a topic's effective settings against the cluster's and its replication
+        factor (:data:`RULES`); a value the topic inherits is marked ``(default)``.
+
+        Raises:
+            ConfigError: naming the keys and values of the first broken rule.
+        """
+        values = {**self.settings, **self.topic_settings(overrides), "replication_factor": replication_factor}
+        inherited = set(self.topic_settings()) - set(overrides)
+        problem = broken_rule(values, lambda k: f"{k} (default)" if k in inherited else k)
+        if problem:
+            raise ConfigError(problem)
 
     def with_broker(self, broker_id: int, **changes: Any) -> ClusterConfig:
         """A copy with one broker's entry changed (for `serve --listen/--data-dir`)."""
@@ -286,7 +423,25 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
     rf = topic_defaults["replication_factor"]
     if rf is not None and rf > len(brokers):
         raise ConfigError(f"{prefix}topic_defaults.replication_factor: {rf} exceeds the {len(brokers)} configured brokers")
-    return ClusterConfig(tuple(brokers), settings, topic_defaults, source)
+    _check_data_dirs(brokers, prefix)
+    config = ClusterConfig(tuple(brokers), settings, topic_defaults, source)
+    values = {**settings, **topic_defaults, "replication_factor": config.default_replication_factor()}
+    problem = broken_rule(values, lambda k: f"cluster.{k}" if k in CLUSTER_SETTINGS else f"topic_defaults.{k}")
+    if problem:
+        raise ConfigError(f"{prefix}{problem}")
+    return config
+
+
+def _check_data_dirs(brokers: list[BrokerEntry], prefix: str) -> None:
+    """Two brokers on one host must not share a data_dir, nor nest one inside the other."""
+    for j, b in enumerate(brokers):
+        for i, a in enumerate(brokers[:j]):
+            if a.host != b.host:
+                continue
+            pa, pb = Path(os.path.normpath(a.data_dir)), Path(os.path.normpath(b.data_dir))
+            if pa == pb or pa in pb.parents or pb in pa.parents:
+                raise ConfigError(f"{prefix}broker[{j}].data_dir: {b.data_dir!r} overlaps broker[{i}].data_dir "
+                                  f"{a.data_dir!r} on host {b.host}: each broker needs a directory of its own")
 
 
 def load_config(path: str | os.PathLike) -> ClusterConfig:

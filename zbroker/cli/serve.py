@@ -6,12 +6,14 @@ the other commands never load it, and ``zbroker serve`` never loads ``clients``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import click
 
 from zbroker.cli.common import BadUsage
-from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_PORT, load_config, single_node_config
+from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_PORT, ClusterConfig, ConfigError, load_config, single_node_config
 
 
 def parse_hostport(value: str, what: str = "--listen") -> tuple[str, int]:
@@ -52,6 +54,31 @@ def serve(config_path: str | None, broker_id: int | None, data_dir: str | None, 
             changes.update(host=host, port=port)
         if changes:
             config = config.with_broker(entry.id, **changes)
-    Path(config.broker(broker_id).data_dir).mkdir(parents=True, exist_ok=True)
+    check_data_dir(config, broker_id, from_flag=bool(data_dir))
     setup_logging(log_level)
     run_server(config, broker_id)
+
+
+def check_data_dir(config: ClusterConfig, broker_id: int, from_flag: bool = False) -> None:
+    """Create the broker's data_dir if needed and prove it writable (with an unnamed
+    temporary file), before anything starts.
+
+    Raises:
+        ConfigError: one line naming the config file, ``broker[i].data_dir``, the broker id,
+            the path and the reason.
+    """
+    index = [b.id for b in config.brokers].index(broker_id)
+    path = config.brokers[index].data_dir
+    what = "create"
+    try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(0, "it exists and is not a directory")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        what = "write"
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        where = f"{config.source}: " if config.source else ""
+        given = " (from --data-dir)" if from_flag else ""
+        raise ConfigError(f"{where}broker[{index}].data_dir: cannot {what} {path!r}{given} "
+                          f"(broker id {broker_id}): {exc.strerror or exc}") from None

@@ -6,16 +6,19 @@ import click
 
 from zbroker.cli.common import BadUsage, make_admin
 from zbroker.cli.output import echo_table
+from zbroker.config import topic_config_from_text
 
 
-def _parse_configs(pairs: tuple[str, ...]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
+def _parse_configs(pairs: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs, each value as its key's type (the broker wants typed values);
+    a value that does not parse is sent as text, for the broker to name."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise BadUsage(f"--config: expected KEY=VALUE, got {pair!r}")
         out[key.strip()] = value.strip()
-    return out
+    return topic_config_from_text(out)
 
 
 @click.group()
@@ -94,14 +97,14 @@ def topics_delete(ctx, name: str) -> None:
 @click.pass_context
 def topics_alter(ctx, name: str, configs: tuple[str, ...], removals: tuple[str, ...], partitions: int | None) -> None:
     """Change topic NAME's settings, or grow its partition count."""
-    changes: dict[str, str | None] = _parse_configs(configs)
+    changes = _parse_configs(configs)
     changes.update({key: None for key in removals})
     if not changes and partitions is None:
         raise BadUsage("topics alter: nothing to change (give --config KEY=VALUE, --delete-config KEY or --partitions N)")
     with make_admin(ctx) as admin:
         if changes:
             admin.alter_topic_config(name, changes)
-            click.echo(f"altered topic {name}: " + ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in changes.items()))
+            click.echo(f"altered topic {name}: " + ", ".join(f"{k}={'(default)' if v is None else _toml_value(v)}" for k, v in changes.items()))
         if partitions is not None:
             admin.create_partitions(name, partitions)
             click.echo(f"topic {name} now has {partitions} partitions")

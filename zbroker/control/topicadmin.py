@@ -16,7 +16,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from zbroker.config import TOPIC_CONFIG, ClusterConfig, ConfigError, validate_topic_config
+from zbroker.config import TOPIC_CONFIG, ClusterConfig, ConfigError, check_topic_config
 from zbroker.context import INTERNAL, TIMED_OUT, Completion, PeerChannel, PeerReply, RequestContext
 from zbroker.control.controller import new_topic
 from zbroker.control.controlplane import ControlPlane
@@ -296,11 +296,16 @@ class TopicAdmin:
 
     # -- building metadata records -------------------------------------------------------
 
-    def _checked_overrides(self, config: dict) -> dict:
+    def _checked_overrides(self, config: dict, replication_factor: int, changes: dict | None = None) -> dict:
+        """``config`` checked key by key (typed: ``"1000"`` is not an integer), then as a whole
+        with the broker defaults it inherits and the replication factor (config.RULES).
+        ``changes`` (alter) are checked key by key and laid over ``config``."""
         try:
-            return validate_topic_config(config)
+            overrides = {**config, **check_topic_config(changes)} if changes is not None else check_topic_config(config)
+            self.config.check_topic(overrides, replication_factor)
         except ConfigError as exc:
             raise RequestError(ErrorCode.INVALID_CONFIG, str(exc)) from None
+        return overrides
 
     def _build_create(self, req: CreateTopic, now_ms: int, internal: bool = False):
         name = req.topic
@@ -322,7 +327,7 @@ class TopicAdmin:
             raise RequestError(
                 ErrorCode.INVALID_REPLICATION_FACTOR, f"replication factor {rf} must be from 1 to the {len(brokers)} configured brokers"
             )
-        overrides = self._checked_overrides(req.config or {})
+        overrides = self._checked_overrides(req.config or {}, rf)
         if req.validate_only:
             return [], ()
         topic = new_topic(self.image, brokers, name, partitions, rf, overrides, self.control.live_brokers(now_ms))
@@ -338,12 +343,9 @@ class TopicAdmin:
     def _build_alter(self, req: AlterTopicConfig, now_ms: int):
         topic = self.known_topic(req.topic)
         removals = [k for k, v in req.config.items() if v is None]
-        for key in removals:
-            if key not in TOPIC_CONFIG:
-                raise RequestError(ErrorCode.INVALID_CONFIG, f"{key}: unknown topic setting")
-        changes = self._checked_overrides({k: v for k, v in req.config.items() if v is not None})
-        overrides = {k: v for k, v in topic.overrides.items() if k not in removals}
-        overrides.update(changes)
+        changes = {k: v for k, v in req.config.items() if v is not None or k not in TOPIC_CONFIG}  # unknown: named
+        kept = {k: v for k, v in topic.overrides.items() if k not in removals}
+        overrides = self._checked_overrides(kept, len(topic.partitions[0].replicas), changes)
         log.info("altering topic=%s set=%s removed=%s", topic.name, changes, removals)
         return [{"type": TOPIC_CONFIG_RECORD, "name": topic.name, "overrides": overrides}], ()
 
