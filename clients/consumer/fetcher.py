@@ -237,8 +237,9 @@ class Fetcher:
             if st is None or st.epoch != epoch:
                 continue
             st.buffered -= len(data)
-            recs, end, err = decode_some_batches(data, tp[0], tp[1], st.position, self.check_crcs, Record,
-                                                 self.decode_bytes)
+            # read by attribute: unpacking would allocate, and collect every record just decoded
+            res = decode_some_batches(data, tp[0], tp[1], st.position, self.check_crcs, Record, self.decode_bytes)
+            recs, end, err = res.records, res.end, res.error
             if err is not None:
                 self._park(tp, st, _unreadable(tp, data, end, err))
             elif 0 < end < len(data):  # decoded enough for one step: the rest waits in front
