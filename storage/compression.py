@@ -22,6 +22,13 @@ Snappy's xerial framing (what the Java client writes, and what every Kafka clien
 Every block decompresses on its own; the payload is the concatenation. We write blocks of at
 most 32 KiB uncompressed, as snappy-java does.
 
+Bounded decompression: ``decompress(codec, data, max_size)`` never produces, nor allocates for,
+more than ``max_size`` output bytes (a few bytes of zstd can claim gigabytes). Each codec stops
+at the bound on its own terms: zstd and lz4 check a declared content size first and otherwise
+decompress into an output buffer of at most ``max_size + 1`` bytes; gzip inflates with
+``max_length``; snappy checks the varint length every raw block declares (each xerial block
+too) before decompressing it. Over the bound: :class:`DecompressionLimitError`.
+
 Pure functions over bytes; errors in a payload raise :class:`CorruptBatchError`.
 """
 
@@ -41,6 +48,7 @@ from storage.errors import CorruptBatchError
 __all__ = [
     "COMPRESSION_NONE", "COMPRESSION_GZIP", "COMPRESSION_SNAPPY", "COMPRESSION_LZ4",
     "COMPRESSION_ZSTD", "COMPRESSION_MASK", "COMPRESSION_BY_NAME", "compress", "decompress",
+    "DecompressionLimitError",
 ]
 
 COMPRESSION_NONE = 0
@@ -59,6 +67,22 @@ XERIAL_MAGIC = b"\x82SNAPPY\x00"
 _XERIAL_HEADER = XERIAL_MAGIC + struct.pack(">ii", 1, 1)
 _XERIAL_BLOCK = 32 * 1024
 _I32 = struct.Struct(">i")
+
+
+
+class DecompressionLimitError(CorruptBatchError):
+    """A payload decompresses to more than the reader's bound (``limit`` bytes)."""
+
+    def __init__(self, message: str, limit: int, offset: int | None = None) -> None:
+        super().__init__(message, offset)
+        self.limit = limit
+
+
+def _over(codec: int, limit: int, size: int | None = None) -> DecompressionLimitError:
+    what = f"{size} bytes" if size is not None else "more"
+    return DecompressionLimitError(
+        f"payload (codec {codec}) decompresses to {what}, over the limit of {limit} bytes", limit)
+
 
 # zstandard's (de)compressor objects are not safe for concurrent use: one per thread.
 _local = threading.local()
@@ -91,12 +115,27 @@ def _snappy_xerial(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _unsnappy(data: bytes) -> bytes:
+def _snappy_length(block: bytes) -> int:
+    """The uncompressed length a raw snappy block declares (its leading unsigned varint)."""
+    result = shift = 0
+    for i in range(min(len(block), 5)):
+        b = block[i]
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result
+        shift += 7
+    raise CorruptBatchError("bad snappy block: no uncompressed length")
+
+
+def _unsnappy(data: bytes, limit: int | None) -> bytes:
     if not data.startswith(XERIAL_MAGIC):
+        if limit is not None and (size := _snappy_length(data)) > limit:
+            raise _over(COMPRESSION_SNAPPY, limit, size)
         return bytes(cramjam.snappy.decompress_raw(data))
     if len(data) < len(_XERIAL_HEADER):
         raise CorruptBatchError("truncated xerial snappy header")
     out = []
+    total = 0
     pos, n = len(_XERIAL_HEADER), len(data)
     while pos < n:
         if n - pos < 4:
@@ -105,6 +144,10 @@ def _unsnappy(data: bytes) -> bytes:
         pos += 4
         if size < 0 or pos + size > n:
             raise CorruptBatchError(f"xerial snappy block of {size} bytes at byte {pos} overruns {n}")
+        if limit is not None:
+            total += _snappy_length(data[pos : pos + size])
+            if total > limit:
+                raise _over(COMPRESSION_SNAPPY, limit, total)
         out.append(bytes(cramjam.snappy.decompress_raw(data[pos : pos + size])))
         pos += size
     return b"".join(out)
@@ -142,39 +185,97 @@ def compress(codec: int, data: bytes, *, lz4_linked_blocks: bool = False) -> byt
     raise ValueError(f"unknown compression codec {codec}")
 
 
-def decompress(codec: int, data: bytes | memoryview) -> bytes:
+def _unzstd(data: bytes, limit: int | None) -> bytes:
+    if limit is None:
+        # decompressobj copes with frames that do not record their content size.
+        dobj = _zstd_decompressor().decompressobj()
+        out = dobj.decompress(data)
+        if not dobj.eof:
+            raise CorruptBatchError("cannot decompress payload (codec 4): truncated zstd frame")
+        return out
+    size = zstandard.get_frame_parameters(data).content_size
+    if size != zstandard.CONTENTSIZE_UNKNOWN and size > limit:
+        raise _over(COMPRESSION_ZSTD, limit, size)
+    # One-shot into a buffer of the declared size, else of ``limit`` bytes: zstd stops
+    # rather than write past it, and refuses a truncated frame.
+    try:
+        return _zstd_decompressor().decompress(data, max_output_size=limit)
+    except zstandard.ZstdError:
+        # A full buffer and a truncated frame fail alike: tell them apart (bounded read).
+        if size == zstandard.CONTENTSIZE_UNKNOWN and len(
+                _zstd_decompressor().stream_reader(data).read(limit + 1)) > limit:
+            raise _over(COMPRESSION_ZSTD, limit) from None
+        raise
+
+
+def _unlz4(data: bytes, limit: int | None) -> bytes:
+    if limit is None:
+        return lz4.frame.decompress(data)
+    size = lz4.frame.get_frame_info(data).get("content_size") or 0
+    if size > limit:
+        raise _over(COMPRESSION_LZ4, limit, size)
+    d = lz4.frame.LZ4FrameDecompressor()
+    cap = size or limit
+    out = d.decompress(data, max_length=cap + 1)
+    if len(out) > cap or (not d.eof and not d.needs_input):
+        if size:
+            raise CorruptBatchError(f"lz4 frame decompresses past its declared content size {size}")
+        raise _over(COMPRESSION_LZ4, limit)
+    if not d.eof:
+        raise CorruptBatchError("cannot decompress payload (codec 3): truncated lz4 frame")
+    return out
+
+
+def _gunzip(data: bytes, limit: int | None) -> bytes:
+    if limit is None:
+        return gzip.decompress(data)
+    out = []
+    total = 0
+    while data:  # one member after another, as gzip.decompress reads them
+        d = zlib.decompressobj(31)
+        chunk = d.decompress(data, limit + 1 - total)
+        total += len(chunk)
+        if total > limit or d.unconsumed_tail:
+            raise _over(COMPRESSION_GZIP, limit)
+        if not d.eof:
+            raise CorruptBatchError("cannot decompress payload (codec 1): truncated gzip member")
+        out.append(chunk)
+        data = d.unused_data
+    return b"".join(out)
+
+
+def decompress(codec: int, data: bytes | memoryview, max_size: int | None = None) -> bytes:
     """Decompress one batch payload written by any Kafka client or zbroker producer.
 
     Args:
         codec: The batch's ``attributes & COMPRESSION_MASK``.
         data: The stored payload.
+        max_size: If given, the most output bytes to produce: decompression stops there,
+            without allocating more than about ``max_size`` bytes first.
 
     Returns:
         The uncompressed records.
 
     Raises:
+        DecompressionLimitError: The payload decompresses (or declares that it does) to
+            more than ``max_size`` bytes.
         CorruptBatchError: Unknown codec id, or a payload the codec cannot decode
             (the codec library's message is included).
 
-    Runtime: O(output size).
+    Runtime: O(output size), output at most ``max_size``.
     """
     if codec == COMPRESSION_NONE:
         return bytes(data)
     data = bytes(data)
     try:
         if codec == COMPRESSION_ZSTD:
-            # decompressobj copes with frames that do not record their content size.
-            dobj = _zstd_decompressor().decompressobj()
-            out = dobj.decompress(data)
-            if not dobj.eof:
-                raise CorruptBatchError("cannot decompress payload (codec 4): truncated zstd frame")
-            return out
+            return _unzstd(data, max_size)
         if codec == COMPRESSION_LZ4:
-            return lz4.frame.decompress(data)
+            return _unlz4(data, max_size)
         if codec == COMPRESSION_GZIP:
-            return gzip.decompress(data)
+            return _gunzip(data, max_size)
         if codec == COMPRESSION_SNAPPY:
-            return _unsnappy(data)
+            return _unsnappy(data, max_size)
     except CorruptBatchError:
         raise
     except Exception as exc:  # codec libraries raise assorted types

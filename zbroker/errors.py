@@ -228,3 +228,36 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol (malformed header, unknown type...)."""
+
+
+class CorruptRecordError(_BY_CODE[ErrorCode.CORRUPT_MESSAGE]):
+    """The consumer cannot read a fetched batch (Kafka's CorruptRecordException, code 2).
+
+    Raised by ``Consumer.poll()`` after it has returned every record before the batch. The
+    position stays at the batch and fetching of the partition stops until a seek: every
+    further ``poll()`` raises this again. ``seek(topic, partition, next_offset)`` skips it.
+
+    Attributes:
+        topic, partition: Where the batch is.
+        offset: The batch's base offset.
+        next_offset: The offset after the batch (from its header): where to seek to skip it.
+    """
+
+    def __init__(self, message: str, topic: str, partition: int, offset: int, next_offset: int) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.next_offset = next_offset
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.topic, self.partition, self.offset, self.next_offset))
+
+
+class DecompressionLimitExceededError(CorruptRecordError):
+    """A fetched batch decompresses past the consumer's bound (its ``fetch_max_bytes``).
+
+    A subclass of :class:`CorruptRecordError`: either the batch is hostile (a few bytes that
+    expand to gigabytes), or its records are legitimately larger than the consumer agreed
+    to take in one fetch: raise ``fetch_max_bytes`` to read it, or seek past it.
+    """

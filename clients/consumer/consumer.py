@@ -72,7 +72,10 @@ class Consumer:
         client_id: sent to brokers with every request.
         request_timeout_ms: deadline of each request (default 30000).
         key_deserializer, value_deserializer: callable or ``"bytes"``/``"str"``/``"json"``.
-        fetch_max_bytes: cap of one fetch response (default 50 MiB).
+        fetch_max_bytes: cap of one fetch response (default 50 MiB); also the most one
+            batch may decompress to, and about the most record bytes one decode step
+            holds (at least ``max_partition_fetch_bytes``). A batch over it raises
+            :class:`~zbroker.errors.DecompressionLimitExceededError`.
         buffer_bytes: fetched-but-not-polled bytes kept at most (default 64 MiB).
         metadata_max_age_ms: refresh interval of the subscribed topics' partitions.
         check_crcs: verify the CRC-32C of every fetched batch (default True).
@@ -229,7 +232,11 @@ class Consumer:
 
         Raises:
             OffsetOutOfRangeError: no position / out of range with ``auto_offset_reset='none'``.
-            CorruptMessageError: a fetched batch failed its CRC.
+            CorruptRecordError: a fetched batch cannot be read (CRC, magic, codec, records;
+                :class:`~zbroker.errors.DecompressionLimitExceededError` past
+                ``fetch_max_bytes``). Every record before it has been returned; the
+                partition's position stays at the batch and every poll raises this again
+                until :meth:`seek` moves it, e.g. to ``exc.next_offset`` to skip the batch.
         """
         fetcher = self._fetcher
         deadline = time.monotonic() + timeout_ms / 1000.0
@@ -260,7 +267,11 @@ class Consumer:
     # -- positions -------------------------------------------------------------------
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
-        """Make ``offset`` the next offset :meth:`poll` returns for the partition."""
+        """Make ``offset`` the next offset :meth:`poll` returns for the partition.
+
+        Also how to go past a batch :meth:`poll` cannot read: ``seek(exc.topic,
+        exc.partition, exc.next_offset)`` with the :class:`~zbroker.errors.CorruptRecordError`.
+        """
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         self._fetcher.seek((topic, partition), offset)

@@ -16,6 +16,19 @@ thread decodes them in ``poll()``, so the network thread never spends time on
 records and the buffer is bounded by ``buffer_bytes`` in total and about three
 ``max_partition_fetch_bytes`` per partition.
 
+Bounded, and past what it cannot read
+--------------------------------------
+``poll()`` decodes at most about ``fetch_max_bytes`` of record payload per step
+(:func:`storage.batch.decode_some_batches`; the rest of a fetched chunk waits at the
+front of the queue), and no batch may decompress to more than that: the consumer
+never holds much more than it agreed to take in one fetch, whatever a few bytes
+of zstd claim. A batch it cannot read (CRC, codec, records, or over that bound)
+*parks* the partition: the records before the batch are returned first, the
+position stays at the batch, the partition's buffers are dropped and it is not
+fetched again; every later ``poll()`` raises the same :class:`CorruptRecordError`
+(naming topic, partition, offset and ``next_offset``) until a seek moves the
+partition (for example past the batch, to ``next_offset``) or it is unassigned.
+
 All state is guarded by one lock; ``poll()`` waits on a condition of it.
 """
 
@@ -28,13 +41,13 @@ import threading
 import time
 
 from clients.structs import Record
-from storage.batch import decode_batches, walk
-from storage.errors import CorruptBatchError
+from storage.batch import decode_some_batches, parse_header, walk
+from storage.compression import DecompressionLimitError
 from zbroker.errors import (
-    CorruptMessageError,
+    CorruptRecordError,
+    DecompressionLimitExceededError,
     ErrorCode,
     OffsetOutOfRangeError,
-    ZBrokerError,
     error_from,
 )
 from zbroker.protocol import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
@@ -44,12 +57,15 @@ log = logging.getLogger(__name__)
 RESET_TIMESTAMPS = {"earliest": EARLIEST_TIMESTAMP, "latest": LATEST_TIMESTAMP}
 
 
-def _decode(data, tp, position: int, check_crcs: bool) -> list[Record]:
-    """Records of both magic values from ``position`` on; a bad batch is a CorruptMessageError."""
-    try:
-        return decode_batches(data, tp[0], tp[1], position, check_crcs, Record)
-    except CorruptBatchError as exc:  # the message names topic, partition and offset
-        raise CorruptMessageError(str(exc)) from exc
+def _unreadable(tp, data, pos: int, err) -> CorruptRecordError:
+    """The consumer's error for the batch at ``data[pos:]`` that ``err`` says it cannot read."""
+    offset = err.offset
+    nxt = max(parse_header(data, pos).next_offset, offset + 1)
+    if isinstance(err, DecompressionLimitError):
+        return DecompressionLimitExceededError(
+            f"{err} (the consumer's fetch_max_bytes): raise fetch_max_bytes to read it, or "
+            f"seek({tp[0]!r}, {tp[1]}, {nxt}) to skip it", tp[0], tp[1], offset, nxt)
+    return CorruptRecordError(f"{err}: seek({tp[0]!r}, {tp[1]}, {nxt}) to skip the batch", tp[0], tp[1], offset, nxt)
 
 
 _EPOCHS = itertools.count(1)  # one counter for every PartitionState: a new state never reuses an epoch
@@ -93,6 +109,8 @@ class Fetcher:
         # fetch ahead while less than two responses' worth of a partition is buffered
         self.partition_ahead = 2 * max_partition_fetch_bytes
         self.max_bytes = fetch_max_bytes
+        # the most record payload one decode step holds, and the most one batch may decompress to
+        self.decode_bytes = max(fetch_max_bytes, max_partition_fetch_bytes)
         self.buffer_bytes = buffer_bytes
         self.request_timeout_ms = request_timeout_ms
         self.backoff = retry_backoff_ms / 1000.0
@@ -103,6 +121,7 @@ class Fetcher:
         self.completed: collections.deque = collections.deque()  # (tp, epoch, data)
         self.buffered_total = 0
         self.partial = None  # [tp, epoch, records, index]
+        self.unreadable: dict[tuple[str, int], CorruptRecordError] = {}  # parked partitions
         self._broker_inflight: set[str] = set()
         self.closed = False
 
@@ -118,6 +137,7 @@ class Fetcher:
                 new[tp] = st if st is not None else self._new_state()
             self.states = new
             self._drop_buffers(lambda tp: tp not in new)
+            self.unreadable = {tp: e for tp, e in self.unreadable.items() if tp in new}
         self.net.wakeup()
 
     def _new_state(self) -> PartitionState:
@@ -152,6 +172,7 @@ class Fetcher:
             st.buffered = 0
             st.backoff_until = 0.0
             self._drop_buffers(lambda x: x == tp)
+            self.unreadable.pop(tp, None)
         self.net.wakeup()
 
     def position(self, tp) -> int | None:
@@ -174,7 +195,9 @@ class Fetcher:
         """Take up to ``max_records`` decoded records (caller holds the lock).
 
         Raises:
-            ZBrokerError: a partition's pending error (out of range with reset 'none', corruption).
+            CorruptRecordError: a parked partition's batch (see the module docstring); raised
+                before anything else, on every call until a seek.
+            ZBrokerError: a partition's pending error (out of range with reset 'none').
         """
         out = None
         states = self.states
@@ -201,6 +224,10 @@ class Fetcher:
                 else:
                     out.extend(chunk)
                 continue
+            if self.unreadable:
+                if out:
+                    break  # the records before the bad batch first; the error next time
+                raise next(iter(self.unreadable.values()))
             if not self.completed:
                 break
             tp, epoch, data = self.completed.popleft()
@@ -210,18 +237,16 @@ class Fetcher:
             if st is None or st.epoch != epoch:
                 continue
             st.buffered -= len(data)
-            try:
-                recs = _decode(data, tp, st.position, self.check_crcs)
-            except ZBrokerError as exc:
-                # restart fetching at the position; surface the error once
-                st.epoch = next(_EPOCHS)
-                st.fetch_offset = st.position
-                st.buffered = 0
-                self._drop_buffers(lambda x: x == tp)
-                if out:
-                    st.error = exc
-                    break
-                raise
+            # read by attribute: unpacking would allocate, and collect every record just decoded
+            res = decode_some_batches(data, tp[0], tp[1], st.position, self.check_crcs, Record, self.decode_bytes)
+            recs, end, err = res.records, res.end, res.error
+            if err is not None:
+                self._park(tp, st, _unreadable(tp, data, end, err))
+            elif 0 < end < len(data):  # decoded enough for one step: the rest waits in front
+                rest = memoryview(data)[end:]
+                st.buffered += len(rest)
+                self.buffered_total += len(rest)
+                self.completed.appendleft((tp, epoch, rest))
             if not recs:
                 continue
             if key_de is not None or value_de is not None:
@@ -240,6 +265,13 @@ class Fetcher:
                     raise exc
             return []
         return out
+
+    def _park(self, tp, st: PartitionState, exc: CorruptRecordError) -> None:
+        """Stop fetching ``tp`` at a batch it cannot read; ``collect`` raises ``exc`` until a seek."""
+        log.warning("%s", exc)
+        self.unreadable[tp] = exc
+        st.buffered = 0
+        self._drop_buffers(lambda x: x == tp)
 
     # -- network thread --------------------------------------------------------------
 
@@ -267,7 +299,8 @@ class Fetcher:
                     st.resetting = True
                     resets.setdefault(address, []).append((tp, st.epoch, st.reset))
                     continue
-                if st.inflight or st.error is not None or not total_ok or st.buffered >= self.partition_ahead:
+                if (st.inflight or st.error is not None or not total_ok or st.buffered >= self.partition_ahead
+                        or tp in self.unreadable):
                     continue
                 address = leaders.get(tp)
                 if address is None:
@@ -353,7 +386,7 @@ class Fetcher:
                 if st is None:
                     continue
                 st.inflight = False
-                if st.epoch != epoch:
+                if st.epoch != epoch or tp in self.unreadable:
                     continue
                 if exc is not None:
                     refresh = refresh or getattr(exc, "invalid_metadata", False)

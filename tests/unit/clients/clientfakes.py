@@ -55,3 +55,16 @@ class FakeMeta:
     def request_update(self, now=None) -> bool:
         self.updates += 1
         return True
+
+
+def reseal(batch: bytes, payload: bytes) -> bytes:
+    """``batch`` with its payload replaced by ``payload``: length and CRC-32C made valid again
+    (a batch a broker accepts whatever the payload holds)."""
+    import struct
+
+    import crc32c
+
+    buf = bytearray(batch[:61] + payload)
+    struct.pack_into(">i", buf, 8, len(buf) - 12)
+    struct.pack_into(">I", buf, 17, crc32c.crc32c(bytes(buf[21:])))
+    return bytes(buf)

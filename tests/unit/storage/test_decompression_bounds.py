@@ -1,0 +1,102 @@
+"""Bounded decompression: every codec stops at ``max_size`` without allocating the whole output.
+
+A decompression bomb is a few bytes (or kilobytes) of payload that expand to a hundred
+megabytes of zeros; ``tracemalloc`` shows the reader's peak memory stays near the bound.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import cramjam
+import lz4.frame
+import pytest
+import zstandard
+
+from storage.batch import (
+    COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_SNAPPY, COMPRESSION_ZSTD, build_kafka_batch,
+    build_native_batch, decode_batches, decode_some_batches,
+)
+from storage.compression import DecompressionLimitError, compress, decompress
+from storage.errors import CorruptBatchError
+
+BOMB = 100 * 1024 * 1024  # what the bombs expand to
+LIMIT = 1 << 20
+
+# (name, codec id, compress function): each framing a reader meets, with and without a
+# declared content size where the format has one
+FRAMINGS = [
+    ("gzip", COMPRESSION_GZIP, lambda d: compress(COMPRESSION_GZIP, d)),
+    ("snappy-xerial", COMPRESSION_SNAPPY, lambda d: compress(COMPRESSION_SNAPPY, d)),
+    ("snappy-raw", COMPRESSION_SNAPPY, lambda d: bytes(cramjam.snappy.compress_raw(d))),
+    ("lz4-sized", COMPRESSION_LZ4, lambda d: lz4.frame.compress(d, store_size=True)),
+    ("lz4-unsized", COMPRESSION_LZ4, lambda d: lz4.frame.compress(d, store_size=False)),
+    ("zstd-sized", COMPRESSION_ZSTD, lambda d: zstandard.ZstdCompressor().compress(d)),
+    ("zstd-unsized", COMPRESSION_ZSTD,
+     lambda d: zstandard.ZstdCompressor(write_content_size=False).compress(d)),
+]
+IDS = [f[0] for f in FRAMINGS]
+
+
+@pytest.fixture(scope="module")
+def zeros():
+    return bytes(BOMB)
+
+
+def _peak(fn):
+    """Run ``fn`` under tracemalloc; return (its exception or None, peak bytes allocated)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the caller checks which
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return None, peak
+
+
+@pytest.mark.parametrize("name, codec, pack", FRAMINGS, ids=IDS)
+def test_a_bomb_stops_at_the_bound_with_memory_near_the_bound(zeros, name, codec, pack):
+    bomb = pack(zeros)
+    assert len(bomb) < BOMB // 20
+    exc, peak = _peak(lambda: decompress(codec, bomb, LIMIT))
+    assert isinstance(exc, DecompressionLimitError) and exc.limit == LIMIT, exc
+    assert f"over the limit of {LIMIT} bytes" in str(exc)
+    # the payload copy plus at most a few bound-sized buffers, never the 100 MiB
+    assert peak < len(bomb) + 4 * LIMIT, (name, peak)
+
+
+@pytest.mark.parametrize("name, codec, pack", FRAMINGS, ids=IDS)
+def test_data_up_to_the_bound_decompresses(name, codec, pack):
+    data = b"x" * 1000 + bytes(LIMIT - 1000)
+    assert decompress(codec, pack(data), LIMIT) == data
+    assert decompress(codec, pack(data)) == data  # no bound: as before
+    with pytest.raises(DecompressionLimitError):
+        decompress(codec, pack(data), LIMIT - 1)
+
+
+@pytest.mark.parametrize("name, codec, pack", [f for f in FRAMINGS if f[0] in ("gzip", "lz4-unsized", "zstd-unsized")],
+                         ids=["gzip", "lz4", "zstd"])
+def test_a_truncated_payload_is_corrupt_not_over_the_bound(name, codec, pack):
+    whole = pack(b"abc" * 100_000)
+    with pytest.raises(CorruptBatchError) as info:
+        decompress(codec, whole[:-7], LIMIT)
+    assert not isinstance(info.value, DecompressionLimitError)
+
+
+@pytest.mark.parametrize("codec", [COMPRESSION_GZIP, COMPRESSION_SNAPPY, COMPRESSION_LZ4, COMPRESSION_ZSTD])
+@pytest.mark.parametrize("build", [build_native_batch, build_kafka_batch])
+def test_a_bomb_batch_names_topic_partition_and_offset(build, codec):
+    good = build([(1000, None, b"ok", None)], base_offset=40)
+    bomb = build([(1000, None, bytes(32 * LIMIT), None)], base_offset=41, compression=codec)
+    assert len(bomb) < 2 * LIMIT
+    buf = good + bomb
+    with pytest.raises(DecompressionLimitError, match=r"t-3: batch at offset 41: .*over the limit") as info:
+        decode_batches(buf, "t", 3, max_batch_bytes=LIMIT)
+    assert info.value.offset == 41
+    exc, peak = _peak(lambda: decode_some_batches(buf, "t", 3, 0, True, tuple, LIMIT))
+    assert exc is None and peak < len(buf) + 4 * LIMIT
+    recs, end, err = decode_some_batches(buf, "t", 3, 0, True, tuple, LIMIT)
+    assert [r[2] for r in recs] == [40] and end == len(good)
+    assert isinstance(err, DecompressionLimitError) and err.offset == 41
