@@ -157,9 +157,11 @@ class BrokerProcess:
         finally:
             client.close()
 
-    def log_text(self) -> str:
+    def log_text(self, tail: int | None = 5000) -> str:
+        """The broker's log: its last ``tail`` characters (for failure messages), or all of it."""
         try:
-            return self.log_path.read_text(errors="replace")[-5000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except OSError:
             return ""
 

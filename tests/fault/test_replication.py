@@ -40,8 +40,12 @@ def create(c: ClusterProcesses, topic: str, **config) -> dict:
 
     with Admin(bootstrap=c.bootstrap, request_timeout_ms=20_000) as a:
         a.create_topic(topic, partitions=1, replication_factor=3, config=config)
-    return wait_until(lambda: (p := partition_meta(c, topic)) and p["leader"] > 0 and len(p["isr"]) == 3 and p,
-                      timeout=15, what="a full ISR")
+    p = wait_until(lambda: (p := partition_meta(c, topic)) and p["leader"] > 0 and len(p["isr"]) == 3 and p,
+                   timeout=15, what="a full ISR")
+    # the leader applies the metadata on its own schedule: produce to it only once it knows it leads
+    # (a produce sent before got UNKNOWN_TOPIC_OR_PARTITION or NOT_LEADER_OR_FOLLOWER under load)
+    return wait_until(lambda: (q := partition_meta(c, topic, via=p["leader"])) and q["leader"] == p["leader"]
+                      and len(q["isr"]) == 3 and q, timeout=15, what="the leader to know it leads")
 
 
 def produce(c: ClusterProcesses, broker: int, topic: str, n: int, acks: int, start: int = 0) -> dict:
