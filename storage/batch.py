@@ -193,9 +193,10 @@ def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int |
     LogAppendTime (every topic uses CreateTime, and only a broker may stamp append times);
     ``max_timestamp >= base_timestamp``. An uncompressed magic-2 batch has its records parsed
     (:func:`storage.records.decode_kafka`: every length adds up exactly to the payload, the
-    count matches) and their offset deltas must be ``0..n-1`` in order. Native payloads
-    (magic 122) and compressed magic-2 payloads are never decoded here: their records are
-    the producer's to get right, and a reader reports an undecodable batch with its offset.
+    count matches) and their offset deltas must be ``0..n-1`` in order. An uncompressed native
+    payload's msgpack array header must count ``record_count`` records (its first bytes only).
+    Native payloads (magic 122) and compressed payloads are never decoded here: their records
+    are the producer's to get right, and a reader reports an undecodable batch with its offset.
 
     Runtime: a native or compressed batch costs what :func:`validate_batch` costs (one header
     unpack, one CRC-32C) plus a few integer compares; an uncompressed magic-2 batch adds a
@@ -220,6 +221,11 @@ def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int |
         raise InvalidRecordError("the LogAppendTime bit (attributes bit 3) is the broker's; every topic uses CreateTime")
     if h.max_timestamp < h.base_timestamp:
         raise InvalidRecordError(f"max_timestamp {h.max_timestamp} is before base_timestamp {h.base_timestamp}")
+    if h.magic == MAGIC_NATIVE and codec == COMPRESSION_NONE:
+        count = _native_array_length(buf, HEADER_SIZE)
+        if count != h.record_count:
+            raise InvalidRecordError(f"native payload holds an array of {count} records but record_count is {h.record_count}"
+                                     if count is not None else "native payload does not start with a msgpack array")
     if h.magic == MAGIC_KAFKA and codec == COMPRESSION_NONE:
         payload = buf if isinstance(buf, memoryview) else memoryview(buf)
         try:
@@ -230,6 +236,20 @@ def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int |
             if rec[0] != i:
                 raise InvalidRecordError(f"magic-2 record {i} has offset delta {rec[0]}: deltas must run 0..{h.record_count - 1}")
     return h
+
+
+def _native_array_length(buf, pos: int) -> int | None:
+    """The length of the msgpack array starting at ``buf[pos]`` (its header only: O(1)), or None."""
+    if pos >= len(buf):
+        return None
+    first = buf[pos]
+    if 0x90 <= first <= 0x9F:  # fixarray
+        return first & 0x0F
+    if first == 0xDC and pos + 3 <= len(buf):  # array 16
+        return int.from_bytes(buf[pos + 1 : pos + 3], "big")
+    if first == 0xDD and pos + 5 <= len(buf):  # array 32
+        return int.from_bytes(buf[pos + 1 : pos + 5], "big")
+    return None
 
 
 def patch_batch(buf: bytearray | memoryview, base_offset: int, leader_epoch: int) -> None:

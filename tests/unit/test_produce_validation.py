@@ -66,6 +66,12 @@ BAD = {
                                              ErrorCode.INVALID_RECORD),
     "magic 2, garbage records": (forge(build_kafka_batch(RECORDS), payload=b"\xff" * 40), ErrorCode.INVALID_RECORD),
     "magic 2, offset deltas out of order": (_renumbered_kafka(), ErrorCode.INVALID_RECORD),
+    # a native payload whose msgpack array counts other than record_count: six of these moved
+    # a log end to 10,737,418,236 before (found in review)
+    "native, count 2**31-1 over one record": (forge(record_count=2**31 - 1, last_offset_delta=2**31 - 2),
+                                              ErrorCode.INVALID_RECORD),
+    "native, count 3 over one record": (forge(record_count=3, last_offset_delta=2), ErrorCode.INVALID_RECORD),
+    "native, payload not an array": (forge(payload=b"\xc1" * 32), ErrorCode.INVALID_RECORD),
 }
 
 
@@ -92,10 +98,13 @@ def test_well_formed_batches_of_either_magic_are_appended(app, batch):
 
 
 def test_native_payloads_are_never_decoded_on_the_produce_path():
-    """The header is all a native batch is judged by: garbage records with a right header pass
-    (a reader reports them with their offset); decoding them would cost every producer."""
-    garbage = forge(payload=b"\xc1" * 32)
+    """A native batch is judged by its header and its msgpack array's length (its first bytes):
+    garbage records inside a right-sized array pass (a reader reports them with their offset);
+    decoding them would cost every producer."""
+    garbage = forge(payload=b"\x91" + b"\xc1" * 32)
     assert validate_produced_batch(garbage).record_count == 1
+    big = build_native_batch([(NOW, None, b"v", None)] * 70_000)  # an array 32 header
+    assert validate_produced_batch(big).record_count == 70_000
 
 
 # -- internal topics are the broker's ------------------------------------------------------------
