@@ -31,16 +31,28 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_unread_replies_hold_a_bounded_amount_of_broker_memory(small_budget_broker):
+UNREAD_FETCHES = {
+    "one 64 KiB frame": [{"topic": "big", "partition": 0, "offset": 0, "max_bytes": 65536}],
+    # the tracker of a reply is its last frame's: an empty or small last frame must still count
+    "64 KiB then an empty frame": [{"topic": "big", "partition": 0, "offset": 0, "max_bytes": 65536},
+                                   {"topic": "big", "partition": 1, "offset": 1}],
+    "60 KB frames (copied by pyzmq)": [{"topic": "big", "partition": 1, "offset": 0}],
+}
+
+
+@pytest.mark.parametrize("partitions", list(UNREAD_FETCHES.values()), ids=list(UNREAD_FETCHES))
+def test_unread_replies_hold_a_bounded_amount_of_broker_memory(small_budget_broker, partitions):
     """10k unread 64 KB replies once held 712 MB of the broker's memory.  Now the replies ZeroMQ
     still holds for one connection are bounded by max_queued_reply_bytes (plus one reply); the
     rest are dropped, and the broker keeps serving others."""
     broker = small_budget_broker
     other = RawClient(broker.bootstrap)
-    assert other.call("create_topic", topic="big", partitions=1)[0]["error"] == 0
+    assert other.call("create_topic", topic="big", partitions=2)[0]["error"] == 0
     value = bytes(range(256)) * 256  # 64 KiB, incompressible enough
-    header, _ = other.call("produce", (build_native_batch([(0, None, value, None)]),), batches=[{"topic": "big", "partition": 0}])
-    assert header["results"][0]["error"] == 0
+    for index, size in ((0, len(value)), (1, 60_000)):
+        header, _ = other.call("produce", (build_native_batch([(0, None, value[:size], None)]),),
+                               batches=[{"topic": "big", "partition": index}])
+        assert header["results"][0]["error"] == 0
     baseline = rss_bytes(broker.proc.pid)
 
     hog = zmq.Context.instance().socket(zmq.DEALER)  # sends, never reads
@@ -48,8 +60,7 @@ def test_unread_replies_hold_a_bounded_amount_of_broker_memory(small_budget_brok
     hog.setsockopt(zmq.RCVHWM, 1)
     hog.setsockopt(zmq.RCVBUF, 4096)
     hog.connect(f"tcp://{broker.bootstrap}")
-    fetch = {"v": 1, "type": "fetch", "max_wait_ms": 0,
-             "partitions": [{"topic": "big", "partition": 0, "offset": 0, "max_bytes": 65536}]}
+    fetch = {"v": 1, "type": "fetch", "max_wait_ms": 0, "partitions": partitions}
     try:
         for cid in range(10_000):
             hog.send(msgpack.packb({**fetch, "cid": cid}))

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 BURST = 256  # messages handled from one socket before timers and other sockets get a turn
 REPLY_OVERHEAD = 1024  # bytes counted per queued reply besides its frames (ZeroMQ and tracker bookkeeping)
+# Replies smaller than this are not tracked (tracking costs ~20 us a reply): they are bounded by
+# the peer's send high-water mark instead, 10,000 x 4 KiB = 40 MiB at most per connection.
+TRACK_MIN_BYTES = 4096
 Frames = list[bytes]
 
 
@@ -144,7 +147,16 @@ class RouterListener:
                          size, conn.hex(), held, self.max_queued_reply_bytes)
             return
         try:
-            tracker = self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False, track=True)
+            if size - REPLY_OVERHEAD < TRACK_MIN_BYTES:
+                self.sock.send_multipart([conn, *frames], zmq.DONTWAIT, copy=False)
+                return
+            # The tracker of the last frame, sent zero-copy, is done only once ZeroMQ released the
+            # whole message.  (send_multipart's own tracker is the last frame's, and pyzmq copies a
+            # frame under 64 KiB and hands back a tracker that is done at once: a reply ending in a
+            # small or empty frame would never be counted.)
+            last = zmq.Frame(frames[-1], copy=False, track=True)
+            self.sock.send_multipart([conn, *frames[:-1], last], zmq.DONTWAIT, copy=False)
+            tracker = last.tracker
         except zmq.Again:
             self.drop_log.log(time.monotonic(), "reply_hwm", logging.WARNING, "dropped a reply to peer=%s: its send queue is full",
                          conn.hex())
