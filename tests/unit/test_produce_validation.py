@@ -4,6 +4,8 @@ Batches are forged with a matching CRC (:mod:`tests.unit.batchforge`), so each c
 the rule it tests. After every refusal the partition's log end offset has not moved.
 """
 
+import logging
+
 import pytest
 
 from storage import (COMPRESSION_GZIP, COMPRESSION_ZSTD, CONTROL_BIT, HEADER_SIZE, TIMESTAMP_TYPE_BIT, build_kafka_batch,
@@ -119,3 +121,14 @@ def test_a_client_cannot_produce_to_the_offsets_topic(app):
     [r] = app.produce.produce(INTERNAL, 1, 1000, [(OFFSETS_TOPIC, 0, build_native_batch(RECORDS))], NOW)
     assert r.error == ErrorCode.INVALID_TOPIC_EXCEPTION and "internal topic" in r.error_message
     assert part.log.log_end_offset == before
+
+
+def test_a_request_of_refused_batches_answers_and_logs_bounded(app, caplog):
+    """10,000 refused batches once wrote 10,000 WARNING lines and a reply bigger than the request."""
+    caplog.set_level(logging.WARNING, logger="zbroker.core.produce")
+    bad = forge(attributes=5)
+    results = app.produce.produce(INTERNAL, 1, 1000, [("t", 0, bad)] * 2000, NOW)
+    assert all(r.error == ErrorCode.UNSUPPORTED_COMPRESSION_TYPE for r in results)
+    assert results[0].error_message and not any(r.error_message for r in results[1:])  # why, once per partition
+    lines = [r for r in caplog.records if r.name == "zbroker.core.produce"]
+    assert 1 <= len(lines) <= 10

@@ -29,6 +29,7 @@ from zbroker.core.partitions import PartitionManager
 from zbroker.core.producer_state import check_batch, note_appended
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.purgatory import DelayedOperation, Purgatory
+from zbroker.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ProduceService:
     def __init__(self, partitions: PartitionManager, purgatory: Purgatory) -> None:
         self.partitions = partitions
         self.purgatory = purgatory
+        self._refusals = RateLimitedLog(log, burst=10, window_s=10.0)  # a hostile producer's batches, logged bounded
 
     def produce(self, ctx: RequestContext, acks: int, timeout_ms: int, batches: list[tuple[str, int, bytes]],
                 now_ms: int) -> list[ProduceResult] | Completion[list[ProduceResult]] | None:
@@ -82,8 +84,15 @@ class ProduceService:
         check_acks(acks)
         results: list[ProduceResult] = []
         waits: list[tuple[ProduceResult, Partition, int]] = []
+        explained: set[tuple[str, int]] = set()
         for topic, index, batch in batches:
             result, part, end = self._append_one(topic, index, batch, acks, now_ms)
+            if result.error and result.error_message:
+                # the first refusal of a partition says why; later ones of the same request carry
+                # the code alone, so an answer never grows past its request
+                if (topic, index) in explained:
+                    result.error_message = None
+                explained.add((topic, index))
             results.append(result)
             if part is not None:
                 self.partitions.changed(part, now_ms)
@@ -149,7 +158,8 @@ class ProduceService:
             result.fail(exc.code, exc.message)
             return result, None, 0
         except CorruptBatchError as exc:
-            log.warning("rejected batch for %s-%s: %s", topic, index, exc)
+            self._refusals.log(now_ms / 1000, "rejected_batch", logging.WARNING, "rejected batch for %s-%s: %s",
+                               topic, index, str(exc)[:200])
             result.fail(_code_of(exc), str(exc))
             return result, None, 0
         except OSError as exc:
