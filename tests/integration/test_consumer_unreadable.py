@@ -50,7 +50,8 @@ def test_good_records_first_then_the_error_then_seek_past_the_batch(broker, raw)
     header, _ = raw.call("create_topic", topic="bad", partitions=1, config={})
     assert header["error"] == 0, header
     assert produce(raw, "bad", build_native_batch(records(3, b"a"))) == 0
-    garbage = reseal(build_native_batch(records(2, b"x")), b"\xc1\xc1 not msgpack")
+    # a msgpack array of the right length (the broker checks that much) whose records are garbage
+    garbage = reseal(build_native_batch(records(2, b"x")), b"\x92\xc1\xc1 not msgpack")
     assert produce(raw, "bad", garbage) == 3  # the broker does not decode native payloads
     assert produce(raw, "bad", build_native_batch(records(2, b"b"))) == 5
 
