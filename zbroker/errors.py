@@ -241,9 +241,11 @@ class CorruptRecordError(_BY_CODE[ErrorCode.CORRUPT_MESSAGE]):
         topic, partition: Where the batch is.
         offset: The batch's base offset.
         next_offset: The offset after the batch (from its header): where to seek to skip it.
+            For offsets the broker lost to damage: ``offset`` and ``next_offset`` are the
+            lost range's start and end; ``next_offset`` is None if the broker did not say.
     """
 
-    def __init__(self, message: str, topic: str, partition: int, offset: int, next_offset: int) -> None:
+    def __init__(self, message: str, topic: str, partition: int, offset: int, next_offset: int | None) -> None:
         super().__init__(message)
         self.topic = topic
         self.partition = partition

@@ -28,6 +28,11 @@ position stays at the batch, the partition's buffers are dropped and it is not
 fetched again; every later ``poll()`` raises the same :class:`CorruptRecordError`
 (naming topic, partition, offset and ``next_offset``) until a seek moves the
 partition (for example past the batch, to ``next_offset``) or it is unassigned.
+Offsets the broker lost to damage on its disk (a fetch answered CORRUPT_MESSAGE with
+``damaged = [start, end]``) park the partition the same way, with ``offset = start``
+and ``next_offset = end``, once the records fetched before them are returned; without
+``damaged`` the broker does not know how far the damage reaches: the partition parks
+at the fetch offset with ``next_offset = None`` (as Kafka's consumer raises).
 
 All state is guarded by one lock; ``poll()`` waits on a condition of it.
 """
@@ -68,6 +73,24 @@ def _unreadable(tp, data, pos: int, err) -> CorruptRecordError:
     return CorruptRecordError(f"{err}: seek({tp[0]!r}, {tp[1]}, {nxt}) to skip the batch", tp[0], tp[1], offset, nxt)
 
 
+def _lost_on_broker(tp, offset: int, r: dict) -> CorruptRecordError:
+    """The consumer's error for a fetch of ``offset`` the broker answered CORRUPT_MESSAGE."""
+    damaged = r.get("damaged")
+    if (isinstance(damaged, (list, tuple)) and len(damaged) == 2 and all(type(x) is int for x in damaged)
+            and damaged[0] < damaged[1] and damaged[1] > offset):
+        start, end = damaged
+        return CorruptRecordError(f"{tp[0]}-{tp[1]}: offsets [{start}, {end}) were lost to damage on the broker's "
+                                  f"disk: seek({tp[0]!r}, {tp[1]}, {end}) to skip them", tp[0], tp[1], start, end)
+    return CorruptRecordError(f"{tp[0]}-{tp[1]}: offset {offset} is in data damaged on the broker's disk and the "
+                              f"broker did not say how far the damage reaches ({r.get('error_message')}): seek "
+                              f"past it to go on", tp[0], tp[1], offset, None)
+
+
+def _nbytes(data) -> int:
+    """Buffered bytes of a ``completed`` entry (a lost-range marker holds none)."""
+    return 0 if isinstance(data, CorruptRecordError) else len(data)
+
+
 _EPOCHS = itertools.count(1)  # one counter for every PartitionState: a new state never reuses an epoch
 
 
@@ -78,7 +101,7 @@ class PartitionState:
     counter), so an answer to a fetch sent before any of those can never be mistaken for a
     current one -- not even after a partition is revoked and assigned again."""
 
-    __slots__ = ("position", "fetch_offset", "reset", "epoch", "inflight", "buffered", "high_watermark", "log_start_offset", "error", "backoff_until", "resetting")
+    __slots__ = ("position", "fetch_offset", "reset", "epoch", "inflight", "buffered", "high_watermark", "log_start_offset", "error", "backoff_until", "resetting", "lost")
 
     def __init__(self, reset: str | None) -> None:
         self.position: int | None = None
@@ -92,6 +115,7 @@ class PartitionState:
         self.log_start_offset = -1
         self.error: BaseException | None = None
         self.backoff_until = 0.0
+        self.lost = False  # the broker answered CORRUPT_MESSAGE: no fetching until a seek
 
 
 class Fetcher:
@@ -118,7 +142,8 @@ class Fetcher:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.states: dict[tuple[str, int], PartitionState] = {}
-        self.completed: collections.deque = collections.deque()  # (tp, epoch, data)
+        # (tp, epoch, data), or (tp, epoch, CorruptRecordError) for a range lost on the broker
+        self.completed: collections.deque = collections.deque()
         self.buffered_total = 0
         self.partial = None  # [tp, epoch, records, index]
         self.unreadable: dict[tuple[str, int], CorruptRecordError] = {}  # parked partitions
@@ -151,7 +176,7 @@ class Fetcher:
         keep = collections.deque()
         for item in self.completed:
             if pred(item[0]):
-                self.buffered_total -= len(item[2])
+                self.buffered_total -= _nbytes(item[2])
             else:
                 keep.append(item)
         self.completed = keep
@@ -171,6 +196,7 @@ class Fetcher:
             st.error = None
             st.buffered = 0
             st.backoff_until = 0.0
+            st.lost = False
             self._drop_buffers(lambda x: x == tp)
             self.unreadable.pop(tp, None)
         self.net.wakeup()
@@ -231,9 +257,13 @@ class Fetcher:
             if not self.completed:
                 break
             tp, epoch, data = self.completed.popleft()
-            self.buffered_total -= len(data)
             woke = True
             st = states.get(tp)
+            if isinstance(data, CorruptRecordError):  # every record fetched before the range is out
+                if st is not None and st.epoch == epoch:
+                    self._park(tp, st, data)
+                continue
+            self.buffered_total -= len(data)
             if st is None or st.epoch != epoch:
                 continue
             st.buffered -= len(data)
@@ -300,7 +330,7 @@ class Fetcher:
                     resets.setdefault(address, []).append((tp, st.epoch, st.reset))
                     continue
                 if (st.inflight or st.error is not None or not total_ok or st.buffered >= self.partition_ahead
-                        or tp in self.unreadable):
+                        or st.lost or tp in self.unreadable):
                     continue
                 address = leaders.get(tp)
                 if address is None:
@@ -397,6 +427,10 @@ class Fetcher:
                     st.backoff_until = now + self.backoff
                     continue
                 err = r.get("error", 0)
+                if err == ErrorCode.CORRUPT_MESSAGE:  # lost on the broker's disk: after what came before
+                    st.lost = True
+                    self.completed.append((tp, epoch, _lost_on_broker(tp, offset, r)))
+                    continue
                 if err:
                     self._partition_error(tp, st, err, r, now)
                     refresh = refresh or error_from(err).invalid_metadata

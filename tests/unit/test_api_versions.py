@@ -49,6 +49,17 @@ def test_api_versions_follows_a_route_whose_range_changes(node, monkeypatch):
     assert (entry["min"], entry["max"]) == (1, 2)
 
 
-def test_api_versions_at_an_unserved_version_is_refused_naming_the_version(node):
-    reply = call(node, {"v": 2, "type": "api_versions", "cid": 3})
-    assert reply["error"] == 35 and "2" in reply["error_message"]
+@pytest.mark.parametrize("version", [0, 2, 99, "1", True])
+def test_api_versions_at_an_unserved_version_is_refused_naming_the_version_and_still_lists_the_versions(node, version):
+    """Kafka's ApiVersions (KIP-511): a client of any version learns what the broker speaks."""
+    reply = call(node, {"v": version, "type": "api_versions", "cid": 3})
+    assert reply["error"] == 35 and reply["error_message"].startswith("protocol version ")
+    assert str(version) in reply["error_message"] and "not supported" in reply["error_message"]
+    assert reply["versions"] == call(node, {"v": 1, "type": "api_versions", "cid": 4})["versions"]
+    assert reply["cid"] == 3 and reply["type"] == "api_versions"
+
+
+def test_other_types_at_an_unserved_version_are_refused_without_an_answer(node):
+    reply = call(node, {"v": 2, "type": "metadata", "cid": 5})
+    assert reply["error"] == 35 and "versions" not in reply and "topics" not in reply
+    assert not any(route.any_version for kind, route in node.router.table.items() if kind != "api_versions")

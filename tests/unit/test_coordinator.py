@@ -5,11 +5,13 @@ second App on the same data dir and check that it is read back from there.
 """
 
 import logging
+import struct
 
 import msgpack
 import pytest
 
 from storage import build_native_batch
+from storage.log import Log
 from tests.unit.servicefakes import START_MS, error_code, settle, single_app
 from zbroker.context import INTERNAL, Completion
 from zbroker.control.metadata import PARTITION_CHANGE_RECORD
@@ -312,3 +314,74 @@ def test_records_of_the_wrong_shape_are_skipped_too(tmp_path, caplog, monkeypatc
     assert offsets_tp(app)[1] in app.groups.loaded
     assert app.groups.list_groups(INTERNAL) == []  # a skipped record leaves no trace (no phantom group)
     app.close(NOW + 100)
+
+
+def _groups_on_one_partition(app, n):
+    """``n`` group names whose offsets live in the same ``__consumer_offsets`` partition."""
+    count = app.config.setting("offsets_topic_partitions")
+    index = positive_hash_mod(b"g0", count)
+    names = (f"g{i}" for i in range(10_000))
+    return [g for g in names if positive_hash_mod(g.encode(), count) == index][:n]
+
+
+def _commit_group(app, group, offset):
+    req = OffsetCommit(group, [CommitOffset("t", 0, offset, "")], "", -1)
+    settle(app.groups.offset_commit(INTERNAL, req, NOW))
+
+
+def _fetch_group(app, group, now):
+    return {o.offset for o in app.groups.offset_fetch(INTERNAL, group, [("t", 0)], now)}
+
+
+def test_commits_after_a_range_lost_to_disk_damage_are_loaded(tmp_path, caplog):
+    app = start(single_app(tmp_path))
+    groups = _groups_on_one_partition(app, 5)
+    for i, group in enumerate(groups):
+        _commit_group(app, group, 100 + i)
+    part = app.partitions.get((OFFSETS_TOPIC, positive_hash_mod(groups[0].encode(),
+                                                                app.config.setting("offsets_topic_partitions"))))
+    app.close(NOW)
+    # flip bytes inside the batch of the third group's commit (its CRC no longer matches)
+    seg = sorted(part.log.directory.glob("*.log"))[-1]
+    data, pos, where = bytearray(seg.read_bytes()), 0, {}
+    while pos + 12 <= len(data):
+        base, length = struct.unpack_from(">qi", data, pos)
+        where[base], pos = pos, pos + 12 + length
+    damaged = sorted(where)[-3]  # the commits are the last five batches; this one is groups[2]'s
+    for k in range(8):
+        data[where[damaged] + 70 + k] ^= 0xFF
+    seg.write_bytes(bytes(data))
+
+    with caplog.at_level(logging.ERROR, logger="zbroker.groups.coordinator"):
+        app = single_app(tmp_path, now=NOW + 100)
+    errors = [r.getMessage() for r in caplog.records if r.name == "zbroker.groups.coordinator"]
+    assert len(errors) == 1 and f"offsets [{damaged}, {damaged + 1}) are lost to disk damage" in errors[0]
+    assert offsets_tp(app, groups[0])[1] in app.groups.loaded
+    assert [_fetch_group(app, g, NOW + 100) for g in groups] == [{100}, {101}, {-1}, {103}, {104}]
+    app.close(NOW + 100)
+
+
+def test_a_load_stopped_by_a_read_error_is_not_marked_loaded_and_is_retried(tmp_path, monkeypatch, caplog):
+    app = start(single_app(tmp_path))
+    commit(app, {0: 7})
+    app.close(NOW)
+    read = Log.read
+
+    def failing_read(self, *args, **kwargs):
+        if self.directory.name.startswith(OFFSETS_TOPIC):
+            raise OSError(5, "Input/output error")
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Log, "read", failing_read)
+    with caplog.at_level(logging.ERROR, logger="zbroker.groups.coordinator"):
+        app = single_app(tmp_path, now=NOW + 100)
+    assert offsets_tp(app)[1] not in app.groups.loaded
+    assert any("its groups are not loaded" in r.getMessage() for r in caplog.records)
+    assert error_code(lambda: fetch_offsets(app)) == ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
+    monkeypatch.setattr(Log, "read", read)  # the disk answers again: the next load after the back-off reads all
+    app.tick(NOW + 200)
+    assert offsets_tp(app)[1] not in app.groups.loaded  # not before the back-off
+    app.tick(NOW + 100 + 1000)
+    assert offsets_tp(app)[1] in app.groups.loaded
+    assert app.groups.offset_fetch(INTERNAL, GROUP, [("t", 0)], NOW + 1100)[0].offset == 7
+    app.close(NOW + 1100)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from storage import CorruptBatchError, StorageError, build_native_batch, decode_native_records, iter_batches
+from storage import CorruptBatchError, DamagedRangeError, StorageError, build_native_batch, decode_native_records, iter_batches
 from zbroker.config import ClusterConfig
 from zbroker.context import Completion, RequestContext
 from zbroker.control.controlplane import ControlPlane
@@ -38,6 +38,7 @@ from zbroker.hashing import positive_hash_mod
 from zbroker.purgatory import DelayedOperation, Purgatory
 
 log = logging.getLogger(__name__)
+_LOAD_RETRY_MS = 1000  # a load stopped by a read error is tried again this much later
 
 GROUP_WRITE_TIMEOUT_MS = 10_000
 TP = tuple[str, int]
@@ -199,6 +200,7 @@ class GroupCoordinator:
         self.offsets: dict[str, dict[TP, tuple[int, str]]] = {}  # group -> {(topic, partition): (offset, metadata)}
         self._index: dict[str, int] = {}  # group -> its __consumer_offsets partition
         self.loaded: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
+        self._load_retry_ms: dict[int, int] = {}  # partition -> when to retry a load that stopped short
 
     # -- placement ---------------------------------------------------------------------
 
@@ -244,27 +246,40 @@ class GroupCoordinator:
         led = {tp[1] for tp, part in self.partitions.online.items() if tp[0] == OFFSETS_TOPIC and part.is_leader}
         for index in sorted(self.loaded - led):
             self.loaded.discard(index)
-            for name in [g for g, idx in self._index.items() if idx == index]:
-                self.groups.pop(name, None)
-                self.offsets.pop(name, None)
-                del self._index[name]
+            self._forget(index)
             log.info("no longer coordinating the groups of %s-%d", OFFSETS_TOPIC, index)
         for index in sorted(led - self.loaded):
-            self._load(self.partitions.online[(OFFSETS_TOPIC, index)], index, now_ms)
+            if now_ms >= self._load_retry_ms.get(index, now_ms):
+                self._load(self.partitions.online[(OFFSETS_TOPIC, index)], index, now_ms)
+
+    def _forget(self, index: int) -> None:
+        """Drop the in-memory groups of offsets partition ``index``."""
+        for name in [g for g, idx in self._index.items() if idx == index]:
+            self.groups.pop(name, None)
+            self.offsets.pop(name, None)
+            del self._index[name]
 
     def _load(self, part: Partition, index: int, now_ms: int) -> None:
         """Replay the partition's records into the groups.  Never raises on bad data: a batch
-        that does not decode and a record of the wrong shape are skipped, each with one ERROR
-        line naming the partition and offsets; the load always moves forward, so it ends."""
+        that does not decode, a record of the wrong shape and a range lost to disk damage are
+        skipped, each with one ERROR line naming the partition and offsets; the load always
+        moves forward, so it ends.  Only a load that reached the log end marks the partition
+        loaded; one that stopped short (a read error) leaves no groups behind and is retried
+        after ``_LOAD_RETRY_MS`` (its groups answer COORDINATOR_LOAD_IN_PROGRESS until then)."""
         lg, offset, count = part.log, part.log.log_start_offset, 0
         session = self.config.setting("group_max_session_timeout_ms")
         where = f"{OFFSETS_TOPIC}-{index}"
         while offset < lg.log_end_offset:
             try:
                 data = lg.read(offset, 1 << 20).data
+            except DamagedRangeError as exc:  # those offsets are gone; the records after them are not
+                log.error("%s: offsets [%d, %d) are lost to disk damage; groups are loaded without the records "
+                          "there", where, exc.start, exc.end)
+                offset = max(exc.end, offset + 1)
+                continue
             except (StorageError, OSError) as exc:
-                log.error("cannot read %s at offset %d: %s; groups are loaded without the records from there on",
-                          where, offset, exc)
+                log.error("cannot read %s at offset %d: %s; its groups are not loaded; retrying in %d ms",
+                          where, offset, exc, _LOAD_RETRY_MS)
                 break
             start = offset
             for pos, h in iter_batches(data):
@@ -273,9 +288,14 @@ class GroupCoordinator:
                 count += self._load_batch(data[pos : pos + h.size], h, where, index, now_ms, session)
                 offset = h.next_offset
             if offset == start:  # nothing whole to read at this offset: the rest cannot be reached
-                log.error("%s: no readable batch at offset %d (of %d); groups are loaded without the records "
-                          "from there on", where, offset, lg.log_end_offset)
+                log.error("%s: no readable batch at offset %d (of %d); its groups are not loaded; retrying in %d ms",
+                          where, offset, lg.log_end_offset, _LOAD_RETRY_MS)
                 break
+        if offset < lg.log_end_offset:
+            self._forget(index)  # half a group's history must not be served as all of it
+            self._load_retry_ms[index] = now_ms + _LOAD_RETRY_MS
+            return
+        self._load_retry_ms.pop(index, None)
         self.loaded.add(index)
         log.info("coordinating the groups of %s: %d records, %d groups", where, count,
                  sum(1 for i in self._index.values() if i == index))

@@ -72,6 +72,9 @@ class Route:
         sender: for broker-to-broker requests, ``sender(fields)`` names the broker the
             request must come from: a broker id, :data:`ANY_BROKER`, or None (anyone may
             send this one, e.g. a consumer's fetch).
+        any_version: answer this type at any ``v``: outside ``versions`` the answer carries
+            UNSUPPORTED_VERSION *and* the route's reply (Kafka's ApiVersions, KIP-511), so a
+            client of another version learns what this broker speaks.
     """
 
     kind: str
@@ -80,6 +83,7 @@ class Route:
     access: Callable[[dict], Iterable[tuple[Operation, Resource]]] = lambda fields: ()
     versions: tuple[int, int] = (1, 1)
     sender: Callable[[dict], int | None] | None = None
+    any_version: bool = False
 
 
 class NativeRouter:
@@ -119,7 +123,7 @@ class NativeRouter:
             if route is None:
                 self._check_version(header, (P.PROTOCOL_VERSION, P.PROTOCOL_VERSION))
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {P.clip(kind)}")
-            self._check_version(header, route.versions)
+            refused = self._version_refusal(header, route)
             fields = P.check_fields(route.kind, header)
             ctx = RequestContext(self._principal(conn), LISTENER, self._client_id(header), conn)
             self._authorize(ctx, route, fields)
@@ -136,9 +140,9 @@ class NativeRouter:
         if answer is NO_REPLY:
             self.metrics.observe(LISTENER, metric, time.perf_counter() - started)
         elif isinstance(answer, Completion):
-            answer.on_done(lambda done: self._settled(conn, route, cid, done, started))
+            answer.on_done(lambda done: self._settled(conn, route, cid, done, started, refused))
         else:
-            self._answer(conn, route, cid, answer, started)
+            self._answer(conn, route, cid, answer, started, refused)
 
     # -- steps -------------------------------------------------------------------
 
@@ -149,6 +153,17 @@ class NativeRouter:
         if not (isinstance(version, int) and not isinstance(version, bool) and versions[0] <= version <= versions[1]):
             raise RequestError(ErrorCode.UNSUPPORTED_VERSION,
                                f"protocol version {P.clip(version)} not supported (this broker speaks {P.PROTOCOL_VERSION})")
+
+    def _version_refusal(self, header: dict, route: Route) -> RequestError | None:
+        """None if ``v`` is served; raises UNSUPPORTED_VERSION if not, unless the route is
+        answered at any version: then the refusal is returned, to go with the answer."""
+        try:
+            self._check_version(header, route.versions)
+        except RequestError as exc:
+            if not route.any_version:
+                raise
+            return exc
+        return None
 
     @staticmethod
     def _client_id(header: dict) -> str:
@@ -186,21 +201,26 @@ class NativeRouter:
 
     # -- answers -----------------------------------------------------------------
 
-    def _answer(self, conn: bytes, route: Route, cid: int, result: Any, started: float) -> None:
+    def _answer(self, conn: bytes, route: Route, cid: int, result: Any, started: float,
+                refused: RequestError | None = None) -> None:
+        """Send the route's reply; with ``refused`` (an any-version route asked at a version
+        it does not serve) the reply carries that error too."""
         try:
             fields, payloads = route.reply(result)
         except Exception as exc:
             log.exception("error encoding the answer to type=%r cid=%s", route.kind, cid)
             self._error(conn, route.kind, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", route.kind, started)
             return
-        self.send(conn, [P.encode(P.response(route.kind, cid, **fields)), *payloads])
-        self.metrics.observe(LISTENER, route.kind, time.perf_counter() - started)
+        code, message = (refused.code, refused.message) if refused is not None else (0, None)
+        self.send(conn, [P.encode(P.response(route.kind, cid, code, message, **fields)), *payloads])
+        self.metrics.observe(LISTENER, route.kind, time.perf_counter() - started, int(code))
 
-    def _settled(self, conn: bytes, route: Route, cid: int, done: Completion, started: float) -> None:
+    def _settled(self, conn: bytes, route: Route, cid: int, done: Completion, started: float,
+                 refused: RequestError | None = None) -> None:
         if done.error is not None:
             self._error(conn, route.kind, cid, done.error.code, done.error.message, route.kind, started)
         else:
-            self._answer(conn, route, cid, done.value, started)
+            self._answer(conn, route, cid, done.value, started, refused)
 
     def _error(self, conn: bytes, kind: str, cid: int, code: int, message: str, metric: str, started: float) -> None:
         self.send(conn, [P.encode(P.response(kind, cid, code, message))])

@@ -26,4 +26,5 @@ def api_versions_reply(versions: list[dict]):
     return {"versions": versions}, []
 
 
-ROUTES = [Route(P.API_VERSIONS, api_versions, api_versions_reply)]  # anyone may ask: it names no resource
+# anyone may ask (it names no resource), at any version: a refused version still gets the list
+ROUTES = [Route(P.API_VERSIONS, api_versions, api_versions_reply, any_version=True)]
