@@ -60,7 +60,7 @@ __all__ = [
     "validate_produced_batch",
     "patch_batch", "build_native_batch", "encode_native_batch", "build_kafka_batch",
     "decode_native_records", "decode_batches", "decode_some_batches", "Decoded", "iter_batches", "walk",
-    "set_base_offset",
+    "set_base_offset", "DECODE_RATIO", "decode_limit",
 ]
 
 HEADER_SIZE = 61
@@ -382,8 +382,21 @@ def _check_count(got: int, want: int) -> None:
         raise CorruptBatchError(f"record count mismatch: header says {want}, payload has {got} records")
 
 
+DECODE_RATIO = 64
+"""A broker decodes a stored batch's records only up to ``DECODE_RATIO * max_message_bytes``
+uncompressed bytes (:func:`decode_limit`): list_offsets by timestamp, the cleaner, and the
+loads of ``__consumer_offsets`` and the metadata log. A batch past that is treated as one it
+cannot decode record by record (kept whole, answered by its base offset, skipped with an
+ERROR line) instead of costing the broker gigabytes for a few KiB on disk."""
+
+
+def decode_limit(max_message_bytes: int) -> int:
+    """The most bytes a broker lets one stored batch of a log decompress to (see DECODE_RATIO)."""
+    return DECODE_RATIO * max_message_bytes
+
+
 def decode_native_records(
-    buf: bytes | bytearray | memoryview,
+    buf: bytes | bytearray | memoryview, max_size: int | None = None,
 ) -> list[tuple[int, int, bytes | None, bytes | None, dict[str, bytes]]]:
     """Decode the records of one native batch (decompressing if needed).
 
@@ -391,18 +404,23 @@ def decode_native_records(
 
     Args:
         buf: One complete native batch.
+        max_size: If given, the most bytes the payload may decompress to (and about the most
+            it allocates for that); the broker passes :func:`decode_limit`. None: no bound
+            (tools and tests over trusted data).
 
     Returns:
         ``(offset, timestamp, key, value, headers)`` per record; headers is always a dict.
 
     Raises:
+        DecompressionLimitError: The payload decompresses past ``max_size``
+            (a :class:`CorruptBatchError`).
         CorruptBatchError: The batch is not native, or the payload does not decode or does
             not match the header's record count.
     """
     h = parse_header(buf)
     if h.magic != MAGIC_NATIVE:
         raise CorruptBatchError(f"bad magic {h.magic}: not a native batch ({MAGIC_NATIVE})")
-    items = decode_native(decompress(h.compression, memoryview(buf)[HEADER_SIZE:h.size]))
+    items = decode_native(decompress(h.compression, memoryview(buf)[HEADER_SIZE:h.size], max_size))
     _check_count(len(items), h.record_count)
     out = []
     base, ts0 = h.base_offset, h.base_timestamp

@@ -15,8 +15,9 @@ What is kept, per closed segment:
 - the record holding the latest offset of its key over the whole log (closed and active
   segments), unless it is a tombstone (value None) in a segment whose ``max_timestamp`` is
   older than ``now_ms - delete_retention_ms``;
-- whole, unchanged: batches that are not native (magic 2), fail their CRC or do not decode,
-  are empty, control, transactional or log-append-time batches. Their records do not enter
+- whole, unchanged: batches that are not native (magic 2), fail their CRC or do not decode
+  (this includes a payload that decompresses past :func:`storage.batch.decode_limit` of the
+  log's ``max_message_bytes``: the cleaner never inflates a bomb), are empty, control, transactional or log-append-time batches. Their records do not enter
   the key map either (so they never cause another record to be removed).
 
 A batch whose records are all kept is copied byte for byte. Split runs are rebuilt with the
@@ -66,7 +67,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Generator
 
 from storage.batch import (CONTROL_BIT, MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT, BatchHeader,
-                           build_native_batch, decode_native_records, parse_header, validate_batch)
+                           build_native_batch, decode_limit, decode_native_records, parse_header,
+                           validate_batch)
 from storage.checkpoint import fsync_dir
 from storage.errors import CorruptBatchError
 from storage.swap import CLEANED, CLEANED_SUFFIX, SWAP_SUFFIX, commit_swap as _commit_swap, finish_swap as _finish_swap
@@ -141,6 +143,7 @@ class Cleaner:
         self.map_end = leo if max_offset is None else min(leo, max_offset)
         self.max_map_keys = max_map_keys
         self._truncations = log.truncations
+        self._decode_limit = decode_limit(log.config.max_message_bytes)
         self._latest: dict = {}
         self._last_batch: dict[int, int] = {}
         self._protected: set[int] = set()
@@ -225,7 +228,7 @@ class Cleaner:
                 buf = seg.read(pos, h.size)
                 if h.producer_id >= 0:
                     last_batch[h.producer_id] = h.base_offset
-                records = _decode(h, buf)
+                records = _decode(h, buf, self._decode_limit)
                 if records:
                     for off, _ts, key, _value, _headers in records:
                         if key is not None and off < map_end:
@@ -247,7 +250,7 @@ class Cleaner:
         keep = self._keeper(seg)
         protected = self._protected
         for pos, h in seg.iter_headers(0):  # scan up to the first removable record
-            records = _decode(h, seg.read(pos, h.size))
+            records = _decode(h, seg.read(pos, h.size), self._decode_limit)
             yield max(h.size, BATCH_COST)
             if not self._alive(seg):
                 return
@@ -267,7 +270,7 @@ class Cleaner:
             size = removed = unsynced = 0
             for pos, h in seg.iter_headers(0):
                 buf = seg.read(pos, h.size)
-                records = _decode(h, buf)
+                records = _decode(h, buf, self._decode_limit)
                 out = _clean_batch(h, buf, records, keep, protected)
                 for b in out:
                     f.write(b)
@@ -338,12 +341,12 @@ def clean(log: Log, now_ms: int, delete_retention_ms: int, max_offset: int | Non
 # ---------------------------------------------------------------------- internals
 
 
-def _decode(h: BatchHeader, buf: bytes) -> list[Record] | None:
+def _decode(h: BatchHeader, buf: bytes, limit: int) -> list[Record] | None:
     if h.magic != MAGIC_NATIVE or h.attributes & _OPAQUE_ATTRIBUTES or h.record_count <= 0:
         return None
     try:
         validate_batch(buf)
-        records = decode_native_records(buf)
+        records = decode_native_records(buf, limit)
         for r in records:
             hash(r[2])
     except (CorruptBatchError, TypeError) as exc:

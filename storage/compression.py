@@ -4,7 +4,9 @@
 id      name    bytes of a compressed payload
 ======  ======  ==================================================================
 0       none    the records as they are
-1       gzip    one gzip member (RFC 1952); readers accept several members
+1       gzip    one gzip member (RFC 1952); readers accept several members, at most
+                ``MAX_GZIP_MEMBERS`` (1,000) -- a payload of many empty members is work
+                without output
 2       snappy  xerial framing (below) when it starts with the xerial magic,
                 otherwise one raw snappy block; written as xerial framing
 3       lz4     one LZ4 *frame* (not a bare LZ4 block); Kafka readers need
@@ -34,7 +36,6 @@ Pure functions over bytes; errors in a payload raise :class:`CorruptBatchError`.
 
 from __future__ import annotations
 
-import gzip
 import struct
 import threading
 import zlib
@@ -67,6 +68,10 @@ XERIAL_MAGIC = b"\x82SNAPPY\x00"
 _XERIAL_HEADER = XERIAL_MAGIC + struct.pack(">ii", 1, 1)
 _XERIAL_BLOCK = 32 * 1024
 _I32 = struct.Struct(">i")
+MAX_GZIP_MEMBERS = 1000
+"""Most gzip members one payload may hold (clients write one; many tiny members are work
+without output)."""
+_GZIP_PIECE = 64 * 1024
 
 
 
@@ -227,20 +232,28 @@ def _unlz4(data: bytes, limit: int | None) -> bytes:
 
 
 def _gunzip(data: bytes, limit: int | None) -> bytes:
-    if limit is None:
-        return gzip.decompress(data)
-    out = []
-    total = 0
-    while data:  # one member after another, as gzip.decompress reads them
+    """Member after member (no zero padding between them), in linear time: input goes in by
+    pieces of ``_GZIP_PIECE`` bytes (zlib copies what follows a member's end into
+    ``unused_data``; whole-tail copies would make many tiny members quadratic)."""
+    out: list[bytes] = []
+    total = pos = members = 0
+    view, n = memoryview(data), len(data)
+    while pos < n:
+        members += 1
+        if members > MAX_GZIP_MEMBERS:
+            raise CorruptBatchError(f"gzip payload has more than MAX_GZIP_MEMBERS = {MAX_GZIP_MEMBERS} "
+                                    f"members (the next starts at byte {pos} of {n})")
         d = zlib.decompressobj(31)
-        chunk = d.decompress(data, limit + 1 - total)
-        total += len(chunk)
-        if total > limit or d.unconsumed_tail:
-            raise _over(COMPRESSION_GZIP, limit)
-        if not d.eof:
-            raise CorruptBatchError("cannot decompress payload (codec 1): truncated gzip member")
-        out.append(chunk)
-        data = d.unused_data
+        while not d.eof:
+            if pos >= n:
+                raise CorruptBatchError("cannot decompress payload (codec 1): truncated gzip member")
+            piece = view[pos : pos + _GZIP_PIECE]
+            chunk = d.decompress(piece, 0 if limit is None else limit + 1 - total)
+            total += len(chunk)
+            if limit is not None and (total > limit or d.unconsumed_tail):
+                raise _over(COMPRESSION_GZIP, limit)
+            out.append(chunk)
+            pos += len(piece) - len(d.unused_data)
     return b"".join(out)
 
 

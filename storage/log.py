@@ -508,11 +508,16 @@ class Log:
         header walk). For native batches with create-time timestamps the batch is decoded
         and the exact first record with ``timestamp >= timestamp_ms`` is returned; for other
         batches (Kafka magic 2, log-append time) the answer is the batch's base offset and
-        max timestamp. The special values -1 (latest) / -2 (earliest) are the caller's job.
+        max timestamp -- as for a native batch that does not decode, or that decompresses
+        past :func:`storage.batch.decode_limit` of ``max_message_bytes`` (a few KiB on disk
+        must not cost the broker gigabytes). The special values -1 (latest) / -2 (earliest)
+        are the caller's job.
 
         Returns:
             ``(offset, timestamp)``, or None if no batch is that recent.
         """
+        from storage.batch import decode_limit
+        limit = decode_limit(self.config.max_message_bytes)
         for seg in self._segments.values():
             if seg.max_timestamp < timestamp_ms:
                 continue
@@ -522,7 +527,7 @@ class Log:
             pos, h = found
             if h.magic == MAGIC_NATIVE and not h.attributes & TIMESTAMP_TYPE_BIT:
                 try:
-                    for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size)):
+                    for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size), limit):
                         if ts >= timestamp_ms:
                             return off, ts
                 except CorruptBatchError as exc:

@@ -234,13 +234,14 @@ class MetadataLog:
 
     def records(self, start: int, end: int) -> Iterator[tuple[int, dict | None]]:
         """Decoded records with offsets in [start, end); None for the leader-change marker."""
-        offset = start
+        # Our batches are uncompressed, so none decodes to more than max_message_bytes.
+        offset, limit = start, self.log.config.max_message_bytes
         while offset < end:
             data = self.log.read(offset, 1 << 20, max_offset=end).data
             if not data:
                 return
             for pos, header in iter_batches(data):
-                for rec_offset, _ts, _key, value, _headers in decode_native_records(data[pos : pos + header.size]):
+                for rec_offset, _ts, _key, value, _headers in decode_native_records(data[pos : pos + header.size], limit):
                     if start <= rec_offset < end:
                         yield rec_offset, (msgpack.unpackb(value, raw=False) if value else None)
                 offset = header.next_offset

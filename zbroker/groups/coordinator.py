@@ -302,8 +302,10 @@ class GroupCoordinator:
 
     def _load_batch(self, batch, h, where: str, index: int, now_ms: int, session_ms: int) -> int:
         """Apply one batch's records; returns how many were applied (bad ones: one ERROR line)."""
+        from storage.batch import decode_limit
+        limit = decode_limit(self.partitions.online[(OFFSETS_TOPIC, index)].log.config.max_message_bytes)
         try:
-            records = decode_native_records(batch)
+            records = decode_native_records(batch, limit)
         except CorruptBatchError as exc:
             log.error("skipping an unreadable batch in %s at offsets %d-%d: %s", where, h.base_offset, h.last_offset,
                       _short(exc))

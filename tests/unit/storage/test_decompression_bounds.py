@@ -100,3 +100,40 @@ def test_a_bomb_batch_names_topic_partition_and_offset(build, codec):
     recs, end, err = decode_some_batches(buf, "t", 3, 0, True, tuple, LIMIT)
     assert [r[2] for r in recs] == [40] and end == len(good)
     assert isinstance(err, DecompressionLimitError) and err.offset == 41
+
+
+def test_many_gzip_members_stop_at_the_member_cap():
+    """50,000 empty members (1 MB) once took a quadratic second; past the cap is an error."""
+    from storage.compression import MAX_GZIP_MEMBERS
+    empty = compress(COMPRESSION_GZIP, b"")
+    for bound in (LIMIT, None):
+        with pytest.raises(CorruptBatchError, match=f"more than MAX_GZIP_MEMBERS = {MAX_GZIP_MEMBERS} members") as info:
+            decompress(COMPRESSION_GZIP, empty * 50_000, bound)
+        assert not isinstance(info.value, DecompressionLimitError)
+    one = compress(COMPRESSION_GZIP, b"x")
+    assert decompress(COMPRESSION_GZIP, one * MAX_GZIP_MEMBERS, LIMIT) == b"x" * MAX_GZIP_MEMBERS
+    assert decompress(COMPRESSION_GZIP, one * MAX_GZIP_MEMBERS) == b"x" * MAX_GZIP_MEMBERS
+
+
+def test_gzip_members_are_read_in_pieces_not_whole_tails(monkeypatch):
+    """zlib copies what follows a member into unused_data: it must never be the whole tail."""
+    import storage.compression as compression
+    seen = []
+    real = compression.zlib.decompressobj
+
+    class Spy:
+        def __init__(self, wbits):
+            self._d = real(wbits)
+
+        def decompress(self, data, max_length=0):
+            out = self._d.decompress(data, max_length)
+            seen.append(len(self._d.unused_data))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(compression.zlib, "decompressobj", Spy)
+    payload = compress(COMPRESSION_GZIP, b"y") * 900 + compress(COMPRESSION_GZIP, bytes(300_000))
+    assert decompress(COMPRESSION_GZIP, payload, LIMIT) == b"y" * 900 + bytes(300_000)
+    assert max(seen) <= compression._GZIP_PIECE
