@@ -159,13 +159,15 @@ class Log:
             os.unlink(self.directory / EPOCH_FILE)
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = True
+        trust = True
         try:
             self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
-        except CheckpointError as exc:  # the ranges cannot be trusted: the files show what is there
-            log.error("discarding malformed damaged-offsets file: %s", exc)
+        except CheckpointError as exc:  # the ranges are unknown: scan every segment for gaps
+            log.error("malformed damaged-offsets file, scanning every segment: %s", exc)
             os.unlink(self.directory / DAMAGE_FILE)
             self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
-        load_segments(self, bases, now_ms, recovery_point)
+            trust = False
+        load_segments(self, bases, now_ms, recovery_point, trust)
         if not self._segments:
             self._segments[0] = Segment.create(self.directory, 0, self.handles,
                                                config.index_interval_bytes, now_ms)
