@@ -435,8 +435,10 @@ class Log:
         At least one batch is returned if any exists at ``offset`` (even beyond
         ``max_bytes``); never a partial batch. Reads may span segments, never a damaged
         range (``storage.damage``): they stop before it. Records are not decoded; each batch's
-        framing and CRC are checked. The cost is one index lookup, a short header walk, one
-        ``pread`` per segment touched and a CRC-32C over the bytes returned.
+        framing and offsets are checked, and its CRC once per open (bytes scanned, appended or
+        read before by this process are not checked again: ``Segment.verified_upto``). The
+        cost is one index lookup, a short header walk, one ``pread`` per segment touched and
+        a CRC-32C over bytes not verified yet.
 
         A batch found damaged here has its segment repaired like at start-up
         (``storage.recovery``): the damaged range is recorded, logged and reported.
@@ -479,15 +481,16 @@ class Log:
         seg = values[i]
         parts: list[bytes] = []
         first, nxt, count, budget = offset, offset, 0, max_bytes
+        exact = not self.config.allow_offset_gaps
         try:
             pos = seg.find_position(offset)
             while True:
-                data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0)
+                data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0, exact)
                 if c:
+                    if n <= offset or (exact and (f != nxt if count else f > offset)):
+                        raise CorruptBatchError(f"{seg.log_path}: batch at position {pos} holds [{f}, {n}), "
+                                                f"expected {nxt if count else offset}")
                     if not count:
-                        if n <= offset:
-                            raise CorruptBatchError(f"{seg.log_path}: batch at position {pos} ends at {n}, "
-                                                    f"before offset {offset}")
                         first = f
                     parts.append(data)
                     budget -= len(data)

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from storage.batch import HEADER_SIZE, BatchHeader, parse_header, validate_batch
+from storage.batch import HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, BatchHeader, check_crc, parse_header, validate_batch
 from storage.errors import CorruptBatchError
 from storage.handles import FileHandleCache
 from storage.index import OffsetIndex, TimeIndex
@@ -151,6 +151,9 @@ class Segment:
         self.last_modified_ms = now_ms
         self._bytes_since_index = 0
         self._unsynced = False
+        # bytes [0, verified_upto) had their CRC checked by this process (scanned, appended
+        # or read): reads do not check them again
+        self.verified_upto = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -322,6 +325,7 @@ class Segment:
                 on_batch(h)
             pos += h.size
             expected = h.next_offset
+        self.verified_upto = self.size
         return Recovered(kept, lost, reasons, file_size, stopped)
 
     def _check_at(self, reader: "_Reader", pos: int, expected: int, exact: bool,
@@ -399,6 +403,8 @@ class Segment:
             raise
         if pos == 0:
             self.created_ms = now_ms
+        if self.verified_upto == pos:  # the log validated it
+            self.verified_upto = pos + len(batch)
         self._index_batch(header, pos)
         self.last_modified_ms = now_ms
         self._unsynced = True
@@ -412,18 +418,25 @@ class Segment:
         return os.pread(self._fd(), n, position)
 
     def read_batches(self, position: int, max_bytes: int, max_offset: int | None,
-                     at_least_one: bool) -> tuple[bytes, int, int, int]:
+                     at_least_one: bool, exact: bool = False) -> tuple[bytes, int, int, int]:
         """Whole batches from ``position`` fitting in ``max_bytes``.
+
+        Each batch's framing is checked, and its CRC unless its bytes were verified before
+        (``verified_upto``). Cost: one ``pread`` plus a CRC-32C over unverified bytes only.
 
         Args:
             position: A batch start.
             max_bytes: Byte budget.
             max_offset: Exclude batches whose base offset is >= this.
             at_least_one: Return the first batch even if it exceeds ``max_bytes``.
+            exact: Each batch must start where the previous one ended (no compaction).
 
         Returns:
             ``(data, first_base_offset, next_offset, batch_count)``; ``first`` and ``next``
             are -1 when nothing is returned.
+
+        Raises:
+            CorruptBatchError: Bad framing, CRC or offsets.
         """
         avail = self.size - position
         if avail <= 0:
@@ -436,16 +449,17 @@ class Segment:
             if max_offset is not None and h.base_offset >= max_offset:
                 break
             size = h.size
-            if size < HEADER_SIZE or pos + size > avail or h.base_offset < nxt:
+            if (size < HEADER_SIZE or pos + size > avail or h.base_offset < nxt or h.last_offset_delta < 0
+                    or h.magic not in (MAGIC_KAFKA, MAGIC_NATIVE) or (exact and nxt >= 0 and h.base_offset != nxt)):
                 raise CorruptBatchError(f"{self.log_path}: bad batch at position {position + pos}: length "
-                                        f"{h.batch_length}, base offset {h.base_offset}")
+                                        f"{h.batch_length}, base offset {h.base_offset}, magic {h.magic}")
             if pos + size > len(buf):
                 if count == 0 and at_least_one:
                     buf = os.pread(self._fd(), size, position)
-                    validate_batch(buf)
+                    self._verify(buf, 0, size, h, position)
                     pos, count, first, nxt = size, 1, h.base_offset, h.next_offset
                 break
-            validate_batch(memoryview(buf)[pos:pos + size])
+            self._verify(buf, pos, size, h, position)
             if count == 0:
                 first = h.base_offset
             count += 1
@@ -454,6 +468,19 @@ class Segment:
         if pos == 0:
             return b"", -1, -1, 0
         return (buf if pos == len(buf) else buf[:pos]), first, nxt, count
+
+    def _verify(self, buf: bytes, pos: int, size: int, h: BatchHeader, position: int) -> None:
+        """CRC-check the batch at ``buf[pos:pos + size]`` (file position ``position + pos``)
+        unless it lies below ``verified_upto``; extend ``verified_upto`` over it."""
+        at = position + pos
+        if at + size <= self.verified_upto:
+            return
+        try:
+            check_crc(memoryview(buf)[pos:pos + size], h)
+        except CorruptBatchError as exc:
+            raise CorruptBatchError(f"{self.log_path}: batch at position {at}: {exc}") from None
+        if at <= self.verified_upto:
+            self.verified_upto = at + size
 
     def find_position(self, offset: int) -> int:
         """Byte position of the batch containing ``offset`` (``size`` if past the end).
@@ -490,6 +517,7 @@ class Segment:
         removed = self.size - pos
         new_next = parse_header(os.pread(self._fd(), HEADER_SIZE, pos)).base_offset
         os.ftruncate(self._fd(), pos)
+        self.verified_upto = min(self.verified_upto, pos)
         self.index.truncate_to(new_next)
         self.time_index.truncate_to(new_next)
         self.size = pos
