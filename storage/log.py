@@ -59,6 +59,7 @@ __all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "
 PARTITION_METADATA_FILE = "partition.metadata"
 
 _SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+GAPS_FILE = "offset-gaps"  # present: the log is or was compacted (see Log.config)
 _STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
 
 
@@ -143,10 +144,12 @@ class Log:
     def __init__(self, directory: str | os.PathLike, config: LogConfig, now_ms: int,
                  handles: FileHandleCache | None = None, recovery_point: int | None = None) -> None:
         self.directory = Path(directory)
-        self.config = config
         self._own_handles = handles is None
         self.handles = handles if handles is not None else FileHandleCache(64)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._gaps_marker = self.directory / GAPS_FILE
+        self._has_gaps = self._gaps_marker.exists()
+        self.config = config
         self._segments: SortedDict = SortedDict()
         self._closed = False
         self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
@@ -184,6 +187,26 @@ class Log:
         self._unflushed_messages = 0
         self._last_flush_ms = now_ms
         self._new_files = False
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LogConfig) -> None:
+        """A compacted log keeps its offset gaps after its policy changes: the first time the
+        config allows gaps, a marker file (``offset-gaps``) records it durably."""
+        if config.allow_offset_gaps and not self._has_gaps:
+            self._gaps_marker.touch()
+            fsync_dir(self.directory)
+            self._has_gaps = True
+        self._config = config
+
+    @property
+    def allows_gaps(self) -> bool:
+        """Offsets may have gaps here (the log is or was ever compacted): recovery and reads
+        do not require base offsets to chain exactly."""
+        return self._has_gaps
 
     # ------------------------------------------------------------------ loading
 
@@ -481,7 +504,7 @@ class Log:
         seg = values[i]
         parts: list[bytes] = []
         first, nxt, count, budget = offset, offset, 0, max_bytes
-        exact = not self.config.allow_offset_gaps
+        exact = not self.allows_gaps
         try:
             pos = seg.find_position(offset)
             while True:

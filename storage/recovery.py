@@ -82,7 +82,7 @@ def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int 
             log.error("partition log %s: segment %s is empty: removed", lg.directory, seg.log_path.name)
             seg.delete()
         else:
-            if prev is not None and prev.next_offset < base and not cfg.allow_offset_gaps:
+            if prev is not None and prev.next_offset < base and not lg.allows_gaps:
                 _lost(lg, prev.next_offset, base,
                       f"no segment holds them (the next one, {seg.log_path.name}, starts at {base})")
             lg._segments[base] = seg
@@ -108,7 +108,7 @@ def repair_segment(lg: "Log", seg: Segment, next_base: int | None, on_batch=None
     Returns:
         The offset the log must continue at (a new segment there), or None.
     """
-    rec = seg.recover(on_batch, allow_gaps=lg.config.allow_offset_gaps, max_offset=next_base,
+    rec = seg.recover(on_batch, allow_gaps=lg.allows_gaps, max_offset=next_base,
                       known_gaps=dict(lg.damaged.ranges))
     lost = list(rec.lost)
     cont = None

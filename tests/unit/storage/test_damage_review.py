@@ -229,3 +229,17 @@ def test_reads_check_each_crc_once_per_open(tmp_path, monkeypatch):
     lg = Log(d, BIG, 0, recovery_point=20)  # trusted at open: not CRC-checked yet
     assert len(records(lg)) == 20 and sorted(checked) == list(range(20))
     assert len(records(lg)) == 20 and len(checked) == 20  # not again
+
+
+def test_a_log_that_was_compacted_keeps_its_gaps_after_the_policy_changes(tmp_path):
+    """Compaction leaves gaps; switching the topic to delete later must not make them damage."""
+    d = tmp_path / "t-0"
+    gappy = LogConfig(allow_offset_gaps=True)
+    lg = Log(d, gappy, 0)
+    lg.append(forge(one(b"a"), base_offset=0), 0, assign_offsets=False)
+    lg.append(forge(one(b"b"), base_offset=5), 0, assign_offsets=False)
+    lg.config = LogConfig()  # the policy changed to delete
+    assert records(lg) == [(0, b"a"), (5, b"b")]
+    lg.close()
+    lg = Log(d, LogConfig(), 0, recovery_point=None)
+    assert lg.damaged.ranges == [] and records(lg) == [(0, b"a"), (5, b"b")] and lg.log_end_offset == 6
