@@ -101,7 +101,9 @@ def test_damage_at_the_end_found_by_a_read_never_reuses_offsets(tmp_path):
     assert lg.damaged.ranges == [(9, 10)] and records(lg)[-1] == (10, b"NEW")
 
 
-def test_flipped_base_offset_in_an_older_segment_is_damage_not_a_gap(tmp_path):
+def base_flipped(tmp_path):
+    """60 two-record batches over 3 segments; one bit of the base offset (not under the CRC)
+    of the second segment's third batch flipped. Returns (dir, config, bases, its header)."""
     cfg = LogConfig(segment_bytes=2000, index_interval_bytes=100)
     d = tmp_path / "t-0"
     lg = Log(d, cfg, 0)
@@ -111,7 +113,12 @@ def test_flipped_base_offset_in_an_older_segment_is_damage_not_a_gap(tmp_path):
     lg.close()
     p = d / f"{bases[1]:020d}.log"
     pos, h = positions(p)[2]
-    patch(p, pos + 7, 0x08)  # base_offset, not under the CRC
+    patch(p, pos + 7, 0x08)
+    return d, cfg, bases, h
+
+
+def test_flipped_base_offset_in_an_older_segment_is_damage_not_a_gap(tmp_path):
+    d, cfg, bases, h = base_flipped(tmp_path)
     lg = Log(d, cfg, 0, recovery_point=None)
     lg._check()
     assert lg.damaged.ranges == [(h.base_offset, bases[2])]
@@ -196,16 +203,7 @@ def test_resync_tries_one_candidate_only(tmp_path, monkeypatch):
 def test_flipped_base_offset_below_the_recovery_point_is_found_by_a_read(tmp_path):
     """A trusted segment is not scanned at open: the read that meets a base offset that does
     not chain repairs it; no offset is served from the wrong batch, none silently skipped."""
-    cfg = LogConfig(segment_bytes=2000, index_interval_bytes=100)
-    d = tmp_path / "t-0"
-    lg = Log(d, cfg, 0)
-    for i in range(60):
-        lg.append(build_native_batch([(1000 + i, None, b"v%d" % i, None), (1000 + i, None, b"w%d" % i, None)]), 0)
-    bases = [s.base_offset for s in lg.segments()]
-    lg.close()
-    p = d / f"{bases[1]:020d}.log"
-    pos, h = positions(p)[2]
-    patch(p, pos + 7, 0x08)
+    d, cfg, bases, h = base_flipped(tmp_path)
     lg = Log(d, cfg, 0, recovery_point=120)
     assert lg.damaged.ranges == []  # trusted, not scanned
     got = dict(records(lg, max_bytes=1))  # one batch per read
