@@ -197,12 +197,18 @@ def test_follower_truncates_to_its_first_damaged_range_before_fetching(parts):
     assert part.high_watermark == 2  # never counted as holding what it lost
 
 
-def test_follower_skips_a_range_the_leader_lost_too(parts):
+def leader_lost_2_to_5(parts):
+    """t-0 holds offsets 0-1; its leader answers that it lost [2, 5) too."""
     part = parts[("t", 0)]
     append(part, 2, epoch=4)
     fetcher = ReplicaFetcher(ME)
     seq = next(s for s, leader, _ in fetcher.requests(parts, LIVE, NOW) if leader == 1)
     answer(fetcher, seq, parts, FetchedPartition("t", 0, int(ErrorCode.CORRUPT_MESSAGE), 9, 0, damaged=[2, 5]))
+    return part, fetcher
+
+
+def test_follower_skips_a_range_the_leader_lost_too(parts):
+    part, fetcher = leader_lost_2_to_5(parts)
     assert part.log.log_end_offset == 5 and part.log.damaged.ranges == [(2, 5)]
     (req,) = [r for _, leader, r in fetcher.requests(parts, LIVE, NOW) if leader == 1]
     spec = next(p for p in req.partitions if (p.topic, p.partition) == ("t", 0))
@@ -232,11 +238,7 @@ def test_damage_found_while_leading_is_dropped_when_following_again(parts):
 
 
 def test_a_range_the_leader_lost_is_not_dropped_at_the_next_epoch(parts):
-    part = parts[("t", 0)]
-    append(part, 2, epoch=4)
-    fetcher = ReplicaFetcher(ME)
-    seq = next(s for s, leader, _ in fetcher.requests(parts, LIVE, NOW) if leader == 1)
-    answer(fetcher, seq, parts, FetchedPartition("t", 0, int(ErrorCode.CORRUPT_MESSAGE), 9, 0, damaged=[2, 5]))
+    part, fetcher = leader_lost_2_to_5(parts)
     part.apply_metadata(1, 5, [1, 2, 3], [1, 2, 3], NOW)
     fetcher.in_flight.clear()
     assert offset_of(fetcher.requests(parts, LIVE, NOW), ("t", 0)) == 5

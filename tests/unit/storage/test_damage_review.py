@@ -79,18 +79,23 @@ def test_batch_inside_a_record_value_is_never_resurrected(tmp_path, recovery_poi
     assert covered(lg)
 
 
-def test_damage_at_the_end_found_by_a_read_never_reuses_offsets(tmp_path):
+def bad_crc_at(tmp_path, offset):
+    """A flushed log of ten one-record batches; ``offset``'s batch has a bad CRC."""
     d = tmp_path / "t-0"
     lg = Log(d, BIG, 0)
     for i in range(10):
-        lg.append(one(b"acked-%d" % i + b"x" * 50), 0)
+        lg.append(one(b"v%d" % i + b"x" * 50), 0)
     lg.flush()
-    rp = lg.recovery_point
     lg.close()
     p = d / f"{0:020d}.log"
-    pos, _h = positions(p)[-1]
+    pos, _h = positions(p)[offset]
     patch(p, pos + 70, 0xFF)
-    lg = Log(d, BIG, 0, recovery_point=rp)
+    return d
+
+
+def test_damage_at_the_end_found_by_a_read_never_reuses_offsets(tmp_path):
+    d = bad_crc_at(tmp_path, 9)  # fsynced and acknowledged: the recovery point is 10
+    lg = Log(d, BIG, 0, recovery_point=10)
     with pytest.raises(DamagedRangeError):
         lg.read(9, 1 << 20)
     assert lg.log_end_offset == 10 and lg.damaged.ranges == [(9, 10)]
@@ -127,15 +132,7 @@ def test_flipped_base_offset_in_an_older_segment_is_damage_not_a_gap(tmp_path):
 
 
 def test_lost_ranges_are_durable_before_the_damaged_bytes_go(tmp_path, monkeypatch):
-    d = tmp_path / "t-0"
-    lg = Log(d, BIG, 0)
-    for i in range(10):
-        lg.append(one(b"v%d" % i + b"x" * 50), 0)
-    lg.flush()
-    lg.close()
-    p = d / f"{0:020d}.log"
-    pos, _h = positions(p)[4]
-    patch(p, pos + 70, 0xFF)
+    d = bad_crc_at(tmp_path, 4)
 
     def crash(*_args):
         raise KeyboardInterrupt("crash before the swap")
@@ -149,15 +146,7 @@ def test_lost_ranges_are_durable_before_the_damaged_bytes_go(tmp_path, monkeypat
 def test_malformed_damaged_offsets_file_scans_every_segment(tmp_path):
     """The recorded hole is unknown now: the gap it left is damage up to the recovery point,
     never a silent gap and never a lower log end."""
-    d = tmp_path / "t-0"
-    lg = Log(d, BIG, 0)
-    for i in range(10):
-        lg.append(one(b"v%d" % i + b"x" * 50), 0)
-    lg.flush()
-    lg.close()
-    p = d / f"{0:020d}.log"
-    pos, _h = positions(p)[4]
-    patch(p, pos + 70, 0xFF)
+    d = bad_crc_at(tmp_path, 4)
     lg = Log(d, BIG, 0, recovery_point=10)
     with pytest.raises(DamagedRangeError):
         lg.read(4, 1 << 20)
