@@ -176,11 +176,20 @@ def validate_batch(buf: bytes | bytearray | memoryview, max_size: int | None = N
             f"record count mismatch: record_count {h.record_count} but last_offset_delta "
             f"{h.last_offset_delta}"
         )
+    check_crc(buf, h)
+    return h
+
+
+def check_crc(buf: bytes | bytearray | memoryview, h: BatchHeader) -> None:
+    """Compare the CRC-32C of one whole batch ``buf`` with its parsed header's ``h.crc``.
+
+    Raises:
+        CorruptBatchError: They differ.
+    """
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     actual = _crc(mv[_CRC_START:])
     if actual != h.crc:
         raise CorruptBatchError(f"bad crc: header 0x{h.crc:08x}, computed 0x{actual:08x}")
-    return h
 
 
 def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int | None = None) -> BatchHeader:

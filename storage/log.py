@@ -59,6 +59,7 @@ __all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "
 PARTITION_METADATA_FILE = "partition.metadata"
 
 _SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+GAPS_FILE = "offset-gaps"  # present: the log is or was compacted (see Log.config)
 _STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
 
 
@@ -143,10 +144,12 @@ class Log:
     def __init__(self, directory: str | os.PathLike, config: LogConfig, now_ms: int,
                  handles: FileHandleCache | None = None, recovery_point: int | None = None) -> None:
         self.directory = Path(directory)
-        self.config = config
         self._own_handles = handles is None
         self.handles = handles if handles is not None else FileHandleCache(64)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._gaps_marker = self.directory / GAPS_FILE
+        self._has_gaps = self._gaps_marker.exists()
+        self.config = config
         self._segments: SortedDict = SortedDict()
         self._closed = False
         self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
@@ -159,13 +162,15 @@ class Log:
             os.unlink(self.directory / EPOCH_FILE)
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = True
+        trust = True
         try:
             self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
-        except CheckpointError as exc:  # the ranges cannot be trusted: the files show what is there
-            log.error("discarding malformed damaged-offsets file: %s", exc)
+        except CheckpointError as exc:  # the ranges are unknown: scan every segment for gaps
+            log.error("malformed damaged-offsets file, scanning every segment: %s", exc)
             os.unlink(self.directory / DAMAGE_FILE)
             self.damaged = DamagedRanges(self.directory / DAMAGE_FILE)
-        load_segments(self, bases, now_ms, recovery_point)
+            trust = False
+        load_segments(self, bases, now_ms, recovery_point, trust)
         if not self._segments:
             self._segments[0] = Segment.create(self.directory, 0, self.handles,
                                                config.index_interval_bytes, now_ms)
@@ -182,6 +187,26 @@ class Log:
         self._unflushed_messages = 0
         self._last_flush_ms = now_ms
         self._new_files = False
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LogConfig) -> None:
+        """A compacted log keeps its offset gaps after its policy changes: the first time the
+        config allows gaps, a marker file (``offset-gaps``) records it durably."""
+        if config.allow_offset_gaps and not self._has_gaps:
+            self._gaps_marker.touch()
+            fsync_dir(self.directory)
+            self._has_gaps = True
+        self._config = config
+
+    @property
+    def allows_gaps(self) -> bool:
+        """Offsets may have gaps here (the log is or was ever compacted): recovery and reads
+        do not require base offsets to chain exactly."""
+        return self._has_gaps
 
     # ------------------------------------------------------------------ loading
 
@@ -433,8 +458,10 @@ class Log:
         At least one batch is returned if any exists at ``offset`` (even beyond
         ``max_bytes``); never a partial batch. Reads may span segments, never a damaged
         range (``storage.damage``): they stop before it. Records are not decoded; each batch's
-        framing and CRC are checked. The cost is one index lookup, a short header walk, one
-        ``pread`` per segment touched and a CRC-32C over the bytes returned.
+        framing and offsets are checked, and its CRC once per open (bytes scanned, appended or
+        read before by this process are not checked again: ``Segment.verified_upto``). The
+        cost is one index lookup, a short header walk, one ``pread`` per segment touched and
+        a CRC-32C over bytes not verified yet.
 
         A batch found damaged here has its segment repaired like at start-up
         (``storage.recovery``): the damaged range is recorded, logged and reported.
@@ -477,15 +504,16 @@ class Log:
         seg = values[i]
         parts: list[bytes] = []
         first, nxt, count, budget = offset, offset, 0, max_bytes
+        exact = not self.allows_gaps
         try:
             pos = seg.find_position(offset)
             while True:
-                data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0)
+                data, f, n, c = seg.read_batches(pos, budget, max_offset, count == 0, exact)
                 if c:
+                    if n <= offset or (exact and (f != nxt if count else f > offset)):
+                        raise CorruptBatchError(f"{seg.log_path}: batch at position {pos} holds [{f}, {n}), "
+                                                f"expected {nxt if count else offset}")
                     if not count:
-                        if n <= offset:
-                            raise CorruptBatchError(f"{seg.log_path}: batch at position {pos} ends at {n}, "
-                                                    f"before offset {offset}")
                         first = f
                     parts.append(data)
                     budget -= len(data)

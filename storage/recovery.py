@@ -10,16 +10,16 @@ On open (:func:`load_segments`), segments wholly below the recovery point (fsync
 last checkpoint) are opened trusting their data: indexes loaded, the tail after the last
 index entry walked. Every other segment -- the one holding the recovery point and all later
 ones; with no checkpoint, all of them -- is scanned (:meth:`storage.segment.Segment.recover`):
-every batch's framing, CRC and offsets are checked. At a batch that fails, the scan
-resynchronises: the next position holding a whole batch with a valid CRC whose offsets lie
-at or after the damaged one's and below the next segment's base. Everything from there on
-is kept. The damaged bytes are removed from the segment (:func:`remove_damaged_bytes`: a copy
-without them is swapped in crash-safely, ``storage.swap``), the offsets they held -- from
-where the last good batch ended to where the resynchronised one starts -- are recorded
-durably (``storage.damage``) and logged at ERROR with the range. Damage with nothing valid
-after it in the *last* segment is a torn tail: truncated, and the offsets it held are not
-known (they were never acknowledged if the tail was torn by a crash). In an earlier segment
-the offsets up to the next segment's base are recorded as lost.
+every batch's framing, CRC and offsets are checked. At a batch that fails, the scan goes on
+only where that is provable (:func:`storage.segment._resync`): at the one position the bad
+batch's length field names, if a valid batch there chains on. The bytes inside a bad batch
+are never searched. Otherwise the rest of the segment is dropped. The offsets lost are
+recorded durably (``storage.damage``) and logged at ERROR *before* the damaged bytes are
+removed (:func:`remove_damaged_bytes`: a copy without them is swapped in crash-safely,
+``storage.swap``). In an earlier segment a dropped rest loses the offsets up to the next
+segment's base. In the *last* segment it is a torn tail (truncated, as in Kafka) if it
+starts at or above the recovery point; below it, the offsets up to the recovery point are
+recorded as lost and the log goes on there in a new segment: the log end never moves back.
 
 Segments are not only damaged inside: a segment missing between two others, or an empty one,
 leaves a gap between one segment's end and the next one's base. Unless the log is compacted
@@ -27,7 +27,9 @@ leaves a gap between one segment's end and the next one's base. Unless the log i
 
 Damage that the start-up scan did not look at (a segment below the recovery point) is found
 when a read trips over it: :meth:`storage.log.Log.read` repairs that segment the same way
-(:func:`repair_segment`) and the read answers with the damaged range.
+(:func:`repair_for_read`, synchronously, inside that read: one scan and at most one rewrite
+of one segment) and the read answers with the damaged range. Damage found by a read is never
+a torn tail: the log end stays.
 """
 
 from __future__ import annotations
@@ -51,14 +53,19 @@ __all__ = ["load_segments", "repair_segment", "remove_damaged_bytes"]
 _COPY_CHUNK = 1 << 20
 
 
-def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int | None) -> None:
-    """Open the segments at ``bases`` into ``lg`` (see the module text for what is scanned)."""
+def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int | None, trust: bool = True) -> None:
+    """Open the segments at ``bases`` into ``lg`` (see the module text for what is scanned).
+
+    Args:
+        trust: False scans every segment, whatever the recovery point (the damaged-offsets
+            file was malformed: ranges it held may be silent gaps now).
+    """
     cfg = lg.config
     prev: Segment | None = None
     for i, base in enumerate(bases):
         nxt = bases[i + 1] if i + 1 < len(bases) else None
         seg = None
-        if recovery_point is not None and base < recovery_point:
+        if trust and recovery_point is not None and base < recovery_point:
             try:
                 seg = Segment.open(lg.directory, base, lg.handles, cfg.index_interval_bytes, now_ms)
             except CorruptBatchError as exc:
@@ -66,39 +73,59 @@ def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int 
                 seg = None
             if seg is not None and (seg.next_offset > recovery_point or (nxt is not None and seg.next_offset > nxt)):
                 seg = None  # holds unflushed data, or runs into the next segment: scan it
+        cont = None
         if seg is None:
             seg = Segment(lg.directory, base, lg.handles, cfg.index_interval_bytes, now_ms)
-            repair_segment(lg, seg, nxt, on_batch=lg._note_epoch)
-        if prev is not None and nxt is not None and seg.size == 0:
+            cont = repair_segment(lg, seg, nxt, on_batch=lg._note_epoch,
+                                  keep_end=recovery_point if nxt is None else None)
+        if prev is not None and (nxt is not None or cont is not None) and seg.size == 0:
             log.error("partition log %s: segment %s is empty: removed", lg.directory, seg.log_path.name)
             seg.delete()
-            continue
-        if prev is not None and prev.next_offset < base and not cfg.allow_offset_gaps:
-            _lost(lg, prev.next_offset, base, f"no segment holds them (the next one, {seg.log_path.name}, starts at {base})")
-        lg._segments[base] = seg
-        prev = seg
+        else:
+            if prev is not None and prev.next_offset < base and not lg.allows_gaps:
+                _lost(lg, prev.next_offset, base,
+                      f"no segment holds them (the next one, {seg.log_path.name}, starts at {base})")
+            lg._segments[base] = seg
+            prev = seg
+        if cont is not None:  # damage below the recovery point: the log end stays where it was
+            lg._segments[cont] = Segment.create(lg.directory, cont, lg.handles, cfg.index_interval_bytes, now_ms)
 
 
-def repair_segment(lg: "Log", seg: Segment, next_base: int | None, on_batch=None) -> Recovered:
-    """Scan ``seg`` (of ``lg``), remove its damaged bytes, record and log what they held.
+def repair_segment(lg: "Log", seg: Segment, next_base: int | None, on_batch=None,
+                   keep_end: int | None = None) -> int | None:
+    """Scan ``seg`` (of ``lg``), record and log what its damaged bytes held, remove them.
+
+    The lost ranges are written durably before any byte is removed (a crash in between
+    leaves a recorded range over intact data: harmless, never a silent gap).
 
     Args:
         next_base: The next segment's base offset, None for the last segment.
         on_batch: Called with every valid batch's header.
+        keep_end: For the last segment: the log end that must not move back (the recovery
+            point at start-up, the log end at read time). Damage below it is recorded as
+            lost up to it; None treats damage with nothing after it as a torn tail.
+
+    Returns:
+        The offset the log must continue at (a new segment there), or None.
     """
-    rec = seg.recover(lg.config.max_message_bytes, on_batch,
-                      allow_gaps=next_base is not None or lg.config.allow_offset_gaps, max_offset=next_base,
+    rec = seg.recover(on_batch, allow_gaps=lg.allows_gaps, max_offset=next_base,
                       known_gaps=dict(lg.damaged.ranges))
-    remove_damaged_bytes(seg, rec)
-    for start, end in rec.lost:
+    lost = list(rec.lost)
+    cont = None
+    if rec.stopped is not None:
+        if next_base is not None:
+            lost.append((rec.stopped, next_base))
+        elif keep_end is not None and rec.stopped < keep_end:
+            lost.append((rec.stopped, keep_end))
+            cont = keep_end
+    for start, end in lost:
         _lost(lg, start, end, f"damaged bytes in {seg.log_path.name} ({'; '.join(rec.reasons)})")
-    if not rec.lost and rec.reasons:
+    remove_damaged_bytes(seg, rec)
+    if not lost and rec.reasons:
         removed = rec.file_size - sum(e - s for s, e in rec.kept)
-        log.warning("partition log %s: removed %d bytes holding no complete batch from %s (%s)",
+        log.warning("partition log %s: removed a torn tail of %d bytes from %s (%s)",
                     lg.directory, removed, seg.log_path.name, "; ".join(rec.reasons))
-    return rec
-
-
+    return cont
 def _lost(lg: "Log", start: int, end: int, why: str) -> None:
     if lg.damaged.add(start, end):
         log.error("partition log %s: offsets [%d, %d) are lost: %s; later data is kept and reads of the range "
@@ -140,19 +167,22 @@ def remove_damaged_bytes(seg: Segment, rec: Recovered) -> None:
 
 
 def repair_for_read(lg: "Log", seg: Segment, cause: BaseException | None) -> None:
-    """A read of ``lg`` tripped over damage in ``seg``: scan and repair it as recovery would."""
+    """A read of ``lg`` tripped over damage in ``seg``: scan and repair it as recovery would.
+
+    Whatever is found is damage, never a torn tail: the log end does not move back (offsets
+    are never handed out twice); damage at the end of the active segment continues the log
+    in a new segment at the old log end.
+    """
     log.error("partition log %s: a read found damage in %s (%s): scanning it", lg.directory, seg.log_path.name, cause)
     keys = lg._segments.keys()
     i = keys.index(seg.base_offset)
     next_base = keys[i + 1] if i + 1 < len(keys) else None
-    repair_segment(lg, seg, next_base)
+    active = seg is lg._active
+    cont = repair_segment(lg, seg, next_base, keep_end=lg._leo if active else None)
     seg._unsynced = True
-    if seg is lg._active:
-        lg._leo = seg.next_offset
-        lg.recovery_point = min(lg.recovery_point, lg._leo)
-        lg.leader_epoch_cache.truncate_from_end(lg._leo)
-        lg.damaged.truncate_from(lg._leo)
-    elif seg.size == 0 and i > 0:  # wholly damaged: its offsets are recorded, the file goes
+    if cont is not None:
+        _continue_at(lg, cont)
+    elif not active and seg.size == 0 and i > 0:  # wholly damaged: its offsets are recorded, the file goes
         del lg._segments[seg.base_offset]
         seg.delete()
 
@@ -163,6 +193,12 @@ def skip_damaged(lg: "Log", end: int) -> None:
     if end <= start:
         return
     _lost(lg, start, end, "the leader's copy is damaged too")
+    _continue_at(lg, end)
+
+
+def _continue_at(lg: "Log", end: int) -> None:
+    """Start a new active segment at ``end`` (> the active segment's end); the offsets in
+    between are recorded as damaged."""
     old = lg._active
     if old.size == 0 and len(lg._segments) > 1:  # an empty active segment: replace it
         del lg._segments[old.base_offset]

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from storage.batch import HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, BatchHeader, parse_header, validate_batch
+from storage.batch import HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, BatchHeader, check_crc, parse_header, validate_batch
 from storage.errors import CorruptBatchError
 from storage.handles import FileHandleCache
 from storage.index import OffsetIndex, TimeIndex
@@ -39,8 +39,6 @@ MAX_RELATIVE_OFFSET = 0xFFFFFFFF
 MAX_POSITION = 0xFFFFFFFF
 _SCAN_CHUNK = 16384
 _RECOVER_CHUNK = 1 << 20
-_MAGIC_AT = 16  # the magic byte's position in a batch header
-_MAGIC_BYTES = (bytes([MAGIC_KAFKA]), bytes([MAGIC_NATIVE]))
 
 
 class Recovered(NamedTuple):
@@ -51,12 +49,16 @@ class Recovered(NamedTuple):
         lost: Offset ranges ``[start, end)`` that were in damaged bytes.
         reasons: Why each damaged stretch failed, for the log.
         file_size: Size of the ``.log`` file scanned.
+        stopped: The offset the scan expected where it stopped at damage it could not step
+            over (everything from there to the segment's end was dropped), None if it
+            reached the end of the file.
     """
 
     kept: list[tuple[int, int]]
     lost: list[tuple[int, int]]
     reasons: list[str]
     file_size: int
+    stopped: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -86,45 +88,32 @@ class _Reader:
         return memoryview(self._buf)[off:off + n]
 
 
-def _resync(seg: "Segment", reader: _Reader, pos: int, max_message_bytes: int | None, expected: int,
+def _resync(seg: "Segment", reader: _Reader, pos: int, expected: int, exact: bool,
             max_offset: int | None) -> tuple[int, BatchHeader] | None:
-    """After damage at ``pos``: the next position holding a whole valid batch whose offsets
-    start at or after ``expected`` (and end by ``max_offset``), with its header; None if none.
+    """After damage at ``pos``: the one place the scan may go on from, with its header; None
+    if there is none.
 
-    The damaged batch's own length is tried first (a batch damaged only in its payload);
-    then every later position whose magic byte is a known one. A false match needs a random
-    stretch to carry a sane length and a matching CRC-32C: about one in 2**32.
+    The only candidate is ``pos + size``, ``size`` taken from the damaged batch's own length
+    field: the bytes inside a damaged batch are never searched (a record value may hold a
+    whole valid batch), and the work is one header and one batch read. The candidate must be
+    a whole batch with a valid CRC that chains on: in a log without gaps (``exact``) the
+    damaged header must start at ``expected`` and the candidate exactly after its last
+    offset; in a compacted log the candidate must start after ``expected``. Both must end by
+    ``max_offset``.
     """
     head = reader.read(pos, HEADER_SIZE)
-    if len(head) == HEADER_SIZE:
-        size = parse_header(head).size
-        if size >= HEADER_SIZE and pos + size < reader.file_size:
-            h, _ = seg._check_at(reader, pos + size, max_message_bytes, expected, False, max_offset)
-            if h is not None:
-                return pos + size, h
-    p = pos + 1
-    last = reader.file_size - HEADER_SIZE
-    while p <= last:
-        window = reader.read(p, min(_RECOVER_CHUNK, reader.file_size - p))
-        data = bytes(window)
-        i = 0
-        limit = len(data) - HEADER_SIZE
-        while i <= limit:
-            j = _next_magic(data, i + _MAGIC_AT)
-            if j < 0 or j - _MAGIC_AT > limit:
-                break
-            i = j - _MAGIC_AT
-            h, _ = seg._check_at(reader, p + i, max_message_bytes, expected, False, max_offset)
-            if h is not None:
-                return p + i, h
-            i += 1
-        p += max(1, limit + 1)
-    return None
-
-
-def _next_magic(data: bytes, start: int) -> int:
-    a, b = data.find(_MAGIC_BYTES[0], start), data.find(_MAGIC_BYTES[1], start)
-    return a if b < 0 else b if a < 0 else min(a, b)
+    if len(head) < HEADER_SIZE:
+        return None
+    damaged = parse_header(head)
+    size = damaged.size
+    if not HEADER_SIZE <= size <= MAX_POSITION or pos + size + HEADER_SIZE > reader.file_size:
+        return None
+    if exact and (damaged.base_offset != expected or damaged.last_offset_delta < 0):
+        return None
+    h, _ = seg._check_at(reader, pos + size, expected + 1, False, max_offset)
+    if h is None or (exact and h.base_offset != expected + damaged.last_offset_delta + 1):
+        return None
+    return pos + size, h
 
 
 def segment_name(base_offset: int) -> str:
@@ -162,6 +151,9 @@ class Segment:
         self.last_modified_ms = now_ms
         self._bytes_since_index = 0
         self._unsynced = False
+        # bytes [0, verified_upto) had their CRC checked by this process (scanned, appended
+        # or read): reads do not check them again
+        self.verified_upto = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -275,32 +267,33 @@ class Segment:
         self.index.rewrite()
         self.time_index.rewrite()
 
-    def recover(self, max_message_bytes: int | None = None,
-                on_batch: Callable[[BatchHeader], None] | None = None, allow_gaps: bool = False,
+    def recover(self, on_batch: Callable[[BatchHeader], None] | None = None, allow_gaps: bool = False,
                 max_offset: int | None = None, known_gaps: dict[int, int] | None = None) -> "Recovered":
-        """Validate every batch (framing, CRC, offsets); step over damaged bytes.
+        """Validate every batch (framing, CRC, offsets); step over a damaged batch if provably
+        possible.
 
-        A batch that fails is damaged; the scan resynchronises at the next position holding
-        a whole batch with a valid CRC and offsets at or after the damaged one's (see
-        :func:`_resync`) and goes on from there. Damage with nothing valid after it is a
-        torn or damaged tail, truncated. Indexes are rebuilt in memory for the batches kept,
-        at the positions they will have once the damaged bytes are gone: the caller must then
-        remove them (:func:`storage.recovery.remove_damaged_bytes`) before anything else.
+        A batch that fails is damaged. The scan goes on only at the one position its own
+        length field names, and only if a valid batch there chains on (:func:`_resync`);
+        otherwise it stops and the rest of the file is dropped (``Recovered.stopped``: the
+        caller decides whether that is a torn tail or lost offsets). Indexes are rebuilt in
+        memory for the batches kept, at the positions they will have once the damaged bytes
+        are gone: the caller must then remove them
+        (:func:`storage.recovery.remove_damaged_bytes`) before anything else.
+
+        Stored batches are checked against the framing limits only, never against the
+        topic's current ``max_message_bytes`` (lowering it must not delete data).
 
         Args:
-            max_message_bytes: Batches larger than this count as corrupt.
             on_batch: Called with the header of every valid batch, in order.
-            allow_gaps: Accept offset gaps between batches (closed segments, which compaction
-                may have rewritten). When False a batch must start exactly where the
-                previous one ended: ``base_offset`` is not covered by the CRC, so this is
-                what catches a corrupted one in the active segment.
-            max_offset: The next segment's base offset: batches must end at or before it,
-                and a damaged tail loses the offsets up to it.
+            allow_gaps: The log is compacted: a batch may start after where the previous one
+                ended. When False a batch must start exactly there (``base_offset`` is not
+                covered by the CRC: this is what catches a corrupted one).
+            max_offset: The next segment's base offset: batches must end at or before it.
             known_gaps: Damaged ranges recorded before (start -> end): the batch after one
                 starts at its end, not where the previous batch ended.
 
         Returns:
-            The byte spans kept, the offset ranges lost and why.
+            The byte spans kept, the offset ranges lost, why, and where the scan stopped.
         """
         file_size = os.fstat(self._fd()).st_size
         self._reset()
@@ -311,20 +304,18 @@ class Segment:
         pos = 0
         expected = self.base_offset
         gaps = known_gaps or {}
+        stopped = None
         while pos < file_size:
             expected = gaps.get(expected, expected)
-            h, reason = self._check_at(reader, pos, max_message_bytes, expected, not allow_gaps, max_offset)
+            h, reason = self._check_at(reader, pos, expected, not allow_gaps, max_offset)
             if h is None:
-                found = _resync(self, reader, pos, max_message_bytes, expected, max_offset)
+                found = _resync(self, reader, pos, expected, not allow_gaps, max_offset)
                 reasons.append(f"position {pos}: {reason}")
                 if found is None:
-                    end = max_offset if max_offset is not None else expected
-                    if end > expected:
-                        lost.append((expected, end))
+                    stopped = expected
                     break
                 pos, h = found
-                if h.base_offset > expected:
-                    lost.append((expected, h.base_offset))
+                lost.append((expected, h.base_offset))
             if kept and kept[-1][1] == pos:
                 kept[-1] = (kept[-1][0], pos + h.size)
             else:
@@ -334,9 +325,10 @@ class Segment:
                 on_batch(h)
             pos += h.size
             expected = h.next_offset
-        return Recovered(kept, lost, reasons, file_size)
+        self.verified_upto = self.size
+        return Recovered(kept, lost, reasons, file_size, stopped)
 
-    def _check_at(self, reader: "_Reader", pos: int, max_message_bytes: int | None, expected: int, exact: bool,
+    def _check_at(self, reader: "_Reader", pos: int, expected: int, exact: bool,
                   max_offset: int | None) -> tuple[BatchHeader | None, str]:
         """The batch at ``pos`` if it is whole, valid and at the right offsets, else a reason."""
         head = reader.read(pos, HEADER_SIZE)
@@ -346,14 +338,14 @@ class Segment:
         size = h.size
         if size < HEADER_SIZE or pos + size > reader.file_size:
             return None, f"bad or torn batch length {h.batch_length}"
-        try:
-            validate_batch(reader.read(pos, size), max_message_bytes)
-        except CorruptBatchError as exc:
-            return None, str(exc)
         if (h.base_offset != expected if exact else h.base_offset < expected) or h.last_offset_delta < 0:
             return None, f"base offset {h.base_offset}, expected {expected}"
         if h.last_offset - self.base_offset > MAX_RELATIVE_OFFSET or (max_offset is not None and h.next_offset > max_offset):
             return None, f"offsets [{h.base_offset}, {h.next_offset}) outside the segment"
+        try:
+            validate_batch(reader.read(pos, size))
+        except CorruptBatchError as exc:
+            return None, str(exc)
         return h, ""
 
     # ------------------------------------------------------------------ I/O
@@ -411,6 +403,8 @@ class Segment:
             raise
         if pos == 0:
             self.created_ms = now_ms
+        if self.verified_upto == pos:  # the log validated it
+            self.verified_upto = pos + len(batch)
         self._index_batch(header, pos)
         self.last_modified_ms = now_ms
         self._unsynced = True
@@ -424,18 +418,25 @@ class Segment:
         return os.pread(self._fd(), n, position)
 
     def read_batches(self, position: int, max_bytes: int, max_offset: int | None,
-                     at_least_one: bool) -> tuple[bytes, int, int, int]:
+                     at_least_one: bool, exact: bool = False) -> tuple[bytes, int, int, int]:
         """Whole batches from ``position`` fitting in ``max_bytes``.
+
+        Each batch's framing is checked, and its CRC unless its bytes were verified before
+        (``verified_upto``). Cost: one ``pread`` plus a CRC-32C over unverified bytes only.
 
         Args:
             position: A batch start.
             max_bytes: Byte budget.
             max_offset: Exclude batches whose base offset is >= this.
             at_least_one: Return the first batch even if it exceeds ``max_bytes``.
+            exact: Each batch must start where the previous one ended (no compaction).
 
         Returns:
             ``(data, first_base_offset, next_offset, batch_count)``; ``first`` and ``next``
             are -1 when nothing is returned.
+
+        Raises:
+            CorruptBatchError: Bad framing, CRC or offsets.
         """
         avail = self.size - position
         if avail <= 0:
@@ -448,16 +449,17 @@ class Segment:
             if max_offset is not None and h.base_offset >= max_offset:
                 break
             size = h.size
-            if size < HEADER_SIZE or pos + size > avail or h.base_offset < nxt:
+            if (size < HEADER_SIZE or pos + size > avail or h.base_offset < nxt or h.last_offset_delta < 0
+                    or h.magic not in (MAGIC_KAFKA, MAGIC_NATIVE) or (exact and nxt >= 0 and h.base_offset != nxt)):
                 raise CorruptBatchError(f"{self.log_path}: bad batch at position {position + pos}: length "
-                                        f"{h.batch_length}, base offset {h.base_offset}")
+                                        f"{h.batch_length}, base offset {h.base_offset}, magic {h.magic}")
             if pos + size > len(buf):
                 if count == 0 and at_least_one:
                     buf = os.pread(self._fd(), size, position)
-                    validate_batch(buf)
+                    self._verify(buf, 0, size, h, position)
                     pos, count, first, nxt = size, 1, h.base_offset, h.next_offset
                 break
-            validate_batch(memoryview(buf)[pos:pos + size])
+            self._verify(buf, pos, size, h, position)
             if count == 0:
                 first = h.base_offset
             count += 1
@@ -466,6 +468,19 @@ class Segment:
         if pos == 0:
             return b"", -1, -1, 0
         return (buf if pos == len(buf) else buf[:pos]), first, nxt, count
+
+    def _verify(self, buf: bytes, pos: int, size: int, h: BatchHeader, position: int) -> None:
+        """CRC-check the batch at ``buf[pos:pos + size]`` (file position ``position + pos``)
+        unless it lies below ``verified_upto``; extend ``verified_upto`` over it."""
+        at = position + pos
+        if at + size <= self.verified_upto:
+            return
+        try:
+            check_crc(memoryview(buf)[pos:pos + size], h)
+        except CorruptBatchError as exc:
+            raise CorruptBatchError(f"{self.log_path}: batch at position {at}: {exc}") from None
+        if at <= self.verified_upto:
+            self.verified_upto = at + size
 
     def find_position(self, offset: int) -> int:
         """Byte position of the batch containing ``offset`` (``size`` if past the end).
@@ -502,6 +517,7 @@ class Segment:
         removed = self.size - pos
         new_next = parse_header(os.pread(self._fd(), HEADER_SIZE, pos)).base_offset
         os.ftruncate(self._fd(), pos)
+        self.verified_upto = min(self.verified_upto, pos)
         self.index.truncate_to(new_next)
         self.time_index.truncate_to(new_next)
         self.size = pos

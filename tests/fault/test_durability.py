@@ -23,7 +23,9 @@ def make_batch(batch_no: int) -> bytes:
     return build_native_batch([(1_700_000_000_000 + i, None, value(batch_no, i), None) for i in range(BATCH)])
 
 
-def read_all(address: str, topic: str, partition: int = 0) -> list[tuple]:
+def read_all(address: str, topic: str, partition: int = 0, damaged: list | None = None) -> list[tuple]:
+    """Every record, from offset 0; with ``damaged``, damaged ranges are collected there and
+    skipped as a consumer would."""
     client = RawClient(address)
     out, offset = [], 0
     try:
@@ -32,6 +34,10 @@ def read_all(address: str, topic: str, partition: int = 0) -> list[tuple]:
                 "fetch", max_wait_ms=0, partitions=[{"topic": topic, "partition": partition, "offset": offset}]
             )
             entry = header["partitions"][0]
+            if damaged is not None and entry["error"] == 2 and entry.get("damaged"):  # CORRUPT_MESSAGE
+                damaged.append(entry["damaged"])
+                offset = entry["damaged"][1]
+                continue
             assert entry["error"] == 0, entry
             data = frames[0]
             if not data:
@@ -120,12 +126,19 @@ def test_damaged_tail_never_stops_a_start(tmp_path, stop, damage, survivors):
         getattr(broker, stop)()
         damage(segment_file(broker.data_dir, "t"))
         broker.start()
-        recs = read_all(broker.bootstrap, "t")
+        damaged: list = []
+        recs = read_all(broker.bootstrap, "t", damaged=damaged)
         # a cut last batch is gone; garbage after the last batch is dropped
         assert [r[3] for r in recs] == [value(b, i) for b in range(survivors) for i in range(BATCH)]
+        # a cut below the recovery point (fsynced data: always after a clean stop) is damage, not
+        # a torn tail: its offsets are recorded as lost and never handed out again
+        if stop == "stop" and survivors < 10:
+            assert damaged == [[len(recs), 10 * BATCH]]
+        assert damaged in ([], [[len(recs), 10 * BATCH]])
+        log_end = damaged[-1][1] if damaged else len(recs)
         header, _ = RawClient(broker.bootstrap).call("produce", (make_batch(99),), batches=[{"topic": "t", "partition": 0}])
-        assert header["results"][0]["base_offset"] == len(recs)
-        assert len(read_all(broker.bootstrap, "t")) == len(recs) + BATCH
+        assert header["results"][0]["base_offset"] == log_end
+        assert len(read_all(broker.bootstrap, "t", damaged=[])) == len(recs) + BATCH
     finally:
         broker.close()
 

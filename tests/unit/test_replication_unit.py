@@ -8,6 +8,7 @@ from zbroker.core.fetch import FetchedPartition, FetchResult
 from zbroker.core.partition import Partition
 from zbroker.core.replication import REPLICA_FETCH_MAX_WAIT_MS, ReplicaFetcher
 from zbroker.errors import ErrorCode
+from tests.unit.batchforge import forge
 
 ME = 2
 NOW = 1_000
@@ -196,14 +197,71 @@ def test_follower_truncates_to_its_first_damaged_range_before_fetching(parts):
     assert part.high_watermark == 2  # never counted as holding what it lost
 
 
-def test_follower_skips_a_range_the_leader_lost_too(parts):
+def leader_lost_2_to_5(parts):
+    """t-0 holds offsets 0-1; its leader answers that it lost [2, 5) too."""
     part = parts[("t", 0)]
     append(part, 2, epoch=4)
     fetcher = ReplicaFetcher(ME)
     seq = next(s for s, leader, _ in fetcher.requests(parts, LIVE, NOW) if leader == 1)
     answer(fetcher, seq, parts, FetchedPartition("t", 0, int(ErrorCode.CORRUPT_MESSAGE), 9, 0, damaged=[2, 5]))
+    return part, fetcher
+
+
+def test_follower_skips_a_range_the_leader_lost_too(parts):
+    part, fetcher = leader_lost_2_to_5(parts)
     assert part.log.log_end_offset == 5 and part.log.damaged.ranges == [(2, 5)]
     (req,) = [r for _, leader, r in fetcher.requests(parts, LIVE, NOW) if leader == 1]
     spec = next(p for p in req.partitions if (p.topic, p.partition) == ("t", 0))
     assert spec.offset == 5  # the copied range is not truncated again
     part.log._check()
+
+
+def offset_of(requests, tp, leader=1):
+    (req,) = [r for _, lead, r in requests if lead == leader]
+    return next(p.offset for p in req.partitions if (p.topic, p.partition) == tp)
+
+
+def test_damage_found_while_leading_is_dropped_when_following_again(parts):
+    """Own damage is dropped every time the replica starts following a leader epoch, not once
+    per open: its fetch offset then stays below the hole (never caught up over it)."""
+    part = parts[("t", 0)]
+    fetcher = ReplicaFetcher(ME)
+    fetcher.requests(parts, LIVE, NOW)  # followed epoch 4: nothing to drop then
+    for _ in range(5):
+        append(part, 2, epoch=4)
+    part.apply_metadata(ME, 5, [1, 2, 3], [1, 2, 3], NOW)  # leads
+    part.log.damaged.add(4, 6)  # a read found damage while it led
+    part.apply_metadata(1, 6, [1, 2, 3], [1, 2, 3], NOW)  # follows again
+    fetcher.in_flight.clear()
+    assert offset_of(fetcher.requests(parts, LIVE, NOW), ("t", 0)) == 4
+    assert part.log.log_end_offset == 4 and not part.log.damaged
+
+
+def test_a_range_the_leader_lost_is_not_dropped_at_the_next_epoch(parts):
+    part, fetcher = leader_lost_2_to_5(parts)
+    part.apply_metadata(1, 5, [1, 2, 3], [1, 2, 3], NOW)
+    fetcher.in_flight.clear()
+    assert offset_of(fetcher.requests(parts, LIVE, NOW), ("t", 0)) == 5
+    assert part.log.damaged.ranges == [(2, 5)]
+
+
+@pytest.mark.parametrize("entry", [
+    FetchedPartition("t", 0, int(ErrorCode.CORRUPT_MESSAGE), 9, 0),
+    FetchedPartition("t", 0, int(ErrorCode.KAFKA_STORAGE_ERROR), 9, 0),
+    FetchedPartition("t", 0, 0, 9, 0, data=forge(build_native_batch([(NOW, None, b"r", None)]), base_offset=5)),
+])
+def test_an_answer_that_cannot_be_acted_on_backs_off(parts, entry, caplog):
+    from zbroker.core.replication import ERROR_BACKOFF_MS
+
+    fetcher = ReplicaFetcher(ME)
+    for i in range(20):  # without a backoff: 20 fetches, 20 ERROR lines
+        now = NOW + i
+        reqs = fetcher.requests(parts, LIVE, now)
+        seq = next((s for s, leader, r in reqs if leader == 1 and any(p.topic == "t" and p.partition == 0
+                                                                     for p in r.partitions)), None)
+        if seq is not None:
+            answer(fetcher, seq, parts, entry, now=now)
+        fetcher.in_flight.clear()
+    assert sum(1 for r in caplog.records if r.levelname == "ERROR") == 1
+    later = fetcher.requests(parts, LIVE, NOW + ERROR_BACKOFF_MS)
+    assert any(("t", 0) in [(p.topic, p.partition) for p in r.partitions] for _, _, r in later)

@@ -21,10 +21,17 @@ The leader answers per partition (:mod:`zbroker.core.fetch`):
   damaged bytes too: the follower records the same range and goes on at ``end``.
 
 **Damage repair.** A follower whose own log has damaged ranges (found by recovery when it
-opened, ``storage.recovery``) truncates to the start of the first one before its first
-fetch from a leader, and fetches everything from there again: the leader has every
-acknowledged record. Its log end is then below the hole, so the leader cannot count it as
-caught up over the hole (the high watermark and the ISR go by the follower's fetch offset).
+opened, or by a read while it led, ``storage.recovery``) truncates to the start of the first
+one before its first fetch in every leader epoch it follows, and fetches everything from
+there again: the leader has every acknowledged record. Its fetch offset is then below the
+hole, so the leader cannot count it as caught up over the hole (the high watermark and the
+ISR go by the follower's fetch offset). Ranges copied from the leader (the leader lost them
+too) are not the follower's own: they are kept (in memory, per process).
+
+**Backoff.** An answer the follower cannot act on -- CORRUPT_MESSAGE without a range it can
+skip, KAFKA_STORAGE_ERROR, or data that does not append (bad batch, offsets that do not
+follow on) -- pauses that partition for ``ERROR_BACKOFF_MS`` and is logged at ERROR at most
+a few times per window (``zbroker.ratelimit``), never in a hot loop.
 A leader, or a replica with no leader to follow, keeps its intact later data and answers
 the damaged range with CORRUPT_MESSAGE.
 
@@ -48,6 +55,7 @@ from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
 from zbroker.core.producer_state import note_appended
 from zbroker.errors import ErrorCode
+from zbroker.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ REPLICA_FETCH_MAX_BYTES = 8 << 20
 PARTITION_FETCH_MAX_BYTES = 4 << 20
 REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
 ISR_PROPOSAL_TIMEOUT_MS = 5_000  # an unanswered ISR proposal is thought over again after this
+ERROR_BACKOFF_MS = 1_000  # a partition whose fetch answer cannot be acted on waits this long
 
 TP = tuple[str, int]
 
@@ -75,7 +84,10 @@ class ReplicaFetcher:
         self.request_timeout_ms = request_timeout_ms
         self.in_flight: dict[int, InFlight] = {}  # by fetch number
         self._paused: dict[TP, int] = {}  # tp -> leader epoch it was paused at
-        self._repaired: set[TP] = set()  # own damaged ranges dropped (once per partition opened)
+        self._backoff: dict[TP, int] = {}  # tp -> time (ms) before which it is not fetched
+        self._repaired: dict[TP, int] = {}  # tp -> leader epoch whose follower dropped its own damage
+        self._leader_lost: dict[TP, set[tuple[int, int]]] = {}  # ranges copied as lost from a leader
+        self._errors = RateLimitedLog(log, burst=5, window_s=10.0)
         self._seq = 0
 
     def requests(self, partitions: dict[TP, Partition], live: set[int], now_ms: int) -> list[tuple[int, int, FetchRequest]]:
@@ -94,7 +106,7 @@ class ReplicaFetcher:
         for tp, part in partitions.items():
             if part.leader < 0 or part.is_leader or self.broker_id not in part.replicas or (tp, part.leader) in covered:
                 continue
-            if self._paused.get(tp) == part.leader_epoch:
+            if self._paused.get(tp) == part.leader_epoch or self._backoff.get(tp, 0) > now_ms:
                 continue
             by_leader.setdefault(part.leader, []).append(part)
         out = []
@@ -115,16 +127,22 @@ class ReplicaFetcher:
     def forget(self, tp: TP) -> None:
         """The partition left this broker."""
         self._paused.pop(tp, None)
-        self._repaired.discard(tp)
+        self._backoff.pop(tp, None)
+        self._repaired.pop(tp, None)
+        self._leader_lost.pop(tp, None)
 
     def _drop_own_damage(self, part: Partition) -> None:
-        """Before the first fetch of a partition: truncate to its first damaged range, so the
-        leader's copy fills it (ranges copied from the leader later are the leader's own)."""
-        if part.tp in self._repaired:
+        """Before the first fetch in each leader epoch followed: truncate to the first damaged
+        range of its own, so the leader's copy fills it (ranges copied from a leader as lost
+        there too are not its own)."""
+        if self._repaired.get(part.tp) == part.leader_epoch:
             return
-        self._repaired.add(part.tp)
-        if part.log.damaged:
-            start = part.log.damaged.ranges[0][0]
+        self._repaired[part.tp] = part.leader_epoch
+        copied = self._leader_lost.get(part.tp, set())
+        own = [r for r in part.log.damaged.ranges if r not in copied]
+        if own:
+            start = own[0][0]
+            self._leader_lost[part.tp] = {r for r in copied if r[1] <= start}
             log.warning("replica %s-%s has damaged offsets %s: truncating to %d to fetch them again from leader %d",
                         *part.tp, part.log.damaged.ranges, start, part.leader)
             part.log.truncate_to(start)
@@ -172,6 +190,11 @@ class ReplicaFetcher:
                 log.error("replica %s-%s: leader %d lost offsets [%d, %d) to damage too: skipping them",
                           *part.tp, part.leader, start, end)
                 part.log.skip_damaged(end)
+                self._leader_lost.setdefault(part.tp, set()).update(
+                    r for r in part.log.damaged.ranges if r[0] <= start < r[1])
+                return False
+        if error in (ErrorCode.CORRUPT_MESSAGE, ErrorCode.KAFKA_STORAGE_ERROR):
+            self._back_off(part, now_ms, f"error {error} from leader {part.leader}")
             return False
         if error:
             return False
@@ -195,9 +218,14 @@ class ReplicaFetcher:
                     if on_append is not None and h.producer_id >= 0:
                         on_append(part, batch, h.base_offset)
             except (CorruptBatchError, OffsetMismatch) as exc:
-                log.error("replica %s-%s: bad data from leader %s: %s", *part.tp, part.leader, exc)
+                self._back_off(part, now_ms, f"bad data from leader {part.leader}: {exc}")
                 return False
         return part.follower_high_watermark(max(entry.high_watermark, 0))
+
+    def _back_off(self, part: Partition, now_ms: int, why: str) -> None:
+        self._backoff[part.tp] = now_ms + ERROR_BACKOFF_MS
+        self._errors.log(now_ms / 1000, "replica_fetch", logging.ERROR, "replica %s-%s: %s (retrying in %d ms)",
+                         *part.tp, why, ERROR_BACKOFF_MS)
 
 
 def _last_epoch(part: Partition) -> int:

@@ -96,7 +96,7 @@ def test_damage_below_recovery_point_found_at_read_time(built, caplog):
     assert lg.damaged.ranges == []  # not scanned
     with caplog.at_level(logging.ERROR, logger="storage"):
         got = offsets_readable(lg)
-    lost = (h.base_offset, h.next_offset)
+    lost = (h.base_offset, bases[2])  # a broken length: nothing after it in the segment is provable
     assert got == [o for o in range(2 * N) if not lost[0] <= o < lost[1]]
     assert lg.damaged.ranges == [lost]
     assert any(r.levelno == logging.ERROR and "a read found damage" in r.getMessage() for r in caplog.records)
@@ -164,8 +164,11 @@ def test_corrupt_index_costs_nothing(built):
     assert offsets_readable(lg) == list(range(2 * N))
 
 
-def test_garbage_between_batches_of_active_segment(tmp_path):
-    """Bytes inserted between two batches hold no offsets: removed, nothing reported lost."""
+@pytest.mark.parametrize("recovery_point", [None, 8])
+def test_garbage_between_batches_of_active_segment(tmp_path, recovery_point):
+    """Bytes inserted between two batches: nothing after them is provable. Without a recovery
+    point that is a torn tail (truncated); below the recovery point it is damage: the range up
+    to the recovery point is recorded and the log end stays."""
     d = tmp_path / "t-0"
     lg = Log(d, LogConfig(), 0)
     for i in range(4):
@@ -174,10 +177,15 @@ def test_garbage_between_batches_of_active_segment(tmp_path):
     p = seg_path(d, 0)
     raw = p.read_bytes()
     pos = batch_positions(p)[2][0]
-    p.write_bytes(raw[:pos] + os.urandom(333) + raw[pos:])
-    lg = Log(d, LogConfig(), 0)
+    p.write_bytes(raw[:pos] + b"\xff" * 333 + raw[pos:])
+    lg = Log(d, LogConfig(), 0, recovery_point=recovery_point)
     lg._check()
-    assert lg.damaged.ranges == [] and p.read_bytes() == raw and lg.log_end_offset == 8
+    assert p.read_bytes() == raw[:pos]
+    if recovery_point is None:
+        assert lg.damaged.ranges == [] and lg.log_end_offset == 4
+    else:
+        assert lg.damaged.ranges == [(4, 8)] and lg.log_end_offset == 8
+        assert lg.append(batch(9), 0).base_offset == 8
 
 
 def test_truncation_and_retention_shrink_the_ranges(tmp_path):
