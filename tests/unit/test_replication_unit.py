@@ -6,7 +6,7 @@ import pytest
 from storage import Log, LogConfig, build_native_batch
 from zbroker.core.fetch import FetchedPartition, FetchResult
 from zbroker.core.partition import Partition
-from zbroker.core.replication import REPLICA_FETCH_MAX_WAIT_MS, ReplicaFetcher
+from zbroker.core.replication import METADATA_BACKOFF_MS, REPLICA_FETCH_MAX_WAIT_MS, ReplicaFetcher
 from zbroker.errors import ErrorCode
 from tests.unit.batchforge import forge
 
@@ -159,9 +159,22 @@ def test_out_of_range_below_the_leaders_log_start_restarts_the_log_there(parts):
     assert (part.log.log_start_offset, part.log.log_end_offset) == (100, 100)
 
 
-@pytest.mark.parametrize("code", [ErrorCode.FENCED_LEADER_EPOCH, ErrorCode.UNKNOWN_LEADER_EPOCH,
-                                  ErrorCode.NOT_LEADER_OR_FOLLOWER])
-def test_a_fenced_partition_pauses_until_the_metadata_names_a_new_epoch(parts, code):
+@pytest.mark.parametrize("code", [ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                                  ErrorCode.LEADER_NOT_AVAILABLE])
+def test_a_leader_behind_on_metadata_is_asked_again_shortly_in_the_same_epoch(parts, code):
+    """The leader may not have applied the metadata that makes it leader yet: pausing until the
+    epoch changed left a follower out of the ISR for good when no election followed."""
+    fetcher = ReplicaFetcher(ME)
+    ((seq, _, _),) = [r for r in fetcher.requests(parts, LIVE, NOW) if r[1] == 1]
+    answer(fetcher, seq, parts, FetchedPartition("t", 0, int(code)), FetchedPartition("t", 1, 0, 0, 0))
+    assert by_leader(fetcher.requests(parts, LIVE, NOW + 1)) == {1: [("t", 1)]}  # t-0 backs off
+    fetcher.in_flight.clear()
+    later = NOW + METADATA_BACKOFF_MS
+    assert ("t", 0) in by_leader(fetcher.requests(parts, LIVE, later))[1]  # same epoch, asked again
+
+
+def test_a_fenced_partition_pauses_until_the_metadata_names_a_new_epoch(parts):
+    code = ErrorCode.FENCED_LEADER_EPOCH
     fetcher = ReplicaFetcher(ME)
     ((seq, _, _),) = [r for r in fetcher.requests(parts, LIVE, NOW) if r[1] == 1]
     answer(fetcher, seq, parts, FetchedPartition("t", 0, int(code)), FetchedPartition("t", 1, 0, 0, 0))

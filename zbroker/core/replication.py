@@ -15,8 +15,10 @@ The leader answers per partition (:mod:`zbroker.core.fetch`):
 - ``diverging`` [epoch, end_offset] when the follower's tail is not in the
   leader's log (KIP-101/KIP-320): the follower truncates to where both copies of
   that epoch end and fetches again -- never by high watermark;
-- FENCED_LEADER_EPOCH / UNKNOWN_LEADER_EPOCH / NOT_LEADER_OR_FOLLOWER when the two
-  disagree on the leader epoch: the follower waits until its metadata moves on;
+- FENCED_LEADER_EPOCH when the follower's metadata is behind: it waits until its metadata
+  names a new epoch; UNKNOWN_LEADER_EPOCH / NOT_LEADER_OR_FOLLOWER when the leader is the one
+  behind (it has not applied its leadership yet): the follower asks again after
+  ``METADATA_BACKOFF_MS``;
 - CORRUPT_MESSAGE with ``damaged`` [start, end] when the leader lost those offsets to
   damaged bytes too: the follower records the same range and goes on at ``end``.
 
@@ -65,6 +67,7 @@ PARTITION_FETCH_MAX_BYTES = 4 << 20
 REPLICATION_CHECK_MS = 50  # how often the timer looks for fetches to send and ISR changes to propose
 ISR_PROPOSAL_TIMEOUT_MS = 5_000  # an unanswered ISR proposal is thought over again after this
 ERROR_BACKOFF_MS = 1_000  # a partition whose fetch answer cannot be acted on waits this long
+METADATA_BACKOFF_MS = 200  # a leader that does not know it leads yet is asked again after this
 
 TP = tuple[str, int]
 
@@ -174,8 +177,16 @@ class ReplicaFetcher:
 
     def _apply(self, part: Partition, entry: FetchedPartition, now_ms: int, on_append=None) -> bool:
         error = entry.error
-        if error in (ErrorCode.FENCED_LEADER_EPOCH, ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER):
-            self._paused[part.tp] = part.leader_epoch  # until our metadata names a new epoch
+        if error == ErrorCode.FENCED_LEADER_EPOCH:
+            self._paused[part.tp] = part.leader_epoch  # our metadata is behind: until it names a new epoch
+            return False
+        if error in (ErrorCode.UNKNOWN_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE,
+                     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION):
+            # the leader may be the one behind (it has not applied the metadata that makes it
+            # leader in this epoch yet): try again shortly, as Kafka's fetcher does.  Pausing
+            # until the epoch changed left a follower out of the ISR for good when no later
+            # election came (the Jepsen check saw a cluster that never healed).
+            self._backoff[part.tp] = now_ms + METADATA_BACKOFF_MS
             return False
         if error == ErrorCode.OFFSET_OUT_OF_RANGE:
             start = entry.log_start_offset
