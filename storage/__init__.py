@@ -11,10 +11,11 @@ from storage.batch import (
     COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_MASK, COMPRESSION_NONE, COMPRESSION_SNAPPY,
     COMPRESSION_ZSTD, CONTROL_BIT, HEADER_SIZE, LOG_OVERHEAD, MAGIC_KAFKA, MAGIC_NATIVE,
     TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT, BatchHeader, build_kafka_batch, build_native_batch,
-    decode_batches, decode_native_records, encode_native_batch, iter_batches, parse_header,
+    decode_native_records, encode_native_batch, iter_batches, parse_header,
     patch_batch, set_base_offset, validate_batch, validate_produced_batch, walk,
 )
 from storage.compression import COMPRESSION_BY_NAME
+from storage.decode import decode_batches
 from storage.checkpoint import OffsetCheckpoint, write_atomic
 from storage.errors import (
     CheckpointError, CorruptBatchError, DamagedRangeError, InvalidRecordError, OffsetMismatch, OffsetOutOfRange,

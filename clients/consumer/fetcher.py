@@ -46,7 +46,8 @@ import threading
 import time
 
 from clients.structs import Record
-from storage.batch import decode_some_batches, parse_header, walk
+from storage.batch import parse_header, walk
+from storage.decode import decode_some_batches
 from storage.compression import DecompressionLimitError
 from zbroker.errors import (
     CorruptRecordError,

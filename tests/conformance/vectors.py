@@ -15,7 +15,8 @@ from pathlib import Path
 import msgpack
 
 from clients.partitioner import partition_for_key
-from storage.batch import build_kafka_batch, build_native_batch, decode_batches
+from storage.batch import build_kafka_batch, build_native_batch
+from storage.decode import decode_batches
 from storage.compression import COMPRESSION_GZIP, COMPRESSION_NONE
 from zbroker.config import single_node_config
 from zbroker.hashing import murmur2

@@ -10,7 +10,8 @@ import json
 import pytest
 
 from clients.partitioner import partition_for_key
-from storage.batch import build_kafka_batch, build_native_batch, decode_batches, validate_batch
+from storage.batch import build_kafka_batch, build_native_batch, validate_batch
+from storage.decode import decode_batches
 from tests.conformance import vectors as V
 from zbroker import protocol as P
 from zbroker.hashing import murmur2

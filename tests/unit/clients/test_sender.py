@@ -10,7 +10,8 @@ from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
 from clients.structs import Record
-from storage.batch import decode_batches, parse_header, set_base_offset
+from storage.batch import parse_header, set_base_offset
+from storage.decode import decode_batches
 from tests.unit.clients.clientfakes import FakeMeta, FakeNet
 from zbroker.errors import (
     ConnectionBrokenError,

@@ -25,7 +25,7 @@ from storage.batch import (
     set_base_offset,
     walk,
 )
-from storage.batch import decode_batches as _decode_batches
+from storage.decode import decode_batches as _decode_batches
 from storage.errors import CorruptBatchError
 
 

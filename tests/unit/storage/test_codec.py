@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from storage.batch import (
     COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_NONE, COMPRESSION_SNAPPY, COMPRESSION_ZSTD,
     CONTROL_BIT, HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, build_kafka_batch,
-    build_native_batch, decode_batches, encode_native_batch, set_base_offset, validate_batch, walk,
+    build_native_batch, encode_native_batch, set_base_offset, validate_batch, walk,
 )
+from storage.decode import decode_batches
 from storage.compression import XERIAL_MAGIC, compress, decompress
 from storage.errors import CorruptBatchError
 from storage.records import decode_kafka, encode_kafka

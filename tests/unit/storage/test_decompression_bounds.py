@@ -15,8 +15,9 @@ import zstandard
 
 from storage.batch import (
     COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_SNAPPY, COMPRESSION_ZSTD, build_kafka_batch,
-    build_native_batch, decode_batches, decode_some_batches,
+    build_native_batch,
 )
+from storage.decode import decode_batches, decode_some_batches
 from storage.compression import DecompressionLimitError, compress, decompress
 from storage.errors import CorruptBatchError
 
