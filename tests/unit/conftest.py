@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.unit.servicefakes import leading_cluster
+from tests.unit.servicefakes import START_MS, create_topic, leading_cluster, single_app
 
 
 @pytest.fixture
@@ -12,3 +12,13 @@ def cluster(tmp_path):
     app, now = leading_cluster(tmp_path)
     yield app, now
     app.close(now)
+
+
+@pytest.fixture
+def app(tmp_path):
+    """A single-node App with topic ``t`` of two partitions; closed after the test (a test file
+    may define its own ``app``)."""
+    app = single_app(tmp_path)
+    create_topic(app, "t", partitions=2)
+    yield app
+    app.close(START_MS)

@@ -10,7 +10,7 @@ import pytest
 from storage import iter_batches
 from tests.unit.servicefakes import (
     START_MS, commit_records, create_topic, error_code, follower_fetch, partition_change, records_batch,
-    settle, single_app,
+    settle,
 )
 from zbroker.context import INTERNAL, Completion
 from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, MAX_WAIT_LIMIT_MS, FetchPartition, FetchRequest, OffsetQuery
@@ -18,14 +18,6 @@ from zbroker.core.partitions import OPENS_PER_TURN
 from zbroker.errors import ErrorCode
 
 NOW = START_MS
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = single_app(tmp_path)
-    create_topic(app, "t", partitions=2)
-    yield app
-    app.close(NOW)
 
 
 def append(app, index, *sizes, topic="t", ts=NOW, now=NOW):

@@ -10,7 +10,7 @@ import pytest
 from storage import iter_batches
 from tests.unit.servicefakes import (
     START_MS, commit_records, create_topic, error_code, follower_fetch, partition_change, records_batch,
-    settle, single_app,
+    settle,
 )
 from zbroker.context import INTERNAL, Completion
 from zbroker.control.metadata import TOPIC_CONFIG_RECORD
@@ -19,14 +19,6 @@ from zbroker.errors import ErrorCode
 
 NOW = START_MS
 PID = 7
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = single_app(tmp_path)
-    create_topic(app, "t", partitions=2)
-    yield app
-    app.close(NOW)
 
 
 def produce(app, *batches, acks=1, timeout_ms=1000, now=NOW):
