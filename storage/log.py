@@ -226,7 +226,7 @@ class Log:
                     logs.add(int(m.group(1)))
                 else:
                     others.append((int(m.group(1)), Path(entry.path)))
-            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE):
+            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE):
                 log.warning("ignoring unknown file path=%s", entry.path)
         for base, path in others:
             if base not in logs:

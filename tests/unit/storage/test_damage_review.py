@@ -230,3 +230,14 @@ def test_a_log_that_was_compacted_keeps_its_gaps_after_the_policy_changes(tmp_pa
     lg.close()
     lg = Log(d, LogConfig(), 0, recovery_point=None)
     assert lg.damaged.ranges == [] and records(lg) == [(0, b"a"), (5, b"b")] and lg.log_end_offset == 6
+
+
+def test_the_offset_gaps_marker_is_a_known_file(tmp_path, caplog):
+    """Every compacted partition logged 'ignoring unknown file .../offset-gaps' at each open."""
+    d = tmp_path / "t-0"
+    lg = Log(d, LogConfig(allow_offset_gaps=True), 0)
+    lg.append(forge(one(b"a"), base_offset=0), 0, assign_offsets=False)
+    lg.close()
+    caplog.set_level(logging.WARNING, logger="storage.log")
+    Log(d, LogConfig(allow_offset_gaps=True), 0).close()
+    assert not [r for r in caplog.records if "unknown file" in r.getMessage()]
