@@ -243,7 +243,13 @@ class GroupCoordinator:
 
     def sync(self, now_ms: int) -> None:
         """Load the groups of offsets partitions this broker now leads; drop the others."""
-        led = {tp[1] for tp, part in self.partitions.online.items() if tp[0] == OFFSETS_TOPIC and part.is_leader}
+        # every loop turn: look up the offsets topic's few partitions, never walk every partition
+        topic = self.image.get(OFFSETS_TOPIC)
+        led = set()
+        for index in range(topic.partition_count if topic is not None else 0):
+            part = self.partitions.get((OFFSETS_TOPIC, index))
+            if part is not None and part.is_leader:
+                led.add(index)
         for index in sorted(self.loaded - led):
             self.loaded.discard(index)
             self._forget(index)
