@@ -39,8 +39,10 @@ def run_side(code: Path, records: int) -> tuple[float, float]:
     data = tempfile.mkdtemp(prefix="abbench-")
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
-    broker = subprocess.Popen([sys.executable, "-m", "zbroker", "serve", "--data-dir", data, "--listen", bootstrap],
-                              cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", data, "--listen", bootstrap]
+    if "--kafka-listen" in (code / "zbroker" / "cli" / "serve.py").read_text():  # revisions with a Kafka door
+        args += ["--kafka-listen", "none"]
+    broker = subprocess.Popen(args, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while subprocess.run([sys.executable, "-m", "zbroker", "--bootstrap", bootstrap, "topics", "list"], cwd=code, env=env,

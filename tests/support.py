@@ -111,11 +111,14 @@ class RawClient:
 
 
 class BrokerProcess:
-    """A broker in a child process; ``bootstrap`` is its HOST:PORT."""
+    """A broker in a child process; ``bootstrap`` is its HOST:PORT, ``kafka_bootstrap`` its
+    Kafka front door's (started without a config file, it gets a free port for each)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, config: Path | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, config: Path | None = None, extra_args: list[str] | None = None,
+                 kafka_port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self.kafka_port = kafka_port or free_port()
         self.config = config
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
@@ -125,11 +128,17 @@ class BrokerProcess:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
     def start(self, wait: bool = True) -> BrokerProcess:
         if getattr(self, "use_config_only", False):
             args = [sys.executable, "-m", "zbroker", "serve", "--config", str(self.config)]
         else:
             args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
+            if not self.config:
+                args += ["--kafka-listen", self.kafka_bootstrap]
             if self.config:
                 args += ["--config", str(self.config)]
         args += self.extra_args

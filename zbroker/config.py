@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_PORT = 9555
+DEFAULT_KAFKA_PORT = 9092
 DEFAULT_DATA_DIR = "zbroker-data"
 
 
@@ -274,10 +275,16 @@ class BrokerEntry:
     port: int = DEFAULT_PORT
     gossip_port: int = DEFAULT_PORT + 1
     data_dir: str = DEFAULT_DATA_DIR
+    kafka_port: int | None = None  # the Kafka front door's TCP port; None: no Kafka listener
+    kafka_host: str | None = None  # the address advertised to Kafka clients; None: ``host``
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def kafka_advertised_host(self) -> str:
+        return self.kafka_host or self.host
 
 
 #: [cluster] keys: key -> (default, checker).
@@ -301,7 +308,10 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "group_max_session_timeout_ms": (300_000, _int(100)),
 }
 
-_BROKER_KEYS = {"id": _int(0, 2**31 - 1), "host": _str, "port": _int(1, 65535), "gossip_port": _int(1, 65535), "data_dir": _str}
+_BROKER_KEYS = {"id": _int(0, 2**31 - 1), "host": _str, "port": _int(1, 65535), "gossip_port": _int(1, 65535), "data_dir": _str,
+                "kafka_port": _int(1, 65535), "kafka_host": _str}
+#: Addresses that bind every interface but that no client can connect to.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True)
@@ -410,7 +420,12 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
         entry.setdefault("port", DEFAULT_PORT)
         entry.setdefault("gossip_port", entry["port"] + 1)
         entry.setdefault("data_dir", f"{DEFAULT_DATA_DIR}/{entry['id']}")
-        for key in ("port", "gossip_port"):
+        if "kafka_port" in entry and entry.get("kafka_host", entry["host"]) in WILDCARD_HOSTS:
+            raise ConfigError(f"{where}.kafka_host: Kafka clients are sent this address and cannot connect to "
+                              f"{entry.get('kafka_host', entry['host'])!r}: set kafka_host to an address they can reach")
+        for key in ("port", "gossip_port", "kafka_port"):
+            if key not in entry:
+                continue
             addr = (entry["host"], entry[key])
             if addr in seen_ports:
                 raise ConfigError(f"{where}.{key}: port {entry[key]} on {entry['host']} is already used by {seen_ports[addr]}")
@@ -461,7 +476,11 @@ def load_config(path: str | os.PathLike) -> ClusterConfig:
     return parse_config(data, str(path), base_dir=path.resolve().parent)
 
 
-def single_node_config(data_dir: str = DEFAULT_DATA_DIR, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> ClusterConfig:
-    """The config `zbroker serve` uses without --config: one broker, documented defaults."""
-    cfg = parse_config({"broker": [{"id": 1, "host": host, "port": port, "gossip_port": port + 1, "data_dir": data_dir}]})
-    return cfg
+def single_node_config(data_dir: str = DEFAULT_DATA_DIR, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                       kafka: tuple[str, int] | None = None) -> ClusterConfig:
+    """The config `zbroker serve` uses without --config: one broker, documented defaults;
+    ``kafka`` = (host, port) of its Kafka listener, or None for none."""
+    entry = {"id": 1, "host": host, "port": port, "gossip_port": port + 1, "data_dir": data_dir}
+    if kafka is not None:
+        entry.update(kafka_host=kafka[0], kafka_port=kafka[1])
+    return parse_config({"broker": [entry]})

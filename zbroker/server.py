@@ -24,7 +24,9 @@ import time
 import zmq
 
 from zbroker.config import ClusterConfig
+from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.loop import EventLoop, guarded
+from zbroker.net.tcp_listener import TcpListener
 from zbroker.net.zmq_listeners import Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode
 from zbroker.protocol import broker_identity
@@ -68,6 +70,11 @@ class Server:
                                 lambda conn, frames: node.handle(conn, frames, now_ms()),
                                 self.config.setting("max_queued_reply_bytes"))
         self.loop.add_listener(router)
+        if self.entry.kafka_port:
+            door = KafkaDoor(node.app, node.metrics)
+            kafka = TcpListener(self.loop, self.entry.kafka_advertised_host, self.entry.kafka_port, door.connection, now_ms,
+                                self.config.setting("max_queued_reply_bytes"))
+            self.loop.add_listener(kafka)
         return router, dealers
 
     def run(self) -> None:
@@ -78,13 +85,16 @@ class Server:
         self.loop.add_timer(node)
         try:
             router, dealers = self._listen(zmq.Context.instance(), node)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError) as exc:
             node.close(now_ms())
             self.loop.close()
-            raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}: {exc}") from None
+            kafka = f" / Kafka {self.entry.kafka_advertised_host}:{self.entry.kafka_port}" if self.entry.kafka_port else ""
+            raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}{kafka}: {exc}") from None
         node.connect(router.send, dealers.send if dealers is not None else None)
-        log.info("broker %s listening on %s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
-                 f" gossip={self.entry.gossip_port}" if dealers is not None else "", self.entry.data_dir, os.getpid())
+        log.info("broker %s listening on %s%s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
+                 f" gossip={self.entry.gossip_port}" if dealers is not None else "",
+                 f" kafka={self.entry.kafka_advertised_host}:{self.entry.kafka_port}" if self.entry.kafka_port else "",
+                 self.entry.data_dir, os.getpid())
         try:
             self.loop.run()
         finally:

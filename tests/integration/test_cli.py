@@ -86,10 +86,10 @@ def test_no_broker_is_one_line_not_a_hang(tmp_path):
 
 
 def test_serve_without_config_uses_the_documented_defaults(tmp_path):
-    with socket.socket() as probe:
-        default_free = probe.connect_ex(("127.0.0.1", 9555)) != 0
-    if not default_free:
-        pytest.skip("something already listens on 127.0.0.1:9555")
+    for port in (9555, 9092):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"something already listens on 127.0.0.1:{port}")
     proc = BrokerProcess(tmp_path / "zbroker-data", port=9555)
     args = [sys.executable, "-m", "zbroker", "serve"]
     proc.proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -98,6 +98,8 @@ def test_serve_without_config_uses_the_documented_defaults(tmp_path):
         header, _ = RawClient("127.0.0.1:9555").call("create_topic", topic="t")
         assert header["error"] == 0
         assert (tmp_path / "zbroker-data" / "t-0").is_dir() and (tmp_path / "zbroker-data" / "t-2").is_dir()
+        with socket.create_connection(("127.0.0.1", 9092), timeout=5):
+            pass  # and the Kafka front door on its default port
         assert proc.stop() == 0
     finally:
         proc.close()

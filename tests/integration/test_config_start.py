@@ -22,7 +22,7 @@ def test_a_data_dir_under_a_regular_file_is_named_with_the_broker_and_file(tmp_p
 
 def test_a_data_dir_given_on_the_command_line_is_named_too(tmp_path):
     (tmp_path / "plain").write_text("")
-    out = run_cli("serve", "--data-dir", str(tmp_path / "plain"), "--listen", f"127.0.0.1:{free_port()}")
+    out = run_cli("serve", "--data-dir", str(tmp_path / "plain"), "--listen", f"127.0.0.1:{free_port()}", "--kafka-listen", "none")
     assert out.returncode == 2
     line = one_line_error(out)
     assert line.startswith("error: broker[0].data_dir: cannot create ")
@@ -52,6 +52,6 @@ def test_a_rule_across_keys_stops_serve_with_one_line(tmp_path):
 
 def test_a_data_dir_that_exists_but_cannot_be_written_is_named(tmp_path):
     # root ignores permission bits: /proc/self is a directory nobody can create files in
-    out = run_cli("serve", "--data-dir", "/proc/self", "--listen", f"127.0.0.1:{free_port()}")
+    out = run_cli("serve", "--data-dir", "/proc/self", "--listen", f"127.0.0.1:{free_port()}", "--kafka-listen", "none")
     assert out.returncode == 2
     assert one_line_error(out).startswith("error: broker[0].data_dir: cannot write '/proc/self' (from --data-dir) (broker id 1): ")

@@ -37,6 +37,11 @@ class Listener(Protocol):
     def close(self) -> None: ...
 
 
+class WritableListener(Listener, Protocol):
+    def on_writable(self, sock) -> None:
+        """``sock`` can take more output (asked for with :meth:`EventLoop.want_write`)."""
+
+
 class Timer(Protocol):
     def next_timer_ms(self, now_ms: int) -> int:
         """Milliseconds until :meth:`tick` has work."""
@@ -79,11 +84,23 @@ class EventLoop:
         self._owners[key] = (sock, listener)
         self._order.append(key)
 
+    def want_io(self, sock, read: bool, write: bool) -> None:
+        """Choose what ``sock`` (already watched) is polled for: input (``on_readable``),
+        room for output (``on_writable``, for a plain socket with output pending), both or
+        neither (a connection whose replies are not read pauses its input)."""
+        key = self._key(sock)
+        if key in self._owners:
+            # flags 0 unregisters (zmq.Poller's rule); registering again brings it back
+            self._poller.register(key, (zmq.POLLIN if read else 0) | (zmq.POLLOUT if write else 0))
+
     def unwatch(self, sock) -> None:
         """Stop polling ``sock`` (call it before closing a plain socket)."""
         key = self._key(sock)
         if self._owners.pop(key, None) is not None:
-            self._poller.unregister(key)
+            try:
+                self._poller.unregister(key)
+            except KeyError:  # paused: polled for nothing
+                pass
             self._order.remove(key)
 
     def add_timer(self, timer: Timer) -> None:
@@ -102,7 +119,11 @@ class EventLoop:
                 timeout = min(timeout, timer.next_timer_ms(now))
             events = dict(self._poller.poll(max(0, timeout)))
             for key in list(self._order):
-                if key in events and key in self._owners:
+                flags = events.get(key, 0)
+                if flags & zmq.POLLOUT and key in self._owners:
+                    sock, listener = self._owners[key]
+                    guarded(listener.on_writable, sock)
+                if flags & (zmq.POLLIN | zmq.POLLERR) and key in self._owners:
                     sock, listener = self._owners[key]
                     guarded(listener.on_readable, sock)
             for timer in self._timers:

@@ -1,0 +1,58 @@
+"""Metadata (key 3): brokers, topics, partitions, leaders and leader epochs.
+
+Brokers are advertised at their Kafka address (``kafka_host``, default ``host``, and
+``kafka_port``; brokers without a Kafka listener are left out).  Topics a client names
+are auto-created when the cluster's ``auto_create_topics`` says so and the request
+allows it (v4+; always for older versions, as Kafka does); a topic being created answers
+LEADER_NOT_AVAILABLE and the client asks again.
+"""
+
+from __future__ import annotations
+
+from zbroker.frontends.kafka.router import KafkaRoute
+from zbroker.security import Operation, topic
+
+API_KEY = 3
+VERSIONS = (0, 12)
+
+
+def kafka_brokers(app) -> list[dict]:
+    """The brokers that have a Kafka listener, at their advertised address."""
+    return [{"node_id": b.id, "host": b.kafka_advertised_host, "port": b.kafka_port, "rack": None}
+            for b in app.config.brokers if b.kafka_port]
+
+
+def metadata(app, ctx, request, version, now_ms):
+    names = None if request.topics is None else [t.name for t in request.topics if t.name is not None]
+    if version == 0 and not names:
+        names = None  # v0: an empty list means every topic
+    auto_create = getattr(request, "allow_auto_topic_creation", True)
+    answer = app.cluster.metadata(ctx, names, auto_create, now_ms)
+    image = app.control.image
+    topics = []
+    for t in answer.topics:
+        meta = image.get(t.topic)
+        topics.append({
+            "error_code": t.error, "name": t.topic, "topic_id": meta.topic_id if meta is not None else None,
+            "is_internal": t.internal, "topic_authorized_operations": -2147483648,
+            "partitions": [{"error_code": p.error, "partition_index": p.partition, "leader_id": p.leader,
+                            "leader_epoch": p.leader_epoch, "replica_nodes": p.replicas, "isr_nodes": p.isr,
+                            "offline_replicas": [r for r in p.replicas if r not in {b.id for b in answer.brokers if b.alive}]}
+                           for p in t.partitions],
+        })
+    return {"brokers": kafka_brokers(app), "cluster_id": answer.cluster_name, "controller_id": answer.controller,
+            "topics": topics, "cluster_authorized_operations": -2147483648}
+
+
+def _access(request):
+    if request.topics is None:
+        return []  # every topic: filtered by what the principal may describe (security, next)
+    return [(Operation.DESCRIBE, topic(t.name)) for t in request.topics if t.name is not None]
+
+
+def _error(request, version, code, message):
+    names = [] if request is None or request.topics is None else [t.name for t in request.topics]
+    return {"brokers": [], "topics": [{"error_code": code, "name": n, "partitions": []} for n in names]}
+
+
+ROUTE = KafkaRoute(API_KEY, "Metadata", VERSIONS, metadata, error=_error, access=_access)

@@ -1,0 +1,253 @@
+"""The Kafka router: one table of API keys, one place that runs every Kafka request.
+
+For each request a :class:`KafkaConnection` cut from its TCP stream,
+:meth:`KafkaRouter.handle`:
+
+1. reads the header's API key, version and correlation id; a key this broker does not
+   serve, or a version outside the route's range, is answered with the correlation id
+   and error UNSUPPORTED_VERSION (35) and the connection stays usable -- except
+   ApiVersions, which is answered at any version with the full list (KIP-511);
+2. decodes the header (v1, or v2 for flexible versions) and the body with kio's schema
+   of that version; bytes that do not decode close the connection with a log line
+   naming the API, version and fault (what Kafka brokers do: the stream cannot be
+   trusted after a bad request);
+3. builds the :class:`RequestContext` (listener ``kafka``, the client's ``client_id``)
+   and authorizes each (operation, resource) the route names;
+4. runs the handler, which calls the services with typed arguments and answers with a
+   dict of response fields, a :class:`Completion` of one, or :data:`NO_REPLY`;
+5. encodes the answer in the request's version (a :class:`RequestError` becomes the
+   route's error answer, any other exception is logged with its traceback and becomes
+   UNKNOWN_SERVER_ERROR) and queues it in the connection's request order;
+6. records count, errors and latency per API in the metrics registry.
+
+Adding an API is one handler module with a ``ROUTE`` (see ``handlers/``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from zbroker.context import ANONYMOUS, Completion, RequestContext
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.kafka import codec
+from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
+from zbroker.metrics import RequestMetrics
+from zbroker.ratelimit import RateLimitedLog
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType
+
+log = logging.getLogger(__name__)
+
+LISTENER = "kafka"
+#: A handler's answer meaning "send nothing" (an acks=0 produce).
+NO_REPLY = object()
+#: Requests of one connection in progress at once; beyond it the connection is not read
+#: until replies leave (Kafka clients keep at most a handful in flight).
+MAX_IN_FLIGHT = 64
+
+DENIED = {
+    ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+    ResourceType.GROUP: ErrorCode.GROUP_AUTHORIZATION_FAILED,
+    ResourceType.CLUSTER: ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+def top_level_error(request, version: int, code: int, message: str) -> dict:
+    """The error answer of an API whose response has a top-level ``error_code``."""
+    return {"error_code": code, "error_message": message}
+
+
+@dataclass(frozen=True)
+class KafkaRoute:
+    """One API key of the Kafka protocol.
+
+    Attributes:
+        api_key: Kafka's number for the API.
+        name: its name (metrics, logs).
+        versions: the versions served, inclusive (advertised by ApiVersions).
+        call: ``call(app, ctx, request, version, now_ms)`` -> a dict of response fields, a
+            Completion of one, or :data:`NO_REPLY`.  ``request`` is kio's dataclass of that
+            version.
+        error: ``error(request, version, code, message)`` -> the response fields that
+            report ``code`` for the whole request (per partition where the API has no
+            top-level error).
+        access: ``access(request) -> [(Operation, Resource), ...]`` to authorize.
+        any_version: answer at any version (ApiVersions); the call gets ``request=None``
+            and the answer is encoded at version 0 with UNSUPPORTED_VERSION.
+    """
+
+    api_key: int
+    name: str
+    versions: tuple[int, int]
+    call: Callable[..., Any]
+    error: Callable[..., dict] = top_level_error
+    access: Callable[[Any], Iterable[tuple[Operation, Resource]]] = lambda request: ()
+    any_version: bool = False
+
+
+class KafkaRouter:
+    """Runs Kafka requests against the services of ``app``."""
+
+    def __init__(self, app, routes: Iterable[KafkaRoute], authorizer: Authorizer, metrics: RequestMetrics) -> None:
+        self.app = app
+        self.table: dict[int, KafkaRoute] = {}
+        for route in routes:
+            if route.api_key in self.table:
+                raise ValueError(f"two routes for API key {route.api_key}")
+            self.table[route.api_key] = route
+        self.authorizer = authorizer
+        self._check_access = not isinstance(authorizer, AllowAll)
+        self.metrics = metrics
+        self.bad_input_log = RateLimitedLog(log, burst=10, window_s=10.0)
+
+    def versions(self) -> list[tuple[int, int, int]]:
+        """``(api_key, min, max)`` of every API served, for ApiVersions."""
+        return [(key, r.versions[0], r.versions[1]) for key, r in sorted(self.table.items())]
+
+    def handle(self, conn: "KafkaConnection", frame: bytes, slot: int, now_ms: int) -> None:
+        """Run one request of ``conn``; its reply fills ``slot``."""
+        started = time.perf_counter()
+        try:
+            api_key, version, cid = codec.peek_header(frame)
+        except codec.MalformedRequest as exc:
+            conn.fail(f"{exc}")
+            return
+        route = self.table.get(api_key)
+        name = route.name if route is not None else "unknown"
+        if route is None or not (route.versions[0] <= version <= route.versions[1]) and not route.any_version:
+            what = f"API key {api_key}" if route is None else f"{route.name} v{version} (served: v{route.versions[0]}-v{route.versions[1]})"
+            self.bad_input_log.log(now_ms / 1000, "unsupported", logging.WARNING, "unsupported request from %s client_id=%s: %s",
+                                   conn.peer, conn.client_id, what)
+            conn.fill(slot, codec.error_only_response(cid, ErrorCode.UNSUPPORTED_VERSION))
+            self.metrics.observe(LISTENER, name, time.perf_counter() - started, ErrorCode.UNSUPPORTED_VERSION)
+            return
+        served = route.versions[0] <= version <= route.versions[1]
+        schema = codec.request_schema(api_key, version) if served else None
+        try:
+            header = codec.decode_header(frame, bool(schema is not None and schema.__flexible__))
+            request = codec.decode_body(schema, frame, header.size) if schema is not None else None
+        except codec.MalformedRequest as exc:
+            conn.fail(f"{route.name} v{version}: {exc}")
+            self.metrics.observe(LISTENER, name, time.perf_counter() - started, ErrorCode.INVALID_REQUEST)
+            return
+        if header.client_id:
+            conn.client_id = header.client_id
+        reply_version = version if served else 0
+        ctx = RequestContext(conn.principal, LISTENER, conn.client_id or "", conn.id)
+        try:
+            if served:
+                self._authorize(ctx, route, request)
+            answer = route.call(self.app, ctx, request, version, now_ms)
+        except RequestError as exc:
+            answer = route.error(request, version, exc.code, exc.message)
+        except Exception as exc:  # a bug must not stop the broker
+            log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
+            answer = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
+        if answer is NO_REPLY:
+            conn.fill(slot, None)
+            self.metrics.observe(LISTENER, name, time.perf_counter() - started)
+        elif isinstance(answer, Completion):
+            answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started))
+        else:
+            self._answer(conn, slot, route, request, reply_version, cid, answer, started)
+
+    def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> None:
+        if not self._check_access:
+            return
+        for operation, resource in route.access(request):
+            if not self.authorizer.authorize(ctx, operation, resource):
+                raise RequestError(DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
+                                                          f"{resource.type.value} {resource.name!r}")
+
+    def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
+        if done.error is not None:
+            answer = route.error(request, version, done.error.code, done.error.message)
+        else:
+            answer = done.value
+        if answer is NO_REPLY:
+            conn.fill(slot, None)
+            return
+        self._answer(conn, slot, route, request, version, cid, answer, started)
+
+    def _answer(self, conn, slot, route, request, version, cid, answer: dict, started) -> None:
+        try:
+            data = codec.encode_response(route.api_key, version, cid, answer)
+        except Exception as exc:
+            log.exception("error encoding the answer to %s v%s", route.name, version)
+            try:
+                data = codec.encode_response(route.api_key, version, cid,
+                                             route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}"))
+            except Exception:
+                conn.fail(f"cannot encode the answer to {route.name} v{version}")
+                return
+        conn.fill(slot, data)
+        code = answer.get("error_code", 0) if isinstance(answer, dict) else 0
+        self.metrics.observe(LISTENER, route.name, time.perf_counter() - started, int(code or 0))
+
+
+class Transport:
+    """What a connection needs from the network (implemented by the TCP listener)."""
+
+    def write(self, data: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class KafkaConnection:
+    """One Kafka client connection, sans-IO: bytes in (:meth:`data_received`), replies out
+    through its transport in request order."""
+
+    def __init__(self, router: KafkaRouter, conn_id: Hashable, peer: str, transport: Transport, max_request_bytes: int,
+                 principal: str = ANONYMOUS) -> None:
+        self.router = router
+        self.id = conn_id
+        self.peer = peer
+        self.transport = transport
+        self.principal = principal
+        self.client_id: str | None = None
+        self.framer = Framer(max_request_bytes)
+        self.replies = ReplyOrder()
+        self.closed = False
+        self._paused = False
+
+    def data_received(self, data: bytes, now_ms: int) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except FrameTooLarge as exc:
+            self.fail(str(exc))
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            self.router.handle(self, frame, self.replies.reserve(), now_ms)
+        if len(self.replies) >= MAX_IN_FLIGHT and not self._paused and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def fill(self, slot: int, reply: bytes | None) -> None:
+        if self.closed:
+            return
+        self.replies.fill(slot, reply)
+        ready = self.replies.ready()
+        if ready:
+            self.transport.write(ready)
+        if self._paused and len(self.replies) < MAX_IN_FLIGHT // 2:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def fail(self, why: str) -> None:
+        """Bad bytes from the client: log it and close the connection."""
+        self.router.bad_input_log.log(time.time(), "malformed", logging.WARNING, "closing Kafka connection from %s client_id=%s: %s",
+                                      self.peer, self.client_id, why)
+        self.closed = True
+        self.transport.close()
+
+    def connection_lost(self) -> None:
+        """The peer went away: replies still to come are dropped."""
+        self.closed = True
