@@ -45,11 +45,15 @@ def delete_topics(app, ctx, request, version, now_ms):
         else:
             calls.append(((name, topic_id), lambda n=name, i=topic_id: _delete(app, ctx, n, i, by_id, now_ms)))
 
+    image = app.control.image
+    known = {(name, topic_id): by_id.get(topic_id) if topic_id else image.get(name) for name, topic_id in named}
+
     def answer(outcomes):
         responses = []
-        for (name, topic_id), outcome in ((key, outcomes[key]) for key in dict.fromkeys(named)):
-            meta = by_id.get(topic_id) if topic_id else None
-            responses.append({"name": meta.name if meta is not None else name, "topic_id": topic_id,
+        for key in dict.fromkeys(named):
+            meta, outcome = known[key], outcomes[key]
+            responses.append({"name": meta.name if meta is not None else key[0],
+                              "topic_id": meta.topic_id if meta is not None else key[1],
                               "error_code": outcome.error_code, "error_message": outcome.error_message})
         return {"responses": responses}
 
