@@ -45,6 +45,7 @@ from storage.checkpoint import fsync_dir
 from storage.damage import FILE_NAME as DAMAGE_FILE, DamagedRanges
 from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
+from storage.invariants import check_log
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
 from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
                              Segment)
@@ -603,52 +604,6 @@ class Log:
         log.info("deleted log dir=%s", self.directory)
 
     def _check(self) -> None:
-        """Verify internal invariants; raise AssertionError describing the first violation."""
-        def fail(msg: str) -> None:
-            raise AssertionError(f"{self.directory}: {msg}")
-
-        segs = list(self._segments.values())
-        if not segs:
-            fail("no segments")
-        if segs[-1] is not self._active:
-            fail("active segment is not the last")
-        if self._leo != self._active.next_offset:
-            fail(f"LEO {self._leo} != active next_offset {self._active.next_offset}")
-        if not (self.log_start_offset <= self.recovery_point <= self._leo):
-            fail(f"recovery point {self.recovery_point} outside [{self.log_start_offset}, {self._leo}]")
-        for i, seg in enumerate(segs):
-            if self._segments.keys()[i] != seg.base_offset:
-                fail(f"segment keyed {self._segments.keys()[i]} has base {seg.base_offset}")
-            if i + 1 < len(segs) and seg.next_offset > segs[i + 1].base_offset:
-                fail(f"segment {seg.base_offset} ends at {seg.next_offset}, next starts at {segs[i + 1].base_offset}")
-            if 0 < i < len(segs) - 1 and seg.size == 0:
-                fail(f"closed segment {seg.base_offset} is empty")
-            if os.path.getsize(seg.log_path) != seg.size:
-                fail(f"segment {seg.base_offset} size {seg.size} != file size {os.path.getsize(seg.log_path)}")
-            starts = {}
-            expected, max_ts, end = seg.base_offset, -1, 0
-            for p, h in seg.iter_headers(0):
-                if h.base_offset < expected:
-                    fail(f"segment {seg.base_offset}: batch at {p} has base {h.base_offset}, expected >= {expected}")
-                starts[h.base_offset] = p
-                expected, max_ts, end = h.next_offset, max(max_ts, h.max_timestamp), p + h.size
-            if end != seg.size or expected != seg.next_offset or max_ts != seg.max_timestamp:
-                fail(f"segment {seg.base_offset}: walk gives end={end} next={expected} max_ts={max_ts}, "
-                     f"segment says size={seg.size} next={seg.next_offset} max_ts={seg.max_timestamp}")
-            prev = (-1, -1)
-            for off, pos in seg.index.entries():
-                if off <= prev[0] or pos <= prev[1]:
-                    fail(f"segment {seg.base_offset}: offset index not increasing at {off}")
-                if starts.get(off) != pos:
-                    fail(f"segment {seg.base_offset}: index entry ({off}, {pos}) is not a batch start")
-                prev = (off, pos)
-            prev = (-1 << 63, -1)
-            for ts, off in seg.time_index.entries():
-                if ts <= prev[0] or off <= prev[1]:
-                    fail(f"segment {seg.base_offset}: time index not increasing at {off}")
-                if off not in starts or ts > max_ts:
-                    fail(f"segment {seg.base_offset}: time entry ({ts}, {off}) invalid")
-                prev = (ts, off)
-            for idx in (seg.index, seg.time_index):
-                if idx.path.exists() and os.path.getsize(idx.path) != idx.file_entries() * idx.entry_size:
-                    fail(f"{idx.path}: file size does not match {idx.file_entries()} written entries")
+        """Verify internal invariants; raise AssertionError describing the first violation
+        (:func:`storage.invariants.check_log`)."""
+        check_log(self)
