@@ -39,8 +39,7 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
-from storage.batch import (MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, BatchHeader, decode_native_records, patch_batch,
-                           validate_batch)
+from storage.batch import BatchHeader, patch_batch, validate_batch
 from storage.checkpoint import fsync_dir
 from storage.damage import FILE_NAME as DAMAGE_FILE, DamagedRanges
 from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError, OffsetMismatch, OffsetOutOfRange
@@ -51,6 +50,7 @@ from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
                              Segment)
 from storage.recovery import load_segments, repair_for_read, skip_damaged
 from storage.swap import complete_interrupted_swaps
+from storage.timestamps import offset_for_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -531,39 +531,9 @@ class Log:
         return ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), first, nxt, count)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``.
-
-        The batch is the first whose ``max_timestamp >= timestamp_ms`` (time index plus a
-        header walk). For native batches with create-time timestamps the batch is decoded
-        and the exact first record with ``timestamp >= timestamp_ms`` is returned; for other
-        batches (Kafka magic 2, log-append time) the answer is the batch's base offset and
-        max timestamp -- as for a native batch that does not decode, or that decompresses
-        past :func:`storage.batch.decode_limit` of ``max_message_bytes`` (a few KiB on disk
-        must not cost the broker gigabytes). The special values -1 (latest) / -2 (earliest)
-        are the caller's job.
-
-        Returns:
-            ``(offset, timestamp)``, or None if no batch is that recent.
-        """
-        from storage.batch import decode_limit
-        limit = decode_limit(self.config.max_message_bytes)
-        for seg in self._segments.values():
-            if seg.max_timestamp < timestamp_ms:
-                continue
-            found = seg.find_timestamp(timestamp_ms)
-            if found is None:
-                continue
-            pos, h = found
-            if h.magic == MAGIC_NATIVE and not h.attributes & TIMESTAMP_TYPE_BIT:
-                try:
-                    for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size), limit):
-                        if ts >= timestamp_ms:
-                            return off, ts
-                except CorruptBatchError as exc:
-                    log.warning("cannot decode batch for timestamp lookup dir=%s offset=%s: %s",
-                                self.directory, h.base_offset, exc)
-            return h.base_offset, h.max_timestamp
-        return None
+        """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``, or None
+        (:func:`storage.timestamps.offset_for_timestamp` says how)."""
+        return offset_for_timestamp(self, timestamp_ms)
 
     def segments_info(self) -> list[tuple[int, int, int, int]]:
         """``(base_offset, size, max_timestamp, last_modified_ms)`` per segment, oldest first.
