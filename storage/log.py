@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,8 @@ from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError
 from storage.handles import FileHandleCache
 from storage.invariants import check_log
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
-from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
-                             Segment)
-from storage.recovery import load_segments, repair_for_read, skip_damaged
-from storage.swap import complete_interrupted_swaps
+from storage.segment import MAX_POSITION, MAX_RELATIVE_OFFSET, Segment
+from storage.recovery import load_segments, repair_for_read, scan_directory, skip_damaged
 from storage.timestamps import offset_for_timestamp
 
 log = logging.getLogger(__name__)
@@ -59,9 +56,8 @@ __all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "
 #: Written by the owner of the log (the broker: which topic incarnation it belongs to); kept as is.
 PARTITION_METADATA_FILE = "partition.metadata"
 
-_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
 GAPS_FILE = "offset-gaps"  # present: the log is or was compacted (see Log.config)
-_STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
+_KNOWN_FILES = (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE)  # besides segments: kept as they are
 
 
 @dataclass(frozen=True)
@@ -154,7 +150,7 @@ class Log:
         self._segments: SortedDict = SortedDict()
         self._closed = False
         self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
-        bases = self._scan_directory()
+        bases = scan_directory(self.directory, self.handles, _KNOWN_FILES)
         try:
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = False
@@ -210,30 +206,6 @@ class Log:
         return self._has_gaps
 
     # ------------------------------------------------------------------ loading
-
-    def _scan_directory(self) -> list[int]:
-        complete_interrupted_swaps(self.directory, self.handles)  # before .swap/.cleaned are swept
-        logs: set[int] = set()
-        others: list[tuple[int, Path]] = []
-        for entry in os.scandir(self.directory):
-            name = entry.name
-            if name.endswith(_STRAY_SUFFIXES):
-                log.info("removing stray file path=%s", entry.path)
-                os.unlink(entry.path)
-                continue
-            m = _SEGMENT_FILE.match(name)
-            if m:
-                if m.group(2) == LOG_SUFFIX:
-                    logs.add(int(m.group(1)))
-                else:
-                    others.append((int(m.group(1)), Path(entry.path)))
-            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE):
-                log.warning("ignoring unknown file path=%s", entry.path)
-        for base, path in others:
-            if base not in logs:
-                log.info("removing orphan index path=%s", path)
-                os.unlink(path)
-        return sorted(logs)
 
     def _note_epoch(self, header) -> None:
         latest = self.leader_epoch_cache.latest_epoch
