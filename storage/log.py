@@ -9,12 +9,14 @@ Partition directory ``<data_dir>/<topic>-<partition>/``::
     00000000000000001200.index
     00000000000000001200.timeindex
     leader-epoch-checkpoint         epoch -> start offset (storage.leader_epoch)
+    log-start-offset                a log start inside a segment (storage.log_start)
 
 Invariants (checked by :meth:`Log._check`): segments are ordered and do not overlap (each
 segment's ``next_offset`` is at most the next segment's base offset; they are equal unless log
 compaction removed the records in between, see ``storage.cleaner``), only the first segment
-may be an empty closed one (compaction keeps it to hold the log start), the log start offset
-is the first segment's base, the log end offset (LEO) is the last segment's ``next_offset``, and only the
+may be an empty closed one (compaction keeps it to hold the log start), the log start offset is
+at or above the first segment's base (above it after records were deleted, Kafka's DeleteRecords)
+and at most the log end offset (LEO), the LEO is the last segment's ``next_offset``, and only the
 last (active) segment is appended to.
 
 Theory of operation: ``append`` validates a batch (framing, CRC, count; never records),
@@ -45,6 +47,7 @@ from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError
 from storage.handles import FileHandleCache
 from storage.invariants import check_log
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
+from storage.log_start import FILE_NAME as START_FILE, LogStartOffset
 from storage.segment import MAX_POSITION, MAX_RELATIVE_OFFSET, Segment
 from storage.recovery import load_segments, repair_for_read, scan_directory, skip_damaged
 from storage.timestamps import offset_for_timestamp
@@ -57,7 +60,7 @@ __all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "
 PARTITION_METADATA_FILE = "partition.metadata"
 
 GAPS_FILE = "offset-gaps"  # present: the log is or was compacted (see Log.config)
-_KNOWN_FILES = (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE)  # besides segments: kept as they are
+_KNOWN_FILES = (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE, START_FILE)  # besides segments: kept as they are
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class Log:
         self._closed = False
         self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
         bases = scan_directory(self.directory, self.handles, _KNOWN_FILES)
+        self._start = LogStartOffset(self.directory / START_FILE)
         try:
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = False
@@ -175,8 +179,8 @@ class Log:
         self._leo = self._active.next_offset
         if rebuild_epochs or (self.leader_epoch_cache.latest_epoch is None and self._leo > self.log_start_offset):
             self._rebuild_epoch_cache()
+        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)  # batches below the start were scanned too
         self.leader_epoch_cache.truncate_from_end(self._leo)
-        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)
         self.damaged.truncate_from(self._leo)
         self.damaged.truncate_before(self.log_start_offset)
         rp = self.log_start_offset if recovery_point is None else recovery_point
@@ -184,6 +188,12 @@ class Log:
         self._unflushed_messages = 0
         self._last_flush_ms = now_ms
         self._new_files = False
+        if self._start.offset > self._leo:  # deleted up to a log end that was not durable: go on from there
+            log.warning("log start %d is past the recovered log end %d dir=%s: the log restarts empty there",
+                        self._start.offset, self._leo, self.directory)
+            self.truncate_fully_and_start_at(self._start.offset)
+        elif self._start.offset > self._segments.keys()[0]:  # a crash may have come before they were deleted
+            self.delete_segments_before(self._start.offset)
 
     @property
     def config(self) -> LogConfig:
@@ -223,8 +233,9 @@ class Log:
 
     @property
     def log_start_offset(self) -> int:
-        """First offset held (the base offset of the first segment)."""
-        return self._segments.peekitem(0)[0]
+        """First offset served: the first segment's base offset, or above it after
+        :meth:`delete_records_before`. O(1)."""
+        return max(self._start.offset, self._segments.peekitem(0)[0])
 
     @property
     def log_end_offset(self) -> int:
@@ -344,7 +355,8 @@ class Log:
         leader epochs starting at or after ``offset`` are still forgotten (a leader records its
         epoch when elected, before writing anything: a follower truncating to where that epoch
         began must lose it, or it would keep naming an epoch its new leader does not know). An
-        offset below the log start offset empties the log and restarts it at ``offset``.
+        offset below the log start offset empties the log and restarts it at ``offset``; so
+        does one inside the batch holding the log start, at the log start.
         """
         if offset >= self._leo:
             self.leader_epoch_cache.truncate_from_end(offset)
@@ -363,6 +375,8 @@ class Log:
         self.leader_epoch_cache.truncate_from_end(self._leo)
         self.damaged.truncate_from(self._leo)
         log.info("truncated dir=%s requested=%s log_end_offset=%s", self.directory, offset, self._leo)
+        if self._leo < self.log_start_offset:  # the batch holding the start went
+            self.truncate_fully_and_start_at(self.log_start_offset)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         """Delete all data; the log restarts empty with start offset = LEO = ``offset``."""
@@ -376,6 +390,7 @@ class Log:
         self._leo = offset
         self.recovery_point = offset
         self._new_files = True
+        self._start.reset(offset)
         self.leader_epoch_cache.clear()
         self.damaged.truncate_from(offset)
         self.damaged.truncate_before(offset)
@@ -389,7 +404,8 @@ class Log:
     def delete_segments_before(self, offset: int) -> int:
         """Delete closed segments lying entirely below ``offset``; never the active one.
 
-        The log start offset becomes the first remaining segment's base offset.
+        The log start offset becomes the first remaining segment's base offset (or stays
+        above it, where :meth:`delete_records_before` put it).
 
         Returns:
             Number of segments deleted.
@@ -403,18 +419,49 @@ class Log:
             seg.delete()
             count += 1
         if count:
-            start = self.log_start_offset
-            self.recovery_point = max(self.recovery_point, start)
-            self.leader_epoch_cache.truncate_from_start(start)
-            self.damaged.truncate_before(start)
-            log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, start)
+            self._start_moved()
+            log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, self.log_start_offset)
         return count
+
+    def delete_records_before(self, offset: int) -> int:
+        """Make ``offset`` the log start (Kafka's DeleteRecords): offsets below it are gone.
+
+        The start may land inside a segment (and inside a batch: a read at the start returns
+        that whole batch, as in Kafka; readers skip records below their position). It never
+        moves back: an ``offset`` at or below the log start changes nothing. It is written
+        durably (``storage.log_start``) before anything else changes, then the segments
+        lying wholly below it are deleted (never the active one). With offset gaps
+        (compaction) the new start may be above ``offset``: the first offset held after it.
+        Cost: one small atomic file write, plus the unlinks of the deleted segments.
+
+        Returns:
+            The new log start offset.
+
+        Raises:
+            OffsetOutOfRange: ``offset`` is past the log end.
+        """
+        if offset > self._leo:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self._leo)
+        if offset <= self.log_start_offset:
+            return self.log_start_offset
+        self._start.advance(offset)
+        if not self.delete_segments_before(offset):
+            self._start_moved()
+        log.info("deleted records dir=%s log_start_offset=%s", self.directory, self.log_start_offset)
+        return self.log_start_offset
+
+    def _start_moved(self) -> None:
+        """The log start moved up: what is kept about offsets below it goes too."""
+        start = self.log_start_offset
+        self.recovery_point = max(self.recovery_point, start)  # nothing below the start is recovered
+        self.leader_epoch_cache.truncate_from_start(start)
+        self.damaged.truncate_before(start)
 
     def _replace_segment(self, base: int, seg: Segment | None) -> None:
         """Cleaner hook: put a rewritten closed segment in place of the one at ``base``, or
         forget it (``seg`` None; never the first one). Files are the caller's business."""
         old = self._segments.get(base)
-        if old is None or old is self._active or (seg is None and base == self.log_start_offset):
+        if old is None or old is self._active or (seg is None and base == self._segments.keys()[0]):
             raise ValueError(f"{self.directory}: cannot replace segment {base}")
         if seg is None:
             del self._segments[base]

@@ -33,24 +33,30 @@ def offset_for_timestamp(lg: "Log", timestamp_ms: int) -> tuple[int, int] | None
     must not cost the broker gigabytes). The special values -1 (latest) / -2 (earliest)
     are the caller's job.
 
+    Offsets below the log start (deleted records still in the batch or segment holding the
+    start) are never answered: a batch holding the start answers at the start at the
+    earliest, and a native batch whose only records that recent are below it is passed over.
+
     Returns:
         ``(offset, timestamp)``, or None if no batch is that recent.
     """
     limit = decode_limit(lg.config.max_message_bytes)
+    start = after = lg.log_start_offset
     for seg in lg.segments():
-        if seg.max_timestamp < timestamp_ms:
-            continue
-        found = seg.find_timestamp(timestamp_ms)
-        if found is None:
-            continue
-        pos, h = found
-        if h.magic == MAGIC_NATIVE and not h.attributes & TIMESTAMP_TYPE_BIT:
+        while seg.max_timestamp >= timestamp_ms and seg.next_offset > after:
+            found = seg.find_timestamp(timestamp_ms, after)
+            if found is None:
+                break
+            pos, h = found
+            if h.magic != MAGIC_NATIVE or h.attributes & TIMESTAMP_TYPE_BIT:
+                return max(h.base_offset, start), h.max_timestamp
             try:
                 for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size), limit):
-                    if ts >= timestamp_ms:
+                    if ts >= timestamp_ms and off >= start:
                         return off, ts
             except CorruptBatchError as exc:
                 log.warning("cannot decode batch for timestamp lookup dir=%s offset=%s: %s",
                             lg.directory, h.base_offset, exc)
-        return h.base_offset, h.max_timestamp
+                return max(h.base_offset, start), h.max_timestamp
+            after = h.next_offset  # nothing that recent at or after the start in this batch
     return None
