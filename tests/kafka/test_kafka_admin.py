@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
+from clients import Admin, Consumer, Producer
 from kafka_tools import kcat
 
 pytestmark = pytest.mark.timeout(90)
@@ -21,9 +23,8 @@ def admin(kbroker) -> AdminClient:
 
 
 def result(futures: dict):
-    """The one future's result (raises what it raised)."""
-    (future,) = futures.values()
-    return future.result(timeout=TIMEOUT_S)
+    """The result of the last future (raises what any raised)."""
+    return [future.result(timeout=TIMEOUT_S) for future in futures.values()][-1]
 
 
 def error_of(futures: dict) -> KafkaError:
@@ -198,3 +199,32 @@ def test_kafka_python_create_describe_delete(kbroker):
         assert not {"kp", "kp2"} & set(client.list_topics())
     finally:
         client.close()
+
+
+def test_confluent_delete_records_moves_the_log_start(kbroker):
+    client = admin(kbroker)
+    result(client.create_topics([NewTopic("trimmed", 1, 1), NewTopic("kept", 1, 1, config={"cleanup.policy": "compact"})]))
+    with Producer(bootstrap=kbroker.bootstrap) as producer:  # one log, both doors: written natively
+        for i in range(10):
+            producer.send("trimmed", value=b"v%d" % i, key=b"k")
+            producer.send("kept", value=b"v%d" % i, key=b"k")
+        producer.flush(timeout=TIMEOUT_S)
+
+    deleted = result(client.delete_records([TopicPartition("trimmed", 0, 4)], request_timeout=TIMEOUT_S))
+    assert deleted.low_watermark == 4
+    with Admin(kbroker.bootstrap) as native:
+        (partition,) = native.describe_topic("trimmed").partitions
+        assert (partition.log_start_offset, partition.high_watermark) == (4, 10)
+    with Consumer(bootstrap=kbroker.bootstrap, auto_offset_reset="earliest") as consumer:
+        consumer.assign([("trimmed", 0)])
+        records, deadline = [], time.monotonic() + TIMEOUT_S
+        while not records and time.monotonic() < deadline:
+            records = consumer.poll(timeout_ms=200)
+        assert records and records[0].offset == 4 and records[0].value == b"v4"
+
+    # -1: up to the high watermark
+    assert result(client.delete_records([TopicPartition("trimmed", 0, -1)])).low_watermark == 10
+    past = error_of(client.delete_records([TopicPartition("trimmed", 0, 11)]))
+    assert past.code() == KafkaError.OFFSET_OUT_OF_RANGE
+    compacted = error_of(client.delete_records([TopicPartition("kept", 0, 3)]))
+    assert compacted.code() == KafkaError.POLICY_VIOLATION
