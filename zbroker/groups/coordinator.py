@@ -9,11 +9,8 @@ appended there and answered only once replicated (acks=all), so a new
 coordinator -- the partition's next leader -- replays the log and carries on
 with the same members, epochs, assignments and offsets.
 
-Record keys and values (msgpack)::
-
-    ["o", group, topic, partition] -> {"offset", "metadata", "ts"}       a committed offset
-    ["m", group, member_id]        -> Member.to_record() | nil          a member (nil: removed)
-    ["g", group]                   -> {"epoch"} | nil                   the group (nil: deleted)
+Its records -- committed offsets, members, groups -- are drawn in
+:mod:`zbroker.groups.records`.
 
 The state machine itself is :mod:`zbroker.groups.group`.
 """
@@ -22,8 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-
-import msgpack
 
 from storage import CorruptBatchError, DamagedRangeError, StorageError, build_native_batch, decode_native_records, iter_batches
 from zbroker.config import ClusterConfig
@@ -34,6 +29,7 @@ from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.groups.group import Group, GroupError, HeartbeatAnswer, Member, MemberHeartbeat
+from zbroker.groups.records import pack, parse_record
 from zbroker.hashing import positive_hash_mod
 from zbroker.purgatory import DelayedOperation, Purgatory
 
@@ -111,10 +107,6 @@ class GroupDetail:
     offsets: list[CommittedOffset] = field(default_factory=list)
 
 
-def _pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
 def checked_tps(name: str, pairs) -> list[TP] | None:
     """``(topic, partition)`` pairs as given by a front door, each checked to be a string
     and an integer (INVALID_REQUEST naming the first that is not); None stays None."""
@@ -132,56 +124,6 @@ def checked_tps(name: str, pairs) -> list[TP] | None:
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(what)
-
-
-def _check_tps(pairs, what: str) -> None:
-    _check(pairs is None or (isinstance(pairs, list) and all(
-        isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and _is_int(tp[1]) for tp in pairs)),
-        f"{what} must be a list of [topic, partition]")
-
-
-def _group_record(key: bytes | None, value: bytes | None) -> tuple[list, dict | None]:
-    """Unpack one ``__consumer_offsets`` record and check its shape (module docstring).
-
-    Raises:
-        ValueError (or msgpack's errors): naming what is wrong; nothing is applied then.
-    """
-    k = msgpack.unpackb(key, raw=False)
-    v = None if value is None else msgpack.unpackb(value, raw=False)
-    _check(isinstance(k, list) and len(k) >= 2 and isinstance(k[1], str) and k[1] != "", "key must be [kind, group, ...]")
-    _check(v is None or isinstance(v, dict), "value must be a map or nil")
-    kind = k[0]
-    if kind == "o":
-        _check(len(k) == 4 and isinstance(k[2], str) and _is_int(k[3]) and k[3] >= 0, "key must be ['o', group, topic, partition]")
-        _check(v is None or (_is_int(v.get("offset")) and isinstance(v.get("metadata") or "", str)),
-               "an offset value needs an integer 'offset' and a string 'metadata'")
-    elif kind == "m":
-        _check(len(k) == 3 and isinstance(k[2], str), "key must be ['m', group, member_id]")
-        if v is not None:
-            _check(v.get("member_id") == k[2], "a member value needs the key's 'member_id'")
-            for name in ("instance_id", "assignor"):
-                _check(v.get(name) is None or isinstance(v[name], str), f"member '{name}' must be a string or nil")
-            _check(isinstance(v.get("client_id", ""), str), "member 'client_id' must be a string")
-            _check(isinstance(v.get("topics") or [], list) and all(isinstance(t, str) for t in v.get("topics") or []),
-                   "member 'topics' must be a list of strings")
-            for name in ("rebalance_timeout_ms", "epoch", "session_ms"):
-                _check(name not in v or _is_int(v[name]), f"member '{name}' must be an integer")
-            for name in ("assigned", "revoking"):
-                _check_tps(v.get(name), f"member '{name}'")
-    elif kind == "g":
-        _check(len(k) == 2 and (v is None or _is_int(v.get("epoch"))), "a group record is ['g', group] -> {epoch}")
-    else:
-        raise ValueError(f"unknown record kind {_short(repr(kind), 40)}")
-    return k, v
 
 
 class GroupCoordinator:
@@ -319,7 +261,7 @@ class GroupCoordinator:
         applied, bad, first = 0, 0, None
         for off, _ts, key, value, _hdr in records:
             try:
-                self._apply_record(_group_record(key, value), index, now_ms, session_ms)
+                self._apply_record(parse_record(key, value), index, now_ms, session_ms)
                 applied += 1
             except Exception as exc:  # noqa: BLE001 -- one bad record must not lose the rest
                 bad += 1
@@ -330,7 +272,7 @@ class GroupCoordinator:
         return applied
 
     def _apply_record(self, record: tuple, index: int, now_ms: int, session_ms: int) -> None:
-        """Apply one record checked by :func:`_group_record`; nothing changes if it raises."""
+        """Apply one record checked by :func:`~zbroker.groups.records.parse_record`; nothing changes if it raises."""
         key, value = record
         kind, group = key[0], key[1]
         if kind == "o":
@@ -365,7 +307,7 @@ class GroupCoordinator:
     # -- writing ------------------------------------------------------------------------
 
     def _write(self, part: Partition, records: list[tuple[list, object]], now_ms: int) -> int:
-        batch = build_native_batch([(now_ms, _pack(k), None if v is None else _pack(v), None) for k, v in records])
+        batch = build_native_batch([(now_ms, pack(k), None if v is None else pack(v), None) for k, v in records])
         info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
         self.partitions.changed(part, now_ms)
         return info.last_offset + 1
