@@ -7,6 +7,9 @@ msgpack::
     ["o", group, topic, partition] -> {"offset", "metadata", "ts"}       a committed offset
     ["m", group, member_id]        -> Member.to_record() | nil          a member (nil: removed)
     ["g", group]                   -> {"epoch"} | nil                   the group (nil: deleted)
+
+Classic groups (:mod:`zbroker.groups.classic`) write offsets only: their membership is kept in
+memory.
 """
 
 from __future__ import annotations
