@@ -158,18 +158,24 @@ def test_confluent_create_partitions_delete_topics_describe_cluster(kbroker):
     assert partition_count(client, "growing") is None
 
 
-def test_a_quixstreams_changelog_topic_copies_its_source_configs(kbroker):
-    """quixstreams reads a source topic's retention configs with describe_configs and creates
-    a compacted changelog topic with them, then checks the topics with describe_configs."""
-    client = admin(kbroker)
-    result(client.create_topics([NewTopic("words", 2, 1)]))
-    source = topic_configs(client, "words")
-    extra = {name: source[name].value for name in ("retention.bytes", "retention.ms")}
-    changelog = "changelog__counter--words--default"
-    result(client.create_topics([NewTopic(changelog, 2, 1, config={**extra, "cleanup.policy": "compact"})]))
-    configs = topic_configs(client, changelog)
-    assert {name: configs[name].value for name in extra} == extra
-    assert configs["cleanup.policy"].value == "compact"
+def test_quixstreams_topic_manager_creates_and_inspects_its_topics(kbroker):
+    """quixstreams' own TopicManager: an input topic, then a compacted changelog and a
+    repartition topic derived from its configs (read back with describe_configs)."""
+    from quixstreams.models.topics import TopicAdmin, TopicManager
+
+    manager = TopicManager(TopicAdmin(kbroker.kafka_bootstrap), consumer_group="counter", timeout=TIMEOUT_S)
+    words = manager.topic("words", create_config=manager.topic_config(num_partitions=2))
+    assert words.broker_config.num_partitions == 2
+    assert words.broker_config.extra_config == {"retention.ms": "604800000", "retention.bytes": "-1", "cleanup.policy": "delete"}
+    derived = manager.derive_topic_config([words])
+    changelog = manager.changelog_topic(stream_id="words", store_name="default", config=derived)
+    assert changelog.name == "changelog__counter--words--default"
+    assert changelog.broker_config.num_partitions == 2
+    assert changelog.broker_config.extra_config["cleanup.policy"] == "compact"
+    repartition = manager.repartition_topic("by-key", "words", manager.derive_topic_config([words]))
+    assert repartition.broker_config.extra_config["cleanup.policy"] == "delete"
+    configs = topic_configs(admin(kbroker), changelog.name)
+    assert configs["cleanup.policy"].value == "compact" and not configs["cleanup.policy"].is_default
 
 
 def test_kafka_python_create_describe_delete(kbroker):
