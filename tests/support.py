@@ -137,8 +137,7 @@ class BrokerProcess:
             args = [sys.executable, "-m", "zbroker", "serve", "--config", str(self.config)]
         else:
             args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
-            if not self.config:
-                args += ["--kafka-listen", self.kafka_bootstrap]
+            args += ["--kafka-listen", self.kafka_bootstrap]
             if self.config:
                 args += ["--config", str(self.config)]
         args += self.extra_args
