@@ -253,12 +253,6 @@ def test_a_batch_with_a_bad_crc_gets_corrupt_message_and_is_not_stored(kbroker):
     assert int(good.responses[0].partition_responses[0].error_code) == 0
 
 
-def test_produce_at_version_99_gets_unsupported_version_and_the_connection_stays(kbroker):
-    body = kafka_request(kbroker.kafka_bootstrap, 0, 9, produce_request("v99", build_kafka_batch([(1, None, b"v", [])])),
-                         header_version=99)
-    assert body[:2] == b"\x00\x23"  # UNSUPPORTED_VERSION (35)
-
-
 def test_an_unknown_topic_with_auto_create_off_fails_the_clients(tmp_path):
     from confluent_kafka import Producer
     from kafka import KafkaProducer
