@@ -6,7 +6,10 @@ One single-node broker is started on a fresh data dir with both doors.  Then, in
 1. a confluent-kafka ``Producer`` (librdkafka; 100-byte values, ``acks=1``, its default
    batching) sends ``--records`` records through the Kafka door, timed from the first
    ``produce()`` to the end of ``flush()``;
-2. a confluent-kafka ``Consumer`` with ``assign()`` reads them back from the start;
+2. a confluent-kafka ``Consumer`` with ``assign()`` reads them back from the start
+   (``fetch.queue.backoff.ms`` 10: librdkafka's default of 1000 ms stops fetching a partition
+   for a second whenever its local queue is over ``queued.min.messages``, which made the
+   consumer stall about a second in every 300,000 records, whatever the broker);
 3. ``zbroker bench produce`` and ``zbroker bench consume`` (the native client, same record
    count, value size and acks) against the native door;
 4. a confluent-kafka ``Consumer`` reads the natively produced records through the Kafka
@@ -94,7 +97,8 @@ def kafka_produce(kafka: str, topic: str, records: int) -> float:
 def kafka_consume(kafka: str, topic: str, partitions: int, records: int) -> float:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "kafka-bench", "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": kafka, "group.id": "kafka-bench", "enable.auto.commit": False,
+                         "fetch.queue.backoff.ms": 10})
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         count, start, idle_since = 0, None, time.perf_counter()
