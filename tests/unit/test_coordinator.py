@@ -235,8 +235,10 @@ def test_list_describe_and_delete_a_group(app):
     commit(app, {2: 4}, a.member_id, a.member_epoch)
     (listed,) = app.groups.list_groups(INTERNAL)
     assert (listed.group, listed.state, listed.members) == (GROUP, "stable", 1)
+    assert (listed.group_type, listed.protocol_type) == ("consumer", "consumer")  # ListGroups v5's type
     detail = app.groups.describe_group(INTERNAL, GROUP, NOW)
     assert detail.assignor == "sticky" and detail.members[0].assignment == a.assignment
+    assert (detail.group_type, detail.members[0].member_metadata) == ("consumer", b"")
     assert detail.offsets == [CommittedOffset("t", 2, 4, "m4")]
     assert error_code(lambda: app.groups.delete_group(INTERNAL, GROUP, NOW)) == ErrorCode.NON_EMPTY_GROUP
     beat(app, -1, a.member_id)  # leave

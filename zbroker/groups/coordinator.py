@@ -9,21 +9,21 @@ appended there and answered only once replicated (acks=all), so a new
 coordinator -- the partition's next leader -- replays the log and carries on
 with the same members, epochs, assignments and offsets.
 
-Record keys and values (msgpack)::
+Its records -- committed offsets, members, groups -- are drawn in
+:mod:`zbroker.groups.records`.
 
-    ["o", group, topic, partition] -> {"offset", "metadata", "ts"}       a committed offset
-    ["m", group, member_id]        -> Member.to_record() | nil          a member (nil: removed)
-    ["g", group]                   -> {"epoch"} | nil                   the group (nil: deleted)
-
-The state machine itself is :mod:`zbroker.groups.group`.
+The state machines are :mod:`zbroker.groups.group` (KIP-848 consumer groups) and
+:mod:`zbroker.groups.classic` (Kafka's classic JoinGroup/SyncGroup groups, whose
+membership is kept in memory only).  Both kinds share one namespace and the committed
+offsets: a group with members of one kind refuses the other kind's members
+(INCONSISTENT_GROUP_PROTOCOL); an empty group of either kind becomes the other.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-
-import msgpack
+from typing import TypeVar
 
 from storage import CorruptBatchError, DamagedRangeError, StorageError, build_native_batch, decode_native_records, iter_batches
 from zbroker.config import ClusterConfig
@@ -33,7 +33,10 @@ from zbroker.control.topicadmin import OFFSETS_TOPIC, TopicAdmin
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.groups.classic import (ClassicGroup, ClassicHeartbeat, ClassicState, JoinGroup, JoinResult, LeaveGroup,
+                                    SyncGroup, SyncResult)
 from zbroker.groups.group import Group, GroupError, HeartbeatAnswer, Member, MemberHeartbeat
+from zbroker.groups.records import pack, parse_record
 from zbroker.hashing import positive_hash_mod
 from zbroker.purgatory import DelayedOperation, Purgatory
 
@@ -42,6 +45,7 @@ _LOAD_RETRY_MS = 1000  # a load stopped by a read error is tried again this much
 
 GROUP_WRITE_TIMEOUT_MS = 10_000
 TP = tuple[str, int]
+T = TypeVar("T")
 
 
 # -- typed requests and answers --------------------------------------------------------
@@ -72,7 +76,8 @@ class OffsetCommit:
     group: str
     offsets: list[CommitOffset]
     member_id: str = ""
-    member_epoch: int = -1  # -1 with no member id: an admin commit (the group must be empty)
+    member_epoch: int = -1  # -1 with no member id: an admin commit (the group must be empty); classic: the generation
+    group_instance_id: str | None = None  # classic groups: a static member's instance id
 
 
 @dataclass(slots=True)
@@ -85,9 +90,15 @@ class CommittedOffset:
 
 @dataclass(slots=True)
 class GroupListing:
+    """``state``: a consumer group's ``empty``, ``reconciling`` or ``stable``; a classic group's
+    Kafka name (``Empty``, ``PreparingRebalance``, ``CompletingRebalance``, ``Stable``).
+    ``group_type``: ``consumer`` (KIP-848) or ``classic``."""
+
     group: str
     state: str
     members: int
+    group_type: str = "consumer"
+    protocol_type: str = "consumer"
 
 
 @dataclass(slots=True)
@@ -99,20 +110,27 @@ class MemberDetail:
     member_epoch: int
     assignment: list[TP]
     revoking: list[TP]
+    client_host: str = ""
+    member_metadata: bytes = b""  # classic groups, when Stable: its metadata for the chosen protocol
+    member_assignment: bytes = b""  # classic groups, when Stable: the leader's assignment for it
 
 
 @dataclass(slots=True)
 class GroupDetail:
     group: str
     state: str
-    group_epoch: int
-    assignor: str | None
+    group_epoch: int  # classic groups: the generation
+    assignor: str | None  # classic groups: the chosen protocol when Stable, else ""
     members: list[MemberDetail] = field(default_factory=list)
     offsets: list[CommittedOffset] = field(default_factory=list)
+    group_type: str = "consumer"
+    protocol_type: str = "consumer"
 
 
-def _pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+def _settled(value: T) -> Completion[T]:
+    done: Completion[T] = Completion()
+    done.complete(value)
+    return done
 
 
 def checked_tps(name: str, pairs) -> list[TP] | None:
@@ -134,56 +152,6 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(what)
-
-
-def _check_tps(pairs, what: str) -> None:
-    _check(pairs is None or (isinstance(pairs, list) and all(
-        isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str) and _is_int(tp[1]) for tp in pairs)),
-        f"{what} must be a list of [topic, partition]")
-
-
-def _group_record(key: bytes | None, value: bytes | None) -> tuple[list, dict | None]:
-    """Unpack one ``__consumer_offsets`` record and check its shape (module docstring).
-
-    Raises:
-        ValueError (or msgpack's errors): naming what is wrong; nothing is applied then.
-    """
-    k = msgpack.unpackb(key, raw=False)
-    v = None if value is None else msgpack.unpackb(value, raw=False)
-    _check(isinstance(k, list) and len(k) >= 2 and isinstance(k[1], str) and k[1] != "", "key must be [kind, group, ...]")
-    _check(v is None or isinstance(v, dict), "value must be a map or nil")
-    kind = k[0]
-    if kind == "o":
-        _check(len(k) == 4 and isinstance(k[2], str) and _is_int(k[3]) and k[3] >= 0, "key must be ['o', group, topic, partition]")
-        _check(v is None or (_is_int(v.get("offset")) and isinstance(v.get("metadata") or "", str)),
-               "an offset value needs an integer 'offset' and a string 'metadata'")
-    elif kind == "m":
-        _check(len(k) == 3 and isinstance(k[2], str), "key must be ['m', group, member_id]")
-        if v is not None:
-            _check(v.get("member_id") == k[2], "a member value needs the key's 'member_id'")
-            for name in ("instance_id", "assignor"):
-                _check(v.get(name) is None or isinstance(v[name], str), f"member '{name}' must be a string or nil")
-            _check(isinstance(v.get("client_id", ""), str), "member 'client_id' must be a string")
-            _check(isinstance(v.get("topics") or [], list) and all(isinstance(t, str) for t in v.get("topics") or []),
-                   "member 'topics' must be a list of strings")
-            for name in ("rebalance_timeout_ms", "epoch", "session_ms"):
-                _check(name not in v or _is_int(v[name]), f"member '{name}' must be an integer")
-            for name in ("assigned", "revoking"):
-                _check_tps(v.get(name), f"member '{name}'")
-    elif kind == "g":
-        _check(len(k) == 2 and (v is None or _is_int(v.get("epoch"))), "a group record is ['g', group] -> {epoch}")
-    else:
-        raise ValueError(f"unknown record kind {_short(repr(kind), 40)}")
-    return k, v
-
-
 class GroupCoordinator:
     """The groups whose ``__consumer_offsets`` partition this broker leads."""
 
@@ -197,6 +165,8 @@ class GroupCoordinator:
         self.admin = admin
         self.purgatory = purgatory
         self.groups: dict[str, Group] = {}  # the groups this broker coordinates
+        self.classic: dict[str, ClassicGroup] = {}  # its classic groups (never the name of one in groups)
+        self._classic_timer: dict[str, int] = {}  # classic group -> when its earliest parked timer fires
         self.offsets: dict[str, dict[TP, tuple[int, str]]] = {}  # group -> {(topic, partition): (offset, metadata)}
         self._index: dict[str, int] = {}  # group -> its __consumer_offsets partition
         self.loaded: set[int] = set()  # __consumer_offsets partitions whose groups are loaded
@@ -264,6 +234,10 @@ class GroupCoordinator:
             self.groups.pop(name, None)
             self.offsets.pop(name, None)
             del self._index[name]
+            self._classic_timer.pop(name, None)
+            classic = self.classic.pop(name, None)
+            if classic is not None:
+                classic.unload()  # parked joins and syncs: NOT_COORDINATOR
 
     def _load(self, part: Partition, index: int, now_ms: int) -> None:
         """Replay the partition's records into the groups.  Never raises on bad data: a batch
@@ -319,7 +293,7 @@ class GroupCoordinator:
         applied, bad, first = 0, 0, None
         for off, _ts, key, value, _hdr in records:
             try:
-                self._apply_record(_group_record(key, value), index, now_ms, session_ms)
+                self._apply_record(parse_record(key, value), index, now_ms, session_ms)
                 applied += 1
             except Exception as exc:  # noqa: BLE001 -- one bad record must not lose the rest
                 bad += 1
@@ -330,7 +304,7 @@ class GroupCoordinator:
         return applied
 
     def _apply_record(self, record: tuple, index: int, now_ms: int, session_ms: int) -> None:
-        """Apply one record checked by :func:`_group_record`; nothing changes if it raises."""
+        """Apply one record checked by :func:`~zbroker.groups.records.parse_record`; nothing changes if it raises."""
         key, value = record
         kind, group = key[0], key[1]
         if kind == "o":
@@ -365,7 +339,7 @@ class GroupCoordinator:
     # -- writing ------------------------------------------------------------------------
 
     def _write(self, part: Partition, records: list[tuple[list, object]], now_ms: int) -> int:
-        batch = build_native_batch([(now_ms, _pack(k), None if v is None else _pack(v), None) for k, v in records])
+        batch = build_native_batch([(now_ms, pack(k), None if v is None else pack(v), None) for k, v in records])
         info = part.log.append(batch, now_ms, leader_epoch=part.leader_epoch)
         self.partitions.changed(part, now_ms)
         return info.last_offset + 1
@@ -414,6 +388,9 @@ class GroupCoordinator:
         session = req.session_timeout_ms
         if not lo <= session <= hi:
             raise RequestError(ErrorCode.INVALID_SESSION_TIMEOUT, f"session_timeout_ms must be from {lo} to {hi}, got {session}")
+        classic = self.classic.get(req.group)
+        if classic is not None and not classic.is_empty:
+            raise RequestError(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, f"group {req.group!r} is a classic group with members")
         g = self.groups.get(req.group) or Group(req.group)
         epoch_before = g.epoch
         try:
@@ -426,6 +403,8 @@ class GroupCoordinator:
             return HeartbeatResult(answer, 1000)  # a leave of nobody
         self.groups[req.group] = g  # only a request that succeeded creates a group
         self._index[req.group] = part.index
+        if classic is not None:
+            self._drop_classic(classic)  # an empty classic group becomes a consumer group
         result = HeartbeatResult(answer, max(100, min(3000, session // 3)))
         if not changed and not removed and g.epoch == epoch_before:
             return result
@@ -447,13 +426,20 @@ class GroupCoordinator:
         """Commit offsets; answers the committed partitions once the commit is replicated."""
         group = req.group
         part = self._group_partition(group, now_ms)
-        g = self.groups.get(group) or Group(group)
         tps = [(o.topic, o.partition) for o in req.offsets]
-        try:
-            g.validate_commit(req.member_id, req.member_epoch, tps)
-        except GroupError as exc:
-            raise RequestError(exc.code, exc.message) from None
-        self.groups[group] = g
+        classic = self.classic.get(group)
+        if classic is not None:  # Kafka's generation checks
+            error = classic.validate_commit(req.member_id, req.group_instance_id, req.member_epoch, now_ms)
+            if error:
+                raise RequestError(error, f"commit refused: {error.name} (member {req.member_id!r}, generation "
+                                          f"{req.member_epoch}; the group is at {classic.generation})")
+        else:
+            g = self.groups.get(group) or Group(group)
+            try:
+                g.validate_commit(req.member_id, req.member_epoch, tps)
+            except GroupError as exc:
+                raise RequestError(exc.code, exc.message) from None
+            self.groups[group] = g
         self._index[group] = part.index
         for o in req.offsets:
             if o.offset < 0:
@@ -480,20 +466,100 @@ class GroupCoordinator:
             out.append(CommittedOffset(tp[0], tp[1], committed[0] if committed else -1, committed[1] if committed else ""))
         return out
 
+    # -- classic groups: Kafka's JoinGroup, SyncGroup, Heartbeat, LeaveGroup (zbroker.groups.classic) --
+
+    def join_group(self, ctx: RequestContext, req: JoinGroup, now_ms: int) -> Completion[JoinResult]:
+        """Settles when the group's join round ends; raises RequestError only for placement
+        (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ...), as every classic call does."""
+        part = self._group_partition(req.group, now_ms)
+        lo, hi = self.config.setting("group_min_session_timeout_ms"), self.config.setting("group_max_session_timeout_ms")
+        consumer, g = self.groups.get(req.group), self.classic.get(req.group)
+        error = (ErrorCode.INVALID_SESSION_TIMEOUT if not lo <= req.session_timeout_ms <= hi
+                 else ErrorCode.INCONSISTENT_GROUP_PROTOCOL if consumer is not None and consumer.members
+                 else ErrorCode.UNKNOWN_MEMBER_ID if g is None and req.member_id else None)
+        if error is not None:
+            return _settled(JoinResult(error, member_id=req.member_id))
+        if g is None:
+            g = self.classic[req.group] = ClassicGroup(req.group)
+            self.groups.pop(req.group, None)  # an empty consumer group becomes a classic one
+            self._index[req.group] = part.index
+        return self._classic_changed(g, g.join(req, now_ms), now_ms)
+
+    def sync_group(self, ctx: RequestContext, req: SyncGroup, now_ms: int) -> Completion[SyncResult]:
+        """A follower's settles when the leader's SyncGroup arrives."""
+        g = self._classic_group(req.group, now_ms)
+        if g is None:
+            return _settled(SyncResult(ErrorCode.UNKNOWN_MEMBER_ID))
+        return self._classic_changed(g, g.sync(req, now_ms), now_ms)
+
+    def classic_heartbeat(self, ctx: RequestContext, req: ClassicHeartbeat, now_ms: int) -> ErrorCode:
+        g = self._classic_group(req.group, now_ms)
+        return ErrorCode.UNKNOWN_MEMBER_ID if g is None else g.heartbeat(req, now_ms)
+
+    def leave_group(self, ctx: RequestContext, req: LeaveGroup, now_ms: int) -> list[ErrorCode]:
+        """One error code per member of ``req.members``, in order."""
+        g = self._classic_group(req.group, now_ms)
+        if g is None:
+            return [ErrorCode.UNKNOWN_MEMBER_ID] * len(req.members)
+        return self._classic_changed(g, g.leave(req.members, now_ms), now_ms)
+
+    def _classic_group(self, group: str, now_ms: int) -> ClassicGroup | None:
+        self._group_partition(group, now_ms)
+        return self.classic.get(group)
+
+    def _classic_changed(self, g: ClassicGroup, answer: T, now_ms: int) -> T:
+        """After a request or a timer moved a classic group: forget it once Empty with no offsets,
+        else have a purgatory timer (the app's loop keeps its deadlines) run its expiry when due."""
+        if g.state is ClassicState.EMPTY and g.is_empty and not self.offsets.get(g.group_id):
+            self._drop_classic(g)
+            return answer
+        due = g.next_deadline()
+        if due is not None and due < self._classic_timer.get(g.group_id, due + 1):
+            due = self._classic_timer[g.group_id] = max(due, now_ms + 1)
+            self.purgatory.park(DelayedOperation(due, (), lambda now: False, lambda now: self._classic_due(g, due, now)),
+                                now_ms)
+        return answer
+
+    def _classic_due(self, g: ClassicGroup, due: int, now_ms: int) -> None:
+        if self.classic.get(g.group_id) is not g:
+            return
+        if now_ms < due:  # not due: the purgatory is cancelled, the broker closes
+            del self.classic[g.group_id]
+            self._classic_timer.pop(g.group_id, None)
+            g.unload()
+            return
+        if self._classic_timer.get(g.group_id) == due:
+            del self._classic_timer[g.group_id]
+        g.expire(now_ms)
+        self._classic_changed(g, None, now_ms)
+
+    def _drop_classic(self, g: ClassicGroup) -> None:
+        g.delete()
+        del self.classic[g.group_id]
+        self._classic_timer.pop(g.group_id, None)
+        if g.group_id not in self.groups and g.group_id not in self.offsets:
+            self._index.pop(g.group_id, None)
+
     def list_groups(self, ctx: RequestContext) -> list[GroupListing]:
         groups = []
         for name, g in sorted(self.groups.items()):
             if self._index.get(name) in self.loaded:
                 g.refresh_target(self._partitions_of)
                 groups.append(GroupListing(name, g.state.value, len(g.members)))
-        for name in sorted(set(self.offsets) - set(self.groups)):
+        for name, c in self.classic.items():
+            if self._index.get(name) in self.loaded:
+                groups.append(GroupListing(name, c.state.value, len(c.members), "classic", c.protocol_type or ""))
+        for name in set(self.offsets) - set(self.groups) - set(self.classic):
             groups.append(GroupListing(name, "empty", 0))
-        return groups
+        return sorted(groups, key=lambda listing: listing.group)
 
     def describe_group(self, ctx: RequestContext, group: str, now_ms: int) -> GroupDetail:
         self._group_partition(group, now_ms)
         g = self.groups.get(group)
         offsets = self.offsets.get(group, {})
+        committed = [CommittedOffset(t, p, o, md) for (t, p), (o, md) in sorted(offsets.items())]
+        if group in self.classic:
+            return self._describe_classic(self.classic[group], committed)
         if g is None and not offsets:
             raise RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
         if g is not None:
@@ -503,18 +569,30 @@ class GroupCoordinator:
             for m in sorted(g.members.values(), key=lambda m: m.member_id)
         ]
         return GroupDetail(group, g.state.value if g else "empty", g.epoch if g else 0, g.assignor() if g else None, members,
-                           [CommittedOffset(t, p, o, md) for (t, p), (o, md) in sorted(offsets.items())])
+                           committed)
+
+    def _describe_classic(self, c: ClassicGroup, committed: list[CommittedOffset]) -> GroupDetail:
+        """Kafka's DescribeGroups: metadata and assignments only once Stable."""
+        stable = c.state is ClassicState.STABLE
+        members = [MemberDetail(m.member_id, m.instance_id, m.client_id, [], c.generation, [], [], m.client_host,
+                                m.metadata(c.protocol_name) if stable else b"", m.assignment if stable else b"")
+                   for m in c.members.values()]
+        return GroupDetail(c.group_id, c.state.value, c.generation, c.protocol_name if stable else "", members, committed,
+                           "classic", c.protocol_type or "")
 
     def delete_group(self, ctx: RequestContext, group: str, now_ms: int) -> Completion[None]:
         part = self._group_partition(group, now_ms)
         g = self.groups.get(group)
-        if g is not None and g.members:
+        classic = self.classic.get(group)
+        if (g is not None and g.members) or (classic is not None and classic.state is not ClassicState.EMPTY):
             raise RequestError(ErrorCode.NON_EMPTY_GROUP, f"group {group!r} has active members")
         offsets = self.offsets.get(group, {})
-        if g is None and not offsets:
+        if g is None and classic is None and not offsets:
             raise RequestError(ErrorCode.GROUP_ID_NOT_FOUND, f"no group {group!r}")
         records = [(["o", group, t, p], None) for (t, p) in offsets] + [(["g", group], None)]
         end = self._write(part, records, now_ms)
         self.groups.pop(group, None)
         self.offsets.pop(group, None)
+        if classic is not None:
+            self._drop_classic(classic)
         return self._when_replicated(part, end, now_ms, None)
