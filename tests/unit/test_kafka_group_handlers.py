@@ -17,7 +17,8 @@ from zbroker.context import Completion, RequestContext
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import codec, groupmap
 from zbroker.frontends.kafka.handlers import (consumer_group_heartbeat, delete_groups, describe_groups,
-                                              find_coordinator, list_groups, metadata, offset_commit, offset_fetch)
+                                              find_coordinator, heartbeat, join_group, leave_group, list_groups, metadata,
+                                              offset_commit, offset_fetch, sync_group)
 
 NOW = START_MS
 CTX = RequestContext(listener="kafka", client_id="rdkafka")
@@ -285,3 +286,72 @@ def test_metadata_finds_topics_by_id(app):
     found, missing = sorted(answer.topics, key=lambda t: t.name is None)
     assert (found.name, found.topic_id, len(found.partitions)) == ("t", tid(app), 4)
     assert (missing.error_code, missing.topic_id) == (100, unknown)
+
+
+# -- classic groups: JoinGroup / SyncGroup / Heartbeat / LeaveGroup -----------------------------
+
+
+SUBSCRIPTION = groupmap.encode_subscription(["t"])
+
+
+def classic_join(app, version, member_id="", **fields):
+    base = {"group_id": "c", "session_timeout": 10_000, "rebalance_timeout": 20_000, "member_id": member_id,
+            "protocol_type": "consumer", "protocols": [{"name": "range", "metadata": SUBSCRIPTION}]}
+    return ask(app, join_group, version, **{**base, **fields})
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 5, 7, 9])
+def test_a_classic_member_joins_syncs_heartbeats_and_leaves(app, version):
+    joined = classic_join(app, version)
+    if version >= 4:  # KIP-394: a new member is given its id first
+        assert joined.error_code == ErrorCode.MEMBER_ID_REQUIRED and joined.member_id
+        joined = classic_join(app, version, joined.member_id)
+    assert joined.error_code == 0 and joined.leader == joined.member_id and joined.generation_id >= 1
+    assert joined.protocol_name == "range" and [m.metadata for m in joined.members] == [SUBSCRIPTION]
+    assignment = groupmap.encode_assignment([("t", p) for p in range(4)])
+    sync_version = min(version, 5)
+    synced = ask(app, sync_group, sync_version, group_id="c", generation_id=joined.generation_id, member_id=joined.member_id,
+                 assignments=[{"member_id": joined.member_id, "assignment": assignment}])
+    assert (synced.error_code, synced.assignment) == (0, assignment)
+    beat_version = min(version, 4)
+    assert ask(app, heartbeat, beat_version, group_id="c", generation_id=joined.generation_id,
+               member_id=joined.member_id).error_code == 0
+    assert ask(app, heartbeat, beat_version, group_id="c", generation_id=joined.generation_id + 1,
+               member_id=joined.member_id).error_code == ErrorCode.ILLEGAL_GENERATION
+    described = ask(app, describe_groups, 5, groups=("c",), include_authorized_operations=False).groups[0]
+    assert (described.group_state, described.protocol_type, described.protocol_data) == ("Stable", "consumer", "range")
+    assert [(m.member_id, m.member_metadata, m.member_assignment) for m in described.members] == \
+        [(joined.member_id, SUBSCRIPTION, assignment)]
+    assert [(g.group_id, g.group_type) for g in ask(app, list_groups, 5, states_filter=(), types_filter=("classic",)).groups] \
+        == [("c", "classic")]
+    commit_version = max(version, 2)
+    committed = commit(app, commit_version, {0: 8}, group_id="c", member_id=joined.member_id,
+                       generation_id_or_member_epoch=joined.generation_id)
+    assert set(codes(committed).values()) == {0}
+    if version >= 3:
+        left = ask(app, leave_group, min(version, 5), group_id="c", members=[{"member_id": joined.member_id},
+                                                                            {"member_id": "ghost"}])
+        assert left.error_code == 0
+        assert [(m.member_id, m.error_code) for m in left.members] == [(joined.member_id, 0), ("ghost", ErrorCode.UNKNOWN_MEMBER_ID)]
+    else:
+        assert ask(app, leave_group, version, group_id="c", member_id=joined.member_id).error_code == 0
+    assert ask(app, describe_groups, 5, groups=("c",), include_authorized_operations=False).groups[0].members == ()
+
+
+def test_classic_and_kip848_members_do_not_share_a_group(app):
+    join(app, "m")  # a KIP-848 member in group g
+    refused = classic_join(app, 5, group_id="g")
+    assert refused.error_code == ErrorCode.INCONSISTENT_GROUP_PROTOCOL and refused.generation_id == -1
+    classic_join(app, 3)  # a classic member in group c
+    assert beat(app, "k", 0, group_id="c", rebalance_timeout=300_000, subscribed_topic_names=("t",),
+                topic_partitions=()).error_code == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+
+
+def test_classic_requests_to_a_group_this_broker_does_not_coordinate_answer_its_error(app):
+    joined = classic_join(app, 9, group_id="")
+    assert joined.error_code == ErrorCode.INVALID_GROUP_ID and joined.protocol_name is None
+    assert classic_join(app, 6, group_id="").protocol_name == ""  # not nullable before v7
+    synced = ask(app, sync_group, 5, group_id="", generation_id=1, member_id="m", assignments=())
+    assert synced.error_code == ErrorCode.INVALID_GROUP_ID
+    assert ask(app, heartbeat, 4, group_id="", generation_id=1, member_id="m").error_code == ErrorCode.INVALID_GROUP_ID
+    assert ask(app, leave_group, 5, group_id="", members=[{"member_id": "m"}]).error_code == ErrorCode.INVALID_GROUP_ID

@@ -1,10 +1,11 @@
 """DescribeGroups (key 15): members, state and assignment of groups.
 
-Each group is described on its own.  A native or KIP-848 group is described the way
-a classic consumer group is, so Kafka's tools show it: protocol type ``consumer``,
-protocol data the assignor's name, each member's metadata a ``ConsumerProtocol
-Subscription`` of its topics and its assignment a ``ConsumerProtocolAssignment`` of
-its partitions.  States are Kafka's names.  A group this broker coordinates but does
+Each group is described on its own.  A classic group is described as its members
+joined it: the chosen protocol, and each member's metadata and assignment bytes (once
+the group is Stable).  A native or KIP-848 group is described the way a classic
+consumer group is, so Kafka's tools show it: protocol type ``consumer``, protocol data
+the assignor's name, each member's metadata a ``ConsumerProtocolSubscription`` of its
+topics and its assignment a ``ConsumerProtocolAssignment`` of its partitions.  States are Kafka's names.  A group this broker coordinates but does
 not know is ``Dead`` with no error before v6 and GROUP_ID_NOT_FOUND from v6 on
 (KIP-1043), as Kafka answers.  Authorized operations are not computed (the
 "not requested" value).
@@ -30,14 +31,17 @@ def describe(app, ctx, group_id: str, version: int, now_ms: int) -> dict:
         if exc.code == ErrorCode.GROUP_ID_NOT_FOUND and version < 6:
             return _dead(group_id, 0, None)
         return _dead(group_id, exc.code, exc.message)
+    classic = g.group_type == "classic"
     members = [{
         "member_id": m.member_id, "group_instance_id": m.instance_id, "client_id": m.client_id,
-        "client_host": "", "member_metadata": groupmap.encode_subscription(m.topics),
-        "member_assignment": groupmap.encode_assignment(m.assignment),
+        "client_host": m.client_host,
+        "member_metadata": m.member_metadata if classic else groupmap.encode_subscription(m.topics),
+        "member_assignment": m.member_assignment if classic else groupmap.encode_assignment(m.assignment),
     } for m in g.members]
+    protocol = (g.assignor or "") if classic or g.members else ""
     return {"error_code": 0, "error_message": None, "group_id": g.group, "group_state": groupmap.kafka_state(g.state),
-            "protocol_type": "consumer", "protocol_data": (g.assignor or "") if g.members else "",
-            "members": members, "authorized_operations": NOT_REQUESTED}
+            "protocol_type": g.protocol_type, "protocol_data": protocol, "members": members,
+            "authorized_operations": NOT_REQUESTED}
 
 
 def _dead(group_id: str, code: int, message: str | None) -> dict:

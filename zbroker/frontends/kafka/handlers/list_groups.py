@@ -5,7 +5,8 @@ lists the groups of the ``__consumer_offsets`` partitions it leads.  States are
 Kafka's names (``Stable``, ``Reconciling``, ``Empty``, ...); ``states_filter`` (v4+)
 and ``types_filter`` (v5+, ``consumer`` or ``classic``) are matched
 case-insensitively, an empty filter matching every group.  A native or KIP-848 group
-is of type ``consumer`` with protocol type ``consumer``.
+is of type ``consumer`` with protocol type ``consumer``; a classic group of type
+``classic`` with the protocol type its members joined with.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ def list_groups(app, ctx, request, version, now_ms):
     types = [t.lower() for t in getattr(request, "types_filter", ()) or ()]
     groups = []
     for g in app.groups.list_groups(ctx):
-        if not groupmap.state_matches(g.state, states) or (types and "consumer" not in types):
+        if not groupmap.state_matches(g.state, states) or (types and g.group_type not in types):
             continue
-        groups.append({"group_id": g.group, "protocol_type": "consumer", "group_state": groupmap.kafka_state(g.state),
-                       "group_type": "consumer"})
+        groups.append({"group_id": g.group, "protocol_type": g.protocol_type, "group_state": groupmap.kafka_state(g.state),
+                       "group_type": g.group_type})
     return {"error_code": 0, "groups": groups}
 
 

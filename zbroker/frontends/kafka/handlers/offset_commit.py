@@ -57,7 +57,7 @@ def offset_commit(app, ctx, request, version, now_ms):
     if not offsets:
         return build([])
     commit = OffsetCommit(request.group_id, [o for _key_, o in offsets], request.member_id or "",
-                          request.generation_id_or_member_epoch)
+                          request.generation_id_or_member_epoch, getattr(request, "group_instance_id", None))
     return groupmap.gather([groupmap.attempt(lambda: app.groups.offset_commit(ctx, commit, now_ms))],
                            lambda values: build(values[0]))
 
