@@ -137,8 +137,7 @@ class BrokerProcess:
             args = [sys.executable, "-m", "zbroker", "serve", "--config", str(self.config)]
         else:
             args = [sys.executable, "-m", "zbroker", "serve", "--data-dir", str(self.data_dir), "--listen", self.bootstrap]
-            if not self.config:
-                args += ["--kafka-listen", self.kafka_bootstrap]
+            args += ["--kafka-listen", self.kafka_bootstrap]
             if self.config:
                 args += ["--config", str(self.config)]
         args += self.extra_args
@@ -219,12 +218,13 @@ def running_broker(tmp_path: Path, config_text: str):
 
 
 class ClusterProcesses:
-    """N brokers from one generated config file, on free loopback ports, fast timings."""
+    """N brokers from one generated config file, on free loopback ports, fast timings; with
+    ``kafka=True`` each broker also has a Kafka listener (``kafka_bootstrap``)."""
 
     def __init__(self, root: Path, n: int = 3, heartbeat_ms: int = 100, session_timeout_ms: int = 1500,
                  election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test",
                  min_insync_replicas: int = 1, replica_lag_ms: int = 10_000, partitions: int = 3,
-                 cluster_settings: dict | None = None) -> None:
+                 cluster_settings: dict | None = None, kafka: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "cluster.toml"
@@ -248,8 +248,10 @@ class ClusterProcesses:
         for i in range(1, n + 1):
             port, gossip = free_port(), free_port()
             data = self.root / f"b{i}"
-            lines += ["[[broker]]", f"id = {i}", 'host = "127.0.0.1"', f"port = {port}", f"gossip_port = {gossip}", f'data_dir = "{data}"', ""]
-            proc = BrokerProcess(data, port=port, config=self.config, extra_args=["--broker-id", str(i)])
+            lines += ["[[broker]]", f"id = {i}", 'host = "127.0.0.1"', f"port = {port}", f"gossip_port = {gossip}", f'data_dir = "{data}"']
+            kafka_port = free_port() if kafka else None
+            lines += [f"kafka_port = {kafka_port}", ""] if kafka else [""]
+            proc = BrokerProcess(data, port=port, config=self.config, extra_args=["--broker-id", str(i)], kafka_port=kafka_port)
             proc.use_config_only = True
             self.brokers[i] = proc
         self.config.write_text("\n".join(lines))
@@ -257,6 +259,10 @@ class ClusterProcesses:
     @property
     def bootstrap(self) -> str:
         return ",".join(b.bootstrap for b in self.brokers.values())
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return ",".join(b.kafka_bootstrap for b in self.brokers.values())
 
     def start(self) -> ClusterProcesses:
         for b in self.brokers.values():

@@ -426,7 +426,7 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
         for key in ("port", "gossip_port", "kafka_port"):
             if key not in entry:
                 continue
-            addr = (entry["host"], entry[key])
+            addr = (entry.get("kafka_host", entry["host"]) if key == "kafka_port" else entry["host"], entry[key])
             if addr in seen_ports:
                 raise ConfigError(f"{where}.{key}: port {entry[key]} on {entry['host']} is already used by {seen_ports[addr]}")
             seen_ports[addr] = f"broker[{i}].{key}"

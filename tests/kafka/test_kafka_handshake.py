@@ -63,3 +63,19 @@ def test_a_request_larger_than_the_limit_closes_only_that_connection(kbroker):
         assert sock.recv(10) == b""  # closed without buffering 2 GiB
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         assert struct.unpack_from(">ih", raw_request(sock, 18, 0, 9)) == (9, 0)
+
+
+def test_pipelined_requests_are_answered_in_order_while_another_client_is_served(kbroker):
+    """2,000 requests sent before any reply is read: another client is served meanwhile, and
+    every reply arrives in order once the first client reads."""
+    host, port = kbroker.kafka_bootstrap.split(":")
+    count = 2000
+    request = b"".join(struct.pack(">i", 10) + struct.pack(">hhih", 18, 0, cid, 0) for cid in range(count))
+    with socket.create_connection((host, int(port)), timeout=20) as greedy:
+        greedy.sendall(request)
+        with socket.create_connection((host, int(port)), timeout=10) as other:
+            assert struct.unpack_from(">ih", raw_request(other, 18, 0, 7)) == (7, 0)
+        for cid in range(count):
+            size = struct.unpack(">i", _read(greedy, 4))[0]
+            reply = _read(greedy, size)
+            assert struct.unpack_from(">ih", reply) == (cid, 0)

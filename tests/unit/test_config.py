@@ -38,6 +38,10 @@ def test_defaults_and_relative_data_dir(tmp_path):
         ("[[broker]]\nid = 1\n[topic_defaults]\ncleanup_policy = \"shred\"\n", "topic_defaults.cleanup_policy: must be one of"),
         ("[[broker]]\nid = 1\n[topic_defaults]\nreplication_factor = 2\n", "replication_factor: 2 exceeds the 1 configured"),
         ("[cluster]\nname = 3\n[[broker]]\nid = 1\n", "cluster.name: must be a non-empty string"),
+        ("[[broker]]\nid = 1\nkafka_port = 9555\n", "broker[0].kafka_port: port 9555 on 127.0.0.1 is already used by broker[0].port"),
+        ("[[broker]]\nid = 1\nhost = \"0.0.0.0\"\nkafka_port = 9092\n", "broker[0].kafka_host: Kafka clients are sent this address"),
+        ("[[broker]]\nid = 1\nkafka_port = 9092\nkafka_host = \"::\"\n", "cannot connect to '::'"),
+        ("[[broker]]\nid = 1\nkafka_port = \"9092\"\n", "broker[0].kafka_port: must be an integer"),
         ("[clutser]\n[[broker]]\nid = 1\n", "clutser: unknown section"),
         ("[cluster]\n", "broker: missing"),
         ("[[broker]\nid=1", "not valid TOML"),
@@ -71,6 +75,14 @@ def test_effective_topic_settings_layer_overrides_on_defaults():
     cfg = parse_config({"broker": [{"id": 1}], "topic_defaults": {"retention_ms": 50}})
     assert cfg.topic_settings()["retention_ms"] == 50
     assert cfg.topic_settings({"retention_ms": 7})["retention_ms"] == 7
+
+
+def test_kafka_listener_keys_default_to_none_and_the_broker_host(tmp_path):
+    cfg = load_config(write(tmp_path, '[[broker]]\nid = 1\nhost = "10.0.0.5"\nkafka_port = 9092\n[[broker]]\nid = 2\nport = 7\n'))
+    assert (cfg.broker(1).kafka_port, cfg.broker(1).kafka_advertised_host) == (9092, "10.0.0.5")
+    assert cfg.broker(2).kafka_port is None
+    cfg = single_node_config("d", kafka=("127.0.0.2", 19092))
+    assert (cfg.brokers[0].kafka_advertised_host, cfg.brokers[0].kafka_port) == ("127.0.0.2", 19092)
 
 
 def test_single_node_defaults():

@@ -6,6 +6,8 @@
   follower's position, which may move the high watermark (completing acks=all produces
   and waking consumer fetches).  They are checked by leader epoch: a follower whose tail
   is not in the leader's log is told where to truncate (``diverging``, KIP-101/KIP-320).
+  A consumer fetch that names a leader epoch (Kafka clients' ``current_leader_epoch``;
+  -1 = none) is checked the same way (:func:`zbroker.core.epochs.check_current_epoch`).
 - **Damage**: an offset in a range lost to damaged bytes on disk (``storage.recovery``)
   answers CORRUPT_MESSAGE with ``damaged`` = [start, end]: the reader goes on at ``end``. A
   read stops before such a range. A disk failure answers KAFKA_STORAGE_ERROR.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from storage import CorruptBatchError, DamagedRangeError, OffsetOutOfRange
 from zbroker.context import Completion, RequestContext
+from zbroker.core.epochs import check_current_epoch, epoch_end, epoch_of_offset
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode, RequestError
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LATEST_TIMESTAMP = -1  # list_offsets: Kafka's special timestamps
 EARLIEST_TIMESTAMP = -2
+MAX_TIMESTAMP = -3  # KIP-734: the record with the largest timestamp
 MAX_WAIT_LIMIT_MS = 300_000
 
 
@@ -77,7 +81,8 @@ class FetchResult:
 class OffsetQuery:
     topic: str
     partition: int
-    timestamp: int  # LATEST_TIMESTAMP, EARLIEST_TIMESTAMP or a time in ms
+    timestamp: int  # LATEST_TIMESTAMP, EARLIEST_TIMESTAMP, MAX_TIMESTAMP or a time in ms
+    current_leader_epoch: int = -1  # checked when >= 0 (Kafka clients)
 
 
 @dataclass(slots=True)
@@ -87,6 +92,27 @@ class OffsetAnswer:
     error: int = 0
     offset: int = -1
     timestamp: int = -1
+    leader_epoch: int = -1  # the epoch that wrote ``offset`` (the current one for LATEST)
+
+
+@dataclass(slots=True)
+class EpochQuery:
+    """Where did ``leader_epoch`` end? (Kafka's OffsetForLeaderEpoch, asked by consumers
+    validating their position after a leader change, KIP-320.)"""
+
+    topic: str
+    partition: int
+    leader_epoch: int
+    current_leader_epoch: int = -1  # checked when >= 0
+
+
+@dataclass(slots=True)
+class EpochAnswer:
+    topic: str
+    partition: int
+    error: int = 0
+    leader_epoch: int = -1
+    end_offset: int = -1
 
 
 def _check_distinct(specs: list[FetchPartition]) -> None:
@@ -144,6 +170,8 @@ class FetchService:
                 part = self.partitions.leader(spec.topic, spec.partition)
                 if replica >= 0:
                     self._check_replica_fetch(part, spec, entry, now_ms, replica)
+                else:
+                    check_current_epoch(part, spec.leader_epoch)
             except RequestError as exc:
                 entry.error = int(exc.code)
                 part = None
@@ -188,11 +216,7 @@ class FetchService:
         """Leader epoch and divergence checks of a follower's fetch; records its position."""
         if replica not in part.replicas:
             raise RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {replica} holds no replica of {part.topic}-{part.index}")
-        epoch = spec.leader_epoch
-        if 0 <= epoch < part.leader_epoch:
-            raise RequestError(ErrorCode.FENCED_LEADER_EPOCH, f"leader epoch {epoch} is older than {part.leader_epoch}")
-        if epoch > part.leader_epoch:
-            raise RequestError(ErrorCode.UNKNOWN_LEADER_EPOCH, f"leader epoch {epoch} is newer than {part.leader_epoch}")
+        check_current_epoch(part, spec.leader_epoch)
         offset, last_epoch = spec.offset, spec.last_fetched_epoch
         if offset > part.log.log_end_offset:
             # a follower can never be ahead of its leader's log end in the same epoch: refuse,
@@ -201,7 +225,7 @@ class FetchService:
                 raise RequestError(ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {offset} is past the log end {part.log.log_end_offset}")
         if last_epoch >= 0 and offset > part.log.log_start_offset:
             cache = part.log.leader_epoch_cache
-            end_epoch, end_offset = cache.end_offset_for(last_epoch, part.log.log_end_offset)
+            end_epoch, end_offset = epoch_end(part, last_epoch)
             if end_epoch < 0 and cache.latest_epoch is not None and last_epoch > cache.latest_epoch:
                 end_epoch, end_offset = cache.latest_epoch, part.log.log_end_offset  # never "truncate everything"
             if end_epoch != last_epoch or offset > end_offset:
@@ -212,22 +236,59 @@ class FetchService:
             self.partitions.hw_moved(part, now_ms)
 
     def list_offsets(self, ctx: RequestContext, queries: list[OffsetQuery]) -> list[OffsetAnswer]:
+        """Offsets by time, on the leader, below the high watermark.
+
+        LATEST is the high watermark (in the current epoch), EARLIEST the log start,
+        MAX_TIMESTAMP the first record with the largest timestamp of the log (for a Kafka
+        batch: its base offset, as :meth:`storage.Log.offset_for_timestamp` answers), any
+        other time the first record at or after it; -1 when there is none below the high
+        watermark.  Each answer names the leader epoch that wrote its offset.
+        """
         results = []
         for q in queries:
             entry = OffsetAnswer(q.topic, q.partition)
-            try:
-                part = self.partitions.leader(q.topic, q.partition)
-            except RequestError as exc:
-                entry.error = int(exc.code)
-                results.append(entry)
-                continue
-            if q.timestamp == LATEST_TIMESTAMP:
-                entry.offset = part.high_watermark
-            elif q.timestamp == EARLIEST_TIMESTAMP:
-                entry.offset = part.log.log_start_offset
-            else:
-                found = part.log.offset_for_timestamp(q.timestamp)
-                if found is not None and found[0] < part.high_watermark:
-                    entry.offset, entry.timestamp = found
+            part = self._queried_leader(q, entry)
+            if part is not None:
+                self._find_offset(part, q.timestamp, entry)
+            results.append(entry)
+        return results
+
+    @staticmethod
+    def _find_offset(part: Partition, timestamp: int, entry: OffsetAnswer) -> None:
+        if timestamp == LATEST_TIMESTAMP:
+            entry.offset, entry.leader_epoch = part.high_watermark, part.leader_epoch
+        elif timestamp == EARLIEST_TIMESTAMP:
+            entry.offset = part.log.log_start_offset
+            entry.leader_epoch = epoch_of_offset(part, entry.offset)
+        else:
+            if timestamp == MAX_TIMESTAMP:  # O(segments): each segment keeps its largest timestamp
+                timestamp = max((info[2] for info in part.log.segments_info()), default=-1)
+            found = part.log.offset_for_timestamp(timestamp) if timestamp >= 0 else None
+            if found is not None and found[0] < part.high_watermark:
+                entry.offset, entry.timestamp = found
+                entry.leader_epoch = epoch_of_offset(part, entry.offset)
+
+    def _queried_leader(self, q: OffsetQuery | EpochQuery, entry: OffsetAnswer | EpochAnswer) -> Partition | None:
+        """The partition ``q`` asks about if this broker leads it in the epoch ``q`` names;
+        else None, with ``entry.error`` set."""
+        try:
+            part = self.partitions.leader(q.topic, q.partition)
+            check_current_epoch(part, q.current_leader_epoch)
+        except RequestError as exc:
+            entry.error = int(exc.code)
+            return None
+        return part
+
+    def offsets_for_leader_epoch(self, ctx: RequestContext, queries: list[EpochQuery]) -> list[EpochAnswer]:
+        """Where each asked epoch ends in the leader's log (:func:`epoch_end`): what a
+        follower's fetch uses to find divergence, asked by a consumer to validate its
+        position after a leader change (end offset below its position: the log was
+        truncated there)."""
+        results = []
+        for q in queries:
+            entry = EpochAnswer(q.topic, q.partition)
+            part = self._queried_leader(q, entry)
+            if part is not None:
+                entry.leader_epoch, entry.end_offset = epoch_end(part, q.leader_epoch)
             results.append(entry)
         return results

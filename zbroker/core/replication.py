@@ -52,6 +52,7 @@ from zbroker.config import ClusterConfig
 from zbroker.context import PeerChannel, PeerReply
 from zbroker.control.controlplane import ControlPlane
 from zbroker.control.topicadmin import AlterIsr, TopicAdmin
+from zbroker.core.epochs import epoch_end
 from zbroker.core.fetch import FetchedPartition, FetchPartition, FetchRequest, FetchResult
 from zbroker.core.partition import Partition
 from zbroker.core.partitions import PartitionManager
@@ -211,7 +212,7 @@ class ReplicaFetcher:
             return False
         if entry.diverging:
             epoch, end = entry.diverging
-            own = part.log.leader_epoch_cache.end_offset_for(epoch, part.log.log_end_offset)[1]
+            own = epoch_end(part, epoch)[1]
             target = max(part.log.log_start_offset, min(end, own if own >= 0 else end, part.log.log_end_offset))
             log.info("replica %s-%s truncating to %d (diverged from the leader at epoch %d)", *part.tp, target, epoch)
             part.log.truncate_to(target)

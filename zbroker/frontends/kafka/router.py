@@ -45,7 +45,7 @@ LISTENER = "kafka"
 NO_REPLY = object()
 #: Requests of one connection in progress at once; beyond it the connection is not read
 #: until replies leave (Kafka clients keep at most a handful in flight).
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 32
 
 DENIED = {
     ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
