@@ -1,11 +1,8 @@
-"""The Kafka group handlers' pure mappings: names, topic ids, ConsumerProtocol bytes, gather."""
-
-import uuid
+"""The Kafka group handlers' pure mappings: names, ConsumerProtocol bytes, gather."""
 
 import pytest
 
 from zbroker.context import Completion
-from zbroker.control.metadata import MetadataImage, PartitionMeta, TopicMeta
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import groupmap
 
@@ -49,23 +46,6 @@ def test_bytes_that_are_not_a_consumer_protocol_struct_raise_value_error(bad):
         groupmap.decode_subscription(bad)
 
 
-def _topic(name, topic_id, partitions=1):
-    return TopicMeta(name, [PartitionMeta(p, [1], 1) for p in range(partitions)], topic_id=topic_id)
-
-
-def test_topic_ids_follow_the_image_even_when_a_topic_is_created_again():
-    image = MetadataImage()
-    image.add(_topic("a", "11" * 16))
-    ids = groupmap.TopicIds(image)
-    assert ids.name(uuid.UUID(hex="11" * 16)) == "a" and ids.name("11" * 16) == "a"
-    assert ids.id("a") == "11" * 16 and ids.id("nope") is None and ids.name(None) is None
-    image.remove("a")
-    image.add(_topic("a", "22" * 16))  # deleted and created again: a new id
-    assert ids.name("11" * 16) is None
-    assert ids.name(str(uuid.UUID(hex="22" * 16))) == "a"
-    assert groupmap.topic_ids(image) is groupmap.topic_ids(image)
-
-
 def test_group_by_topic_sorts_topics_and_partitions():
     assert groupmap.group_by_topic([("b", 2), ("a", 1), ("b", 0)]) == {"a": [1], "b": [0, 2]}
 
@@ -82,15 +62,3 @@ def test_gather_answers_at_once_without_completions_and_later_with_them():
     first.complete(1)
     assert done.value["values"][:3] == [1, 5, error]
     assert done.value["values"][3].code == ErrorCode.NON_EMPTY_GROUP
-
-
-def test_then_maps_a_value_or_a_completion_and_passes_errors_through():
-    assert groupmap.then(2, lambda v: {"x": v}) == {"x": 2}
-    pending = Completion()
-    mapped = groupmap.then(pending, lambda v: {"x": v})
-    pending.complete(3)
-    assert mapped.value == {"x": 3}
-    failing = Completion()
-    mapped = groupmap.then(failing, lambda v: {"x": v})
-    failing.fail(RequestError(ErrorCode.NOT_COORDINATOR, "moved"))
-    assert mapped.error.code == ErrorCode.NOT_COORDINATOR

@@ -1,25 +1,23 @@
-"""What the Kafka group handlers share: names, topic ids, embedded protocol bytes (pure).
+"""What the Kafka group handlers share: names and embedded protocol bytes (pure).
 
-The coordinator (:mod:`zbroker.groups`) speaks in topic names, its own assignor and
-state names, and typed results.  Kafka's group APIs speak in topic ids (KIP-848),
-Kafka's assignor names (``uniform``, ``range``), Kafka's state names (``Stable``,
-``Empty``, ...) and, for classic groups, in opaque ``ConsumerProtocol`` bytes.  The
-mappings live here so each handler stays a few lines:
+The coordinator (:mod:`zbroker.groups`) speaks in its own assignor and state names and
+typed results.  Kafka's group APIs speak Kafka's assignor names (``uniform``,
+``range``), Kafka's state names (``Stable``, ``Empty``, ...) and ``ConsumerProtocol``
+bytes.  The mappings live here so each handler stays a few lines:
 
-- :class:`TopicIds` -- topic id <-> name through the metadata image;
 - :func:`coordinator_assignor` -- KIP-848 ``server_assignor`` -> our assignors;
 - :func:`kafka_state` -- our group states -> Kafka's;
 - :func:`encode_assignment` / :func:`encode_subscription` -- ConsumerProtocol bytes
   (``INT16 version`` then the struct, as Kafka's ``ConsumerProtocol`` writes them);
-- :func:`then` and :func:`gather` -- answers made of a :class:`Completion` or several.
+- :func:`attempt` and :func:`gather` -- answers made of several service calls.
+
+Topic ids are mapped by :mod:`zbroker.frontends.kafka.datapath` (shared with the data path).
 """
 
 from __future__ import annotations
 
 import io
 import struct
-import uuid
-import weakref
 from typing import Callable, Iterable
 
 from kio.schema.consumer_protocol_assignment.v0.data import ConsumerProtocolAssignment, TopicPartition
@@ -64,49 +62,6 @@ def state_matches(state: str, wanted: Iterable[str]) -> bool:
     group; Kafka compares the names case-insensitively)."""
     wanted = [w.lower() for w in wanted]
     return not wanted or kafka_state(state).lower() in wanted
-
-
-class TopicIds:
-    """Topic id <-> name through the metadata image (``TopicMeta.topic_id``, a hex string).
-
-    Names are found by id from a cache checked against the image on every use (a topic
-    deleted and created again has a new id, so a stale entry never answers); a miss
-    rescans the image once.  Runtime: O(1) for a cached id, O(topics) for a miss.
-    """
-
-    def __init__(self, image) -> None:
-        self.image = image
-        self._names: dict[str, str] = {}
-
-    def name(self, topic_id: uuid.UUID | str | None) -> str | None:
-        """The name of the topic with this id, or None if no topic has it."""
-        if topic_id is None:
-            return None
-        key = topic_id.hex if isinstance(topic_id, uuid.UUID) else str(topic_id).replace("-", "").lower()
-        name = self._names.get(key)
-        if name is not None and self._id_of(name) == key:
-            return name
-        self._names = {meta.topic_id: n for n, meta in self.image.topics.items() if meta.topic_id}
-        return self._names.get(key)
-
-    def id(self, name: str) -> str | None:
-        """The hex id of topic ``name``, or None if there is no such topic."""
-        return self._id_of(name)
-
-    def _id_of(self, name: str) -> str | None:
-        meta = self.image.get(name)
-        return meta.topic_id or None if meta is not None else None
-
-
-_TOPIC_IDS: "weakref.WeakKeyDictionary[object, TopicIds]" = weakref.WeakKeyDictionary()
-
-
-def topic_ids(image) -> TopicIds:
-    """The :class:`TopicIds` of a metadata image (one per image, so its cache lasts)."""
-    ids = _TOPIC_IDS.get(image)
-    if ids is None:
-        ids = _TOPIC_IDS[image] = TopicIds(image)
-    return ids
 
 
 def group_by_topic(tps: Iterable[TP]) -> dict[str, list[int]]:
@@ -173,26 +128,6 @@ def _decode(data: bytes, schema: type):
 
 
 # -- answers made of several service calls ----------------------------------------------
-
-def then(result, build: Callable[[object], dict]) -> dict | Completion:
-    """``build(result)``, at once for a value, or when a :class:`Completion` settles (its
-    error passes through untouched)."""
-    if not isinstance(result, Completion):
-        return build(result)
-    done: Completion = Completion()
-
-    def settled(c: Completion) -> None:
-        if c.error is not None:
-            done.fail(c.error)
-            return
-        try:
-            done.complete(build(c.value))
-        except RequestError as exc:
-            done.fail(exc)
-
-    result.on_done(settled)
-    return done
-
 
 def attempt(call: Callable[[], object]) -> object:
     """``call()``, or the RequestError it raised (an answer for one item of a batch)."""

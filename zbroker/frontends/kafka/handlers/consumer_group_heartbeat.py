@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 
 from zbroker.errors import ErrorCode, RequestError
-from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka import datapath, groupmap
 from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.group import MemberHeartbeat
@@ -62,12 +62,11 @@ def subscribed_topics(image, names, regex: str | None) -> list[str] | None:
 def to_heartbeat(app, ctx, request, version) -> MemberHeartbeat:
     """The coordinator's :class:`MemberHeartbeat` of a ConsumerGroupHeartbeat request."""
     image = app.control.image
-    ids = groupmap.topic_ids(image)
     owned = None
     if request.topic_partitions is not None:
         owned = []
         for tps in request.topic_partitions:
-            name = ids.name(tps.topic_id)
+            name = datapath.topic_name(app, tps.topic_id)
             if name is not None:
                 owned.extend((name, int(p)) for p in tps.partitions)
     rebalance = millis(request.rebalance_timeout)
@@ -87,10 +86,9 @@ def answer(app, result) -> dict:
     out = {"error_code": 0, "member_id": a.member_id, "member_epoch": a.member_epoch,
            "heartbeat_interval": result.heartbeat_interval_ms, "assignment": None}
     if a.member_epoch >= 0:
-        ids = groupmap.topic_ids(app.control.image)
         topics = []
         for name, partitions in groupmap.group_by_topic(a.assignment).items():
-            topic_id = ids.id(name)
+            topic_id = datapath.topic_id_of(app, name)
             if topic_id is not None:  # a topic deleted since: the next heartbeat drops it
                 topics.append({"topic_id": topic_id, "partitions": partitions})
         out["assignment"] = {"topic_partitions": topics}
@@ -99,7 +97,7 @@ def answer(app, result) -> dict:
 
 def consumer_group_heartbeat(app, ctx, request, version, now_ms):
     result = app.groups.heartbeat(ctx, to_heartbeat(app, ctx, request, version), now_ms)
-    return groupmap.then(result, lambda r: answer(app, r))
+    return datapath.then(result, lambda r: answer(app, r))
 
 
 ROUTE = KafkaRoute(API_KEY, "ConsumerGroupHeartbeat", VERSIONS, consumer_group_heartbeat,

@@ -11,7 +11,7 @@ INCONSISTENT_GROUP_PROTOCOL.  The client's host is not known to handlers: ``""``
 
 from __future__ import annotations
 
-from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka import datapath
 from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.classic import JoinGroup, JoinResult
@@ -45,7 +45,7 @@ def answer(result: JoinResult, version: int) -> dict:
 
 def join_group(app, ctx, request, version, now_ms):
     result = app.groups.join_group(ctx, to_join(ctx, request, version), now_ms)
-    return groupmap.then(result, lambda r: answer(r, version))
+    return datapath.then(result, lambda r: answer(r, version))
 
 
 def _error(request, version, code, message):

@@ -10,13 +10,13 @@ by id, an unknown id is UNKNOWN_TOPIC_ID, and never auto-created.
 
 from __future__ import annotations
 
-from zbroker.frontends.kafka.groupmap import topic_ids
+from zbroker.errors import ErrorCode
+from zbroker.frontends.kafka.datapath import topic_name
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation, topic
 
 API_KEY = 3
 VERSIONS = (0, 12)
-UNKNOWN_TOPIC_ID = 100
 
 
 def kafka_brokers(app) -> list[dict]:
@@ -28,13 +28,12 @@ def kafka_brokers(app) -> list[dict]:
 def _by_id(app, request, version: int) -> tuple[list[str], list[dict]]:
     """Topics asked for by id (v10+, name null; librdkafka does so for a KIP-848
     assignment): the names of those that exist, and the answers for those that do not."""
-    ids = topic_ids(app.control.image)
     names, unknown = [], []
     for t in request.topics or ():
         if t.name is None and getattr(t, "topic_id", None) is not None and t.topic_id.int:
-            name = ids.name(t.topic_id)
+            name = topic_name(app, t.topic_id)
             if name is None:
-                unknown.append({"error_code": UNKNOWN_TOPIC_ID, "name": None if version >= 12 else "",
+                unknown.append({"error_code": ErrorCode.UNKNOWN_TOPIC_ID, "name": None if version >= 12 else "",
                                 "topic_id": t.topic_id,
                                 "partitions": [], "topic_authorized_operations": -2147483648})
             else:

@@ -18,7 +18,7 @@ committed offsets stay until the group is deleted.  v10 names topics by id.
 from __future__ import annotations
 
 from zbroker.errors import ErrorCode
-from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka import datapath, groupmap
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.coordinator import CommitOffset, OffsetCommit
 from zbroker.security import Operation, group, topic
@@ -28,17 +28,16 @@ VERSIONS = (2, 10)
 MAX_METADATA_BYTES = 4096
 
 
-def _topic_name(ids, t, version: int) -> str | None:
-    return ids.name(t.topic_id) if version >= 10 else t.name
+def _topic_name(app, t, version: int) -> str | None:
+    return datapath.topic_name(app, t.topic_id) if version >= 10 else t.name
 
 
 def offset_commit(app, ctx, request, version, now_ms):
     image = app.control.image
-    ids = groupmap.topic_ids(image)
     errors: dict[tuple, int] = {}  # (topic key, partition) -> error
     offsets = []
     for t in request.topics:
-        name = _topic_name(ids, t, version)
+        name = _topic_name(app, t, version)
         meta = image.get(name) if name is not None else None
         for p in t.partitions:
             key = (_key(t, version), p.partition_index)

@@ -16,7 +16,7 @@ partition asked for (v1-v7, which is where v1 clients look).
 from __future__ import annotations
 
 from zbroker.errors import RequestError
-from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka import datapath
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation, group
 
@@ -33,31 +33,26 @@ def _groups(request, version: int) -> list:
 
 def fetch_group(app, ctx, group_id: str, topics, version: int, now_ms: int) -> dict:
     """One group's answer: ``{group_id, error_code, topics: [...]}``."""
-    ids = groupmap.topic_ids(app.control.image)
     by_id = version >= 10
+    names = {t.topic_id: datapath.topic_name(app, t.topic_id) for t in topics or ()} if by_id else None
     asked = None
     if topics is not None:
-        asked = []
-        for t in topics:
-            name = ids.name(t.topic_id) if by_id else t.name
-            asked.extend((name if name is not None else "", p) for p in t.partition_indexes)
+        asked = [(names[t.topic_id] if by_id else t.name, p) for t in topics for p in t.partition_indexes]
     try:
         committed = app.groups.offset_fetch(ctx, group_id, [tp for tp in asked if tp[0]] if asked is not None else None,
                                             now_ms)
     except RequestError as exc:
-        return {"group_id": group_id, "error_code": exc.code, "topics": _topics(ids, topics, by_id, {}, exc.code)}
+        return {"group_id": group_id, "error_code": exc.code, "topics": _topics(topics, by_id, {}, exc.code)}
     found = {(o.topic, o.partition): (o.offset, o.metadata) for o in committed}
-    if topics is None:  # every partition the group committed
-        out: dict[str, list] = {}
-        for (name, p), (offset, metadata) in sorted(found.items()):
-            key = ids.id(name) if by_id else name
-            if key is not None:
-                out.setdefault(key, []).append(_partition(p, offset, metadata, 0))
-        field = "topic_id" if by_id else "name"
-        return {"group_id": group_id, "error_code": 0,
-                "topics": [{field: key, "partitions": parts} for key, parts in out.items()]}
-    names = {t.topic_id: ids.name(t.topic_id) for t in topics} if by_id else None
-    return {"group_id": group_id, "error_code": 0, "topics": _topics(ids, topics, by_id, found, 0, names)}
+    if topics is not None:
+        return {"group_id": group_id, "error_code": 0, "topics": _topics(topics, by_id, found, 0, names)}
+    out: dict[str, list] = {}  # every partition the group committed
+    for (name, p), (offset, metadata) in sorted(found.items()):
+        key = datapath.topic_id_of(app, name) if by_id else name
+        if key is not None:
+            out.setdefault(key, []).append(_partition(p, offset, metadata, 0))
+    field = "topic_id" if by_id else "name"
+    return {"group_id": group_id, "error_code": 0, "topics": [{field: key, "partitions": parts} for key, parts in out.items()]}
 
 
 def _partition(p: int, offset: int, metadata: str, code: int) -> dict:
@@ -65,18 +60,12 @@ def _partition(p: int, offset: int, metadata: str, code: int) -> dict:
             "error_code": code}
 
 
-def _topics(ids, topics, by_id: bool, found: dict, code: int, names: dict | None = None) -> list[dict]:
+def _topics(topics, by_id: bool, found: dict, code: int, names: dict | None = None) -> list[dict]:
     """The answer for the partitions asked for (none if ``topics`` is None)."""
     out = []
     for t in topics or ():
-        if by_id:
-            name, entry = (names or {}).get(t.topic_id), {"topic_id": t.topic_id}
-        else:
-            name, entry = t.name, {"name": t.name}
-        parts = []
-        for p in t.partition_indexes:
-            offset, metadata = found.get((name, p), (-1, ""))
-            parts.append(_partition(p, offset, metadata, code))
+        name, entry = ((names or {}).get(t.topic_id), {"topic_id": t.topic_id}) if by_id else (t.name, {"name": t.name})
+        parts = [_partition(p, *found.get((name, p), (-1, "")), code) for p in t.partition_indexes]
         out.append({**entry, "partitions": parts})
     return out
 
@@ -89,7 +78,7 @@ def offset_fetch(app, ctx, request, version, now_ms):
 
 
 def _error(request, version, code, message):
-    answers = [{"group_id": g, "error_code": code, "topics": _topics(None, topics, version >= 10, {}, code)}
+    answers = [{"group_id": g, "error_code": code, "topics": _topics(topics, version >= 10, {}, code)}
                for g, topics in ([] if request is None else _groups(request, version))]
     if version >= 8:
         return {"groups": answers}

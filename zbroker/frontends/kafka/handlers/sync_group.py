@@ -8,7 +8,7 @@ type and name on both sides (KIP-559): a mismatch is INCONSISTENT_GROUP_PROTOCOL
 
 from __future__ import annotations
 
-from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka import datapath
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.classic import SyncGroup, SyncResult
 from zbroker.security import Operation, group
@@ -31,7 +31,7 @@ def answer(result: SyncResult) -> dict:
 
 
 def sync_group(app, ctx, request, version, now_ms):
-    return groupmap.then(app.groups.sync_group(ctx, to_sync(request), now_ms), answer)
+    return datapath.then(app.groups.sync_group(ctx, to_sync(request), now_ms), answer)
 
 
 def _error(request, version, code, message):
