@@ -6,10 +6,14 @@ address Metadata advertises); a coordinator without a Kafka listener is
 COORDINATOR_NOT_AVAILABLE.  v0-v3 ask for one key, v4+ for a batch
 (``coordinator_keys``), each answered on its own.
 
-Only group coordinators exist: zbroker has no transactions, so a transaction
-coordinator (``key_type`` 1) is COORDINATOR_NOT_AVAILABLE with a message saying so
-(clients retry it until their own timeout and report the message); share groups
-(``key_type`` 2) and unknown types are INVALID_REQUEST.
+zbroker has no transactions, yet a transaction coordinator (``key_type`` 1) is answered,
+placed as a group of that name would be: the producer's next request, InitProducerId
+with its ``transactional_id``, is refused there with INVALID_TXN_STATE and "transactions
+are not supported by zbroker" (``init_producer_id.py``).  That is the clear error:
+kafka-python fails at once, librdkafka logs it on every retry and ``init_transactions()``
+raises it.  Answering COORDINATOR_NOT_AVAILABLE instead, which every client retries,
+ended in a bare timeout, the reason never shown.  Share groups (``key_type`` 2) and
+unknown types are INVALID_REQUEST.
 """
 
 from __future__ import annotations
@@ -30,9 +34,7 @@ def _keys(request, version: int) -> list[str]:
 def coordinator(app, ctx, key_type: int, key: str, now_ms: int) -> dict:
     """One key's answer (node_id, host, port, error_code, error_message)."""
     try:
-        if key_type == TRANSACTION_KEY:
-            raise RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "zbroker does not support transactions")
-        if key_type != GROUP_KEY:
+        if key_type not in (GROUP_KEY, TRANSACTION_KEY):
             raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown coordinator key type {key_type}")
         found = app.groups.find_coordinator(ctx, key, now_ms)
         broker = app.config.broker(found.broker_id)
