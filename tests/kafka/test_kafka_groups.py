@@ -118,16 +118,22 @@ def test_a_native_consumer_and_a_kip848_librdkafka_consumer_split_one_group(kbro
         native.close()
 
 
-def test_a_kip848_group_is_shown_by_zbroker_groups_describe(kbroker):
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_a_kafka_group_is_shown_by_zbroker_groups_describe(kbroker, protocol):
     create_topic(kbroker, "shown", 3)
-    kafka = kip848_consumer(kbroker, "shown-group", **{"client.id": "kip848-client"})
+    config = {"client.id": f"{protocol}-client", "enable.auto.commit": False}
+    kafka = kip848_consumer(kbroker, "shown-group", **config) if protocol == "consumer" else \
+        classic_consumer(kbroker, "shown-group", **config)
     try:
         kafka.subscribe(["shown"])
         wait_until(lambda: kafka.poll(0.05) is None and len(assigned(kafka)) == 3, 60, what="the assignment")
+        kafka.commit(offsets=[TopicPartition("shown", 1, 0)], asynchronous=False)
         out = run_cli("groups", "describe", "shown-group", bootstrap=kbroker.bootstrap)
         assert out.returncode == 0, out.stderr
         text = out.stdout.decode()
-        assert "kip848-client" in text and "shown" in text
+        assert f"{protocol}-client" in text and "shown" in text and "Stable" in text.title()
+        listed = run_cli("groups", "list", bootstrap=kbroker.bootstrap)
+        assert "shown-group" in listed.stdout.decode().split()
     finally:
         kafka.close()
 
