@@ -316,7 +316,7 @@ class Cleaner:
     def _swap_in(self, seg: Segment, cleaned: Path, size: int, new: Segment) -> None:
         """Replace ``seg`` by its cleaned copy (or drop it when empty and not the first)."""
         log, base = self.log, seg.base_offset
-        if size == 0 and base != log.log_start_offset:
+        if size == 0 and base != log._segments.keys()[0]:
             for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
                 os.unlink(seg.directory / (segment_name(base) + suffix + CLEANED))
             log._replace_segment(base, None)

@@ -9,12 +9,14 @@ Partition directory ``<data_dir>/<topic>-<partition>/``::
     00000000000000001200.index
     00000000000000001200.timeindex
     leader-epoch-checkpoint         epoch -> start offset (storage.leader_epoch)
+    log-start-offset                a log start inside a segment (storage.log_start)
 
 Invariants (checked by :meth:`Log._check`): segments are ordered and do not overlap (each
 segment's ``next_offset`` is at most the next segment's base offset; they are equal unless log
 compaction removed the records in between, see ``storage.cleaner``), only the first segment
-may be an empty closed one (compaction keeps it to hold the log start), the log start offset
-is the first segment's base, the log end offset (LEO) is the last segment's ``next_offset``, and only the
+may be an empty closed one (compaction keeps it to hold the log start), the log start offset is
+at or above the first segment's base (above it after records were deleted, Kafka's DeleteRecords)
+and at most the log end offset (LEO), the LEO is the last segment's ``next_offset``, and only the
 last (active) segment is appended to.
 
 Theory of operation: ``append`` validates a batch (framing, CRC, count; never records),
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +40,17 @@ from typing import NamedTuple
 
 from sortedcontainers import SortedDict
 
-from storage.batch import (MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, BatchHeader, decode_native_records, patch_batch,
-                           validate_batch)
+from storage.batch import BatchHeader, patch_batch, validate_batch
 from storage.checkpoint import fsync_dir
 from storage.damage import FILE_NAME as DAMAGE_FILE, DamagedRanges
 from storage.errors import CheckpointError, CorruptBatchError, DamagedRangeError, OffsetMismatch, OffsetOutOfRange
 from storage.handles import FileHandleCache
+from storage.invariants import check_log
 from storage.leader_epoch import FILE_NAME as EPOCH_FILE, LeaderEpochCache
-from storage.segment import (LOG_SUFFIX, MAX_POSITION, MAX_RELATIVE_OFFSET,
-                             Segment)
-from storage.recovery import load_segments, repair_for_read, skip_damaged
-from storage.swap import complete_interrupted_swaps
+from storage.log_start import FILE_NAME as START_FILE, LogStartOffset
+from storage.segment import MAX_POSITION, MAX_RELATIVE_OFFSET, Segment
+from storage.recovery import load_segments, repair_for_read, scan_directory, skip_damaged
+from storage.timestamps import offset_for_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,8 @@ __all__ = ["Log", "LogConfig", "AppendInfo", "ReadResult", "OffsetOutOfRange", "
 #: Written by the owner of the log (the broker: which topic incarnation it belongs to); kept as is.
 PARTITION_METADATA_FILE = "partition.metadata"
 
-_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
 GAPS_FILE = "offset-gaps"  # present: the log is or was compacted (see Log.config)
-_STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
+_KNOWN_FILES = (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE, START_FILE)  # besides segments: kept as they are
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ class Log:
         self._segments: SortedDict = SortedDict()
         self._closed = False
         self.truncations = 0  # bumped by every truncation that removes data (the cleaner watches it)
-        bases = self._scan_directory()
+        bases = scan_directory(self.directory, self.handles, _KNOWN_FILES)
+        self._start = LogStartOffset(self.directory / START_FILE)
         try:
             self.leader_epoch_cache = LeaderEpochCache(self.directory / EPOCH_FILE, lambda: self._leo)
             rebuild_epochs = False
@@ -178,8 +179,8 @@ class Log:
         self._leo = self._active.next_offset
         if rebuild_epochs or (self.leader_epoch_cache.latest_epoch is None and self._leo > self.log_start_offset):
             self._rebuild_epoch_cache()
+        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)  # batches below the start were scanned too
         self.leader_epoch_cache.truncate_from_end(self._leo)
-        self.leader_epoch_cache.truncate_from_start(self.log_start_offset)
         self.damaged.truncate_from(self._leo)
         self.damaged.truncate_before(self.log_start_offset)
         rp = self.log_start_offset if recovery_point is None else recovery_point
@@ -187,6 +188,12 @@ class Log:
         self._unflushed_messages = 0
         self._last_flush_ms = now_ms
         self._new_files = False
+        if self._start.offset > self._leo:  # deleted up to a log end that was not durable: go on from there
+            log.warning("log start %d is past the recovered log end %d dir=%s: the log restarts empty there",
+                        self._start.offset, self._leo, self.directory)
+            self.truncate_fully_and_start_at(self._start.offset)
+        elif self._start.offset > self._segments.keys()[0]:  # a crash may have come before they were deleted
+            self.delete_segments_before(self._start.offset)
 
     @property
     def config(self) -> LogConfig:
@@ -210,30 +217,6 @@ class Log:
 
     # ------------------------------------------------------------------ loading
 
-    def _scan_directory(self) -> list[int]:
-        complete_interrupted_swaps(self.directory, self.handles)  # before .swap/.cleaned are swept
-        logs: set[int] = set()
-        others: list[tuple[int, Path]] = []
-        for entry in os.scandir(self.directory):
-            name = entry.name
-            if name.endswith(_STRAY_SUFFIXES):
-                log.info("removing stray file path=%s", entry.path)
-                os.unlink(entry.path)
-                continue
-            m = _SEGMENT_FILE.match(name)
-            if m:
-                if m.group(2) == LOG_SUFFIX:
-                    logs.add(int(m.group(1)))
-                else:
-                    others.append((int(m.group(1)), Path(entry.path)))
-            elif name not in (EPOCH_FILE, PARTITION_METADATA_FILE, DAMAGE_FILE, GAPS_FILE):
-                log.warning("ignoring unknown file path=%s", entry.path)
-        for base, path in others:
-            if base not in logs:
-                log.info("removing orphan index path=%s", path)
-                os.unlink(path)
-        return sorted(logs)
-
     def _note_epoch(self, header) -> None:
         latest = self.leader_epoch_cache.latest_epoch
         if header.leader_epoch >= 0 and (latest is None or header.leader_epoch > latest):
@@ -250,8 +233,9 @@ class Log:
 
     @property
     def log_start_offset(self) -> int:
-        """First offset held (the base offset of the first segment)."""
-        return self._segments.peekitem(0)[0]
+        """First offset served: the first segment's base offset, or above it after
+        :meth:`delete_records_before`. O(1)."""
+        return max(self._start.offset, self._segments.peekitem(0)[0])
 
     @property
     def log_end_offset(self) -> int:
@@ -371,7 +355,8 @@ class Log:
         leader epochs starting at or after ``offset`` are still forgotten (a leader records its
         epoch when elected, before writing anything: a follower truncating to where that epoch
         began must lose it, or it would keep naming an epoch its new leader does not know). An
-        offset below the log start offset empties the log and restarts it at ``offset``.
+        offset below the log start offset empties the log and restarts it at ``offset``; so
+        does one inside the batch holding the log start, at the log start.
         """
         if offset >= self._leo:
             self.leader_epoch_cache.truncate_from_end(offset)
@@ -390,6 +375,8 @@ class Log:
         self.leader_epoch_cache.truncate_from_end(self._leo)
         self.damaged.truncate_from(self._leo)
         log.info("truncated dir=%s requested=%s log_end_offset=%s", self.directory, offset, self._leo)
+        if self._leo < self.log_start_offset:  # the batch holding the start went
+            self.truncate_fully_and_start_at(self.log_start_offset)
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
         """Delete all data; the log restarts empty with start offset = LEO = ``offset``."""
@@ -403,6 +390,7 @@ class Log:
         self._leo = offset
         self.recovery_point = offset
         self._new_files = True
+        self._start.reset(offset)
         self.leader_epoch_cache.clear()
         self.damaged.truncate_from(offset)
         self.damaged.truncate_before(offset)
@@ -416,7 +404,8 @@ class Log:
     def delete_segments_before(self, offset: int) -> int:
         """Delete closed segments lying entirely below ``offset``; never the active one.
 
-        The log start offset becomes the first remaining segment's base offset.
+        The log start offset becomes the first remaining segment's base offset (or stays
+        above it, where :meth:`delete_records_before` put it).
 
         Returns:
             Number of segments deleted.
@@ -430,18 +419,49 @@ class Log:
             seg.delete()
             count += 1
         if count:
-            start = self.log_start_offset
-            self.recovery_point = max(self.recovery_point, start)
-            self.leader_epoch_cache.truncate_from_start(start)
-            self.damaged.truncate_before(start)
-            log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, start)
+            self._start_moved()
+            log.info("deleted segments dir=%s count=%s log_start_offset=%s", self.directory, count, self.log_start_offset)
         return count
+
+    def delete_records_before(self, offset: int) -> int:
+        """Make ``offset`` the log start (Kafka's DeleteRecords): offsets below it are gone.
+
+        The start may land inside a segment (and inside a batch: a read at the start returns
+        that whole batch, as in Kafka; readers skip records below their position). It never
+        moves back: an ``offset`` at or below the log start changes nothing. It is written
+        durably (``storage.log_start``) before anything else changes, then the segments
+        lying wholly below it are deleted (never the active one). With offset gaps
+        (compaction) the new start may be above ``offset``: the first offset held after it.
+        Cost: one small atomic file write, plus the unlinks of the deleted segments.
+
+        Returns:
+            The new log start offset.
+
+        Raises:
+            OffsetOutOfRange: ``offset`` is past the log end.
+        """
+        if offset > self._leo:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self._leo)
+        if offset <= self.log_start_offset:
+            return self.log_start_offset
+        self._start.advance(offset)
+        if not self.delete_segments_before(offset):
+            self._start_moved()
+        log.info("deleted records dir=%s log_start_offset=%s", self.directory, self.log_start_offset)
+        return self.log_start_offset
+
+    def _start_moved(self) -> None:
+        """The log start moved up: what is kept about offsets below it goes too."""
+        start = self.log_start_offset
+        self.recovery_point = max(self.recovery_point, start)  # nothing below the start is recovered
+        self.leader_epoch_cache.truncate_from_start(start)
+        self.damaged.truncate_before(start)
 
     def _replace_segment(self, base: int, seg: Segment | None) -> None:
         """Cleaner hook: put a rewritten closed segment in place of the one at ``base``, or
         forget it (``seg`` None; never the first one). Files are the caller's business."""
         old = self._segments.get(base)
-        if old is None or old is self._active or (seg is None and base == self.log_start_offset):
+        if old is None or old is self._active or (seg is None and base == self._segments.keys()[0]):
             raise ValueError(f"{self.directory}: cannot replace segment {base}")
         if seg is None:
             del self._segments[base]
@@ -530,39 +550,9 @@ class Log:
         return ReadResult(parts[0] if len(parts) == 1 else b"".join(parts), first, nxt, count)
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``.
-
-        The batch is the first whose ``max_timestamp >= timestamp_ms`` (time index plus a
-        header walk). For native batches with create-time timestamps the batch is decoded
-        and the exact first record with ``timestamp >= timestamp_ms`` is returned; for other
-        batches (Kafka magic 2, log-append time) the answer is the batch's base offset and
-        max timestamp -- as for a native batch that does not decode, or that decompresses
-        past :func:`storage.batch.decode_limit` of ``max_message_bytes`` (a few KiB on disk
-        must not cost the broker gigabytes). The special values -1 (latest) / -2 (earliest)
-        are the caller's job.
-
-        Returns:
-            ``(offset, timestamp)``, or None if no batch is that recent.
-        """
-        from storage.batch import decode_limit
-        limit = decode_limit(self.config.max_message_bytes)
-        for seg in self._segments.values():
-            if seg.max_timestamp < timestamp_ms:
-                continue
-            found = seg.find_timestamp(timestamp_ms)
-            if found is None:
-                continue
-            pos, h = found
-            if h.magic == MAGIC_NATIVE and not h.attributes & TIMESTAMP_TYPE_BIT:
-                try:
-                    for off, ts, _k, _v, _h in decode_native_records(seg.read(pos, h.size), limit):
-                        if ts >= timestamp_ms:
-                            return off, ts
-                except CorruptBatchError as exc:
-                    log.warning("cannot decode batch for timestamp lookup dir=%s offset=%s: %s",
-                                self.directory, h.base_offset, exc)
-            return h.base_offset, h.max_timestamp
-        return None
+        """Earliest ``(offset, timestamp)`` whose timestamp is >= ``timestamp_ms``, or None
+        (:func:`storage.timestamps.offset_for_timestamp` says how)."""
+        return offset_for_timestamp(self, timestamp_ms)
 
     def segments_info(self) -> list[tuple[int, int, int, int]]:
         """``(base_offset, size, max_timestamp, last_modified_ms)`` per segment, oldest first.
@@ -603,52 +593,6 @@ class Log:
         log.info("deleted log dir=%s", self.directory)
 
     def _check(self) -> None:
-        """Verify internal invariants; raise AssertionError describing the first violation."""
-        def fail(msg: str) -> None:
-            raise AssertionError(f"{self.directory}: {msg}")
-
-        segs = list(self._segments.values())
-        if not segs:
-            fail("no segments")
-        if segs[-1] is not self._active:
-            fail("active segment is not the last")
-        if self._leo != self._active.next_offset:
-            fail(f"LEO {self._leo} != active next_offset {self._active.next_offset}")
-        if not (self.log_start_offset <= self.recovery_point <= self._leo):
-            fail(f"recovery point {self.recovery_point} outside [{self.log_start_offset}, {self._leo}]")
-        for i, seg in enumerate(segs):
-            if self._segments.keys()[i] != seg.base_offset:
-                fail(f"segment keyed {self._segments.keys()[i]} has base {seg.base_offset}")
-            if i + 1 < len(segs) and seg.next_offset > segs[i + 1].base_offset:
-                fail(f"segment {seg.base_offset} ends at {seg.next_offset}, next starts at {segs[i + 1].base_offset}")
-            if 0 < i < len(segs) - 1 and seg.size == 0:
-                fail(f"closed segment {seg.base_offset} is empty")
-            if os.path.getsize(seg.log_path) != seg.size:
-                fail(f"segment {seg.base_offset} size {seg.size} != file size {os.path.getsize(seg.log_path)}")
-            starts = {}
-            expected, max_ts, end = seg.base_offset, -1, 0
-            for p, h in seg.iter_headers(0):
-                if h.base_offset < expected:
-                    fail(f"segment {seg.base_offset}: batch at {p} has base {h.base_offset}, expected >= {expected}")
-                starts[h.base_offset] = p
-                expected, max_ts, end = h.next_offset, max(max_ts, h.max_timestamp), p + h.size
-            if end != seg.size or expected != seg.next_offset or max_ts != seg.max_timestamp:
-                fail(f"segment {seg.base_offset}: walk gives end={end} next={expected} max_ts={max_ts}, "
-                     f"segment says size={seg.size} next={seg.next_offset} max_ts={seg.max_timestamp}")
-            prev = (-1, -1)
-            for off, pos in seg.index.entries():
-                if off <= prev[0] or pos <= prev[1]:
-                    fail(f"segment {seg.base_offset}: offset index not increasing at {off}")
-                if starts.get(off) != pos:
-                    fail(f"segment {seg.base_offset}: index entry ({off}, {pos}) is not a batch start")
-                prev = (off, pos)
-            prev = (-1 << 63, -1)
-            for ts, off in seg.time_index.entries():
-                if ts <= prev[0] or off <= prev[1]:
-                    fail(f"segment {seg.base_offset}: time index not increasing at {off}")
-                if off not in starts or ts > max_ts:
-                    fail(f"segment {seg.base_offset}: time entry ({ts}, {off}) invalid")
-                prev = (ts, off)
-            for idx in (seg.index, seg.time_index):
-                if idx.path.exists() and os.path.getsize(idx.path) != idx.file_entries() * idx.entry_size:
-                    fail(f"{idx.path}: file size does not match {idx.file_entries()} written entries")
+        """Verify internal invariants; raise AssertionError describing the first violation
+        (:func:`storage.invariants.check_log`)."""
+        check_log(self)

@@ -6,9 +6,10 @@ the offsets that were in it and nothing else.
 
 Theory of operation
 -------------------
-On open (:func:`load_segments`), segments wholly below the recovery point (fsynced before the
-last checkpoint) are opened trusting their data: indexes loaded, the tail after the last
-index entry walked. Every other segment -- the one holding the recovery point and all later
+On open, :func:`scan_directory` lists the segment files (finishing swaps a crash
+interrupted, removing strays); then (:func:`load_segments`) segments wholly below the
+recovery point (fsynced before the last checkpoint) are opened trusting their data: indexes
+loaded, the tail after the last index entry walked. Every other segment -- the one holding the recovery point and all later
 ones; with no checkpoint, all of them -- is scanned (:meth:`storage.segment.Segment.recover`):
 every batch's framing, CRC and offsets are checked. At a batch that fails, the scan goes on
 only where that is provable (:func:`storage.segment._resync`): at the one position the bad
@@ -36,21 +37,57 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.checkpoint import fsync_dir
 from storage.errors import CorruptBatchError
-from storage.segment import Recovered, Segment
-from storage.swap import CLEANED_SUFFIX, commit_swap, finish_swap
+from storage.handles import FileHandleCache
+from storage.segment import LOG_SUFFIX, Recovered, Segment
+from storage.swap import CLEANED_SUFFIX, commit_swap, complete_interrupted_swaps, finish_swap
 
 if TYPE_CHECKING:
     from storage.log import Log
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_segments", "repair_segment", "remove_damaged_bytes"]
+__all__ = ["scan_directory", "load_segments", "repair_segment", "remove_damaged_bytes"]
 
 _COPY_CHUNK = 1 << 20
+_SEGMENT_FILE = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+_STRAY_SUFFIXES = (".tmp", ".deleted", ".cleaned", ".swap")
+
+
+def scan_directory(directory: Path, handles: FileHandleCache, known: tuple[str, ...]) -> list[int]:
+    """The base offsets of the segments in a partition directory, sorted.
+
+    Swaps a crash interrupted are completed first (``storage.swap``); then stray files
+    (``.tmp``, ``.deleted``, ``.cleaned``, ``.swap``) and indexes without their ``.log`` are
+    removed. Files named in ``known`` are left alone; any other is logged and left alone.
+    """
+    complete_interrupted_swaps(directory, handles)  # before .swap/.cleaned are swept
+    logs: set[int] = set()
+    others: list[tuple[int, Path]] = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.endswith(_STRAY_SUFFIXES):
+            log.info("removing stray file path=%s", entry.path)
+            os.unlink(entry.path)
+            continue
+        m = _SEGMENT_FILE.match(name)
+        if m:
+            if m.group(2) == LOG_SUFFIX:
+                logs.add(int(m.group(1)))
+            else:
+                others.append((int(m.group(1)), Path(entry.path)))
+        elif name not in known:
+            log.warning("ignoring unknown file path=%s", entry.path)
+    for base, path in others:
+        if base not in logs:
+            log.info("removing orphan index path=%s", path)
+            os.unlink(path)
+    return sorted(logs)
 
 
 def load_segments(lg: "Log", bases: list[int], now_ms: int, recovery_point: int | None, trust: bool = True) -> None:

@@ -495,13 +495,14 @@ class Segment:
                 return p
         return self.size
 
-    def find_timestamp(self, timestamp: int) -> tuple[int, BatchHeader] | None:
-        """First batch with ``max_timestamp >= timestamp`` as ``(position, header)``."""
+    def find_timestamp(self, timestamp: int, min_offset: int = 0) -> tuple[int, BatchHeader] | None:
+        """First batch with ``max_timestamp >= timestamp`` holding offsets at or after
+        ``min_offset``, as ``(position, header)``."""
         if self.max_timestamp < timestamp:
             return None
-        _, pos = self.index.lookup(self.time_index.lookup(timestamp))
+        _, pos = self.index.lookup(max(self.time_index.lookup(timestamp), min_offset))
         for p, h in self.iter_headers(pos):
-            if h.max_timestamp >= timestamp:
+            if h.max_timestamp >= timestamp and h.next_offset > min_offset:
                 return p, h
         return None
 

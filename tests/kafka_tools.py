@@ -22,14 +22,12 @@ def kcat(bootstrap: str, *args: str, input: bytes | None = None, timeout: float 
 
 
 def kafka_request(bootstrap: str, api_key: int, version: int, fields: dict, timeout: float = 10.0,
-                  header_version: int | None = None, correlation_id: int = 1):
+                  correlation_id: int = 1):
     """Send one request on a new connection and return kio's decoded response.
 
     The body is kio's request of (``api_key``, ``version``) built from ``fields`` as the
     broker builds responses (:func:`zbroker.frontends.kafka.codec.build`: absent fields get
-    zero values, ints become ms durations).  With ``header_version`` the header names that
-    version instead (the body stays ``version``'s) and the raw bytes after the correlation id
-    come back."""
+    zero values, ints become ms durations)."""
     import io
     import socket
     import struct
@@ -41,7 +39,7 @@ def kafka_request(bootstrap: str, api_key: int, version: int, fields: dict, time
 
     schema = load_request_schema(api_key, version)
     out = io.BytesIO()
-    header = schema.__header_schema__(request_api_key=api_key, request_api_version=header_version or version,
+    header = schema.__header_schema__(request_api_key=api_key, request_api_version=version,
                                       correlation_id=correlation_id, client_id="zbroker-tests")
     entity_writer(schema.__header_schema__)(out, header)
     entity_writer(schema)(out, build(schema, fields))
@@ -49,17 +47,16 @@ def kafka_request(bootstrap: str, api_key: int, version: int, fields: dict, time
     host, port = bootstrap.split(",")[0].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(struct.pack(">i", len(message)) + message)
-        size = struct.unpack(">i", _read_exactly(sock, 4))[0]
-        reply = _read_exactly(sock, size)
+        size = struct.unpack(">i", read_exactly(sock, 4))[0]
+        reply = read_exactly(sock, size)
     assert struct.unpack_from(">i", reply)[0] == correlation_id
-    if header_version is not None:
-        return reply[4:]
     response = load_response_schema(api_key, version)
     body, _size = entity_reader(response)(reply, 5 if response.__flexible__ else 4)
     return body
 
 
-def _read_exactly(sock, n: int) -> bytes:
+def read_exactly(sock, n: int) -> bytes:
+    """``n`` bytes from ``sock`` (failing if the broker closes the connection first)."""
     out = b""
     while len(out) < n:
         chunk = sock.recv(n - len(out))

@@ -310,6 +310,18 @@ class ClusterProcesses:
             b.close()
 
 
+def running_cluster(root: Path, **settings):
+    """A generator for a fixture: :class:`ClusterProcesses` (``settings`` as its arguments),
+    started with an agreed controller, closed at the end."""
+    cluster = ClusterProcesses(root, **settings)
+    try:
+        cluster.start()
+        wait_until(cluster.agreed_controller, timeout=15, what="a controller")
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def run_cli(*args: str, bootstrap: str | None = None, input: bytes | None = None, timeout: float = 60, cwd=None):
     """Run ``python -m zbroker ARGS`` as a user would; returns the CompletedProcess."""
     env = dict(os.environ)

@@ -7,7 +7,8 @@
 - :class:`~zbroker.core.partitions.PartitionManager` -- the partitions this broker
   holds (open, close, reconcile with the image);
 - :class:`~zbroker.core.produce.ProduceService`, :class:`~zbroker.core.fetch.FetchService`
-  -- the data path; :class:`~zbroker.core.cluster.ClusterInfo` -- metadata answers;
+  -- the data path; :class:`~zbroker.core.delete_records.DeleteRecordsService` -- moving
+  log starts up; :class:`~zbroker.core.cluster.ClusterInfo` -- metadata answers;
 - :class:`~zbroker.core.replication.Replication` -- follower fetching, ISR upkeep;
 - :class:`~zbroker.control.topicadmin.TopicAdmin` -- topics, producer ids, ISR commits,
   through the controller;
@@ -30,6 +31,7 @@ from zbroker.context import PeerChannel
 from zbroker.control.controlplane import ControlPlane, RaftMessage
 from zbroker.control.topicadmin import META_KEY, TopicAdmin
 from zbroker.core.cluster import ClusterInfo
+from zbroker.core.delete_records import DeleteRecordsService
 from zbroker.core.fetch import FetchService
 from zbroker.core.housekeeping import Housekeeping
 from zbroker.core.logmanager import LogManager
@@ -58,6 +60,7 @@ class App:
         self.admin = TopicAdmin(config, broker_id, self.control, self.purgatory, peers, after_propose=self.metadata_changed)
         self.produce = ProduceService(self.partitions, self.purgatory)
         self.fetch = FetchService(self.partitions, self.purgatory)
+        self.delete_records = DeleteRecordsService(self.partitions)
         self.cluster = ClusterInfo(config, broker_id, self.control, self.partitions, self.admin)
         self.replication = Replication(config, broker_id, self.control, self.partitions, self.admin, peers)
         self.groups = GroupCoordinator(config, broker_id, self.control, self.partitions, self.admin, self.purgatory)

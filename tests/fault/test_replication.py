@@ -8,20 +8,14 @@ import signal
 import pytest
 
 from storage.batch import build_native_batch
-from support import ClusterProcesses, RawClient, wait_until
+from support import ClusterProcesses, RawClient, running_cluster, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = ClusterProcesses(tmp_path / "c", replication_factor=3, min_insync_replicas=2, replica_lag_ms=1500)
-    try:
-        c.start()
-        wait_until(c.agreed_controller, timeout=15, what="a controller")
-        yield c
-    finally:
-        c.close()
+    yield from running_cluster(tmp_path / "c", replication_factor=3, min_insync_replicas=2, replica_lag_ms=1500)
 
 
 def partition_meta(c: ClusterProcesses, topic: str, partition: int = 0, via: int | None = None) -> dict:

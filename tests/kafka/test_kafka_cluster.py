@@ -11,21 +11,15 @@ import pytest
 
 from kafka_tools import kafka_request
 from storage import build_kafka_batch
-from support import ClusterProcesses, wait_until
+from support import ClusterProcesses, running_cluster, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = ClusterProcesses(tmp_path / "c", replication_factor=3, min_insync_replicas=2, replica_lag_ms=1500, partitions=1,
-                         kafka=True)
-    try:
-        c.start()
-        wait_until(c.agreed_controller, timeout=15, what="a controller")
-        yield c
-    finally:
-        c.close()
+    yield from running_cluster(tmp_path / "c", replication_factor=3, min_insync_replicas=2, replica_lag_ms=1500, partitions=1,
+                               kafka=True)
 
 
 def partition_meta(c: ClusterProcesses, topic: str, via: int) -> dict | None:

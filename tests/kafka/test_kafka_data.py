@@ -164,10 +164,38 @@ def test_aiokafka_producer_and_an_assigned_consumer(kbroker):
 # -- one log, both doors -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", ["gzip", "zstd", "snappy", "lz4"])
-def test_compressed_kafka_batches_are_read_by_zbroker_consume(kbroker, codec):
+def stored_codecs(bootstrap: str, topic: str, partitions=range(3)) -> set[int]:
+    """The compression codec of every batch ``topic`` holds (attributes bits 0-2), read with a raw Fetch."""
+    response = kafka_request(bootstrap, 1, 12, {"replica_id": -1, "max_wait": 0, "min_bytes": 1, "max_bytes": 1 << 24, "topics": [
+        {"topic": topic, "partitions": [{"partition": p, "current_leader_epoch": -1, "fetch_offset": 0, "last_fetched_epoch": -1,
+                                         "log_start_offset": -1, "partition_max_bytes": 1 << 22} for p in partitions]}]})
+    return {attributes & 7 for p in response.responses[0].partitions for _pos, attributes in batch_attributes(p.records or b"")}
+
+
+def batch_attributes(records: bytes):
+    pos = 0
+    while pos + 61 <= len(records):
+        yield pos, int.from_bytes(records[pos + 21:pos + 23], "big")
+        pos += int.from_bytes(records[pos + 8:pos + 12], "big") + 12
+
+
+# librdkafka compresses with LZ4 only when the broker advertises FindCoordinator (its "LZ4"
+# feature check dates from Kafka 0.8.2), which this door serves once group coordination lands;
+# until then kafka-python produces the LZ4 case, and every case checks the codec that was stored
+@pytest.mark.parametrize("codec,number", [("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)])
+def test_compressed_kafka_batches_are_read_by_zbroker_consume(kbroker, codec, number):
     records = [(b"k%d" % i, b"value %d %s" % (i, b"x" * 50), None) for i in range(200)]
-    confluent_produce(kbroker.kafka_bootstrap, f"c-{codec}", records, **{"compression.type": codec, "linger.ms": 20})
+    if codec == "lz4":
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=kbroker.kafka_bootstrap, compression_type="lz4", linger_ms=20)
+        for key, value, _ in records:
+            producer.send(f"c-{codec}", value, key)
+        producer.flush(30)
+        producer.close(10)
+    else:
+        confluent_produce(kbroker.kafka_bootstrap, f"c-{codec}", records, **{"compression.type": codec, "linger.ms": 20})
+    assert stored_codecs(kbroker.kafka_bootstrap, f"c-{codec}") == {number}
     out = run_cli("consume", f"c-{codec}", "--from-beginning", "--max-messages", "200", "--timeout-ms", "10000", "--print-key",
                   bootstrap=kbroker.bootstrap)
     assert out.returncode == 0, out.stderr
@@ -251,12 +279,6 @@ def test_a_batch_with_a_bad_crc_gets_corrupt_message_and_is_not_stored(kbroker):
     assert "crc" in p.error_message
     good = kafka_request(kbroker.kafka_bootstrap, 0, 9, produce_request("crc", bytes(build_kafka_batch([(1, None, b"v", [])]))))
     assert int(good.responses[0].partition_responses[0].error_code) == 0
-
-
-def test_produce_at_version_99_gets_unsupported_version_and_the_connection_stays(kbroker):
-    body = kafka_request(kbroker.kafka_bootstrap, 0, 9, produce_request("v99", build_kafka_batch([(1, None, b"v", [])])),
-                         header_version=99)
-    assert body[:2] == b"\x00\x23"  # UNSUPPORTED_VERSION (35)
 
 
 def test_an_unknown_topic_with_auto_create_off_fails_the_clients(tmp_path):

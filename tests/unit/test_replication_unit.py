@@ -4,11 +4,13 @@ do to real partitions over real logs.  Pure: time passed in, nothing sent."""
 import pytest
 
 from storage import Log, LogConfig, build_native_batch
+from zbroker.context import INTERNAL
 from zbroker.core.fetch import FetchedPartition, FetchResult
 from zbroker.core.partition import Partition
 from zbroker.core.replication import METADATA_BACKOFF_MS, REPLICA_FETCH_MAX_WAIT_MS, ReplicaFetcher
 from zbroker.errors import ErrorCode
 from tests.unit.batchforge import forge
+from tests.unit.servicefakes import follower_fetch, records_batch
 
 ME = 2
 NOW = 1_000
@@ -278,3 +280,56 @@ def test_an_answer_that_cannot_be_acted_on_backs_off(parts, entry, caplog):
     assert sum(1 for r in caplog.records if r.levelname == "ERROR") == 1
     later = fetcher.requests(parts, LIVE, NOW + ERROR_BACKOFF_MS)
     assert any(("t", 0) in [(p.topic, p.partition) for p in r.partitions] for _, _, r in later)
+
+
+# -- the leader's log start (DeleteRecords) ----------------------------------------------------
+
+
+def answer_t0(fetcher, parts, now=NOW, **fields):
+    """One fetch round to leader 1, answered for t-0 with ``fields`` (high watermark 9 unless given)."""
+    seq = next(s for s, leader, _ in fetcher.requests(parts, LIVE, now) if leader == 1)
+    return answer(fetcher, seq, parts, FetchedPartition("t", 0, **{"high_watermark": 9, **fields}), now=now)
+
+
+def test_a_follower_adopts_the_leaders_log_start_and_never_goes_back(parts):
+    part = parts[("t", 0)]
+    for _ in range(3):
+        append(part, 3, epoch=4)  # 0-8
+    fetcher = ReplicaFetcher(ME)
+    answer_t0(fetcher, parts, log_start_offset=4)
+    assert (part.log.log_start_offset, part.log.log_end_offset) == (4, 9)
+    fetcher.in_flight.clear()
+    answer_t0(fetcher, parts, log_start_offset=2)  # an older answer: no change
+    assert part.log.log_start_offset == 4
+    part.apply_metadata(ME, 5, [1, 2, 3], [1, 2, 3], NOW)  # elected: it does not serve what the leader deleted
+    assert part.log.log_start_offset == 4 and part.high_watermark >= 4
+    part.log._check()
+
+
+def test_the_log_start_is_adopted_after_the_answers_records(parts, logs):
+    leader = Partition("t", 0, logs("leader-t-0"), 1)
+    for _ in range(3):
+        append(leader, 3, epoch=4)
+    leader.log.delete_records_before(4)
+    data = leader.log.read(4, 1 << 20).data  # from the batch holding 4: offsets 3-8
+    part = parts[("t", 0)]
+    append(part, 3, epoch=4)  # 0-2: the follower already has them
+    answer_t0(ReplicaFetcher(ME), parts, log_start_offset=4, data=data)
+    assert (part.log.log_start_offset, part.log.log_end_offset, part.high_watermark) == (4, 9, 9)
+
+
+def test_a_leaders_log_start_past_the_follower_end_is_clipped_to_it(parts):
+    part = parts[("t", 0)]
+    append(part, 5, epoch=4)
+    answer_t0(ReplicaFetcher(ME), parts, log_start_offset=7)
+    assert (part.log.log_start_offset, part.log.log_end_offset) == (5, 5)  # empty, and fetching on from 5
+
+
+def test_a_replica_fetch_answer_carries_the_leaders_log_start(cluster):
+    """The leader side: what the follower adopts is in every follower fetch answer."""
+    app, now = cluster
+    app.produce.produce(INTERNAL, 1, 1000, [("t", 0, records_batch(3)), ("t", 0, records_batch(3))], now)
+    for replica in (2, 3):
+        follower_fetch(app, replica, 6, now)
+    app.delete_records.delete_records(INTERNAL, [("t", 0, 4)], 30_000, now)
+    assert follower_fetch(app, 2, 6, now).log_start_offset == 4

@@ -24,7 +24,8 @@ on who has every committed record.
 Follower side
 -------------
 A follower appends the leader's batches unchanged and sets its high watermark to
-``min(leader's high watermark, own log end)``.
+``min(leader's high watermark, own log end)``; its log start moves up to the leader's,
+clipped to its own log end (:mod:`zbroker.core.replication`).
 """
 
 from __future__ import annotations

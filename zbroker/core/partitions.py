@@ -85,6 +85,15 @@ class PartitionManager:
                                f"broker {self.broker_id} cannot open the files of {topic}-{index} (see its log)")
         raise RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.broker_id} does not lead {topic}-{index} (broker {pm.leader} does)")
 
+    def leader_for_write(self, topic: str, index: int, action: str) -> Partition:
+        """:meth:`leader`, for a client changing the partition's records: an internal topic
+        (``__consumer_offsets``) is the broker's and refuses with INVALID_TOPIC_EXCEPTION
+        ("cannot ``action`` internal topic ..."), before any other check."""
+        meta = self.image.get(topic)
+        if meta is not None and meta.internal:
+            raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"cannot {action} internal topic {topic}")
+        return self.leader(topic, index)
+
     def is_opening(self, tp: TP) -> bool:
         return tp in self.opening
 

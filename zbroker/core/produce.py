@@ -1,6 +1,6 @@
 """Produce: appending record batches on a partition's leader, with acks 0, 1 or all.
 
-- Each batch goes to its partition's leader (:meth:`PartitionManager.leader`); an internal
+- Each batch goes to its partition's leader (:meth:`PartitionManager.leader_for_write`); an internal
   topic (``__consumer_offsets``) is the broker's and refuses it (INVALID_TOPIC_EXCEPTION).
   It is checked against ``max_message_bytes``, the ISR size (acks=all), the rules of a
   produced batch (:func:`storage.batch.validate_produced_batch`: framing and CRC give
@@ -133,10 +133,7 @@ class ProduceService:
         """Append one batch; returns (result, partition or None, end offset)."""
         result = ProduceResult(topic, index)
         try:
-            meta = self.partitions.image.get(topic)
-            if meta is not None and meta.internal:
-                raise RequestError(ErrorCode.INVALID_TOPIC_EXCEPTION, f"cannot append to internal topic {topic}")
-            part = self.partitions.leader(topic, index)
+            part = self.partitions.leader_for_write(topic, index, "append to")
             max_bytes = part.log.config.max_message_bytes
             if len(batch) > max_bytes:
                 raise RequestError(

@@ -20,7 +20,11 @@ The leader answers per partition (:mod:`zbroker.core.fetch`):
   behind (it has not applied its leadership yet): the follower asks again after
   ``METADATA_BACKOFF_MS``;
 - CORRUPT_MESSAGE with ``damaged`` [start, end] when the leader lost those offsets to
-  damaged bytes too: the follower records the same range and goes on at ``end``.
+  damaged bytes too: the follower records the same range and goes on at ``end``;
+- its log start (``log_start_offset``): a follower whose own is lower adopts it, up to its
+  own log end (:meth:`storage.log.Log.delete_records_before`), so records deleted on the
+  leader (DeleteRecords, or retention) are not served again by a follower it elects; one
+  behind the leader's log start (OFFSET_OUT_OF_RANGE) starts over there, empty.
 
 **Damage repair.** A follower whose own log has damaged ranges (found by recovery when it
 opened, or by a read while it led, ``storage.recovery``) truncates to the start of the first
@@ -232,7 +236,19 @@ class ReplicaFetcher:
             except (CorruptBatchError, OffsetMismatch) as exc:
                 self._back_off(part, now_ms, f"bad data from leader {part.leader}: {exc}")
                 return False
+        if entry.log_start_offset > part.log.log_start_offset:
+            self._adopt_log_start(part, entry.log_start_offset, now_ms)
         return part.follower_high_watermark(max(entry.high_watermark, 0))
+
+    def _adopt_log_start(self, part: Partition, start: int, now_ms: int) -> None:
+        """The leader's log start moved past ours (records deleted, or its retention ran):
+        ours becomes ``min(leader's, own log end)``, so that this replica, if elected, never
+        serves records the leader deleted."""
+        try:
+            part.log.delete_records_before(min(start, part.log.log_end_offset))
+        except OSError as exc:  # the next answer tries again
+            self._errors.log(now_ms / 1000, "replica_fetch", logging.ERROR, "replica %s-%s: cannot move the log start "
+                             "to the leader's %d: %s", *part.tp, start, exc)
 
     def _back_off(self, part: Partition, now_ms: int, why: str) -> None:
         self._backoff[part.tp] = now_ms + ERROR_BACKOFF_MS

@@ -1,7 +1,8 @@
 """Seeded random operations against a plain-list model, with ``Log._check()`` after each.
 
 Segments are tiny (``segment_bytes=300``) and so is the index interval, so rolls, index
-entries, multi-segment reads and whole-segment deletions happen constantly.
+entries, multi-segment reads and whole-segment deletions happen constantly; so do deletions of
+records up to any offset (a log start inside a segment and inside a batch).
 """
 
 import random
@@ -18,7 +19,8 @@ CFG = LogConfig(segment_bytes=300, index_interval_bytes=70)
 
 
 class Model:
-    """The log as a list of batches: ``(base_offset, [(timestamp, value)], size)``."""
+    """The log as a list of batches: ``(base_offset, [(timestamp, value)], size)``; the first
+    may hold records below ``start`` (deleted, but their batch is still stored)."""
 
     def __init__(self):
         self.batches = []
@@ -52,13 +54,28 @@ class Model:
             used += size
         return out
 
+    def move_start(self, new_start):
+        """The log start moved up to ``new_start``: batches wholly below it go, the leader
+        epoch covering it now starts there."""
+        while self.batches and self.batches[0][0] + len(self.batches[0][1]) <= new_start:
+            self.batches.pop(0)
+        self.start = new_start
+        assert not self.batches or self.batches[0][0] <= new_start
+        keep = [e for e in self.epochs if e[1] <= new_start]
+        self.epochs = ([(keep[-1][0], new_start)] if keep else []) + [e for e in self.epochs if e[1] > new_start]
+
     def truncate_to(self, offset):
-        if offset >= self.leo:
+        if offset >= self.leo:  # the records stay; epochs starting at or after offset go
+            self.epochs = [e for e in self.epochs if e[1] < offset]
             return
         if offset <= self.start:
             self.batches, self.start, self.epochs = [], offset, []
             return
-        del self.batches[self.index_of(offset):]
+        i = self.index_of(offset)
+        if self.batches[i][0] < self.start:  # the batch holding the start goes: empty at the start
+            self.batches, self.epochs = [], []
+            return
+        del self.batches[i:]
         self.epochs = [e for e in self.epochs if e[1] < self.leo]
 
 
@@ -70,7 +87,7 @@ def check_contents(lg, model):
     if model.leo == model.start:
         assert lg.read(model.start, 10**6).batch_count == 0
         return
-    got = [(o, ts, v) for o, ts, _k, v, _h in decode_all(lg.read(model.start, 10**7).data)]
+    got = [(o, ts, v) for o, ts, _k, v, _h in decode_all(lg.read(model.start, 10**7).data)]  # from the start's batch
     assert got == model.records()
 
 
@@ -124,25 +141,26 @@ def run(tmp_path, seed, ops):
             off = rng.randint(max(0, model.start - 3), model.leo + 3)
             lg.truncate_to(off)
             model.truncate_to(off)
-        elif r < 0.84:
+        elif r < 0.80:
             off = rng.randint(model.start, model.leo + 3)
             before = [s.base_offset for s in lg.segments()]
             n = lg.delete_segments_before(off)
             assert before[n:] == [s.base_offset for s in lg.segments()]
-            new_start = lg.log_start_offset
-            assert new_start <= max(off, model.start)
-            while model.batches and model.batches[0][0] < new_start:
-                model.batches.pop(0)
-            model.start = new_start
-            assert not model.batches or model.batches[0][0] == new_start
-            keep = [e for e in model.epochs if e[1] <= new_start]
-            model.epochs = ([(keep[-1][0], new_start)] if keep else []) + [
-                e for e in model.epochs if e[1] > new_start]
+            assert lg.log_start_offset <= max(off, model.start)
+            model.move_start(lg.log_start_offset)
+        elif r < 0.84:
+            off = rng.randint(model.start - 3, model.leo + 2)
+            if off > model.leo:
+                with pytest.raises(OffsetOutOfRange):
+                    lg.delete_records_before(off)
+                continue
+            assert lg.delete_records_before(off) == max(off, model.start)
+            model.move_start(max(off, model.start))
         elif r < 0.88:
             lg.roll(now)
         elif r < 0.92:
             ts = rng.randint(9_000, ts_clock + 100)
-            want = next(((o, t) for o, t, _ in model.records() if t >= ts), None)
+            want = next(((o, t) for o, t, _ in model.records() if t >= ts and o >= model.start), None)
             assert lg.offset_for_timestamp(ts) == want
         elif r < 0.95:
             lg.flush(now)
@@ -154,6 +172,8 @@ def run(tmp_path, seed, ops):
             rp = rng.choice([None, lg.recovery_point])
             lg.handles.close_all()
             lg = Log(d, CFG, now_ms=now, recovery_point=rp)
+        if r >= 0.95:  # reopened: an epoch that starts at the log end (no record yet) is forgotten
+            model.epochs = [e for e in model.epochs if e[1] < model.leo]
         lg._check()
         assert (lg.log_start_offset, lg.log_end_offset) == (model.start, model.leo), step
         assert lg.leader_epoch_cache.entries == model.epochs, step
