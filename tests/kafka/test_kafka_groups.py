@@ -311,3 +311,16 @@ def test_a_transactional_producer_is_told_transactions_are_not_supported(kbroker
     with pytest.raises(KafkaError, match="InvalidTxnState"):
         KafkaProducer(bootstrap_servers=kbroker.kafka_bootstrap, transactional_id="tx", max_block_ms=30000).init_transactions()
     assert time.monotonic() - started < 20
+
+
+def test_a_kip848_regex_subscription_gets_the_matching_topics(kbroker):
+    create_topic(kbroker, "rx-a", 2)
+    create_topic(kbroker, "rx-b", 1)
+    create_topic(kbroker, "other", 1)
+    kafka = kip848_consumer(kbroker, "regex-group")
+    try:
+        kafka.subscribe(["^rx-.*"])  # librdkafka sends it as subscribed_topic_regex
+        wait_until(lambda: kafka.poll(0.05) is None and assigned(kafka) == {("rx-a", 0), ("rx-a", 1), ("rx-b", 0)}, 60,
+                   what="the topics the regex matches")
+    finally:
+        kafka.close()
