@@ -162,7 +162,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     },
     DELETE_TOPIC: {"topic": _TOPIC},
     DESCRIBE_TOPIC: {"topic": _TOPIC},
-    ALTER_TOPIC_CONFIG: {"topic": _TOPIC, "config": _f(dict)},
+    ALTER_TOPIC_CONFIG: {"topic": _TOPIC, "config": _f(dict), "validate_only": _f(bool, required=False, default=False)},
     PRODUCE: {
         "acks": _f(int, required=False, default=1),
         "timeout_ms": _f(int, required=False, default=30000),
@@ -191,7 +191,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # one index lookup answered on its own, so the cost is what the request carries
         "partitions": _f(list, item={**_TOPIC_PARTITION, "timestamp": _f(int)}),
     },
-    CREATE_PARTITIONS: {"topic": _TOPIC, "total": _f(int)},
+    CREATE_PARTITIONS: {"topic": _TOPIC, "total": _f(int), "validate_only": _f(bool, required=False, default=False)},
     INIT_PRODUCER_ID: {},
     FIND_COORDINATOR: {"group": _f(str)},
     GROUP_HEARTBEAT: {

@@ -62,12 +62,14 @@ class DeleteTopic:
 class AlterTopicConfig:
     topic: str
     config: dict  # key -> value, or None to remove an override
+    validate_only: bool = False
 
 
 @dataclass(slots=True)
 class CreatePartitions:
     topic: str
     total: int
+    validate_only: bool = False
 
 
 @dataclass(slots=True)
@@ -346,6 +348,8 @@ class TopicAdmin:
         changes = {k: v for k, v in req.config.items() if v is not None or k not in TOPIC_CONFIG}  # unknown: named
         kept = {k: v for k, v in topic.overrides.items() if k not in removals}
         overrides = self._checked_overrides(kept, len(topic.partitions[0].replicas), changes)
+        if req.validate_only:
+            return [], ()
         log.info("altering topic=%s set=%s removed=%s", topic.name, changes, removals)
         return [{"type": TOPIC_CONFIG_RECORD, "name": topic.name, "overrides": overrides}], ()
 
@@ -356,6 +360,8 @@ class TopicAdmin:
         total, current = req.total, topic.partition_count
         if not current < total <= 100_000:
             raise RequestError(ErrorCode.INVALID_PARTITIONS, f"{topic.name} has {current} partitions: the new total must be more, at most 100000")
+        if req.validate_only:
+            return [], ()
         brokers = [b.id for b in self.config.brokers]
         rf = len(topic.partitions[0].replicas)
         live = self.control.live_brokers(now_ms)

@@ -55,11 +55,11 @@ def delete_topic(app, ctx, fields, payloads, now_ms):
 
 
 def alter_topic_config(app, ctx, fields, payloads, now_ms):
-    return app.admin.alter_topic_config(ctx, AlterTopicConfig(fields["topic"], fields["config"]), now_ms)
+    return app.admin.alter_topic_config(ctx, AlterTopicConfig(fields["topic"], fields["config"], fields["validate_only"]), now_ms)
 
 
 def create_partitions(app, ctx, fields, payloads, now_ms):
-    return app.admin.create_partitions(ctx, CreatePartitions(fields["topic"], fields["total"]), now_ms)
+    return app.admin.create_partitions(ctx, CreatePartitions(fields["topic"], fields["total"], fields["validate_only"]), now_ms)
 
 
 def init_producer_id(app, ctx, fields, payloads, now_ms):
