@@ -381,7 +381,7 @@ class GroupCoordinator:
 
     def heartbeat(self, ctx: RequestContext, req: MemberHeartbeat, now_ms: int) -> HeartbeatResult | Completion[HeartbeatResult]:
         req.owned = checked_tps("owned", req.owned)
-        if req.rebalance_timeout_ms < 1000:
+        if req.rebalance_timeout_ms is not None and req.rebalance_timeout_ms < 1000:
             raise RequestError(ErrorCode.INVALID_REQUEST, f"rebalance_timeout_ms must be >= 1000, got {req.rebalance_timeout_ms}")
         part = self._group_partition(req.group, now_ms)
         lo, hi = self.config.setting("group_min_session_timeout_ms"), self.config.setting("group_max_session_timeout_ms")

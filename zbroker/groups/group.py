@@ -69,7 +69,8 @@ class MemberHeartbeat:
     """A member's heartbeat (KIP-848's ConsumerGroupHeartbeat, whatever door it came through).
 
     ``member_epoch`` 0 joins, -1 leaves, -2 leaves for a while (a static member);
-    ``topics``, ``owned`` and ``assignor`` None mean "unchanged since the last heartbeat".
+    ``topics``, ``owned``, ``assignor`` and ``rebalance_timeout_ms`` None mean "unchanged
+    since the last heartbeat" (a new member gets the default rebalance timeout).
     """
 
     group: str
@@ -80,7 +81,7 @@ class MemberHeartbeat:
     topics: list[str] | None = None
     owned: list[TP] | None = None
     assignor: str | None = None
-    rebalance_timeout_ms: int = 300_000
+    rebalance_timeout_ms: int | None = 300_000
     session_timeout_ms: int = 45_000
 
 

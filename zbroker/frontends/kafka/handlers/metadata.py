@@ -4,11 +4,14 @@ Brokers are advertised at their Kafka address (``kafka_host``, default ``host``,
 ``kafka_port``; brokers without a Kafka listener are left out).  Topics a client names
 are auto-created when the cluster's ``auto_create_topics`` says so and the request
 allows it (v4+; always for older versions, as Kafka does); a topic being created answers
-LEADER_NOT_AVAILABLE and the client asks again.
+LEADER_NOT_AVAILABLE and the client asks again.  Topics asked for by id (v10+) are found
+by id, an unknown id is UNKNOWN_TOPIC_ID, and never auto-created.
 """
 
 from __future__ import annotations
 
+from zbroker.errors import ErrorCode
+from zbroker.frontends.kafka.datapath import topic_name
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation, topic
 
@@ -22,14 +25,30 @@ def kafka_brokers(app) -> list[dict]:
             for b in app.config.brokers if b.kafka_port]
 
 
+def _by_id(app, request, version: int) -> tuple[list[str], list[dict]]:
+    """Topics asked for by id (v10+, name null; librdkafka does so for a KIP-848
+    assignment): the names of those that exist, and the answers for those that do not."""
+    names, unknown = [], []
+    for t in request.topics or ():
+        if t.name is None and getattr(t, "topic_id", None) is not None and t.topic_id.int:
+            name = topic_name(app, t.topic_id)
+            if name is None:
+                unknown.append({"error_code": ErrorCode.UNKNOWN_TOPIC_ID, "name": None if version >= 12 else "",
+                                "topic_id": t.topic_id,
+                                "partitions": [], "topic_authorized_operations": -2147483648})
+            else:
+                names.append(name)
+    return names, unknown
+
+
 def metadata(app, ctx, request, version, now_ms):
     names = None if request.topics is None else [t.name for t in request.topics if t.name is not None]
     if version == 0 and not names:
         names = None  # v0: an empty list means every topic
+    by_id, topics = _by_id(app, request, version) if version >= 10 else ([], [])
     auto_create = getattr(request, "allow_auto_topic_creation", True)
-    answer = app.cluster.metadata(ctx, names, auto_create, now_ms)
+    answer = app.cluster.metadata(ctx, names if names is None else names + by_id, auto_create, now_ms)
     image = app.control.image
-    topics = []
     for t in answer.topics:
         meta = image.get(t.topic)
         topics.append({
