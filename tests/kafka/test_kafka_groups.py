@@ -132,6 +132,9 @@ def test_a_kafka_group_is_shown_by_zbroker_groups_describe(kbroker, protocol):
         assert out.returncode == 0, out.stderr
         text = out.stdout.decode()
         assert f"{protocol}-client" in text and "shown" in text and "Stable" in text.title()
+        # a classic member's assignment bytes (Kafka's ConsumerProtocol) are shown as partitions too
+        members = Admin(bootstrap=kbroker.bootstrap).describe_group("shown-group").members
+        assert sorted(tuple(tp) for m in members for tp in m.assignment) == [("shown", 0), ("shown", 1), ("shown", 2)]
         listed = run_cli("groups", "list", bootstrap=kbroker.bootstrap)
         assert "shown-group" in listed.stdout.decode().split()
     finally:

@@ -35,6 +35,7 @@ from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.groups.classic import (ClassicGroup, ClassicHeartbeat, ClassicState, JoinGroup, JoinResult, LeaveGroup,
                                     SyncGroup, SyncResult)
+from zbroker.groups.consumer_protocol import assigned_partitions, subscribed_topics
 from zbroker.groups.group import Group, GroupError, HeartbeatAnswer, Member, MemberHeartbeat
 from zbroker.groups.records import pack, parse_record
 from zbroker.hashing import positive_hash_mod
@@ -574,9 +575,13 @@ class GroupCoordinator:
     def _describe_classic(self, c: ClassicGroup, committed: list[CommittedOffset]) -> GroupDetail:
         """Kafka's DescribeGroups: metadata and assignments only once Stable."""
         stable = c.state is ClassicState.STABLE
-        members = [MemberDetail(m.member_id, m.instance_id, m.client_id, [], c.generation, [], [], m.client_host,
-                                m.metadata(c.protocol_name) if stable else b"", m.assignment if stable else b"")
-                   for m in c.members.values()]
+        members = []
+        for m in c.members.values():
+            metadata, assignment = (m.metadata(c.protocol_name), m.assignment) if stable else (b"", b"")
+            readable = c.protocol_type == "consumer"  # Kafka's ConsumerProtocol: shown as topics and partitions
+            members.append(MemberDetail(m.member_id, m.instance_id, m.client_id, subscribed_topics(metadata) if readable else [],
+                                        c.generation, assigned_partitions(assignment) if readable else [], [], m.client_host,
+                                        metadata, assignment))
         return GroupDetail(c.group_id, c.state.value, c.generation, c.protocol_name if stable else "", members, committed,
                            "classic", c.protocol_type or "")
 
