@@ -16,7 +16,7 @@ from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation, topic
 
 API_KEY = 3
-VERSIONS = (0, 12)
+VERSIONS = (0, 13)
 
 
 def kafka_brokers(app) -> list[dict]:
@@ -71,7 +71,8 @@ def _access(request):
 
 def _error(request, version, code, message):
     names = [] if request is None or request.topics is None else [t.name for t in request.topics]
-    return {"brokers": [], "topics": [{"error_code": code, "name": n, "partitions": []} for n in names]}
+    return {"brokers": [], "error_code": code,  # top level: v13+
+            "topics": [{"error_code": code, "name": n, "partitions": []} for n in names]}
 
 
 ROUTE = KafkaRoute(API_KEY, "Metadata", VERSIONS, metadata, error=_error, access=_access)
