@@ -2,23 +2,17 @@
 
 Every test here talks to a broker process started by the test, through its Kafka
 listener, with a real client: Debian's kcat, confluent-kafka (librdkafka), kafka-python,
-aiokafka.  ``scripts/test.sh`` installs them all; a missing one fails the test (it is
-never skipped: CI must run these).
+aiokafka, quixstreams.  ``scripts/test.sh`` installs them all; a missing one fails the
+test (it is never skipped: CI must run these).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from support import BrokerProcess
-
 
 @pytest.fixture
-def kbroker(tmp_path):
-    """A single-node broker with a Kafka listener (``kbroker.kafka_bootstrap``)."""
-    proc = BrokerProcess(tmp_path / "data")
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.close()
+def kbroker(broker):
+    """A single-node broker (tests/conftest.py's ``broker``); Kafka clients connect to
+    ``kbroker.kafka_bootstrap``."""
+    return broker
