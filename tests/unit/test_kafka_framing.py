@@ -214,6 +214,29 @@ def test_too_many_requests_in_flight_pause_reading_until_replies_leave(conn, par
     assert not conn.transport.paused and len(conn.transport.sent) == MAX_IN_FLIGHT
 
 
+def test_requests_pipelined_in_one_read_run_at_most_max_in_flight_at_once(conn, parked):
+    # one read carrying many small requests (a hostile client sends thousands of fetches
+    # in 40 KB and never reads): only MAX_IN_FLIGHT run; the rest wait, unread, in order
+    n = 5 * MAX_IN_FLIGHT
+    conn.data_received(b"".join(metadata_v1(i, "later") for i in range(n)), 0)
+    assert len(parked) == MAX_IN_FLIGHT and conn.transport.paused
+    done = 0
+    while done < len(parked):
+        parked[done].complete({"topics": []})
+        done += 1
+        assert len(parked) - done <= MAX_IN_FLIGHT
+    assert len(parked) == n and not conn.transport.paused
+    assert correlation_ids(conn.transport.sent) == list(range(n))
+
+
+def test_no_request_runs_while_the_transport_output_is_backed_up(conn, parked):
+    conn.pause_writing()
+    conn.data_received(metadata_v1(1, "t") + metadata_v1(2, "t"), 0)
+    assert conn.transport.sent == [] and conn.transport.paused
+    conn.resume_writing()
+    assert correlation_ids(conn.transport.sent) == [1, 2] and not conn.transport.paused
+
+
 def test_api_versions_lists_the_table_and_answers_any_version(conn):
     conn.data_received(request(18, 0, 1) + request(18, 9, 2), 0)
     first, second = conn.transport.sent

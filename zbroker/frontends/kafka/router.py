@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
@@ -204,7 +205,7 @@ class KafkaConnection:
     through its transport in request order."""
 
     def __init__(self, router: KafkaRouter, conn_id: Hashable, peer: str, transport: Transport, max_request_bytes: int,
-                 principal: str = ANONYMOUS) -> None:
+                 principal: str = ANONYMOUS, clock: Callable[[], int] | None = None) -> None:
         self.router = router
         self.id = conn_id
         self.peer = peer
@@ -215,20 +216,45 @@ class KafkaConnection:
         self.replies = ReplyOrder()
         self.closed = False
         self._paused = False
+        # Requests cut from the stream but not yet run: one read can carry thousands of
+        # small requests (a pipelining or hostile client), and each may produce a large
+        # reply.  They run only while fewer than MAX_IN_FLIGHT replies are outstanding and
+        # the transport's output is not backed up (pause_writing), so the broker holds at
+        # most that many replies per connection, whatever the client sends.
+        self._pending: deque[bytes] = deque()
+        self._writing_paused = False
+        self._running = False
+        self._now = 0
+        self._clock = clock or (lambda: self._now)
 
     def data_received(self, data: bytes, now_ms: int) -> None:
+        self._now = now_ms
         try:
             frames = self.framer.feed(data)
         except FrameTooLarge as exc:
             self.fail(str(exc))
             return
-        for frame in frames:
-            if self.closed:
-                return
-            self.router.handle(self, frame, self.replies.reserve(), now_ms)
-        if len(self.replies) >= MAX_IN_FLIGHT and not self._paused and not self.closed:
+        self._pending.extend(frames)
+        self._run(now_ms)
+
+    def _run(self, now_ms: int) -> None:
+        """Run pending requests while the connection has room for their replies."""
+        if self._running:  # a reply filled from inside handle(): the loop below goes on
+            return
+        self._running = True
+        try:
+            while self._pending and not self.closed and not self._writing_paused and len(self.replies) < MAX_IN_FLIGHT:
+                self.router.handle(self, self._pending.popleft(), self.replies.reserve(), now_ms)
+        finally:
+            self._running = False
+        if self.closed:
+            return
+        if (self._pending or len(self.replies) >= MAX_IN_FLIGHT) and not self._paused:
             self._paused = True
             self.transport.pause_reading()
+        elif self._paused and not self._pending and len(self.replies) < MAX_IN_FLIGHT // 2:
+            self._paused = False
+            self.transport.resume_reading()
 
     def fill(self, slot: int, reply: bytes | None) -> None:
         if self.closed:
@@ -237,9 +263,18 @@ class KafkaConnection:
         ready = self.replies.ready()
         if ready:
             self.transport.write(ready)
-        if self._paused and len(self.replies) < MAX_IN_FLIGHT // 2:
-            self._paused = False
-            self.transport.resume_reading()
+        if not self._running:
+            self._run(self._clock())
+
+    def pause_writing(self) -> None:
+        """The transport's unwritten output passed its limit: run no more requests."""
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's output drained: run the requests that waited."""
+        self._writing_paused = False
+        if not self.closed and not self._running:
+            self._run(self._clock())
 
     def fail(self, why: str) -> None:
         """Bad bytes from the client: log it and close the connection."""
@@ -249,5 +284,6 @@ class KafkaConnection:
         self.transport.close()
 
     def connection_lost(self) -> None:
-        """The peer went away: replies still to come are dropped."""
+        """The peer went away: replies still to come are dropped, requests not run are not."""
         self.closed = True
+        self._pending.clear()
