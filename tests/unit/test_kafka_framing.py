@@ -16,7 +16,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import codec
 from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
 from zbroker.frontends.kafka.handlers import api_versions
-from zbroker.frontends.kafka.router import MAX_IN_FLIGHT, NO_REPLY, KafkaConnection, KafkaRoute, KafkaRouter
+from zbroker.frontends.kafka.router import CLOSE_CONNECTION, MAX_IN_FLIGHT, NO_REPLY, KafkaConnection, KafkaRoute, KafkaRouter
 from zbroker.metrics import RequestMetrics
 from zbroker.security import AllowAll
 
@@ -156,6 +156,8 @@ def conn(parked):
             raise ZeroDivisionError
         if req.topics and req.topics[0].name == "quiet":
             return NO_REPLY
+        if req.topics and req.topics[0].name == "hangup":
+            return CLOSE_CONNECTION
         return {"topics": [{"name": t.name} for t in req.topics or ()]}
 
     def error(req, version, code, message):
@@ -235,6 +237,13 @@ def test_no_request_runs_while_the_transport_output_is_backed_up(conn, parked):
     assert conn.transport.sent == [] and conn.transport.paused
     conn.resume_writing()
     assert correlation_ids(conn.transport.sent) == [1, 2] and not conn.transport.paused
+
+
+def test_close_connection_sends_the_replies_before_it_then_closes(conn, parked):
+    conn.data_received(metadata_v1(1, "later") + metadata_v1(2, "t") + metadata_v1(3, "hangup") + metadata_v1(4, "t"), 0)
+    assert conn.transport.sent == [] and not conn.transport.closed
+    parked[0].complete({"topics": []})
+    assert correlation_ids(conn.transport.sent) == [1, 2] and conn.transport.closed
 
 
 def test_api_versions_lists_the_table_and_answers_any_version(conn):

@@ -46,6 +46,7 @@ class TcpTransport:
         self.protocol = None
         self._paused_by_protocol = False
         self._paused_by_output = False
+        self._closing = False
 
     # -- what the protocol calls -------------------------------------------------
 
@@ -60,6 +61,15 @@ class TcpTransport:
 
     def close(self) -> None:
         self.listener.drop(self)
+
+    def close_after_write(self) -> None:
+        """Read no more; close once the output queued so far is written."""
+        self._closing = True
+        self._paused_by_protocol = True
+        if not self.out:
+            self.listener.drop(self)
+        else:
+            self._update()
 
     def pause_reading(self) -> None:
         self._paused_by_protocol = True
@@ -90,6 +100,9 @@ class TcpTransport:
                 else:
                     self.out[0] = head[sent:]
                     sent = 0
+        if self._closing and not self.out:
+            self.listener.drop(self)
+            return
         limit = self.listener.max_buffered_bytes
         was_paused = self._paused_by_output
         if self.buffered > limit:

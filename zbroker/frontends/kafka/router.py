@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 LISTENER = "kafka"
 #: A handler's answer meaning "send nothing" (an acks=0 produce).
 NO_REPLY = object()
+#: A handler's answer meaning "send nothing and close the connection once the replies
+#: before it are written": an acks=0 produce that failed.  Kafka's broker does this
+#: (KafkaApis.handleProduceRequest), since the client reads no answer: the dropped
+#: connection is how it learns, and it refreshes its metadata before it sends again
+#: (a leader that moved, a topic deleted), instead of writing into the void.
+CLOSE_CONNECTION = object()
 #: Requests of one connection in progress at once; beyond it the connection is not read
 #: until replies leave (Kafka clients keep at most a handful in flight).
 MAX_IN_FLIGHT = 32
@@ -146,8 +152,8 @@ class KafkaRouter:
         except Exception as exc:  # a bug must not stop the broker
             log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
             answer = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
-        if answer is NO_REPLY:
-            conn.fill(slot, None)
+        if answer is NO_REPLY or answer is CLOSE_CONNECTION:
+            conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
             self.metrics.observe(LISTENER, name, time.perf_counter() - started)
         elif isinstance(answer, Completion):
             answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started))
@@ -256,11 +262,19 @@ class KafkaConnection:
             self._paused = False
             self.transport.resume_reading()
 
-    def fill(self, slot: int, reply: bytes | None) -> None:
+    def fill(self, slot: int, reply) -> None:
+        """``reply``: the bytes to send, None for nothing, or :data:`CLOSE_CONNECTION`."""
         if self.closed:
             return
         self.replies.fill(slot, reply)
         ready = self.replies.ready()
+        if ready and ready[-1] is CLOSE_CONNECTION:  # ready() stops at it
+            self.closed = True
+            self._pending.clear()
+            self.transport.write(ready[:-1])
+            close_after_write = getattr(self.transport, "close_after_write", None)
+            (close_after_write or self.transport.close)()
+            return
         if ready:
             self.transport.write(ready)
         if not self._running:
