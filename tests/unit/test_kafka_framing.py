@@ -246,6 +246,45 @@ def test_close_connection_sends_the_replies_before_it_then_closes(conn, parked):
     assert correlation_ids(conn.transport.sent) == [1, 2] and conn.transport.closed
 
 
+def test_a_bug_building_a_parked_answer_neither_reaches_the_settler_nor_stalls_the_connection():
+    from zbroker.frontends.kafka import groupmap
+    from zbroker.frontends.kafka.datapath import then
+
+    parked: list[Completion] = []
+
+    def metadata(app, ctx, req, version, now_ms):
+        inner = Completion()
+        parked.append(inner)
+        if req.topics[0].name == "gathered":
+            return groupmap.gather([inner], lambda values: {"topics": [{"name": 1 / 0}]})
+        return then(inner, lambda value: {"topics": [{"name": value["oops"]}]})
+
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), metadata)], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=10_000)
+    conn.data_received(metadata_v1(1, "x") + metadata_v1(2, "gathered"), 0)
+    for inner in parked:  # a service settling its completions in a loop, as a group answers its members
+        inner.complete({})
+    assert correlation_ids(conn.transport.sent) == [1, 2] and not conn.transport.closed
+
+
+def test_a_route_whose_error_answer_fails_closes_the_connection_instead_of_hanging_it():
+    parked: list[Completion] = []
+
+    def metadata(app, ctx, req, version, now_ms):
+        done = Completion()
+        parked.append(done)
+        return done
+
+    def broken_error(req, version, code, message):
+        raise KeyError("bug")
+
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), metadata, error=broken_error)], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=10_000)
+    conn.data_received(metadata_v1(1, "x"), 0)
+    parked[0].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "slow"))  # must not raise into the settler
+    assert conn.transport.closed
+
+
 def test_api_versions_lists_the_table_and_answers_any_version(conn):
     conn.data_received(request(18, 0, 1) + request(18, 9, 2), 0)
     first, second = conn.transport.sent

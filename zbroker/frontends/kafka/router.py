@@ -169,14 +169,21 @@ class KafkaRouter:
                                                           f"{resource.type.value} {resource.name!r}")
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
-        if done.error is not None:
-            answer = route.error(request, version, done.error.code, done.error.message)
-        else:
-            answer = done.value
-        if answer is NO_REPLY:
-            conn.fill(slot, None)
-            return
-        self._answer(conn, slot, route, request, version, cid, answer, started)
+        # runs inside whatever settled ``done`` (the purgatory, a group answering all its
+        # members in a loop): an exception here would skip the rest of that work and leave
+        # this connection's reply slot empty, holding back every later reply
+        try:
+            if done.error is not None:
+                answer = route.error(request, version, done.error.code, done.error.message)
+            else:
+                answer = done.value
+            if answer is NO_REPLY or answer is CLOSE_CONNECTION:
+                conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
+                return
+            self._answer(conn, slot, route, request, version, cid, answer, started)
+        except Exception:
+            log.exception("error answering %s v%s from %s", route.name, version, conn.peer)
+            conn.fail(f"cannot answer {route.name} v{version}")
 
     def _answer(self, conn, slot, route, request, version, cid, answer: dict, started) -> None:
         try:
