@@ -21,7 +21,9 @@ a rule that relates it to other keys is one entry of :data:`RULES`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +316,22 @@ _BROKER_KEYS = {"id": _int(0, 2**31 - 1), "host": _str, "port": _int(1, 65535), 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
+def is_wildcard_host(host: str) -> bool:
+    """Whether ``host`` is an address that binds every interface, in any spelling a socket
+    accepts (``0.0.0.0``, ``0``, ``::``, ``[::]``, ``::0``, ``0:0::0``, ...)."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name in WILDCARD_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_unspecified
+    except ValueError:
+        pass
+    try:  # inet_aton's short forms: "0", "0.0", "0x0", ...
+        return socket.inet_aton(name) == bytes(4)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """A whole config file."""
@@ -420,7 +438,7 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
         entry.setdefault("port", DEFAULT_PORT)
         entry.setdefault("gossip_port", entry["port"] + 1)
         entry.setdefault("data_dir", f"{DEFAULT_DATA_DIR}/{entry['id']}")
-        if "kafka_port" in entry and entry.get("kafka_host", entry["host"]) in WILDCARD_HOSTS:
+        if "kafka_port" in entry and is_wildcard_host(entry.get("kafka_host", entry["host"])):
             raise ConfigError(f"{where}.kafka_host: Kafka clients are sent this address and cannot connect to "
                               f"{entry.get('kafka_host', entry['host'])!r}: set kafka_host to an address they can reach")
         for key in ("port", "gossip_port", "kafka_port"):

@@ -73,3 +73,63 @@ def test_pipelined_requests_are_answered_in_order_while_another_client_is_served
             size = struct.unpack(">i", read_exactly(greedy, 4))[0]
             reply = read_exactly(greedy, size)
             assert struct.unpack_from(">ih", reply) == (cid, 0)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def test_fetches_pipelined_by_a_client_that_does_not_read_run_a_few_at_a_time(kbroker):
+    """400 Fetch requests of a 2 MB record in one write, replies unread: the broker runs
+    at most MAX_IN_FLIGHT at once and none while the connection's output is backed up
+    (it used to run them all: 800 MB of replies held for one client); every reply still
+    comes, in order, once the client reads."""
+    import io
+    import time
+
+    from kio.index import load_request_schema
+    from kio.serial import entity_writer
+
+    from kafka_tools import kafka_request
+    from storage.batch import build_kafka_batch
+    from zbroker.frontends.kafka.codec import build
+
+    bootstrap = kbroker.kafka_bootstrap
+    created = kafka_request(bootstrap, 19, 5, {"topics": [{"name": "big", "num_partitions": 1, "replication_factor": 1,
+                                                           "configs": [{"name": "max.message.bytes", "value": "3000000"}]}],
+                                               "timeout": 10_000})
+    assert created.topics[0].error_code == 0
+    deadline = time.monotonic() + 10
+    while True:
+        answer = kafka_request(bootstrap, 0, 9, {"acks": 1, "timeout": 5000, "topic_data": [{"name": "big", "partition_data": [
+            {"index": 0, "records": build_kafka_batch([(int(time.time() * 1000), None, bytes(2_000_000), None)])}]}]})
+        if answer.responses[0].partition_responses[0].error_code == 0:
+            break
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+    schema = load_request_schema(1, 11)
+    fetch = build(schema, {"replica_id": -1, "max_wait": 0, "min_bytes": 1, "max_bytes": 4_000_000, "topics": [
+        {"topic": "big", "partitions": [{"partition": 0, "fetch_offset": 0, "partition_max_bytes": 4_000_000,
+                                         "current_leader_epoch": -1, "log_start_offset": -1}]}]})
+    requests = []
+    for cid in range(400):
+        out = io.BytesIO()
+        entity_writer(schema.__header_schema__)(out, schema.__header_schema__(
+            request_api_key=1, request_api_version=11, correlation_id=cid, client_id="hoarder"))
+        entity_writer(schema)(out, fetch)
+        requests.append(struct.pack(">i", len(out.getvalue())) + out.getvalue())
+    host, port = bootstrap.split(":")
+    before = _rss_kib(kbroker.proc.pid)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"".join(requests))
+        peak = before
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # the broker does whatever it will with them
+            peak = max(peak, _rss_kib(kbroker.proc.pid))
+            time.sleep(0.05)
+        assert peak - before < 400_000, f"broker RSS grew by {(peak - before) // 1024} MiB for one client's unread replies"
+        for cid in range(400):
+            size = struct.unpack(">i", read_exactly(sock, 4))[0]
+            reply = read_exactly(sock, size)
+            assert struct.unpack_from(">i", reply)[0] == cid

@@ -41,6 +41,9 @@ def test_defaults_and_relative_data_dir(tmp_path):
         ("[[broker]]\nid = 1\nkafka_port = 9555\n", "broker[0].kafka_port: port 9555 on 127.0.0.1 is already used by broker[0].port"),
         ("[[broker]]\nid = 1\nhost = \"0.0.0.0\"\nkafka_port = 9092\n", "broker[0].kafka_host: Kafka clients are sent this address"),
         ("[[broker]]\nid = 1\nkafka_port = 9092\nkafka_host = \"::\"\n", "cannot connect to '::'"),
+        ("[[broker]]\nid = 1\nkafka_port = 9092\nkafka_host = \"0\"\n", "cannot connect to '0'"),
+        ("[[broker]]\nid = 1\nkafka_port = 9092\nkafka_host = \"::0\"\n", "cannot connect to '::0'"),
+        ("[[broker]]\nid = 1\nkafka_port = 9092\nkafka_host = \"[::]\"\n", "cannot connect to '[::]'"),
         ("[[broker]]\nid = 1\nkafka_port = \"9092\"\n", "broker[0].kafka_port: must be an integer"),
         ("[clutser]\n[[broker]]\nid = 1\n", "clutser: unknown section"),
         ("[cluster]\n", "broker: missing"),
@@ -88,3 +91,15 @@ def test_kafka_listener_keys_default_to_none_and_the_broker_host(tmp_path):
 def test_single_node_defaults():
     cfg = single_node_config()
     assert cfg.brokers[0].address == "127.0.0.1:9555" and cfg.brokers[0].data_dir == "zbroker-data"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "0", "0.0", "0x0", "::", "[::]", "::0", "0:0:0:0:0:0:0:0", ""])
+def test_every_spelling_of_the_wildcard_address_is_one(host):
+    from zbroker.config import is_wildcard_host
+    assert is_wildcard_host(host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "10.0.0.5", "broker1.example.com", "0.0.0.1"])
+def test_addresses_clients_can_reach_are_not_wildcards(host):
+    from zbroker.config import is_wildcard_host
+    assert not is_wildcard_host(host)

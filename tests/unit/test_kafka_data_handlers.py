@@ -14,7 +14,7 @@ from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, MAX_TIMESTA
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka.codec import build
 from zbroker.frontends.kafka.handlers import fetch, init_producer_id, list_offsets, offset_for_leader_epoch, produce
-from zbroker.frontends.kafka.router import NO_REPLY
+from zbroker.frontends.kafka.router import CLOSE_CONNECTION, NO_REPLY
 
 NOW = START_MS
 
@@ -37,7 +37,7 @@ def produce_to(app, version, records, topic="t", partition=0, acks=1, **fields):
     where = {"topic_id": app.control.image.get(topic).topic_id} if version >= 13 else {"name": topic}
     answer = call(produce.ROUTE, version, app, acks=acks, timeout=1000, **fields,
                   topic_data=[{**where, "partition_data": [{"index": partition, "records": records}]}])
-    if answer is NO_REPLY:
+    if answer is NO_REPLY or answer is CLOSE_CONNECTION:
         return answer
     (t,) = answer["responses"]
     (p,) = t["partition_responses"]
@@ -103,6 +103,17 @@ def test_acks_0_gets_no_reply_and_idempotent_resends_are_not_written_twice(app):
     again = call(init_producer_id.ROUTE, 4, app, transactional_id=None, transaction_timeout=-1,
                  producer_id=pid["producer_id"], producer_epoch=0)
     assert again["producer_id"] != pid["producer_id"] and again["producer_epoch"] == 0  # KIP-360 without a txn id
+
+
+def test_an_acks_0_produce_that_fails_closes_the_connection_as_kafka_does(app):
+    # the producer reads no answer: a dropped connection is how it learns to refresh metadata
+    assert produce_to(app, 9, kafka_batch(1), partition=7, acks=0) is CLOSE_CONNECTION
+    bad = bytearray(kafka_batch(1))
+    bad[-1] ^= 0xFF
+    assert produce_to(app, 9, bytes(bad), acks=0) is CLOSE_CONNECTION
+    assert produce_to(app, 9, kafka_batch(1), acks=0, transactional_id="tx") is CLOSE_CONNECTION
+    assert produce_to(app, 9, kafka_batch(2), acks=0) is NO_REPLY
+    assert app.partitions.get(("t", 0)).log.log_end_offset == 2
 
 
 # -- Fetch --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import codec
 from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
 from zbroker.frontends.kafka.handlers import api_versions
-from zbroker.frontends.kafka.router import MAX_IN_FLIGHT, NO_REPLY, KafkaConnection, KafkaRoute, KafkaRouter
+from zbroker.frontends.kafka.router import CLOSE_CONNECTION, MAX_IN_FLIGHT, NO_REPLY, KafkaConnection, KafkaRoute, KafkaRouter
 from zbroker.metrics import RequestMetrics
 from zbroker.security import AllowAll
 
@@ -156,6 +156,8 @@ def conn(parked):
             raise ZeroDivisionError
         if req.topics and req.topics[0].name == "quiet":
             return NO_REPLY
+        if req.topics and req.topics[0].name == "hangup":
+            return CLOSE_CONNECTION
         return {"topics": [{"name": t.name} for t in req.topics or ()]}
 
     def error(req, version, code, message):
@@ -212,6 +214,75 @@ def test_too_many_requests_in_flight_pause_reading_until_replies_leave(conn, par
     for done in parked:
         done.complete({"topics": []})
     assert not conn.transport.paused and len(conn.transport.sent) == MAX_IN_FLIGHT
+
+
+def test_requests_pipelined_in_one_read_run_at_most_max_in_flight_at_once(conn, parked):
+    # one read carrying many small requests (a hostile client sends thousands of fetches
+    # in 40 KB and never reads): only MAX_IN_FLIGHT run; the rest wait, unread, in order
+    n = 5 * MAX_IN_FLIGHT
+    conn.data_received(b"".join(metadata_v1(i, "later") for i in range(n)), 0)
+    assert len(parked) == MAX_IN_FLIGHT and conn.transport.paused
+    done = 0
+    while done < len(parked):
+        parked[done].complete({"topics": []})
+        done += 1
+        assert len(parked) - done <= MAX_IN_FLIGHT
+    assert len(parked) == n and not conn.transport.paused
+    assert correlation_ids(conn.transport.sent) == list(range(n))
+
+
+def test_no_request_runs_while_the_transport_output_is_backed_up(conn, parked):
+    conn.pause_writing()
+    conn.data_received(metadata_v1(1, "t") + metadata_v1(2, "t"), 0)
+    assert conn.transport.sent == [] and conn.transport.paused
+    conn.resume_writing()
+    assert correlation_ids(conn.transport.sent) == [1, 2] and not conn.transport.paused
+
+
+def test_close_connection_sends_the_replies_before_it_then_closes(conn, parked):
+    conn.data_received(metadata_v1(1, "later") + metadata_v1(2, "t") + metadata_v1(3, "hangup") + metadata_v1(4, "t"), 0)
+    assert conn.transport.sent == [] and not conn.transport.closed
+    parked[0].complete({"topics": []})
+    assert correlation_ids(conn.transport.sent) == [1, 2] and conn.transport.closed
+
+
+def test_a_bug_building_a_parked_answer_neither_reaches_the_settler_nor_stalls_the_connection():
+    from zbroker.frontends.kafka import groupmap
+    from zbroker.frontends.kafka.datapath import then
+
+    parked: list[Completion] = []
+
+    def metadata(app, ctx, req, version, now_ms):
+        inner = Completion()
+        parked.append(inner)
+        if req.topics[0].name == "gathered":
+            return groupmap.gather([inner], lambda values: {"topics": [{"name": 1 / 0}]})
+        return then(inner, lambda value: {"topics": [{"name": value["oops"]}]})
+
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), metadata)], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=10_000)
+    conn.data_received(metadata_v1(1, "x") + metadata_v1(2, "gathered"), 0)
+    for inner in parked:  # a service settling its completions in a loop, as a group answers its members
+        inner.complete({})
+    assert correlation_ids(conn.transport.sent) == [1, 2] and not conn.transport.closed
+
+
+def test_a_route_whose_error_answer_fails_closes_the_connection_instead_of_hanging_it():
+    parked: list[Completion] = []
+
+    def metadata(app, ctx, req, version, now_ms):
+        done = Completion()
+        parked.append(done)
+        return done
+
+    def broken_error(req, version, code, message):
+        raise KeyError("bug")
+
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), metadata, error=broken_error)], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=10_000)
+    conn.data_received(metadata_v1(1, "x"), 0)
+    parked[0].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "slow"))  # must not raise into the settler
+    assert conn.transport.closed
 
 
 def test_api_versions_lists_the_table_and_answers_any_version(conn):

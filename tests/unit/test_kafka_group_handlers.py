@@ -164,6 +164,26 @@ def test_a_regex_subscription_takes_the_existing_matching_topics(app):
     assert len(owned(answer.assignment)) == 5
 
 
+def test_a_regex_that_backtracks_exponentially_in_python_re_is_matched_in_linear_time(app):
+    # Python's re takes ~2 s for (a+)+ against 26 a's and a '-' (doubling per character),
+    # stalling the broker's one thread; Kafka (RE2J) and RE2 take microseconds
+    import time
+
+    create_topic(app, "a" * 30 + "-x", partitions=1)  # re: ~30 s
+    started = time.perf_counter()
+    answer = beat(app, "r", 0, rebalance_timeout=300_000, subscribed_topic_names=(), subscribed_topic_regex="(a+)+",
+                  topic_partitions=())
+    assert time.perf_counter() - started < 2.0
+    assert answer.error_code == 0
+    assert [m.topics for m in app.groups.describe_group(CTX, "g", NOW).members] == [[]]
+
+
+def test_regex_features_re2_lacks_are_invalid_requests(app):
+    for pattern in (r"(t)\1", "(?=t)t"):
+        answer = join(app, "d", version=1, subscribed_topic_regex=pattern)
+        assert answer.error_code == ErrorCode.INVALID_REQUEST and "subscribed_topic_regex" in answer.error_message
+
+
 def test_a_v0_member_without_an_id_is_given_one(app):
     answer = beat(app, "", 0, version=0, rebalance_timeout=300_000, subscribed_topic_names=("t",), topic_partitions=())
     assert answer.error_code == 0 and answer.member_id

@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from zbroker.cli.common import BadUsage
-from zbroker.config import DEFAULT_DATA_DIR, DEFAULT_KAFKA_PORT, DEFAULT_PORT, ClusterConfig, ConfigError, load_config, single_node_config
+from zbroker.config import (
+    DEFAULT_DATA_DIR, DEFAULT_KAFKA_PORT, DEFAULT_PORT, ClusterConfig, ConfigError, is_wildcard_host, load_config, single_node_config,
+)
 
 
 def parse_hostport(value: str, what: str = "--listen") -> tuple[str, int]:
@@ -74,7 +76,7 @@ def kafka_address(value: str | None, default: tuple[str, int] | None) -> tuple[s
     if value.lower() == "none":
         return None
     host, port = parse_hostport(value, "--kafka-listen")
-    if host in ("0.0.0.0", "::", "[::]"):
+    if is_wildcard_host(host):
         raise BadUsage(f"--kafka-listen: {host} is advertised to Kafka clients, who cannot connect to it; "
                        "give an address of this machine they can reach")
     return host, port

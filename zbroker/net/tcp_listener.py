@@ -11,7 +11,9 @@ transport)``; the protocol gets ``data_received(bytes, now_ms)`` and
   the socket is writable.  A connection whose unwritten output passes
   ``max_buffered_bytes`` stops being read until it drains below half of that (a client
   that does not read its replies holds at most that much of the broker's memory, plus
-  one reply); its protocol may pause reading too (too many requests in flight);
+  one reply), and its protocol is told (``pause_writing`` / ``resume_writing``, if it has
+  them) so it stops running requests whose replies would pile up; its protocol may pause
+  reading too (too many requests in flight);
 - a peer that closes, or a socket error, ends the connection; the protocol is told.
 """
 
@@ -44,6 +46,7 @@ class TcpTransport:
         self.protocol = None
         self._paused_by_protocol = False
         self._paused_by_output = False
+        self._closing = False
 
     # -- what the protocol calls -------------------------------------------------
 
@@ -58,6 +61,15 @@ class TcpTransport:
 
     def close(self) -> None:
         self.listener.drop(self)
+
+    def close_after_write(self) -> None:
+        """Read no more; close once the output queued so far is written."""
+        self._closing = True
+        self._paused_by_protocol = True
+        if not self.out:
+            self.listener.drop(self)
+        else:
+            self._update()
 
     def pause_reading(self) -> None:
         self._paused_by_protocol = True
@@ -88,12 +100,21 @@ class TcpTransport:
                 else:
                     self.out[0] = head[sent:]
                     sent = 0
+        if self._closing and not self.out:
+            self.listener.drop(self)
+            return
         limit = self.listener.max_buffered_bytes
+        was_paused = self._paused_by_output
         if self.buffered > limit:
             self._paused_by_output = True
         elif self.buffered <= limit // 2:
             self._paused_by_output = False
         self._update()
+        if self._paused_by_output != was_paused and self.protocol is not None and not self.closed:
+            # the protocol stops (and restarts) running requests whose replies would pile up
+            hook = getattr(self.protocol, "pause_writing" if self._paused_by_output else "resume_writing", None)
+            if hook is not None:
+                hook()
 
     def _update(self) -> None:
         if not self.closed:

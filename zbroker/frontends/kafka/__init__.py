@@ -26,4 +26,5 @@ class KafkaDoor:
         self.max_request_bytes = app.config.setting("max_request_bytes")
 
     def connection(self, conn_id, peer: str, transport) -> KafkaConnection:
-        return KafkaConnection(self.router, ("kafka", conn_id), peer, transport, self.max_request_bytes)
+        return KafkaConnection(self.router, ("kafka", conn_id), peer, transport, self.max_request_bytes,
+                               clock=getattr(self.app, "clock", None))

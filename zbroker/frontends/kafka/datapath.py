@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 import weakref
 from typing import Any, Callable
@@ -24,6 +25,8 @@ from storage.batch import decode_limit
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode
 from zbroker.security import Operation, topic
+
+log = logging.getLogger(__name__)
 
 #: Errors whose answer carries the partition's current leader (KIP-951).
 LEADER_MOVED = frozenset({int(ErrorCode.NOT_LEADER_OR_FOLLOWER), int(ErrorCode.FENCED_LEADER_EPOCH)})
@@ -92,8 +95,14 @@ def then(answer: Any, build: Callable[[Any], Any]) -> Any:
     def settled(inner: Completion) -> None:
         if inner.error is not None:
             done.fail(inner.error)
-        else:
-            done.complete(build(inner.value))
+            return
+        try:
+            value = build(inner.value)
+        except Exception as exc:  # settled from a service's callback: a bug must not reach it
+            log.exception("error building the answer to a parked request")
+            done.fail_with(ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
+            return
+        done.complete(value)
 
     answer.on_done(settled)
     return done

@@ -77,7 +77,7 @@ class ReplyOrder:
     def __init__(self) -> None:
         self._next = 0  # the next slot to hand out
         self._first = 0  # the oldest slot not yet released
-        self._filled: dict[int, bytes | None] = {}
+        self._filled: dict[int, object] = {}
 
     def __len__(self) -> int:
         """Requests whose replies have not left yet."""
@@ -88,12 +88,13 @@ class ReplyOrder:
         self._next += 1
         return slot
 
-    def fill(self, slot: int, reply: bytes | None) -> None:
+    def fill(self, slot: int, reply) -> None:
         if self._first <= slot < self._next and slot not in self._filled:
             self._filled[slot] = reply
 
-    def ready(self) -> list[bytes]:
-        """Replies that can be sent now, oldest first."""
+    def ready(self) -> list:
+        """Replies that can be sent now, oldest first.  A reply that is not bytes (a marker
+        such as the router's CLOSE_CONNECTION) ends the list: nothing after it is released."""
         out = []
         filled = self._filled
         while self._first in filled:
@@ -101,4 +102,6 @@ class ReplyOrder:
             self._first += 1
             if reply is not None:
                 out.append(reply)
+                if not isinstance(reply, (bytes, bytearray, memoryview)):
+                    break
         return out

@@ -17,6 +17,7 @@ Topic ids are mapped by :mod:`zbroker.frontends.kafka.datapath` (shared with the
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from typing import Callable, Iterable
 
@@ -25,7 +26,9 @@ from kio.schema.consumer_protocol_subscription.v0.data import ConsumerProtocolSu
 from kio.serial import entity_reader, entity_writer
 
 from zbroker.context import Completion
-from zbroker.errors import RequestError
+from zbroker.errors import ErrorCode, RequestError
+
+log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 _INT16 = struct.Struct(">h")
@@ -156,9 +159,15 @@ def gather(items: list, build: Callable[[list], dict]) -> dict | Completion:
         left[0] -= 1
         if left[0] == 0:
             try:
-                done.complete(build(values))
+                value = build(values)
             except RequestError as exc:
                 done.fail(exc)
+                return
+            except Exception as exc:  # settled from the coordinator's callback: a bug must not reach it
+                log.exception("error building the answer to a parked group request")
+                done.fail_with(ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
+                return
+            done.complete(value)
 
     for index in pending:
         items[index].on_done(lambda c, index=index: settled(index, c))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
@@ -43,6 +44,12 @@ log = logging.getLogger(__name__)
 LISTENER = "kafka"
 #: A handler's answer meaning "send nothing" (an acks=0 produce).
 NO_REPLY = object()
+#: A handler's answer meaning "send nothing and close the connection once the replies
+#: before it are written": an acks=0 produce that failed.  Kafka's broker does this
+#: (KafkaApis.handleProduceRequest), since the client reads no answer: the dropped
+#: connection is how it learns, and it refreshes its metadata before it sends again
+#: (a leader that moved, a topic deleted), instead of writing into the void.
+CLOSE_CONNECTION = object()
 #: Requests of one connection in progress at once; beyond it the connection is not read
 #: until replies leave (Kafka clients keep at most a handful in flight).
 MAX_IN_FLIGHT = 32
@@ -145,8 +152,8 @@ class KafkaRouter:
         except Exception as exc:  # a bug must not stop the broker
             log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
             answer = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
-        if answer is NO_REPLY:
-            conn.fill(slot, None)
+        if answer is NO_REPLY or answer is CLOSE_CONNECTION:
+            conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
             self.metrics.observe(LISTENER, name, time.perf_counter() - started)
         elif isinstance(answer, Completion):
             answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started))
@@ -162,14 +169,21 @@ class KafkaRouter:
                                                           f"{resource.type.value} {resource.name!r}")
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
-        if done.error is not None:
-            answer = route.error(request, version, done.error.code, done.error.message)
-        else:
-            answer = done.value
-        if answer is NO_REPLY:
-            conn.fill(slot, None)
-            return
-        self._answer(conn, slot, route, request, version, cid, answer, started)
+        # runs inside whatever settled ``done`` (the purgatory, a group answering all its
+        # members in a loop): an exception here would skip the rest of that work and leave
+        # this connection's reply slot empty, holding back every later reply
+        try:
+            if done.error is not None:
+                answer = route.error(request, version, done.error.code, done.error.message)
+            else:
+                answer = done.value
+            if answer is NO_REPLY or answer is CLOSE_CONNECTION:
+                conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
+                return
+            self._answer(conn, slot, route, request, version, cid, answer, started)
+        except Exception:
+            log.exception("error answering %s v%s from %s", route.name, version, conn.peer)
+            conn.fail(f"cannot answer {route.name} v{version}")
 
     def _answer(self, conn, slot, route, request, version, cid, answer: dict, started) -> None:
         try:
@@ -204,7 +218,7 @@ class KafkaConnection:
     through its transport in request order."""
 
     def __init__(self, router: KafkaRouter, conn_id: Hashable, peer: str, transport: Transport, max_request_bytes: int,
-                 principal: str = ANONYMOUS) -> None:
+                 principal: str = ANONYMOUS, clock: Callable[[], int] | None = None) -> None:
         self.router = router
         self.id = conn_id
         self.peer = peer
@@ -215,31 +229,73 @@ class KafkaConnection:
         self.replies = ReplyOrder()
         self.closed = False
         self._paused = False
+        # Requests cut from the stream but not yet run: one read can carry thousands of
+        # small requests (a pipelining or hostile client), and each may produce a large
+        # reply.  They run only while fewer than MAX_IN_FLIGHT replies are outstanding and
+        # the transport's output is not backed up (pause_writing), so the broker holds at
+        # most that many replies per connection, whatever the client sends.
+        self._pending: deque[bytes] = deque()
+        self._writing_paused = False
+        self._running = False
+        self._now = 0
+        self._clock = clock or (lambda: self._now)
 
     def data_received(self, data: bytes, now_ms: int) -> None:
+        self._now = now_ms
         try:
             frames = self.framer.feed(data)
         except FrameTooLarge as exc:
             self.fail(str(exc))
             return
-        for frame in frames:
-            if self.closed:
-                return
-            self.router.handle(self, frame, self.replies.reserve(), now_ms)
-        if len(self.replies) >= MAX_IN_FLIGHT and not self._paused and not self.closed:
+        self._pending.extend(frames)
+        self._run(now_ms)
+
+    def _run(self, now_ms: int) -> None:
+        """Run pending requests while the connection has room for their replies."""
+        if self._running:  # a reply filled from inside handle(): the loop below goes on
+            return
+        self._running = True
+        try:
+            while self._pending and not self.closed and not self._writing_paused and len(self.replies) < MAX_IN_FLIGHT:
+                self.router.handle(self, self._pending.popleft(), self.replies.reserve(), now_ms)
+        finally:
+            self._running = False
+        if self.closed:
+            return
+        if (self._pending or len(self.replies) >= MAX_IN_FLIGHT) and not self._paused:
             self._paused = True
             self.transport.pause_reading()
+        elif self._paused and not self._pending and len(self.replies) < MAX_IN_FLIGHT // 2:
+            self._paused = False
+            self.transport.resume_reading()
 
-    def fill(self, slot: int, reply: bytes | None) -> None:
+    def fill(self, slot: int, reply) -> None:
+        """``reply``: the bytes to send, None for nothing, or :data:`CLOSE_CONNECTION`."""
         if self.closed:
             return
         self.replies.fill(slot, reply)
         ready = self.replies.ready()
+        if ready and ready[-1] is CLOSE_CONNECTION:  # ready() stops at it
+            self.closed = True
+            self._pending.clear()
+            self.transport.write(ready[:-1])
+            close_after_write = getattr(self.transport, "close_after_write", None)
+            (close_after_write or self.transport.close)()
+            return
         if ready:
             self.transport.write(ready)
-        if self._paused and len(self.replies) < MAX_IN_FLIGHT // 2:
-            self._paused = False
-            self.transport.resume_reading()
+        if not self._running:
+            self._run(self._clock())
+
+    def pause_writing(self) -> None:
+        """The transport's unwritten output passed its limit: run no more requests."""
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's output drained: run the requests that waited."""
+        self._writing_paused = False
+        if not self.closed and not self._running:
+            self._run(self._clock())
 
     def fail(self, why: str) -> None:
         """Bad bytes from the client: log it and close the connection."""
@@ -249,5 +305,6 @@ class KafkaConnection:
         self.transport.close()
 
     def connection_lost(self) -> None:
-        """The peer went away: replies still to come are dropped."""
+        """The peer went away: replies still to come are dropped, requests not run are not."""
         self.closed = True
+        self._pending.clear()

@@ -7,7 +7,9 @@ not written twice), and appends it; records are never decoded here.  Before that
 door keeps Kafka's rules for Produce v3+ (``ProduceRequest.validateRecords``): exactly one
 batch per partition, magic 2 (INVALID_RECORD otherwise).
 
-``acks=0`` gets no answer at all.  Errors are per partition: UNKNOWN_TOPIC_OR_PARTITION,
+``acks=0`` gets no answer at all; when a partition fails, the connection is closed once
+the replies before it are written (Kafka's broker does the same: the producer, which reads
+no answer, learns from the dropped connection and refreshes its metadata).  Errors are per partition: UNKNOWN_TOPIC_OR_PARTITION,
 NOT_LEADER_OR_FOLLOWER (v10+ also names the current leader and its address, KIP-951),
 CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, NOT_ENOUGH_REPLICAS, ... with ``error_message``
 (v8+).  ``log_append_time`` is always -1: every topic uses CreateTime.  v13 names topics
@@ -29,7 +31,7 @@ from zbroker.core.produce import ProduceResult, check_acks
 from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.datapath import LEADER_MOVED, leader_endpoints, leader_hint, then, topic_access, topic_name
-from zbroker.frontends.kafka.router import NO_REPLY, KafkaRoute
+from zbroker.frontends.kafka.router import CLOSE_CONNECTION, NO_REPLY, KafkaRoute
 from zbroker.security import Operation
 
 API_KEY = 0
@@ -76,9 +78,13 @@ def produce(app, ctx, request, version, now_ms):
                 slots.append((p.index, len(batches)))
                 batches.append((name, p.index, p.records))
         topics.append((name, topic_id, slots))
+    if request.acks == 0:
+        # appended as for acks=1 (no wait either way), so the door sees the outcome: a
+        # failure closes the connection, as Kafka's broker does (see CLOSE_CONNECTION)
+        results = app.produce.produce(ctx, 1, millis(request.timeout), batches, now_ms)
+        failed = any(r.error for r in results) or any(not isinstance(slot, int) for _, _, slots in topics for _, slot in slots)
+        return CLOSE_CONNECTION if failed else NO_REPLY
     answer = app.produce.produce(ctx, request.acks, millis(request.timeout), batches, now_ms)
-    if answer is None:
-        return NO_REPLY
     return then(answer, lambda results: _response(app, topics, results))
 
 
