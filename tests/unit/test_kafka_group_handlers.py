@@ -131,6 +131,20 @@ def test_two_kip848_members_hand_partitions_over_by_topic_id(app):
     assert sorted(p for _t, p in owned(b.assignment)) == sorted(set(range(4)) - set(kept))
 
 
+@pytest.mark.parametrize("fields, words", [
+    ({"group_id": ""}, "group_id can't be empty"),
+    ({"member_id": ""}, "member_id can't be empty"),
+    ({"member_epoch": -3}, "member_epoch -3 is not an epoch"),
+    ({"member_epoch": 0, "subscribed_topic_names": ("t",), "topic_partitions": ()}, "rebalance_timeout must be given"),
+    ({"member_epoch": 0, "rebalance_timeout": 1000, "topic_partitions": ()}, "subscribed_topic_names or subscribed_topic_regex"),
+    ({"member_epoch": 0, "rebalance_timeout": 1000, "subscribed_topic_names": ("t",),
+      "topic_partitions": [{"topic_id": uuid.uuid4(), "partitions": [0]}]}, "topic_partitions must be empty"),
+])
+def test_heartbeats_that_break_kafkas_rules_are_invalid_requests_naming_the_rule(app, fields, words):
+    answer = beat(app, "m1", fields.pop("member_epoch", 1), **fields)
+    assert answer.error_code == ErrorCode.INVALID_REQUEST and words in answer.error_message
+
+
 def test_owned_partitions_of_an_unknown_topic_id_are_left_out(app):
     a = join(app, "a")
     a = beat(app, "a", a.member_epoch, topic_partitions=[{"topic_id": uuid.uuid4(), "partitions": [0]},

@@ -65,8 +65,39 @@ def subscribed_topics(image, names, regex: str | None) -> list[str] | None:
     return sorted(matched | set(names or ()))
 
 
+LEAVE_EPOCHS = (-1, -2)  # leaving; -2: a static member leaving for now
+
+
+def check(request, version) -> None:
+    """Kafka's rules for a heartbeat, before the coordinator sees it.
+
+    Raises:
+        RequestError: INVALID_REQUEST naming the rule: an empty group id; from v1 an empty
+            member id (KIP-1082: the client makes its id); an epoch below -2; a joining member
+            (epoch 0) without a rebalance timeout, without a subscription (names or regex), or
+            with owned partitions.
+    """
+    def invalid(why: str):
+        raise RequestError(ErrorCode.INVALID_REQUEST, why)
+
+    if not request.group_id:
+        invalid("group_id can't be empty")
+    if version >= 1 and not request.member_id:
+        invalid("member_id can't be empty: from ConsumerGroupHeartbeat v1 the client generates it")
+    if request.member_epoch < LEAVE_EPOCHS[1]:
+        invalid(f"member_epoch {request.member_epoch} is not an epoch (-2, -1, 0 or a member's epoch)")
+    if request.member_epoch == 0:
+        if millis(request.rebalance_timeout) < 0:
+            invalid("rebalance_timeout must be given when joining (member_epoch 0)")
+        if request.subscribed_topic_names is None and not getattr(request, "subscribed_topic_regex", None):
+            invalid("subscribed_topic_names or subscribed_topic_regex must be given when joining (member_epoch 0)")
+        if request.topic_partitions:
+            invalid("topic_partitions must be empty when joining (member_epoch 0)")
+
+
 def to_heartbeat(app, ctx, request, version) -> MemberHeartbeat:
     """The coordinator's :class:`MemberHeartbeat` of a ConsumerGroupHeartbeat request."""
+    check(request, version)
     image = app.control.image
     owned = None
     if request.topic_partitions is not None:
