@@ -94,3 +94,19 @@ def test_a_client_that_does_not_read_is_paused_with_its_output_bounded_then_resu
     finally:
         client.close()
         loop.close()
+
+
+def test_an_ipv6_address_is_listened_on():
+    if not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6; the listener's IPv6 path cannot be checked")
+    loop = EventLoop(clock)
+    try:
+        listener = TcpListener(loop, "[::1]", free_port(), lambda *args: None, clock, max_buffered_bytes=LIMIT)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert listener.server.family == socket.AF_INET6 and listener.address[0] == "::1"
+        with socket.create_connection(("::1", listener.address[1]), timeout=5):
+            pass
+    finally:
+        listener.close()

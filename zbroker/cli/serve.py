@@ -79,7 +79,7 @@ def kafka_address(value: str | None, default: tuple[str, int] | None) -> tuple[s
     if is_wildcard_host(host):
         raise BadUsage(f"--kafka-listen: {host} is advertised to Kafka clients, who cannot connect to it; "
                        "give an address of this machine they can reach")
-    return host, port
+    return host.strip("[]"), port  # [::1]:9092 -> ::1, as Metadata advertises an IPv6 host
 
 
 def check_data_dir(config: ClusterConfig, broker_id: int, from_flag: bool = False) -> None:

@@ -132,7 +132,9 @@ class TcpListener:
         self.clock = clock
         self.max_buffered_bytes = max_buffered_bytes
         self.max_connections = max_connections
-        self.server = socket.create_server((host, port), backlog=128, reuse_port=False)
+        host = host.strip("[]")  # "[::1]" names an IPv6 address as "::1"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.server = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
         self.server.setblocking(False)
         self.address = self.server.getsockname()[:2]
         self.connections: dict[int, TcpTransport] = {}
