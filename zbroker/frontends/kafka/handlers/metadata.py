@@ -5,7 +5,9 @@ Brokers are advertised at their Kafka address (``kafka_host``, default ``host``,
 are auto-created when the cluster's ``auto_create_topics`` says so and the request
 allows it (v4+; always for older versions, as Kafka does); a topic being created answers
 LEADER_NOT_AVAILABLE and the client asks again.  Topics asked for by id (v10+) are found
-by id, an unknown id is UNKNOWN_TOPIC_ID, and never auto-created.
+by id, an unknown id is UNKNOWN_TOPIC_ID, and never auto-created.  v13 (Kafka 4.0,
+KIP-1102) adds a top-level ``error_code``, always NONE here (no REBOOTSTRAP_REQUIRED):
+kafka-python pinned to a 4.x release sends v13 whatever the broker advertises.
 """
 
 from __future__ import annotations
