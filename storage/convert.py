@@ -89,8 +89,15 @@ def to_kafka_batch(batch: bytes | memoryview, max_decompressed: int) -> bytes | 
     return _convert(memoryview(batch), validate_batch(batch), max_decompressed)
 
 
-def to_kafka_batches(chunk: bytes | memoryview, max_decompressed: int) -> bytes | memoryview:
+def to_kafka_batches(chunk: bytes | memoryview, max_decompressed: int,
+                     max_native_bytes: int | None = None) -> bytes | memoryview:
     """Convert every native batch of a fetch chunk (concatenated batches), in order.
+
+    With ``max_native_bytes``, conversion stops at the first native batch that would take
+    the native bytes converted past it, once at least one batch is in the answer: the
+    answer ends at that batch's start (a whole number of batches), and the consumer's next
+    fetch starts there.  Conversion is Python work on the broker's one loop; this bounds
+    what one fetch can cost it.
 
     Magic-2 batches are copied as they are (their CRC is the consumer's to check). When the
     chunk holds no native batch it is returned itself, without a copy: one header walk.
@@ -137,9 +144,14 @@ def to_kafka_batches(chunk: bytes | memoryview, max_decompressed: int) -> bytes 
     mv = memoryview(chunk)
     pieces: list = []
     run = 0  # start of the magic-2 batches not yet in ``pieces``
+    converted = 0  # native bytes converted so far
     for pos, h in batches:
         if h.magic == MAGIC_KAFKA:
             continue
+        if max_native_bytes is not None and pos > 0 and converted + h.size > max_native_bytes:
+            pieces.append(mv[run:pos])
+            return b"".join(pieces)
+        converted += h.size
         pieces.append(mv[run:pos])
         run = pos + h.size
         try:

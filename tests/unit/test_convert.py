@@ -21,7 +21,7 @@ from kio.serial.readers import read_int8, read_int16, read_int32, read_int64, re
 from storage.batch import (
     COMPRESSION_GZIP, COMPRESSION_LZ4, COMPRESSION_NONE, COMPRESSION_SNAPPY, COMPRESSION_ZSTD, CONTROL_BIT,
     HEADER_SIZE, MAGIC_KAFKA, MAGIC_NATIVE, TIMESTAMP_TYPE_BIT, TRANSACTIONAL_BIT, build_kafka_batch,
-    build_native_batch, parse_header,
+    build_native_batch, iter_batches, parse_header,
 )
 from storage.compression import DecompressionLimitError, decompress
 from storage.convert import to_kafka_batch, to_kafka_batches
@@ -279,3 +279,18 @@ def test_corrupt_magic2_batch_is_passed_on():
     out = to_kafka_batches(bad + _native(base_offset=5), LIMIT)
     assert out == bad + to_kafka_batch(_native(base_offset=5), LIMIT)
     assert parse_header(_native()).magic == MAGIC_NATIVE
+
+
+def test_conversion_stops_at_a_batch_boundary_once_the_native_budget_is_spent():
+    """``max_native_bytes`` bounds the loop's work per fetch: whole batches only, at least one."""
+    natives = [build_native_batch([(1000 + i, None, b"v" * 100, None)] * 50, base_offset=50 * i) for i in range(4)]
+    kafka = build_kafka_batch([(1000, None, b"k", None)] * 10, base_offset=200)
+    chunk = b"".join(natives) + kafka
+    size = len(natives[0])
+    one = to_kafka_batches(chunk, 1 << 20, max_native_bytes=1)  # less than a batch: still the first one
+    assert [h.base_offset for _, h in iter_batches(one)] == [0]
+    two = to_kafka_batches(chunk, 1 << 20, max_native_bytes=2 * size)
+    assert [h.base_offset for _, h in iter_batches(two)] == [0, 50]
+    everything = to_kafka_batches(chunk, 1 << 20, max_native_bytes=None)
+    assert [h.base_offset for _, h in iter_batches(everything)] == [0, 50, 100, 150, 200]
+    assert bytes(to_kafka_batches(kafka + natives[0], 1 << 20, max_native_bytes=1)) == kafka  # magic-2 first: it alone
