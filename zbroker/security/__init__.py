@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from zbroker.context import RequestContext
+from zbroker.errors import ErrorCode, RequestError
 
 
 class Operation(enum.Enum):
@@ -59,3 +60,24 @@ class AllowAll:
 
     def authorize(self, ctx: RequestContext, operation: Operation, resource: Resource) -> bool:
         return True
+
+
+#: The error a refusal answers, by the kind of resource refused (Kafka's codes).
+DENIED = {
+    ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+    ResourceType.GROUP: ErrorCode.GROUP_AUTHORIZATION_FAILED,
+    ResourceType.CLUSTER: ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+}
+
+
+def check_access(authorizer: Authorizer, ctx: RequestContext, pairs) -> None:
+    """Ask ``authorizer`` for each ``(operation, resource)`` of a request; every front door's
+    router calls this.
+
+    Raises:
+        RequestError: the first refusal, with :data:`DENIED`'s code for its resource.
+    """
+    for operation, resource in pairs:
+        if not authorizer.authorize(ctx, operation, resource):
+            raise RequestError(DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
+                                                      f"{resource.type.value} {resource.name!r}")

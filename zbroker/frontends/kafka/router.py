@@ -37,7 +37,7 @@ from zbroker.frontends.kafka import codec
 from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
-from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, check_access
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,6 @@ CLOSE_CONNECTION = object()
 #: Requests of one connection in progress at once; beyond it the connection is not read
 #: until replies leave (Kafka clients keep at most a handful in flight).
 MAX_IN_FLIGHT = 32
-
-DENIED = {
-    ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
-    ResourceType.GROUP: ErrorCode.GROUP_AUTHORIZATION_FAILED,
-    ResourceType.CLUSTER: ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
-}
-
 
 def top_level_error(request, version: int, code: int, message: str) -> dict:
     """The error answer of an API whose response has a top-level ``error_code``."""
@@ -161,12 +154,8 @@ class KafkaRouter:
             self._answer(conn, slot, route, request, reply_version, cid, answer, started)
 
     def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> None:
-        if not self._check_access:
-            return
-        for operation, resource in route.access(request):
-            if not self.authorizer.authorize(ctx, operation, resource):
-                raise RequestError(DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
-                                                          f"{resource.type.value} {resource.name!r}")
+        if self._check_access:
+            check_access(self.authorizer, ctx, route.access(request))
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its

@@ -35,7 +35,7 @@ from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_princi
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
-from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, check_access
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,6 @@ Frames = list[bytes]
 NO_REPLY = object()
 #: :attr:`Route.sender`: any broker of the cluster may send this request.
 ANY_BROKER = -1
-
-_DENIED = {
-    ResourceType.TOPIC: ErrorCode.TOPIC_AUTHORIZATION_FAILED,
-    ResourceType.GROUP: ErrorCode.GROUP_AUTHORIZATION_FAILED,
-    ResourceType.CLUSTER: ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
-}
-
 
 def _no_fields(result: Any) -> tuple[dict, Frames]:
     return {}, []
@@ -192,12 +185,8 @@ class NativeRouter:
         if claimed is not None:
             if ctx.broker_id is None or (claimed != ANY_BROKER and ctx.broker_id != claimed):
                 raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{route.kind} is only accepted from the broker it names")
-        if not self._check_access:
-            return
-        for operation, resource in route.access(fields):
-            if not self.authorizer.authorize(ctx, operation, resource):
-                raise RequestError(_DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
-                                                           f"{resource.type.value} {resource.name!r}")
+        if self._check_access:
+            check_access(self.authorizer, ctx, route.access(fields))
 
     # -- answers -----------------------------------------------------------------
 
