@@ -15,6 +15,7 @@ from zbroker.app import App
 from zbroker.config import single_node_config
 from zbroker.context import Completion, RequestContext
 from zbroker.errors import ErrorCode, RequestError
+from tests.unit.kio_consumer_protocol import decode_assignment, decode_subscription
 from zbroker.frontends.kafka import codec, groupmap
 from zbroker.frontends.kafka.handlers import (consumer_group_heartbeat, delete_groups, describe_groups,
                                               find_coordinator, heartbeat, join_group, leave_group, list_groups, metadata,
@@ -294,8 +295,8 @@ def test_describe_groups_gives_consumer_protocol_members(app):
     assert (g.error_code, g.group_state, g.protocol_type, g.protocol_data) == (0, "Stable", "consumer", "sticky")
     (member,) = g.members
     assert (member.member_id, member.client_id) == ("m", "rdkafka")
-    assert groupmap.decode_subscription(member.member_metadata) == ["t"]
-    assert groupmap.decode_assignment(member.member_assignment) == [("t", p) for p in range(4)]
+    assert decode_subscription(member.member_metadata) == ["t"]
+    assert decode_assignment(member.member_assignment) == [("t", p) for p in range(4)]
     assert (none.error_code, none.group_state) == (0, "Dead")
     assert ask(app, describe_groups, 6, groups=("none",), include_authorized_operations=False).groups[0].error_code == \
         ErrorCode.GROUP_ID_NOT_FOUND

@@ -4,6 +4,7 @@ import pytest
 
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode, RequestError
+from tests.unit.kio_consumer_protocol import decode_assignment, decode_subscription
 from zbroker.frontends.kafka import groupmap
 
 
@@ -31,19 +32,19 @@ def test_consumer_protocol_bytes_are_kafkas_layout_and_read_back():
     # INT16 version 0, 2 topics: "a" [3], "t" [0, 1], user_data null
     assert data == bytes.fromhex("0000" "00000002" "0001" "61" "00000001" "00000003"
                                  "0001" "74" "00000002" "00000000" "00000001" "ffffffff")
-    assert groupmap.decode_assignment(data) == [("a", 3), ("t", 0), ("t", 1)]
+    assert decode_assignment(data) == [("a", 3), ("t", 0), ("t", 1)]
     sub = groupmap.encode_subscription(["y", "x"])
     assert sub == bytes.fromhex("0000" "00000002" "0001" "78" "0001" "79" "ffffffff")
-    assert groupmap.decode_subscription(sub) == ["x", "y"]
-    assert groupmap.decode_assignment(groupmap.encode_assignment([])) == []
+    assert decode_subscription(sub) == ["x", "y"]
+    assert decode_assignment(groupmap.encode_assignment([])) == []
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x00", b"\xff\xff", b"\x00\x00\x00\x00\x00\x09\x00"])
 def test_bytes_that_are_not_a_consumer_protocol_struct_raise_value_error(bad):
     with pytest.raises(ValueError):
-        groupmap.decode_assignment(bad)
+        decode_assignment(bad)
     with pytest.raises(ValueError):
-        groupmap.decode_subscription(bad)
+        decode_subscription(bad)
 
 
 def test_group_by_topic_sorts_topics_and_partitions():

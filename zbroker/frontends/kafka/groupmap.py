@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 
 from kio.schema.consumer_protocol_assignment.v0.data import ConsumerProtocolAssignment, TopicPartition
 from kio.schema.consumer_protocol_subscription.v0.data import ConsumerProtocolSubscription
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_writer
 
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode, RequestError
@@ -90,44 +90,11 @@ def encode_subscription(topics: Iterable[str], user_data: bytes | None = None) -
     return _encode(0, ConsumerProtocolSubscription(topics=tuple(sorted(topics)), user_data=user_data))
 
 
-def decode_assignment(data: bytes) -> list[TP]:
-    """The partitions of a ``ConsumerProtocolAssignment`` (any version: newer versions only
-    add fields after the ones read here).
-
-    Raises:
-        ValueError: the bytes are not an assignment.
-    """
-    value = _decode(data, ConsumerProtocolAssignment)
-    return [(tp.topic, p) for tp in value.assigned_partitions for p in tp.partitions]
-
-
-def decode_subscription(data: bytes) -> list[str]:
-    """The topics of a ``ConsumerProtocolSubscription`` (any version, see above).
-
-    Raises:
-        ValueError: the bytes are not a subscription.
-    """
-    return list(_decode(data, ConsumerProtocolSubscription).topics)
-
-
 def _encode(version: int, value) -> bytes:
     out = io.BytesIO()
     out.write(_INT16.pack(version))
     entity_writer(type(value))(out, value)
     return out.getvalue()
-
-
-def _decode(data: bytes, schema: type):
-    if len(data) < 2:
-        raise ValueError(f"{schema.__name__}: {len(data)} bytes is too short")
-    (version,) = _INT16.unpack_from(data, 0)
-    if version < 0:
-        raise ValueError(f"{schema.__name__}: bad version {version}")
-    try:
-        value, _size = entity_reader(schema)(data, 2)
-    except Exception as exc:  # kio raises several types for short or bad input
-        raise ValueError(f"{schema.__name__}: {exc}") from None
-    return value
 
 
 # -- answers made of several service calls ----------------------------------------------
