@@ -37,9 +37,10 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 class TcpTransport:
     """One accepted connection's socket, as its protocol sees it."""
 
-    def __init__(self, listener: "TcpListener", sock: socket.socket) -> None:
+    def __init__(self, listener: "TcpListener", sock: socket.socket, peer: str) -> None:
         self.listener = listener
         self.sock = sock
+        self.peer = peer  # HOST:PORT of the client, for log lines
         self.out: deque[memoryview] = deque()
         self.buffered = 0
         self.closed = False
@@ -88,7 +89,7 @@ class TcpTransport:
             except _WOULD_BLOCK:
                 break
             except OSError as exc:
-                log.info("Kafka connection %s: write failed: %s", self.listener.peer_of(self), exc)
+                log.info("Kafka connection %s: write failed: %s", self.peer, exc)
                 self.listener.drop(self)
                 return
             self.buffered -= sent
@@ -139,13 +140,9 @@ class TcpListener:
         self.address = self.server.getsockname()[:2]
         self.connections: dict[int, TcpTransport] = {}
         self._ids = itertools.count(1)
-        self._peers: dict[int, str] = {}
 
     def sockets(self) -> list:
         return [self.server]
-
-    def peer_of(self, transport: TcpTransport) -> str:
-        return self._peers.get(id(transport), "?")
 
     def on_readable(self, sock) -> None:
         if sock is self.server:
@@ -160,7 +157,7 @@ class TcpListener:
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
-                log.info("Kafka connection %s: read failed: %s", self.peer_of(transport), exc)
+                log.info("Kafka connection %s: read failed: %s", transport.peer, exc)
                 self.drop(transport)
                 return
             if not data:
@@ -193,9 +190,8 @@ class TcpListener:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            transport = TcpTransport(self, sock)
             peer = f"{addr[0]}:{addr[1]}"
-            self._peers[id(transport)] = peer
+            transport = TcpTransport(self, sock, peer)
             self.connections[sock.fileno()] = transport
             self.loop.watch(self, sock)
             transport.protocol = self.make_protocol(next(self._ids), peer, transport)
@@ -207,7 +203,6 @@ class TcpListener:
         transport.closed = True
         self.loop.unwatch(transport.sock)
         self.connections.pop(transport.sock.fileno(), None)
-        self._peers.pop(id(transport), None)
         try:
             transport.sock.close()
         except OSError:
