@@ -48,7 +48,7 @@ from storage.compression import (
     COMPRESSION_ZSTD, compress, decompress,
 )
 from storage.errors import CorruptBatchError, InvalidRecordError, UnsupportedCodecError
-from storage.records import decode_kafka, decode_native, encode_kafka, encode_native
+from storage.records import _varint_reference, decode_native, encode_kafka, encode_native
 
 __all__ = [
     "HEADER_SIZE", "LOG_OVERHEAD", "MAGIC_KAFKA", "MAGIC_NATIVE",
@@ -234,28 +234,14 @@ def validate_produced_batch(buf: bytes | bytearray | memoryview, max_size: int |
             raise InvalidRecordError(f"native payload holds an array of {count} records but record_count is {h.record_count}"
                                      if count is not None else "native payload does not start with a msgpack array")
     if h.magic == MAGIC_KAFKA and codec == COMPRESSION_NONE:
-        length, size = _first_record_length(buf, HEADER_SIZE)
-        if length is None or not 0 < length <= len(buf) - HEADER_SIZE - size:
-            raise InvalidRecordError("magic-2 payload does not start with a record length that fits in it"
-                                     if length is None else
-                                     f"magic-2 payload's first record claims {length} bytes; the payload holds "
-                                     f"{len(buf) - HEADER_SIZE - size} after its length")
+        try:  # the first record's zigzag varint length (at most 10 bytes: O(1))
+            length, start = _varint_reference(buf, HEADER_SIZE, min(len(buf), HEADER_SIZE + 10))
+        except CorruptBatchError:
+            raise InvalidRecordError("magic-2 payload does not start with a record length that fits in it") from None
+        if not 0 < length <= len(buf) - start:
+            raise InvalidRecordError(f"magic-2 payload's first record claims {length} bytes; the payload holds "
+                                     f"{len(buf) - start} after its length")
     return h
-
-
-def _first_record_length(buf, pos: int) -> tuple[int | None, int]:
-    """The zigzag varint record length at ``buf[pos]`` and its size in bytes (at most 5), or
-    ``(None, 0)``: O(1)."""
-    value = shift = 0
-    for i in range(5):
-        if pos + i >= len(buf):
-            return None, 0
-        b = buf[pos + i]
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return (value >> 1) ^ -(value & 1), i + 1
-        shift += 7
-    return None, 0
 
 
 def _native_array_length(buf, pos: int) -> int | None:
