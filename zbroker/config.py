@@ -3,14 +3,17 @@
 Layout of a config file (every section but ``[[broker]]`` optional)::
 
     [cluster]            name and cluster-wide broker settings (timeouts, limits)
-    [[broker]]           one table per broker: id, host, port, gossip_port, data_dir
+    [[broker]]           one table per broker: id, host, port, gossip_port, peer_port, data_dir,
+                         kafka_port, kafka_host, secret_key_file, public_key, kafka_tls_*
     [topic_defaults]     default topic settings; topics override them per key
+    [security]           curve, authorized_keys_dir, super_users, kafka_sasl, cluster_secret
 
 Unknown keys, missing fields, wrong types, bad values, duplicate ids, duplicate
 ports, shared data dirs and broken rules across keys (:data:`RULES`) are
 :class:`ConfigError`, whose message names the file and the key, for example
 ``configs/x.toml: broker[1].port: must be an integer from 1 to 65535, got '95x'``.
-Relative ``data_dir`` paths are resolved against the config file's directory.
+Relative paths (``data_dir``, key and certificate files, ``authorized_keys_dir``) are
+resolved against the config file's directory.
 
 A setting is declared by one line ``"key": (default, checker)`` in
 :data:`CLUSTER_SETTINGS` or :data:`TOPIC_CONFIG`, with a checker from below
@@ -279,6 +282,11 @@ class BrokerEntry:
     data_dir: str = DEFAULT_DATA_DIR
     kafka_port: int | None = None  # the Kafka front door's TCP port; None: no Kafka listener
     kafka_host: str | None = None  # the address advertised to Kafka clients; None: ``host``
+    peer_port: int = DEFAULT_PORT + 2  # the inter-broker ROUTER (replication, Raft, controller calls): CURVE always
+    secret_key_file: str | None = None  # this broker's CURVE key pair (zmq.auth's NAME.key_secret); [security] curve
+    public_key: str | None = None  # its public key, Z85 (40 characters): how the other brokers know it
+    kafka_tls_cert_file: str | None = None  # PEM certificate chain: the Kafka listener speaks TLS
+    kafka_tls_key_file: str | None = None  # PEM private key of that certificate
 
     @property
     def address(self) -> str:
@@ -310,8 +318,70 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "group_max_session_timeout_ms": (300_000, _int(100)),
 }
 
+class _Z85Key(_Checker):
+    expected = "a CURVE public key: 40 characters of Z85 (`zbroker keys generate` prints it)"
+    ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, str) and len(v) == 40 and set(v) <= self.ALPHABET
+
+
+class _StrList(_Checker):
+    def __init__(self, item: Callable[[str], bool], expected: str) -> None:
+        self.item = item
+        self.expected = expected
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) and self.item(x) for x in v) and len(set(v)) == len(v)
+
+
+class _Secret(_Checker):
+    expected = f"a string of at least {32} characters (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+
+    def fits(self, v: Any) -> bool:
+        return isinstance(v, str) and len(v) >= 32
+
+
 _BROKER_KEYS = {"id": _int(0, 2**31 - 1), "host": _str, "port": _int(1, 65535), "gossip_port": _int(1, 65535), "data_dir": _str,
-                "kafka_port": _int(1, 65535), "kafka_host": _str}
+                "kafka_port": _int(1, 65535), "kafka_host": _str, "peer_port": _int(1, 65535), "secret_key_file": _str,
+                "public_key": _Z85Key(), "kafka_tls_cert_file": _str, "kafka_tls_key_file": _str}
+_BROKER_PATHS = ("data_dir", "secret_key_file", "kafka_tls_cert_file", "kafka_tls_key_file")
+
+#: SASL mechanisms the Kafka front door can offer.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _is_principal(text: str) -> bool:
+    kind, _, name = text.partition(":")
+    return kind in ("User", "Bridge") and bool(name)
+
+
+#: [security] keys: key -> (default, checker).
+SECURITY_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "curve": (False, _bool),  # CurveZMQ on every ZeroMQ socket; clients need a key in authorized_keys_dir
+    "authorized_keys_dir": (None, _str),  # one public key file per client, NAME.key: principal User:NAME
+    "super_users": ([], _StrList(_is_principal, 'a list of distinct principals such as ["User:admin"]')),
+    "kafka_sasl": ([], _StrList(lambda m: m in SASL_MECHANISMS,
+                                f"a list of distinct SASL mechanisms from {', '.join(SASL_MECHANISMS)}")),
+    "cluster_secret": (None, _Secret()),  # authenticates brokers to each other while curve is off
+}
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """The [security] table.  Security is *on* (:attr:`enabled`) once clients
+    authenticate on some door (``curve`` or ``kafka_sasl``): then what no ACL allows is
+    denied.  Broker-to-broker traffic is authenticated whatever this says."""
+
+    curve: bool = False
+    authorized_keys_dir: str | None = None
+    super_users: tuple[str, ...] = ()
+    kafka_sasl: tuple[str, ...] = ()
+    cluster_secret: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.curve or bool(self.kafka_sasl)
 #: Addresses that bind every interface but that no client can connect to.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -340,6 +410,7 @@ class ClusterConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     topic_defaults: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def name(self) -> str:
@@ -382,6 +453,29 @@ class ClusterConfig:
         if problem:
             raise ConfigError(problem)
 
+    def inter_broker_problem(self) -> str | None:
+        """Why the brokers of this config could not authenticate each other, or None.
+
+        Brokers always talk to each other over CurveZMQ: with ``curve`` on, with their own
+        keys; with it off, with keys derived from ``cluster_secret``.  A single broker needs
+        neither."""
+        if len(self.brokers) < 2:
+            return None
+        where = f"{self.source}: " if self.source else ""
+        if self.security.curve:
+            for i, b in enumerate(self.brokers):
+                for key in ("secret_key_file", "public_key"):
+                    if getattr(b, key) is None:
+                        return (f"{where}broker[{i}].{key}: missing: with [security] curve = true every broker needs "
+                                f"its own key pair (`zbroker keys generate broker{b.id}`)")
+            return None
+        if self.security.cluster_secret is None:
+            return (f"{where}security.cluster_secret: missing: brokers authenticate each other with it (a client "
+                    f"that knows no secret can never pose as a broker); set it to the same random string of 32+ "
+                    f"characters in every broker's copy of this file, e.g. the output of "
+                    f"`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return None
+
     def with_broker(self, broker_id: int, **changes: Any) -> ClusterConfig:
         """A copy with one broker's entry changed (for `serve --listen/--data-dir`)."""
         brokers = tuple(dataclasses.replace(b, **changes) if b.id == broker_id else b for b in self.brokers)
@@ -410,10 +504,11 @@ def _checked_table(table: Any, schema: dict, where: str, defaults: bool) -> dict
 def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path | None = None) -> ClusterConfig:
     """Build a ClusterConfig from parsed TOML; ``source`` names the file in errors."""
     prefix = f"{source}: " if source else ""
-    known = {"cluster", "broker", "topic_defaults"}
+    known = {"cluster", "broker", "topic_defaults", "security"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{prefix}{key}: unknown section (known: cluster, broker, topic_defaults)")
+            raise ConfigError(f"{prefix}{key}: unknown section (known: {', '.join(sorted(known))})")
+    security = _security(data.get("security", {}), f"{prefix}security", base_dir)
     settings = _checked_table(data.get("cluster", {}), CLUSTER_SETTINGS, f"{prefix}cluster", defaults=True)
     topic_schema = {**TOPIC_CONFIG, **TOPIC_CREATION_DEFAULTS}
     topic_defaults = _checked_table(data.get("topic_defaults", {}), topic_schema, f"{prefix}topic_defaults", defaults=True)
@@ -437,19 +532,25 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
         entry.setdefault("host", "127.0.0.1")
         entry.setdefault("port", DEFAULT_PORT)
         entry.setdefault("gossip_port", entry["port"] + 1)
+        entry.setdefault("peer_port", entry["port"] + 2)
         entry.setdefault("data_dir", f"{DEFAULT_DATA_DIR}/{entry['id']}")
         if "kafka_port" in entry and is_wildcard_host(entry.get("kafka_host", entry["host"])):
             raise ConfigError(f"{where}.kafka_host: Kafka clients are sent this address and cannot connect to "
                               f"{entry.get('kafka_host', entry['host'])!r}: set kafka_host to an address they can reach")
-        for key in ("port", "gossip_port", "kafka_port"):
+        if ("kafka_tls_cert_file" in entry) != ("kafka_tls_key_file" in entry):
+            raise ConfigError(f"{where}: kafka_tls_cert_file and kafka_tls_key_file go together: set both or neither")
+        if "kafka_tls_cert_file" in entry and "kafka_port" not in entry:
+            raise ConfigError(f"{where}.kafka_tls_cert_file: set, but the broker has no kafka_port to serve TLS on")
+        for key in ("port", "gossip_port", "peer_port", "kafka_port"):
             if key not in entry:
                 continue
             addr = (entry.get("kafka_host", entry["host"]) if key == "kafka_port" else entry["host"], entry[key])
             if addr in seen_ports:
                 raise ConfigError(f"{where}.{key}: port {entry[key]} on {entry['host']} is already used by {seen_ports[addr]}")
             seen_ports[addr] = f"broker[{i}].{key}"
-        if base_dir is not None and not os.path.isabs(entry["data_dir"]):
-            entry["data_dir"] = str(base_dir / entry["data_dir"])
+        for key in _BROKER_PATHS:
+            if base_dir is not None and key in entry and not os.path.isabs(entry[key]):
+                entry[key] = str(base_dir / entry[key])
         brokers.append(BrokerEntry(**entry))
     if not brokers:
         raise ConfigError(f"{prefix}broker: a config needs at least one [[broker]] table")
@@ -457,12 +558,24 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
     if rf is not None and rf > len(brokers):
         raise ConfigError(f"{prefix}topic_defaults.replication_factor: {rf} exceeds the {len(brokers)} configured brokers")
     _check_data_dirs(brokers, prefix)
-    config = ClusterConfig(tuple(brokers), settings, topic_defaults, source)
+    config = ClusterConfig(tuple(brokers), settings, topic_defaults, source, security)
     values = {**settings, **topic_defaults, "replication_factor": config.default_replication_factor()}
     problem = broken_rule(values, lambda k: f"cluster.{k}" if k in CLUSTER_SETTINGS else f"topic_defaults.{k}")
     if problem:
         raise ConfigError(f"{prefix}{problem}")
     return config
+
+
+def _security(table: Any, where: str, base_dir: Path | None) -> SecurityConfig:
+    values = _checked_table(table, SECURITY_SETTINGS, where, defaults=True)
+    keys_dir = values["authorized_keys_dir"]
+    if keys_dir is not None and base_dir is not None and not os.path.isabs(keys_dir):
+        keys_dir = str(base_dir / keys_dir)
+    if values["curve"] and keys_dir is None:
+        raise ConfigError(f"{where}.authorized_keys_dir: missing: with curve = true, clients are admitted by their "
+                          f"public key files in this directory (NAME.key: principal User:NAME)")
+    return SecurityConfig(values["curve"], keys_dir, tuple(values["super_users"]), tuple(values["kafka_sasl"]),
+                          values["cluster_secret"])
 
 
 def _check_data_dirs(brokers: list[BrokerEntry], prefix: str) -> None:
@@ -498,7 +611,7 @@ def single_node_config(data_dir: str = DEFAULT_DATA_DIR, host: str = "127.0.0.1"
                        kafka: tuple[str, int] | None = None) -> ClusterConfig:
     """The config `zbroker serve` uses without --config: one broker, documented defaults;
     ``kafka`` = (host, port) of its Kafka listener, or None for none."""
-    entry = {"id": 1, "host": host, "port": port, "gossip_port": port + 1, "data_dir": data_dir}
+    entry = {"id": 1, "host": host, "port": port, "gossip_port": port + 1, "peer_port": port + 2, "data_dir": data_dir}
     if kafka is not None:
         entry.update(kafka_host=kafka[0], kafka_port=kafka[1])
     return parse_config({"broker": [entry]})

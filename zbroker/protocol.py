@@ -47,6 +47,7 @@ LIST_GROUPS = "list_groups"
 DESCRIBE_GROUP = "describe_group"
 DELETE_GROUP = "delete_group"
 CREATE_INTERNAL_TOPIC = "create_internal_topic"  # broker -> controller
+ALTER_SECURITY = "alter_security"  # broker -> controller: security records to commit
 API_VERSIONS = "api_versions"  # which request types and versions this broker serves
 
 # Broker-to-broker Raft messages (zbroker.control.raft's types; one-way, never answered on the ROUTER).
@@ -221,6 +222,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     CREATE_INTERNAL_TOPIC: {"topic": _TOPIC, "partitions": _f(int), "replication_factor": _f(int), "config": _f(dict)},
     ALTER_ISR: {"topic": _TOPIC, "partition": _f(int), "leader": _f(int), "leader_epoch": _f(int),
                 "isr": _f(list, item=_INT, cap=MAX_BROKER_LIST)},
+    ALTER_SECURITY: {"records": _f(list, item=_f(dict, cap=16), cap=1000)},
 }
 SCHEMAS[API_VERSIONS] = {}  # no fields: the answer lists every request type with its version range
 
@@ -258,7 +260,7 @@ SCHEMAS.update(RAFT_SCHEMAS)
 
 
 #: Requests only brokers may send (checked against the sender's ZeroMQ routing id).
-BROKER_ONLY = frozenset({*RAFT_SCHEMAS, ALTER_ISR, CREATE_INTERNAL_TOPIC})
+BROKER_ONLY = frozenset({*RAFT_SCHEMAS, ALTER_ISR, CREATE_INTERNAL_TOPIC, ALTER_SECURITY})
 
 
 def broker_identity(broker_id: int) -> bytes:

@@ -54,6 +54,7 @@ VALID = {
     P.DELETE_GROUP: {"group": "g"},
     P.CREATE_INTERNAL_TOPIC: {"topic": "__x", "partitions": 1, "replication_factor": 1, "config": {}},
     P.ALTER_ISR: {"topic": "t", "partition": 0, "leader": 1, "leader_epoch": 0, "isr": [1]},
+    P.ALTER_SECURITY: {"records": [{"type": "quota", "principal": "User:a", "produce_bytes_per_s": 1000}]},
     P.API_VERSIONS: {},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }

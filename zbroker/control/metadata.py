@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zbroker.control.security_meta import SECURITY_RECORDS, SecurityImage, apply_security_record, security_records
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -63,6 +64,7 @@ class MetadataImage:
     def __init__(self, topics: dict[str, TopicMeta] | None = None) -> None:
         self.topics: dict[str, TopicMeta] = topics or {}
         self.next_producer_id = 0  # idempotent producer ids are handed out from here
+        self.security = SecurityImage()  # SCRAM credentials, ACLs, quotas (control.security_meta)
 
     def get(self, name: str) -> TopicMeta | None:
         return self.topics.get(name)
@@ -83,6 +85,7 @@ class MetadataImage:
         """Forget everything (before a snapshot is applied in its place)."""
         self.topics.clear()
         self.next_producer_id = 0
+        self.security.clear()
 
 
 # -- the metadata log's records -------------------------------------------------------
@@ -114,6 +117,7 @@ def image_records(image: MetadataImage) -> list[dict]:
     """Records that rebuild ``image`` when applied, in order, to an empty image (a snapshot)."""
     records = [topic_record(topic) for topic in image.topics.values()]
     records.append({"type": PRODUCER_IDS_RECORD, "next": image.next_producer_id})
+    records += security_records(image.security)
     return records
 
 
@@ -148,5 +152,8 @@ def apply_record(image: MetadataImage, record: dict) -> tuple[str, ...]:
         return (record["name"],)
     if kind == PRODUCER_IDS_RECORD:
         image.next_producer_id = max(image.next_producer_id, int(record["next"]))
+        return ()
+    if kind in SECURITY_RECORDS:
+        apply_security_record(image.security, record)
         return ()
     raise ValueError(f"unknown metadata record type {kind!r}")

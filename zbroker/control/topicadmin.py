@@ -31,6 +31,7 @@ from zbroker.control.metadata import (
     topic_record,
 )
 from zbroker.control.raft import NotLeader
+from zbroker.control.security_meta import check_record
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.purgatory import DelayedOperation, Purgatory
 
@@ -40,6 +41,7 @@ META_KEY = "__metadata_applied__"  # purgatory key: the image moved forward
 ADMIN_TIMEOUT_MS = 30_000
 ISR_CALL_TIMEOUT_MS = 5_000  # = a leader's re-proposal interval (core.replication.ISR_PROPOSAL_TIMEOUT_MS)
 OFFSETS_TOPIC = "__consumer_offsets"
+MAX_SECURITY_RECORDS = 1000  # per AlterSecurity: one request's records are one Raft proposal
 
 
 # -- the requests (typed; the same objects travel to the controller when forwarded) --------
@@ -104,6 +106,15 @@ class CreateInternalTopic:
     config: dict
 
 
+@dataclass(slots=True)
+class AlterSecurity:
+    """Security records (control.security_meta: credentials, ACLs, quotas) for the
+    controller to check and commit.  Built by a front door's handler from a client's
+    request (authorized there); forwarded to the controller as a broker-to-broker call."""
+
+    records: list[dict]
+
+
 AdminRequest = CreateTopic | DeleteTopic | AlterTopicConfig | CreatePartitions | InitProducerId
 
 
@@ -146,6 +157,10 @@ class TopicAdmin:
 
     def create_partitions(self, ctx: RequestContext, req: CreatePartitions, now_ms: int) -> Completion | None:
         return self._run(ctx, req, now_ms, self._build_add_partitions)
+
+    def alter_security(self, ctx: RequestContext, req: AlterSecurity, now_ms: int) -> Completion | None:
+        """Commit security records (after checking each); None if there were none."""
+        return self._run(ctx, req, now_ms, self._build_security)
 
     def init_producer_id(self, ctx: RequestContext, now_ms: int) -> Completion[ProducerId]:
         """A new producer id from the controller's counter in the metadata log."""
@@ -370,6 +385,19 @@ class TopicAdmin:
             pm.partition = current + i
         log.info("adding partitions to topic=%s: %d -> %d", topic.name, current, total)
         return [{"type": ADD_PARTITIONS_RECORD, "name": topic.name, "partitions": [asdict(pm) for pm in added]}], ()
+
+
+    def _build_security(self, req: AlterSecurity, now_ms: int):
+        if len(req.records) > MAX_SECURITY_RECORDS:
+            raise RequestError(ErrorCode.INVALID_REQUEST, f"at most {MAX_SECURITY_RECORDS} security records in one change")
+        for i, record in enumerate(req.records):
+            try:
+                check_record(record)
+            except ValueError as exc:
+                raise RequestError(ErrorCode.INVALID_REQUEST, f"record {i}: {exc}") from None
+        log.info("committing %d security records: %s", len(req.records),
+                 ", ".join(sorted({r["type"] for r in req.records})))
+        return list(req.records), ()
 
 
 def _log_isr_refusal(reply: PeerReply, now_ms: int) -> None:

@@ -23,6 +23,7 @@ from zbroker.context import TIMED_OUT, PeerReply
 from zbroker.control.controlplane import RaftMessage
 from zbroker.control.topicadmin import (
     AlterIsr,
+    AlterSecurity,
     AlterTopicConfig,
     CreateInternalTopic,
     CreatePartitions,
@@ -58,6 +59,7 @@ _CODECS: dict[type, tuple[str, Callable[[Any], dict], Callable[[dict, Frames], A
     InitProducerId: (P.INIT_PRODUCER_ID, asdict, _producer_id),
     AlterIsr: (P.ALTER_ISR, asdict, _no_value),
     CreateInternalTopic: (P.CREATE_INTERNAL_TOPIC, asdict, _no_value),
+    AlterSecurity: (P.ALTER_SECURITY, asdict, _no_value),
 }
 
 
