@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from zbroker.context import RequestContext
@@ -245,6 +246,54 @@ def is_broker(principal: str) -> bool:
     broker's own work (``Broker:self``).  No client is ever given such a principal: ACLs
     and ``super_users`` take only ``User:`` and ``Bridge:`` principals."""
     return principal.startswith("Broker:")
+
+
+#: How an :class:`AclFilter` matches a binding's pattern: ``literal`` / ``prefixed`` (that
+#: pattern, that name), ``any`` (any pattern, that name) or ``match`` (every binding that
+#: applies to a resource of that name: literal, literal ``*``, or a prefix of it) --
+#: Kafka's PatternType LITERAL, PREFIXED, ANY and MATCH.
+FILTER_PATTERNS = ("literal", "prefixed", "any", "match")
+
+
+@dataclass(frozen=True, slots=True)
+class AclFilter:
+    """Which ACL bindings to list or delete; a None field matches anything (Kafka's
+    ``AclBindingFilter``)."""
+
+    principal: str | None = None
+    resource_type: str | None = None
+    name: str | None = None
+    pattern: str = "any"
+    operation: str | None = None
+    permission: str | None = None
+    host: str | None = None
+
+    def matches(self, b) -> bool:
+        for mine, theirs in ((self.principal, b.principal), (self.resource_type, b.resource_type),
+                             (self.operation, b.operation), (self.permission, b.permission), (self.host, b.host)):
+            if mine is not None and mine != theirs:
+                return False
+        if self.pattern == "match":
+            return self.name is None or (b.name == self.name or b.name == WILDCARD_NAME if b.pattern == "literal"
+                                         else self.name.startswith(b.name))
+        if self.pattern != "any" and b.pattern != self.pattern:
+            return False
+        return self.name is None or b.name == self.name
+
+
+def binding_problem(b) -> str | None:
+    """Why a new binding is refused beyond the metadata log's own checks, or None: a host
+    other than ``*`` (the routers do not know client addresses, so it could not be kept)."""
+    if b.host != ANY_HOST:
+        return f"host must be '*': zbroker does not check client addresses, got {b.host!r:.80}"
+    return None
+
+
+def filter_bindings(acls: Iterable, f: AclFilter) -> list:
+    """The bindings of ``acls`` that ``f`` matches, in a stable order (by principal,
+    resource, pattern, operation, permission)."""
+    return sorted((b for b in acls if f.matches(b)), key=lambda b: (b.principal, b.resource_type, b.name, b.pattern,
+                                                                       b.operation, b.permission, b.host))
 
 
 def build_authorizer(security, image: Callable[[], object]) -> Authorizer:
