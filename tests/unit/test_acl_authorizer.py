@@ -163,4 +163,8 @@ def test_the_cache_is_bounded(monkeypatch):
     acls = Acls(allow("User:a", "topic", "t-", "read", pattern="prefixed"))
     for i in range(25):
         assert acls.may("User:a", R, topic(f"t-{i}"))
-    assert len(acls.authorizer._cache) <= 10
+        assert not acls.may("User:b", R, topic(f"t-{i}"))
+    assert sum(len(d) for d in acls.authorizer._cache.values()) <= 10
+    assert acls.authorizer.allowed_names(RequestContext("User:a"), R, topic("x").type, [f"t-{i}" for i in range(25)] + ["u"]) \
+        == [f"t-{i}" for i in range(25)]
+    assert sum(len(d) for d in acls.authorizer._cache.values()) <= 10

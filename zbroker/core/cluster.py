@@ -25,7 +25,8 @@ from zbroker.control.metadata import TopicMeta, topic_name_problem
 from zbroker.control.topicadmin import TopicAdmin
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode
-from zbroker.security import AllowAll, Authorizer, Operation, topic as topic_resource
+from zbroker.security import AllowAll, Authorizer, Operation, ResourceType, allowed_names
+from zbroker.security import topic as topic_resource
 
 MAX_AUTO_CREATES_PER_REQUEST = 10
 
@@ -92,15 +93,17 @@ class ClusterInfo:
         # each name once (Kafka treats the list as a set): the answer is bounded by the
         # distinct names, which the wire caps (protocol.MAX_TOPICS)
         everything = names is None
-        names = list(self.image.topics) if everything else list(dict.fromkeys(names))
+        if everything:  # only those the principal may describe, decided in bulk
+            names = allowed_names(self.authorizer, ctx, Operation.DESCRIBE, ResourceType.TOPIC, self.image.topics)
+        else:
+            names = list(dict.fromkeys(names))
         may = (lambda operation, name: True) if isinstance(self.authorizer, AllowAll) else (
             lambda operation, name: self.authorizer.authorize(ctx, operation, topic_resource(name)))
         topics = []
         auto_creates = 0
         for name in names:
-            if not may(Operation.DESCRIBE, name):
-                if not everything:
-                    topics.append(TopicState(name, int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)))
+            if not everything and not may(Operation.DESCRIBE, name):
+                topics.append(TopicState(name, int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)))
                 continue
             topic = self.image.get(name)
             # an invalid name is never created: counting it would starve the valid names behind it

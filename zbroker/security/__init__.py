@@ -120,3 +120,15 @@ def allowed(authorizer: Authorizer, ctx: RequestContext, operation: Operation, r
     if isinstance(authorizer, AllowAll):
         return list(resources)
     return [r for r in resources if authorizer.authorize(ctx, operation, r)]
+
+
+def allowed_names(authorizer: Authorizer, ctx: RequestContext, operation: Operation, resource_type: ResourceType,
+                  names) -> list[str]:
+    """The names of ``names`` (resources of ``resource_type``) ``ctx`` may do ``operation``
+    on, in order; in bulk where the authorizer can (``allowed_names``: one dict lookup a name)."""
+    if isinstance(authorizer, AllowAll):
+        return list(names)
+    bulk = getattr(authorizer, "allowed_names", None)
+    if bulk is not None:
+        return bulk(ctx, operation, resource_type, names)
+    return [n for n in names if authorizer.authorize(ctx, operation, Resource(resource_type, n))]

@@ -188,7 +188,9 @@ class AclAuthorizer:
         self._image = image
         self._version: int | None = None
         self._index = AclIndex(())
-        self._cache: dict[tuple[str, Operation, Resource], bool] = {}
+        # (principal, operation, resource type) -> resource name -> decision
+        self._cache: dict[tuple[str, Operation, ResourceType], dict[str, bool]] = {}
+        self._cached = 0
 
     # -- the index and the cache ------------------------------------------------------
 
@@ -198,7 +200,23 @@ class AclAuthorizer:
         if image.version != self._version:
             self._version = image.version
             self._index = AclIndex(image.acls)
-            self._cache = {}
+            self._cache, self._cached = {}, 0
+
+    def _decisions(self, principal: str, operation: Operation, resource_type: ResourceType) -> dict[str, bool]:
+        """The cached decisions of (principal, operation) on resources of a type, by name."""
+        key = (principal, operation, resource_type)
+        decisions = self._cache.get(key)
+        if decisions is None:
+            decisions = self._cache[key] = {}
+        return decisions
+
+    def _remember(self, decisions: dict[str, bool], name: str, decision: bool) -> None:
+        if self._cached >= MAX_CACHED:  # start again: every dict of decisions, this one too
+            for cached in self._cache.values():
+                cached.clear()
+            self._cached = 0
+        decisions[name] = decision
+        self._cached += 1
 
     @property
     def index(self) -> AclIndex:
@@ -220,14 +238,36 @@ class AclAuthorizer:
         if principal in self.super_users:
             return True
         self._fresh()
-        key = (principal, operation, resource)
-        decision = self._cache.get(key)
+        decisions = self._decisions(principal, operation, resource.type)
+        decision = decisions.get(resource.name)
         if decision is None:
             decision = self._decide(principal, operation, resource)
-            if len(self._cache) >= MAX_CACHED:
-                self._cache = {}
-            self._cache[key] = decision
+            self._remember(decisions, resource.name, decision)
         return decision
+
+    def allowed_names(self, ctx: RequestContext, operation: Operation, resource_type: ResourceType,
+                      names: Iterable[str]) -> list[str]:
+        """The names of ``names`` whose resource ``ctx`` may do ``operation`` on, in order:
+        :meth:`authorize` for many resources at once (a Metadata request for every topic).
+
+        Runtime: O(names) dict lookups once cached.
+        """
+        principal = ctx.principal
+        if is_broker(principal) or (operation is not Operation.CLUSTER_ACTION and principal in self.super_users):
+            return list(names)
+        if operation is Operation.CLUSTER_ACTION:
+            return []
+        self._fresh()
+        decisions = self._decisions(principal, operation, resource_type)
+        out = []
+        for name in names:
+            decision = decisions.get(name)
+            if decision is None:
+                decision = self._decide(principal, operation, Resource(resource_type, name))
+                self._remember(decisions, name, decision)
+            if decision:
+                out.append(name)
+        return out
 
     def _decide(self, principal: str, operation: Operation, resource: Resource) -> bool:
         index = self._index
