@@ -18,6 +18,7 @@ import dataclasses
 import time
 from datetime import datetime, timedelta, timezone
 
+from clients.acls import AclBinding, AclFilter
 from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.structs import (
@@ -467,6 +468,25 @@ class Admin:
             if r.get("error"):
                 raise error_from(r["error"], f"partition {r['topic']}-{r['partition']}: {r.get('error_message') or _describe_code(r['error'])}")
         return new
+
+    # -- ACLs (docs/security.md, "ACLs") -------------------------------------------------
+
+    def create_acls(self, acls) -> None:
+        """Add ACL bindings (:class:`clients.acls.AclBinding`); returns once committed.
+        Needs ALTER on the cluster.  Adding one that exists changes nothing."""
+        self._call("create_acls", {"acls": [b.fields() for b in acls]})
+
+    def describe_acls(self, acl_filter: AclFilter | None = None) -> list[AclBinding]:
+        """The ACL bindings ``acl_filter`` matches (every one by default).  Needs DESCRIBE on
+        the cluster."""
+        h = self._call("describe_acls", (acl_filter or AclFilter()).fields())
+        return [AclBinding.from_fields(b) for b in h.get("acls") or ()]
+
+    def delete_acls(self, filters) -> list[AclBinding]:
+        """Remove every binding one of ``filters`` (:class:`clients.acls.AclFilter`) matches;
+        returns the bindings removed, once committed.  Needs ALTER on the cluster."""
+        h = self._call("delete_acls", {"filters": [f.fields() for f in filters]})
+        return list(dict.fromkeys(AclBinding.from_fields(b) for matched in h.get("deleted") or () for b in matched))
 
     def close(self) -> None:
         """Release the sockets."""

@@ -13,7 +13,9 @@
 - :class:`~zbroker.control.topicadmin.TopicAdmin` -- topics, producer ids, ISR commits,
   through the controller;
 - :class:`~zbroker.groups.coordinator.GroupCoordinator` -- consumer groups;
-- :class:`~zbroker.core.housekeeping.Housekeeping` -- retention and compaction.
+- :class:`~zbroker.core.housekeeping.Housekeeping` -- retention and compaction;
+- the broker's one authorizer (:attr:`App.authorizer`, :func:`zbroker.security.acl.build_authorizer`
+  over the ACLs of the metadata image), which every front door's router asks.
 
 Front doors call the services through the app's attributes; broker-to-broker messages
 leave through the :class:`~zbroker.context.PeerChannel` the app is given.  Time comes
@@ -40,6 +42,8 @@ from zbroker.core.produce import ProduceService
 from zbroker.core.replication import Replication
 from zbroker.groups.coordinator import GroupCoordinator
 from zbroker.purgatory import Purgatory
+from zbroker.security import Authorizer
+from zbroker.security.acl import build_authorizer
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,22 @@ class App:
     """One broker's services."""
 
     def __init__(self, config: ClusterConfig, broker_id: int, now_ms: int, clock: Callable[[], int],
-                 peers: PeerChannel) -> None:
+                 peers: PeerChannel, authorizer: Authorizer | None = None) -> None:
+        """``authorizer``: by default the one ``[security]`` calls for (tests pass their own)."""
         self.config = config
         self.broker_id = broker_id
         self.clock = clock
         self.peers = peers
         self.logs = LogManager(config.broker(broker_id).data_dir, config.setting("max_open_files"))
         self.control = ControlPlane(config, broker_id, self.logs.handles, now_ms, clock)
+        self.authorizer = authorizer or build_authorizer(config.security, lambda: self.control.image.security)
         self.purgatory = Purgatory()
         self.partitions = PartitionManager(config, broker_id, self.logs, self.control, self.purgatory)
         self.admin = TopicAdmin(config, broker_id, self.control, self.purgatory, peers, after_propose=self.metadata_changed)
         self.produce = ProduceService(self.partitions, self.purgatory)
         self.fetch = FetchService(self.partitions, self.purgatory)
         self.delete_records = DeleteRecordsService(self.partitions)
-        self.cluster = ClusterInfo(config, broker_id, self.control, self.partitions, self.admin)
+        self.cluster = ClusterInfo(config, broker_id, self.control, self.partitions, self.admin, self.authorizer)
         self.replication = Replication(config, broker_id, self.control, self.partitions, self.admin, peers)
         self.groups = GroupCoordinator(config, broker_id, self.control, self.partitions, self.admin, self.purgatory)
         self.housekeeping = Housekeeping(config, self.partitions, now_ms)

@@ -44,12 +44,17 @@ class RequestContext:
         client_id: what the client calls itself (logs and metrics only).
         connection: an opaque handle the front door uses to answer; services only
             compare or store it, never look inside.
+        refused: the resources (:class:`zbroker.security.Resource`) the router's authorizer
+            refused for this request where the request answers resource by resource
+            (a Produce's TOPIC_AUTHORIZATION_FAILED partitions): the handler answers those
+            and passes only the rest to the services.
     """
 
     principal: str = ANONYMOUS
     listener: str = "internal"
     client_id: str = ""
     connection: Hashable = None
+    refused: frozenset = frozenset()
 
     @property
     def broker_id(self) -> int | None:

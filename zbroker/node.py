@@ -20,7 +20,7 @@ from zbroker.frontends.native.handlers import ROUTES
 from zbroker.frontends.native.peers import PeerLink
 from zbroker.frontends.native.router import NativeRouter
 from zbroker.metrics import RequestMetrics
-from zbroker.security import AllowAll, Authorizer
+from zbroker.security import Authorizer
 
 Frames = list[bytes]
 
@@ -38,8 +38,8 @@ class BrokerNode:
         self.peer_outbox: list[tuple[int, Frames]] = []
         self.metrics = RequestMetrics()
         self.peers = PeerLink(send_peer or (lambda broker, frames: self.peer_outbox.append((broker, frames))))
-        self.app = App(config, broker_id, now_ms, clock or (lambda: now_ms), self.peers)
-        self.router = NativeRouter(self.app, ROUTES, authorizer or AllowAll(), self.metrics,
+        self.app = App(config, broker_id, now_ms, clock or (lambda: now_ms), self.peers, authorizer)
+        self.router = NativeRouter(self.app, ROUTES, self.app.authorizer, self.metrics,
                                    send or (lambda conn, frames: self.outbox.append((conn, frames))),
                                    config.setting("max_request_bytes"))
 
@@ -51,9 +51,10 @@ class BrokerNode:
 
     # -- input -------------------------------------------------------------------
 
-    def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:
-        """A request from the ROUTER socket; answers land in :attr:`outbox`."""
-        self.router.handle(conn, frames, now_ms)
+    def handle(self, conn: bytes, frames: Frames, now_ms: int, principal: str | None = None) -> None:
+        """A request from the ROUTER socket; answers land in :attr:`outbox`.  ``principal``:
+        who the listener authenticated (None: nobody, see :meth:`NativeRouter.handle`)."""
+        self.router.handle(conn, frames, now_ms, principal)
 
     def on_peer_reply(self, frames: Frames, now_ms: int) -> None:
         """An answer on one of our DEALERs to another broker."""

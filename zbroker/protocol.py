@@ -407,3 +407,25 @@ def request(kind: str, cid: int, **fields: Any) -> dict:
     msg = {"v": PROTOCOL_VERSION, "type": kind, "cid": cid}
     msg.update(fields)
     return msg
+
+
+# -- ACL management (docs/protocol.md, "ACL management"; docs/security.md, "ACLs") ------------
+
+CREATE_ACLS = "create_acls"  # acls: [binding]; answered once committed
+DESCRIBE_ACLS = "describe_acls"  # the fields of a filter; answers acls: [binding]
+DELETE_ACLS = "delete_acls"  # filters: [filter]; answers deleted: [[binding], ...] once committed
+MAX_ACLS = 1000  # bindings of one create_acls, filters of one delete_acls (one metadata-log commit)
+
+_ACL_BINDING = {
+    "principal": _f(str), "resource_type": _f(str), "name": _f(str, cap=MAX_TOPIC_CHARS),
+    "pattern": _f(str, required=False, default="literal"), "operation": _f(str),
+    "permission": _f(str, required=False, default="allow"), "host": _f(str, required=False, default="*"),
+}
+_ACL_FILTER = {name: _f(str, _NONE, required=False) for name in
+               ("principal", "resource_type", "name", "operation", "permission", "host")}
+_ACL_FILTER["pattern"] = _f(str, required=False, default="any")
+SCHEMAS.update({
+    CREATE_ACLS: {"acls": _f(list, item=_ACL_BINDING, cap=MAX_ACLS)},
+    DESCRIBE_ACLS: dict(_ACL_FILTER),
+    DELETE_ACLS: {"filters": _f(list, item=_ACL_FILTER, cap=MAX_ACLS)},
+})

@@ -71,7 +71,7 @@ class Server:
                                 self.config.setting("max_queued_reply_bytes"))
         self.loop.add_listener(router)
         if self.entry.kafka_port:
-            door = KafkaDoor(node.app, node.metrics)
+            door = KafkaDoor(node.app, node.metrics, node.app.authorizer)
             kafka = TcpListener(self.loop, self.entry.kafka_advertised_host, self.entry.kafka_port, door.connection, now_ms,
                                 self.config.setting("max_queued_reply_bytes"))
             self.loop.add_listener(kafka)

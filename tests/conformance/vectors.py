@@ -175,6 +175,10 @@ def _run_session(s: _Session) -> None:
     s.call("group_heartbeat", group="g", member_id=member, member_epoch=-1, note="leave")
     s.call("delete_group", group="g")
     s.call("delete_topic", topic="t")
+    acl = {"principal": "User:alice", "resource_type": "topic", "name": "logs-", "pattern": "prefixed", "operation": "read"}
+    s.call("create_acls", acls=[acl], note="enforced only with [security] on; answered once committed")
+    s.call("describe_acls", name="logs-app", pattern="match", note="every binding that applies to topic logs-app")
+    s.call("delete_acls", filters=[{"principal": "User:alice"}])
     s.call("no_such_type", note="unknown type")
     s.call("metadata", topics="t", note="a field of the wrong type, named")
 

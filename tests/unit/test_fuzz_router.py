@@ -56,6 +56,9 @@ VALID = {
     P.ALTER_ISR: {"topic": "t", "partition": 0, "leader": 1, "leader_epoch": 0, "isr": [1]},
     P.ALTER_SECURITY: {"records": [{"type": "quota", "principal": "User:a", "produce_bytes_per_s": 1000}]},
     P.API_VERSIONS: {},
+    P.CREATE_ACLS: {"acls": [{"principal": "User:a", "resource_type": "topic", "name": "t", "operation": "read"}]},
+    P.DESCRIBE_ACLS: {"principal": "User:a", "pattern": "match", "name": "t"},
+    P.DELETE_ACLS: {"filters": [{"principal": "User:a"}]},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)

@@ -5,6 +5,13 @@ committed metadata log), plus, for ``describe_topic``, the log positions of the
 partitions this broker leads.  A metadata request may auto-create topics a producer
 names (``auto_create_topics``), at most ``MAX_AUTO_CREATES_PER_REQUEST`` per request:
 creating topics costs the loop time.  A name asked for twice is answered once.
+
+Authorization (the broker's authorizer, the one the routers ask), on every front door
+alike, as Kafka's Metadata answers: asked for every topic, a principal is shown only the
+topics it may DESCRIBE; a topic asked for by name that it may not describe answers
+TOPIC_AUTHORIZATION_FAILED (whether it exists or not, so its existence is not told);
+a missing topic is auto-created only for a principal that may CREATE it (on the topic
+or on the cluster), else TOPIC_AUTHORIZATION_FAILED.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from zbroker.control.metadata import TopicMeta, topic_name_problem
 from zbroker.control.topicadmin import TopicAdmin
 from zbroker.core.partitions import PartitionManager
 from zbroker.errors import ErrorCode
+from zbroker.security import AllowAll, Authorizer, Operation, ResourceType, allowed_names
+from zbroker.security import topic as topic_resource
 
 MAX_AUTO_CREATES_PER_REQUEST = 10
 
@@ -71,8 +80,9 @@ class TopicDetail:
 
 class ClusterInfo:
     def __init__(self, config: ClusterConfig, broker_id: int, control: ControlPlane, partitions: PartitionManager,
-                 admin: TopicAdmin) -> None:
+                 admin: TopicAdmin, authorizer: Authorizer | None = None) -> None:
         self.config = config
+        self.authorizer = authorizer or AllowAll()
         self.broker_id = broker_id
         self.control = control
         self.image = control.image
@@ -82,14 +92,26 @@ class ClusterInfo:
     def metadata(self, ctx: RequestContext, names: list[str] | None, allow_auto_create: bool, now_ms: int) -> ClusterMetadata:
         # each name once (Kafka treats the list as a set): the answer is bounded by the
         # distinct names, which the wire caps (protocol.MAX_TOPICS)
-        names = list(self.image.topics) if names is None else list(dict.fromkeys(names))
+        everything = names is None
+        if everything:  # only those the principal may describe, decided in bulk
+            names = allowed_names(self.authorizer, ctx, Operation.DESCRIBE, ResourceType.TOPIC, self.image.topics)
+        else:
+            names = list(dict.fromkeys(names))
+        may = (lambda operation, name: True) if isinstance(self.authorizer, AllowAll) else (
+            lambda operation, name: self.authorizer.authorize(ctx, operation, topic_resource(name)))
         topics = []
         auto_creates = 0
         for name in names:
+            if not everything and not may(Operation.DESCRIBE, name):
+                topics.append(TopicState(name, int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)))
+                continue
             topic = self.image.get(name)
             # an invalid name is never created: counting it would starve the valid names behind it
             if (topic is None and allow_auto_create and self.config.setting("auto_create_topics")
                     and topic_name_problem(name) is None and auto_creates < MAX_AUTO_CREATES_PER_REQUEST):
+                if not may(Operation.CREATE, name):
+                    topics.append(TopicState(name, int(ErrorCode.TOPIC_AUTHORIZATION_FAILED)))
+                    continue
                 auto_creates += 1
                 self.admin.auto_create(name, now_ms)
                 topic = self.image.get(name)

@@ -2,9 +2,10 @@
 
 Each request is checked before its handler runs: the router asks
 :meth:`Authorizer.authorize` with the request's context, the operation and each
-resource the request touches.  Today every request is allowed
-(:class:`AllowAll`); ACLs in the metadata log plug in here without touching a
-handler.
+resource the request touches (:func:`check_access`).  With security off every
+request is allowed (:class:`AllowAll`); with it on, :class:`zbroker.security.acl.AclAuthorizer`
+answers from the ACLs in the metadata log (:func:`zbroker.security.acl.build_authorizer`
+picks one).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Operation(enum.Enum):
     ALTER = "alter"
     DESCRIBE = "describe"
     CLUSTER_ACTION = "cluster_action"  # broker-to-broker only
+    # Kafka's IDEMPOTENT_WRITE on the cluster (InitProducerId): granted by an ACL "write" on
+    # the cluster, or to whoever may write some topic (KIP-679), see security.acl
+    IDEMPOTENT_WRITE = "idempotent_write"
 
 
 class ResourceType(enum.Enum):
@@ -70,14 +74,61 @@ DENIED = {
 }
 
 
-def check_access(authorizer: Authorizer, ctx: RequestContext, pairs) -> None:
+def refusal(ctx: RequestContext, operation: Operation, resource: Resource) -> RequestError:
+    """The error that refuses ``operation`` on ``resource`` to ``ctx.principal``."""
+    return RequestError(DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
+                                               f"{resource.type.value} {resource.name!r}")
+
+
+def check_access(authorizer: Authorizer, ctx: RequestContext, pairs,
+                 per_resource: frozenset[ResourceType] = frozenset()) -> frozenset[Resource]:
     """Ask ``authorizer`` for each ``(operation, resource)`` of a request; every front door's
     router calls this.
 
+    ``per_resource``: the resource types whose refusal the request answers resource by
+    resource (Kafka's TOPIC_AUTHORIZATION_FAILED in a Produce's partition answers, ...):
+    those are returned instead of raised, for the handler to answer.
+
+    Returns:
+        the refused resources of the ``per_resource`` types (the router hands them to the
+        handler as :attr:`RequestContext.refused`).
+
     Raises:
-        RequestError: the first refusal, with :data:`DENIED`'s code for its resource.
+        RequestError: the first refusal of any other type, with :data:`DENIED`'s code.
     """
+    refused = set()
     for operation, resource in pairs:
         if not authorizer.authorize(ctx, operation, resource):
-            raise RequestError(DENIED[resource.type], f"{ctx.principal} may not {operation.value} "
-                                                      f"{resource.type.value} {resource.name!r}")
+            if resource.type not in per_resource:
+                raise refusal(ctx, operation, resource)
+            refused.add(resource)
+    return frozenset(refused)
+
+
+def describable_groups(authorizer: Authorizer, ctx: RequestContext, names) -> set[str]:
+    """The groups of ``names`` that ``ctx`` may list: all of them with DESCRIBE on the
+    cluster, else those it may DESCRIBE (Kafka's ListGroups)."""
+    names = set(names)
+    if isinstance(authorizer, AllowAll) or authorizer.authorize(ctx, Operation.DESCRIBE, CLUSTER):
+        return names
+    return {n for n in names if authorizer.authorize(ctx, Operation.DESCRIBE, group(n))}
+
+
+def allowed(authorizer: Authorizer, ctx: RequestContext, operation: Operation, resources):
+    """The resources of ``resources`` that ``ctx`` may do ``operation`` on (listings:
+    ListGroups, a Metadata request for every topic), in order."""
+    if isinstance(authorizer, AllowAll):
+        return list(resources)
+    return [r for r in resources if authorizer.authorize(ctx, operation, r)]
+
+
+def allowed_names(authorizer: Authorizer, ctx: RequestContext, operation: Operation, resource_type: ResourceType,
+                  names) -> list[str]:
+    """The names of ``names`` (resources of ``resource_type``) ``ctx`` may do ``operation``
+    on, in order; in bulk where the authorizer can (``allowed_names``: one dict lookup a name)."""
+    if isinstance(authorizer, AllowAll):
+        return list(names)
+    bulk = getattr(authorizer, "allowed_names", None)
+    if bulk is not None:
+        return bulk(ctx, operation, resource_type, names)
+    return [n for n in names if authorizer.authorize(ctx, operation, Resource(resource_type, n))]

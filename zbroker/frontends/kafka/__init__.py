@@ -22,7 +22,7 @@ class KafkaDoor:
 
     def __init__(self, app, metrics: RequestMetrics, authorizer: Authorizer | None = None) -> None:
         self.app = app
-        self.router = KafkaRouter(app, ROUTES, authorizer or AllowAll(), metrics)
+        self.router = KafkaRouter(app, ROUTES, authorizer or getattr(app, "authorizer", None) or AllowAll(), metrics)
         self.max_request_bytes = app.config.setting("max_request_bytes")
 
     def connection(self, conn_id, peer: str, transport) -> KafkaConnection:

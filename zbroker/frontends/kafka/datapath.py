@@ -11,7 +11,8 @@
 - A service's :class:`~zbroker.context.Completion` settles with a typed result; the
   router wants the response's dict: :func:`then` maps one onto the other.
 - An API without a top-level error code answers a refused request per partition:
-  :func:`partition_errors`, and authorizes by topic name: :func:`topic_access`.
+  :func:`partition_errors`, and authorizes each topic it names: :func:`topic_access`
+  (by name, or by id: :class:`TopicId`, which the router resolves before it asks).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from storage.batch import decode_limit
 from zbroker.context import Completion
-from zbroker.errors import ErrorCode
-from zbroker.security import Operation, topic
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.security import Operation, refusal, topic
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +117,32 @@ def partition_errors(topics, topic_field: str, partition_field: str, code: int) 
                                                                   for p in t.partitions]} for t in topics]
 
 
-def topic_access(operation: Operation, topics, topic_field: str) -> list:
-    """``(operation, topic)`` for every topic a request names (once each).
+@dataclass(frozen=True, slots=True)
+class TopicId:
+    """A topic a request names by id only (Produce v13, Fetch v13+, OffsetCommit v10,
+    DeleteTopics v6): the router resolves it to the topic's name before authorizing."""
 
-    Topics named by id only (Produce v13, Fetch v13+) are not in it: ``access()`` gets the
-    request alone and cannot resolve ids, so those go unchecked until the router lets it
-    (no authorizer denies anything yet)."""
-    return [(operation, topic(name)) for name in {getattr(t, topic_field, None) for t in topics} if name]
+    topic_id: uuid.UUID
+
+
+def topic_access(operation: Operation, topics, topic_field: str) -> list:
+    """``(operation, topic)`` for every topic a request names (once each), by name, or by
+    id (:class:`TopicId`) where the version names topics by id."""
+    pairs = {}
+    for t in topics:
+        name = getattr(t, topic_field, None)
+        if name:
+            pairs[name] = (operation, topic(name))
+        else:
+            topic_id = getattr(t, "topic_id", None)
+            if topic_id is not None and topic_id.int:
+                pairs[topic_id] = (operation, TopicId(topic_id))
+    return list(pairs.values())
+
+
+def topic_refusal(ctx, operation: Operation, name: str | None) -> RequestError | None:
+    """The error of topic ``name`` if the router refused it to this request (it is in
+    ``ctx.refused``: TOPIC_AUTHORIZATION_FAILED), else None."""
+    if ctx.refused and name is not None and topic(name) in ctx.refused:
+        return refusal(ctx, operation, topic(name))
+    return None

@@ -9,7 +9,8 @@ bytes.  The mappings live here so each handler stays a few lines:
 - :func:`kafka_state` -- our group states -> Kafka's;
 - :func:`encode_assignment` / :func:`encode_subscription` -- ConsumerProtocol bytes
   (``INT16 version`` then the struct, as Kafka's ``ConsumerProtocol`` writes them);
-- :func:`attempt` and :func:`gather` -- answers made of several service calls.
+- :func:`attempt` and :func:`gather` -- answers made of several service calls;
+  :func:`check_group` -- a group the router refused, answered on its own.
 
 Topic ids are mapped by :mod:`zbroker.frontends.kafka.datapath` (shared with the data path).
 """
@@ -27,6 +28,7 @@ from kio.serial import entity_writer
 
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.security import Operation, group, refusal
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,13 @@ def _encode(version: int, value) -> bytes:
 
 
 # -- answers made of several service calls ----------------------------------------------
+
+def check_group(ctx, operation: Operation, name: str) -> None:
+    """Raise GROUP_AUTHORIZATION_FAILED if the router refused group ``name`` to this request
+    (it is in ``ctx.refused``: the request answers each group on its own)."""
+    if ctx.refused and group(name) in ctx.refused:
+        raise refusal(ctx, operation, group(name))
+
 
 def attempt(call: Callable[[], object]) -> object:
     """``call()``, or the RequestError it raised (an answer for one item of a batch)."""

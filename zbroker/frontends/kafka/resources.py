@@ -11,6 +11,11 @@ DescribeConfigs, AlterConfigs and IncrementalAlterConfigs name resources by
 
 Any other type (BROKER_LOGGER, CLIENT_METRICS, GROUP) is INVALID_REQUEST for that
 resource.  A resource named twice in one request is INVALID_REQUEST, as Kafka answers.
+
+Authorization, per resource as Kafka answers it: a topic needs DESCRIBE (describing) or
+ALTER (altering) on it, else TOPIC_AUTHORIZATION_FAILED; a broker the same on the
+cluster, else CLUSTER_AUTHORIZATION_FAILED.  (Kafka's DESCRIBE_CONFIGS and ALTER_CONFIGS
+are zbroker's ``describe`` and ``alter``.)
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ from zbroker.frontends.kafka import configs
 from zbroker.frontends.kafka.configs import ResourceType
 from zbroker.frontends.kafka.gather import Outcome, failed, gather
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import CLUSTER, Operation, topic
+from zbroker.security import CLUSTER, Operation, Resource, refusal, topic
+from zbroker.security import ResourceType as AclResourceType
+
+#: The resource types config requests answer refusals of one by one.
+PER_RESOURCE = frozenset({AclResourceType.TOPIC, AclResourceType.CLUSTER})
 
 
 def broker_entry(app, name: str) -> BrokerEntry | None:
@@ -59,15 +68,24 @@ def duplicates(keys: Iterable) -> set:
     return {k for k, n in Counter(keys).items() if n > 1}
 
 
+def _resource(r) -> Resource | None:
+    """What a config resource is to the authorizer: its topic, or the cluster for a broker."""
+    if r.resource_type == ResourceType.TOPIC:
+        return topic(r.resource_name)
+    if r.resource_type == ResourceType.BROKER:
+        return CLUSTER
+    return None
+
+
 def access(request, operation: Operation) -> list:
     """What a config request touches: each topic (``operation``), and the cluster for brokers."""
-    out = []
-    for r in request.resources:
-        if r.resource_type == ResourceType.TOPIC:
-            out.append((operation, topic(r.resource_name)))
-        elif r.resource_type == ResourceType.BROKER:
-            out.append((operation, CLUSTER))
-    return out
+    return [(operation, res) for res in map(_resource, request.resources) if res is not None]
+
+
+def config_refusal(ctx, operation: Operation, r) -> RequestError | None:
+    """The error of a config resource the router refused (``ctx.refused``), else None."""
+    res = _resource(r) if ctx.refused else None
+    return refusal(ctx, operation, res) if res is not None and res in ctx.refused else None
 
 
 def resource_errors(request, code, message, **extra) -> list[dict]:
@@ -87,7 +105,8 @@ def alter_route(api_key: int, name: str, versions: tuple[int, int], change: Call
     def error(request, version, code, message):
         return {"responses": resource_errors(request, code, message)}
 
-    return KafkaRoute(api_key, name, versions, call, error=error, access=lambda request: access(request, Operation.ALTER))
+    return KafkaRoute(api_key, name, versions, call, error=error, access=lambda request: access(request, Operation.ALTER),
+                      per_resource=PER_RESOURCE)
 
 
 def alter(app, ctx, request, now_ms: int, change: Callable[[Any, dict, dict], dict]) -> dict:
@@ -99,8 +118,11 @@ def alter(app, ctx, request, now_ms: int, change: Callable[[Any, dict, dict], di
     calls = []
     for r in request.resources:
         key = (r.resource_type, r.resource_name)
+        denied = config_refusal(ctx, Operation.ALTER, r)
         if key in twice:
             calls.append((key, failed(ErrorCode.INVALID_REQUEST, f"resource {r.resource_name!r} is named more than once")))
+        elif denied is not None:
+            calls.append((key, failed(denied.code, denied.message)))
         elif r.resource_type == ResourceType.TOPIC:
             calls.append((key, lambda r=r: _alter_topic(app, ctx, r, validate_only, change, now_ms)))
         elif r.resource_type == ResourceType.BROKER:

@@ -11,8 +11,12 @@ For each request a :class:`KafkaConnection` cut from its TCP stream,
    of that version; bytes that do not decode close the connection with a log line
    naming the API, version and fault (what Kafka brokers do: the stream cannot be
    trusted after a bad request);
-3. builds the :class:`RequestContext` (listener ``kafka``, the client's ``client_id``)
-   and authorizes each (operation, resource) the route names;
+3. builds the :class:`RequestContext` (the connection's principal, listener ``kafka``,
+   the client's ``client_id``) and authorizes each (operation, resource) the route names,
+   topics named by id once resolved to their names: a refusal fails the whole request
+   (TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED in the route's error answer), except for
+   the resource types the route answers one by one where Kafka does
+   (:attr:`KafkaRoute.per_resource`: the handler gets them in ``ctx.refused``);
 4. runs the handler, which calls the services with typed arguments and answers with a
    dict of response fields, a :class:`Completion` of one, or :data:`NO_REPLY`;
 5. encodes the answer in the request's version (a :class:`RequestError` becomes the
@@ -28,16 +32,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Iterable
 
 from zbroker.context import ANONYMOUS, Completion, RequestContext
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import codec
+from zbroker.frontends.kafka.datapath import TopicId, topic_name
 from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
-from zbroker.security import AllowAll, Authorizer, Operation, Resource, check_access
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType, check_access, topic
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,11 @@ class KafkaRoute:
         error: ``error(request, version, code, message)`` -> the response fields that
             report ``code`` for the whole request (per partition where the API has no
             top-level error).
-        access: ``access(request) -> [(Operation, Resource), ...]`` to authorize.
+        access: ``access(request) -> [(Operation, Resource), ...]`` to authorize; a topic
+            named only by id is a :class:`~.datapath.TopicId`, which the router resolves
+            (an id no topic has is left to the handler: UNKNOWN_TOPIC_ID).
+        per_resource: resource types whose refusals the handler answers one by one (in
+            ``ctx.refused``), as Kafka does (per partition, topic, group or config resource).
         any_version: answer at any version (ApiVersions); the call gets ``request=None``
             and the answer is encoded at version 0 with UNSUPPORTED_VERSION.
     """
@@ -85,6 +94,7 @@ class KafkaRoute:
     error: Callable[..., dict] = top_level_error
     access: Callable[[Any], Iterable[tuple[Operation, Resource]]] = lambda request: ()
     any_version: bool = False
+    per_resource: frozenset[ResourceType] = frozenset()
 
 
 class KafkaRouter:
@@ -138,7 +148,7 @@ class KafkaRouter:
         ctx = RequestContext(conn.principal, LISTENER, conn.client_id or "", conn.id)
         try:
             if served:
-                self._authorize(ctx, route, request)
+                ctx = self._authorize(ctx, route, request)
             answer = route.call(self.app, ctx, request, version, now_ms)
         except RequestError as exc:
             answer = route.error(request, version, exc.code, exc.message)
@@ -153,9 +163,22 @@ class KafkaRouter:
         else:
             self._answer(conn, slot, route, request, reply_version, cid, answer, started)
 
-    def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> None:
-        if self._check_access:
-            check_access(self.authorizer, ctx, route.access(request))
+    def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> RequestContext:
+        """The context to run the request with (its ``refused`` resources), or raises."""
+        if not self._check_access:
+            return ctx
+        refused = check_access(self.authorizer, ctx, self._resolved(route.access(request)), route.per_resource)
+        return replace(ctx, refused=refused) if refused else ctx
+
+    def _resolved(self, pairs):
+        """``pairs`` with topics named by id (:class:`TopicId`) named by name."""
+        for operation, resource in pairs:
+            if isinstance(resource, TopicId):
+                name = topic_name(self.app, resource.topic_id)
+                if name is None:
+                    continue  # no such topic: the handler answers UNKNOWN_TOPIC_ID
+                resource = topic(name)
+            yield operation, resource
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its

@@ -7,11 +7,15 @@ For each message from the ROUTER socket, :meth:`NativeRouter.handle`:
 2. finds the route of the request type and checks the version against the route's
    range (UNSUPPORTED_VERSION), then every field against the type's schema
    (INVALID_REQUEST naming the field);
-3. builds the :class:`RequestContext`: the principal is ``Broker:N`` for the DEALER of
-   broker N (its routing id), ``User:ANONYMOUS`` otherwise;
+3. builds the :class:`RequestContext`: the principal the listener authenticated, or
+   without one ``Broker:N`` for the DEALER of broker N (its routing id) and
+   ``User:ANONYMOUS`` otherwise;
 4. authorizes: a broker-to-broker request must come from the broker it names
-   (CLUSTER_AUTHORIZATION_FAILED); every route names the resources it touches, and the
-   authorizer is asked for each;
+   (CLUSTER_AUTHORIZATION_FAILED); every route names the (operation, resource) pairs it
+   touches, and the authorizer is asked for each: a refusal fails the request with
+   Kafka's code for the resource (TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED), except for
+   the resource types the route answers one by one (:attr:`Route.per_resource`), which the
+   handler gets in :attr:`RequestContext.refused`;
 5. runs the handler, which calls a service with typed arguments;
 6. answers: the handler's typed result is encoded by the route; a
    :class:`zbroker.context.Completion` is answered when it settles; a
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from zbroker import protocol as P
@@ -35,7 +39,7 @@ from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_princi
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
-from zbroker.security import AllowAll, Authorizer, Operation, Resource, check_access
+from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType, check_access
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ class Route:
         any_version: answer this type at any ``v``: outside ``versions`` the answer carries
             UNSUPPORTED_VERSION *and* the route's reply (Kafka's ApiVersions, KIP-511), so a
             client of another version learns what this broker speaks.
+        per_resource: resource types whose refusals the handler answers one by one (in
+            ``ctx.refused``) instead of the whole request failing.
     """
 
     kind: str
@@ -77,6 +83,7 @@ class Route:
     versions: tuple[int, int] = (1, 1)
     sender: Callable[[dict], int | None] | None = None
     any_version: bool = False
+    per_resource: frozenset[ResourceType] = frozenset()
 
 
 class NativeRouter:
@@ -97,8 +104,9 @@ class NativeRouter:
         self.max_request_bytes = max_request_bytes
         self.bad_input_log = RateLimitedLog(log, burst=10, window_s=10.0)  # per kind; the rest is counted
 
-    def handle(self, conn: bytes, frames: Frames, now_ms: int) -> None:
-        """Handle one message received from ``conn`` (its ZeroMQ routing id)."""
+    def handle(self, conn: bytes, frames: Frames, now_ms: int, principal: str | None = None) -> None:
+        """Handle one message received from ``conn`` (its ZeroMQ routing id); ``principal``:
+        who the listener authenticated (None: derived from the routing id, see :meth:`_principal`)."""
         started = time.perf_counter()
         try:
             header = P.decode_header(frames[0], self.max_request_bytes)
@@ -118,8 +126,8 @@ class NativeRouter:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {P.clip(kind)}")
             refused = self._version_refusal(header, route)
             fields = P.check_fields(route.kind, header)
-            ctx = RequestContext(self._principal(conn), LISTENER, self._client_id(header), conn)
-            self._authorize(ctx, route, fields)
+            ctx = RequestContext(principal or self._principal(conn), LISTENER, self._client_id(header), conn)
+            ctx = self._authorize(ctx, route, fields)
             answer = route.call(self.app, ctx, fields, frames[1:], now_ms)
         except RequestError as exc:
             self.bad_input_log.log(now_ms / 1000, "bad_request", logging.WARNING, "bad request from peer=%s type=%s cid=%s: %s",
@@ -180,13 +188,17 @@ class NativeRouter:
                 return broker_principal(int(digits))
         return ANONYMOUS
 
-    def _authorize(self, ctx: RequestContext, route: Route, fields: dict) -> None:
+    def _authorize(self, ctx: RequestContext, route: Route, fields: dict) -> RequestContext:
+        """The context to run the request with (its ``refused`` resources), or raises."""
         claimed = route.sender(fields) if route.sender is not None else None
         if claimed is not None:
             if ctx.broker_id is None or (claimed != ANY_BROKER and ctx.broker_id != claimed):
                 raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{route.kind} is only accepted from the broker it names")
         if self._check_access:
-            check_access(self.authorizer, ctx, route.access(fields))
+            refused = check_access(self.authorizer, ctx, route.access(fields), route.per_resource)
+            if refused:
+                return replace(ctx, refused=refused)
+        return ctx
 
     # -- answers -----------------------------------------------------------------
 

@@ -14,6 +14,9 @@ Mapping:
   backtracking (Python's ``re`` took seconds on a 28-character topic name, and doubles per
   character); RE2 syntax, as Kafka's (no backreferences or lookarounds: INVALID_REQUEST).  A topic created later is picked up when the client sends
   its subscription again (Kafka re-evaluates the regex on the broker; we do not);
+- authorization, as Kafka 4.0 does: READ on the group, DESCRIBE on every topic named
+  (else TOPIC_AUTHORIZATION_FAILED); a regex matches only the topics the principal may
+  describe;
 - ``topic_partitions`` (owned, by topic id) -> ``owned`` (by name; ids of topics that no
   longer exist are left out); the assignment goes back by topic id;
 - ``server_assignor``: ``uniform`` -> ``sticky``, ``range`` -> ``range`` (see
@@ -37,7 +40,7 @@ from zbroker.frontends.kafka import datapath, groupmap
 from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.group import MemberHeartbeat
-from zbroker.security import Operation, group
+from zbroker.security import Operation, group, topic
 
 API_KEY = 68
 VERSIONS = (0, 1)
@@ -47,9 +50,9 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a bad pattern is the client's error, answered; not a line on stderr
 
 
-def subscribed_topics(image, names, regex: str | None) -> list[str] | None:
-    """The member's topics: its names plus the existing topics its regex matches; None
-    when it sent neither (unchanged).
+def subscribed_topics(image, names, regex: str | None, visible=lambda name: True) -> list[str] | None:
+    """The member's topics: its names plus the existing topics its regex matches (those
+    ``visible(name)`` lets it see); None when it sent neither (unchanged).
 
     Raises:
         RequestError: INVALID_REQUEST for a regex that does not compile.
@@ -61,7 +64,7 @@ def subscribed_topics(image, names, regex: str | None) -> list[str] | None:
     except re2.error as exc:
         why = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise RequestError(ErrorCode.INVALID_REQUEST, f"subscribed_topic_regex {regex!r}: {why}") from None
-    matched = {name for name, meta in image.topics.items() if not meta.internal and pattern.fullmatch(name)}
+    matched = {name for name, meta in image.topics.items() if not meta.internal and pattern.fullmatch(name) and visible(name)}
     return sorted(matched | set(names or ()))
 
 
@@ -111,7 +114,8 @@ def to_heartbeat(app, ctx, request, version) -> MemberHeartbeat:
     return MemberHeartbeat(
         group=request.group_id, member_epoch=request.member_epoch, member_id=request.member_id,
         instance_id=request.instance_id, client_id=ctx.client_id,
-        topics=subscribed_topics(image, request.subscribed_topic_names, getattr(request, "subscribed_topic_regex", None)),
+        topics=subscribed_topics(image, request.subscribed_topic_names, getattr(request, "subscribed_topic_regex", None),
+                                 lambda name: app.authorizer.authorize(ctx, Operation.DESCRIBE, topic(name))),
         owned=owned, assignor=groupmap.coordinator_assignor(request.server_assignor),
         rebalance_timeout_ms=rebalance if rebalance >= 0 else None,
         session_timeout_ms=min(max(SESSION_TIMEOUT_MS, lo), hi))
@@ -137,5 +141,9 @@ def consumer_group_heartbeat(app, ctx, request, version, now_ms):
     return datapath.then(result, lambda r: answer(app, r))
 
 
-ROUTE = KafkaRoute(API_KEY, "ConsumerGroupHeartbeat", VERSIONS, consumer_group_heartbeat,
-                   access=lambda request: [(Operation.READ, group(request.group_id))])
+def _access(request):
+    return [(Operation.READ, group(request.group_id)),
+            *((Operation.DESCRIBE, topic(name)) for name in dict.fromkeys(request.subscribed_topic_names or ()))]
+
+
+ROUTE = KafkaRoute(API_KEY, "ConsumerGroupHeartbeat", VERSIONS, consumer_group_heartbeat, access=_access)

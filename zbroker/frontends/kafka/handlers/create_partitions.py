@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from zbroker.control.topicadmin import CreatePartitions
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.kafka.datapath import topic_refusal
 from zbroker.frontends.kafka.gather import failed, gather
 from zbroker.frontends.kafka.resources import duplicates
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, topic
+from zbroker.security import Operation, ResourceType, topic
 
 API_KEY = 37
 VERSIONS = (0, 3)
@@ -23,8 +24,11 @@ def create_partitions(app, ctx, request, version, now_ms):
     twice = duplicates(t.name for t in request.topics)
     calls = []
     for t in {t.name: t for t in request.topics}.values():
+        denied = topic_refusal(ctx, Operation.ALTER, t.name)
         if t.name in twice:
             calls.append((t.name, failed(ErrorCode.INVALID_REQUEST, f"topic {t.name!r} is named more than once")))
+        elif denied is not None:
+            calls.append((t.name, failed(denied.code, denied.message)))
         else:
             calls.append((t.name, lambda t=t: _add(app, ctx, t, request.validate_only, now_ms)))
 
@@ -51,4 +55,5 @@ def _access(request):
     return [(Operation.ALTER, topic(t.name)) for t in request.topics]
 
 
-ROUTE = KafkaRoute(API_KEY, "CreatePartitions", VERSIONS, create_partitions, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "CreatePartitions", VERSIONS, create_partitions, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.TOPIC}))

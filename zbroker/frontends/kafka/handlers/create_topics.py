@@ -20,10 +20,11 @@ from __future__ import annotations
 from zbroker.control.topicadmin import CreateTopic
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import configs
+from zbroker.frontends.kafka.datapath import topic_refusal
 from zbroker.frontends.kafka.gather import failed, gather
 from zbroker.frontends.kafka.resources import duplicates, kafka_outcome
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, topic
+from zbroker.security import Operation, ResourceType, topic
 
 API_KEY = 19
 VERSIONS = (2, 7)
@@ -36,8 +37,11 @@ def create_topics(app, ctx, request, version, now_ms):
     overrides: dict[str, dict] = {}  # name -> its configs in zbroker's terms
     calls = []
     for t in requested.values():
+        denied = topic_refusal(ctx, Operation.CREATE, t.name)
         if t.name in twice:
             calls.append((t.name, failed(ErrorCode.INVALID_REQUEST, f"topic {t.name!r} is named more than once")))
+        elif denied is not None:
+            calls.append((t.name, failed(denied.code, denied.message)))
         else:
             calls.append((t.name, lambda t=t: _create(app, ctx, t, request.validate_only, overrides, now_ms)))
 
@@ -83,7 +87,9 @@ def _error(request, version, code, message):
 
 
 def _access(request):
+    # CREATE on the topic, or on the cluster (which implies it: see security.acl)
     return [(Operation.CREATE, topic(t.name)) for t in request.topics]
 
 
-ROUTE = KafkaRoute(API_KEY, "CreateTopics", VERSIONS, create_topics, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "CreateTopics", VERSIONS, create_topics, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.TOPIC}))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from zbroker.errors import RequestError
 from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka.groupmap import check_group
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, group
+from zbroker.security import Operation, ResourceType, group
 
 API_KEY = 42
 VERSIONS = (0, 2)
@@ -19,7 +20,8 @@ VERSIONS = (0, 2)
 
 def delete_groups(app, ctx, request, version, now_ms):
     names = list(request.groups_names)
-    results = [groupmap.attempt(lambda g=g: app.groups.delete_group(ctx, g, now_ms)) for g in names]
+    results = [groupmap.attempt(lambda g=g: check_group(ctx, Operation.DELETE, g) or app.groups.delete_group(ctx, g, now_ms))
+               for g in names]
 
     def build(values) -> dict:
         return {"results": [{"group_id": g, "error_code": v.code if isinstance(v, RequestError) else 0}
@@ -33,4 +35,5 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "DeleteGroups", VERSIONS, delete_groups, error=_error,
-                   access=lambda request: [(Operation.DELETE, group(g)) for g in request.groups_names])
+                   access=lambda request: [(Operation.DELETE, group(g)) for g in request.groups_names],
+                   per_resource=frozenset({ResourceType.GROUP}))

@@ -13,20 +13,27 @@ service); the request's ``timeout`` is not used.
 from __future__ import annotations
 
 from zbroker.frontends.kafka.codec import millis
+from zbroker.frontends.kafka.datapath import topic_refusal
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, topic
+from zbroker.security import Operation, ResourceType, topic
 
 API_KEY = 21
 VERSIONS = (0, 2)
 
 
 def delete_records(app, ctx, request, version, now_ms):
-    asked = [(t.name, p.partition_index, p.offset) for t in request.topics for p in t.partitions]
-    results = app.delete_records.delete_records(ctx, asked, millis(request.timeout), now_ms)
+    denied = {t.name: error for t in request.topics if (error := topic_refusal(ctx, Operation.DELETE, t.name)) is not None}
+    asked = [(t.name, p.partition_index, p.offset) for t in request.topics if t.name not in denied for p in t.partitions]
+    results = iter(app.delete_records.delete_records(ctx, asked, millis(request.timeout), now_ms))
     topics: dict[str, list[dict]] = {}
-    for r in results:
-        topics.setdefault(r.topic, []).append({"partition_index": r.partition, "low_watermark": r.low_watermark,
-                                               "error_code": r.error})
+    for t in request.topics:
+        for p in t.partitions:
+            if t.name in denied:
+                entry = {"partition_index": p.partition_index, "low_watermark": -1, "error_code": denied[t.name].code}
+            else:
+                r = next(results)
+                entry = {"partition_index": r.partition, "low_watermark": r.low_watermark, "error_code": r.error}
+            topics.setdefault(t.name, []).append(entry)
     return {"topics": [{"name": name, "partitions": parts} for name, parts in topics.items()]}
 
 
@@ -40,4 +47,5 @@ def _access(request):
     return [(Operation.DELETE, topic(t.name)) for t in request.topics]
 
 
-ROUTE = KafkaRoute(API_KEY, "DeleteRecords", VERSIONS, delete_records, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "DeleteRecords", VERSIONS, delete_records, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.TOPIC}))

@@ -6,8 +6,8 @@ INVALID_REQUEST; an unknown name UNKNOWN_TOPIC_OR_PARTITION; ``__consumer_offset
 INVALID_TOPIC_EXCEPTION (it holds every group's offsets).  The request's ``timeout`` is
 not used: the controller answers within its own 30 s.
 
-Topics named by id are authorized once the security layer can resolve ids (today every
-request is allowed).
+Each topic needs DELETE on it (a topic named by id is authorized by the name the id
+resolves to); a refused one answers TOPIC_AUTHORIZATION_FAILED on its own.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import uuid
 
 from zbroker.control.topicadmin import DeleteTopic
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.kafka.datapath import TopicId, topic_refusal
 from zbroker.frontends.kafka.gather import failed, gather
 from zbroker.frontends.kafka.resources import duplicates
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, topic
+from zbroker.security import Operation, ResourceType, topic
 
 API_KEY = 20
 VERSIONS = (1, 6)
@@ -52,6 +53,8 @@ def delete_topics(app, ctx, request, version, now_ms):
         responses = []
         for key in dict.fromkeys(named):
             meta, outcome = known[key], outcomes[key]
+            if outcome.error_code == ErrorCode.TOPIC_AUTHORIZATION_FAILED:
+                meta = None  # a topic asked for by id and refused: its name is not told
             responses.append({"name": meta.name if meta is not None else key[0],
                               "topic_id": meta.topic_id if meta is not None else key[1],
                               "error_code": outcome.error_code, "error_message": outcome.error_message})
@@ -70,6 +73,9 @@ def _delete(app, ctx, name: str | None, topic_id: str | None, by_id: dict, now_m
         name = meta.name
     if name is None:
         raise RequestError(ErrorCode.INVALID_REQUEST, "a topic needs a name or an id")
+    denied = topic_refusal(ctx, Operation.DELETE, name)
+    if denied is not None:  # by id: the name is not told
+        raise denied if topic_id is None else RequestError(denied.code, f"{ctx.principal} may not delete topic id {topic_id}")
     return app.admin.delete_topic(ctx, DeleteTopic(name), now_ms)
 
 
@@ -79,8 +85,11 @@ def _error(request, version, code, message):
 
 
 def _access(request):
-    names = request.topic_names if hasattr(request, "topic_names") else [t.name for t in request.topics if t.name is not None]
-    return [(Operation.DELETE, topic(n)) for n in names]
+    if hasattr(request, "topic_names"):
+        return [(Operation.DELETE, topic(n)) for n in request.topic_names]
+    return [(Operation.DELETE, topic(t.name) if t.name is not None else TopicId(t.topic_id))
+            for t in request.topics if t.name is not None or (t.topic_id is not None and t.topic_id.int)]
 
 
-ROUTE = KafkaRoute(API_KEY, "DeleteTopics", VERSIONS, delete_topics, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "DeleteTopics", VERSIONS, delete_topics, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.TOPIC}))

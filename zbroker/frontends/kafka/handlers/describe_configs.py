@@ -16,7 +16,9 @@ from __future__ import annotations
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import configs
 from zbroker.frontends.kafka.configs import ResourceType
-from zbroker.frontends.kafka.resources import access, broker_entry, duplicates, resource_errors, unsupported
+from zbroker.frontends.kafka.resources import (
+    PER_RESOURCE, access, broker_entry, config_refusal, duplicates, resource_errors, unsupported,
+)
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation
 
@@ -34,6 +36,9 @@ def describe_configs(app, ctx, request, version, now_ms):
         try:
             if (r.resource_type, r.resource_name) in twice:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"resource {r.resource_name!r} is named more than once")
+            denied = config_refusal(ctx, Operation.DESCRIBE, r)
+            if denied is not None:
+                raise denied
             result["configs"] = _describe(app, r, synonyms, documentation)
         except RequestError as exc:
             result.update(error_code=exc.code, error_message=exc.message)
@@ -56,4 +61,4 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "DescribeConfigs", VERSIONS, describe_configs, error=_error,
-                   access=lambda request: access(request, Operation.DESCRIBE))
+                   access=lambda request: access(request, Operation.DESCRIBE), per_resource=PER_RESOURCE)

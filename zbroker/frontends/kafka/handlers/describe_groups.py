@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import groupmap
+from zbroker.frontends.kafka.groupmap import check_group
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, group
+from zbroker.security import Operation, ResourceType, group
 
 API_KEY = 15
 VERSIONS = (0, 6)
@@ -26,6 +27,7 @@ NOT_REQUESTED = -2147483648
 def describe(app, ctx, group_id: str, version: int, now_ms: int) -> dict:
     """One group's answer."""
     try:
+        check_group(ctx, Operation.DESCRIBE, group_id)
         g = app.groups.describe_group(ctx, group_id, now_ms)
     except RequestError as exc:
         if exc.code == ErrorCode.GROUP_ID_NOT_FOUND and version < 6:
@@ -58,4 +60,5 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "DescribeGroups", VERSIONS, describe_groups, error=_error,
-                   access=lambda request: [(Operation.DESCRIBE, group(g)) for g in request.groups])
+                   access=lambda request: [(Operation.DESCRIBE, group(g)) for g in request.groups],
+                   per_resource=frozenset({ResourceType.GROUP}))

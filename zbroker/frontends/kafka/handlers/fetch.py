@@ -37,10 +37,10 @@ from zbroker.core.fetch import FetchedPartition, FetchPartition, FetchRequest, F
 from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.datapath import (
-    LEADER_MOVED, leader_endpoints, leader_hint, max_decompressed, then, topic_access, topic_name,
+    LEADER_MOVED, leader_endpoints, leader_hint, max_decompressed, then, topic_access, topic_name, topic_refusal,
 )
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation
+from zbroker.security import Operation, ResourceType
 
 API_KEY = 1
 VERSIONS = (4, 18)
@@ -59,9 +59,11 @@ def fetch(app, ctx, request, version, now_ms):
         topic_id = getattr(t, "topic_id", None)
         name = topic_name(app, topic_id) if version >= TOPIC_IDS_FROM else t.topic
         slots = []
+        denied = topic_refusal(ctx, Operation.READ, name)
         for p in t.partitions:
-            if name is None:
-                slots.append((p.partition, FetchedPartition("", p.partition, error=int(ErrorCode.UNKNOWN_TOPIC_ID))))
+            if name is None or denied is not None:
+                error = ErrorCode.UNKNOWN_TOPIC_ID if name is None else denied.code
+                slots.append((p.partition, FetchedPartition(name or "", p.partition, error=int(error))))
                 refused = True
                 continue
             slots.append((p.partition, len(specs)))
@@ -117,4 +119,5 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "Fetch", VERSIONS, fetch, error=_error,
-                   access=lambda request: topic_access(Operation.READ, request.topics, "topic"))
+                   access=lambda request: topic_access(Operation.READ, request.topics, "topic"),
+                   per_resource=frozenset({ResourceType.TOPIC}))

@@ -19,8 +19,9 @@ unknown types are INVALID_REQUEST.
 from __future__ import annotations
 
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.kafka.groupmap import check_group
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, group
+from zbroker.security import Operation, ResourceType, group
 
 API_KEY = 10
 VERSIONS = (0, 6)
@@ -36,6 +37,8 @@ def coordinator(app, ctx, key_type: int, key: str, now_ms: int) -> dict:
     try:
         if key_type not in (GROUP_KEY, TRANSACTION_KEY):
             raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown coordinator key type {key_type}")
+        if key_type == GROUP_KEY:
+            check_group(ctx, Operation.DESCRIBE, key)
         found = app.groups.find_coordinator(ctx, key, now_ms)
         broker = app.config.broker(found.broker_id)
         if not broker.kafka_port:
@@ -70,4 +73,5 @@ def _error(request, version, code, message):
     return {"node_id": -1, "host": "", "port": -1, "error_code": code, "error_message": message}
 
 
-ROUTE = KafkaRoute(API_KEY, "FindCoordinator", VERSIONS, find_coordinator, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "FindCoordinator", VERSIONS, find_coordinator, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.GROUP}))

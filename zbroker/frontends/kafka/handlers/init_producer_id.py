@@ -11,6 +11,9 @@ error it recovers from) gets a new id with epoch 0, which is what a Kafka broker
 producer without a transactional id: its sequences start again at 0 under the new id.
 (librdkafka's idempotent producer bumps its epoch itself, without asking.)
 
+Authorization: Kafka's IDEMPOTENT_WRITE on the cluster, which an ACL ``write`` on the
+cluster grants, and so does ``write`` on any topic (KIP-679; see :mod:`zbroker.security.acl`).
+
 Transactions are not supported: a ``transactional_id`` gets INVALID_TXN_STATE (48), the
 code Produce uses for transactional batches (see ``produce.py``), which the Java client
 and kafka-python treat as fatal for InitProducerId.  (librdkafka retries InitProducerId on
@@ -43,4 +46,4 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "InitProducerId", VERSIONS, init_producer_id, error=_error,
-                   access=lambda request: [(Operation.WRITE, CLUSTER)])
+                   access=lambda request: [(Operation.IDEMPOTENT_WRITE, CLUSTER)])

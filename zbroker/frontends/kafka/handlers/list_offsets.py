@@ -13,9 +13,9 @@ gets FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH.
 from __future__ import annotations
 
 from zbroker.core.fetch import EARLIEST_TIMESTAMP, MAX_TIMESTAMP, OffsetAnswer, OffsetQuery
-from zbroker.frontends.kafka.datapath import partition_errors, topic_access
+from zbroker.frontends.kafka.datapath import partition_errors, topic_access, topic_refusal
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation
+from zbroker.security import Operation, ResourceType
 
 API_KEY = 2
 VERSIONS = (1, 11)
@@ -23,10 +23,15 @@ EARLIEST_LOCAL_TIMESTAMP = -4
 
 
 def list_offsets(app, ctx, request, version, now_ms):
-    queries, slots = [], []  # slots: per topic, per partition: a position in queries or None (nothing to ask)
+    # slots: per topic, per partition: a position in queries, an answer already (refused) or None (nothing to ask)
+    queries, slots = [], []
     for t in request.topics:
         positions = []
+        denied = topic_refusal(ctx, Operation.DESCRIBE, t.name)
         for p in t.partitions:
+            if denied is not None:
+                positions.append(OffsetAnswer(t.name, p.partition_index, denied.code))
+                continue
             timestamp = EARLIEST_TIMESTAMP if p.timestamp == EARLIEST_LOCAL_TIMESTAMP else p.timestamp
             if timestamp < MAX_TIMESTAMP:  # latest tiered and what Kafka may add: nothing is tiered here
                 positions.append(None)
@@ -39,7 +44,7 @@ def list_offsets(app, ctx, request, version, now_ms):
     for t, positions in zip(request.topics, slots):
         partitions = []
         for p, i in zip(t.partitions, positions):
-            a = answers[i] if i is not None else OffsetAnswer(t.name, p.partition_index)
+            a = answers[i] if isinstance(i, int) else i or OffsetAnswer(t.name, p.partition_index)
             partitions.append({"partition_index": p.partition_index, "error_code": a.error, "timestamp": a.timestamp,
                                "offset": a.offset, "leader_epoch": a.leader_epoch})
         topics.append({"name": t.name, "partitions": partitions})
@@ -49,4 +54,5 @@ def list_offsets(app, ctx, request, version, now_ms):
 ROUTE = KafkaRoute(API_KEY, "ListOffsets", VERSIONS, list_offsets,
                    error=lambda request, version, code, message: {
                        "topics": partition_errors(request.topics, "name", "partition_index", code)},
-                   access=lambda request: topic_access(Operation.DESCRIBE, request.topics, "name"))
+                   access=lambda request: topic_access(Operation.DESCRIBE, request.topics, "name"),
+                   per_resource=frozenset({ResourceType.TOPIC}))

@@ -8,6 +8,11 @@ LEADER_NOT_AVAILABLE and the client asks again.  Topics asked for by id (v10+) a
 by id, an unknown id is UNKNOWN_TOPIC_ID, and never auto-created.  v13 (Kafka 4.0,
 KIP-1102) adds a top-level ``error_code``, always NONE here (no REBOOTSTRAP_REQUIRED):
 kafka-python pinned to a 4.x release sends v13 whatever the broker advertises.
+
+Authorization is the service's (:meth:`zbroker.core.cluster.ClusterInfo.metadata`, the
+same on the native door): every topic is shown only to a principal that may DESCRIBE it,
+a topic asked for and not describable is TOPIC_AUTHORIZATION_FAILED (asked for by id:
+without its name), and auto-creation needs CREATE.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka.datapath import topic_name
 from zbroker.frontends.kafka.router import KafkaRoute
-from zbroker.security import Operation, topic
 
 API_KEY = 3
 VERSIONS = (0, 13)
@@ -51,10 +55,13 @@ def metadata(app, ctx, request, version, now_ms):
     auto_create = getattr(request, "allow_auto_topic_creation", True)
     answer = app.cluster.metadata(ctx, names if names is None else names + by_id, auto_create, now_ms)
     image = app.control.image
+    hidden = set(by_id)  # asked for by id: a refused topic's name is not told
     for t in answer.topics:
         meta = image.get(t.topic)
+        name = t.topic if t.error != ErrorCode.TOPIC_AUTHORIZATION_FAILED or t.topic not in hidden else (
+            None if version >= 12 else "")
         topics.append({
-            "error_code": t.error, "name": t.topic, "topic_id": meta.topic_id if meta is not None else None,
+            "error_code": t.error, "name": name, "topic_id": meta.topic_id if meta is not None else None,
             "is_internal": t.internal, "topic_authorized_operations": -2147483648,
             "partitions": [{"error_code": p.error, "partition_index": p.partition, "leader_id": p.leader,
                             "leader_epoch": p.leader_epoch, "replica_nodes": p.replicas, "isr_nodes": p.isr,
@@ -65,16 +72,11 @@ def metadata(app, ctx, request, version, now_ms):
             "topics": topics, "cluster_authorized_operations": -2147483648}
 
 
-def _access(request):
-    if request.topics is None:
-        return []  # every topic: filtered by what the principal may describe (security, next)
-    return [(Operation.DESCRIBE, topic(t.name)) for t in request.topics if t.name is not None]
-
-
 def _error(request, version, code, message):
     names = [] if request is None or request.topics is None else [t.name for t in request.topics]
     return {"brokers": [], "error_code": code,  # top level: v13+
             "topics": [{"error_code": code, "name": n, "partitions": []} for n in names]}
 
 
-ROUTE = KafkaRoute(API_KEY, "Metadata", VERSIONS, metadata, error=_error, access=_access)
+# authorized per topic by the service (see the module text): no pairs for the router
+ROUTE = KafkaRoute(API_KEY, "Metadata", VERSIONS, metadata, error=_error)

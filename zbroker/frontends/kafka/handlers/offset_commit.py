@@ -8,7 +8,9 @@ member id, which the coordinator accepts only while the group has no members.
 Partitions of topics that do not exist, or past a topic's last partition, are
 UNKNOWN_TOPIC_OR_PARTITION, and metadata longer than :data:`MAX_METADATA_BYTES` is
 OFFSET_METADATA_TOO_LARGE (Kafka's ``offset.metadata.max.bytes``), each on its own; the
-other partitions are committed together and answered once replicated.  An error of
+other partitions are committed together and answered once replicated.  The commit needs
+READ on the group (else GROUP_AUTHORIZATION_FAILED on every partition) and READ on each
+topic (else TOPIC_AUTHORIZATION_FAILED on that topic's partitions).  An error of
 the whole commit (NOT_COORDINATOR, STALE_MEMBER_EPOCH, ...) is set on every partition.
 ``committed_leader_epoch`` (v6+) is not kept: OffsetFetch answers -1 (unknown), so
 clients skip their truncation check on it.  ``retention_time`` (v2-v4) is ignored:
@@ -21,7 +23,7 @@ from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka import datapath, groupmap
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.groups.coordinator import CommitOffset, OffsetCommit
-from zbroker.security import Operation, group, topic
+from zbroker.security import Operation, ResourceType, group
 
 API_KEY = 8
 VERSIONS = (2, 10)
@@ -39,10 +41,13 @@ def offset_commit(app, ctx, request, version, now_ms):
     for t in request.topics:
         name = _topic_name(app, t, version)
         meta = image.get(name) if name is not None else None
+        denied = datapath.topic_refusal(ctx, Operation.READ, name)
         for p in t.partitions:
             key = (_key(t, version), p.partition_index)
             metadata = p.committed_metadata or ""
-            if meta is None or not 0 <= p.partition_index < meta.partition_count:
+            if denied is not None:
+                errors[key] = denied.code
+            elif meta is None or not 0 <= p.partition_index < meta.partition_count:
                 errors[key] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             elif len(metadata.encode()) > MAX_METADATA_BYTES:
                 errors[key] = ErrorCode.OFFSET_METADATA_TOO_LARGE
@@ -82,8 +87,8 @@ def _error(request, version, code, message):
 
 
 def _access(request):
-    names = {t.name for t in request.topics if getattr(t, "name", None)}
-    return [(Operation.READ, group(request.group_id)), *((Operation.READ, topic(n)) for n in sorted(names))]
+    return [(Operation.READ, group(request.group_id)), *datapath.topic_access(Operation.READ, request.topics, "name")]
 
 
-ROUTE = KafkaRoute(API_KEY, "OffsetCommit", VERSIONS, offset_commit, error=_error, access=_access)
+ROUTE = KafkaRoute(API_KEY, "OffsetCommit", VERSIONS, offset_commit, error=_error, access=_access,
+                   per_resource=frozenset({ResourceType.TOPIC}))

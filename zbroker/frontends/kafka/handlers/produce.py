@@ -30,9 +30,9 @@ from storage import HEADER_SIZE, MAGIC_KAFKA, TRANSACTIONAL_BIT, parse_header
 from zbroker.core.produce import ProduceResult, check_acks
 from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka.codec import millis
-from zbroker.frontends.kafka.datapath import LEADER_MOVED, leader_endpoints, leader_hint, then, topic_access, topic_name
+from zbroker.frontends.kafka.datapath import LEADER_MOVED, leader_endpoints, leader_hint, then, topic_access, topic_name, topic_refusal
 from zbroker.frontends.kafka.router import CLOSE_CONNECTION, NO_REPLY, KafkaRoute
-from zbroker.security import Operation
+from zbroker.security import Operation, ResourceType
 
 API_KEY = 0
 VERSIONS = (3, 13)
@@ -68,11 +68,17 @@ def produce(app, ctx, request, version, now_ms):
         topic_id = getattr(t, "topic_id", None)
         name = topic_name(app, topic_id) if version >= TOPIC_IDS_FROM else t.name
         slots = []
+        denied = topic_refusal(ctx, Operation.WRITE, name)
         for p in t.partition_data:
-            refusal = (ErrorCode.UNKNOWN_TOPIC_ID, f"no topic has id {topic_id}") if name is None else _refusal(p.records, transactional)
-            if refusal is not None:
+            if name is None:
+                why = (ErrorCode.UNKNOWN_TOPIC_ID, f"no topic has id {topic_id}")
+            elif denied is not None:
+                why = (denied.code, denied.message)
+            else:
+                why = _refusal(p.records, transactional)
+            if why is not None:
                 result = ProduceResult(name or "", p.index)
-                result.fail(*refusal)
+                result.fail(*why)
                 slots.append((p.index, result))
             else:
                 slots.append((p.index, len(batches)))
@@ -114,4 +120,5 @@ def _error(request, version, code, message):
 
 
 ROUTE = KafkaRoute(API_KEY, "Produce", VERSIONS, produce, error=_error,
-                   access=lambda request: topic_access(Operation.WRITE, request.topic_data, "name"))
+                   access=lambda request: topic_access(Operation.WRITE, request.topic_data, "name"),
+                   per_resource=frozenset({ResourceType.TOPIC}))

@@ -70,21 +70,18 @@ def init_producer_id_reply(pid: ProducerId):
     return {"producer_id": pid.producer_id, "producer_epoch": pid.producer_epoch}, []
 
 
-def _topics(f):
-    names = f["topics"]
-    return [] if names is None else [(Operation.DESCRIBE, topic(n)) for n in set(names)]
-
-
 def _on_topic(operation):
     return lambda f: [(operation, topic(f["topic"]))]
 
 
 ROUTES = [
-    Route(P.METADATA, metadata, metadata_reply, access=_topics),
+    # authorized per topic by the service (core.cluster): TOPIC_AUTHORIZATION_FAILED per topic, filtered listings
+    Route(P.METADATA, metadata, metadata_reply),
     Route(P.DESCRIBE_TOPIC, describe_topic, describe_topic_reply, access=_on_topic(Operation.DESCRIBE)),
     Route(P.CREATE_TOPIC, create_topic, access=_on_topic(Operation.CREATE)),
     Route(P.DELETE_TOPIC, delete_topic, access=_on_topic(Operation.DELETE)),
     Route(P.ALTER_TOPIC_CONFIG, alter_topic_config, access=_on_topic(Operation.ALTER)),
     Route(P.CREATE_PARTITIONS, create_partitions, access=_on_topic(Operation.ALTER)),
-    Route(P.INIT_PRODUCER_ID, init_producer_id, init_producer_id_reply, access=lambda f: [(Operation.WRITE, CLUSTER)]),
+    Route(P.INIT_PRODUCER_ID, init_producer_id, init_producer_id_reply,
+          access=lambda f: [(Operation.IDEMPOTENT_WRITE, CLUSTER)]),
 ]

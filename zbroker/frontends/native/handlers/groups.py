@@ -6,7 +6,7 @@ from zbroker import protocol as P
 from zbroker.frontends.native.router import Route
 from zbroker.groups.coordinator import CommitOffset, Coordinator, GroupDetail, HeartbeatResult, OffsetCommit
 from zbroker.groups.group import MemberHeartbeat
-from zbroker.security import CLUSTER, Operation, group, topic
+from zbroker.security import Operation, allowed, describable_groups, group, topic
 
 
 def _lists(tps) -> list[list]:
@@ -44,7 +44,11 @@ def offset_commit_reply(tps):
 
 
 def offset_fetch(app, ctx, fields, payloads, now_ms):
-    return app.groups.offset_fetch(ctx, fields["group"], fields["partitions"], now_ms)
+    offsets = app.groups.offset_fetch(ctx, fields["group"], fields["partitions"], now_ms)
+    if fields["partitions"] is not None:
+        return offsets  # the topics asked for were authorized by the router
+    visible = set(allowed(app.authorizer, ctx, Operation.DESCRIBE, {topic(o.topic) for o in offsets}))
+    return [o for o in offsets if topic(o.topic) in visible]
 
 
 def offset_fetch_reply(offsets):
@@ -53,7 +57,9 @@ def offset_fetch_reply(offsets):
 
 
 def list_groups(app, ctx, fields, payloads, now_ms):
-    return app.groups.list_groups(ctx)
+    listings = app.groups.list_groups(ctx)
+    visible = describable_groups(app.authorizer, ctx, (g.group for g in listings))
+    return [g for g in listings if g.group in visible]
 
 
 def list_groups_reply(groups):
@@ -82,14 +88,21 @@ def _on_group(operation):
     return lambda f: [(operation, group(f["group"]))]
 
 
+def _topics_of(operation, names):
+    return [(operation, topic(n)) for n in dict.fromkeys(names)]
+
+
 ROUTES = [
     Route(P.FIND_COORDINATOR, find_coordinator, find_coordinator_reply, access=_on_group(Operation.DESCRIBE)),
-    Route(P.GROUP_HEARTBEAT, group_heartbeat, group_heartbeat_reply, access=_on_group(Operation.READ)),
+    Route(P.GROUP_HEARTBEAT, group_heartbeat, group_heartbeat_reply,
+          access=lambda f: [(Operation.READ, group(f["group"])), *_topics_of(Operation.DESCRIBE, f["topics"] or ())]),
     Route(P.OFFSET_COMMIT, offset_commit, offset_commit_reply,
-          access=lambda f: [(Operation.READ, group(f["group"])),
-                            *((Operation.READ, topic(name)) for name in {o["topic"] for o in f["offsets"]})]),
-    Route(P.OFFSET_FETCH, offset_fetch, offset_fetch_reply, access=_on_group(Operation.DESCRIBE)),
-    Route(P.LIST_GROUPS, list_groups, list_groups_reply, access=lambda f: [(Operation.DESCRIBE, CLUSTER)]),
+          access=lambda f: [(Operation.READ, group(f["group"])), *_topics_of(Operation.READ, (o["topic"] for o in f["offsets"]))]),
+    Route(P.OFFSET_FETCH, offset_fetch, offset_fetch_reply,
+          access=lambda f: [(Operation.DESCRIBE, group(f["group"])),
+                            *_topics_of(Operation.DESCRIBE, (tp[0] for tp in f["partitions"] or ()
+                                                               if tp and isinstance(tp[0], str)))]),
+    Route(P.LIST_GROUPS, list_groups, list_groups_reply),  # filtered: the groups the principal may describe
     Route(P.DESCRIBE_GROUP, describe_group, describe_group_reply, access=_on_group(Operation.DESCRIBE)),
     Route(P.DELETE_GROUP, delete_group, access=_on_group(Operation.DELETE)),
 ]
