@@ -407,3 +407,28 @@ def request(kind: str, cid: int, **fields: Any) -> dict:
     msg = {"v": PROTOCOL_VERSION, "type": kind, "cid": cid}
     msg.update(fields)
     return msg
+
+
+# -- users: SCRAM credentials for the Kafka door's SASL (docs/protocol.md §4.13) ---------------
+# The client computes each credential (salt, iterations, StoredKey, ServerKey: RFC 5802) from the
+# password, so neither the password nor anything a client could log in with crosses the wire.
+
+UPSERT_USER = "upsert_user"  # set a user's credentials, replacing any it had
+REMOVE_USER = "remove_user"
+LIST_USERS = "list_users"  # names and mechanisms, never keys
+
+#: A user name: letters, digits, ``.``, ``_``, ``-``, not starting with ``.``; the principal is
+#: ``User:NAME`` (the same names as ``zbroker keys generate``'s).
+USER_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+MAX_USER_CHARS = 128
+
+SCHEMAS.update({
+    UPSERT_USER: {
+        "user": _f(str, cap=MAX_USER_CHARS),
+        "credentials": _f(list, item={"mechanism": _f(str, cap=32), "salt": _f(bytes), "iterations": _f(int),
+                                      "stored_key": _f(bytes), "server_key": _f(bytes)},
+                          cap=2, unique=("mechanism",)),
+    },
+    REMOVE_USER: {"user": _f(str, cap=MAX_USER_CHARS)},
+    LIST_USERS: {},
+})

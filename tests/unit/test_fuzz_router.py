@@ -56,6 +56,10 @@ VALID = {
     P.ALTER_ISR: {"topic": "t", "partition": 0, "leader": 1, "leader_epoch": 0, "isr": [1]},
     P.ALTER_SECURITY: {"records": [{"type": "quota", "principal": "User:a", "produce_bytes_per_s": 1000}]},
     P.API_VERSIONS: {},
+    P.UPSERT_USER: {"user": "u", "credentials": [{"mechanism": "SCRAM-SHA-256", "salt": b"s" * 16, "iterations": 4096,
+                                                  "stored_key": b"k" * 32, "server_key": b"v" * 32}]},
+    P.REMOVE_USER: {"user": "u"},
+    P.LIST_USERS: {},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)
