@@ -417,10 +417,7 @@ UPSERT_USER = "upsert_user"  # set a user's credentials, replacing any it had
 REMOVE_USER = "remove_user"
 LIST_USERS = "list_users"  # names and mechanisms, never keys
 
-#: A user name: letters, digits, ``.``, ``_``, ``-``, not starting with ``.``; the principal is
-#: ``User:NAME`` (the same names as ``zbroker keys generate``'s).
-USER_NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
-MAX_USER_CHARS = 128
+MAX_USER_CHARS = 128  # a user name (its rule: zbroker.security.users)
 
 SCHEMAS.update({
     UPSERT_USER: {

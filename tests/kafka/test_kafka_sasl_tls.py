@@ -168,3 +168,29 @@ def test_ssl_without_sasl_serves_anonymous_clients_over_tls(tmp_path):
         assert "(SSL)" in proc.log_text(None)
     finally:
         proc.close()
+
+
+def test_kafka_admin_clients_manage_scram_users_with_kip_554(broker):
+    from confluent_kafka.admin import (
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialDeletion,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient(confluent_config(broker, "SCRAM-SHA-512", "alice", PASSWORD))
+    futures = admin.alter_user_scram_credentials([
+        UserScramCredentialUpsertion("erin", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 8192), b"erin-pw"),
+        UserScramCredentialDeletion("ghost", ScramMechanism.SCRAM_SHA_512)])
+    assert futures["erin"].result(30) is None
+    with pytest.raises(Exception, match="RESOURCE_NOT_FOUND"):
+        futures["ghost"].result(30)
+    described = admin.describe_user_scram_credentials(["erin"])["erin"].result(30)
+    assert [(i.mechanism, i.iterations) for i in described.scram_credential_infos] == [(ScramMechanism.SCRAM_SHA_256, 8192)]
+    from confluent_kafka import Producer
+
+    assert Producer(confluent_config(broker, "SCRAM-SHA-256", "erin", "erin-pw")).list_topics(timeout=20).brokers
+    futures = admin.alter_user_scram_credentials([UserScramCredentialDeletion("erin", ScramMechanism.SCRAM_SHA_256)])
+    assert futures["erin"].result(30) is None
+    assert "Authentication failed" in confluent_auth_error(confluent_config(broker, "SCRAM-SHA-256", "erin", "erin-pw"))

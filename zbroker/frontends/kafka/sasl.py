@@ -49,6 +49,7 @@ from scramp.utils import ServerError, saslprep
 
 from zbroker.control.security_meta import MIN_SCRAM_ITERATIONS, SCRAM_MECHANISMS, ScramCredential
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.security.users import SCRAM_HASHES, scram_keys
 
 PLAIN = "PLAIN"
 #: Largest SASL token accepted (a SCRAM message or a PLAIN token is well under 1 KiB).
@@ -63,7 +64,6 @@ AUTH_TIMEOUT_MS = 10_000
 #: The answer to a login with a wrong password and to one with an unknown user alike.
 INVALID_CREDENTIALS = "Authentication failed: invalid credentials with SASL mechanism {}"
 
-_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 
 
 class SaslState(enum.Enum):
@@ -93,10 +93,8 @@ Credentials = Callable[[str], "dict[str, ScramCredential] | None"]
 def salted_keys(mechanism: str, password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
     """``(StoredKey, ServerKey)`` of ``password`` (RFC 5802 §3; the password SASLprep'd as
     SCRAM clients do)."""
-    name = _HASHES[mechanism]
-    salted = hashlib.pbkdf2_hmac(name, saslprep(password).encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", name).digest()
-    return hashlib.new(name, client_key).digest(), hmac.new(salted, b"Server Key", name).digest()
+    salted = hashlib.pbkdf2_hmac(SCRAM_HASHES[mechanism], saslprep(password).encode(), salt, iterations)
+    return scram_keys(mechanism, salted)
 
 
 def verify_plain(credential: ScramCredential, password: str) -> bool:
@@ -112,7 +110,7 @@ def verify_plain(credential: ScramCredential, password: str) -> bool:
 def decoy_credential(secret: bytes, mechanism: str, user: str) -> ScramCredential:
     """A credential for a user that does not exist: stable per (broker secret, mechanism,
     user), so asking twice gives the same salt, and matching no password."""
-    name = _HASHES[mechanism]
+    name = SCRAM_HASHES[mechanism]
 
     def derive(label: bytes) -> bytes:
         return hmac.new(secret, label + b"\0" + mechanism.encode() + b"\0" + user.encode(), name).digest()

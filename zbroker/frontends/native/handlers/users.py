@@ -9,8 +9,6 @@ mechanisms and iteration counts, never keys or salts.
 
 from __future__ import annotations
 
-import re
-
 from zbroker import protocol as P
 from zbroker.control.security_meta import (
     REMOVE_SCRAM_CREDENTIAL_RECORD,
@@ -21,16 +19,14 @@ from zbroker.control.topicadmin import AlterSecurity
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.native.router import Route
 from zbroker.security import CLUSTER, Operation
-
-_USER_NAME = re.compile(P.USER_NAME_PATTERN)
+from zbroker.security.users import check_user_name
 
 
 def _user(name: str) -> str:
-    if not _USER_NAME.fullmatch(name):
-        raise RequestError(ErrorCode.INVALID_REQUEST,
-                           f"user {P.clip(name)} is not a user name (letters, digits, '.', '_', '-'; at most "
-                           f"{P.MAX_USER_CHARS}; not starting with '.')")
-    return name
+    try:
+        return check_user_name(name)
+    except ValueError as exc:
+        raise RequestError(ErrorCode.INVALID_REQUEST, str(exc)) from None
 
 
 def upsert_user(app, ctx, fields, payloads, now_ms):
