@@ -8,6 +8,8 @@ import struct
 
 import pytest
 import scramp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kio.serial import entity_reader, entity_writer
 
 from zbroker.context import ANONYMOUS
@@ -367,3 +369,31 @@ def test_sasl_requests_on_a_listener_without_sasl_are_illegal_state_and_the_conn
     assert reply(conn.transport.sent[0], 17, 1).error_code.value == ErrorCode.ILLEGAL_SASL_STATE
     assert reply(conn.transport.sent[1], 36, 2).error_code.value == ErrorCode.ILLEGAL_SASL_STATE
     assert not conn.transport.closed
+
+
+# -- fuzzing the exchange (bounded budget) ------------------------------------------------------
+
+STEPS = st.one_of(
+    st.binary(max_size=64).map(lambda b: struct.pack(">i", len(b)) + b),  # raw frames, raw tokens
+    st.builds(lambda m, v: frame(17, v, 1, {"mechanism": m}), st.sampled_from([*ALL, "GSSAPI", ""]), st.integers(0, 1)),
+    st.builds(lambda t, v: frame(36, v, 2, {"auth_bytes": t}),
+              st.one_of(st.binary(max_size=200), st.sampled_from([b"\0alice\0wonderland", b"n,,n=alice,r=abc",
+                                                                   b"c=biws,r=abc,p=AAAA"])), st.integers(0, 2)),
+    st.builds(lambda v: frame(18, v, 3), st.integers(0, 3)),
+    st.just(frame(3, 12, 4)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(st.lists(STEPS, max_size=8), st.integers(1, 50))
+def test_any_sequence_of_sasl_input_is_answered_boundedly_or_closed(users, steps, chunk):
+    conn = connection(users)
+    stream = b"".join(steps)
+    for i in range(0, len(stream), chunk):
+        conn.data_received(stream[i:i + chunk], 0)  # never raises
+        if conn.transport.closed:
+            break
+    assert sum(len(r) for r in conn.transport.sent) <= 4096 * (len(steps) + 1)  # replies stay small
+    if conn.principal != ANONYMOUS:
+        assert conn.sasl.authenticated and conn.principal == "User:alice"  # only a real login gets a principal
+    assert conn.framer.buffered <= MAX_UNAUTHENTICATED_REQUEST_BYTES + 4 or conn.sasl.authenticated
