@@ -55,6 +55,29 @@ def start_broker(root: Path, tls: bool, mechanisms=MECHANISMS) -> BrokerProcess:
     return proc.start()
 
 
+def running_sasl_broker(root: Path, tls: bool, user: str, password: str):
+    """A generator for a fixture: :func:`start_broker` with ``user`` added, closed at the end."""
+    proc = start_broker(root, tls)
+    try:
+        add_user(proc, user, password)
+        yield proc
+    finally:
+        proc.close()
+
+
+def old_tls_context() -> ssl.SSLContext:
+    """A client context that offers only TLS 1.1 (the broker must refuse it), or None if this
+    OpenSSL cannot offer it at all."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError):
+        return None
+    return context
+
+
 def users(proc: BrokerProcess, *args: str, input: bytes | None = None):
     """`zbroker users ARGS` against ``proc``; the completed process."""
     return run_cli("users", *args, bootstrap=proc.bootstrap, input=input)

@@ -12,14 +12,11 @@ import pytest
 import trustme
 
 from support import free_port
+from tests.integration.test_tcp_listener import Once, clock
 from zbroker.net.loop import EventLoop
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def clock() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 class Upper:
@@ -40,17 +37,6 @@ class Upper:
 
     def connection_lost(self) -> None:
         self.lost = True
-
-
-class Once:
-    def __init__(self, loop) -> None:
-        self.loop = loop
-
-    def next_timer_ms(self, now_ms: int) -> int:
-        return 5
-
-    def tick(self, now_ms: int) -> None:
-        self.loop.stop()
 
 
 @pytest.fixture(scope="module")

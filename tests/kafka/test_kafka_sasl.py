@@ -16,7 +16,7 @@ from kafka_sasl_support import (
     confluent_config,
     kafka_python_config,
     kcat_settings,
-    start_broker,
+    running_sasl_broker,
     users,
 )
 from kafka_tools import kcat
@@ -30,12 +30,7 @@ METADATA = 3, 12
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    proc = start_broker(tmp_path_factory.mktemp("sasl-plaintext"), tls=False)
-    try:
-        add_user(proc, "alice", PASSWORD)
-        yield proc
-    finally:
-        proc.close()
+    yield from running_sasl_broker(tmp_path_factory.mktemp("sasl-plaintext"), False, "alice", PASSWORD)
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ import pytest
 
 from kafka_sasl_support import (
     SCRAM,
-    add_user,
     confluent_auth_error,
     confluent_config,
     kafka_python_config,
     kcat_settings,
+    old_tls_context,
+    running_sasl_broker,
     start_broker,
 )
 from kafka_tools import kcat
@@ -32,12 +33,7 @@ PASSWORD = "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    proc = start_broker(tmp_path_factory.mktemp("sasl-ssl"), tls=True)
-    try:
-        add_user(proc, "alice", PASSWORD)
-        yield proc
-    finally:
-        proc.close()
+    yield from running_sasl_broker(tmp_path_factory.mktemp("sasl-ssl"), True, "alice", PASSWORD)
 
 
 def topic() -> str:
@@ -142,13 +138,9 @@ def test_plaintext_and_garbage_on_the_tls_port_close_that_connection_and_the_bro
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ssl.TLSVersion.TLSv1_1, on purpose
 def test_tls_below_1_2_is_refused(broker):
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
-        context.set_ciphers("ALL:@SECLEVEL=0")
-    except (ValueError, ssl.SSLError) as exc:
-        pytest.skip(f"this OpenSSL cannot offer TLS 1.1: {exc}")
+    context = old_tls_context()
+    if context is None:
+        pytest.skip("this OpenSSL cannot offer TLS 1.1")
     host, port = broker.kafka_bootstrap.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         with pytest.raises(ssl.SSLError) as err:

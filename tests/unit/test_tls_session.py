@@ -9,6 +9,7 @@ import struct
 
 import pytest
 import trustme
+from kafka_sasl_support import old_tls_context
 
 from zbroker.net.tcp_listener import TlsError, TlsSession, TlsState, server_tls_context
 
@@ -120,13 +121,9 @@ def test_a_trickle_of_handshake_bytes_stops_at_the_cap(pki):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ssl.TLSVersion.TLSv1_1, on purpose
 def test_tls_older_than_1_2_is_refused(pki):
     server_context, _client = pki
-    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
-    try:
-        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
-        old.set_ciphers("ALL:@SECLEVEL=0")
-    except (ValueError, ssl.SSLError) as exc:
-        pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
+    old = old_tls_context()
+    if old is None:
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
     server, client = TlsSession(server_context), Client.__new__(Client)
     client.incoming, client.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     client.tls = old.wrap_bio(client.incoming, client.outgoing)
