@@ -1,4 +1,4 @@
-"""Administrative client: topics and cluster description.
+"""Administrative client: topics, cluster description, groups, and SASL users.
 
 Every method is a blocking request to one broker (any broker can answer; on a
 timeout or a broken connection the next known broker is tried).  Broker errors
@@ -499,3 +499,53 @@ class Admin:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- users: SCRAM credentials for the Kafka front door's SASL ------------------------
+
+    def add_user(self, name: str, password: str, iterations: int = 4096,
+                 mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")) -> None:
+        """Set user ``name``'s SCRAM credentials from ``password``, replacing any it had (how a
+        password is changed).  The credentials (a random salt, ``iterations``, StoredKey and
+        ServerKey, RFC 5802) are computed here: the password never leaves this process, and
+        nothing sent would let anyone log in.  Kafka clients then log in as ``name`` with
+        SCRAM-SHA-256, SCRAM-SHA-512, or PLAIN (checked against the same credentials).
+
+        Raises:
+            ValueError: an empty password, one SASLprep refuses, or ``iterations`` below 4096.
+            InvalidRequestError: a name that is not a user name, ``iterations`` above the
+                broker's bound.
+            ClusterAuthorizationFailedError: no ALTER permission on the cluster.
+        """
+        from scramp import ScramException, ScramMechanism
+
+        if not password:
+            raise ValueError("add_user: the password is empty")
+        credentials = []
+        for mechanism in mechanisms:
+            try:
+                salt, stored_key, server_key, count = ScramMechanism(mechanism).make_auth_info(password, iterations)
+            except ScramException as exc:
+                raise ValueError(f"add_user: {exc}") from None
+            credentials.append({"mechanism": mechanism, "salt": salt, "iterations": count, "stored_key": stored_key,
+                                "server_key": server_key})
+        self._call("upsert_user", {"user": name, "credentials": credentials})
+
+    def remove_user(self, name: str) -> None:
+        """Remove user ``name``: it can no longer log in, and its open Kafka connections are
+        closed at their next request.
+
+        Raises:
+            ResourceNotFoundError: no such user.
+            ClusterAuthorizationFailedError: no ALTER permission on the cluster.
+        """
+        self._call("remove_user", {"user": name})
+
+    def list_users(self) -> dict[str, dict[str, int]]:
+        """Every user: ``{name: {mechanism: iterations}}`` (never keys or salts).
+
+        Raises:
+            ClusterAuthorizationFailedError: no DESCRIBE permission on the cluster.
+        """
+        header = self._call("list_users", {})
+        return {u["user"]: {m["mechanism"]: m["iterations"] for m in u.get("mechanisms") or ()}
+                for u in header.get("users") or ()}

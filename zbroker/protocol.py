@@ -429,3 +429,25 @@ SCHEMAS.update({
     DESCRIBE_ACLS: dict(_ACL_FILTER),
     DELETE_ACLS: {"filters": _f(list, item=_ACL_FILTER, cap=MAX_ACLS)},
 })
+
+
+# -- users: SCRAM credentials for the Kafka door's SASL (docs/protocol.md §4.14) ---------------
+# The client computes each credential (salt, iterations, StoredKey, ServerKey: RFC 5802) from the
+# password, so neither the password nor anything a client could log in with crosses the wire.
+
+UPSERT_USER = "upsert_user"  # set a user's credentials, replacing any it had
+REMOVE_USER = "remove_user"
+LIST_USERS = "list_users"  # names and mechanisms, never keys
+
+MAX_USER_CHARS = 128  # a user name (its rule: zbroker.security.users)
+
+SCHEMAS.update({
+    UPSERT_USER: {
+        "user": _f(str, cap=MAX_USER_CHARS),
+        "credentials": _f(list, item={"mechanism": _f(str, cap=32), "salt": _f(bytes), "iterations": _f(int),
+                                      "stored_key": _f(bytes), "server_key": _f(bytes)},
+                          cap=2, unique=("mechanism",)),
+    },
+    REMOVE_USER: {"user": _f(str, cap=MAX_USER_CHARS)},
+    LIST_USERS: {},
+})

@@ -26,7 +26,7 @@ import zmq
 from zbroker.config import ClusterConfig
 from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.loop import EventLoop, guarded
-from zbroker.net.tcp_listener import TcpListener
+from zbroker.net.tcp_listener import TcpListener, server_tls_context
 from zbroker.net.zmq_listeners import Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode
 from zbroker.protocol import broker_identity
@@ -48,6 +48,7 @@ class Server:
         self.entry = config.broker(broker_id)
         self.loop = EventLoop(now_ms)
         self.node: BrokerNode | None = None
+        self.kafka_tls = None  # the Kafka listener's ssl.SSLContext, if it speaks TLS
 
     def stop(self, *_args) -> None:
         self.loop.stop()
@@ -72,13 +73,28 @@ class Server:
         self.loop.add_listener(router)
         if self.entry.kafka_port:
             door = KafkaDoor(node.app, node.metrics, node.app.authorizer)
+            tls = self.kafka_tls
+            if tls is None and "PLAIN" in door.sasl_mechanisms:
+                log.warning("the Kafka listener offers SASL PLAIN without TLS: passwords cross the network in the clear "
+                            "(set kafka_tls_cert_file and kafka_tls_key_file, or offer only SCRAM)")
             kafka = TcpListener(self.loop, self.entry.kafka_advertised_host, self.entry.kafka_port, door.connection, now_ms,
-                                self.config.setting("max_queued_reply_bytes"))
+                                self.config.setting("max_queued_reply_bytes"), tls=tls)
             self.loop.add_listener(kafka)
+            self.loop.add_timer(kafka)  # connection deadlines: TLS handshakes, SASL authentication
         return router, dealers
+
+    def _kafka_protocol(self) -> str:
+        """The Kafka listener's security protocol, as Kafka clients name it."""
+        sasl = self.config.security.kafka_sasl
+        tls = self.entry.kafka_tls_cert_file is not None
+        name = ("SASL_SSL" if tls else "SASL_PLAINTEXT") if sasl else ("SSL" if tls else "PLAINTEXT")
+        return f"{name} {','.join(sasl)}" if sasl else name
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`; then shut down cleanly."""
+        # a TLS certificate that cannot be loaded fails the start before any work is done
+        if self.entry.kafka_port and self.entry.kafka_tls_cert_file:
+            self.kafka_tls = server_tls_context(self.entry.kafka_tls_cert_file, self.entry.kafka_tls_key_file)
         # load (recover every partition) first, then listen: nothing queues up meanwhile,
         # and no peer's heartbeat is stamped with a time long after it was sent
         node = self.node = BrokerNode(self.config, self.broker_id, now_ms(), clock=now_ms)
@@ -93,7 +109,8 @@ class Server:
         node.connect(router.send, dealers.send if dealers is not None else None)
         log.info("broker %s listening on %s%s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
                  f" gossip={self.entry.gossip_port}" if dealers is not None else "",
-                 f" kafka={self.entry.kafka_advertised_host}:{self.entry.kafka_port}" if self.entry.kafka_port else "",
+                 f" kafka={self.entry.kafka_advertised_host}:{self.entry.kafka_port} ({self._kafka_protocol()})"
+                 if self.entry.kafka_port else "",
                  self.entry.data_dir, os.getpid())
         try:
             self.loop.run()

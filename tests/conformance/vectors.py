@@ -179,6 +179,12 @@ def _run_session(s: _Session) -> None:
     s.call("create_acls", acls=[acl], note="enforced only with [security] on; answered once committed")
     s.call("describe_acls", name="logs-app", pattern="match", note="every binding that applies to topic logs-app")
     s.call("delete_acls", filters=[{"principal": "User:alice"}])
+    s.call("upsert_user", user="alice", credentials=[
+        {"mechanism": "SCRAM-SHA-256", "salt": bytes(range(32)), "iterations": 4096, "stored_key": b"\x01" * 32,
+         "server_key": b"\x02" * 32}],
+        note="credentials computed by the client (RFC 5802): never the password; values here are placeholders")
+    s.call("list_users")
+    s.call("remove_user", user="alice")
     s.call("no_such_type", note="unknown type")
     s.call("metadata", topics="t", note="a field of the wrong type, named")
 

@@ -35,6 +35,7 @@ from zbroker.control.topicadmin import AlterSecurity, CreateTopic
 from zbroker.errors import ErrorCode
 from zbroker.frontends.kafka import KafkaDoor, codec
 from zbroker.frontends.kafka.codec import build
+from zbroker.frontends.kafka.router import KafkaConnection
 from zbroker.groups.coordinator import CommitOffset, OffsetCommit
 from zbroker.node import BrokerNode
 
@@ -95,8 +96,8 @@ class Broker:
             request_api_key=api_key, request_api_version=version, correlation_id=self.cid, client_id="matrix"))
         entity_writer(schema)(out, build(schema, fields))
         wire = Wire()
-        conn = self.door.connection(self.cid, "peer", wire)
-        conn.principal = principal
+        # the principal a SASL login would have set: this matrix is about authorization
+        conn = KafkaConnection(self.door.router, self.cid, "peer", wire, self.door.max_request_bytes, principal=principal)
         conn.data_received(struct.pack(">i", len(out.getvalue())) + out.getvalue(), NOW)
         self.node.tick(NOW)
         (reply,) = wire.sent

@@ -59,6 +59,10 @@ VALID = {
     P.CREATE_ACLS: {"acls": [{"principal": "User:a", "resource_type": "topic", "name": "t", "operation": "read"}]},
     P.DESCRIBE_ACLS: {"principal": "User:a", "pattern": "match", "name": "t"},
     P.DELETE_ACLS: {"filters": [{"principal": "User:a"}]},
+    P.UPSERT_USER: {"user": "u", "credentials": [{"mechanism": "SCRAM-SHA-256", "salt": b"s" * 16, "iterations": 4096,
+                                                  "stored_key": b"k" * 32, "server_key": b"v" * 32}]},
+    P.REMOVE_USER: {"user": "u"},
+    P.LIST_USERS: {},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)

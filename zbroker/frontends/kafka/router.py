@@ -3,6 +3,12 @@
 For each request a :class:`KafkaConnection` cut from its TCP stream,
 :meth:`KafkaRouter.handle`:
 
+0. on a listener with SASL, until the connection is authenticated: serves only the
+   routes marked ``before_auth`` (ApiVersions, SaslHandshake, SaslAuthenticate) and
+   closes the connection on anything else, as Kafka's broker does; after a v0
+   SaslHandshake the next frames are raw SASL tokens, handed to the session; once
+   authenticated, closes the connection when the user's credential is removed or
+   replaced (checked at each request);
 1. reads the header's API key, version and correlation id; a key this broker does not
    serve, or a version outside the route's range, is answered with the correlation id
    and error UNSUPPORTED_VERSION (35) and the connection stays usable -- except
@@ -30,6 +36,7 @@ Adding an API is one handler module with a ``ROUTE`` (see ``handlers/``).
 from __future__ import annotations
 
 import logging
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -40,6 +47,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.kafka import codec
 from zbroker.frontends.kafka.datapath import TopicId, topic_name
 from zbroker.frontends.kafka.framer import Framer, FrameTooLarge, ReplyOrder
+from zbroker.frontends.kafka.sasl import AUTH_TIMEOUT_MS, MAX_UNAUTHENTICATED_REQUEST_BYTES, SaslError, SaslSession
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
 from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType, check_access, topic
@@ -58,6 +66,7 @@ CLOSE_CONNECTION = object()
 #: Requests of one connection in progress at once; beyond it the connection is not read
 #: until replies leave (Kafka clients keep at most a handful in flight).
 MAX_IN_FLIGHT = 32
+_INT32 = struct.Struct(">i")
 
 def top_level_error(request, version: int, code: int, message: str) -> dict:
     """The error answer of an API whose response has a top-level ``error_code``."""
@@ -85,6 +94,11 @@ class KafkaRoute:
             ``ctx.refused``), as Kafka does (per partition, topic, group or config resource).
         any_version: answer at any version (ApiVersions); the call gets ``request=None``
             and the answer is encoded at version 0 with UNSUPPORTED_VERSION.
+        before_auth: served before a SASL connection has authenticated (ApiVersions).
+        sasl: a step of SASL authentication (SaslHandshake, SaslAuthenticate): served
+            before authentication, and called with the connection's
+            :class:`~zbroker.frontends.kafka.sasl.SaslSession` (None on a listener without
+            SASL) in place of the app.
     """
 
     api_key: int
@@ -95,6 +109,8 @@ class KafkaRoute:
     access: Callable[[Any], Iterable[tuple[Operation, Resource]]] = lambda request: ()
     any_version: bool = False
     per_resource: frozenset[ResourceType] = frozenset()
+    before_auth: bool = False
+    sasl: bool = False
 
 
 class KafkaRouter:
@@ -119,6 +135,10 @@ class KafkaRouter:
     def handle(self, conn: "KafkaConnection", frame: bytes, slot: int, now_ms: int) -> None:
         """Run one request of ``conn``; its reply fills ``slot``."""
         started = time.perf_counter()
+        sasl = conn.sasl
+        if sasl is not None and sasl.raw_tokens and not sasl.authenticated:
+            self._raw_token(conn, frame, slot)
+            return
         try:
             api_key, version, cid = codec.peek_header(frame)
         except codec.MalformedRequest as exc:
@@ -126,6 +146,8 @@ class KafkaRouter:
             return
         route = self.table.get(api_key)
         name = route.name if route is not None else "unknown"
+        if sasl is not None and not self._admitted(conn, sasl, route, api_key):
+            return
         if route is None or not (route.versions[0] <= version <= route.versions[1]) and not route.any_version:
             what = f"API key {api_key}" if route is None else f"{route.name} v{version} (served: v{route.versions[0]}-v{route.versions[1]})"
             self.bad_input_log.log(now_ms / 1000, "unsupported", logging.WARNING, "unsupported request from %s client_id=%s: %s",
@@ -149,12 +171,18 @@ class KafkaRouter:
         try:
             if served:
                 ctx = self._authorize(ctx, route, request)
-            answer = route.call(self.app, ctx, request, version, now_ms)
+            answer = route.call(sasl if route.sasl else self.app, ctx, request, version, now_ms)
         except RequestError as exc:
             answer = route.error(request, version, exc.code, exc.message)
         except Exception as exc:  # a bug must not stop the broker
             log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
             answer = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
+            if route.sasl and sasl is not None and not sasl.authenticated:
+                sasl.abort(f"internal error in {route.name}")
+        if route.sasl and sasl is not None:
+            self._answer(conn, slot, route, request, reply_version, cid, answer, started)
+            conn.sasl_stepped()
+            return
         if answer is NO_REPLY or answer is CLOSE_CONNECTION:
             conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
             self.metrics.observe(LISTENER, name, time.perf_counter() - started)
@@ -179,6 +207,35 @@ class KafkaRouter:
                     continue  # no such topic: the handler answers UNKNOWN_TOPIC_ID
                 resource = topic(name)
             yield operation, resource
+
+    def _admitted(self, conn: "KafkaConnection", sasl: SaslSession, route: KafkaRoute | None, api_key: int) -> bool:
+        """Whether a request may run on a SASL connection; closes the connection if not."""
+        if sasl.authenticated:
+            if sasl.still_valid():
+                return True
+            conn.fail(f"the credentials {sasl.principal} logged in with were removed or replaced")
+            return False
+        if route is None or not (route.before_auth or route.sasl):
+            what = route.name if route is not None else f"API key {api_key}"
+            conn.fail(f"{what} before SASL authentication (until then only ApiVersions, SaslHandshake and "
+                      f"SaslAuthenticate are served)")
+            return False
+        try:
+            sasl.count_request()
+        except SaslError as exc:
+            conn.fail(exc.message)
+            return False
+        return True
+
+    def _raw_token(self, conn: "KafkaConnection", frame: bytes, slot: int) -> None:
+        """A SASL token after a v0 SaslHandshake: size-prefixed, no header, answered the same
+        way; a refused one can only close the connection (the v0 protocol has no error)."""
+        try:
+            reply = conn.sasl.authenticate(frame)
+        except SaslError:
+            reply = None
+        conn.fill(slot, None if reply is None else _INT32.pack(len(reply)) + reply)
+        conn.sasl_stepped()
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its
@@ -224,20 +281,30 @@ class Transport:
 
     def resume_reading(self) -> None: ...
 
+    def set_deadline(self, delay_ms: int, why: str) -> None:
+        """Close the connection in ``delay_ms`` (logging ``why``) unless cleared first."""
+
+    def clear_deadline(self) -> None: ...
+
 
 class KafkaConnection:
     """One Kafka client connection, sans-IO: bytes in (:meth:`data_received`), replies out
     through its transport in request order."""
 
     def __init__(self, router: KafkaRouter, conn_id: Hashable, peer: str, transport: Transport, max_request_bytes: int,
-                 principal: str = ANONYMOUS, clock: Callable[[], int] | None = None) -> None:
+                 principal: str = ANONYMOUS, clock: Callable[[], int] | None = None, sasl: SaslSession | None = None) -> None:
         self.router = router
         self.id = conn_id
         self.peer = peer
         self.transport = transport
         self.principal = principal
         self.client_id: str | None = None
-        self.framer = Framer(max_request_bytes)
+        self.max_request_bytes = max_request_bytes
+        # with SASL: small requests only, and a deadline, until the client has authenticated
+        self.sasl = sasl
+        self.framer = Framer(max_request_bytes if sasl is None else min(max_request_bytes, MAX_UNAUTHENTICATED_REQUEST_BYTES))
+        if sasl is not None:
+            transport.set_deadline(AUTH_TIMEOUT_MS, f"SASL authentication not finished within {AUTH_TIMEOUT_MS} ms")
         self.replies = ReplyOrder()
         self.closed = False
         self._paused = False
@@ -298,6 +365,22 @@ class KafkaConnection:
             self.transport.write(ready)
         if not self._running:
             self._run(self._clock())
+
+    def sasl_stepped(self) -> None:
+        """After a SASL step was answered: a failed session closes the connection once that
+        answer is written; a successful one makes the user the connection's principal."""
+        sasl = self.sasl
+        if sasl.failed:
+            self.router.bad_input_log.log(time.time(), "sasl_failed", logging.INFO,
+                                          "SASL authentication failed from %s client_id=%s user=%.64r mechanism=%s: %s",
+                                          self.peer, self.client_id, sasl.user, sasl.mechanism, sasl.failure)
+            if not self.closed:
+                self.fill(self.replies.reserve(), CLOSE_CONNECTION)
+        elif sasl.authenticated and self.principal != sasl.principal:
+            self.principal = sasl.principal
+            self.framer.max_size = self.max_request_bytes
+            self.transport.clear_deadline()
+            log.debug("Kafka connection %s authenticated as %s (%s)", self.peer, sasl.principal, sasl.mechanism)
 
     def pause_writing(self) -> None:
         """The transport's unwritten output passed its limit: run no more requests."""

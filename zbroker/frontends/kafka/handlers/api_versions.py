@@ -2,7 +2,7 @@
 
 Served at any version (KIP-511): a client that asks with a version newer than this
 broker knows gets UNSUPPORTED_VERSION *and* the list, in a v0 response, and retries
-with a version from it.  aiokafka sends v0 first; librdkafka its newest.
+with a version from it.  Served before SASL authentication too (clients ask first).  aiokafka sends v0 first; librdkafka its newest.
 """
 
 from __future__ import annotations
@@ -26,4 +26,4 @@ def route(table: list[KafkaRoute]) -> KafkaRoute:
     def error(request, version, code, message):
         return {"error_code": code, "api_keys": api_keys}
 
-    return KafkaRoute(API_KEY, "ApiVersions", VERSIONS, api_versions, error=error, any_version=True)
+    return KafkaRoute(API_KEY, "ApiVersions", VERSIONS, api_versions, error=error, any_version=True, before_auth=True)
