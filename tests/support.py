@@ -103,7 +103,7 @@ class RawClient:
             self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(f"tcp://{address}")
 
-    def send(self, header: dict | bytes, *payloads: bytes) -> int:
+    def send(self, header: dict | bytes, *payloads: bytes, flags: int = 0) -> int:
         if isinstance(header, dict):
             header = dict(header)
             header.setdefault("v", 1)
@@ -112,7 +112,7 @@ class RawClient:
             header = msgpack.packb(header, use_bin_type=True)
         else:
             cid = -1
-        self.sock.send_multipart([header, *payloads])
+        self.sock.send_multipart([header, *payloads], flags)
         return cid
 
     def recv(self, timeout: float = 5.0) -> tuple[dict, list[bytes]]:
