@@ -14,9 +14,10 @@ messages, whatever ``[security]`` says:
 
 Clients (``curve = true`` only) are admitted by the public key files in
 ``authorized_keys_dir``: ``NAME.key`` (``zbroker keys generate NAME``) admits its key as
-the principal ``User:NAME`` (:class:`KeyDir`).  The directory is rescanned at most once a
-second (and at once when an unknown key knocks, at most every 100 ms), so keys added or
-removed there take effect without a restart.
+the principal ``User:NAME`` (:class:`KeyDir`).  The directory is rescanned once a second
+when requests come, and when an unknown key knocks if the directory changed since (a file
+added, removed or renamed; else at most every 100 ms), so keys added or removed there take
+effect without a restart: a new key at its first handshake, a removed one within a second.
 
 A connection's ZAP User-Id is ``"<principal> <Z85 public key>"`` (:func:`user_id`); every
 request's principal is read back from it (:func:`split_user_id`) and checked against the
@@ -152,6 +153,7 @@ class KeyDir:
         self._scanned_ms: int | None = None
         self._dir_problem: str | None = None
         self._ambiguous: set[str] = set()
+        self._scanned_stamp: tuple[int, int] | None = None
 
     def principal(self, key: str | bytes, now_ms: int) -> str | None:
         """``User:NAME`` for an admitted key, else None (rescans first when due)."""
@@ -167,15 +169,27 @@ class KeyDir:
         return found
 
     def refresh(self, now_ms: int, force: bool = False) -> bool:
-        """Rescan if due; True if it did."""
-        if self._scanned_ms is not None and now_ms - self._scanned_ms < (FORCED_RESCAN_MS if force else RESCAN_MS):
-            return False
+        """Rescan if due (``force``: also if the directory changed, or ``FORCED_RESCAN_MS``
+        passed); True if it did."""
+        if self._scanned_ms is not None and now_ms - self._scanned_ms < RESCAN_MS:
+            if not force:
+                return False
+            if now_ms - self._scanned_ms < FORCED_RESCAN_MS and self._dir_stamp() == self._scanned_stamp:
+                return False
         self._scanned_ms = now_ms
         self.scan()
         return True
 
+    def _dir_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
     def scan(self) -> None:
         """Read the directory now."""
+        self._scanned_stamp = self._dir_stamp()
         try:
             entries = list(os.scandir(self.path))
         except OSError as exc:
