@@ -279,7 +279,7 @@ def test_status_shows_under_replicated_partitions_and_disagreeing_controllers(tm
         1: {"error": 0, "controller": 1, "controller_epoch": 4, "topics": topics},
         2: {"error": 0, "controller": 2, "controller_epoch": 5, "topics": topics[1:]},
     }
-    monkeypatch.setattr(cluster_cli, "query_metadata", lambda entries, timeout_s, topics=None: answers)
+    monkeypatch.setattr(cluster_cli, "query_metadata", lambda entries, timeout_s, topics=None, **_: answers)
     result = CliRunner().invoke(cluster_cli.cluster, ["status", str(config)])
     assert result.exit_code == 1
     lines = result.output.splitlines()
