@@ -12,7 +12,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from support import ClusterProcesses, RawClient, key_pair, run_cli, wait_until
+from support import ClusterProcesses, RawClient, key_pair, run_cli, running_cluster, wait_until
 from zbroker.errors import AuthenticationError, ZBrokerError
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,13 +22,7 @@ NOT_A_BROKER = 31  # CLUSTER_AUTHORIZATION_FAILED
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = ClusterProcesses(tmp_path_factory.mktemp("curve"), replication_factor=3, min_insync_replicas=2, curve=True)
-    try:
-        c.start()
-        wait_until(c.agreed_controller, timeout=20, what="a controller")
-        yield c
-    finally:
-        c.close()
+    yield from running_cluster(tmp_path_factory.mktemp("curve"), replication_factor=3, min_insync_replicas=2, curve=True)
 
 
 def clients():
@@ -178,3 +172,37 @@ def test_the_curve_cluster_survives_the_kill_of_a_leader(cluster):
     after = [b"b%d" % i for i in range(100)]
     produce(c, "durable", after, **c.client_options(broker_id=survivor))
     assert consume(c, "durable", 200, **c.client_options(broker_id=survivor)) == before + after
+
+
+def test_a_single_curve_broker_admits_only_keyed_clients(tmp_path):
+    from support import BrokerProcess, free_port
+
+    secret_file, public, _ = key_pair(tmp_path / "keys", "broker1")
+    client_file, client_public, client_secret = key_pair(tmp_path / "keys", "solo")
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "keys" / "solo.key").replace(tmp_path / "clients" / "solo.key")
+    config = tmp_path / "single.toml"
+    port = free_port()
+    config.write_text(f'[security]\ncurve = true\nauthorized_keys_dir = "clients"\n\n[[broker]]\nid = 1\nport = {port}\n'
+                      f'data_dir = "data"\nsecret_key_file = "{secret_file}"\npublic_key = "{public.decode()}"\n')
+    broker = BrokerProcess(tmp_path / "data", port=port, config=config)
+    broker.use_config_only = True
+    broker.curve = (client_public, client_secret, public)
+    broker.start()
+    try:
+        plain = RawClient(broker.bootstrap)
+        try:
+            plain.send({"type": "metadata"})
+            assert not plain.sock.poll(1000)  # no key: the handshake never completes, nothing is answered
+        finally:
+            plain.close()
+        options = {"curve_secret_key_file": str(client_file), "curve_server_key": public.decode()}
+        assert [r.offset for r in produce_single(broker.bootstrap, options)] == [0]
+    finally:
+        broker.close()
+
+
+def produce_single(bootstrap: str, options: dict) -> list:
+    _, _, Producer = clients()
+    with Producer(bootstrap=bootstrap, acks=1, **options) as producer:
+        return [producer.send("solo", value=b"x").result(timeout=30)]

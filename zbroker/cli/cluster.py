@@ -140,28 +140,26 @@ def log_tail(path: Path, start: int = 0, lines: int = LOG_TAIL_LINES) -> str:
 # -- talking to brokers ----------------------------------------------------------------
 
 
-def _curve_endpoint(sock, entry: BrokerEntry) -> str:
-    """Make ``sock`` a CURVE client of ``entry``'s inter-broker port with the broker's own keys."""
-    import zmq.auth
+def _endpoint(sock, entry: BrokerEntry, config: ClusterConfig | None) -> str:
+    """Where to ask ``entry``: its client port, or with ``[security] curve = true`` its
+    inter-broker port as a CURVE client with the broker's own key pair."""
+    if config is None or not config.security.curve:
+        return f"tcp://{entry.host}:{entry.port}"
+    from zbroker.net.curve_keys import broker_keys
 
-    if entry.secret_key_file is None:
-        raise ConfigError(f"broker {entry.id}: secret_key_file: missing: with [security] curve = true it is needed "
-                          f"to ask the broker how it is")
-    try:
-        public, secret = zmq.auth.load_certificate(entry.secret_key_file)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"broker {entry.id}: secret_key_file: cannot read {entry.secret_key_file!r}: {exc}") from None
-    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, public
+    keys = broker_keys(config, entry.id)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.public
     return f"tcp://{entry.host}:{entry.peer_port}"
 
 
 def query_metadata(entries: list[BrokerEntry], timeout_s: float, topics: list[str] | None = None,
-                   give_up=None, resend_s: float = 1.0, curve: bool = False) -> dict[int, dict[str, Any]]:
+                   give_up=None, resend_s: float = 1.0, config: ClusterConfig | None = None) -> dict[int, dict[str, Any]]:
     """Ask every broker for metadata in parallel; return {broker id: response header}.
 
     Polls until every broker answered or ``timeout_s`` passed.  ``give_up``, if
-    given, is called each round and may raise to abort the wait early.  With ``curve``
-    each broker is asked on its ``peer_port`` with its own key pair.
+    given, is called each round and may raise to abort the wait early.  With a
+    ``config`` whose ``[security] curve`` is on, each broker is asked on its
+    ``peer_port`` with its own key pair.
     """
     import msgpack
     import zmq
@@ -175,7 +173,7 @@ def query_metadata(entries: list[BrokerEntry], timeout_s: float, topics: list[st
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             socks[sock] = entry
-            sock.connect(_curve_endpoint(sock, entry) if curve else f"tcp://{entry.host}:{entry.port}")
+            sock.connect(_endpoint(sock, entry, config))
             poller.register(sock, zmq.POLLIN)
         request = msgpack.packb({"v": 1, "type": "metadata", "cid": 1, "topics": topics}, use_bin_type=True)
         deadline = time.monotonic() + timeout_s
@@ -273,7 +271,7 @@ def up(config_path: str, wait_s: float) -> None:
             if code is not None:
                 _startup_failed(config, by_id[broker_id], code, offset, started)
 
-    answers = query_metadata(list(config.brokers), wait_s, topics=[], give_up=check_exits, curve=config.security.curve)
+    answers = query_metadata(list(config.brokers), wait_s, topics=[], give_up=check_exits, config=config)
     check_exits(set(answers))  # a broker that died right after another one answered in its place
     silent = [e for e in config.brokers if e.id not in answers]
     for entry in config.brokers:
@@ -402,7 +400,7 @@ def status(config_path: str, timeout_s: float) -> None:
     Exit code 0 if every broker answered, 1 otherwise.
     """
     config = load_config(config_path)
-    answers = query_metadata(list(config.brokers), timeout_s, topics=None, curve=config.security.curve)
+    answers = query_metadata(list(config.brokers), timeout_s, topics=None, config=config)
     under = {bid: _under_replicated(h) for bid, h in answers.items() if not h.get("error")}
     show_under = any(under.values())
     head = ["BROKER", "ADDRESS", "PID", "STATE", "CONTROLLER", "EPOCH", "TOPICS"] + (["UNDER-REPLICATED"] if show_under else [])
