@@ -171,7 +171,8 @@ def test_the_curve_cluster_survives_the_kill_of_a_leader(cluster):
     survivor = next(i for i in c.brokers if i != leader)
     after = [b"b%d" % i for i in range(100)]
     produce(c, "durable", after, **c.client_options(broker_id=survivor))
-    assert consume(c, "durable", 200, **c.client_options(broker_id=survivor)) == before + after
+    got = consume(c, "durable", 200, **c.client_options(broker_id=survivor))
+    assert got == before + after, (leader, survivor, len(got), got[:3], got[-3:])
 
 
 def test_a_single_curve_broker_admits_only_keyed_clients(tmp_path):
