@@ -92,11 +92,17 @@ class Admin:
         bootstrap: ``"host:port[,...]"``; None reads ``ZBROKER_BOOTSTRAP``.
         request_timeout_ms: deadline of each request (default 30000).
         client_id: sent to brokers with every request.
+        curve_secret_key_file: this client's CurveZMQ key pair (``NAME.key_secret``), for
+            brokers with ``[security] curve = true``; None reads ``ZBROKER_CURVE_SECRET_KEY_FILE``.
+        curve_server_key: the bootstrap broker's public key (Z85, or a ``.key`` file); the
+            other brokers' come with the metadata.  None reads ``ZBROKER_CURVE_SERVER_KEY``.
     """
 
-    def __init__(self, bootstrap=None, request_timeout_ms: int = 30000, client_id: str | None = None) -> None:
+    def __init__(self, bootstrap=None, request_timeout_ms: int = 30000, client_id: str | None = None,
+                 curve_secret_key_file: str | None = None, curve_server_key: str | bytes | None = None) -> None:
         self.request_timeout_ms = request_timeout_ms
-        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-admin")
+        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-admin",
+                                  curve_secret_key_file=curve_secret_key_file, curve_server_key=curve_server_key)
         self._meta = MetadataManager(self._net)
         self._coordinators: dict[str, str] = {}  # group -> host:port of its coordinator, as last found
         self._closed = False

@@ -16,6 +16,15 @@ which owns one background *network thread*.  That thread owns every socket:
 * the read end of a pipe that user threads write one byte to when they queue
   work (coalesced: at most one byte is outstanding).
 
+With CurveZMQ (:class:`CurveCredentials`: ``curve_secret_key_file`` and
+``curve_server_key``, or ``ZBROKER_CURVE_SECRET_KEY_FILE`` and
+``ZBROKER_CURVE_SERVER_KEY``) every DEALER is a CURVE client with the client's key pair.
+Each broker has its own key: ``curve_server_key`` is the first (bootstrap) broker's, and
+the others' come with the metadata (each broker's ``curve_key``,
+:meth:`NetworkClient.learn_server_keys`).  A refused handshake (no key, an unknown key,
+the wrong server key) fails the requests waiting for that connection with
+:class:`~zbroker.errors.AuthenticationError` instead of leaving them to time out.
+
 User threads call :meth:`NetworkClient.send` (callback style, any thread) or
 :meth:`NetworkClient.request` (blocking).  Many requests may be in flight per
 connection; responses are matched by ``cid`` in the in-flight table
@@ -44,6 +53,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from clients.inflight import InFlight, InFlightTable
 from zbroker.errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectionBrokenError,
     RemoteProtocolError,
@@ -55,7 +65,15 @@ from zbroker.protocol import PROTOCOL_VERSION
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9555"
+_HANDSHAKE_FAILED = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the broker closed the connection during the handshake",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake broke the protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the broker refused this client's key",
+}
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+for _event in _HANDSHAKE_FAILED:
+    _MONITOR_EVENTS |= _event
+_Z85 = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
 
@@ -83,6 +101,58 @@ def parse_bootstrap(bootstrap: str | list[str] | None) -> list[str]:
     if not out:
         raise ValueError(f"empty bootstrap {bootstrap!r}")
     return out
+
+
+class CurveCredentials:
+    """A client's CurveZMQ settings: its key pair and the bootstrap broker's public key.
+
+    Args:
+        secret_key_file: ``NAME.key_secret`` as ``zbroker keys generate NAME`` writes it
+            (its ``NAME.key`` is in the brokers' ``authorized_keys_dir``).
+        server_key: the broker's public key: 40 characters of Z85, or the path of a file
+            holding it (a ``.key`` file of zmq.auth's format).
+
+    Raises:
+        ValueError: a file cannot be read or holds no key, naming the file and the option.
+    """
+
+    def __init__(self, secret_key_file: str, server_key: str | bytes) -> None:
+        import zmq.auth
+
+        try:
+            self.public, self.secret = zmq.auth.load_certificate(secret_key_file)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"curve_secret_key_file: cannot read a key pair from {secret_key_file!r}: {exc}") from None
+        if self.secret is None:
+            raise ValueError(f"curve_secret_key_file: {secret_key_file!r} holds no secret key "
+                             f"(give NAME.key_secret, not NAME.key)")
+        key = server_key.encode() if isinstance(server_key, str) else bytes(server_key)
+        if not (len(key) == 40 and set(key) <= _Z85):
+            try:
+                key, _ = zmq.auth.load_certificate(os.fsdecode(key))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"curve_server_key: neither a public key (40 characters of Z85) nor a key file: "
+                                 f"{os.fsdecode(server_key)!r}: {exc}") from None
+        self.server_key = key
+
+    @classmethod
+    def resolve(cls, secret_key_file: str | None, server_key: str | bytes | None) -> CurveCredentials | None:
+        """The credentials from the arguments, else from ``ZBROKER_CURVE_SECRET_KEY_FILE`` and
+        ``ZBROKER_CURVE_SERVER_KEY``; None when neither is set (no CURVE).
+
+        Raises:
+            ValueError: only one of the two is set, or one cannot be read.
+        """
+        if secret_key_file is None and server_key is None:
+            secret_key_file = os.environ.get("ZBROKER_CURVE_SECRET_KEY_FILE") or None
+            server_key = os.environ.get("ZBROKER_CURVE_SERVER_KEY") or None
+        if secret_key_file is None and server_key is None:
+            return None
+        if secret_key_file is None or server_key is None:
+            missing = "curve_secret_key_file (ZBROKER_CURVE_SECRET_KEY_FILE)" if secret_key_file is None else \
+                "curve_server_key (ZBROKER_CURVE_SERVER_KEY)"
+            raise ValueError(f"CurveZMQ needs both curve_secret_key_file and curve_server_key: {missing} is missing")
+        return cls(secret_key_file, server_key)
 
 
 class _Conn:
@@ -119,10 +189,15 @@ class NetworkClient:
         client_id: sent in every request header as ``client_id`` (informational).
         request_timeout_ms: default deadline of a request.
         name: the network thread's name.
+        curve_secret_key_file, curve_server_key: CurveZMQ (:class:`CurveCredentials`;
+            None and None read ``ZBROKER_CURVE_SECRET_KEY_FILE`` and ``ZBROKER_CURVE_SERVER_KEY``).
     """
 
-    def __init__(self, bootstrap=None, client_id: str | None = None, request_timeout_ms: int = 30000, name: str = "zbroker-net"):
+    def __init__(self, bootstrap=None, client_id: str | None = None, request_timeout_ms: int = 30000, name: str = "zbroker-net",
+                 curve_secret_key_file: str | None = None, curve_server_key: str | bytes | None = None):
         self.bootstrap = parse_bootstrap(bootstrap)
+        self.curve = CurveCredentials.resolve(curve_secret_key_file, curve_server_key)
+        self._server_keys: dict[str, bytes] = {}  # address -> that broker's public key, learnt from metadata
         self.client_id = client_id
         self.request_timeout_ms = request_timeout_ms
         self._ctx = zmq.Context(io_threads=1)
@@ -150,6 +225,11 @@ class NetworkClient:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closing
+
+    def learn_server_keys(self, keys: dict[str, str]) -> None:
+        """Brokers' CURVE public keys by ``"host:port"`` (from a metadata answer); any thread."""
+        if self.curve is not None:
+            self._server_keys.update({address: key.encode() for address, key in keys.items()})
 
     def in_network_thread(self) -> bool:
         """True when called from this client's network thread."""
@@ -277,6 +357,10 @@ class NetworkClient:
             sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+            if self.curve is not None:
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, self.curve.secret)
+                sock.setsockopt(zmq.CURVE_SERVERKEY, self._server_keys.get(address, self.curve.server_key))
             monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(f"tcp://{address}")
             conn = _Conn(address, sock, monitor)
@@ -368,7 +452,9 @@ class NetworkClient:
             except zmq.Again:
                 return
             event = parse_monitor_message(msg)["event"]
-            if event == zmq.EVENT_CONNECTED:
+            if event in _HANDSHAKE_FAILED:
+                self._refused(conn, _HANDSHAKE_FAILED[event])
+            elif event == zmq.EVENT_CONNECTED:
                 conn.connected = True
                 log.debug("connected address=%s", conn.address)
             elif event == zmq.EVENT_DISCONNECTED:
@@ -385,6 +471,25 @@ class NetworkClient:
                         self._fail(pending, exc)
                     elif on_sent is not None:
                         self._safe(on_sent, exc)
+
+    def _refused(self, conn: _Conn, why: str) -> None:
+        """The broker did not admit this client: fail what waits for the connection (nothing
+        left this process) and what is in flight on it, with AuthenticationError."""
+        if self.curve is None:
+            hint = "this client has no CURVE key: the broker may require one (curve_secret_key_file, curve_server_key)"
+        else:
+            hint = ("check curve_server_key (the broker's public key) and that this client's public key is in the "
+                    "broker's authorized_keys_dir")
+        message = f"CURVE handshake with {conn.address} failed: {why}; {hint}"
+        log.warning("%s", message)
+        items, conn.outbox = conn.outbox, collections.deque()
+        for pending, _data, on_sent in items:
+            if pending is not None:
+                self._fail(pending, AuthenticationError(message))
+            elif on_sent is not None:
+                self._safe(on_sent, AuthenticationError(message))
+        for p in self._inflight.fail_address(conn.address):
+            self._fail_removed(p, AuthenticationError(message))
 
     def _on_readable(self, conn: _Conn) -> None:
         sock = conn.sock

@@ -18,7 +18,7 @@ import threading
 import time
 
 from clients.structs import BrokerInfo, PartitionInfo
-from zbroker.errors import ConnectionBrokenError, RequestTimeoutError, ZBrokerError, error_from
+from zbroker.errors import AuthenticationError, ConnectionBrokenError, RequestTimeoutError, ZBrokerError, error_from
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,18 @@ class ClusterMetadata:
         self.internal: set[str] = set()
         self.leaders: dict[tuple[str, int], str | None] = {}
         self.partition_counts: dict[str, int] = {}
+        self.curve_keys: dict[str, str] = {}  # "host:port" -> the broker's CURVE public key (curve clusters)
         self.updated_at = 0.0
         self.version = 0
 
     def update(self, response: dict, all_topics: bool, now: float | None = None) -> None:
         """Apply a ``metadata`` response; ``all_topics`` replaces the topic set, else merges."""
         brokers = {}
+        curve_keys = {}
         for b in response.get("brokers") or ():
             brokers[b["id"]] = BrokerInfo(b["id"], b["host"], b["port"], bool(b.get("alive", True)))
+            if isinstance(b.get("curve_key"), str):
+                curve_keys[f"{b['host']}:{b['port']}"] = b["curve_key"]
         with self._lock:
             topics = {} if all_topics else dict(self.topics)
             errors = {} if all_topics else dict(self.topic_errors)
@@ -88,6 +92,7 @@ class ClusterMetadata:
             self.controller = response.get("controller", -1)
             self.controller_epoch = response.get("controller_epoch", -1)
             self.brokers = brokers
+            self.curve_keys = curve_keys
             self.topics, self.topic_errors, self.internal = topics, errors, internal
             self.leaders, self.partition_counts = leaders, counts
             self.updated_at = time.monotonic() if now is None else now
@@ -149,6 +154,7 @@ class MetadataManager:
             fields["allow_auto_create"] = True
         last: ZBrokerError | None = None
         while True:
+            refused: AuthenticationError | None = None
             for address in self.candidates():
                 left = int((deadline - time.monotonic()) * 1000)
                 if left <= 0:
@@ -158,11 +164,18 @@ class MetadataManager:
                 except (RequestTimeoutError, ConnectionBrokenError) as exc:
                     last = exc
                     continue
-                self.cache.update(header, all_topics=topics is None)
+                except AuthenticationError as exc:  # another broker may know this client (its key is its own)
+                    refused = last = exc
+                    continue
+                self._apply(header, all_topics=topics is None)
                 return header
-            if time.monotonic() >= deadline:
+            if refused is not None or time.monotonic() >= deadline:  # a refused key is not fixed by waiting
                 raise last or RequestTimeoutError("metadata: no broker answered")
             time.sleep(0.05)
+
+    def _apply(self, header: dict, all_topics: bool) -> None:
+        self.cache.update(header, all_topics=all_topics)
+        self.net.learn_server_keys(self.cache.curve_keys)
 
     def request_update(self, now: float | None = None) -> bool:
         """Start a background refresh of all topics unless one runs or ran just now.
@@ -189,7 +202,7 @@ class MetadataManager:
             self._rotation += 1
             log.debug("metadata refresh failed: %s", exc)
             return
-        self.cache.update(header, all_topics=True)
+        self._apply(header, all_topics=True)
         for fn in self.listeners:
             try:
                 fn()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
+import zmq.auth
 
 READY_TIMEOUT_S = 20.0
 
@@ -71,18 +73,37 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
         time.sleep(interval)
 
 
+def cluster_secret() -> str:
+    """A fresh ``[security] cluster_secret`` (brokers of a multi-broker config need one)."""
+    return secrets.token_urlsafe(32)
+
+
+def key_pair(directory: Path, name: str) -> tuple[Path, bytes, bytes]:
+    """``zbroker keys generate NAME``'s files in ``directory``: (secret file, public, secret)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _public_file, secret_file = zmq.auth.create_certificates(str(directory), name)
+    public, secret = zmq.auth.load_certificate(secret_file)
+    return Path(secret_file), public, secret
+
+
 class RawClient:
-    """A bare DEALER speaking the wire protocol, for protocol-level tests."""
+    """A bare DEALER speaking the wire protocol, for protocol-level tests; with ``curve`` =
+    (public, secret, server public key) a CURVE client."""
 
     _cids = itertools.count(1)
 
-    def __init__(self, address: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, ctx: zmq.Context | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
+                 identity: bytes | None = None) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, identity)
+        if curve is not None:
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
         self.sock.connect(f"tcp://{address}")
 
-    def send(self, header: dict | bytes, *payloads: bytes) -> int:
+    def send(self, header: dict | bytes, *payloads: bytes, flags: int = 0) -> int:
         if isinstance(header, dict):
             header = dict(header)
             header.setdefault("v", 1)
@@ -91,7 +112,7 @@ class RawClient:
             header = msgpack.packb(header, use_bin_type=True)
         else:
             cid = -1
-        self.sock.send_multipart([header, *payloads])
+        self.sock.send_multipart([header, *payloads], flags)
         return cid
 
     def recv(self, timeout: float = 5.0) -> tuple[dict, list[bytes]]:
@@ -123,6 +144,11 @@ class BrokerProcess:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
+        self.curve: tuple[bytes, bytes, bytes] | None = None  # a client key pair and this broker's public key
+
+    def raw_client(self) -> RawClient:
+        """A RawClient of this broker's client port (with a client key when it speaks CURVE)."""
+        return RawClient(self.bootstrap, curve=self.curve)
 
     @property
     def bootstrap(self) -> str:
@@ -149,7 +175,7 @@ class BrokerProcess:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        client = RawClient(self.bootstrap)
+        client = self.raw_client()
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -219,16 +245,31 @@ def running_broker(tmp_path: Path, config_text: str):
 
 class ClusterProcesses:
     """N brokers from one generated config file, on free loopback ports, fast timings; with
-    ``kafka=True`` each broker also has a Kafka listener (``kafka_bootstrap``)."""
+    ``kafka=True`` each broker also has a Kafka listener (``kafka_bootstrap``).
+
+    Brokers authenticate each other with a fresh ``cluster_secret``; with ``curve=True``
+    they have their own key pairs instead (``keys/brokerN.key_secret``), clients need a key in
+    ``authorized_keys_dir`` (``keys/clients``), and the client ``admin`` has one
+    (:meth:`client_options`, :meth:`add_client_key`)."""
 
     def __init__(self, root: Path, n: int = 3, heartbeat_ms: int = 100, session_timeout_ms: int = 1500,
                  election_timeout_ms: int = 500, replication_factor: int = 1, name: str = "test",
                  min_insync_replicas: int = 1, replica_lag_ms: int = 10_000, partitions: int = 3,
-                 cluster_settings: dict | None = None, kafka: bool = False) -> None:
+                 cluster_settings: dict | None = None, kafka: bool = False, curve: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "cluster.toml"
-        lines = [
+        self.secret = cluster_secret()
+        self.curve = curve
+        self.keys_dir = self.root / "keys"
+        self.clients_dir = self.keys_dir / "clients"
+        self.client_keys: dict[str, tuple[Path, bytes, bytes]] = {}
+        self.broker_publics: dict[int, bytes] = {}
+        security = ["[security]", f'cluster_secret = "{self.secret}"']
+        if curve:
+            security += ["curve = true", f'authorized_keys_dir = "{self.clients_dir}"']
+            self.add_client_key("admin")
+        lines = [*security, "",
             "[cluster]",
             f'name = "{name}"',
             f"heartbeat_ms = {heartbeat_ms}",
@@ -246,15 +287,39 @@ class ClusterProcesses:
         ]
         self.brokers: dict[int, BrokerProcess] = {}
         for i in range(1, n + 1):
-            port, gossip = free_port(), free_port()
+            port, gossip, peer = free_port(), free_port(), free_port()
             data = self.root / f"b{i}"
-            lines += ["[[broker]]", f"id = {i}", 'host = "127.0.0.1"', f"port = {port}", f"gossip_port = {gossip}", f'data_dir = "{data}"']
+            lines += ["[[broker]]", f"id = {i}", 'host = "127.0.0.1"', f"port = {port}", f"gossip_port = {gossip}",
+                      f"peer_port = {peer}", f'data_dir = "{data}"']
+            if curve:
+                secret_file, public, _ = key_pair(self.keys_dir, f"broker{i}")
+                self.broker_publics[i] = public
+                lines += [f'secret_key_file = "{secret_file}"', f'public_key = "{public.decode()}"']
             kafka_port = free_port() if kafka else None
             lines += [f"kafka_port = {kafka_port}", ""] if kafka else [""]
             proc = BrokerProcess(data, port=port, config=self.config, extra_args=["--broker-id", str(i)], kafka_port=kafka_port)
             proc.use_config_only = True
+            proc.peer_port = peer
+            if curve:
+                _, admin_public, admin_secret = self.client_keys["admin"]
+                proc.curve = (admin_public, admin_secret, public)
             self.brokers[i] = proc
         self.config.write_text("\n".join(lines))
+
+    def add_client_key(self, name: str) -> tuple[Path, bytes, bytes]:
+        """A client key pair whose public key goes into authorized_keys_dir (principal User:NAME);
+        returns (secret file, public, secret)."""
+        secret_file, public, secret = key_pair(self.keys_dir, name)
+        self.clients_dir.mkdir(parents=True, exist_ok=True)
+        (self.keys_dir / f"{name}.key").replace(self.clients_dir / f"{name}.key")
+        self.client_keys[name] = (secret_file, public, secret)
+        return secret_file, public, secret
+
+    def client_options(self, name: str = "admin", broker_id: int = 1) -> dict:
+        """Keyword arguments for Producer/Consumer/Admin (nothing without curve)."""
+        if not self.curve:
+            return {}
+        return {"curve_secret_key_file": str(self.client_keys[name][0]), "curve_server_key": self.broker_publics[broker_id].decode()}
 
     @property
     def bootstrap(self) -> str:
@@ -273,7 +338,7 @@ class ClusterProcesses:
 
     def metadata(self, broker_id: int, timeout: float = 1.0) -> dict | None:
         """Broker ``broker_id``'s answer to a metadata request (None if it does not answer)."""
-        client = RawClient(self.brokers[broker_id].bootstrap)
+        client = self.brokers[broker_id].raw_client()
         try:
             header, _ = client.call("metadata", timeout=timeout)
             return header

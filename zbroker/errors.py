@@ -69,7 +69,7 @@ class ErrorCode(IntEnum):
     INVALID_PRODUCER_EPOCH = 47
     INVALID_TXN_STATE = 48
     KAFKA_STORAGE_ERROR = 56
-    SASL_AUTHENTICATION_FAILED = 58
+    SASL_AUTHENTICATION_FAILED = 58  # also: a CURVE key no longer admitted (native door)
     UNKNOWN_PRODUCER_ID = 59
     NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
@@ -228,6 +228,12 @@ class RequestTimeoutError(ZBrokerError):
     code = ErrorCode.REQUEST_TIMED_OUT
     retriable = True
     invalid_metadata = True
+
+
+class AuthenticationError(_BY_CODE[ErrorCode.SASL_AUTHENTICATION_FAILED]):
+    """The broker did not admit this client: its CURVE handshake failed (no key, a key the
+    broker does not know, or the wrong server key) or its key was removed.  Not retriable:
+    fix the keys (docs/security.md)."""
 
 
 class ProtocolError(ZBrokerError):

@@ -1,12 +1,13 @@
 """A broker as a sans-IO object: its services and its front doors, frames in, frames out.
 
 :class:`BrokerNode` joins the :class:`~zbroker.app.App` (the services) with the native
-front door (:class:`~zbroker.frontends.native.router.NativeRouter` for requests,
-:class:`~zbroker.frontends.native.peers.PeerLink` for broker-to-broker traffic).  It
-touches no socket: the server loop (:mod:`zbroker.server`) hands it what its listeners
-received and sends what it put in :attr:`outbox` (replies, ``(routing id, frames)``) and
-:attr:`peer_outbox` (``(broker id, frames)``).  Unit tests drive it the same way, with
-time passed in.
+front door (:class:`~zbroker.frontends.native.router.NativeRouter` for requests: one for
+the client listener, one for the inter-broker listener; :class:`~zbroker.frontends.native.peers.PeerLink`
+for broker-to-broker traffic).  It touches no socket: the server loop (:mod:`zbroker.server`)
+hands it what its listeners received, with the principal each listener authenticated, and
+sends what it put in :attr:`outbox` (replies, ``(routing id, frames)``), :attr:`peer_replies`
+(replies on the inter-broker listener) and :attr:`peer_outbox` (``(broker id, frames)``).
+Unit tests drive it the same way, with time passed in.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 
 from zbroker.app import App
 from zbroker.config import ClusterConfig
+from zbroker.errors import ErrorCode
 from zbroker.frontends.native.gossip import decode_heartbeat, encode_heartbeat
 from zbroker.frontends.native.handlers import ROUTES
 from zbroker.frontends.native.peers import PeerLink
@@ -33,28 +35,46 @@ class BrokerNode:
                  send_peer: Callable[[int, Frames], None] | None = None) -> None:
         """``send(routing id, frames)`` answers a client and ``send_peer(broker id, frames)``
         messages another broker; by default both append to :attr:`outbox` and
-        :attr:`peer_outbox`."""
+        :attr:`peer_outbox` (answers on the inter-broker listener to :attr:`peer_replies`)."""
         self.outbox: list[tuple[bytes, Frames]] = []
+        self.peer_replies: list[tuple[bytes, Frames]] = []
         self.peer_outbox: list[tuple[int, Frames]] = []
         self.metrics = RequestMetrics()
         self.peers = PeerLink(send_peer or (lambda broker, frames: self.peer_outbox.append((broker, frames))))
         self.app = App(config, broker_id, now_ms, clock or (lambda: now_ms), self.peers, authorizer)
-        self.router = NativeRouter(self.app, ROUTES, self.app.authorizer, self.metrics,
+        authorizer = self.app.authorizer
+        self.router = NativeRouter(self.app, ROUTES, authorizer, self.metrics,
                                    send or (lambda conn, frames: self.outbox.append((conn, frames))),
                                    config.setting("max_request_bytes"))
+        self.peer_router = NativeRouter(self.app, ROUTES, authorizer, self.metrics,
+                                        lambda conn, frames: self.peer_replies.append((conn, frames)),
+                                        config.setting("max_request_bytes"), peer=True)
 
-    def connect(self, send: Callable[[bytes, Frames], None], send_peer: Callable[[int, Frames], None] | None) -> None:
-        """Send through these from now on (the server's listeners, bound once the node is loaded)."""
+    def connect(self, send: Callable[[bytes, Frames], None], send_peer: Callable[[int, Frames], None] | None,
+                reply_peer: Callable[[bytes, Frames], None] | None = None) -> None:
+        """Send through these from now on (the server's listeners, bound once the node is loaded):
+        ``send`` answers clients, ``send_peer`` messages other brokers, ``reply_peer`` answers them."""
         self.router.send = send
         if send_peer is not None:
             self.peers.connect(send_peer)
+        if reply_peer is not None:
+            self.peer_router.send = reply_peer
 
     # -- input -------------------------------------------------------------------
 
     def handle(self, conn: bytes, frames: Frames, now_ms: int, principal: str | None = None) -> None:
-        """A request from the ROUTER socket; answers land in :attr:`outbox`.  ``principal``:
-        who the listener authenticated (None: nobody, see :meth:`NativeRouter.handle`)."""
+        """A request on the client listener from ``principal`` (None: anonymous); answers
+        land in :attr:`outbox`.  Broker-to-broker requests are refused here."""
         self.router.handle(conn, frames, now_ms, principal)
+
+    def handle_peer(self, conn: bytes, frames: Frames, now_ms: int, principal: str) -> None:
+        """A request on the inter-broker listener from ``principal`` (``Broker:N``, proved by
+        its CURVE key); answers land in :attr:`peer_replies`."""
+        self.peer_router.handle(conn, frames, now_ms, principal)
+
+    def refuse(self, conn: bytes, frames: Frames, now_ms: int, message: str, peer: bool = False) -> None:
+        """Answer a request whose sender's key is no longer admitted, without running it."""
+        (self.peer_router if peer else self.router).refuse(conn, frames, now_ms, ErrorCode.SASL_AUTHENTICATION_FAILED, message)
 
     def on_peer_reply(self, frames: Frames, now_ms: int) -> None:
         """An answer on one of our DEALERs to another broker."""

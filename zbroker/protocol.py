@@ -259,7 +259,7 @@ RAFT_SCHEMAS: dict[str, dict[str, Field]] = {
 SCHEMAS.update(RAFT_SCHEMAS)
 
 
-#: Requests only brokers may send (checked against the sender's ZeroMQ routing id).
+#: Requests only brokers may send: served only on the inter-broker listener (peer_port), from the broker they name.
 BROKER_ONLY = frozenset({*RAFT_SCHEMAS, ALTER_ISR, CREATE_INTERNAL_TOPIC, ALTER_SECURITY})
 
 

@@ -3,9 +3,15 @@
 This module wires I/O to the sans-IO broker and is the only place that does:
 
 - a :class:`~zbroker.net.zmq_listeners.RouterListener` on the broker's ``port`` feeds
-  requests to the node, which answers through it;
-- in a cluster, :class:`~zbroker.net.zmq_listeners.PeerDealers` carry broker-to-broker
-  traffic and :class:`~zbroker.net.zmq_listeners.Gossip` the heartbeats;
+  clients' requests to the node, which answers through it (CURVE with ``[security]
+  curve = true``: each request carries the principal its key maps to);
+- in a cluster, a second RouterListener on ``peer_port`` takes the other brokers'
+  requests, :class:`~zbroker.net.zmq_listeners.PeerDealers` carry this broker's to
+  theirs and :class:`~zbroker.net.zmq_listeners.Gossip` the heartbeats -- all CURVE,
+  always, with broker keys (:mod:`zbroker.net.curve_keys`), so no client can pose as a
+  broker whatever ``[security]`` says;
+- the :class:`~zbroker.net.zap.ZapHandler` admits CURVE keys; it is bound before any
+  CURVE socket (without a ZAP handler libzmq admits every key);
 - the :class:`~zbroker.net.loop.EventLoop` polls them and ticks the node and the gossip
   with one clock.
 
@@ -23,11 +29,13 @@ import time
 
 import zmq
 
-from zbroker.config import ClusterConfig
+from zbroker.config import ClusterConfig, ConfigError
 from zbroker.frontends.kafka import KafkaDoor
+from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
-from zbroker.net.zmq_listeners import Gossip, PeerDealers, RouterListener
+from zbroker.net.zap import CLIENT, GOSSIP, PEER, ZapHandler
+from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode
 from zbroker.protocol import broker_identity
 
@@ -53,23 +61,66 @@ class Server:
     def stop(self, *_args) -> None:
         self.loop.stop()
 
-    def _listen(self, ctx: zmq.Context, node: BrokerNode) -> tuple[RouterListener, PeerDealers | None]:
+    def _keys(self) -> BrokerKeys:
+        """The broker's CURVE keys; a config that cannot authenticate brokers is refused here,
+        before anything is loaded or bound."""
+        problem = self.config.inter_broker_problem()
+        if problem:
+            raise ConfigError(problem)
+        return broker_keys(self.config, self.broker_id)
+
+    def _listen(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys) -> tuple[RouterListener, RouterListener | None,
+                                                                                      PeerDealers | None]:
         """Bind and connect every socket and register it with the loop."""
         max_bytes = self.config.setting("max_request_bytes")
+        max_queued = self.config.setting("max_queued_reply_bytes")
+        curve = self.config.security.curve
         peers = [b for b in self.config.brokers if b.id != self.broker_id]
-        dealers = None
+        zap = None
+        if peers or curve:  # first: a CURVE socket without a ZAP handler admits every key
+            key_dir = KeyDir(self.config.security.authorized_keys_dir) if curve else None
+            zap = ZapHandler(ctx, keys, key_dir, now_ms)
+            zap.start()
+            self.loop.add_listener(zap)
+            if key_dir is not None:
+                key_dir.refresh(now_ms())
+        own = lambda domain=None: CurveKeys(keys.public, keys.secret, domain)  # noqa: E731
+        peer_router = dealers = None
         if peers:  # a single node gossips with no one
             gossip = Gossip(ctx, f"tcp://{self.entry.host}:{self.entry.gossip_port}",
-                            [f"tcp://{p.host}:{p.gossip_port}" for p in peers], self.config.setting("heartbeat_ms"),
-                            node.heartbeat, lambda frame: node.on_heartbeat(frame, now_ms()))
+                            [(f"tcp://{p.host}:{p.gossip_port}", keys.publics[p.id]) for p in peers],
+                            self.config.setting("heartbeat_ms"), node.heartbeat, lambda frame: node.on_heartbeat(frame, now_ms()),
+                            own(GOSSIP))
             self.loop.add_listener(gossip)
             self.loop.add_timer(gossip)  # after the node's: a beat tells of the turn's state
-            dealers = PeerDealers(ctx, broker_identity(self.broker_id), {p.id: f"tcp://{p.host}:{p.port}" for p in peers},
-                                  max_bytes, lambda frames: node.on_peer_reply(frames, now_ms()))
+            dealers = PeerDealers(ctx, broker_identity(self.broker_id),
+                                  {p.id: (f"tcp://{p.host}:{p.peer_port}", keys.publics[p.id]) for p in peers},
+                                  max_bytes, lambda frames: node.on_peer_reply(frames, now_ms()), own())
             self.loop.add_listener(dealers)
-        router = RouterListener(ctx, f"tcp://{self.entry.host}:{self.entry.port}", max_bytes,
-                                lambda conn, frames: node.handle(conn, frames, now_ms()),
-                                self.config.setting("max_queued_reply_bytes"))
+
+            def on_peer(conn: bytes, frames: list[bytes], user: str | None) -> None:
+                principal = zap.principal(PEER, user)
+                if principal is None:
+                    node.refuse(conn, frames, now_ms(), "this key is no broker's", peer=True)
+                else:
+                    node.handle_peer(conn, frames, now_ms(), principal)
+
+            peer_router = RouterListener(ctx, f"tcp://{self.entry.host}:{self.entry.peer_port}", max_bytes, on_peer, max_queued,
+                                         own(PEER))
+            self.loop.add_listener(peer_router)
+
+        def on_client(conn: bytes, frames: list[bytes], user: str | None) -> None:
+            if not curve:
+                node.handle(conn, frames, now_ms())
+                return
+            principal = zap.principal(CLIENT, user)
+            if principal is None:
+                node.refuse(conn, frames, now_ms(), "this client's CURVE key is no longer admitted (authorized_keys_dir)")
+            else:
+                node.handle(conn, frames, now_ms(), principal)
+
+        router = RouterListener(ctx, f"tcp://{self.entry.host}:{self.entry.port}", max_bytes, on_client, max_queued,
+                                own(CLIENT) if curve else None)
         self.loop.add_listener(router)
         if self.entry.kafka_port:
             door = KafkaDoor(node.app, node.metrics, node.app.authorizer)
@@ -81,7 +132,7 @@ class Server:
                                 self.config.setting("max_queued_reply_bytes"), tls=tls)
             self.loop.add_listener(kafka)
             self.loop.add_timer(kafka)  # connection deadlines: TLS handshakes, SASL authentication
-        return router, dealers
+        return router, peer_router, dealers
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""
@@ -92,6 +143,7 @@ class Server:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT or :meth:`stop`; then shut down cleanly."""
+        keys = self._keys()
         # a TLS certificate that cannot be loaded fails the start before any work is done
         if self.entry.kafka_port and self.entry.kafka_tls_cert_file:
             self.kafka_tls = server_tls_context(self.entry.kafka_tls_cert_file, self.entry.kafka_tls_key_file)
@@ -100,15 +152,18 @@ class Server:
         node = self.node = BrokerNode(self.config, self.broker_id, now_ms(), clock=now_ms)
         self.loop.add_timer(node)
         try:
-            router, dealers = self._listen(zmq.Context.instance(), node)
+            router, peer_router, dealers = self._listen(zmq.Context.instance(), node, keys)
         except (zmq.ZMQError, OSError) as exc:
             node.close(now_ms())
             self.loop.close()
             kafka = f" / Kafka {self.entry.kafka_advertised_host}:{self.entry.kafka_port}" if self.entry.kafka_port else ""
-            raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port}{kafka}: {exc}") from None
-        node.connect(router.send, dealers.send if dealers is not None else None)
-        log.info("broker %s listening on %s%s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
-                 f" gossip={self.entry.gossip_port}" if dealers is not None else "",
+            raise OSError(f"cannot listen on {self.entry.address} / gossip port {self.entry.gossip_port} / peer port "
+                          f"{self.entry.peer_port}{kafka}: {exc}") from None
+        node.connect(router.send, dealers.send if dealers is not None else None,
+                     peer_router.send if peer_router is not None else None)
+        log.info("broker %s listening on %s%s%s%s data_dir=%s pid=%s", self.broker_id, self.entry.address,
+                 " (CURVE)" if self.config.security.curve else "",
+                 f" gossip={self.entry.gossip_port} peer={self.entry.peer_port} (CURVE)" if dealers is not None else "",
                  f" kafka={self.entry.kafka_advertised_host}:{self.entry.kafka_port} ({self._kafka_protocol()})"
                  if self.entry.kafka_port else "",
                  self.entry.data_dir, os.getpid())

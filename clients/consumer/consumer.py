@@ -70,6 +70,10 @@ class Consumer:
         fetch_min_bytes: bytes the broker waits for before answering (default 1).
         max_partition_fetch_bytes: per-partition cap of one fetch (default 1 MiB).
         client_id: sent to brokers with every request.
+        curve_secret_key_file: this client's CurveZMQ key pair (``NAME.key_secret``), for
+            brokers with ``[security] curve = true``; None reads ``ZBROKER_CURVE_SECRET_KEY_FILE``.
+        curve_server_key: the bootstrap broker's public key (Z85, or a ``.key`` file); the
+            other brokers' come with the metadata.  None reads ``ZBROKER_CURVE_SERVER_KEY``.
         request_timeout_ms: deadline of each request (default 30000).
         key_deserializer, value_deserializer: callable or ``"bytes"``/``"str"``/``"json"``.
         fetch_max_bytes: cap of one fetch response (default 50 MiB); also the most one
@@ -107,6 +111,8 @@ class Consumer:
         on_assigned=None,
         on_revoked=None,
         on_lost=None,
+        curve_secret_key_file: str | None = None,
+        curve_server_key: str | bytes | None = None,
     ) -> None:
         if auto_offset_reset not in _RESETS:
             raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
@@ -124,7 +130,8 @@ class Consumer:
         self.request_timeout_ms = request_timeout_ms
         self._key_de = resolve(key_deserializer, DESERIALIZERS, "key_deserializer")
         self._value_de = resolve(value_deserializer, DESERIALIZERS, "value_deserializer")
-        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-consumer")
+        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-consumer",
+                                  curve_secret_key_file=curve_secret_key_file, curve_server_key=curve_server_key)
         self._meta = MetadataManager(self._net)
         self._fetcher = Fetcher(
             self._net, self._meta, auto_offset_reset=auto_offset_reset, fetch_max_wait_ms=fetch_max_wait_ms,

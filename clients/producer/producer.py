@@ -78,6 +78,10 @@ class Producer:
         compression: ``"none"``, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``.
         request_timeout_ms: deadline of each request (default 30000).
         client_id: sent to brokers with every request.
+        curve_secret_key_file: this client's CurveZMQ key pair (``NAME.key_secret``), for
+            brokers with ``[security] curve = true``; None reads ``ZBROKER_CURVE_SECRET_KEY_FILE``.
+        curve_server_key: the bootstrap broker's public key (Z85, or a ``.key`` file); the
+            other brokers' come with the metadata.  None reads ``ZBROKER_CURVE_SERVER_KEY``.
         max_in_flight: produce requests in flight per broker (default 5); per
             partition it is always one (see the module docstring).
         delivery_timeout_ms: a record fails with RequestTimeoutError if it is not
@@ -116,6 +120,8 @@ class Producer:
         max_request_bytes: int = 8 << 20,
         metadata_max_age_ms: int = 300000,
         buffer_memory: int = 32 << 20,
+        curve_secret_key_file: str | None = None,
+        curve_server_key: str | bytes | None = None,
     ) -> None:
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all', got {acks!r}")
@@ -136,7 +142,8 @@ class Producer:
         self.max_block_ms = max_block_ms if max_block_ms is not None else request_timeout_ms
         self._key_ser = resolve(key_serializer, SERIALIZERS, "key_serializer")
         self._value_ser = resolve(value_serializer, SERIALIZERS, "value_serializer")
-        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-producer")
+        self._net = NetworkClient(bootstrap, client_id, request_timeout_ms, name="zbroker-producer",
+                                  curve_secret_key_file=curve_secret_key_file, curve_server_key=curve_server_key)
         self._meta = MetadataManager(self._net, backoff_ms=retry_backoff_ms)
         self._acc = RecordAccumulator(batch_size, linger_ms, max_request_bytes)
         self._part = Partitioner()

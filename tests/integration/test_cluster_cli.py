@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from support import RawClient, free_port, wait_until
+from support import RawClient, cluster_secret, free_port, wait_until
 from zbroker.cli.cluster import is_our_broker, pid_alive
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,12 +33,14 @@ def zb(*args: str, timeout: float = 50) -> subprocess.CompletedProcess:
 
 def write_config(tmp_path: Path, brokers: int = 1, name: str = "test") -> tuple[Path, list[dict]]:
     entries = []
-    text = f'[cluster]\nname = "{name}"\nheartbeat_ms = 100\nsession_timeout_ms = 1000\n\n'
+    text = f'[security]\ncluster_secret = "{cluster_secret()}"\n\n'
+    text += f'[cluster]\nname = "{name}"\nheartbeat_ms = 100\nsession_timeout_ms = 1000\n\n'
     for i in range(1, brokers + 1):
-        port, gossip = free_port(), free_port()
+        port, gossip, peer = free_port(), free_port(), free_port()
         entry = {"id": i, "port": port, "gossip_port": gossip, "data_dir": tmp_path / "data" / str(i)}
         entries.append(entry)
-        text += f'[[broker]]\nid = {i}\nhost = "127.0.0.1"\nport = {port}\ngossip_port = {gossip}\ndata_dir = "data/{i}"\n\n'
+        text += (f'[[broker]]\nid = {i}\nhost = "127.0.0.1"\nport = {port}\ngossip_port = {gossip}\npeer_port = {peer}\n'
+                 f'data_dir = "data/{i}"\n\n')
     text += f"[topic_defaults]\npartitions = 2\nreplication_factor = {brokers}\nmin_insync_replicas = 1\n"
     path = tmp_path / "cluster.toml"
     path.write_text(text)
@@ -277,7 +279,7 @@ def test_status_shows_under_replicated_partitions_and_disagreeing_controllers(tm
         1: {"error": 0, "controller": 1, "controller_epoch": 4, "topics": topics},
         2: {"error": 0, "controller": 2, "controller_epoch": 5, "topics": topics[1:]},
     }
-    monkeypatch.setattr(cluster_cli, "query_metadata", lambda entries, timeout_s, topics=None: answers)
+    monkeypatch.setattr(cluster_cli, "query_metadata", lambda entries, timeout_s, topics=None, **_: answers)
     result = CliRunner().invoke(cluster_cli.cluster, ["status", str(config)])
     assert result.exit_code == 1
     lines = result.output.splitlines()

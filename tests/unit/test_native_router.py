@@ -35,17 +35,22 @@ class Node:
     def __init__(self, data_dir, authorizer=None):
         self.node = BrokerNode(single_node_config(str(data_dir)), 1, NOW, authorizer=authorizer)
 
-    def send(self, kind, cid=1, *payloads, conn=CLIENT, now=NOW, v=1, **fields):
-        self.node.handle(conn, [frame(kind, cid, v, **fields), *payloads], now)
+    def send(self, kind, cid=1, *payloads, conn=CLIENT, now=NOW, v=1, principal=None, peer=False, **fields):
+        message = [frame(kind, cid, v, **fields), *payloads]
+        if peer:
+            self.node.handle_peer(conn, message, now, principal)
+        else:
+            self.node.handle(conn, message, now, principal)
 
-    def replies(self):
-        out = [(conn, msgpack.unpackb(frames[0]), frames[1:]) for conn, frames in self.node.outbox]
-        self.node.outbox.clear()
+    def replies(self, peer=False):
+        box = self.node.peer_replies if peer else self.node.outbox
+        out = [(conn, msgpack.unpackb(frames[0]), frames[1:]) for conn, frames in box]
+        box.clear()
         return out
 
-    def call(self, kind, *payloads, conn=CLIENT, **fields):
-        self.send(kind, 1, *payloads, conn=conn, **fields)
-        ((to, header, rest),) = self.replies()
+    def call(self, kind, *payloads, conn=CLIENT, principal=None, peer=False, **fields):
+        self.send(kind, 1, *payloads, conn=conn, principal=principal, peer=peer, **fields)
+        ((to, header, rest),) = self.replies(peer)
         assert to == conn and header["type"] == kind and header["cid"] == 1
         return header
 
@@ -101,31 +106,53 @@ def test_garbage_without_a_cid_is_dropped_unanswered(n):
 # -- who may send what -------------------------------------------------------------------
 
 
-def test_broker_only_requests_from_a_client_are_refused(n):
+VOTE = {"from": 2, "epoch": 9, "last_epoch": 9, "end_offset": 100}
+
+
+def test_broker_only_requests_on_the_client_listener_are_refused_whoever_asks(n):
     isr = n.call("alter_isr", topic="t", partition=0, leader=1, leader_epoch=0, isr=[1])
     assert isr["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
-    vote = n.call("raft_vote", **{"from": 2, "epoch": 9, "last_epoch": 9, "end_offset": 100})
-    assert vote["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    assert n.call("raft_vote", **VOTE)["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    # the routing id is no proof, and not even a broker principal is served here: brokers use peer_port
+    assert n.call("raft_vote", conn=b"zb-broker-2", **VOTE)["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    assert n.call("raft_vote", principal="Broker:2", **VOTE)["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    assert n.call("alter_security", principal="User:admin", records=[])["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    assert n.call("create_internal_topic", principal="Broker:1", topic="__x", partitions=1, replication_factor=1,
+                  config={})["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
     assert n.node.app.control.epoch < 9  # never reached Raft
-    spoofed = n.call("raft_vote", conn=b"zb-broker-3", **{"from": 2, "epoch": 9, "last_epoch": 9, "end_offset": 100})
+    assert n.node.app.control.image.get("__x") is None
+
+
+def test_on_the_peer_listener_a_broker_speaks_only_for_itself(n):
+    spoofed = n.call("raft_vote", principal="Broker:3", peer=True, **VOTE)
     assert spoofed["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED  # broker 3 speaking for broker 2
+    assert n.call("raft_vote", principal=None, peer=True, **VOTE)["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
     assert n.node.app.control.epoch < 9
 
 
 def test_a_follower_fetch_must_come_from_the_follower_it_names(n):
     spec = [{"topic": "t", "partition": 0, "offset": 0}]
-    reply = n.call("fetch", conn=b"zb-broker-3", replica_id=2, max_wait_ms=0, partitions=spec)
+    reply = n.call("fetch", principal="Broker:3", peer=True, replica_id=2, max_wait_ms=0, partitions=spec)
     assert reply["error"] == ErrorCode.CLUSTER_AUTHORIZATION_FAILED
-    assert n.call("fetch", conn=b"zb-broker-x", replica_id=2, max_wait_ms=0, partitions=spec)["error"] == \
-        ErrorCode.CLUSTER_AUTHORIZATION_FAILED
+    for conn in (b"zb-broker-2", CLIENT):  # a replica fetch on the client listener: never
+        assert n.call("fetch", conn=conn, replica_id=2, max_wait_ms=0, partitions=spec)["error"] == \
+            ErrorCode.CLUSTER_AUTHORIZATION_FAILED
     consumer = n.call("fetch", max_wait_ms=0, partitions=spec)  # a consumer's fetch: anyone
     assert consumer["error"] == 0 and consumer["partitions"][0]["error"] == 0
 
 
 def test_a_raft_message_from_the_broker_it_names_is_one_way(n):
-    n.send("raft_begin_epoch", 0, conn=b"zb-broker-2", **{"from": 2, "epoch": 1, "leader": 2})
-    assert n.replies() == []  # one-way: never answered on the ROUTER (broker 2 is no voter here: ignored)
-    assert n.stats("raft_begin_epoch").count == 1 and n.stats("raft_begin_epoch").errors == 0
+    n.send("raft_begin_epoch", 0, principal="Broker:2", peer=True, **{"from": 2, "epoch": 1, "leader": 2})
+    assert n.replies(peer=True) == []  # one-way: never answered (broker 2 is no voter here: ignored)
+    assert n.node.metrics.get("peer", "raft_begin_epoch").count == 1
+    assert n.node.metrics.get("peer", "raft_begin_epoch").errors == 0
+
+
+def test_a_request_whose_key_was_removed_is_answered_without_running(n):
+    n.node.refuse(CLIENT, [frame("delete_topic", 7, topic="t")], NOW, "this client's CURVE key is no longer admitted")
+    ((to, header, _),) = n.replies()
+    assert to == CLIENT and header["cid"] == 7 and header["error"] == ErrorCode.SASL_AUTHENTICATION_FAILED
+    assert n.node.app.control.image.get("t") is not None
 
 
 # -- authorization -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 import click
 
 from zbroker.cli import acl, bench, cluster, groups, io, keys, serve, topics, users
-from zbroker.cli.common import OneLineErrors
+from zbroker.cli.common import OneLineErrors, connect_options
 from zbroker.config import DEFAULT_PORT
 
 DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_PORT}"
@@ -29,10 +29,15 @@ DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_PORT}"
     show_default=True,
     help="Brokers to contact first, HOST:PORT[,HOST:PORT...] (env ZBROKER_BOOTSTRAP).",
 )
+@click.option("--curve-secret-key-file", envvar="ZBROKER_CURVE_SECRET_KEY_FILE", type=click.Path(dir_okay=False),
+              help="This client's CurveZMQ key pair, NAME.key_secret, for brokers with [security] curve = true "
+                   "(env ZBROKER_CURVE_SECRET_KEY_FILE).")
+@click.option("--curve-server-key", envvar="ZBROKER_CURVE_SERVER_KEY", metavar="Z85|PATH",
+              help="The first bootstrap broker's CurveZMQ public key, or its .key file (env ZBROKER_CURVE_SERVER_KEY).")
 @click.pass_context
-def cli(ctx: click.Context, bootstrap: str) -> None:
+def cli(ctx: click.Context, bootstrap: str, curve_secret_key_file: str | None, curve_server_key: str | None) -> None:
     """zbroker: a Kafka-style commit log over ZeroMQ + msgpack."""
-    ctx.obj = {"bootstrap": bootstrap}
+    ctx.obj = {"bootstrap": bootstrap, "connect": connect_options(bootstrap, curve_secret_key_file, curve_server_key)}
 
 
 for command in (serve.serve, topics.topics, io.produce, io.consume, groups.groups, cluster.cluster, bench.bench, keys.keys,

@@ -33,11 +33,11 @@ def _latency_text(name: str, samples_s: list[float]) -> str:
     return f"{name} latency ms p50 {pct[50]:.2f} p99 {pct[99]:.2f} p99.9 {pct[99.9]:.2f} ({len(samples_s)} samples)"
 
 
-def _ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def _ensure_topic(connect: dict, topic: str, partitions: int) -> None:
     from clients import Admin
     from zbroker.errors import TopicAlreadyExistsError
 
-    with Admin(bootstrap=bootstrap) as admin:
+    with Admin(**connect) as admin:
         try:
             admin.create_topic(topic, partitions=partitions)
         except TopicAlreadyExistsError:
@@ -85,13 +85,13 @@ def bench_produce(ctx, topic, records, value_size, key_size, partitions, acks, l
     """Send RECORDS records with Producer.send(), one call per record."""
     from clients import Producer
 
-    bootstrap = ctx.obj["bootstrap"]
-    _ensure_topic(bootstrap, topic, partitions)
+    connect = ctx.obj["connect"]
+    _ensure_topic(connect, topic, partitions)
     value = os.urandom(value_size)
     keys = [os.urandom(key_size) for _ in range(1024)] if key_size else None
     latencies: list[float] = []
     producer = Producer(
-        bootstrap=bootstrap,
+        **connect,
         acks="all" if acks == "all" else int(acks),
         linger_ms=linger_ms,
         batch_size=batch_size,
@@ -141,7 +141,7 @@ def bench_consume(ctx, topic, records, max_records, fetch_max_bytes):
     from clients import Consumer
 
     consumer = Consumer(
-        topic, bootstrap=ctx.obj["bootstrap"], auto_offset_reset="earliest", max_partition_fetch_bytes=fetch_max_bytes
+        topic, **ctx.obj["connect"], auto_offset_reset="earliest", max_partition_fetch_bytes=fetch_max_bytes
     )
     count = nbytes = 0
     clock = time.perf_counter
@@ -181,11 +181,11 @@ def bench_e2e(ctx, topic, records, value_size, rate, acks, linger_ms):
     """Produce at RATE while consuming; report send -> poll latency."""
     from clients import Consumer, Producer
 
-    bootstrap = ctx.obj["bootstrap"]
+    connect = ctx.obj["connect"]
     topic = f"{topic}-e2e-{os.getpid()}"
-    _ensure_topic(bootstrap, topic, 1)
-    consumer = Consumer(topic, bootstrap=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    producer = Producer(bootstrap=bootstrap, acks="all" if acks == "all" else int(acks), linger_ms=linger_ms)
+    _ensure_topic(connect, topic, 1)
+    consumer = Consumer(topic, **connect, auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    producer = Producer(**connect, acks="all" if acks == "all" else int(acks), linger_ms=linger_ms)
     pad = os.urandom(value_size - 8)
     pack = struct.Struct(">q").pack
     errors: list[BaseException] = []

@@ -16,7 +16,14 @@ since been reused by another program is treated as stale and removed.
 
 Readiness and status use a raw DEALER socket and a ``metadata`` request
 (docs/protocol.md §4.1), so they do not depend on the client library's retry
-behaviour.  All waiting is polling against a deadline.
+behaviour.  With ``[security] curve = true`` clients need a key, so they ask each
+broker on its inter-broker port (``peer_port``) with that broker's own key pair
+(its ``secret_key_file``: whoever runs the brokers has it).  All waiting is polling
+against a deadline.
+
+``up`` refuses a config whose brokers could not authenticate each other (no
+``cluster_secret`` and no CURVE keys: :meth:`ClusterConfig.inter_broker_problem`) before
+starting anything.
 
 Registered on the main group by ``zbroker/cli/__init__.py`` (``cli.add_command(cluster.cluster)``).
 """
@@ -35,7 +42,7 @@ import click
 
 from zbroker.cli.common import Fail
 from zbroker.cli.output import echo_table
-from zbroker.config import BrokerEntry, ClusterConfig, load_config
+from zbroker.config import BrokerEntry, ClusterConfig, ConfigError, load_config
 
 PID_FILE = "broker.pid"
 LOG_FILE = "broker.log"
@@ -133,12 +140,26 @@ def log_tail(path: Path, start: int = 0, lines: int = LOG_TAIL_LINES) -> str:
 # -- talking to brokers ----------------------------------------------------------------
 
 
+def _endpoint(sock, entry: BrokerEntry, config: ClusterConfig | None) -> str:
+    """Where to ask ``entry``: its client port, or with ``[security] curve = true`` its
+    inter-broker port as a CURVE client with the broker's own key pair."""
+    if config is None or not config.security.curve:
+        return f"tcp://{entry.host}:{entry.port}"
+    from zbroker.net.curve_keys import broker_keys
+
+    keys = broker_keys(config, entry.id)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys.public, keys.secret, keys.public
+    return f"tcp://{entry.host}:{entry.peer_port}"
+
+
 def query_metadata(entries: list[BrokerEntry], timeout_s: float, topics: list[str] | None = None,
-                   give_up=None, resend_s: float = 1.0) -> dict[int, dict[str, Any]]:
+                   give_up=None, resend_s: float = 1.0, config: ClusterConfig | None = None) -> dict[int, dict[str, Any]]:
     """Ask every broker for metadata in parallel; return {broker id: response header}.
 
     Polls until every broker answered or ``timeout_s`` passed.  ``give_up``, if
-    given, is called each round and may raise to abort the wait early.
+    given, is called each round and may raise to abort the wait early.  With a
+    ``config`` whose ``[security] curve`` is on, each broker is asked on its
+    ``peer_port`` with its own key pair.
     """
     import msgpack
     import zmq
@@ -151,8 +172,8 @@ def query_metadata(entries: list[BrokerEntry], timeout_s: float, topics: list[st
         for entry in entries:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://{entry.host}:{entry.port}")
             socks[sock] = entry
+            sock.connect(_endpoint(sock, entry, config))
             poller.register(sock, zmq.POLLIN)
         request = msgpack.packb({"v": 1, "type": "metadata", "cid": 1, "topics": topics}, use_bin_type=True)
         deadline = time.monotonic() + timeout_s
@@ -213,6 +234,9 @@ def up(config_path: str, wait_s: float) -> None:
     are left running (exit 1).
     """
     config = load_config(config_path)
+    problem = config.inter_broker_problem()
+    if problem:
+        raise ConfigError(problem)
     config_abs = str(Path(config_path).resolve())
     started: dict[int, tuple[subprocess.Popen, int]] = {}  # id -> (process, log offset at start)
     pids: dict[int, int] = {}
@@ -247,7 +271,7 @@ def up(config_path: str, wait_s: float) -> None:
             if code is not None:
                 _startup_failed(config, by_id[broker_id], code, offset, started)
 
-    answers = query_metadata(list(config.brokers), wait_s, topics=[], give_up=check_exits)
+    answers = query_metadata(list(config.brokers), wait_s, topics=[], give_up=check_exits, config=config)
     check_exits(set(answers))  # a broker that died right after another one answered in its place
     silent = [e for e in config.brokers if e.id not in answers]
     for entry in config.brokers:
@@ -376,7 +400,7 @@ def status(config_path: str, timeout_s: float) -> None:
     Exit code 0 if every broker answered, 1 otherwise.
     """
     config = load_config(config_path)
-    answers = query_metadata(list(config.brokers), timeout_s, topics=None)
+    answers = query_metadata(list(config.brokers), timeout_s, topics=None, config=config)
     under = {bid: _under_replicated(h) for bid, h in answers.items() if not h.get("error")}
     show_under = any(under.values())
     head = ["BROKER", "ADDRESS", "PID", "STATE", "CONTROLLER", "EPOCH", "TOPICS"] + (["UNDER-REPLICATED"] if show_under else [])

@@ -49,8 +49,17 @@ class OneLineErrors(click.Group):
             raise Fail(f"unexpected {type(exc).__name__}: {exc} (set ZBROKER_DEBUG=1 for a traceback)") from exc
 
 
+def connect_options(bootstrap: str, curve_secret_key_file: str | None, curve_server_key: str | None) -> dict:
+    """The client keyword arguments the global options give: ``--bootstrap`` and the CurveZMQ keys."""
+    if (curve_secret_key_file is None) != (curve_server_key is None):
+        missing = "--curve-server-key" if curve_server_key is None else "--curve-secret-key-file"
+        raise BadUsage(f"{missing}: missing: CurveZMQ needs both --curve-secret-key-file and --curve-server-key "
+                       f"(or ZBROKER_CURVE_SECRET_KEY_FILE and ZBROKER_CURVE_SERVER_KEY)")
+    return {"bootstrap": bootstrap, "curve_secret_key_file": curve_secret_key_file, "curve_server_key": curve_server_key}
+
+
 def make_admin(ctx: click.Context):
-    """An Admin client for the global --bootstrap (clients is imported here, not at start-up)."""
+    """An Admin client for the global options (clients is imported here, not at start-up)."""
     from clients import Admin
 
-    return Admin(bootstrap=ctx.obj["bootstrap"], request_timeout_ms=10000)
+    return Admin(**ctx.obj["connect"], request_timeout_ms=10000)

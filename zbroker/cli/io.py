@@ -21,7 +21,7 @@ def produce(ctx, topic: str, key_separator: str | None, acks: str, partition: in
     sep = key_separator.encode() if key_separator else None
     count = 0
     futures = []
-    with Producer(bootstrap=ctx.obj["bootstrap"], acks="all" if acks == "all" else int(acks), linger_ms=5) as producer:
+    with Producer(**ctx.obj["connect"], acks="all" if acks == "all" else int(acks), linger_ms=5) as producer:
         for line in stdin:
             line = line.rstrip(b"\r\n")
             key = None
@@ -64,7 +64,7 @@ def consume(ctx, topic, group, from_beginning, partition, offset, max_messages, 
         raise BadUsage("--offset needs --partition")
     out = click.get_binary_stream("stdout")
     reset = "earliest" if from_beginning else "latest"
-    consumer = Consumer(bootstrap=ctx.obj["bootstrap"], auto_offset_reset=reset, group=group)
+    consumer = Consumer(**ctx.obj["connect"], auto_offset_reset=reset, group=group)
     seen = 0
     try:
         if partition is not None:

@@ -37,6 +37,7 @@ class BrokerState:
     host: str
     port: int
     alive: bool
+    curve_key: str | None = None  # its CURVE public key (Z85) when [security] curve = true
 
 
 @dataclass(slots=True)
@@ -124,7 +125,8 @@ class ClusterInfo:
             else:
                 topics.append(TopicState(name, 0, topic.internal, self._partition_states(topic)))
         live = self.control.live_brokers(now_ms)
-        brokers = [BrokerState(b.id, b.host, b.port, b.id in live) for b in self.config.brokers]
+        curve = self.config.security.curve
+        brokers = [BrokerState(b.id, b.host, b.port, b.id in live, b.public_key if curve else None) for b in self.config.brokers]
         return ClusterMetadata(self.config.name, self.control.controller, self.control.epoch, brokers, topics)
 
     @staticmethod

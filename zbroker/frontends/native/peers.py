@@ -5,7 +5,8 @@ Services hand typed messages to :class:`PeerLink` (it implements
 controller, ISR changes, the offsets topic's creation and Raft messages.  The link
 encodes each as a native request, gives the calls that expect an answer a correlation
 id in its one table, and hands ``(broker id, frames)`` to ``send`` (the broker's DEALER
-to that peer).  An answer arriving on a DEALER (:meth:`PeerLink.on_reply`) is decoded
+to that peer's inter-broker listener, ``peer_port``: a CURVE connection made with this
+broker's key, so the peer knows who sends, :mod:`zbroker.net.curve_keys`).  An answer arriving on a DEALER (:meth:`PeerLink.on_reply`) is decoded
 to the typed result its call expects and passed to the call's callback; a call not
 answered by its deadline gets REQUEST_TIMED_OUT (:meth:`PeerLink.expire`).  One-way
 messages (Raft, auto-creation) carry correlation id 0; answers to them are dropped.

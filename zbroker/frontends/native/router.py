@@ -1,20 +1,23 @@
 """The native router: one table of request types, one place that runs every request.
 
-For each message from the ROUTER socket, :meth:`NativeRouter.handle`:
+A broker runs two routers over one table: one for the client ROUTER (``port``) and one
+for the inter-broker ROUTER (``peer_port``, ``peer=True``), where only brokers get in
+(their CURVE keys, :mod:`zbroker.net.zap`).  For each message, :meth:`NativeRouter.handle`:
 
 1. decodes frame 0 (:func:`zbroker.protocol.decode_header`) -- garbage without a
    correlation id is dropped and logged, there is nobody to answer;
 2. finds the route of the request type and checks the version against the route's
    range (UNSUPPORTED_VERSION), then every field against the type's schema
    (INVALID_REQUEST naming the field);
-3. builds the :class:`RequestContext`: the principal the listener authenticated, or
-   without one ``Broker:N`` for the DEALER of broker N (its routing id) and
-   ``User:ANONYMOUS`` otherwise;
-4. authorizes: a broker-to-broker request must come from the broker it names
-   (CLUSTER_AUTHORIZATION_FAILED); every route names the (operation, resource) pairs it
-   touches, and the authorizer is asked for each: a refusal fails the request with
-   Kafka's code for the resource (TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED), except for
-   the resource types the route answers one by one (:attr:`Route.per_resource`), which the
+3. builds the :class:`RequestContext`: the principal is the one the listener proved (the
+   connection's ZAP User-Id: ``User:NAME`` for a client key, ``Broker:N`` for a broker
+   key), ``User:ANONYMOUS`` without one -- never the routing id, which the sender chooses;
+4. authorizes: a broker-to-broker request (:attr:`Route.sender`) is served only on the
+   inter-broker router and only from the broker it names; on the client router it is
+   answered CLUSTER_AUTHORIZATION_FAILED, whoever asks.  Every route names the resources it
+   touches, and the authorizer is asked for each: a refusal fails the request with Kafka's
+   code for the resource (TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED), except for the
+   resource types the route answers one by one (:attr:`Route.per_resource`), which the
    handler gets in :attr:`RequestContext.refused`;
 5. runs the handler, which calls a service with typed arguments;
 6. answers: the handler's typed result is encoded by the route; a
@@ -35,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from zbroker import protocol as P
-from zbroker.context import ANONYMOUS, Completion, RequestContext, broker_principal
+from zbroker.context import ANONYMOUS, Completion, RequestContext
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
@@ -43,7 +46,8 @@ from zbroker.security import AllowAll, Authorizer, Operation, Resource, Resource
 
 log = logging.getLogger(__name__)
 
-LISTENER = "native"
+LISTENER = "native"  # the client ROUTER on `port`
+PEER_LISTENER = "peer"  # the inter-broker ROUTER on `peer_port`
 Frames = list[bytes]
 
 #: A handler's answer meaning "send nothing" (acks=0 produce, one-way messages).
@@ -90,8 +94,12 @@ class NativeRouter:
     """Runs native requests against the services of ``app``; replies go to ``send(conn, frames)``."""
 
     def __init__(self, app, routes: Iterable[Route], authorizer: Authorizer, metrics: RequestMetrics,
-                 send: Callable[[bytes, Frames], None], max_request_bytes: int) -> None:
+                 send: Callable[[bytes, Frames], None], max_request_bytes: int, peer: bool = False) -> None:
+        """``peer``: this router serves the inter-broker listener, whose every sender is a
+        broker its listener authenticated; the client router never serves broker-only requests."""
         self.app = app
+        self.peer = peer
+        self.listener = PEER_LISTENER if peer else LISTENER
         self.table: dict[str, Route] = {}
         for route in routes:
             if route.kind in self.table:
@@ -105,8 +113,8 @@ class NativeRouter:
         self.bad_input_log = RateLimitedLog(log, burst=10, window_s=10.0)  # per kind; the rest is counted
 
     def handle(self, conn: bytes, frames: Frames, now_ms: int, principal: str | None = None) -> None:
-        """Handle one message received from ``conn`` (its ZeroMQ routing id); ``principal``:
-        who the listener authenticated (None: derived from the routing id, see :meth:`_principal`)."""
+        """Handle one message received from ``conn`` (its ZeroMQ routing id), sent by
+        ``principal`` as its listener authenticated it (None: anonymous)."""
         started = time.perf_counter()
         try:
             header = P.decode_header(frames[0], self.max_request_bytes)
@@ -126,7 +134,7 @@ class NativeRouter:
                 raise RequestError(ErrorCode.INVALID_REQUEST, f"unknown request type {P.clip(kind)}")
             refused = self._version_refusal(header, route)
             fields = P.check_fields(route.kind, header)
-            ctx = RequestContext(principal or self._principal(conn), LISTENER, self._client_id(header), conn)
+            ctx = RequestContext(principal or ANONYMOUS, self.listener, self._client_id(header), conn)
             ctx = self._authorize(ctx, route, fields)
             answer = route.call(self.app, ctx, fields, frames[1:], now_ms)
         except RequestError as exc:
@@ -139,7 +147,7 @@ class NativeRouter:
             self._error(conn, reply_type, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", metric, started)
             return
         if answer is NO_REPLY:
-            self.metrics.observe(LISTENER, metric, time.perf_counter() - started)
+            self.metrics.observe(self.listener, metric, time.perf_counter() - started)
         elif isinstance(answer, Completion):
             answer.on_done(lambda done: self._settled(conn, route, cid, done, started, refused))
         else:
@@ -177,21 +185,29 @@ class NativeRouter:
                                f"field 'client_id' must be a string of at most {P.MAX_ID_CHARS} chars, got {P.clip(client_id)}")
         return client_id
 
-    @staticmethod
-    def _principal(conn: bytes) -> str:
-        """``Broker:N`` for a broker's DEALER (its routing id), else anonymous.  The routing
-        id is chosen by the sender: this tells brokers from confused clients, not from
-        attackers (CURVE keys will)."""
-        if conn.startswith(b"zb-broker-"):
-            digits = conn[10:]
-            if digits.isdigit() and P.broker_identity(int(digits)) == conn:  # exactly, no "zb-broker-02"
-                return broker_principal(int(digits))
-        return ANONYMOUS
+    def refuse(self, conn: bytes, frames: Frames, now_ms: int, code: ErrorCode, message: str) -> None:
+        """Answer a message with an error without running it (its sender's key is no
+        longer admitted); garbage without a correlation id is dropped, as in :meth:`handle`."""
+        started = time.perf_counter()
+        try:
+            header = P.decode_header(frames[0], self.max_request_bytes)
+        except P.UndecodableFrame:
+            return
+        kind = header.get("type")
+        reply_type = kind if isinstance(kind, str) and len(kind) <= P.MAX_ECHO_CHARS else "error"
+        self.bad_input_log.log(now_ms / 1000, "refused", logging.WARNING, "refused type=%s from peer=%s: %s",
+                               P.clip(kind), P.clip(conn.hex()), message)
+        metric = kind if isinstance(kind, str) and kind in self.table else "unknown"
+        self._error(conn, reply_type, header["cid"], code, message, metric, started)
 
     def _authorize(self, ctx: RequestContext, route: Route, fields: dict) -> RequestContext:
         """The context to run the request with (its ``refused`` resources), or raises."""
         claimed = route.sender(fields) if route.sender is not None else None
         if claimed is not None:
+            if not self.peer:
+                raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+                                   f"{route.kind} is a broker-to-broker request: brokers send it to each other's peer_port, "
+                                   f"never on this listener")
             if ctx.broker_id is None or (claimed != ANY_BROKER and ctx.broker_id != claimed):
                 raise RequestError(ErrorCode.CLUSTER_AUTHORIZATION_FAILED, f"{route.kind} is only accepted from the broker it names")
         if self._check_access:
@@ -214,7 +230,7 @@ class NativeRouter:
             return
         code, message = (refused.code, refused.message) if refused is not None else (0, None)
         self.send(conn, [P.encode(P.response(route.kind, cid, code, message, **fields)), *payloads])
-        self.metrics.observe(LISTENER, route.kind, time.perf_counter() - started, int(code))
+        self.metrics.observe(self.listener, route.kind, time.perf_counter() - started, int(code))
 
     def _settled(self, conn: bytes, route: Route, cid: int, done: Completion, started: float,
                  refused: RequestError | None = None) -> None:
@@ -225,4 +241,4 @@ class NativeRouter:
 
     def _error(self, conn: bytes, kind: str, cid: int, code: int, message: str, metric: str, started: float) -> None:
         self.send(conn, [P.encode(P.response(kind, cid, code, message))])
-        self.metrics.observe(LISTENER, metric, time.perf_counter() - started, int(code))
+        self.metrics.observe(self.listener, metric, time.perf_counter() - started, int(code))

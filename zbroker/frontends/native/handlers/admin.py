@@ -26,7 +26,7 @@ def metadata(app, ctx, fields, payloads, now_ms):
 def metadata_reply(m: ClusterMetadata):
     return {
         "cluster_name": m.cluster_name, "controller": m.controller, "controller_epoch": m.controller_epoch,
-        "brokers": [asdict(b) for b in m.brokers],
+        "brokers": [{k: v for k, v in asdict(b).items() if k != "curve_key" or v is not None} for b in m.brokers],
         "topics": [{"topic": t.topic, "error": t.error, "internal": t.internal, "partitions": [_partition(p) for p in t.partitions]}
                    for t in m.topics],
     }, []
