@@ -267,7 +267,8 @@ class ClusterProcesses:
         self.broker_publics: dict[int, bytes] = {}
         security = ["[security]", f'cluster_secret = "{self.secret}"']
         if curve:
-            security += ["curve = true", f'authorized_keys_dir = "{self.clients_dir}"']
+            # security on: ACLs are enforced, and the harness's own client is a super user
+            security += ["curve = true", f'authorized_keys_dir = "{self.clients_dir}"', 'super_users = ["User:admin"]']
             self.add_client_key("admin")
         lines = [*security, "",
             "[cluster]",

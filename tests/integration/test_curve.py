@@ -12,6 +12,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from clients.acls import AclBinding
 from support import ClusterProcesses, RawClient, key_pair, run_cli, running_cluster, wait_until
 from zbroker.errors import AuthenticationError, ZBrokerError
 
@@ -118,6 +119,8 @@ def test_a_key_added_works_without_a_restart_and_a_removed_one_stops_on_its_open
     c = cluster
     Admin, _, _ = clients()
     c.add_client_key("late")
+    with Admin(bootstrap=c.bootstrap, **c.client_options()) as admin:  # the key's principal is what ACLs name
+        admin.create_acls([AclBinding("User:late", "topic", "spread", operation="describe")])
     options = c.client_options("late")
     with Admin(bootstrap=c.brokers[1].bootstrap, request_timeout_ms=10_000, **options) as admin:
         assert "spread" in admin.list_topics()
@@ -184,7 +187,7 @@ def test_a_single_curve_broker_admits_only_keyed_clients(tmp_path):
     (tmp_path / "keys" / "solo.key").replace(tmp_path / "clients" / "solo.key")
     config = tmp_path / "single.toml"
     port = free_port()
-    config.write_text(f'[security]\ncurve = true\nauthorized_keys_dir = "clients"\n\n[[broker]]\nid = 1\nport = {port}\n'
+    config.write_text(f'[security]\ncurve = true\nauthorized_keys_dir = "clients"\nsuper_users = ["User:solo"]\n\n[[broker]]\nid = 1\nport = {port}\n'
                       f'data_dir = "data"\nsecret_key_file = "{secret_file}"\npublic_key = "{public.decode()}"\n')
     broker = BrokerProcess(tmp_path / "data", port=port, config=config)
     broker.use_config_only = True
