@@ -77,6 +77,7 @@ class ErrorCode(IntEnum):
     MEMBER_ID_REQUIRED = 79
     FENCED_INSTANCE_ID = 82
     INVALID_RECORD = 87
+    THROTTLING_QUOTA_EXCEEDED = 89
     UNKNOWN_TOPIC_ID = 100
     FENCED_MEMBER_EPOCH = 110
     UNRELEASED_INSTANCE_ID = 111
@@ -107,6 +108,7 @@ RETRIABLE = frozenset(
         ErrorCode.OFFSET_NOT_AVAILABLE,
         ErrorCode.REBALANCE_IN_PROGRESS,
         ErrorCode.UNKNOWN_TOPIC_ID,
+        ErrorCode.THROTTLING_QUOTA_EXCEEDED,  # native door: a connection's in-flight limit; retry once answered
     }
 )
 

@@ -56,6 +56,9 @@ VALID = {
     P.ALTER_ISR: {"topic": "t", "partition": 0, "leader": 1, "leader_epoch": 0, "isr": [1]},
     P.ALTER_SECURITY: {"records": [{"type": "quota", "principal": "User:a", "produce_bytes_per_s": 1000}]},
     P.API_VERSIONS: {},
+    P.DESCRIBE_QUOTAS: {"principals": ["User:a"]},
+    P.ALTER_QUOTAS: {"entries": [{"principal": "User:a", "ops": [{"key": "fetch_bytes_per_s", "value": 1000}]}],
+                     "validate_only": True},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)

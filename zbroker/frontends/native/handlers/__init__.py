@@ -4,6 +4,6 @@ Each module holds one family of request types and a ``ROUTES`` list; :data:`ROUT
 the native router's whole table.
 """
 
-from zbroker.frontends.native.handlers import admin, cluster, data, groups, versions
+from zbroker.frontends.native.handlers import admin, cluster, data, groups, quotas, versions
 
-ROUTES = [*data.ROUTES, *admin.ROUTES, *groups.ROUTES, *cluster.ROUTES, *versions.ROUTES]
+ROUTES = [*data.ROUTES, *admin.ROUTES, *groups.ROUTES, *cluster.ROUTES, *versions.ROUTES, *quotas.ROUTES]
