@@ -27,6 +27,11 @@ fetches).  ``forgotten_topics_data`` only matters inside a session and is ignore
 
 Every Kafka fetch is a consumer's: followers replicate through the native door, so a
 ``replica_id`` here never moves a high watermark.
+
+Quotas: the record bytes answered count against the principal's fetch quota; the answer
+carries its ``throttle_time_ms`` and the connection is then muted that long (the router).
+A Kafka broker answers a throttled fetch with no records instead (and un-counts them); this
+door sends what it read, since the read is done, and the mute holds the next fetch back.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from zbroker.frontends.kafka.datapath import (
 )
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation
+from zbroker.security.quotas import FETCH
 
 API_KEY = 1
 VERSIONS = (4, 18)
@@ -116,5 +122,11 @@ def _error(request, version, code, message):
                           for t in request.topics]}
 
 
+def _answered_bytes(_request, answer: dict) -> int:
+    """What a fetch counts against its principal's quota: the record bytes it answers."""
+    return sum(len(p.get("records") or b"") for t in answer.get("responses", ()) for p in t["partitions"])
+
+
 ROUTE = KafkaRoute(API_KEY, "Fetch", VERSIONS, fetch, error=_error,
-                   access=lambda request: topic_access(Operation.READ, request.topics, "topic"))
+                   access=lambda request: topic_access(Operation.READ, request.topics, "topic"),
+                   quota=FETCH, quota_bytes=_answered_bytes)
