@@ -1,7 +1,7 @@
 """The `zbroker` command line (click): the main group, its global options and its commands.
 
 One module per command group: ``serve``, ``topics``, ``io`` (produce and
-consume), ``groups``, ``cluster``, ``bench``, ``keys``; ``common`` (one-line errors, the
+consume), ``groups``, ``cluster``, ``bench``, ``keys``, ``quota``; ``common`` (one-line errors, the
 Admin client) and ``output`` (tables) are shared.  ``clients`` and the broker
 are imported inside the commands that use them, so ``zbroker serve`` loads no
 client code.  Errors and exit codes: see ``zbroker.cli.common``.
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from zbroker.cli import bench, cluster, groups, io, keys, serve, topics
+from zbroker.cli import bench, cluster, groups, io, keys, quota, serve, topics
 from zbroker.cli.common import OneLineErrors
 from zbroker.config import DEFAULT_PORT
 
@@ -35,7 +35,8 @@ def cli(ctx: click.Context, bootstrap: str) -> None:
     ctx.obj = {"bootstrap": bootstrap}
 
 
-for command in (serve.serve, topics.topics, io.produce, io.consume, groups.groups, cluster.cluster, bench.bench, keys.keys):
+for command in (serve.serve, topics.topics, io.produce, io.consume, groups.groups, cluster.cluster, bench.bench, keys.keys,
+                quota.quota):
     cli.add_command(command)
 
 
