@@ -89,6 +89,11 @@ def test_a_kafka_fetch_over_its_quota_reports_its_throttle(n):
     (answer,) = kafka_answers(wire, 1, 11)
     assert answer.throttle_time.total_seconds() == 10 and len(answer.responses[0].partitions[0].records) > 30_000
     assert wire.paused
+    other = KafkaDoor(n.node.app, n.node.metrics).connection(2, "peer", Wire())
+    other.data_received(fetch, n.clock.now)  # the same principal, already over its quota
+    (empty,) = kafka_answers(other.transport, 1, 11)
+    assert empty.throttle_time.total_seconds() == 10 and not empty.responses[0].partitions[0].records
+    assert empty.responses[0].partitions[0].high_watermark == 1 and other.transport.paused
 
 
 # -- DescribeClientQuotas / AlterClientQuotas -------------------------------------------------------

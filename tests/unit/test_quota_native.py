@@ -145,15 +145,19 @@ def test_a_produce_is_held_back_no_longer_than_its_timeout(n):
     assert header["throttle_time_ms"] == 2500
 
 
-def test_a_fetch_over_its_quota_carries_its_data_and_is_held_back(n):
+def test_a_fetch_over_its_quota_is_held_back_and_one_already_over_it_has_no_records(n):
     n.produce(b"y" * 30_000)
     n.replies()
     assert set_quota(n, "User:ANONYMOUS", fetch_bytes_per_s=1000)["error"] == 0  # security off: everyone's principal
-    n.send("fetch", max_wait_ms=0, partitions=[{"topic": "t", "partition": 0, "offset": 0}])
+    spec = [{"topic": "t", "partition": 0, "offset": 0}]
+    n.send("fetch", max_wait_ms=0, partitions=spec)  # within the quota until its records are counted
+    n.send("fetch", conn=b"\x00another", max_wait_ms=0, partitions=spec)  # the same principal, now over it
     assert n.replies() == []
     n.advance(10_000)
-    ((_, header, frames),) = n.replies()
-    assert header["throttle_time_ms"] == 10_000 and len(frames[0]) > 30_000
+    (_, first, records), (_, second, nothing) = n.replies()
+    assert first["throttle_time_ms"] == 10_000 and len(records[0]) > 30_000
+    assert second["throttle_time_ms"] == 10_000 and nothing == [b""] and second["partitions"][0]["error"] == 0
+    assert second["partitions"][0]["high_watermark"] == 1  # the record is there: fetch it again later
     # the producer is not throttled: a fetch quota only
     n.produce()
     assert n.replies()[0][1]["throttle_time_ms"] == 0

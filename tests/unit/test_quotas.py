@@ -133,3 +133,16 @@ def test_in_flight_counts_per_connection_and_forgets_idle_connections():
     assert len(limit) == 0
     with pytest.raises(ValueError):
         InFlightLimit(0)
+
+
+def test_a_fetch_already_over_its_quota_loses_its_records_uncounted():
+    image = Image()
+    image.set("User:c", fetch=1000)
+    q = manager(image)
+    assert q.answer_fetch("User:c", 5000, NOW) == (0, True)  # within: counted and kept
+    assert q.answer_fetch("User:c", 25_000, NOW) == (20_000, True)  # takes it over: kept, throttled
+    assert q.throttled_ms(FETCH, "User:c", NOW) == 20_000
+    # already over: no records, not counted (30 KB over 10.1 s: 19.9 s more to wait)
+    assert q.answer_fetch("User:c", 10**6, NOW + 100) == (19_900, False)
+    assert q.answer_fetch("User:c", 1000, NOW + 20_000) == (0, True)  # once the throttle passed
+    assert q.answer_fetch("User:other", 10**6, NOW) == (0, True)  # no quota

@@ -16,7 +16,10 @@ the principal must stay idle for the rate over the window to fall back to the qu
 Throttling never refuses or drops data: the request is carried out and answered as
 usual, and its answer says ``throttle_time_ms``; the front door then slows the client
 down (the Kafka door stops reading the connection for that long; the native door, whose
-ROUTER cannot stop reading one peer, holds the answer back for that long).
+ROUTER cannot stop reading one peer, holds the answer back for that long).  A fetch by a
+principal that is *already* over its fetch quota is answered without records (Kafka's
+rule; :meth:`QuotaManager.answer_fetch`): the records stay in the log for its next fetch,
+and no answer held back by a throttle holds more than one quota's worth of records.
 
 The quotas themselves are ``quota`` records of the metadata log
 (``control.security_meta``): per principal (``User:NAME``) and one default entry for every
@@ -193,6 +196,29 @@ class QuotaManager:
             rate = self._rates[key] = ByteRate(self.samples, self.sample_ms)
         rate.record(nbytes, now_ms)
         return min(self.max_throttle_ms, throttle_time_ms(rate.rate(now_ms), bound, rate.window_ms(now_ms)))
+
+    def throttled_ms(self, kind: str, principal: str, now_ms: int) -> int:
+        """``principal``'s throttle time now, recording nothing (0: within its quota)."""
+        self._refresh()
+        bound = self._bound(kind, principal)
+        rate = self._rates.get((kind, principal)) if bound is not None else None
+        if rate is None:
+            return 0
+        return min(self.max_throttle_ms, throttle_time_ms(rate.rate(now_ms), bound, rate.window_ms(now_ms)))
+
+    def answer_fetch(self, principal: str, nbytes: int, now_ms: int) -> tuple[int, bool]:
+        """``(throttle ms, keep the records)`` for a fetch answer of ``nbytes`` records.
+
+        A principal already over its fetch quota gets its answer without records, and they
+        are not counted (Kafka's rule: the consumer asks again once the throttle is over);
+        otherwise the records are counted and kept, even if they take it over.  So a held
+        back answer only holds records for a principal that was within its quota: what the
+        front doors hold for a principal stays near its quota's worth.
+        """
+        over = self.throttled_ms(FETCH, principal, now_ms)
+        if over > 0:
+            return over, False
+        return self.record(FETCH, principal, nbytes, now_ms), True
 
     def _sweep(self, now_ms: int) -> None:
         for key in [k for k, r in self._rates.items() if r.idle(now_ms)]:

@@ -89,6 +89,8 @@ class KafkaRoute:
             principal's quota; the answer carries ``throttle_time_ms``.
         quota_bytes: ``quota_bytes(request, answer)`` -> the bytes counted (``answer`` is
             None for a produce).
+        quota_empty: ``quota_empty(answer)`` takes the records out of a fetch's answer (the
+            principal was over its quota already: Kafka's rule).
     """
 
     api_key: int
@@ -100,6 +102,7 @@ class KafkaRoute:
     any_version: bool = False
     quota: str | None = None
     quota_bytes: Callable[[Any, dict | None], int] | None = None
+    quota_empty: Callable[[dict], None] | None = None
 
 
 class KafkaRouter:
@@ -175,10 +178,16 @@ class KafkaRouter:
             check_access(self.authorizer, ctx, route.access(request))
 
     def _record(self, route: KafkaRoute, kind: str, ctx: RequestContext, request, answer: dict | None, now_ms: int) -> int:
-        """Count a ``kind`` route's bytes against the principal's quota; its throttle time."""
+        """Count a ``kind`` route's bytes against the principal's quota; its throttle time.  A
+        fetch's answer loses its records if the principal was over its quota already."""
         if route.quota != kind or not self.app.quotas.enabled():
             return 0
-        return self.app.quotas.record(kind, ctx.principal, route.quota_bytes(request, answer), now_ms)
+        if kind == PRODUCE:
+            return self.app.quotas.record(kind, ctx.principal, route.quota_bytes(request, answer), now_ms)
+        throttle, keep = self.app.quotas.answer_fetch(ctx.principal, route.quota_bytes(request, answer), now_ms)
+        if not keep:
+            route.quota_empty(answer)
+        return throttle
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started, ctx=None, throttle=0) -> None:
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its

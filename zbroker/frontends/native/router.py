@@ -230,7 +230,7 @@ class NativeRouter:
         delay = 0
         if throttle is not None:
             now_ms = self.app.clock() if now_ms is None else now_ms
-            delay = self._throttle_ms(route, throttle, payloads, now_ms)
+            delay, payloads = self._throttle_ms(route, throttle, payloads, now_ms)
         if route.quota is not None:
             fields["throttle_time_ms"] = delay
         code, message = (refused.code, refused.message) if refused is not None else (0, None)
@@ -252,15 +252,17 @@ class NativeRouter:
 
     # -- quotas and limits ---------------------------------------------------------
 
-    def _throttle_ms(self, route: Route, throttle: _Throttle, payloads: Frames, now_ms: int) -> int:
-        """How long to hold this answer back: its throttle time, and for a produce no longer
+    def _throttle_ms(self, route: Route, throttle: _Throttle, payloads: Frames, now_ms: int) -> tuple[int, Frames]:
+        """How long to hold this answer back, and its payloads: a fetch's throttle time (its
+        records left out if the principal was over its quota already); a produce's, no longer
         than its ``timeout_ms`` allows from its arrival (the client waits that long, and a
         bit more, for its answer: a later one would be a timeout, and a resend)."""
         if route.quota == FETCH:
-            return self.app.quotas.record(FETCH, throttle.principal, sum(map(len, payloads)), now_ms)
+            ms, keep = self.app.quotas.answer_fetch(throttle.principal, sum(map(len, payloads)), now_ms)
+            return ms, payloads if keep else [b""] * len(payloads)
         if throttle.ms <= 0:
-            return 0
-        return max(0, min(throttle.ms, throttle.budget_ms - (now_ms - throttle.since_ms)))
+            return 0, payloads
+        return max(0, min(throttle.ms, throttle.budget_ms - (now_ms - throttle.since_ms))), payloads
 
     def _send_later(self, conn: bytes, frames: Frames, now_ms: int, delay_ms: int, held: bool) -> None:
         """Hold a throttled answer back for ``delay_ms`` (parked in the purgatory, counted

@@ -30,8 +30,8 @@ Every Kafka fetch is a consumer's: followers replicate through the native door, 
 
 Quotas: the record bytes answered count against the principal's fetch quota; the answer
 carries its ``throttle_time_ms`` and the connection is then muted that long (the router).
-A Kafka broker answers a throttled fetch with no records instead (and un-counts them); this
-door sends what it read, since the read is done, and the mute holds the next fetch back.
+A fetch by a principal already over its quota is answered without records, which are not
+counted (as a Kafka broker does); the fetch that takes it over its quota keeps them.
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ def _answered_bytes(_request, answer: dict) -> int:
     return sum(len(p.get("records") or b"") for t in answer.get("responses", ()) for p in t["partitions"])
 
 
+def _without_records(answer: dict) -> None:
+    """The answer of a principal over its fetch quota: no records (the offsets stay)."""
+    for t in answer.get("responses", ()):
+        for p in t["partitions"]:
+            p["records"] = b""
+
+
 ROUTE = KafkaRoute(API_KEY, "Fetch", VERSIONS, fetch, error=_error,
                    access=lambda request: topic_access(Operation.READ, request.topics, "topic"),
-                   quota=FETCH, quota_bytes=_answered_bytes)
+                   quota=FETCH, quota_bytes=_answered_bytes, quota_empty=_without_records)
