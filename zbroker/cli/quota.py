@@ -2,7 +2,7 @@
 
 A quota bounds the bytes per second one principal may produce and fetch on each broker;
 ``--default`` names the quotas of every principal without its own.  They live in the
-metadata log: a change reaches every broker within a heartbeat and holds across restarts.
+metadata log: a change reaches every broker as the log does and holds across restarts.
 Registered on the main group by ``zbroker/cli/__init__.py``; the client library is
 imported inside the commands (``make_admin``).
 """
