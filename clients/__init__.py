@@ -8,6 +8,7 @@ from clients.consumer import Consumer
 from clients.producer import Producer
 from clients.structs import (
     BrokerInfo,
+    ClientQuota,
     ClusterDescription,
     GroupDescription,
     MemberInfo,
@@ -23,6 +24,7 @@ from clients.structs import (
 __all__ = [
     "Admin",
     "BrokerInfo",
+    "ClientQuota",
     "ClusterDescription",
     "Consumer",
     "GroupDescription",

@@ -23,6 +23,7 @@ from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.structs import (
     BrokerInfo,
+    ClientQuota,
     ClusterDescription,
     GroupDescription,
     MemberInfo,
@@ -493,6 +494,39 @@ class Admin:
         returns the bindings removed, once committed.  Needs ALTER on the cluster."""
         h = self._call("delete_acls", {"filters": [f.fields() for f in filters]})
         return list(dict.fromkeys(AclBinding.from_fields(b) for matched in h.get("deleted") or () for b in matched))
+    # -- client quotas ------------------------------------------------------------------
+
+    #: The quota principal of every principal without quotas of its own.
+    DEFAULT_QUOTA = "<default>"
+    _QUOTA_KEYS = ("produce_bytes_per_s", "fetch_bytes_per_s")
+
+    def set_quota(self, principal: str, produce_bytes_per_s: float | None = None,
+                  fetch_bytes_per_s: float | None = None) -> None:
+        """Set byte-rate quotas of ``principal`` (``User:NAME``, or :attr:`DEFAULT_QUOTA`);
+        a rate left None keeps its current value.  Needs ALTER on the cluster.
+
+        Raises:
+            ValueError: neither rate given.
+        """
+        values = dict(zip(self._QUOTA_KEYS, (produce_bytes_per_s, fetch_bytes_per_s)))
+        ops = [{"key": key, "value": value} for key, value in values.items() if value is not None]
+        if not ops:
+            raise ValueError("set_quota: give produce_bytes_per_s, fetch_bytes_per_s or both")
+        self._call("alter_quotas", {"entries": [{"principal": principal, "ops": ops}]})
+
+    def remove_quota(self, principal: str, produce: bool = True, fetch: bool = True) -> None:
+        """Remove ``principal``'s produce and/or fetch quota (it then falls back to the
+        default's, if any).  Needs ALTER on the cluster."""
+        ops = [{"key": key, "remove": True} for key, chosen in zip(self._QUOTA_KEYS, (produce, fetch)) if chosen]
+        if ops:
+            self._call("alter_quotas", {"entries": [{"principal": principal, "ops": ops}]})
+
+    def list_quotas(self, principals: list[str] | None = None) -> list[ClientQuota]:
+        """Every quota set (or those of ``principals``), sorted by principal.  Needs
+        DESCRIBE on the cluster."""
+        h = self._call("describe_quotas", {"principals": principals})
+        return [ClientQuota(q["principal"], q.get("produce_bytes_per_s"), q.get("fetch_bytes_per_s"))
+                for q in h.get("quotas") or ()]
 
     def close(self) -> None:
         """Release the sockets."""

@@ -145,3 +145,16 @@ class GroupDescription:
     offsets: dict[tuple[str, int], OffsetInfo]
     group_epoch: int = 0
     assignor: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientQuota:
+    """One principal's byte-rate quotas (:meth:`Admin.list_quotas`); None = no bound.
+
+    ``principal`` is ``User:NAME``, or ``<default>``: the quotas of every principal
+    without a value of its own (per key).
+    """
+
+    principal: str
+    produce_bytes_per_s: float | None = None
+    fetch_bytes_per_s: float | None = None

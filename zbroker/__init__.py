@@ -21,6 +21,7 @@ _CLIENT_NAMES = {
     "GroupDescription",
     "MemberInfo",
     "OffsetInfo",
+    "ClientQuota",
 }
 
 __all__ = sorted(_CLIENT_NAMES)

@@ -16,6 +16,7 @@
 - :class:`~zbroker.core.housekeeping.Housekeeping` -- retention and compaction;
 - the broker's one authorizer (:attr:`App.authorizer`, :func:`zbroker.security.acl.build_authorizer`
   over the ACLs of the metadata image), which every front door's router asks.
+- :class:`~zbroker.security.quotas.QuotaManager` -- client byte-rate quotas (throttle times).
 
 Front doors call the services through the app's attributes; broker-to-broker messages
 leave through the :class:`~zbroker.context.PeerChannel` the app is given.  Time comes
@@ -31,6 +32,7 @@ from typing import Callable
 from zbroker.config import ClusterConfig
 from zbroker.context import PeerChannel
 from zbroker.control.controlplane import ControlPlane, RaftMessage
+from zbroker.control.security_meta import DEFAULT_QUOTA_PRINCIPAL
 from zbroker.control.topicadmin import META_KEY, TopicAdmin
 from zbroker.core.cluster import ClusterInfo
 from zbroker.core.delete_records import DeleteRecordsService
@@ -44,6 +46,7 @@ from zbroker.groups.coordinator import GroupCoordinator
 from zbroker.purgatory import Purgatory
 from zbroker.security import Authorizer
 from zbroker.security.acl import build_authorizer
+from zbroker.security.quotas import QuotaManager
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ class App:
         self.replication = Replication(config, broker_id, self.control, self.partitions, self.admin, peers)
         self.groups = GroupCoordinator(config, broker_id, self.control, self.partitions, self.admin, self.purgatory)
         self.housekeeping = Housekeeping(config, self.partitions, now_ms)
+        self.quotas = QuotaManager(lambda: self.control.image.security, DEFAULT_QUOTA_PRINCIPAL, config.setting("quota_samples"),
+                                   config.setting("quota_sample_ms"), config.setting("quota_max_throttle_ms"))
         self._last_checkpoint_ms = now_ms
         self.metadata_changed(now_ms)
         self.partitions.open_pending(now_ms, everything=True)  # at start, everything before serving

@@ -316,6 +316,11 @@ CLUSTER_SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "offsets_topic_partitions": (6, _int(1, 1000)),
     "group_min_session_timeout_ms": (1000, _int(100)),
     "group_max_session_timeout_ms": (300_000, _int(100)),
+    # client quotas (security/quotas.py) and per-connection limits
+    "quota_samples": (11, _int(2, 100)),  # a byte rate is measured over this many samples ...
+    "quota_sample_ms": (1000, _int(10, 60_000)),  # ... of this long each (Kafka: 11 x 1 s)
+    "quota_max_throttle_ms": (10_000, _int(0, 300_000)),  # the longest throttle answered
+    "max_in_flight_per_connection": (100, _int(1, 100_000)),  # native door: answers owed to one connection
 }
 
 class _Z85Key(_Checker):

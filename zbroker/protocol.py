@@ -226,6 +226,21 @@ SCHEMAS: dict[str, dict[str, Field]] = {
 }
 SCHEMAS[API_VERSIONS] = {}  # no fields: the answer lists every request type with its version range
 
+# Client quotas (docs/protocol.md §4.15): byte rates per principal, in the metadata log.
+DESCRIBE_QUOTAS = "describe_quotas"
+ALTER_QUOTAS = "alter_quotas"
+MAX_QUOTA_ENTRIES = 1000  # principals of one describe_quotas / alter_quotas
+SCHEMAS[DESCRIBE_QUOTAS] = {"principals": _f(list, _NONE, required=False, item=_f(str), cap=MAX_QUOTA_ENTRIES)}
+SCHEMAS[ALTER_QUOTAS] = {
+    "entries": _f(list, cap=MAX_QUOTA_ENTRIES, unique=("principal",), item={
+        "principal": _f(str),
+        # Kafka's AlterClientQuotas ops: set ``key`` to ``value``, or remove it
+        "ops": _f(list, cap=2, unique=("key",), item={"key": _f(str), "value": _f(int, float, _NONE, required=False),
+                                                     "remove": _f(bool, required=False, default=False)}),
+    }),
+    "validate_only": _f(bool, required=False, default=False),
+}
+
 _RAFT = {"from": _f(int), "epoch": _f(int)}
 _LOG_POSITION = {"last_epoch": _f(int), "end_offset": _f(int)}
 _LEADER = {"leader": _f(int, _NONE, required=False)}

@@ -75,6 +75,10 @@ class Purgatory:
         heapq.heappush(self._deadlines, (op.deadline_ms, next(self._seq), op))
         return False
 
+    def call_at(self, at_ms: int, fn: Callable[[int], None], now_ms: int) -> None:
+        """A timer: ``fn(now_ms)`` once ``at_ms`` has passed (or at :meth:`cancel_all`)."""
+        self.park(DelayedOperation(at_ms, (), _never, fn), now_ms)
+
     def check(self, key: Hashable, now_ms: int) -> int:
         """Retry the operations watching ``key``; returns how many completed."""
         ops = self._watchers.get(key)
@@ -126,3 +130,7 @@ class Purgatory:
             op.force_expire(now_ms)
         self._deadlines.clear()
         self._watchers.clear()
+
+
+def _never(now_ms: int) -> bool:
+    return False

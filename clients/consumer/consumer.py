@@ -24,6 +24,7 @@ from clients.consumer.fetcher import Fetcher
 from clients.metadata import MetadataManager
 from clients.serde import DESERIALIZERS, resolve
 from clients.structs import OffsetAndTimestamp, Record, TopicPartition
+from clients.throttle import ThrottleStats
 from zbroker.errors import ClientClosedError, ZBrokerError
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,11 @@ class Consumer:
             yield from self.poll(timeout_ms=200)
 
     # -- positions -------------------------------------------------------------------
+
+    @property
+    def throttle(self) -> ThrottleStats:
+        """Fetch answers brokers held back by a quota (``count``, ``total_ms``, ``last_ms``)."""
+        return self._fetcher.throttle
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Make ``offset`` the next offset :meth:`poll` returns for the partition.

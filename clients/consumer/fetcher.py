@@ -46,6 +46,7 @@ import threading
 import time
 
 from clients.structs import Record
+from clients.throttle import ThrottleStats
 from storage.batch import parse_header, walk
 from storage.decode import decode_some_batches
 from storage.compression import DecompressionLimitError
@@ -150,6 +151,7 @@ class Fetcher:
         self.unreadable: dict[tuple[str, int], CorruptRecordError] = {}  # parked partitions
         self._broker_inflight: set[str] = set()
         self.closed = False
+        self.throttle = ThrottleStats("fetch")  # answers a broker held back by a quota
 
     # -- assignment and positions (user threads, under the lock) ---------------------
 
@@ -406,6 +408,7 @@ class Fetcher:
 
     def _on_fetch(self, address, specs, header, frames, exc) -> None:
         now = time.monotonic()
+        self.throttle.note(header, address, now)
         if exc is None and header.get("error"):
             exc = error_from(header["error"], header.get("error_message"))
         refresh = False

@@ -33,6 +33,7 @@ from clients.producer.idempotence import IdempotenceState
 from clients.producer.sender import Sender
 from clients.serde import SERIALIZERS, bytes_serializer, resolve
 from clients.structs import TopicPartition
+from clients.throttle import ThrottleStats
 from storage.compression import COMPRESSION_BY_NAME
 from zbroker.errors import (
     ClientClosedError,
@@ -297,6 +298,11 @@ class Producer:
             self._sender.stop_retrying = True
             self._net.close()
             self._acc.fail_all(ClientClosedError("producer closed before the record was acknowledged"))
+
+    @property
+    def throttle(self) -> ThrottleStats:
+        """Produce answers brokers held back by a quota (``count``, ``total_ms``, ``last_ms``)."""
+        return self._sender.throttle
 
     def partitions_for(self, topic: str) -> list[int]:
         """Partition ids of ``topic`` (fetches metadata if needed)."""

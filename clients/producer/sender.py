@@ -18,6 +18,7 @@ import time
 
 from clients.producer.accumulator import RecordAccumulator
 from clients.producer.idempotence import IdempotenceState
+from clients.throttle import ThrottleStats
 from storage.batch import encode_native_batch
 from zbroker.errors import ErrorCode, RequestTimeoutError, ZBrokerError, error_from
 
@@ -70,6 +71,7 @@ class Sender:
         self.clock = clock
         self.stop_retrying = False  # set when the producer's close() gave up waiting
         self.inflight: dict[str, int] = {}
+        self.throttle = ThrottleStats("produce")  # answers a broker held back by a quota
 
     def _can_send(self, address: str) -> bool:
         return self.inflight.get(address, 0) < self.max_in_flight
@@ -179,6 +181,7 @@ class Sender:
         self.inflight[address] -= 1
         now = self.clock()
         refresh = False
+        self.throttle.note(header, address, now)
         if exc is None and header.get("error"):
             exc = error_from(header["error"], header.get("error_message"))
         if exc is not None:

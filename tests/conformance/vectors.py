@@ -174,6 +174,9 @@ def _run_session(s: _Session) -> None:
     s.call("delete_group", group="g", note="refused while the group has members")
     s.call("group_heartbeat", group="g", member_id=member, member_epoch=-1, note="leave")
     s.call("delete_group", group="g")
+    s.call("alter_quotas", entries=[{"principal": "User:app", "ops": [{"key": "produce_bytes_per_s", "value": 1_048_576}]}],
+           note="a byte-rate quota for one principal ('<default>': everyone without one)")
+    s.call("describe_quotas")
     s.call("delete_topic", topic="t")
     acl = {"principal": "User:alice", "resource_type": "topic", "name": "logs-", "pattern": "prefixed", "operation": "read"}
     s.call("create_acls", acls=[acl], note="enforced only with [security] on; answered once committed")

@@ -63,6 +63,9 @@ VALID = {
                                                   "stored_key": b"k" * 32, "server_key": b"v" * 32}]},
     P.REMOVE_USER: {"user": "u"},
     P.LIST_USERS: {},
+    P.DESCRIBE_QUOTAS: {"principals": ["User:a"]},
+    P.ALTER_QUOTAS: {"entries": [{"principal": "User:a", "ops": [{"key": "fetch_bytes_per_s", "value": 1000}]}],
+                     "validate_only": True},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)

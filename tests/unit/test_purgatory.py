@@ -70,3 +70,17 @@ def test_an_operation_watching_a_key_twice_is_retried_once_per_change():
     p.check("a", 1)
     assert tries == [1]
     assert op.keys == ("a",)
+
+
+def test_call_at_is_a_timer_run_once_its_time_has_passed_or_at_shutdown():
+    p = Purgatory()
+    ran = []
+    p.call_at(150, lambda now: ran.append(("a", now)), 100)
+    p.call_at(120, lambda now: ran.append(("b", now)), 100)
+    assert p.next_deadline() == 120 and p.check("anything", 130) == 0
+    p.expire(149)
+    assert ran == [("b", 149)]
+    p.call_at(500, lambda now: ran.append(("c", now)), 149)
+    p.expire(150)
+    p.cancel_all(160)
+    assert ran == [("b", 149), ("a", 150), ("c", 160)]

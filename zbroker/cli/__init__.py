@@ -1,7 +1,7 @@
 """The `zbroker` command line (click): the main group, its global options and its commands.
 
 One module per command group: ``serve``, ``topics``, ``io`` (produce and
-consume), ``groups``, ``cluster``, ``bench``, ``keys``, ``acl``, ``users``; ``common`` (one-line errors, the
+consume), ``groups``, ``cluster``, ``bench``, ``keys``, ``acl``, ``users``, ``quota``; ``common`` (one-line errors, the
 Admin client) and ``output`` (tables) are shared.  ``clients`` and the broker
 are imported inside the commands that use them, so ``zbroker serve`` loads no
 client code.  Errors and exit codes: see ``zbroker.cli.common``.
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from zbroker.cli import acl, bench, cluster, groups, io, keys, serve, topics, users
+from zbroker.cli import acl, bench, cluster, groups, io, keys, quota, serve, topics, users
 from zbroker.cli.common import OneLineErrors, connect_options
 from zbroker.config import DEFAULT_PORT
 
@@ -41,9 +41,8 @@ def cli(ctx: click.Context, bootstrap: str, curve_secret_key_file: str | None, c
 
 
 for command in (serve.serve, topics.topics, io.produce, io.consume, groups.groups, cluster.cluster, bench.bench, keys.keys,
-                acl.acl):
+                acl.acl, users.users, quota.quota):
     cli.add_command(command)
-cli.add_command(users.users)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,13 @@ For each request a :class:`KafkaConnection` cut from its TCP stream,
    UNKNOWN_SERVER_ERROR) and queues it in the connection's request order;
 6. records count, errors and latency per API in the metrics registry.
 
+Quotas (``zbroker.security.quotas``, KIP-13 and KIP-219): a Produce's record bytes and a
+Fetch's answered record bytes count against the principal's byte-rate quota.  The answer
+carries ``throttle_time_ms`` and goes out at once; the connection is then *muted* for that
+long: not read, and its requests already read not run (they wait, at most what one read
+brought, bounded by the framer and :data:`MAX_IN_FLIGHT`).  Kafka clients of KIP-219's
+versions (Produce v6+, Fetch v8+) also wait on their own before sending to this broker again.
+
 Adding an API is one handler module with a ``ROUTE`` (see ``handlers/``).
 """
 
@@ -51,6 +58,7 @@ from zbroker.frontends.kafka.sasl import AUTH_TIMEOUT_MS, MAX_UNAUTHENTICATED_RE
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
 from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType, check_access, topic
+from zbroker.security.quotas import FETCH, PRODUCE
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +107,13 @@ class KafkaRoute:
             before authentication, and called with the connection's
             :class:`~zbroker.frontends.kafka.sasl.SaslSession` (None on a listener without
             SASL) in place of the app.
+        quota: :data:`~zbroker.security.quotas.PRODUCE` (counted when the request has run)
+            or :data:`~zbroker.security.quotas.FETCH` (counted on its answer) bytes of the
+            principal's quota; the answer carries ``throttle_time_ms``.
+        quota_bytes: ``quota_bytes(request, answer)`` -> the bytes counted (``answer`` is
+            None for a produce).
+        quota_empty: ``quota_empty(answer)`` takes the records out of a fetch's answer (the
+            principal was over its quota already: Kafka's rule).
     """
 
     api_key: int
@@ -111,6 +126,9 @@ class KafkaRoute:
     per_resource: frozenset[ResourceType] = frozenset()
     before_auth: bool = False
     sasl: bool = False
+    quota: str | None = None
+    quota_bytes: Callable[[Any, dict | None], int] | None = None
+    quota_empty: Callable[[dict], None] | None = None
 
 
 class KafkaRouter:
@@ -172,11 +190,12 @@ class KafkaRouter:
             if served:
                 ctx = self._authorize(ctx, route, request)
             answer = route.call(sasl if route.sasl else self.app, ctx, request, version, now_ms)
+            throttle = self._record(route, PRODUCE, ctx, request, None, now_ms) if served else 0
         except RequestError as exc:
-            answer = route.error(request, version, exc.code, exc.message)
+            answer, throttle = route.error(request, version, exc.code, exc.message), 0
         except Exception as exc:  # a bug must not stop the broker
             log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
-            answer = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}")
+            answer, throttle = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}"), 0
             if route.sasl and sasl is not None and not sasl.authenticated:
                 sasl.abort(f"internal error in {route.name}")
         if route.sasl and sasl is not None:
@@ -184,12 +203,13 @@ class KafkaRouter:
             conn.sasl_stepped()
             return
         if answer is NO_REPLY or answer is CLOSE_CONNECTION:
+            conn.throttle(throttle, now_ms)  # an acks=0 produce has no answer to carry it: the mute alone slows it
             conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
             self.metrics.observe(LISTENER, name, time.perf_counter() - started)
         elif isinstance(answer, Completion):
-            answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started))
+            answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started, ctx, throttle))
         else:
-            self._answer(conn, slot, route, request, reply_version, cid, answer, started)
+            self._answer(conn, slot, route, request, reply_version, cid, answer, started, ctx, throttle, now_ms)
 
     def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> RequestContext:
         """The context to run the request with (its ``refused`` resources), or raises."""
@@ -237,7 +257,19 @@ class KafkaRouter:
         conn.fill(slot, None if reply is None else _INT32.pack(len(reply)) + reply)
         conn.sasl_stepped()
 
-    def _settled(self, conn, slot, route, request, version, cid, done: Completion, started) -> None:
+    def _record(self, route: KafkaRoute, kind: str, ctx: RequestContext, request, answer: dict | None, now_ms: int) -> int:
+        """Count a ``kind`` route's bytes against the principal's quota; its throttle time.  A
+        fetch's answer loses its records if the principal was over its quota already."""
+        if route.quota != kind or not self.app.quotas.enabled():
+            return 0
+        if kind == PRODUCE:
+            return self.app.quotas.record(kind, ctx.principal, route.quota_bytes(request, answer), now_ms)
+        throttle, keep = self.app.quotas.answer_fetch(ctx.principal, route.quota_bytes(request, answer), now_ms)
+        if not keep:
+            route.quota_empty(answer)
+        return throttle
+
+    def _settled(self, conn, slot, route, request, version, cid, done: Completion, started, ctx=None, throttle=0) -> None:
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its
         # members in a loop): an exception here would skip the rest of that work and leave
         # this connection's reply slot empty, holding back every later reply
@@ -249,12 +281,16 @@ class KafkaRouter:
             if answer is NO_REPLY or answer is CLOSE_CONNECTION:
                 conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
                 return
-            self._answer(conn, slot, route, request, version, cid, answer, started)
+            self._answer(conn, slot, route, request, version, cid, answer, started, ctx, throttle, conn.now_ms())
         except Exception:
             log.exception("error answering %s v%s from %s", route.name, version, conn.peer)
             conn.fail(f"cannot answer {route.name} v{version}")
 
-    def _answer(self, conn, slot, route, request, version, cid, answer: dict, started) -> None:
+    def _answer(self, conn, slot, route, request, version, cid, answer: dict, started, ctx=None, throttle=0,
+                now_ms=0) -> None:
+        if route.quota is not None and ctx is not None:
+            throttle = max(throttle, self._record(route, FETCH, ctx, request, answer, now_ms))
+            answer["throttle_time"] = throttle  # kio's name of Kafka's throttle_time_ms
         try:
             data = codec.encode_response(route.api_key, version, cid, answer)
         except Exception as exc:
@@ -265,6 +301,7 @@ class KafkaRouter:
             except Exception:
                 conn.fail(f"cannot encode the answer to {route.name} v{version}")
                 return
+        conn.throttle(throttle, now_ms)  # before the answer leaves: nothing after it runs while muted
         conn.fill(slot, data)
         code = answer.get("error_code", 0) if isinstance(answer, dict) else 0
         self.metrics.observe(LISTENER, route.name, time.perf_counter() - started, int(code or 0))
@@ -316,6 +353,7 @@ class KafkaConnection:
         self._pending: deque[bytes] = deque()
         self._writing_paused = False
         self._running = False
+        self._muted_until = 0  # > 0: throttled (a quota), neither read nor run until then
         self._now = 0
         self._clock = clock or (lambda: self._now)
 
@@ -335,18 +373,41 @@ class KafkaConnection:
             return
         self._running = True
         try:
-            while self._pending and not self.closed and not self._writing_paused and len(self.replies) < MAX_IN_FLIGHT:
+            while (self._pending and not self.closed and not self._writing_paused and not self._muted_until
+                   and len(self.replies) < MAX_IN_FLIGHT):
                 self.router.handle(self, self._pending.popleft(), self.replies.reserve(), now_ms)
         finally:
             self._running = False
         if self.closed:
             return
-        if (self._pending or len(self.replies) >= MAX_IN_FLIGHT) and not self._paused:
+        if (self._pending or len(self.replies) >= MAX_IN_FLIGHT or self._muted_until) and not self._paused:
             self._paused = True
             self.transport.pause_reading()
-        elif self._paused and not self._pending and len(self.replies) < MAX_IN_FLIGHT // 2:
+        elif self._paused and not self._pending and len(self.replies) < MAX_IN_FLIGHT // 2 and not self._muted_until:
             self._paused = False
             self.transport.resume_reading()
+
+    def now_ms(self) -> int:
+        return self._clock()
+
+    def throttle(self, delay_ms: int, now_ms: int) -> None:
+        """Mute the connection for ``delay_ms``: a quota's throttle (KIP-219), applied as its
+        answer leaves.  A later throttle that ends sooner changes nothing."""
+        until = now_ms + delay_ms
+        if delay_ms <= 0 or self.closed or until <= self._muted_until:
+            return
+        self._muted_until = until
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self.router.app.purgatory.call_at(until, self._unmute, now_ms)  # the loop's timers
+
+    def _unmute(self, now_ms: int) -> None:
+        if self.closed or not self._muted_until or now_ms < self._muted_until:
+            return  # closed, or muted again for longer: that throttle's own timer ends it
+        self._muted_until = 0
+        if not self._running:
+            self._run(now_ms)
 
     def fill(self, slot: int, reply) -> None:
         """``reply``: the bytes to send, None for nothing, or :data:`CLOSE_CONNECTION`."""

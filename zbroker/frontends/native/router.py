@@ -26,6 +26,13 @@ for the inter-broker ROUTER (``peer_port``, ``peer=True``), where only brokers g
    exception is logged with its traceback and answered UNKNOWN_SERVER_ERROR;
 7. records the request's count, error and latency in the metrics registry.
 
+Quotas and limits (``zbroker.security.quotas``): a produce or consumer fetch is recorded
+against its principal's byte-rate quota, and its answer carries ``throttle_time_ms``; a
+throttled answer is held back that long (parked in the purgatory; a ROUTER cannot stop
+reading one peer, so the delay is what slows the client).  A connection that is owed
+``max_in_flight_per_connection`` answers (parked requests, held-back answers) has its next
+request refused with THROTTLING_QUOTA_EXCEEDED (retriable), brokers excepted.
+
 Adding a request type is one handler plus one :class:`Route` in a handler module's
 ``ROUTES``.
 """
@@ -43,6 +50,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.metrics import RequestMetrics
 from zbroker.ratelimit import RateLimitedLog
 from zbroker.security import AllowAll, Authorizer, Operation, Resource, ResourceType, check_access
+from zbroker.security.quotas import FETCH, PRODUCE, InFlightLimit
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,9 @@ class Route:
             client of another version learns what this broker speaks.
         per_resource: resource types whose refusals the handler answers one by one (in
             ``ctx.refused``) instead of the whole request failing.
+        quota: :data:`~zbroker.security.quotas.PRODUCE` (the payload frames in) or
+            :data:`~zbroker.security.quotas.FETCH` (the payload frames out) count against the
+            principal's byte-rate quota; the answer carries ``throttle_time_ms``.
     """
 
     kind: str
@@ -88,6 +99,7 @@ class Route:
     sender: Callable[[dict], int | None] | None = None
     any_version: bool = False
     per_resource: frozenset[ResourceType] = frozenset()
+    quota: str | None = None
 
 
 class NativeRouter:
@@ -111,6 +123,7 @@ class NativeRouter:
         self.send = send
         self.max_request_bytes = max_request_bytes
         self.bad_input_log = RateLimitedLog(log, burst=10, window_s=10.0)  # per kind; the rest is counted
+        self.in_flight = InFlightLimit(app.config.setting("max_in_flight_per_connection"))
 
     def handle(self, conn: bytes, frames: Frames, now_ms: int, principal: str | None = None) -> None:
         """Handle one message received from ``conn`` (its ZeroMQ routing id), sent by
@@ -136,6 +149,10 @@ class NativeRouter:
             fields = P.check_fields(route.kind, header)
             ctx = RequestContext(principal or ANONYMOUS, self.listener, self._client_id(header), conn)
             ctx = self._authorize(ctx, route, fields)
+            if self.in_flight.full(conn) and ctx.broker_id is None:
+                raise RequestError(ErrorCode.THROTTLING_QUOTA_EXCEEDED,
+                                   f"this connection is owed {self.in_flight.held(conn)} answers, the most "
+                                   f"max_in_flight_per_connection allows: send more once some are answered")
             answer = route.call(self.app, ctx, fields, frames[1:], now_ms)
         except RequestError as exc:
             self.bad_input_log.log(now_ms / 1000, "bad_request", logging.WARNING, "bad request from peer=%s type=%s cid=%s: %s",
@@ -146,12 +163,18 @@ class NativeRouter:
             log.exception("error handling type=%s cid=%s", P.clip(kind), cid)
             self._error(conn, reply_type, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", metric, started)
             return
+        throttle = None
+        if route.quota is not None and self.app.quotas.enabled():
+            throttle = _Throttle(ctx.principal, now_ms, fields["timeout_ms"] if route.quota == PRODUCE else None)
+            if route.quota == PRODUCE:
+                throttle.ms = self.app.quotas.record(PRODUCE, ctx.principal, sum(map(len, frames[1:])), now_ms)
         if answer is NO_REPLY:
             self.metrics.observe(self.listener, metric, time.perf_counter() - started)
         elif isinstance(answer, Completion):
-            answer.on_done(lambda done: self._settled(conn, route, cid, done, started, refused))
+            self.in_flight.acquire(conn)
+            answer.on_done(lambda done: self._settled(conn, route, cid, done, started, refused, throttle))
         else:
-            self._answer(conn, route, cid, answer, started, refused)
+            self._answer(conn, route, cid, answer, started, refused, throttle, now_ms=now_ms)
 
     # -- steps -------------------------------------------------------------------
 
@@ -219,26 +242,86 @@ class NativeRouter:
     # -- answers -----------------------------------------------------------------
 
     def _answer(self, conn: bytes, route: Route, cid: int, result: Any, started: float,
-                refused: RequestError | None = None) -> None:
+                refused: RequestError | None = None, throttle: _Throttle | None = None, held: bool = False,
+                now_ms: int | None = None) -> None:
         """Send the route's reply; with ``refused`` (an any-version route asked at a version
-        it does not serve) the reply carries that error too."""
+        it does not serve) the reply carries that error too.  ``held``: the connection's
+        in-flight slot this answer took while parked, released once it is sent.  ``now_ms``:
+        None for an answer that was parked (the app's clock tells the time then)."""
         try:
             fields, payloads = route.reply(result)
         except Exception as exc:
             log.exception("error encoding the answer to type=%r cid=%s", route.kind, cid)
+            self._release(conn, held)
             self._error(conn, route.kind, cid, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}", route.kind, started)
             return
+        delay = 0
+        if throttle is not None:
+            now_ms = self.app.clock() if now_ms is None else now_ms
+            delay, payloads = self._throttle_ms(route, throttle, payloads, now_ms)
+        if route.quota is not None:
+            fields["throttle_time_ms"] = delay
         code, message = (refused.code, refused.message) if refused is not None else (0, None)
-        self.send(conn, [P.encode(P.response(route.kind, cid, code, message, **fields)), *payloads])
+        frames = [P.encode(P.response(route.kind, cid, code, message, **fields)), *payloads]
         self.metrics.observe(self.listener, route.kind, time.perf_counter() - started, int(code))
+        if delay > 0:
+            self._send_later(conn, frames, now_ms, delay, held)
+        else:
+            self._release(conn, held)
+            self.send(conn, frames)
 
     def _settled(self, conn: bytes, route: Route, cid: int, done: Completion, started: float,
-                 refused: RequestError | None = None) -> None:
+                 refused: RequestError | None = None, throttle: _Throttle | None = None) -> None:
         if done.error is not None:
+            self._release(conn, True)
             self._error(conn, route.kind, cid, done.error.code, done.error.message, route.kind, started)
         else:
-            self._answer(conn, route, cid, done.value, started, refused)
+            self._answer(conn, route, cid, done.value, started, refused, throttle, held=True)
+
+    # -- quotas and limits ---------------------------------------------------------
+
+    def _throttle_ms(self, route: Route, throttle: _Throttle, payloads: Frames, now_ms: int) -> tuple[int, Frames]:
+        """How long to hold this answer back, and its payloads: a fetch's throttle time (its
+        records left out if the principal was over its quota already); a produce's, no longer
+        than its ``timeout_ms`` allows from its arrival (the client waits that long, and a
+        bit more, for its answer: a later one would be a timeout, and a resend)."""
+        if route.quota == FETCH:
+            ms, keep = self.app.quotas.answer_fetch(throttle.principal, sum(map(len, payloads)), now_ms)
+            return ms, payloads if keep else [b""] * len(payloads)
+        if throttle.ms <= 0:
+            return 0, payloads
+        return max(0, min(throttle.ms, throttle.budget_ms - (now_ms - throttle.since_ms))), payloads
+
+    def _send_later(self, conn: bytes, frames: Frames, now_ms: int, delay_ms: int, held: bool) -> None:
+        """Hold a throttled answer back for ``delay_ms`` (parked in the purgatory, counted
+        against the connection's in-flight limit until it leaves)."""
+        if not held:
+            self.in_flight.acquire(conn)
+
+        def send(_now_ms: int) -> None:
+            self.in_flight.release(conn)
+            self.send(conn, frames)
+
+        self.app.purgatory.call_at(now_ms + delay_ms, send, now_ms)
+
+    def _release(self, conn: bytes, held: bool) -> None:
+        if held:
+            self.in_flight.release(conn)
 
     def _error(self, conn: bytes, kind: str, cid: int, code: int, message: str, metric: str, started: float) -> None:
         self.send(conn, [P.encode(P.response(kind, cid, code, message))])
         self.metrics.observe(self.listener, metric, time.perf_counter() - started, int(code))
+
+
+class _Throttle:
+    """A quota-counted request until its answer: who asked, when, how long a produce's
+    client waits for its answer (``timeout_ms``), and the throttle time a produce's bytes
+    earned on arrival (a fetch's is known from its answer)."""
+
+    __slots__ = ("principal", "since_ms", "budget_ms", "ms")
+
+    def __init__(self, principal: str, since_ms: int, budget_ms: int | None) -> None:
+        self.principal = principal
+        self.since_ms = since_ms
+        self.budget_ms = budget_ms
+        self.ms = 0

@@ -27,6 +27,11 @@ fetches).  ``forgotten_topics_data`` only matters inside a session and is ignore
 
 Every Kafka fetch is a consumer's: followers replicate through the native door, so a
 ``replica_id`` here never moves a high watermark.
+
+Quotas: the record bytes answered count against the principal's fetch quota; the answer
+carries its ``throttle_time_ms`` and the connection is then muted that long (the router).
+A fetch by a principal already over its quota is answered without records, which are not
+counted (as a Kafka broker does); the fetch that takes it over its quota keeps them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from zbroker.frontends.kafka.datapath import (
 )
 from zbroker.frontends.kafka.router import KafkaRoute
 from zbroker.security import Operation, ResourceType
+from zbroker.security.quotas import FETCH
 
 API_KEY = 1
 VERSIONS = (4, 18)
@@ -118,6 +124,19 @@ def _error(request, version, code, message):
                           for t in request.topics]}
 
 
+def _answered_bytes(_request, answer: dict) -> int:
+    """What a fetch counts against its principal's quota: the record bytes it answers."""
+    return sum(len(p.get("records") or b"") for t in answer.get("responses", ()) for p in t["partitions"])
+
+
+def _without_records(answer: dict) -> None:
+    """The answer of a principal over its fetch quota: no records (the offsets stay)."""
+    for t in answer.get("responses", ()):
+        for p in t["partitions"]:
+            p["records"] = b""
+
+
 ROUTE = KafkaRoute(API_KEY, "Fetch", VERSIONS, fetch, error=_error,
                    access=lambda request: topic_access(Operation.READ, request.topics, "topic"),
-                   per_resource=frozenset({ResourceType.TOPIC}))
+                   per_resource=frozenset({ResourceType.TOPIC}),
+                   quota=FETCH, quota_bytes=_answered_bytes, quota_empty=_without_records)

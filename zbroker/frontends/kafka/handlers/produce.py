@@ -15,6 +15,9 @@ CORRUPT_MESSAGE, MESSAGE_TOO_LARGE, NOT_ENOUGH_REPLICAS, ... with ``error_messag
 (v8+).  ``log_append_time`` is always -1: every topic uses CreateTime.  v13 names topics
 by id (UNKNOWN_TOPIC_ID for an id no topic has).
 
+Quotas: the record batches' bytes count against the principal's produce quota; the
+answer's ``throttle_time_ms`` says how long the connection is then muted (the router).
+
 Transactions are not supported: a request with a ``transactional_id``, or a batch with the
 transactional bit, is refused with INVALID_TXN_STATE (48) and the message "transactions are
 not supported by zbroker".  Every Kafka client treats that code as non-retriable (the Java
@@ -33,6 +36,7 @@ from zbroker.frontends.kafka.codec import millis
 from zbroker.frontends.kafka.datapath import LEADER_MOVED, leader_endpoints, leader_hint, then, topic_access, topic_name, topic_refusal
 from zbroker.frontends.kafka.router import CLOSE_CONNECTION, NO_REPLY, KafkaRoute
 from zbroker.security import Operation, ResourceType
+from zbroker.security.quotas import PRODUCE
 
 API_KEY = 0
 VERSIONS = (3, 13)
@@ -119,6 +123,12 @@ def _error(request, version, code, message):
                           for t in request.topic_data]}
 
 
+def _record_bytes(request, _answer) -> int:
+    """What a produce counts against its principal's quota: the record batches' bytes."""
+    return sum(len(p.records or b"") for t in request.topic_data for p in t.partition_data)
+
+
 ROUTE = KafkaRoute(API_KEY, "Produce", VERSIONS, produce, error=_error,
                    access=lambda request: topic_access(Operation.WRITE, request.topic_data, "name"),
-                   per_resource=frozenset({ResourceType.TOPIC}))
+                   per_resource=frozenset({ResourceType.TOPIC}),
+                   quota=PRODUCE, quota_bytes=_record_bytes)

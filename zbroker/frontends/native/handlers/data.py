@@ -8,6 +8,7 @@ from zbroker.core.produce import ProduceResult, check_acks
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.native.router import NO_REPLY, Route
 from zbroker.security import CLUSTER, Operation, topic
+from zbroker.security.quotas import FETCH, PRODUCE
 
 
 # -- produce -------------------------------------------------------------------------
@@ -106,9 +107,9 @@ def _follower(fields) -> int | None:
 
 ROUTES = [
     Route(P.PRODUCE, produce, produce_reply,
-          access=lambda f: [(Operation.WRITE, topic(name)) for name in {b["topic"] for b in f["batches"]}]),
+          access=lambda f: [(Operation.WRITE, topic(name)) for name in {b["topic"] for b in f["batches"]}], quota=PRODUCE),
     # a follower's fetch (replica_id >= 0) must come from that broker; consumers' from anyone
-    Route(P.FETCH, fetch, fetch_reply, access=_fetch_access, sender=_follower),
+    Route(P.FETCH, fetch, fetch_reply, access=_fetch_access, sender=_follower, quota=FETCH),
     Route(P.LIST_OFFSETS, list_offsets, list_offsets_reply,
           access=lambda f: [(Operation.DESCRIBE, topic(name)) for name in {s["topic"] for s in f["partitions"]}]),
 ]
