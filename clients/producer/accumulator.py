@@ -327,6 +327,22 @@ class RecordAccumulator:
                     out.append(b)
         return out
 
+    def take_queued(self) -> list[ProducerBatch]:
+        """Remove and return every queued (not in-flight) batch: the producer cannot send
+        them (it was refused a producer id)."""
+        out = []
+        with self.lock:
+            for tp, q in self.queues.items():
+                if tp in self.muted:
+                    continue
+                while q:
+                    b = q.popleft()
+                    b.closed = True
+                    if self.open.get(tp) is b:
+                        del self.open[tp]
+                    out.append(b)
+        return out
+
     def pending_batches(self) -> list[ProducerBatch]:
         """Every batch not yet resolved (queued or in flight)."""
         with self.lock:

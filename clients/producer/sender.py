@@ -71,16 +71,19 @@ class Sender:
         self.clock = clock
         self.stop_retrying = False  # set when the producer's close() gave up waiting
         self.inflight: dict[str, int] = {}
+        self.producer_id_retry_at = 0.0  # after a refused init_producer_id: not asked again before this
         self.throttle = ThrottleStats("produce")  # answers a broker held back by a quota
 
     def _can_send(self, address: str) -> bool:
         return self.inflight.get(address, 0) < self.max_in_flight
 
-    def _idempotence_ready(self) -> bool:
+    def _idempotence_ready(self, now: float) -> bool:
         """Make sure there is a producer id before batches are numbered."""
         idem = self.idem
         if idem.ready(any(self.inflight.values())):
             return True
+        if now < self.producer_id_retry_at or not self.acc.has_undrained():
+            return False
         address = idem.next_request(self.meta.candidates())
         if address is not None:
             self.net.send(address, "init_producer_id", {}, (), self._on_producer_id, timeout_ms=min(5000, self.request_timeout_ms))
@@ -92,7 +95,15 @@ class Sender:
             log.debug("producer id %s epoch %s", self.idem.producer_id, self.idem.producer_epoch)
         else:
             self.idem.on_producer_id_failed()
-            log.debug("init_producer_id failed: %s", exc or header.get("error_message"))
+            self.producer_id_retry_at = self.clock() + self.retry_backoff
+            error = exc or error_from(header["error"], header.get("error_message"))
+            log.debug("init_producer_id failed: %s", error)
+            if isinstance(error, ZBrokerError) and not error.retriable:
+                # refused (not allowed to write, say): what is queued cannot be sent; it fails with
+                # the broker's reason now, as Kafka's producer fails sends on a fatal error.  A later
+                # send asks again (an ACL may have been granted meanwhile).
+                for b in self.acc.take_queued():
+                    self._finish(b, -1, error)
             self.meta.request_update(self.clock())
         self.net.wakeup()
 
@@ -100,13 +111,12 @@ class Sender:
         acc = self.acc
         if not acc.queues:
             return None
-        if self.idem is not None and not self._idempotence_ready():
-            return now + self.retry_backoff
+        for b in acc.expired(now, self.delivery_timeout):
+            self._finish(b, -1, RequestTimeoutError(f"{b.tp[0]}-{b.tp[1]}: record not sent within delivery_timeout_ms"))
+        if self.idem is not None and not self._idempotence_ready(now):
+            return now + self.retry_backoff if acc.has_undrained() else None
         if now - self.meta.cache.updated_at > self.metadata_max_age:
             self.meta.request_update(now)
-        expired = acc.expired(now, self.delivery_timeout)
-        for b in expired:
-            self._finish(b, -1, RequestTimeoutError(f"{b.tp[0]}-{b.tp[1]}: record not sent within delivery_timeout_ms"))
         by_leader, deadline, leaderless = acc.drain(now, self.meta.cache.leaders.get, self._can_send)
         if leaderless:
             self.meta.request_update(now)

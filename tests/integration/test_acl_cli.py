@@ -64,6 +64,8 @@ def test_with_security_on_what_no_acl_allows_is_refused(tmp_path):
         assert out.returncode == 1 and "ClusterAuthorizationFailed" in one_line_error(out)
         out = run_cli("topics", "create", "t", bootstrap=proc.bootstrap)
         assert out.returncode == 1 and "TopicAuthorizationFailed" in one_line_error(out)
+        out = run_cli("produce", "t", bootstrap=proc.bootstrap, input=b"x\n")  # refused at once, not timing out
+        assert out.returncode == 1 and "TopicAuthorizationFailed" in one_line_error(out)
     finally:
         proc.close()
     proc = start('"User:ANONYMOUS"')

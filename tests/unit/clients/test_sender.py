@@ -13,6 +13,7 @@ from clients.structs import Record
 from storage.batch import parse_header, set_base_offset
 from storage.decode import decode_batches
 from tests.unit.clients.clientfakes import FakeMeta, FakeNet
+from zbroker.errors import ClusterAuthorizationFailedError
 from zbroker.errors import (
     ConnectionBrokenError,
     ErrorCode,
@@ -211,5 +212,22 @@ def test_idempotent_waits_for_a_producer_id_before_numbering():
     (ask,) = net.sent
     ask.callback(None, [], RequestTimeoutError("no answer"))
     assert meta.updates == 1
-    run(sender, 1.2)
+    run(sender, 1.15)
+    assert len(net.sent) == 1  # not before the backoff
+    run(sender, 1.25)
     assert [r.address for r in net.sent] == ["b1", "b2"]  # the next broker
+
+
+def test_a_refused_producer_id_fails_the_queued_sends_with_the_brokers_reason():
+    sender, acc, net, meta = make(idempotent=True)
+    sender.idem = IdempotenceState()
+    meta.candidates = lambda: ["b1"]
+    done, _ = acc.append(TP, 1, None, b"x", None, 10, 0.0)
+    run(sender, 1.0)
+    (ask,) = net.sent
+    ask.callback({"error": 31, "error_message": "User:app may not idempotent_write cluster 'cluster'"}, [], None)
+    with pytest.raises(ClusterAuthorizationFailedError, match="idempotent_write"):
+        done.result(timeout=0)
+    assert not acc.pending_batches()
+    run(sender, 2.0)
+    assert len(net.sent) == 1  # nothing queued: no more asking
