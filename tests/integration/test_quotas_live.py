@@ -96,6 +96,8 @@ def test_the_default_applies_until_a_principal_has_its_own_quota_and_changes_app
 
 def test_a_native_consumer_over_its_fetch_quota_reads_everything(broker):
     values = [b"%05d" % i + b"f" * 3000 for i in range(40)]
+    with Admin(broker.bootstrap) as admin:  # one partition: the records are read in the order sent
+        admin.create_topic("t", partitions=1)
     with Producer(broker.bootstrap) as producer:
         for v in values:
             producer.send("t", v)
