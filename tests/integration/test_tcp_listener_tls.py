@@ -52,13 +52,14 @@ def pki(tmp_path_factory):
 
 
 class Harness:
-    def __init__(self, tls=None, handshake_timeout_ms: int = 10_000, protocol=Upper) -> None:
+    def __init__(self, tls=None, handshake_timeout_ms: int = 10_000, protocol=Upper, **options) -> None:
         self.protocols: list = []
         self.loop = EventLoop(clock)
         self.loop.add_timer(Once(self.loop))
         self.listener = TcpListener(self.loop, "127.0.0.1", free_port(),
                                     lambda *a: self.protocols.append(protocol(*a)) or self.protocols[-1], clock,
-                                    max_buffered_bytes=1 << 20, tls=tls, handshake_timeout_ms=handshake_timeout_ms)
+                                    max_buffered_bytes=1 << 20, tls=tls, handshake_timeout_ms=handshake_timeout_ms,
+                                    **options)
         self.loop.add_listener(self.listener)
         self.loop.add_timer(self.listener)
 
@@ -104,7 +105,8 @@ def tls_client(h: Harness, context: ssl.SSLContext) -> ssl.SSLSocket:
     return client
 
 
-def exchange(h: Harness, client, data: bytes) -> bytes:
+def exchange(h: Harness, client, data: bytes, answer_size: int | None = None) -> bytes:
+    """Send ``data``; what comes back once ``answer_size`` bytes (default: as many) are in."""
     client.send(data)
     got = b""
 
@@ -114,7 +116,7 @@ def exchange(h: Harness, client, data: bytes) -> bytes:
             got += client.recv(65536)
         except (ssl.SSLWantReadError, BlockingIOError):
             pass
-        return len(got) >= len(data)
+        return len(got) >= (len(data) if answer_size is None else answer_size)
 
     h.until(answered)
     return got

@@ -5,6 +5,7 @@ broker runs (`zbroker users`)."""
 from __future__ import annotations
 
 import struct
+import time
 import uuid
 
 import pytest
@@ -21,6 +22,7 @@ from kafka_sasl_support import (
 )
 from kafka_tools import kcat
 from support import one_line_error
+from zbroker.net.tcp_listener import LINGER_MS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,6 +99,19 @@ def test_bad_sasl_input_gets_a_clean_error_then_the_connection_closes(broker, ra
     if code == 33:
         assert list(answer.mechanisms) == ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
     assert raw.closed_by_broker()
+
+
+def test_a_refused_login_is_answered_and_the_broker_closes_only_after_leaving_time_to_read_it(raw):
+    # The broker lingers after the error answer instead of closing right behind it: a client
+    # that reads late finds the answer without the end of the stream (kafka-python drops an
+    # answer read together with the end and reports a lost connection).  The end comes when
+    # the client closes, or LINGER_MS after the refusal: never sooner, whatever the timing.
+    assert raw.call(17, 1, {"mechanism": "PLAIN"}).error_code.value == 0
+    refused_before = time.monotonic()
+    answer = raw.call(36, 2, {"auth_bytes": b"\0alice\0wrong"})
+    assert answer.error_code.value == 58 and "invalid credentials" in answer.error_message
+    assert raw.closed_by_broker()
+    assert time.monotonic() - refused_before >= LINGER_MS / 1000 - 0.01
 
 
 @pytest.mark.parametrize("junk", [

@@ -246,6 +246,13 @@ def test_close_connection_sends_the_replies_before_it_then_closes(conn, parked):
     assert correlation_ids(conn.transport.sent) == [1, 2] and conn.transport.closed
 
 
+def test_close_connection_from_a_handler_closes_once_written_without_lingering(conn):
+    lingered = []
+    conn.transport.close_after_write = lambda linger=False: lingered.append(linger)  # the TCP transport's method
+    conn.data_received(metadata_v1(1, "t") + metadata_v1(2, "hangup"), 0)
+    assert correlation_ids(conn.transport.sent) == [1] and lingered == [False]  # an acks=0 failure: no answer to read
+
+
 def test_a_bug_building_a_parked_answer_neither_reaches_the_settler_nor_stalls_the_connection():
     from zbroker.frontends.kafka import groupmap
     from zbroker.frontends.kafka.datapath import then

@@ -224,6 +224,7 @@ class Wire:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.closed = False
+        self.lingered: bool | None = None  # None: closed at once (close), else close_after_write's linger
         self.deadline: tuple[int, str] | None = None
 
     def write(self, data):
@@ -232,7 +233,9 @@ class Wire:
     def close(self):
         self.closed = True
 
-    close_after_write = close
+    def close_after_write(self, linger=False):
+        self.closed = True
+        self.lingered = linger
 
     def pause_reading(self):
         pass
@@ -359,6 +362,32 @@ def test_a_refused_raw_token_closes_without_an_answer(users):
     conn.data_received(frame(17, 0, 1, {"mechanism": "PLAIN"}), 0)
     conn.data_received(struct.pack(">i", 12) + b"\0alice\0wrong", 0)
     assert conn.transport.closed and len(conn.transport.sent) == 1
+    assert conn.transport.lingered is False  # no answer for the client to read: closed once written
+
+
+@pytest.mark.parametrize("requests", [
+    [frame(17, 1, 1, {"mechanism": "PLAIN"}), frame(36, 2, 2, {"auth_bytes": b"\0alice\0nope"})],  # wrong password
+    [frame(17, 1, 1, {"mechanism": "SCRAM-SHA-256"}), frame(36, 2, 2, {"auth_bytes": b"n,,n=nobody,r=abc"}),
+     frame(36, 2, 3, {"auth_bytes": b"c=biws,r=abc,p=AAAA"})],  # an unknown user: refused at its client-final message
+    [frame(17, 1, 1, {"mechanism": "GSSAPI"})],  # a mechanism not offered
+    [frame(36, 2, 1, {"auth_bytes": b"\0alice\0wonderland"})],  # SaslAuthenticate before SaslHandshake
+])
+def test_a_refused_sasl_step_is_answered_then_closed_lingering(users, requests):
+    # lingering: the client reads the error before the connection ends (kafka-python drops an
+    # answer that arrives together with the end of the stream, and reports a lost connection)
+    conn = connection(users)
+    for request in requests:
+        conn.data_received(request, 0)
+    assert conn.transport.closed and conn.transport.lingered is True
+    assert len(conn.transport.sent) == len(requests)
+    key, version = struct.unpack_from(">hh", requests[-1], 4)
+    assert reply(conn.transport.sent[-1], key, version).error_code.value != 0
+
+
+def test_closes_without_an_answer_do_not_linger(users):
+    conn = connection(users)
+    conn.data_received(frame(3, 12, 1), 0)  # a request before authentication: no answer, closed at once
+    assert conn.transport.closed and conn.transport.sent == [] and conn.transport.lingered is None
 
 
 def test_sasl_requests_on_a_listener_without_sasl_are_illegal_state_and_the_connection_goes_on():

@@ -17,7 +17,17 @@ transport)``; the protocol gets ``data_received(bytes, now_ms)`` and
 - a peer that closes, or a socket error, ends the connection; the protocol is told;
 - deadlines: a protocol may ask for its connection to be closed unless it clears the
   deadline in time (``set_deadline``, ``clear_deadline``: a client that must authenticate
-  first); the listener is a timer of the loop and closes what is overdue.
+  first); the listener is a timer of the loop and closes what is overdue;
+- closing after a last answer (``close_after_write``): the protocol gets no more input and
+  the socket is closed once the output is written; with ``linger`` (an answer the client
+  must read, such as a refused login) it is not closed then but *lingers*: input is read
+  and discarded, and the socket is closed when the client closes its side, after
+  :data:`MAX_LINGER_BYTES` of input, or ``linger_ms`` after ``close_after_write``, whichever
+  comes first.  A close right after the answer puts the answer and the end of the stream
+  in the client's socket together, and some clients (kafka-python 3.0: the bytes read in
+  the same call as the end are dropped) then report a lost connection instead of the
+  answer; a client that reads the answer closes first.  A lingering connection counts
+  against ``max_connections``.
 
 TLS (a listener given an ``ssl.SSLContext``, :func:`server_tls_context`): each connection
 runs a :class:`TlsSession`, Python's ``ssl.SSLObject`` over two ``MemoryBIO``: sans-IO, in
@@ -59,6 +69,11 @@ MAX_HANDSHAKE_BYTES = 64 * 1024
 #: TLS handshakes in progress at once per listener (one holds ~47 KB): beyond it, new
 #: connections are closed at once, so half-open handshakes cannot hold much memory.
 MAX_TLS_HANDSHAKES = 1000
+#: How long a connection closed after an answer the client must read (``close_after_write``
+#: with ``linger``) stays open at most, for the client to read that answer and close first.
+LINGER_MS = 2_000
+#: Input a lingering connection reads and discards before it is closed at once.
+MAX_LINGER_BYTES = 64 * 1024
 _NO_DEADLINE_MS = 3_600_000
 
 
@@ -175,15 +190,17 @@ class TcpTransport:
         self.buffered = 0
         self.closed = False
         self.protocol = None
-        self.deadline: tuple[int, str] | None = None  # (token in the listener's heap, why)
+        self.deadline: tuple[int, str | None] | None = None  # (token in the listener's heap, why; None: no log)
         self._paused_by_protocol = False
         self._paused_by_output = False
         self._closing = False
+        self.lingering = False  # closing: reading and discarding input until the client closes
+        self.discarded = 0  # bytes read and discarded while lingering
 
     # -- what the protocol calls -------------------------------------------------
 
     def write(self, chunks: list[bytes]) -> None:
-        if self.closed:
+        if self.closed or self._closing:  # close_after_write: what was written before it is all
             return
         if self.tls is not None:
             try:
@@ -199,7 +216,8 @@ class TcpTransport:
         self.listener.set_deadline(self, delay_ms, why)
 
     def clear_deadline(self) -> None:
-        self.deadline = None
+        if not self.lingering:  # a lingering connection's bound stays
+            self.deadline = None
 
     def close(self) -> None:
         self.listener.drop(self)
@@ -211,11 +229,21 @@ class TcpTransport:
                 self.buffered += len(chunk)
         self._flush()
 
-    def close_after_write(self) -> None:
-        """Read no more; close once the output queued so far is written."""
+    def close_after_write(self, linger: bool = False) -> None:
+        """Give the protocol no more input and write nothing more; close once the output
+        queued so far is written.  With ``linger`` (that output ends with an answer the
+        client must read): close when the client closes its side instead, or after
+        ``linger_ms`` or :data:`MAX_LINGER_BYTES` of input, reading and discarding its
+        input until then (see the module's docstring)."""
+        if self.closed or self._closing:
+            return
         self._closing = True
         self._paused_by_protocol = True
-        if not self.out:
+        if linger:
+            self.lingering = True
+            self.tls = None  # its output is encrypted and queued already; it reads no more
+            self.listener.set_deadline(self, self.listener.linger_ms, None)
+        if not self.out and not self.lingering:
             self.listener.drop(self)
         else:
             self._update()
@@ -249,7 +277,7 @@ class TcpTransport:
                 else:
                     self.out[0] = head[sent:]
                     sent = 0
-        if self._closing and not self.out:
+        if self._closing and not self.out and not self.lingering:
             self.listener.drop(self)
             return
         limit = self.listener.max_buffered_bytes
@@ -267,8 +295,8 @@ class TcpTransport:
 
     def _update(self) -> None:
         if not self.closed:
-            self.listener.loop.want_io(self.sock, read=not (self._paused_by_protocol or self._paused_by_output),
-                                       write=bool(self.out))
+            reading = self.lingering or not (self._paused_by_protocol or self._paused_by_output)
+            self.listener.loop.want_io(self.sock, read=reading, write=bool(self.out))
 
 
 class TcpListener:
@@ -278,7 +306,7 @@ class TcpListener:
 
     def __init__(self, loop, host: str, port: int, make_protocol: Callable, clock: Callable[[], int],
                  max_buffered_bytes: int, max_connections: int = 10_000, tls: ssl.SSLContext | None = None,
-                 handshake_timeout_ms: int = TLS_HANDSHAKE_TIMEOUT_MS) -> None:
+                 handshake_timeout_ms: int = TLS_HANDSHAKE_TIMEOUT_MS, linger_ms: int = LINGER_MS) -> None:
         self.loop = loop
         self.make_protocol = make_protocol
         self.clock = clock
@@ -286,6 +314,7 @@ class TcpListener:
         self.max_connections = max_connections
         self.tls = tls
         self.handshake_timeout_ms = handshake_timeout_ms
+        self.linger_ms = linger_ms
         self.max_handshakes = MAX_TLS_HANDSHAKES
         self.handshaking = 0  # connections whose TLS handshake is in progress
         self._deadlines: list[tuple[int, int, TcpTransport]] = []  # heap: (due ms, token, transport)
@@ -309,6 +338,9 @@ class TcpListener:
         transport = self.connections.get(sock.fileno())
         if transport is None:
             return
+        if transport.lingering:
+            self._discard(transport)
+            return
         for _ in range(READ_BURST):
             try:
                 data = sock.recv(READ_SIZE)
@@ -328,6 +360,22 @@ class TcpListener:
             if transport.closed or transport._paused_by_protocol or transport._paused_by_output:
                 return
             if len(data) < READ_SIZE:
+                return
+
+    def _discard(self, transport: TcpTransport) -> None:
+        """Read and drop what a lingering connection sends; close it at its end, a read
+        error, or past :data:`MAX_LINGER_BYTES`."""
+        for _ in range(READ_BURST):
+            try:
+                data = transport.sock.recv(READ_SIZE)
+            except _WOULD_BLOCK:
+                return
+            except OSError:
+                self.drop(transport)
+                return
+            transport.discarded += len(data)
+            if not data or transport.discarded > MAX_LINGER_BYTES:
+                self.drop(transport)
                 return
 
     def _decrypt(self, transport: TcpTransport, data: bytes) -> bytes:
@@ -396,7 +444,7 @@ class TcpListener:
 
     # -- deadlines (the loop's timer) ------------------------------------------------
 
-    def set_deadline(self, transport: TcpTransport, delay_ms: int, why: str) -> None:
+    def set_deadline(self, transport: TcpTransport, delay_ms: int, why: str | None) -> None:
         token = next(self._tokens)
         transport.deadline = (token, why)
         heapq.heappush(self._deadlines, (self.clock() + delay_ms, token, transport))
@@ -420,8 +468,10 @@ class TcpListener:
         while (first := self._live_deadline()) is not None and first[0] <= now_ms:
             heapq.heappop(self._deadlines)
             transport = first[2]
-            self.bad_input_log.log(time.monotonic(), "deadline", logging.INFO, "closing Kafka connection from %s: %s",
-                                   transport.peer, transport.deadline[1])
+            why = transport.deadline[1]
+            if why is not None:
+                self.bad_input_log.log(time.monotonic(), "deadline", logging.INFO,
+                                       "closing Kafka connection from %s: %s", transport.peer, why)
             self.drop(transport)
 
     def drop(self, transport: TcpTransport) -> None:

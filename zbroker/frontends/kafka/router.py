@@ -255,7 +255,7 @@ class KafkaRouter:
         except SaslError:
             reply = None
         conn.fill(slot, None if reply is None else _INT32.pack(len(reply)) + reply)
-        conn.sasl_stepped()
+        conn.sasl_stepped(answered=reply is not None)
 
     def _record(self, route: KafkaRoute, kind: str, ctx: RequestContext, request, answer: dict | None, now_ms: int) -> int:
         """Count a ``kind`` route's bytes against the principal's quota; its throttle time.  A
@@ -314,6 +314,10 @@ class Transport:
 
     def close(self) -> None: ...
 
+    def close_after_write(self, linger: bool = False) -> None:
+        """Close once what was written is sent (optional: :meth:`close` if missing); with
+        ``linger``, leave the client time to read the last answer and close first."""
+
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
@@ -356,6 +360,7 @@ class KafkaConnection:
         self._muted_until = 0  # > 0: throttled (a quota), neither read nor run until then
         self._now = 0
         self._clock = clock or (lambda: self._now)
+        self._linger = False  # the close ends with an answer the client must read (a refused login)
 
     def data_received(self, data: bytes, now_ms: int) -> None:
         self._now = now_ms
@@ -420,22 +425,28 @@ class KafkaConnection:
             self._pending.clear()
             self.transport.write(ready[:-1])
             close_after_write = getattr(self.transport, "close_after_write", None)
-            (close_after_write or self.transport.close)()
+            if close_after_write is None:
+                self.transport.close()
+            else:
+                close_after_write(linger=self._linger)
             return
         if ready:
             self.transport.write(ready)
         if not self._running:
             self._run(self._clock())
 
-    def sasl_stepped(self) -> None:
-        """After a SASL step was answered: a failed session closes the connection once that
-        answer is written; a successful one makes the user the connection's principal."""
+    def sasl_stepped(self, answered: bool = True) -> None:
+        """After a SASL step: a failed session closes the connection once its answer is
+        written, lingering if there is one (``answered``; a refused v0 raw token has none) so
+        that the client reads it before the close (:meth:`Transport.close_after_write`); a
+        successful one makes the user the connection's principal."""
         sasl = self.sasl
         if sasl.failed:
             self.router.bad_input_log.log(time.time(), "sasl_failed", logging.INFO,
                                           "SASL authentication failed from %s client_id=%s user=%.64r mechanism=%s: %s",
                                           self.peer, self.client_id, sasl.user, sasl.mechanism, sasl.failure)
             if not self.closed:
+                self._linger = answered
                 self.fill(self.replies.reserve(), CLOSE_CONNECTION)
         elif sasl.authenticated and self.principal != sasl.principal:
             self.principal = sasl.principal
