@@ -116,12 +116,57 @@ def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def decode_body(schema: type, frame: bytes, offset: int):
-    """The request body as kio's dataclass."""
+    """The request body as kio's dataclass.
+
+    kio's reader decodes an array of length -1 as None whether or not the field is
+    nullable; a null where the schema has none is refused here (Kafka's parser refuses it
+    too: "non-nullable field ... was serialized as null"), so handlers meet only the types
+    the schema names."""
     try:
         body, _size = entity_reader(schema)(frame, offset)
     except Exception as exc:  # kio's reader raises several types for short or bad input
         raise MalformedRequest(f"cannot decode {schema.__name__} v{schema.__version__}: {exc}") from None
+    where = _null_field(body)
+    if where is not None:
+        raise MalformedRequest(f"{schema.__name__} v{schema.__version__}: non-nullable field {where} is null")
     return body
+
+
+def _null_field(entity) -> str | None:
+    """The path of the first non-nullable array or struct of ``entity`` that is None, or None.
+
+    Runtime: O(structs in the request), primitives are not looked at."""
+    for name, nullable, nested in _checked_fields(type(entity)):
+        value = getattr(entity, name)
+        if value is None:
+            if nullable:
+                continue
+            return name
+        if nested is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                where = _null_field(item)
+                if where is not None:
+                    return f"{name}.{where}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_fields(schema: type) -> tuple[tuple[str, bool, type | None], ...]:
+    """``(field, nullable, struct type or None)`` of each array or struct field of ``schema``."""
+    hints = typing.get_type_hints(schema)
+    plan = []
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        nullable = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+        if nullable:
+            hint = next(a for a in args if a is not type(None))
+        is_array = typing.get_origin(hint) is tuple
+        item = typing.get_args(hint)[0] if is_array else hint
+        nested = item if dataclasses.is_dataclass(item) and _checked_fields(item) else None  # else: nothing to look at inside
+        if is_array or dataclasses.is_dataclass(item):
+            plan.append((f.name, nullable, nested))
+    return tuple(plan)
 
 
 # -- responses -------------------------------------------------------------------------
