@@ -32,6 +32,9 @@ import dataclasses
 import itertools
 import logging
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -41,11 +44,12 @@ from kio.serial import entity_reader
 
 from tests.fuzzcorpus import (
     KAFKA_BATCH, KAFKA_SEEDS, SASL_SEEDS, DrawChooser, encode_body, encode_request, fuzz_budget, fuzz_timeout, kafka_message,
-    kafka_seed, sasl_messages, served_versions, size_prefixed, split,
+    kafka_seed, mutate_bytes, mutate_entity, sasl_messages, served_versions, size_prefixed, split,
 )
 from zbroker import protocol as P
 from zbroker.config import single_node_config
-from zbroker.frontends.kafka import KafkaDoor, codec
+from zbroker.frontends.kafka import KafkaDoor, codec, lengths
+from zbroker.frontends.kafka.handlers import ROUTES
 from zbroker.frontends.kafka.router import MAX_IN_FLIGHT
 from zbroker.node import BrokerNode
 
@@ -56,6 +60,8 @@ PAST_EVERY_DEADLINE_MS = 301_000  # a fetch waits at most 300 s, so does a produ
 FAR_FUTURE_MS = 2**31  # past any group's rebalance or session timeout (an INT32 of milliseconds)
 BUDGET = fuzz_budget(500)
 UNSUPPORTED_VERSION = 35
+SERVED = served_versions([(r.api_key, *r.versions) for r in ROUTES])
+ROOT = Path(__file__).resolve().parents[2]
 
 _ints = st.integers(-3, 3) | st.sampled_from([-2**63, 2**63 - 1, 2**64 - 1, 2**31, -1])
 _values = st.recursive(st.none() | st.booleans() | _ints | st.text(max_size=8) | st.binary(max_size=8),
@@ -343,3 +349,58 @@ def test_a_null_where_the_schema_has_none_closes_the_connection(door, key, versi
     check_answers(door, wire, conn, fed)
     still_serving(door)
 
+
+_LYING_COUNTS = r'''
+import resource, struct, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # an allocation past it aborts this process
+from tests.fuzzcorpus import encode_body, kafka_seed
+from zbroker.frontends.kafka import codec
+from zbroker.frontends.kafka.handlers import ROUTES
+refused = 0
+for route in ROUTES:
+    for version in range(route.versions[0], route.versions[1] + 1):
+        body = encode_body(kafka_seed(route.api_key, version))
+        for pos in range(len(body)):
+            for lie in (struct.pack(">i", 0x7FFFFFFF), struct.pack(">i", 0x0FFFFFFF), b"\xff\xff\xff\xff\x07"):
+                try:
+                    codec.decode_body(codec.request_schema(route.api_key, version), body[:pos] + lie + body[pos + len(lie):], 0)
+                except codec.MalformedRequest:
+                    refused += 1
+print(refused)
+'''
+
+
+def test_a_count_that_lies_is_refused_before_kio_reserves_memory_for_it():
+    """Found by scripts/fuzz.py: kio reserves room for an array's declared count before
+    reading an item, so four bytes announcing 2**31 - 1 items made the broker ask for 154 GB
+    and abort.  Every served request, with every position of its valid encoding overwritten
+    by a huge count (INT32 and compact UVARINT), decodes in a process whose address space is
+    capped at 3 GiB: the lengths are checked first (codec's lengths.py)."""
+    limit = 3 << 30
+    run = subprocess.run([sys.executable, "-c", _LYING_COUNTS, str(limit)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout) > 1000
+
+
+@fuzz_budget(300)
+@given(data=st.data())
+def test_the_length_walk_reads_what_kio_reads(data):
+    """Where kio decodes a request, the length walk accepts it and ends where kio ended (it
+    never refuses a valid request); where the walk accepts bytes, kio's reading ends there too."""
+    ch = DrawChooser(data.draw, _values)
+    key, version = ch.choice(SERVED)
+    schema = codec.request_schema(key, version)
+    body = encode_body(mutate_entity(ch, kafka_seed(key, version))) or encode_body(kafka_seed(key, version))
+    if data.draw(st.booleans()):
+        body = mutate_bytes(ch, body)
+    try:
+        walked = lengths._walk(lengths._plan(schema), body, 0, len(body))
+    except lengths.LengthError:
+        return
+    try:
+        _value, size = entity_reader(schema)(body, 0)
+    except Exception:
+        return  # kio refuses what the walk let through: a value, not a length, is wrong
+    assert walked == size

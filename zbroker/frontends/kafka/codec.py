@@ -35,6 +35,8 @@ from kio.schema.errors import ErrorCode as KioErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import TZAware, i32Timedelta, i64Timedelta
 
+from zbroker.frontends.kafka.lengths import LengthError, check_lengths
+
 API_VERSIONS_KEY = 18
 _HEADER = struct.Struct(">hhi")
 _INT16 = struct.Struct(">h")
@@ -118,10 +120,17 @@ def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
 def decode_body(schema: type, frame: bytes, offset: int):
     """The request body as kio's dataclass.
 
-    kio's reader decodes an array of length -1 as None whether or not the field is
-    nullable; a null where the schema has none is refused here (Kafka's parser refuses it
-    too: "non-nullable field ... was serialized as null"), so handlers meet only the types
-    the schema names."""
+    Every count and length is checked against the bytes after it first
+    (:mod:`.lengths`): kio reserves memory for an array's declared count before reading it,
+    and a lying count would make it ask for gigabytes (a failed allocation aborts the
+    process).  kio's reader decodes an array of length -1 as None whether or not the field
+    is nullable; a null where the schema has none is refused too (Kafka's parser refuses it:
+    "non-nullable field ... was serialized as null"), so handlers meet only the types the
+    schema names."""
+    try:
+        check_lengths(schema, frame, offset)
+    except LengthError as exc:
+        raise MalformedRequest(f"cannot decode {schema.__name__} v{schema.__version__}: {exc}") from None
     try:
         body, _size = entity_reader(schema)(frame, offset)
     except Exception as exc:  # kio's reader raises several types for short or bad input
