@@ -39,7 +39,6 @@ import cramjam
 import lz4.frame
 import msgpack
 import zstandard
-from kio.index import UnknownAPIKey, UnknownEntity, load_request_schema
 from kio.serial import entity_writer
 
 from storage.batch import (
@@ -49,7 +48,7 @@ from storage.batch import (
 from storage.compression import compress
 from tests.unit.batchforge import forge
 from zbroker import protocol as P
-from zbroker.frontends.kafka.codec import build
+from zbroker.frontends.kafka.codec import build, request_schema
 
 # -- choices ------------------------------------------------------------------------------
 
@@ -414,14 +413,6 @@ def served_versions(routes) -> list[tuple[int, int]]:
     """Every ``(api_key, version)`` of ``routes`` (a router's table or ApiVersions' answer as
     ``(key, min, max)``)."""
     return [(key, v) for key, low, high in routes for v in range(low, high + 1)]
-
-
-@functools.lru_cache(maxsize=None)
-def request_schema(api_key: int, version: int) -> type | None:
-    try:
-        return load_request_schema(api_key, version)
-    except (UnknownAPIKey, UnknownEntity):
-        return None
 
 
 @functools.lru_cache(maxsize=None)

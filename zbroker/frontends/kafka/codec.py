@@ -35,7 +35,7 @@ from kio.schema.errors import ErrorCode as KioErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import TZAware, i32Timedelta, i64Timedelta
 
-from zbroker.frontends.kafka.lengths import LengthError, check_lengths
+from zbroker.frontends.kafka.lengths import LengthError, check_lengths, read_uvarint
 
 API_VERSIONS_KEY = 18
 _HEADER = struct.Struct(">hhi")
@@ -105,16 +105,10 @@ def decode_header(frame: bytes, flexible: bool) -> RequestHeader:
 
 
 def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 28:
-            raise MalformedRequest("a bad varint in the request header")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_uvarint(buf, pos, len(buf), "the request header")
+    except LengthError as exc:
+        raise MalformedRequest(str(exc)) from None
 
 
 def decode_body(schema: type, frame: bytes, offset: int):

@@ -86,7 +86,7 @@ def _walk(plan: _Plan, buf, pos: int, end: int) -> int:
 def _sized(kind: int, name: str, flexible: bool, buf, pos: int, end: int) -> int:
     """Past a string or bytes field, its length checked."""
     if flexible:
-        n, pos = _uvarint(buf, pos, end, name)
+        n, pos = read_uvarint(buf, pos, end, name)
         n -= 1
     elif kind == _STRING:
         _need(2, pos, end, name)
@@ -105,7 +105,7 @@ def _sized(kind: int, name: str, flexible: bool, buf, pos: int, end: int) -> int
 def _array(item, name: str, flexible: bool, buf, pos: int, end: int) -> int:
     """Past an array, its count checked against the least size of its items."""
     if flexible:
-        n, pos = _uvarint(buf, pos, end, name)
+        n, pos = read_uvarint(buf, pos, end, name)
         n -= 1
     else:
         _need(4, pos, end, name)
@@ -141,10 +141,10 @@ def _array(item, name: str, flexible: bool, buf, pos: int, end: int) -> int:
 
 def _tagged(plan: _Plan, buf, pos: int, end: int) -> int:
     """Past a flexible struct's tagged fields; a known tag holding an array or struct is walked."""
-    count, pos = _uvarint(buf, pos, end, "tagged fields")
+    count, pos = read_uvarint(buf, pos, end, "tagged fields")
     for _ in range(count):
-        tag, pos = _uvarint(buf, pos, end, "a tag")
-        size, pos = _uvarint(buf, pos, end, "a tagged field's size")
+        tag, pos = read_uvarint(buf, pos, end, "a tag")
+        size, pos = read_uvarint(buf, pos, end, "a tagged field's size")
         _need(size, pos, end, f"tagged field {tag}")
         op = plan.tagged.get(tag)
         if op is not None:
@@ -164,7 +164,8 @@ def _need(n: int, pos: int, end: int, name: str) -> None:
         raise LengthError(f"field {name} claims {n} bytes; {max(0, end - pos)} are left")
 
 
-def _uvarint(buf, pos: int, end: int, name: str) -> tuple[int, int]:
+def read_uvarint(buf, pos: int, end: int, name: str) -> tuple[int, int]:
+    """The unsigned varint at ``buf[pos]`` (at most 5 bytes, before ``end``) and the position after it."""
     value = shift = 0
     while True:
         if pos >= end or shift > 28:
