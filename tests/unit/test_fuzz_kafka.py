@@ -84,7 +84,8 @@ class Wire:
     def close(self) -> None:
         self.closed = True
 
-    close_after_write = close  # the replies before it are already in ``sent``
+    def close_after_write(self, linger: bool = False) -> None:
+        self.closed = True  # the replies before it are already in ``sent``
 
     def pause_reading(self) -> None:
         self.paused = True
