@@ -87,6 +87,13 @@ class Wire:
     def close_after_write(self, linger: bool = False) -> None:
         self.closed = True  # the replies before it are already in ``sent``
 
+    def set_deadline(self, ms: int, why: str) -> None:
+        """A deadline the connection sets on its transport (the SASL gate's): the test's inputs
+        are over long before it."""
+
+    def clear_deadline(self) -> None:
+        pass
+
     def pause_reading(self) -> None:
         self.paused = True
 
