@@ -18,10 +18,11 @@ import dataclasses
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from storage.batch import build_native_batch
+from tests.fuzzcorpus import DrawChooser, fuzz_budget, native_message
 from zbroker import protocol as P
 from zbroker.config import single_node_config
 from zbroker.node import BrokerNode
@@ -30,7 +31,7 @@ PEER = b"\x00fuzz"
 PAST_EVERY_DEADLINE_MS = 301_000  # fetch max_wait_ms is at most 300 s
 MAX_ERROR_REPLY = 2048
 MAX_REPLY = 1 << 20
-BUDGET = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+BUDGET = fuzz_budget(1000)
 
 BATCH = build_native_batch([(5, b"k", b"v", None)])
 TP = {"topic": "t", "partition": 0}
@@ -76,41 +77,10 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
                       max_leaves=12)
 
 
-def nested(depth: int):
-    out: object = "t"
-    for _ in range(depth):
-        out = [out]
-    return out
-
-
-huge = st.sampled_from([
-    "x" * 300_000,
-    ["t"] * 20_000,
-    [{**TP, "offset": 0}] * 3,  # repeats
-    [{"topic": "t", "partition": i, "offset": 0} for i in range(12_000)],
-    {f"k{i}": i for i in range(2_000)},
-    nested(200),  # msgpack's packer stops at 512 levels; deeper frames are built by hand below
-])
-
-
 @st.composite
 def mutated(draw):
-    kind = draw(st.sampled_from(sorted(VALID)))
-    header = {"v": 1, "type": kind, "cid": draw(st.integers(0, 2**31)), **VALID[kind]}
-    names = sorted({*header, "client_id", "junk"})
-    for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(names))
-        how = draw(st.sampled_from(["value", "huge", "drop"]))
-        if how == "drop":
-            header.pop(name, None)
-        else:
-            header[name] = draw(values if how == "value" else huge)
-    for name in ("partitions", "total"):  # creating thousands of partitions is an admin's right, not a fuzzer's
-        if kind in (P.CREATE_TOPIC, P.CREATE_PARTITIONS) and isinstance(header.get(name), int):
-            header[name] = min(header[name], 3)
-    payloads = [BATCH] if kind == P.PRODUCE else []
-    payloads += draw(st.lists(st.binary(max_size=64), max_size=3))
-    return header, payloads
+    """A valid request of a random type with fields changed (:func:`tests.fuzzcorpus.native_message`)."""
+    return native_message(DrawChooser(draw, values), VALID)
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +173,9 @@ def test_arbitrary_msgpack_values(node, value):
     still_serving(node)
 
 
-@settings(BUDGET, max_examples=500)
+@fuzz_budget(2000)
 @given(request=mutated())
 def test_mutated_valid_requests_of_every_type(node, request):
-    header, payloads = request
-    check_answered(node, [msgpack.packb(header, use_bin_type=True), *payloads], header)
+    header, frames = request
+    check_answered(node, frames, header)
     still_serving(node)

@@ -35,6 +35,8 @@ from kio.schema.errors import ErrorCode as KioErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.static.primitive import TZAware, i32Timedelta, i64Timedelta
 
+from zbroker.frontends.kafka.lengths import LengthError, check_lengths, read_uvarint
+
 API_VERSIONS_KEY = 18
 _HEADER = struct.Struct(">hhi")
 _INT16 = struct.Struct(">h")
@@ -103,25 +105,71 @@ def decode_header(frame: bytes, flexible: bool) -> RequestHeader:
 
 
 def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 28:
-            raise MalformedRequest("a bad varint in the request header")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_uvarint(buf, pos, len(buf), "the request header")
+    except LengthError as exc:
+        raise MalformedRequest(str(exc)) from None
 
 
 def decode_body(schema: type, frame: bytes, offset: int):
-    """The request body as kio's dataclass."""
+    """The request body as kio's dataclass.
+
+    Every count and length is checked against the bytes after it first
+    (:mod:`.lengths`): kio reserves memory for an array's declared count before reading it,
+    and a lying count would make it ask for gigabytes (a failed allocation aborts the
+    process).  kio's reader decodes an array of length -1 as None whether or not the field
+    is nullable; a null where the schema has none is refused too (Kafka's parser refuses it:
+    "non-nullable field ... was serialized as null"), so handlers meet only the types the
+    schema names."""
+    try:
+        check_lengths(schema, frame, offset)
+    except LengthError as exc:
+        raise MalformedRequest(f"cannot decode {schema.__name__} v{schema.__version__}: {exc}") from None
     try:
         body, _size = entity_reader(schema)(frame, offset)
     except Exception as exc:  # kio's reader raises several types for short or bad input
         raise MalformedRequest(f"cannot decode {schema.__name__} v{schema.__version__}: {exc}") from None
+    where = _null_field(body)
+    if where is not None:
+        raise MalformedRequest(f"{schema.__name__} v{schema.__version__}: non-nullable field {where} is null")
     return body
+
+
+def _null_field(entity) -> str | None:
+    """The path of the first non-nullable array or struct of ``entity`` that is None, or None.
+
+    Runtime: O(structs in the request), primitives are not looked at."""
+    for name, nullable, nested in _checked_fields(type(entity)):
+        value = getattr(entity, name)
+        if value is None:
+            if nullable:
+                continue
+            return name
+        if nested is not None:
+            for item in value if isinstance(value, tuple) else (value,):
+                where = _null_field(item)
+                if where is not None:
+                    return f"{name}.{where}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _checked_fields(schema: type) -> tuple[tuple[str, bool, type | None], ...]:
+    """``(field, nullable, struct type or None)`` of each array or struct field of ``schema``."""
+    hints = typing.get_type_hints(schema)
+    plan = []
+    for f in dataclasses.fields(schema):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        nullable = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+        if nullable:
+            hint = next(a for a in args if a is not type(None))
+        is_array = typing.get_origin(hint) is tuple
+        item = typing.get_args(hint)[0] if is_array else hint
+        nested = item if dataclasses.is_dataclass(item) and _checked_fields(item) else None  # else: nothing to look at inside
+        if is_array or dataclasses.is_dataclass(item):
+            plan.append((f.name, nullable, nested))
+    return tuple(plan)
 
 
 # -- responses -------------------------------------------------------------------------
