@@ -130,8 +130,11 @@ class Wire:
         self.paused = False
 
 
-def request(api_key: int, version: int, cid: int, body: bytes = b"") -> bytes:
-    return framed(struct.pack(">hhih", api_key, version, cid, -1) + body)
+def request(api_key: int, version: int, cid: int, body: bytes = b"", client_id: str | None = None) -> bytes:
+    if client_id is None:
+        return framed(struct.pack(">hhih", api_key, version, cid, -1) + body)
+    name = client_id.encode()
+    return framed(struct.pack(">hhih", api_key, version, cid, len(name)) + name + body)
 
 
 def correlation_ids(sent: list[bytes]) -> list[int]:
@@ -290,6 +293,30 @@ def test_a_route_whose_error_answer_fails_closes_the_connection_instead_of_hangi
     conn.data_received(metadata_v1(1, "x"), 0)
     parked[0].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "slow"))  # must not raise into the settler
     assert conn.transport.closed
+
+
+def test_an_error_builder_that_fails_on_a_handlers_error_closes_after_the_answers_before_it():
+    def metadata(app, ctx, req, version, now_ms):
+        if req.topics[0].name == "bad":
+            raise RequestError(ErrorCode.INVALID_REQUEST, "bad topic")
+        return {"topics": [{"name": req.topics[0].name}]}
+
+    def broken_error(req, version, code, message):
+        raise KeyError("bug")
+
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), metadata, error=broken_error)], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=10_000)
+    conn.data_received(metadata_v1(1, "ok") + metadata_v1(2, "bad") + metadata_v1(3, "never"), 0)  # must not raise
+    assert correlation_ids(conn.transport.sent) == [1] and conn.transport.closed
+
+
+def test_a_long_client_id_is_kept_clipped():
+    buf = io.BytesIO()
+    entity_writer(MetadataV1)(buf, MetadataV1(topics=()))
+    router = KafkaRouter(None, [KafkaRoute(3, "Metadata", (1, 1), lambda *a: {"topics": []})], AllowAll(), RequestMetrics())
+    conn = KafkaConnection(router, 1, "peer", Wire(), max_request_bytes=100_000)
+    conn.data_received(request(3, 1, 1, buf.getvalue(), client_id="c" * 30_000), 0)
+    assert conn.client_id == "c" * 255
 
 
 def test_api_versions_lists_the_table_and_answers_any_version(conn):

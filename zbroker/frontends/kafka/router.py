@@ -62,6 +62,8 @@ from zbroker.security.quotas import FETCH, PRODUCE
 
 log = logging.getLogger(__name__)
 
+MAX_CLIENT_ID_CHARS = 255  # of a client id kept (the native door's cap on any id)
+
 LISTENER = "kafka"
 #: A handler's answer meaning "send nothing" (an acks=0 produce).
 NO_REPLY = object()
@@ -183,7 +185,8 @@ class KafkaRouter:
             self.metrics.observe(LISTENER, name, time.perf_counter() - started, ErrorCode.INVALID_REQUEST)
             return
         if header.client_id:
-            conn.client_id = header.client_id
+            # logs and metrics only: a client id of 32 KiB must not make every log line about it that long
+            conn.client_id = header.client_id[:MAX_CLIENT_ID_CHARS]
         reply_version = version if served else 0
         ctx = RequestContext(conn.principal, LISTENER, conn.client_id or "", conn.id)
         try:
@@ -192,10 +195,11 @@ class KafkaRouter:
             answer = route.call(sasl if route.sasl else self.app, ctx, request, version, now_ms)
             throttle = self._record(route, PRODUCE, ctx, request, None, now_ms) if served else 0
         except RequestError as exc:
-            answer, throttle = route.error(request, version, exc.code, exc.message), 0
+            answer, throttle = self._error_answer(conn, route, request, version, exc.code, exc.message), 0
         except Exception as exc:  # a bug must not stop the broker
             log.exception("error handling %s v%s from %s", route.name, version, conn.peer)
-            answer, throttle = route.error(request, version, ErrorCode.UNKNOWN_SERVER_ERROR, f"internal error: {exc!r}"), 0
+            answer, throttle = self._error_answer(conn, route, request, version, ErrorCode.UNKNOWN_SERVER_ERROR,
+                                                  f"internal error: {exc!r}"), 0
             if route.sasl and sasl is not None and not sasl.authenticated:
                 sasl.abort(f"internal error in {route.name}")
         if route.sasl and sasl is not None:
@@ -210,6 +214,16 @@ class KafkaRouter:
             answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started, ctx, throttle))
         else:
             self._answer(conn, slot, route, request, reply_version, cid, answer, started, ctx, throttle, now_ms)
+
+    @staticmethod
+    def _error_answer(conn, route: KafkaRoute, request, version: int, code: int, message: str):
+        """The route's answer reporting ``code``; if building it fails (a bug), the connection
+        is closed after the answers before it, instead of its reply slot staying empty."""
+        try:
+            return route.error(request, version, code, message)
+        except Exception:
+            log.exception("error answering %s v%s from %s with error %s", route.name, version, conn.peer, code)
+            return CLOSE_CONNECTION
 
     def _authorize(self, ctx: RequestContext, route: KafkaRoute, request) -> RequestContext:
         """The context to run the request with (its ``refused`` resources), or raises."""
