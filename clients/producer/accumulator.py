@@ -314,28 +314,22 @@ class RecordAccumulator:
 
     def expired(self, now: float, delivery_timeout: float) -> list[ProducerBatch]:
         """Remove and return queued (not in-flight) batches older than ``delivery_timeout``."""
-        out = []
-        with self.lock:
-            for tp, q in self.queues.items():
-                if tp in self.muted:
-                    continue
-                while q and now - q[0].created >= delivery_timeout:
-                    b = q.popleft()
-                    b.closed = True
-                    if self.open.get(tp) is b:
-                        del self.open[tp]
-                    out.append(b)
-        return out
+        return self._take(lambda b: now - b.created >= delivery_timeout)
 
     def take_queued(self) -> list[ProducerBatch]:
         """Remove and return every queued (not in-flight) batch: the producer cannot send
         them (it was refused a producer id)."""
+        return self._take(lambda b: True)
+
+    def _take(self, due) -> list[ProducerBatch]:
+        """Remove and return, partition by partition, the queued batches from the front of
+        each queue for which ``due(batch)`` holds."""
         out = []
         with self.lock:
             for tp, q in self.queues.items():
                 if tp in self.muted:
                     continue
-                while q:
+                while q and due(q[0]):
                     b = q.popleft()
                     b.closed = True
                     if self.open.get(tp) is b:
