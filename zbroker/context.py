@@ -79,10 +79,11 @@ class Completion(Generic[T]):
     callback registered after settling runs at once.
     """
 
-    __slots__ = ("_callback", "_settled", "value", "error")
+    __slots__ = ("_callback", "_settled", "value", "error", "_on_abandon")
 
     def __init__(self) -> None:
         self._callback: Callable[[Completion[T]], None] | None = None
+        self._on_abandon: Callable[[], None] | None = None
         self._settled = False
         self.value: T | None = None
         self.error: RequestError | None = None
@@ -108,6 +109,21 @@ class Completion(Generic[T]):
         self._callback = callback
         if self._settled:
             self._fire()
+
+    def on_abandon(self, hook: Callable[[], None]) -> None:
+        """What the service that parked this answer frees when nobody waits for it any more."""
+        self._on_abandon = hook
+
+    def abandon(self) -> None:
+        """Nobody waits for this answer any more (its connection closed): the front door's
+        callback is dropped (and with it the connection it holds), and the service's
+        :meth:`on_abandon` hook runs.  What the request did (an append) stands."""
+        if self._settled:
+            return
+        self._callback = None
+        hook, self._on_abandon = self._on_abandon, None
+        if hook is not None:
+            hook()
 
     def _fire(self) -> None:
         callback, self._callback = self._callback, None

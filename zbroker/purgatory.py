@@ -62,6 +62,7 @@ class Purgatory:
         self._watchers: dict[Hashable, list[DelayedOperation]] = defaultdict(list)
         self._deadlines: list[tuple[int, int, DelayedOperation]] = []
         self._seq = itertools.count()
+        self._cancelled = 0  # cancelled operations still in the heap or the watcher lists
 
     def __len__(self) -> int:
         return sum(1 for _, _, op in self._deadlines if not op.done)
@@ -118,6 +119,27 @@ class Purgatory:
                     self._watchers[key] = remaining
                 else:
                     del self._watchers[key]
+
+    def cancel(self, op: DelayedOperation) -> None:
+        """Forget ``op`` without completing it: nobody waits for its answer any more.  Its
+        callbacks (and what they hold) are let go at once; its entries are purged once the
+        cancelled ones are half of all, so they cost O(1) amortised and the purgatory holds
+        at most about twice the operations still waited for."""
+        if op.done:
+            return
+        op.done = True
+        op._try = op._expire = None
+        self._cancelled += 1
+        if self._cancelled > 64 and 2 * self._cancelled > len(self._deadlines):
+            self._deadlines = [entry for entry in self._deadlines if not entry[2].done]
+            heapq.heapify(self._deadlines)
+            for key in list(self._watchers):
+                live = [o for o in self._watchers[key] if not o.done]
+                if live:
+                    self._watchers[key] = live
+                else:
+                    del self._watchers[key]
+            self._cancelled = 0
 
     def next_deadline(self) -> int | None:
         while self._deadlines and self._deadlines[0][2].done:

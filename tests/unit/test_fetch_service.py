@@ -119,6 +119,16 @@ def test_a_long_poll_is_completed_by_an_append_to_its_partition(app):
     assert batches(settle(done).partitions[0]) == [(0, 2)]
 
 
+def test_an_abandoned_long_poll_leaves_the_purgatory(app):
+    before = len(app.purgatory)
+    done = fetch(app, (1, 0), max_wait_ms=1000)
+    assert len(app.purgatory) == before + 1
+    done.abandon()  # its client went away
+    assert len(app.purgatory) == before and not done.done
+    append(app, 1, 2)
+    assert not done.done  # never answered: nobody waits
+
+
 def test_a_long_poll_expires_at_max_wait_with_empty_data(app):
     done = fetch(app, (0, 0), max_wait_ms=1000)
     app.tick(NOW + 999)

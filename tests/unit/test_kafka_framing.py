@@ -325,3 +325,15 @@ def test_api_versions_lists_the_table_and_answers_any_version(conn):
     assert struct.unpack_from(">ihi", first, 4) == (1, 0, 2)
     assert struct.unpack_from(">ihi", second, 4) == (2, 35, 2)
     assert struct.unpack_from(">hhh", first, 14) == (3, 1, 1)
+
+
+def test_answers_parked_for_a_connection_that_closes_are_abandoned(conn, parked):
+    conn.data_received(metadata_v1(1, "later") + metadata_v1(2, "later"), 0)
+    assert len(parked) == 2 and len(conn.parked) == 2
+    freed = []
+    parked[0].on_abandon(lambda: freed.append(1))
+    conn.connection_lost()
+    assert freed == [1] and not conn.parked
+    assert all(p._callback is None for p in parked)  # nothing holds the closed connection any more
+    parked[1].complete({"topics": []})  # settling later is harmless
+    assert conn.transport.sent == []

@@ -84,3 +84,19 @@ def test_call_at_is_a_timer_run_once_its_time_has_passed_or_at_shutdown():
     p.expire(150)
     p.cancel_all(160)
     assert ran == [("b", 149), ("a", 150), ("c", 160)]
+
+
+def test_a_cancelled_operation_lets_go_of_its_callbacks_and_cancelled_ones_are_purged():
+    purgatory = Purgatory()
+    held = []
+    ops = []
+    for i in range(200):
+        op = DelayedOperation(1_000, [("t", 0)], lambda now: False, lambda now: held.append(now))
+        purgatory.park(op, 0)
+        ops.append(op)
+    for op in ops[:150]:
+        purgatory.cancel(op)
+    assert all(op._try is None and op._expire is None for op in ops[:150])
+    assert len(purgatory._deadlines) < 200  # purged once the cancelled were half of all
+    assert len(purgatory) == 50 and purgatory.check(("t", 0), 1) == 0
+    assert purgatory.expire(1_000) == 50 and held == [1_000] * 50  # the cancelled never answer

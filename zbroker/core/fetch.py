@@ -155,7 +155,9 @@ class FetchService:
             done.complete(self._read(req, now)[0])
 
         keys = [(s.topic, s.partition) for s in req.partitions]
-        self.purgatory.park(DelayedOperation(now_ms + req.max_wait_ms, keys, try_complete, on_expire), now_ms)
+        op = DelayedOperation(now_ms + req.max_wait_ms, keys, try_complete, on_expire)
+        if not self.purgatory.park(op, now_ms):
+            done.on_abandon(lambda: self.purgatory.cancel(op))  # its client left: nothing to read for
         return done
 
     def _read(self, req: FetchRequest, now_ms: int) -> tuple[FetchResult, int, bool]:

@@ -107,6 +107,7 @@ def then(answer: Any, build: Callable[[Any], Any]) -> Any:
         done.complete(value)
 
     answer.on_done(settled)
+    done.on_abandon(answer.abandon)  # nobody waits for the answer: nor for what it is built from
     return done
 
 

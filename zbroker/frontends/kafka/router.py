@@ -211,6 +211,7 @@ class KafkaRouter:
             conn.fill(slot, None if answer is NO_REPLY else CLOSE_CONNECTION)
             self.metrics.observe(LISTENER, name, time.perf_counter() - started)
         elif isinstance(answer, Completion):
+            conn.parked.add(answer)
             answer.on_done(lambda done: self._settled(conn, slot, route, request, reply_version, cid, done, started, ctx, throttle))
         else:
             self._answer(conn, slot, route, request, reply_version, cid, answer, started, ctx, throttle, now_ms)
@@ -284,6 +285,7 @@ class KafkaRouter:
         return throttle
 
     def _settled(self, conn, slot, route, request, version, cid, done: Completion, started, ctx=None, throttle=0) -> None:
+        conn.parked.discard(done)
         # runs inside whatever settled ``done`` (the purgatory, a group answering all its
         # members in a loop): an exception here would skip the rest of that work and leave
         # this connection's reply slot empty, holding back every later reply
@@ -369,6 +371,7 @@ class KafkaConnection:
         # the transport's output is not backed up (pause_writing), so the broker holds at
         # most that many replies per connection, whatever the client sends.
         self._pending: deque[bytes] = deque()
+        self.parked: set[Completion] = set()  # answers parked in a service, abandoned if the connection closes
         self._writing_paused = False
         self._running = False
         self._muted_until = 0  # > 0: throttled (a quota), neither read nor run until then
@@ -489,3 +492,6 @@ class KafkaConnection:
         """The peer went away: replies still to come are dropped, requests not run are not."""
         self.closed = True
         self._pending.clear()
+        parked, self.parked = self.parked, set()
+        for answer in parked:  # a long poll or a join nobody waits for: let go of it (and of this connection)
+            answer.abandon()
