@@ -1,0 +1,352 @@
+"""The ingest bridge's logic without sockets: messages -> records, partitions, idempotent batches,
+retries, back-pressure and its counters; time is passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage import decode_batches, decode_native_records, parse_header
+from tests.unit.bridgefakes import AppGateway, IngestConfig, ScriptedGateway
+from tests.unit.servicefakes import START_MS
+from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.ingest import CREATE_POLL_MS, LINGER_MS, MAX_CREATING, PRODUCER_ID_RETRY_MS, IngestBridge
+from zbroker.frontends.bridge.ingest_batches import RETRY_MIN_MS
+from zbroker.hashing import positive_hash_mod
+
+pytestmark = pytest.mark.timeout(30)
+NOW = START_MS
+
+
+def bridge(gateway=None, now=NOW, **config) -> IngestBridge:
+    options = {k: config.pop(k) for k in list(config) if k in ("auto_create_partitions", "max_in_flight_records",
+                                                                "max_in_flight_bytes", "max_batch_bytes", "on_room")}
+    return IngestBridge(IngestConfig(**config), gateway if gateway is not None else ScriptedGateway(), now, **options)
+
+
+def records(produced) -> list[tuple[bytes | None, bytes]]:
+    return [(key, value) for _o, _ts, key, value, _h in decode_native_records(produced.batch)]
+
+
+def header(produced):
+    return parse_header(produced.batch)
+
+
+# -- messages -> records ---------------------------------------------------------------
+
+
+def test_a_message_becomes_a_record_whose_value_is_the_last_frame_after_linger():
+    gw = ScriptedGateway()
+    b = bridge(gw)
+    b.offer([b"ignored", b"v1"], NOW)
+    b.offer([b"v2"], NOW + 1)
+    assert gw.produced == [] and b.next_deadline(NOW + 1) == NOW + LINGER_MS
+    b.tick(NOW + LINGER_MS)
+    [p] = gw.produced
+    assert (p.topic, p.acks) == ("t", -1) and records(p) == [(None, b"v1"), (None, b"v2")]
+    assert b.status(NOW)["in_flight"] == 2
+    p.ok()
+    s = b.status(NOW + LINGER_MS)
+    assert (s["received"], s["stored"], s["in_flight"], s["dropped"], s["failed"]) == (2, 2, 0, 0, 0)
+    assert s["name"] == "sensors" and s["kind"] == "ingest" and s["state"] == "running"
+
+
+def test_topic_from_frame0_and_key_from_a_frame_place_the_record_by_murmur2_of_the_key():
+    gw = ScriptedGateway({"a": 5, "b": 7}, auto_ok=True)
+    b = bridge(gw, topic=None, topic_from="frame0", key_from="frame1")
+    for i in range(20):
+        b.offer([b"a" if i % 2 else b"b", b"k%d" % i, b"middle", b"v%d" % i], NOW)
+    b.tick(NOW + LINGER_MS)
+    placed = {(p.topic, p.partition, k, v) for p in gw.produced for k, v in records(p)}
+    assert len(placed) == 20
+    for topic, partition, key, value in placed:
+        assert partition == positive_hash_mod(key, 5 if topic == "a" else 7) and value.startswith(b"v")
+        assert int(key[1:]) % 2 == (topic == "a")
+    assert b.status(NOW)["stored"] == 20
+
+
+@pytest.mark.parametrize("config, frames", [
+    ({}, []),
+    ({"topic": None, "topic_from": "frame0"}, [b"t"]),
+    ({"topic": None, "topic_from": "frame0", "key_from": "frame1"}, [b"t", b"k"]),
+    ({"key_from": "frame2"}, [b"a", b"b", b"v"]),
+])
+def test_a_message_with_too_few_frames_is_dropped_counted_and_logged(config, frames, caplog):
+    gw = ScriptedGateway(auto_ok=True)
+    b = bridge(gw, **config)
+    b.offer(frames, NOW)
+    b.tick(NOW + LINGER_MS)
+    s = b.status(NOW)
+    assert gw.produced == [] and s["dropped_by_reason"] == {"too_few_frames": 1} and s["received"] == 1
+    assert "dropped a message of %d frame(s)" % len(frames) in caplog.text
+
+
+@pytest.mark.parametrize("topic_frame, why", [(b"\xff\xfe", "not UTF-8"), (b"no spaces", "must be 1-249 characters"),
+                                              (b"__consumer_offsets", "reserved"), (b"", "must be 1-249")])
+def test_a_topic_frame_that_is_no_topic_name_is_dropped_naming_why(topic_frame, why, caplog):
+    gw = ScriptedGateway(auto_ok=True)
+    b = bridge(gw, topic=None, topic_from="frame0")
+    b.offer([topic_frame, b"v"], NOW)
+    assert b.status(NOW)["dropped_by_reason"] == {"bad_topic": 1} and why in caplog.text
+
+
+def test_drop_logs_are_rate_limited_and_the_counter_counts_every_one(caplog):
+    b = bridge(ScriptedGateway(), key_from="frame1")
+    for i in range(1000):
+        b.offer([b"one"], NOW + i)
+    assert b.status(NOW)["dropped"] == 1000
+    assert caplog.text.count("dropped a message") <= 10
+
+
+def test_keyless_records_stick_to_a_partition_until_its_batch_leaves_then_move_on():
+    gw = ScriptedGateway({"t": 3}, auto_ok=True)
+    b = bridge(gw)
+    now = NOW
+    for round_ in range(6):
+        for _ in range(4):
+            b.offer([b"v"], now)
+        now += LINGER_MS
+        b.tick(now)
+    assert [p.partition for p in gw.produced] == [0, 1, 2, 0, 1, 2]
+    assert all(len(records(p)) == 4 for p in gw.produced)
+
+
+# -- unknown topics ---------------------------------------------------------------------
+
+
+def test_an_unknown_topic_without_auto_create_is_dropped_as_unknown_topic(caplog):
+    gw = ScriptedGateway({}, auto_ok=True)
+    b = bridge(gw, topic="nope")
+    b.offer([b"v"], NOW)
+    assert b.status(NOW)["dropped_by_reason"] == {"unknown_topic": 1} and gw.created == []
+    assert "'nope', which does not exist (auto_create_topics is off)" in caplog.text
+
+
+def test_an_unknown_topic_is_auto_created_and_its_messages_wait_for_it():
+    gw = ScriptedGateway({}, auto_ok=True)
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create_partitions=2)
+    b.offer([b"new", b"v1"], NOW)
+    b.offer([b"new", b"v2"], NOW)
+    assert [(n, p) for n, p, _ in gw.created] == [("new", 2)]  # asked once
+    assert b.next_deadline(NOW) == NOW + CREATE_POLL_MS and b.status(NOW)["in_flight"] == 2
+    b.tick(NOW + CREATE_POLL_MS)
+    assert gw.produced == []  # not in the image yet
+    gw.created[0][2].complete(None)
+    gw.topic_counts["new"] = 2
+    b.tick(NOW + 2 * CREATE_POLL_MS)
+    b.tick(NOW + 2 * CREATE_POLL_MS + LINGER_MS)
+    assert [v for p in gw.produced for _, v in records(p)] == [b"v1", b"v2"]
+    assert b.status(NOW)["stored"] == 2
+
+
+def test_a_topic_that_cannot_be_created_fails_its_waiting_messages_with_the_reason(caplog):
+    gw = ScriptedGateway({})
+    b = bridge(gw, topic="denied", auto_create_partitions=1)
+    b.offer([b"v"], NOW)
+    gw.created[0][2].fail_with(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Bridge:sensors may not create denied")
+    b.tick(NOW + CREATE_POLL_MS)
+    s = b.status(NOW)
+    assert s["failed_by_reason"] == {"TOPIC_AUTHORIZATION_FAILED": 1} and s["in_flight"] == 0
+    assert "may not create denied" in caplog.text
+
+
+def test_at_most_max_creating_topics_are_created_at_once():
+    gw = ScriptedGateway({})
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create_partitions=1)
+    for i in range(MAX_CREATING + 3):
+        b.offer([b"topic%d" % i, b"v"], NOW)
+    assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"unknown_topic": 3}
+
+
+# -- idempotent batches, ordering, retries -----------------------------------------------------
+
+
+def test_batches_carry_the_producer_id_and_consecutive_sequences_one_in_flight_per_partition():
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    for i in range(3):
+        b.offer([b"a%d" % i], NOW)
+    b.tick(NOW + LINGER_MS)
+    for i in range(2):
+        b.offer([b"b%d" % i], NOW + LINGER_MS)
+    b.tick(NOW + 3 * LINGER_MS)
+    assert len(gw.produced) == 1  # the second waits for the first: order on the partition
+    gw.produced[0].ok()
+    b.tick(NOW + 4 * LINGER_MS)
+    first, second = gw.produced
+    assert (header(first).producer_id, header(first).base_sequence, header(first).record_count) == (42, 0, 3)
+    assert (header(second).producer_id, header(second).base_sequence, header(second).record_count) == (42, 3, 2)
+
+
+def test_a_retriable_error_resends_the_same_bytes_after_a_back_off():
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    b.offer([b"v"], NOW)
+    b.tick(NOW + LINGER_MS)
+    gw.produced[0].error(ErrorCode.NOT_ENOUGH_REPLICAS)
+    assert b.next_deadline(NOW + LINGER_MS) == NOW + LINGER_MS + RETRY_MIN_MS
+    b.tick(NOW + LINGER_MS + RETRY_MIN_MS - 1)
+    assert len(gw.produced) == 1
+    b.tick(NOW + LINGER_MS + RETRY_MIN_MS)
+    assert len(gw.produced) == 2 and gw.produced[1].batch == gw.produced[0].batch
+    gw.produced[1].done.fail_with(ErrorCode.REQUEST_TIMED_OUT, "late")  # the gateway's own failure counts the same
+    b.tick(NOW + 10_000)
+    assert gw.produced[2].batch == gw.produced[0].batch
+    gw.produced[2].ok()
+    s = b.status(NOW)
+    assert (s["stored"], s["failed"], s["in_flight"]) == (1, 0, 0)
+
+
+def test_a_definitive_error_fails_the_batch_and_the_next_batch_reuses_its_sequence(caplog):
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    b.offer([b"x" * 10], NOW)
+    b.tick(NOW + LINGER_MS)
+    gw.produced[0].error(ErrorCode.MESSAGE_TOO_LARGE, "batch too big")
+    b.offer([b"y"], NOW + LINGER_MS)
+    b.tick(NOW + 2 * LINGER_MS)
+    assert header(gw.produced[1]).base_sequence == 0
+    s = b.status(NOW)
+    assert s["failed_by_reason"] == {"MESSAGE_TOO_LARGE": 1} and s["in_flight"] == 1
+    assert "were not stored: MESSAGE_TOO_LARGE batch too big" in caplog.text
+
+
+def test_out_of_order_sequence_takes_a_new_producer_id_and_reseals_from_sequence_0():
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    b.offer([b"a"], NOW)
+    b.tick(NOW + LINGER_MS)
+    gw.produced[0].ok()
+    b.offer([b"b"], NOW + LINGER_MS)
+    b.tick(NOW + 2 * LINGER_MS)
+    assert header(gw.produced[1]).base_sequence == 1
+    gw.produced[1].error(ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER)
+    assert len(gw.pid_asks) == 2
+    b.tick(NOW + 3 * LINGER_MS)
+    again = gw.produced[2]
+    assert (header(again).producer_id, header(again).base_sequence) == (43, 0) and records(again) == [(None, b"b")]
+
+
+def test_nothing_is_sent_until_the_producer_id_comes_and_a_failed_ask_is_retried():
+    gw = ScriptedGateway({"t": 1}, pid=None)
+    b = bridge(gw)
+    b.offer([b"v"], NOW)
+    b.tick(NOW + LINGER_MS)
+    assert gw.produced == [] and b.status(NOW)["state"] == "starting"
+    gw.pid_asks[0].fail_with(ErrorCode.COORDINATOR_NOT_AVAILABLE, "no controller")
+    assert b.next_deadline(NOW + LINGER_MS) == NOW + LINGER_MS + PRODUCER_ID_RETRY_MS
+    b.tick(NOW + LINGER_MS + PRODUCER_ID_RETRY_MS)
+    assert len(gw.pid_asks) == 2
+    gw._pid = 9
+    gw.pid_asks[1].complete(gw.producer_id(NOW).value)
+    b.tick(NOW + 2 * PRODUCER_ID_RETRY_MS)
+    assert len(gw.produced) == 1 and b.status(NOW)["state"] == "running"
+
+
+# -- back-pressure and bounds ----------------------------------------------------------------
+
+
+def test_has_room_turns_false_at_the_in_flight_bound_sends_everything_and_calls_on_room_when_back():
+    gw = ScriptedGateway({"t": 2})
+    rooms = []
+    b = bridge(gw, max_in_flight_records=10, on_room=lambda: rooms.append(1))
+    for i in range(10):
+        assert b.has_room()
+        b.offer([b"k%d" % i, b"v"], NOW)  # no key: sticky
+    assert not b.has_room() and b.status(NOW)["state"] == "back-pressure"
+    assert sum(len(records(p)) for p in gw.produced) == 10  # sent at once, not after the linger
+    gw.produced[0].ok()
+    assert rooms == [1] and b.has_room()
+
+
+def test_the_byte_bound_counts_too():
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw, max_in_flight_bytes=1000)
+    b.offer([b"x" * 600], NOW)
+    assert b.has_room()
+    b.offer([b"x" * 600], NOW)
+    assert not b.has_room()
+
+
+def test_a_sub_bridge_drops_what_does_not_fit_counted_as_buffer_full(caplog):
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw, socket="sub", max_in_flight_records=5)
+    for _ in range(8):
+        b.offer([b"v"], NOW)
+    s = b.status(NOW)
+    assert (s["received"], s["in_flight"], s["dropped_by_reason"], s["state"]) == (8, 5, {"buffer_full": 3}, "dropping")
+    assert "its buffer is full" in caplog.text
+
+
+def test_close_sends_what_is_open_and_logs_what_is_left(caplog):
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    b.offer([b"v"], NOW)
+    b.close(NOW + 1)
+    assert len(gw.produced) == 1 and "closed with 1 record(s) taken off its socket and not stored" in caplog.text
+    gw.produced[0].ok()  # an answer after close changes nothing
+    assert b.status(NOW)["state"] == "closed"
+
+
+# -- over a real App (conftest's: topic t of 2 partitions): the produce service's sequence checks ------
+
+
+def stored(app, topic="t"):
+    out = []
+    for index in range(len(app.control.image.get(topic).partitions)):
+        log = app.partitions.get((topic, index)).log
+        out += [(r[4], r[5]) for r in decode_batches(log.read(0, 1 << 24).data, topic, index)]
+    return out
+
+
+@pytest.mark.parametrize("acks", [0, 1, -1])
+def test_over_a_real_app_every_message_is_stored_once(app, acks):
+    b = bridge(AppGateway(app), acks=acks, max_in_flight_records=100, key_from="frame0")
+    now = NOW
+    for i in range(1000):
+        while not b.has_room():
+            now += 1
+            b.tick(now)
+        b.offer([b"k%d" % (i % 7), b"v%d" % i], now)
+    b.tick(now + LINGER_MS)
+    s = b.status(now)
+    assert (s["stored"], s["in_flight"], s["failed"]) == (1000, 0, 0)
+    got = stored(app)
+    assert sorted(v for _, v in got) == sorted(b"v%d" % i for i in range(1000))
+    for key in {k for k, _ in got}:  # per key: in order
+        values = [int(v[1:]) for k, v in got if k == key]
+        assert values == sorted(values)
+
+
+def test_over_a_real_app_a_batch_resent_after_a_lost_answer_is_not_stored_twice(app):
+    gateway = AppGateway(app)
+    real = gateway.produce
+    lost = []
+
+    def lose_first_answer(*args):
+        done = real(*args)
+        if not lost:
+            lost.append(done.value)
+            from zbroker.context import Completion
+            timed_out = Completion()
+            timed_out.fail_with(ErrorCode.REQUEST_TIMED_OUT, "the answer was lost")
+            return timed_out
+        return done
+
+    gateway.produce = lose_first_answer
+    b = bridge(gateway)
+    b.sender._produce = lose_first_answer
+    for i in range(5):
+        b.offer([b"v%d" % i], NOW)
+    b.tick(NOW + LINGER_MS)
+    b.tick(NOW + LINGER_MS + RETRY_MIN_MS)
+    assert b.status(NOW)["stored"] == 5
+    assert len(stored(app)) == 5  # the retry was acknowledged as a duplicate
+
+
+def test_over_a_real_app_an_unknown_topic_is_auto_created(app):
+    b = bridge(AppGateway(app), topic=None, topic_from="frame0", auto_create_partitions=3)
+    b.offer([b"fresh", b"v"], NOW)
+    for step in range(1, 5):
+        b.tick(NOW + step * CREATE_POLL_MS)
+    assert b.status(NOW)["stored"] == 1 and stored(app, "fresh") == [(None, b"v")]
+

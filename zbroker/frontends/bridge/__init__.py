@@ -1,0 +1,1 @@
+"""The bridge front door: plain ZeroMQ applications in and out, and mirrors of other clusters."""

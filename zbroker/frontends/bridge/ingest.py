@@ -1,0 +1,323 @@
+"""An ingest bridge: multipart messages from a plain ZeroMQ socket become records (sans-IO).
+
+The socket (``pull``, ``sub`` or ``xsub``) lives in :mod:`zbroker.net.bridge_sockets`; the
+server hands each message it receives to :meth:`IngestBridge.offer` and asks
+:meth:`IngestBridge.has_room` before taking the next one off a PULL socket.
+
+A message ``[frame0, frame1, ..., last]`` becomes one record:
+
+- topic: the bridge's ``topic``, or with ``topic_from = "frame0"`` frame 0 (UTF-8, a valid
+  topic name);
+- key: frame N with ``key_from = "frameN"`` (frames indexed as received), else none;
+- value: the last frame, which is never the topic's or the key's frame: a message needs
+  ``max(used index) + 2`` frames (1 without topic_from and key_from); frames between are
+  ignored;
+- timestamp: when the broker took it off the socket.
+
+A message that cannot become a record is dropped and counted by reason (``too_few_frames``,
+``bad_topic``, ``unknown_topic``, ``buffer_full``) with a rate-limited log line naming what
+was wrong.  A topic that does not exist is created as a producer's would be: when
+``[cluster] auto_create_topics`` is on (``auto_create_partitions`` given) and the bridge's
+principal may create it -- its messages wait for the creation, at most
+:data:`MAX_CREATING` topics at once; otherwise its messages are dropped as ``unknown_topic``.
+
+Partition: keyed records by murmur2 of the key (:func:`zbroker.hashing.positive_hash_mod`,
+what the clients and Kafka's default partitioner do); keyless ones stick to one partition
+of the topic until its batch is sent, then move to the next (round robin).
+
+Batches, retries and idempotence: :mod:`zbroker.frontends.bridge.ingest_batches`.  A
+record is *in flight* from the moment it is taken off the socket until it is stored or
+has failed; the bridge holds at most ``max_in_flight_records`` records and
+``max_in_flight_bytes`` bytes (plus one message) in flight.  :meth:`has_room` says whether
+it can take another; once it says no, every open batch is sent at once, and ``on_room``
+is called when room comes back.  A PULL listener stops reading meanwhile (the senders'
+ZeroMQ queues fill to their high-water mark and their sends block: back-pressure, nothing
+dropped); a SUB or XSUB listener keeps draining its socket and :meth:`offer` drops what
+does not fit, counted as ``buffer_full``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from zbroker.context import Completion
+from zbroker.control.metadata import topic_name_problem
+from zbroker.frontends.bridge.ingest_batches import BatchSender, PartitionQueue, error_name, record_size
+from zbroker.hashing import positive_hash_mod
+from zbroker.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+LINGER_MS = 5
+MAX_BATCH_BYTES = 256 << 10
+MAX_IN_FLIGHT_BYTES = 32 << 20
+PRODUCE_TIMEOUT_MS = 30_000
+MAX_CREATING = 8  # topics being auto-created at once; messages for more are dropped (unknown_topic)
+PRODUCER_ID_RETRY_MS = 500
+CREATE_POLL_MS = 50  # how often a topic being created is looked for in the metadata image
+
+
+def frame_index(spec: str | None) -> int | None:
+    """``"frameN"`` -> N (config values: ``topic_from``, ``key_from``); None -> None."""
+    if spec is None:
+        return None
+    if not spec.startswith("frame") or not spec[5:].isdigit():
+        raise ValueError(f"expected frameN (frame0, frame1, ...), got {spec!r}")
+    return int(spec[5:])
+
+
+class IngestBridge:
+    """One ingest bridge's logic (see the module docstring)."""
+
+    kind = "ingest"
+
+    def __init__(self, config: Any, gateway: Any, now_ms: int, *, auto_create_partitions: int | None = None,
+                 max_in_flight_records: int | None = None, max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
+                 linger_ms: int = LINGER_MS, max_batch_bytes: int = MAX_BATCH_BYTES, timeout_ms: int = PRODUCE_TIMEOUT_MS,
+                 on_room: Callable[[], None] | None = None) -> None:
+        """``config``: the bridge's :class:`~zbroker.bridge_config.BridgeConfig`; ``gateway``: its
+        :class:`~zbroker.frontends.bridge.gateway.Gateway`; ``max_in_flight_records`` defaults to
+        the bridge's ``hwm``; ``on_room()`` is called when :meth:`has_room` turns true again."""
+        self.config = config
+        self.name = config.name
+        self.gateway = gateway
+        self.lossy = config.socket != "pull"  # sub/xsub: always drained, drops counted
+        self.topic_index = frame_index(config.topic_from)
+        self.key_index = frame_index(config.key_from)
+        used = [i for i in (self.topic_index, self.key_index) if i is not None]
+        self.min_frames = max(used) + 2 if used else 1
+        self.auto_create_partitions = auto_create_partitions
+        self.max_records = max_in_flight_records or config.hwm
+        self.max_bytes = max_in_flight_bytes
+        self.on_room = on_room
+        self.sender = BatchSender(gateway.produce, config.acks, timeout_ms, max_batch_bytes, linger_ms, self, self._exists)
+        self.received = self.stored = 0
+        self.dropped: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+        self.in_flight = self.in_flight_bytes = 0
+        self._sticky: dict[str, int] = {}
+        self._creating: dict[str, list[tuple[int, bytes | None, bytes]]] = {}  # topic -> its waiting records
+        self._create_failed: dict[str, str] = {}
+        self._pid_wanted_at: int | None = now_ms
+        self._pid_asking = False
+        self._now = now_ms
+        self._closed = False
+        self._log = RateLimitedLog(log, burst=10, window_s=10.0)
+        self._ask_producer_id(now_ms)
+
+    # -- input -------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        """Whether another message can be taken (records and bytes in flight under their bounds)."""
+        return self.in_flight < self.max_records and self.in_flight_bytes < self.max_bytes
+
+    def offer(self, frames: list[bytes], now_ms: int) -> None:
+        """One multipart message off the socket: a record, or a counted drop."""
+        self._now = self.sender.now_ms = now_ms
+        self.received += 1
+        if len(frames) < self.min_frames:
+            self._drop("too_few_frames", "a message of %d frame(s); this bridge needs at least %d (topic_from=%s, key_from=%s)",
+                       len(frames), self.min_frames, self.config.topic_from, self.config.key_from)
+            return
+        if not self.has_room():  # only a lossy socket is read while there is no room
+            self._drop("buffer_full", "its buffer is full (%d records, %d bytes in flight): the store does not keep up",
+                       self.in_flight, self.in_flight_bytes)
+            return
+        if self.topic_index is None:
+            topic = self.config.topic
+        else:
+            try:
+                topic = frames[self.topic_index].decode()
+            except UnicodeDecodeError:
+                topic = None
+            problem = "frame %d is not UTF-8" % self.topic_index if topic is None else topic_name_problem(topic)
+            if problem is not None:
+                self._drop("bad_topic", "a message whose topic frame is no topic name: %s", problem)
+                return
+        key = frames[self.key_index] if self.key_index is not None else None
+        value = frames[-1]
+        size = record_size(key, value)
+        count = self.gateway.partition_count(topic)
+        if count is None:
+            if not self._await_topic(topic, (now_ms, key, value), size, now_ms):
+                return
+        else:
+            self._place(topic, count, (now_ms, key, value), size, now_ms)
+        self.in_flight += 1
+        self.in_flight_bytes += size
+        if not self.has_room():
+            self.sender.send_ready(now_ms, urgent=True)
+
+    def _place(self, topic: str, count: int, record: tuple[int, bytes | None, bytes], size: int, now_ms: int) -> None:
+        key = record[1]
+        if key is not None:
+            partition = positive_hash_mod(key, count)
+        else:  # sticky: the same partition until its open records leave in a batch, then the next
+            partition = self._sticky.get(topic, -1)
+            if partition < 0 or partition >= count or not self.sender.queue(topic, partition).open:
+                partition = self._sticky[topic] = (partition + 1) % count
+        q = self.sender.queue(topic, partition)
+        q.add(record, size, now_ms)
+        if q.open_bytes >= self.sender.max_batch_bytes and q.batch is None and self.sender.producer_id is not None:
+            self.sender.seal(q, now_ms)
+
+    def _await_topic(self, topic: str, record, size: int, now_ms: int) -> bool:
+        """Park ``record`` until ``topic`` is created; False (counted) if it will not be."""
+        waiting = self._creating.get(topic)
+        if waiting is None:
+            if self.auto_create_partitions is None:
+                self._drop("unknown_topic", "a message for topic %r, which does not exist (auto_create_topics is off)", topic)
+                return False
+            if len(self._creating) >= MAX_CREATING:
+                self._drop("unknown_topic", "a message for topic %r, which does not exist: %d topics are being created already",
+                           topic, MAX_CREATING)
+                return False
+            waiting = self._creating[topic] = []
+            self._create(topic, now_ms)
+        waiting.append(record)
+        return True
+
+    def _create(self, topic: str, now_ms: int) -> None:
+        log.info("bridge %s: creating topic %s (partitions=%s), which a message named", self.name, topic,
+                 self.auto_create_partitions)
+        try:
+            done = self.gateway.create_topic(topic, self.auto_create_partitions, {}, now_ms)
+        except Exception as exc:
+            done = Completion()
+            done.fail_with(-1, f"{type(exc).__name__}: {exc}")
+
+        def created(c: Completion) -> None:
+            if c.error is not None and topic in self._creating:
+                self._create_failed[topic] = f"{error_name(c.error.code)}: {c.error.message}"
+
+        done.on_done(created)
+
+    def _settle_creations(self, now_ms: int) -> None:
+        for topic in list(self._creating):
+            count = self.gateway.partition_count(topic)
+            failed = self._create_failed.pop(topic, None)
+            if count is None and failed is None:
+                continue
+            waiting = self._creating.pop(topic)
+            for record in waiting:
+                size = record_size(record[1], record[2])
+                if count is None:
+                    self.failed[_reason(failed)] = self.failed.get(_reason(failed), 0) + 1
+                    self._release(1, size)
+                else:
+                    self._place(topic, count, record, size, now_ms)
+            if count is None:
+                self._log.log(now_ms / 1000, "create_failed", logging.WARNING,
+                              "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
+                              self.name, len(waiting), topic, failed)
+
+    def _exists(self, topic: str, partition: int) -> bool:
+        count = self.gateway.partition_count(topic)
+        return count is not None and partition < count
+
+    def _drop(self, reason: str, msg: str, *args) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self._log.log(self._now / 1000, "drop_" + reason, logging.WARNING, "bridge %s dropped " + msg, self.name, *args)
+
+    def _release(self, count: int, size: int) -> None:
+        full = not self.has_room()
+        self.in_flight -= count
+        self.in_flight_bytes -= size
+        if full and self.has_room() and self.on_room is not None and not self._closed:
+            self.on_room()
+
+    # -- the sender's outcomes (ingest_batches.Outcome) ----------------------------
+
+    def on_stored(self, queue: PartitionQueue, count: int, size: int) -> None:
+        self.stored += count
+        self._release(count, size)
+        if not self.sender.busy:  # an answer that came later: the partition's next batch may leave now
+            while self.sender.ready(queue, self._now, urgent=not self.has_room()):
+                self.sender.seal(queue, self._now)
+
+    def on_failed(self, queue: PartitionQueue, count: int, size: int, reason: str, message: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + count
+        self._log.log(self._now / 1000, "failed", logging.WARNING, "bridge %s: %d record(s) for %s-%d were not stored: %s %s",
+                      self.name, count, queue.topic, queue.partition, reason, message)
+        self._release(count, size)
+
+    def on_retry(self, queue: PartitionQueue, reason: str, message: str) -> None:
+        self._log.log(self._now / 1000, "retry", logging.INFO, "bridge %s: retrying a batch for %s-%d: %s %s",
+                      self.name, queue.topic, queue.partition, reason, message)
+
+    def on_resequence(self, producer_id: int) -> None:
+        log.warning("bridge %s: producer id %d is out of sequence on the broker; taking a new one", self.name, producer_id)
+        self._pid_wanted_at = self._now
+        self._ask_producer_id(self._now)
+
+    def _ask_producer_id(self, now_ms: int) -> None:
+        if self._pid_asking or self._closed:
+            return
+        self._pid_asking = True
+        self._pid_wanted_at = None
+        try:
+            done = self.gateway.producer_id(now_ms)
+        except Exception as exc:
+            done = Completion()
+            done.fail_with(-1, f"{type(exc).__name__}: {exc}")
+
+        def answered(c: Completion) -> None:
+            self._pid_asking = False
+            if c.error is None:
+                self.sender.set_producer(c.value.producer_id, c.value.producer_epoch)
+            else:
+                self._pid_wanted_at = self._now + PRODUCER_ID_RETRY_MS
+                self._log.log(self._now / 1000, "producer_id", logging.WARNING, "bridge %s: no producer id yet: %s",
+                              self.name, c.error.message)
+
+        done.on_done(answered)
+
+    # -- timers ------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        self._now = self.sender.now_ms = now_ms
+        if self._pid_wanted_at is not None and now_ms >= self._pid_wanted_at:
+            self._ask_producer_id(now_ms)
+        if self._creating:
+            self._settle_creations(now_ms)
+        self.sender.send_ready(now_ms, urgent=not self.has_room())
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        due = self.sender.next_deadline()
+        for at in (self._pid_wanted_at, now_ms + CREATE_POLL_MS if self._creating else None):
+            if at is not None and (due is None or at < due):
+                due = at
+        return due
+
+    def close(self, now_ms: int) -> None:
+        """Send what is open (a local acks 0/1 append completes at once); forget the rest, logged."""
+        self.tick(now_ms)
+        self.sender.send_ready(now_ms, urgent=True)
+        self._closed = True
+        count, _ = self.sender.abandon()
+        count += sum(len(w) for w in self._creating.values())
+        if count:
+            log.warning("bridge %s closed with %d record(s) taken off its socket and not stored", self.name, count)
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self, now_ms: int) -> dict:
+        c = self.config
+        if self._closed:
+            state = "closed"
+        elif self.sender.producer_id is None:
+            state = "starting"
+        elif not self.has_room():
+            state = "dropping" if self.lossy else "back-pressure"
+        else:
+            state = "running"
+        return {"name": self.name, "kind": self.kind, "socket": c.socket, "endpoint": c.endpoint, "bind": c.bind,
+                "acks": "all" if c.acks == -1 else c.acks, "state": state, "received": self.received, "stored": self.stored,
+                "dropped": sum(self.dropped.values()), "dropped_by_reason": dict(self.dropped),
+                "failed": sum(self.failed.values()), "failed_by_reason": dict(self.failed), "in_flight": self.in_flight,
+                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records}
+
+
+def _reason(failed: str | None) -> str:
+    return (failed or "create_failed").split(":", 1)[0]
