@@ -30,12 +30,15 @@ import time
 import zmq
 
 from zbroker.config import ClusterConfig, ConfigError
+from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
+from zbroker.frontends.bridge.ingest import IngestBridge
 from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
-from zbroker.net.zap import CLIENT, GOSSIP, PEER, ZapHandler
+from zbroker.net.bridge_sockets import IngestSocket
+from zbroker.net.zap import BRIDGE, CLIENT, GOSSIP, PEER, ZapHandler
 from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode
 from zbroker.protocol import broker_identity
@@ -144,6 +147,22 @@ class Server:
         node.app.bridges = host
         self.bridge_host = host
         self.loop.add_timer(host)
+        self._ingest_bridges(ctx, node, keys, host)
+
+    def _ingest_bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, host: BridgeHost) -> None:
+        """Each ingest bridge this broker runs: its socket (a loop listener) feeds its
+        :class:`IngestBridge`, which pauses a PULL socket while it has no room."""
+        for bridge in self.config.bridges:
+            if not bridge.ingest or bridge.broker != self.broker_id:
+                continue
+            ingest = IngestBridge(bridge, Gateway(node.app, node.peers, bridge.principal, bridge.name), now_ms(),
+                                  auto_create=self.config.setting("auto_create_topics"))
+            curve = CurveKeys(keys.public, keys.secret, BRIDGE) if bridge.uses_curve(self.config.security.curve) else None
+            sock = IngestSocket(ctx, self.loop, bridge, self.config.setting("max_request_bytes"),
+                                lambda frames, ingest=ingest: ingest.offer(frames, now_ms()), ingest.has_room, curve)
+            ingest.on_room = sock.resume
+            self.loop.add_listener(sock)
+            host.add(ingest)
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""

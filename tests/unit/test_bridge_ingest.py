@@ -6,21 +6,25 @@ from __future__ import annotations
 import pytest
 
 from storage import decode_batches, decode_native_records, parse_header
-from tests.unit.bridgefakes import AppGateway, IngestConfig, ScriptedGateway
+from tests.unit.bridgefakes import ScriptedGateway, ingest_config
 from tests.unit.servicefakes import START_MS
+from zbroker.config import single_node_config
+from zbroker.context import Completion
 from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.ingest import CREATE_POLL_MS, LINGER_MS, MAX_CREATING, PRODUCER_ID_RETRY_MS, IngestBridge
 from zbroker.frontends.bridge.ingest_batches import RETRY_MIN_MS
 from zbroker.hashing import positive_hash_mod
+from zbroker.node import BrokerNode
 
 pytestmark = pytest.mark.timeout(30)
 NOW = START_MS
 
 
 def bridge(gateway=None, now=NOW, **config) -> IngestBridge:
-    options = {k: config.pop(k) for k in list(config) if k in ("auto_create_partitions", "max_in_flight_records",
+    options = {k: config.pop(k) for k in list(config) if k in ("auto_create", "max_in_flight_records",
                                                                 "max_in_flight_bytes", "max_batch_bytes", "on_room")}
-    return IngestBridge(IngestConfig(**config), gateway if gateway is not None else ScriptedGateway(), now, **options)
+    return IngestBridge(ingest_config(**config), gateway if gateway is not None else ScriptedGateway(), now, **options)
 
 
 def records(produced) -> list[tuple[bytes | None, bytes]]:
@@ -123,10 +127,10 @@ def test_an_unknown_topic_without_auto_create_is_dropped_as_unknown_topic(caplog
 
 def test_an_unknown_topic_is_auto_created_and_its_messages_wait_for_it():
     gw = ScriptedGateway({}, auto_ok=True)
-    b = bridge(gw, topic=None, topic_from="frame0", auto_create_partitions=2)
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True)
     b.offer([b"new", b"v1"], NOW)
     b.offer([b"new", b"v2"], NOW)
-    assert [(n, p) for n, p, _ in gw.created] == [("new", 2)]  # asked once
+    assert [(n, p) for n, p, _ in gw.created] == [("new", None)]  # asked once, for the default partitions
     assert b.next_deadline(NOW) == NOW + CREATE_POLL_MS and b.status(NOW)["in_flight"] == 2
     b.tick(NOW + CREATE_POLL_MS)
     assert gw.produced == []  # not in the image yet
@@ -140,7 +144,7 @@ def test_an_unknown_topic_is_auto_created_and_its_messages_wait_for_it():
 
 def test_a_topic_that_cannot_be_created_fails_its_waiting_messages_with_the_reason(caplog):
     gw = ScriptedGateway({})
-    b = bridge(gw, topic="denied", auto_create_partitions=1)
+    b = bridge(gw, topic="denied", auto_create=True)
     b.offer([b"v"], NOW)
     gw.created[0][2].fail_with(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Bridge:sensors may not create denied")
     b.tick(NOW + CREATE_POLL_MS)
@@ -151,7 +155,7 @@ def test_a_topic_that_cannot_be_created_fails_its_waiting_messages_with_the_reas
 
 def test_at_most_max_creating_topics_are_created_at_once():
     gw = ScriptedGateway({})
-    b = bridge(gw, topic=None, topic_from="frame0", auto_create_partitions=1)
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True)
     for i in range(MAX_CREATING + 3):
         b.offer([b"topic%d" % i, b"v"], NOW)
     assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"unknown_topic": 3}
@@ -287,66 +291,86 @@ def test_close_sends_what_is_open_and_logs_what_is_left(caplog):
     assert b.status(NOW)["state"] == "closed"
 
 
-# -- over a real App (conftest's: topic t of 2 partitions): the produce service's sequence checks ------
+# -- over a real sans-IO broker and the real gateway: the produce service's sequence checks ------------
 
 
-def stored(app, topic="t"):
-    out = []
-    for index in range(len(app.control.image.get(topic).partitions)):
-        log = app.partitions.get((topic, index)).log
-        out += [(r[4], r[5]) for r in decode_batches(log.read(0, 1 << 24).data, topic, index)]
-    return out
+class Broker:
+    """A single-node BrokerNode with topic ``t`` of 2 partitions; ``run`` steps bridge and node together."""
+
+    def __init__(self, data_dir) -> None:
+        self.now = NOW
+        self.node = BrokerNode(single_node_config(str(data_dir)), 1, NOW)
+        self.app = self.node.app
+        self.gateway = Gateway(self.app, self.node.peers, "Bridge:sensors")
+        self.gateway.create_topic("t", 2, {}, NOW)
+        self.step()
+        assert self.gateway.partition_count("t") == 2
+
+    def step(self, bridge=None) -> None:
+        self.now += 1
+        self.node.tick(self.now)
+        if bridge is not None:
+            bridge.tick(self.now)
+
+    def stored(self, topic="t") -> list[tuple[bytes | None, bytes]]:
+        out = []
+        for index in range(self.gateway.partition_count(topic)):
+            log = self.app.partitions.get((topic, index)).log
+            out += [(r[4], r[5]) for r in decode_batches(log.read(0, 1 << 24).data, topic, index)]
+        return out
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "d")
+    yield b
+    b.node.close(b.now)
 
 
 @pytest.mark.parametrize("acks", [0, 1, -1])
-def test_over_a_real_app_every_message_is_stored_once(app, acks):
-    b = bridge(AppGateway(app), acks=acks, max_in_flight_records=100, key_from="frame0")
-    now = NOW
+def test_over_a_real_broker_every_message_is_stored_once_in_order_per_key(broker, acks):
+    b = bridge(broker.gateway, acks=acks, max_in_flight_records=100, key_from="frame0")
     for i in range(1000):
         while not b.has_room():
-            now += 1
-            b.tick(now)
-        b.offer([b"k%d" % (i % 7), b"v%d" % i], now)
-    b.tick(now + LINGER_MS)
-    s = b.status(now)
+            broker.step(b)
+        b.offer([b"k%d" % (i % 7), b"v%d" % i], broker.now)
+    for _ in range(LINGER_MS + 2):
+        broker.step(b)
+    s = b.status(broker.now)
     assert (s["stored"], s["in_flight"], s["failed"]) == (1000, 0, 0)
-    got = stored(app)
+    got = broker.stored()
     assert sorted(v for _, v in got) == sorted(b"v%d" % i for i in range(1000))
-    for key in {k for k, _ in got}:  # per key: in order
+    for key in {k for k, _ in got}:
         values = [int(v[1:]) for k, v in got if k == key]
         assert values == sorted(values)
 
 
-def test_over_a_real_app_a_batch_resent_after_a_lost_answer_is_not_stored_twice(app):
-    gateway = AppGateway(app)
-    real = gateway.produce
-    lost = []
+def test_over_a_real_broker_a_batch_resent_after_a_lost_answer_is_not_stored_twice(broker):
+    real = broker.gateway.produce
+    calls = []
 
     def lose_first_answer(*args):
         done = real(*args)
-        if not lost:
-            lost.append(done.value)
-            from zbroker.context import Completion
-            timed_out = Completion()
-            timed_out.fail_with(ErrorCode.REQUEST_TIMED_OUT, "the answer was lost")
-            return timed_out
+        calls.append(done.value)
+        if len(calls) == 1:  # stored, but the answer never comes back
+            done = Completion()
+            done.fail_with(ErrorCode.REQUEST_TIMED_OUT, "the answer was lost")
         return done
 
-    gateway.produce = lose_first_answer
-    b = bridge(gateway)
-    b.sender._produce = lose_first_answer
+    broker.gateway.produce = lose_first_answer
+    b = bridge(broker.gateway)
     for i in range(5):
-        b.offer([b"v%d" % i], NOW)
-    b.tick(NOW + LINGER_MS)
-    b.tick(NOW + LINGER_MS + RETRY_MIN_MS)
-    assert b.status(NOW)["stored"] == 5
-    assert len(stored(app)) == 5  # the retry was acknowledged as a duplicate
+        b.offer([b"v%d" % i], broker.now)
+    for _ in range(LINGER_MS + RETRY_MIN_MS + 2):
+        broker.step(b)
+    assert len(calls) == 2 and calls[0].base_offset == calls[1].base_offset  # acknowledged as the duplicate it is
+    assert b.status(broker.now)["stored"] == 5 and len(broker.stored()) == 5
 
 
-def test_over_a_real_app_an_unknown_topic_is_auto_created(app):
-    b = bridge(AppGateway(app), topic=None, topic_from="frame0", auto_create_partitions=3)
-    b.offer([b"fresh", b"v"], NOW)
-    for step in range(1, 5):
-        b.tick(NOW + step * CREATE_POLL_MS)
-    assert b.status(NOW)["stored"] == 1 and stored(app, "fresh") == [(None, b"v")]
-
+def test_over_a_real_broker_an_unknown_topic_is_auto_created_with_the_default_partitions(broker):
+    b = bridge(broker.gateway, topic=None, topic_from="frame0", auto_create=True)
+    b.offer([b"fresh", b"v"], broker.now)
+    for _ in range(3 * CREATE_POLL_MS):
+        broker.step(b)
+    assert b.status(broker.now)["stored"] == 1 and broker.stored("fresh") == [(None, b"v")]
+    assert broker.gateway.partition_count("fresh") == broker.app.config.default_partitions()

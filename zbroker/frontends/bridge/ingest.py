@@ -17,8 +17,8 @@ A message ``[frame0, frame1, ..., last]`` becomes one record:
 A message that cannot become a record is dropped and counted by reason (``too_few_frames``,
 ``bad_topic``, ``unknown_topic``, ``buffer_full``) with a rate-limited log line naming what
 was wrong.  A topic that does not exist is created as a producer's would be: when
-``[cluster] auto_create_topics`` is on (``auto_create_partitions`` given) and the bridge's
-principal may create it -- its messages wait for the creation, at most
+``[cluster] auto_create_topics`` is on (``auto_create``), with the cluster's default
+partition count, if the bridge's principal may create it -- its messages wait for the creation, at most
 :data:`MAX_CREATING` topics at once; otherwise its messages are dropped as ``unknown_topic``.
 
 Partition: keyed records by murmur2 of the key (:func:`zbroker.hashing.positive_hash_mod`,
@@ -58,21 +58,12 @@ PRODUCER_ID_RETRY_MS = 500
 CREATE_POLL_MS = 50  # how often a topic being created is looked for in the metadata image
 
 
-def frame_index(spec: str | None) -> int | None:
-    """``"frameN"`` -> N (config values: ``topic_from``, ``key_from``); None -> None."""
-    if spec is None:
-        return None
-    if not spec.startswith("frame") or not spec[5:].isdigit():
-        raise ValueError(f"expected frameN (frame0, frame1, ...), got {spec!r}")
-    return int(spec[5:])
-
-
 class IngestBridge:
     """One ingest bridge's logic (see the module docstring)."""
 
     kind = "ingest"
 
-    def __init__(self, config: Any, gateway: Any, now_ms: int, *, auto_create_partitions: int | None = None,
+    def __init__(self, config: Any, gateway: Any, now_ms: int, *, auto_create: bool = False,
                  max_in_flight_records: int | None = None, max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
                  linger_ms: int = LINGER_MS, max_batch_bytes: int = MAX_BATCH_BYTES, timeout_ms: int = PRODUCE_TIMEOUT_MS,
                  on_room: Callable[[], None] | None = None) -> None:
@@ -83,11 +74,11 @@ class IngestBridge:
         self.name = config.name
         self.gateway = gateway
         self.lossy = config.socket != "pull"  # sub/xsub: always drained, drops counted
-        self.topic_index = frame_index(config.topic_from)
-        self.key_index = frame_index(config.key_from)
+        self.topic_index = 0 if config.topic_from is not None else None  # "frame0", the one choice
+        self.key_index = config.key_frame
         used = [i for i in (self.topic_index, self.key_index) if i is not None]
         self.min_frames = max(used) + 2 if used else 1
-        self.auto_create_partitions = auto_create_partitions
+        self.auto_create = auto_create
         self.max_records = max_in_flight_records or config.hwm
         self.max_bytes = max_in_flight_bytes
         self.on_room = on_room
@@ -166,7 +157,7 @@ class IngestBridge:
         """Park ``record`` until ``topic`` is created; False (counted) if it will not be."""
         waiting = self._creating.get(topic)
         if waiting is None:
-            if self.auto_create_partitions is None:
+            if not self.auto_create:
                 self._drop("unknown_topic", "a message for topic %r, which does not exist (auto_create_topics is off)", topic)
                 return False
             if len(self._creating) >= MAX_CREATING:
@@ -179,10 +170,9 @@ class IngestBridge:
         return True
 
     def _create(self, topic: str, now_ms: int) -> None:
-        log.info("bridge %s: creating topic %s (partitions=%s), which a message named", self.name, topic,
-                 self.auto_create_partitions)
+        log.info("bridge %s: creating topic %s, which a message named", self.name, topic)
         try:
-            done = self.gateway.create_topic(topic, self.auto_create_partitions, {}, now_ms)
+            done = self.gateway.create_topic(topic, None, {}, now_ms)  # the cluster's default partitions
         except Exception as exc:
             done = Completion()
             done.fail_with(-1, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,162 @@
+"""Ingest bridges on a real broker, fed by plain pyzmq applications (processes that import only
+zmq): PULL bound, SUB connected with prefixes, XSUB bound; topic from the config or frame 0,
+key from a frame; records read back with ``zbroker consume`` and counted exactly; CURVE and
+curve = false on a secured broker; bad messages counted while the broker keeps serving."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bridge_apps import BridgeBroker, finish, start_app, stop
+from support import free_port, key_pair, run_cli, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def consume(b: BridgeBroker, topic: str, count: int, *extra: str) -> list[str]:
+    """Every record of ``topic`` from the beginning (``count`` expected: stops there, or 5 s after the last)."""
+    proc = run_cli(*b.cli_options(), "consume", topic, "--from-beginning", "--max-messages", str(count + 1),
+                   "--timeout-ms", "3000", *extra, bootstrap=b.proc.bootstrap)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode().splitlines()
+
+
+def settled(b: BridgeBroker, name: str, at_least: int) -> dict:
+    """The bridge's status once it has received ``at_least`` messages and nothing is in flight."""
+    def done():
+        s = b.status()[name]
+        return s if s["received"] >= at_least and s["in_flight"] == 0 else None
+    return wait_until(done, timeout=60, what=f"bridge {name} to receive {at_least} messages and store them")
+
+
+@pytest.fixture
+def make(tmp_path):
+    made: list[BridgeBroker] = []
+
+    def build(bridges, **options) -> BridgeBroker:
+        b = BridgeBroker(tmp_path / f"b{len(made)}", bridges, **options)
+        made.append(b)
+        return b.start()
+
+    yield build
+    for b in made:
+        b.close()
+
+
+def test_a_push_app_into_a_bound_pull_with_the_topic_from_the_config(make):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "sensors", "socket": "pull", "endpoint": endpoint, "topic": "sensors"}])
+    app = start_app(type="PUSH", endpoint=endpoint, frames=["reading {i}"], count=3000)
+    assert "DONE 3000" in finish(app)
+    s = settled(b, "sensors", 3000)
+    assert (s["received"], s["stored"], s["dropped"], s["failed"], s["kind"], s["broker"]) == (3000, 3000, 0, 0, "ingest", 1)
+    lines = consume(b, "sensors", 3000)
+    assert sorted(lines) == sorted(f"reading {i}" for i in range(3000))
+
+
+def test_a_push_app_naming_the_topic_in_frame0_and_the_key_in_frame1(make):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "events", "socket": "pull", "endpoint": endpoint, "topic_from": "frame0", "key_from": "frame1"}])
+    app = start_app(type="PUSH", endpoint=endpoint, frames=["events.a", "key{i}", "ignored", "value{i}"], count=500)
+    assert "DONE 500" in finish(app)
+    settled(b, "events", 500)
+    lines = consume(b, "events.a", 500, "--print-key")
+    assert sorted(lines) == sorted(f"key{i}\tvalue{i}" for i in range(500))
+
+
+def _after_probe(b: BridgeBroker, name: str, app) -> None:
+    """Wait until the bridge has seen the app's probe (its subscription reached the PUB), then say go."""
+    wait_until(lambda: b.status()[name]["received"] > 0, timeout=30, what="the probe to reach the bridge")
+    app.stdin.write("go\n")
+    app.stdin.flush()
+
+
+def test_a_pub_app_read_by_a_sub_bridge_that_connects_and_subscribes_to_prefixes(make):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    app = start_app(type="PUB", endpoint=endpoint, bind=True, count=900, probe=["plant.probe", "p"],
+                    frames=[["plant.a", "a{i}"], ["plant.b", "b{i}"], ["plant.c", "c{i}"]])
+    try:
+        b = make([{"name": "plant", "socket": "sub", "endpoint": endpoint, "topic_from": "frame0",
+                   "subscribe": ["plant.a", "plant.b", "plant.probe"]}])
+        _after_probe(b, "plant", app)
+        assert "DONE 900" in finish(app)
+    finally:
+        stop(app)
+    s = settled(b, "plant", 600)
+    assert (s["dropped"], s["failed"], s["stored"]) == (0, 0, s["received"])
+    assert sorted(consume(b, "plant.a", 300)) == sorted(f"a{i}" for i in range(0, 900, 3))
+    assert sorted(consume(b, "plant.b", 300)) == sorted(f"b{i}" for i in range(1, 900, 3))
+    topics = run_cli("topics", "list", bootstrap=b.proc.bootstrap).stdout.decode()
+    assert "plant.c" not in topics  # never subscribed: the PUB never sent it
+
+
+def test_pub_apps_connected_to_a_bound_xsub_send_only_what_it_subscribed(make):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "hub", "socket": "xsub", "endpoint": endpoint, "topic": "hub", "subscribe": ["keep", "probe"]}])
+    for n, kind in enumerate(["keep", "drop", "keep"]):  # one after the other: each app's probe is told apart
+        seen = b.status()["hub"]["received"]
+        app = start_app(type="PUB", endpoint=endpoint, frames=[f"{kind}-{n}-{{i}}"], count=400, probe=["probe"])
+        try:
+            wait_until(lambda: b.status()["hub"]["received"] > seen, timeout=30, what="the probe")
+            app.stdin.write("go\n")
+            app.stdin.flush()
+            assert "DONE 400" in finish(app)
+        finally:
+            stop(app)
+        if kind == "keep":
+            settled(b, "hub", seen + 400)
+    s = b.status()["hub"]
+    lines = consume(b, "hub", s["stored"])
+    numbered = [line for line in lines if line != "probe"]
+    assert sorted(numbered) == sorted(f"keep-{n}-{i}" for n in (0, 2) for i in range(400))  # each once; no "drop"
+    assert s["dropped"] == 0 and s["failed"] == 0 and s["stored"] == s["received"] == len(lines)
+
+
+def test_bad_messages_are_counted_and_named_and_the_broker_keeps_serving(make):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "strict", "socket": "pull", "endpoint": endpoint, "topic_from": "frame0", "key_from": "frame1"},
+              ], cluster={"auto_create_topics": False})
+    run_cli("topics", "create", "good", "--partitions", "1", bootstrap=b.proc.bootstrap).check_returncode()
+    for frames, count in ((["good"], 7), (["bad topic!", "k", "v"], 5), (["missing", "k", "v"], 3),
+                          (["good", "k{i}", "v{i}"], 20)):
+        assert f"DONE {count}" in finish(start_app(type="PUSH", endpoint=endpoint, frames=frames, count=count))
+    s = settled(b, "strict", 35)
+    assert s["dropped_by_reason"] == {"too_few_frames": 7, "bad_topic": 5, "unknown_topic": 3}
+    assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (35, 20, 15, 0)
+    assert sorted(consume(b, "good", 20)) == sorted(f"v{i}" for i in range(20))
+    text = b.proc.log_text(None)
+    assert re.search(r"bridge strict dropped a message of 1 frame\(s\); this bridge needs at least 3", text)
+    assert "topic name 'bad topic!' must be" in text and "'missing', which does not exist" in text
+
+
+def test_curve_on_a_secured_broker_and_curve_false_for_a_legacy_app(make, tmp_path):
+    secure, legacy = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "secure", "socket": "pull", "endpoint": secure, "topic": "sec"},
+              {"name": "legacy", "socket": "pull", "endpoint": legacy, "topic": "leg", "curve": False}], curve=True)
+    opts = b.cli_options()
+    for topic in ("sec", "leg"):
+        run_cli(*opts, "topics", "create", topic, "--partitions", "1", bootstrap=b.proc.bootstrap).check_returncode()
+    for name, topic in (("secure", "sec"), ("legacy", "leg")):
+        run_cli(*opts, "acl", "add", "--principal", f"Bridge:{name}", "--operation", "write", "--topic", topic,
+                bootstrap=b.proc.bootstrap).check_returncode()
+    _, public, secret = b.add_key("sensor")
+    _, other, other_secret = key_pair(tmp_path / "elsewhere", "stranger")  # not in authorized_keys_dir
+    stranger = start_app(type="PUSH", endpoint=secure, frames=["stranger {i}"], count=5, linger_ms=20000,
+                         curve=[other.decode(), other_secret.decode(), b.public.decode()])
+    wait_until(lambda: "refused a CURVE handshake domain=bridge key=" + other.decode() in b.proc.log_text(None), timeout=30,
+               what="the stranger's key to be refused")
+    keyed = start_app(type="PUSH", endpoint=secure, frames=["sealed {i}"], count=300,
+                      curve=[public.decode(), secret.decode(), b.public.decode()])
+    plain = start_app(type="PUSH", endpoint=legacy, frames=["old {i}"], count=300)
+    try:
+        assert "DONE 300" in finish(keyed) and "DONE 300" in finish(plain)
+        for name in ("secure", "legacy"):
+            s = settled(b, name, 300)
+            assert (s["received"], s["stored"], s["failed"]) == (300, 300, 0), s
+    finally:
+        for app in (stranger, keyed, plain):
+            stop(app)
+    assert sorted(consume(b, "sec", 300)) == sorted(f"sealed {i}" for i in range(300))
+    assert sorted(consume(b, "leg", 300)) == sorted(f"old {i}" for i in range(300))
