@@ -5,7 +5,7 @@ zbroker), run in its own process (:func:`start_app`).  Its arguments are one JSO
 
 - ``type``: ``PUSH`` or ``PUB``; ``endpoint``; ``bind``: bind or connect;
 - ``frames``: the frames of message ``i``, ``{i}`` replaced by ``i`` (a list of such lists:
-  message ``i`` takes the ``i % len``-th); ``count``;
+  message ``i`` takes the ``i % len``-th); ``count``; ``pad``: ``i`` zero-padded to this width;
   ``start``: the first ``i`` (default 0);
 - ``hwm`` (SNDHWM), ``sndbuf`` (SO_SNDBUF, 0: the kernel's), ``timeout_ms`` (SNDTIMEO: a
   send that blocks this long is reported as ``BLOCKED i`` on stdout and the app exits);
@@ -52,7 +52,7 @@ shapes = [[f.encode() for f in shape] for shape in shapes]
 start = a.get("start", 0)
 for i in range(start, start + a["count"]):
     try:
-        s.send_multipart([f.replace(b"{i}", str(i).encode()) for f in shapes[i % len(shapes)]])
+        s.send_multipart([f.replace(b"{i}", str(i).rjust(a.get("pad", 0), "0").encode()) for f in shapes[i % len(shapes)]])
     except zmq.Again:
         print("BLOCKED", i, flush=True)
         break
