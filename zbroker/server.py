@@ -159,7 +159,7 @@ class Server:
                                   auto_create=self.config.setting("auto_create_topics"))
             curve = CurveKeys(keys.public, keys.secret, BRIDGE) if bridge.uses_curve(self.config.security.curve) else None
             sock = IngestSocket(ctx, self.loop, bridge, self.config.setting("max_request_bytes"),
-                                lambda frames, ingest=ingest: ingest.offer(frames, now_ms()), ingest.has_room, curve)
+                                ingest.offer, ingest.has_room, curve)
             ingest.on_room = sock.resume
             self.loop.add_listener(sock)
             host.add(ingest)

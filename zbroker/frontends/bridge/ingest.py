@@ -111,7 +111,7 @@ class IngestBridge:
             self._drop("too_few_frames", "a message of %d frame(s); this bridge needs at least %d (topic_from=%s, key_from=%s)",
                        len(frames), self.min_frames, self.config.topic_from, self.config.key_from)
             return
-        if not self.has_room():  # only a lossy socket is read while there is no room
+        if self.lossy and not self.has_room():  # a PULL socket is not read while there is no room
             self._drop("buffer_full", "its buffer is full (%d records, %d bytes in flight): the store does not keep up",
                        self.in_flight, self.in_flight_bytes)
             return
@@ -144,11 +144,13 @@ class IngestBridge:
         key = record[1]
         if key is not None:
             partition = positive_hash_mod(key, count)
+            q = self.sender.queue(topic, partition)
         else:  # sticky: the same partition until its open records leave in a batch, then the next
             partition = self._sticky.get(topic, -1)
-            if partition < 0 or partition >= count or not self.sender.queue(topic, partition).open:
+            q = self.sender.queues.get((topic, partition))
+            if q is None or not q.open or partition >= count:
                 partition = self._sticky[topic] = (partition + 1) % count
-        q = self.sender.queue(topic, partition)
+                q = self.sender.queue(topic, partition)
         q.add(record, size, now_ms)
         if q.open_bytes >= self.sender.max_batch_bytes and q.batch is None and self.sender.producer_id is not None:
             self.sender.seal(q, now_ms)
