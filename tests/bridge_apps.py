@@ -11,7 +11,8 @@ zbroker), run in its own process (:func:`start_app`).  Its arguments are one JSO
   send that blocks this long is reported as ``BLOCKED i`` on stdout and the app exits);
 - ``probe``: frames sent every 20 ms until a line comes on stdin (a PUB drops what it
   sends before a subscription reaches it; the test says "go" once the probe is seen);
-- ``curve``: [public, secret, server key] (Z85) to be a CURVE client;
+- ``curve``: [public, secret, server key] (Z85) to be a CURVE client; ``curve_server``: a
+  secret key (Z85) to be a CURVE server (no ZAP handler: every client key is admitted);
 - ``progress``: print ``SENT i`` after each send (the fault test reads it).
 
 It prints ``DONE n`` when every message was handed to ZeroMQ and closes with a linger, so
@@ -40,6 +41,8 @@ if a.get("timeout_ms"):
     s.setsockopt(zmq.SNDTIMEO, a["timeout_ms"])
 if a.get("curve"):
     s.curve_publickey, s.curve_secretkey, s.curve_serverkey = (k.encode() for k in a["curve"])
+if a.get("curve_server"):
+    s.curve_server, s.curve_secretkey = True, a["curve_server"].encode()
 (s.bind if a.get("bind") else s.connect)(a["endpoint"])
 if a.get("probe"):
     poller = zmq.Poller()

@@ -160,3 +160,19 @@ def test_curve_on_a_secured_broker_and_curve_false_for_a_legacy_app(make, tmp_pa
             stop(app)
     assert sorted(consume(b, "sec", 300)) == sorted(f"sealed {i}" for i in range(300))
     assert sorted(consume(b, "leg", 300)) == sorted(f"old {i}" for i in range(300))
+
+
+def test_a_connecting_pull_is_a_curve_client_of_the_apps_server_key(make, tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    _, app_public, app_secret = key_pair(tmp_path / "app", "app")
+    b = make([{"name": "far", "socket": "pull", "endpoint": endpoint, "bind": False, "topic": "far",
+               "server_key": app_public.decode()}], curve=True)
+    run_cli(*b.cli_options(), "acl", "add", "--principal", "Bridge:far", "--operation", "all", "--topic", "far",
+            bootstrap=b.proc.bootstrap).check_returncode()
+    app = start_app(type="PUSH", endpoint=endpoint, bind=True, curve_server=app_secret.decode(), frames=["far {i}"], count=200)
+    try:
+        assert "DONE 200" in finish(app)
+        settled(b, "far", 200)
+    finally:
+        stop(app)
+    assert sorted(consume(b, "far", 200)) == sorted(f"far {i}" for i in range(200))

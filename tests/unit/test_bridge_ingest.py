@@ -211,6 +211,7 @@ def test_a_definitive_error_fails_the_batch_and_the_next_batch_reuses_its_sequen
     assert header(gw.produced[1]).base_sequence == 0
     s = b.status(NOW)
     assert s["failed_by_reason"] == {"MESSAGE_TOO_LARGE": 1} and s["in_flight"] == 1
+    assert s["last_error"] == "bridge sensors: 1 record(s) for t-0 were not stored: MESSAGE_TOO_LARGE batch too big"
     assert "were not stored: MESSAGE_TOO_LARGE batch too big" in caplog.text
 
 

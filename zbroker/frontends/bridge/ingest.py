@@ -95,6 +95,7 @@ class IngestBridge:
         self._now = now_ms
         self._closed = False
         self._log = RateLimitedLog(log, burst=10, window_s=10.0)
+        self._last_error: tuple[str, tuple] | None = None
         self._ask_producer_id(now_ms)
 
     # -- input -------------------------------------------------------------------
@@ -200,9 +201,9 @@ class IngestBridge:
                 else:
                     self._place(topic, count, record, size, now_ms)
             if count is None:
-                self._log.log(now_ms / 1000, "create_failed", logging.WARNING,
-                              "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
-                              self.name, len(waiting), topic, failed)
+                self._report("create_failed", logging.WARNING,
+                             "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
+                             self.name, len(waiting), topic, failed)
 
     def _exists(self, topic: str, partition: int) -> bool:
         count = self.gateway.partition_count(topic)
@@ -210,7 +211,12 @@ class IngestBridge:
 
     def _drop(self, reason: str, msg: str, *args) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self._log.log(self._now / 1000, "drop_" + reason, logging.WARNING, "bridge %s dropped " + msg, self.name, *args)
+        self._report("drop_" + reason, logging.WARNING, "bridge %s dropped " + msg, self.name, *args)
+
+    def _report(self, kind: str, level: int, msg: str, *args) -> None:
+        """Log (rate-limited) and keep as the last error shown by ``status`` (formatted only then)."""
+        self._last_error = (msg, args)
+        self._log.log(self._now / 1000, kind, level, msg, *args)
 
     def _release(self, count: int, size: int) -> None:
         full = not self.has_room()
@@ -230,13 +236,13 @@ class IngestBridge:
 
     def on_failed(self, queue: PartitionQueue, count: int, size: int, reason: str, message: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + count
-        self._log.log(self._now / 1000, "failed", logging.WARNING, "bridge %s: %d record(s) for %s-%d were not stored: %s %s",
-                      self.name, count, queue.topic, queue.partition, reason, message)
+        self._report("failed", logging.WARNING, "bridge %s: %d record(s) for %s-%d were not stored: %s %s",
+                     self.name, count, queue.topic, queue.partition, reason, message)
         self._release(count, size)
 
     def on_retry(self, queue: PartitionQueue, reason: str, message: str) -> None:
-        self._log.log(self._now / 1000, "retry", logging.INFO, "bridge %s: retrying a batch for %s-%d: %s %s",
-                      self.name, queue.topic, queue.partition, reason, message)
+        self._report("retry", logging.INFO, "bridge %s: retrying a batch for %s-%d: %s %s",
+                     self.name, queue.topic, queue.partition, reason, message)
 
     def on_resequence(self, producer_id: int) -> None:
         log.warning("bridge %s: producer id %d is out of sequence on the broker; taking a new one", self.name, producer_id)
@@ -260,8 +266,7 @@ class IngestBridge:
                 self.sender.set_producer(c.value.producer_id, c.value.producer_epoch)
             else:
                 self._pid_wanted_at = self._now + PRODUCER_ID_RETRY_MS
-                self._log.log(self._now / 1000, "producer_id", logging.WARNING, "bridge %s: no producer id yet: %s",
-                              self.name, c.error.message)
+                self._report("producer_id", logging.WARNING, "bridge %s: no producer id yet: %s", self.name, c.error.message)
 
         done.on_done(answered)
 
@@ -308,7 +313,8 @@ class IngestBridge:
                 "acks": "all" if c.acks == -1 else c.acks, "state": state, "received": self.received, "stored": self.stored,
                 "dropped": sum(self.dropped.values()), "dropped_by_reason": dict(self.dropped),
                 "failed": sum(self.failed.values()), "failed_by_reason": dict(self.failed), "in_flight": self.in_flight,
-                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records}
+                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records,
+                "last_error": None if self._last_error is None else self._last_error[0] % self._last_error[1]}
 
 
 def _reason(failed: str | None) -> str:
