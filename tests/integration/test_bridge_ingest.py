@@ -6,6 +6,7 @@ curve = false on a secured broker; bad messages counted while the broker keeps s
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 
@@ -176,3 +177,17 @@ def test_a_connecting_pull_is_a_curve_client_of_the_apps_server_key(make, tmp_pa
     finally:
         stop(app)
     assert sorted(consume(b, "far", 200)) == sorted(f"far {i}" for i in range(200))
+
+
+def test_an_endpoint_that_cannot_be_bound_stops_the_start_naming_the_bridge(tmp_path):
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        b = BridgeBroker(tmp_path, [{"name": "clash", "socket": "pull", "endpoint": f"tcp://127.0.0.1:{port}", "topic": "t"}])
+        try:
+            with pytest.raises(RuntimeError):
+                b.start()
+            assert f"bridge clash: cannot bind pull tcp://127.0.0.1:{port}: Address already in use" in b.proc.log_text()
+        finally:
+            b.close()
