@@ -55,6 +55,7 @@ MAX_IN_FLIGHT_BYTES = 32 << 20
 PRODUCE_TIMEOUT_MS = 30_000
 MAX_CREATING = 8  # topics being auto-created at once; messages for more are dropped (unknown_topic)
 PRODUCER_ID_RETRY_MS = 500
+MAX_TOPICS_SEEN = 4096  # topic frames remembered as checked (then forgotten all at once)
 CREATE_POLL_MS = 50  # how often a topic being created is looked for in the metadata image
 
 
@@ -88,6 +89,7 @@ class IngestBridge:
         self.failed: dict[str, int] = {}
         self.in_flight = self.in_flight_bytes = 0
         self._sticky: dict[str, int] = {}
+        self._topics_seen: dict[bytes, str] = {}  # topic frame -> its valid name (names are checked once)
         self._creating: dict[str, list[tuple[int, bytes | None, bytes]]] = {}  # topic -> its waiting records
         self._create_failed: dict[str, str] = {}
         self._pid_wanted_at: int | None = now_ms
@@ -119,27 +121,39 @@ class IngestBridge:
         if self.topic_index is None:
             topic = self.config.topic
         else:
-            try:
-                topic = frames[self.topic_index].decode()
-            except UnicodeDecodeError:
-                topic = None
-            problem = "frame %d is not UTF-8" % self.topic_index if topic is None else topic_name_problem(topic)
-            if problem is not None:
-                self._drop("bad_topic", "a message whose topic frame is no topic name: %s", problem)
+            topic = self._topic_of(frames[self.topic_index])
+            if topic is None:
                 return
         key = frames[self.key_index] if self.key_index is not None else None
         value = frames[-1]
         size = record_size(key, value)
         count = self.gateway.partition_count(topic)
-        if count is None:
-            if not self._await_topic(topic, (now_ms, key, value), size, now_ms):
-                return
-        else:
-            self._place(topic, count, (now_ms, key, value), size, now_ms)
-        self.in_flight += 1
+        if count is None and not self._await_topic(topic, (now_ms, key, value), size, now_ms):
+            return
+        self.in_flight += 1  # before it is placed: a batch it joins may be stored at once
         self.in_flight_bytes += size
+        if count is not None:
+            self._place(topic, count, (now_ms, key, value), size, now_ms)
         if not self.has_room():
             self.sender.send_ready(now_ms, urgent=True)
+
+    def _topic_of(self, frame: bytes) -> str | None:
+        """The topic a frame names, or None (counted and logged) if it names none."""
+        topic = self._topics_seen.get(frame)
+        if topic is not None:
+            return topic
+        try:
+            topic = frame.decode()
+        except UnicodeDecodeError:
+            topic = None
+        problem = "frame %d is not UTF-8" % self.topic_index if topic is None else topic_name_problem(topic)
+        if problem is not None:
+            self._drop("bad_topic", "a message whose topic frame is no topic name: %s", problem)
+            return None
+        if len(self._topics_seen) >= MAX_TOPICS_SEEN:
+            self._topics_seen.clear()
+        self._topics_seen[frame] = topic
+        return topic
 
     def _place(self, topic: str, count: int, record: tuple[int, bytes | None, bytes], size: int, now_ms: int) -> None:
         key = record[1]
