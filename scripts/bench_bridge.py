@@ -10,7 +10,7 @@ count and size with acks=1 to topic ``produce-bench`` of the same broker.  Both 
 have ``--partitions`` partitions.  Rounds alternate the two so the machine's noise falls
 on both; the medians and their ratio are printed.
 
-    python scripts/bench_bridge.py [--records 300000] [--value-size 100] [--rounds 3]
+    python scripts/bench_bridge.py [--records 1000000] [--value-size 100] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def produce_round(bootstrap: str, records: int, size: int, partitions: int) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
