@@ -9,6 +9,7 @@ zbroker), run in its own process (:func:`start_app`).  Its arguments are one JSO
   ``start``: the first ``i`` (default 0);
 - ``hwm`` (SNDHWM), ``sndbuf`` (SO_SNDBUF, 0: the kernel's), ``timeout_ms`` (SNDTIMEO: a
   send that blocks this long is reported as ``BLOCKED i`` on stdout and the app exits);
+- ``rate``: messages per second at most (paced every 100 messages; 0: as fast as ZeroMQ takes them);
 - ``probe``: frames sent every 20 ms until a line comes on stdin (a PUB drops what it
   sends before a subscription reaches it; the test says "go" once the probe is seen);
 - ``curve``: [public, secret, server key] (Z85) to be a CURVE client; ``curve_server``: a
@@ -29,7 +30,7 @@ from pathlib import Path
 from support import BrokerProcess, free_port, key_pair
 
 APP = r"""
-import json, sys, zmq
+import json, sys, time, zmq
 a = json.loads(sys.argv[1])
 ctx = zmq.Context()
 s = ctx.socket(getattr(zmq, a["type"]))
@@ -53,7 +54,12 @@ if a.get("probe"):
 shapes = a["frames"] if isinstance(a["frames"][0], list) else [a["frames"]]
 shapes = [[f.encode() for f in shape] for shape in shapes]
 start = a.get("start", 0)
+began = time.monotonic()
 for i in range(start, start + a["count"]):
+    if a.get("rate") and i % 100 == 0:
+        ahead = began + (i - start) / a["rate"] - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
     try:
         s.send_multipart([f.replace(b"{i}", str(i).rjust(a.get("pad", 0), "0").encode()) for f in shapes[i % len(shapes)]])
     except zmq.Again:

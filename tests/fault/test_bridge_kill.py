@@ -12,12 +12,13 @@ restarted broker.  :func:`loss_bound` adds those terms up for the test's setting
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 
 import pytest
 
-from bridge_apps import BridgeBroker, start_app, stop
+from bridge_apps import BridgeBroker, finish, start_app, stop
 from support import ClusterProcesses, free_port, run_cli, wait_until
 from zbroker.net.bridge_sockets import RCVBUF_BYTES
 
@@ -61,12 +62,17 @@ class Sender:
         return any(line.startswith(("DONE", "BLOCKED")) for line in self.lines)
 
 
-def numbers(bootstrap: str, topic: str, at_most: int) -> list[int]:
-    """The numbers of the frames stored in ``topic``, in offset order (``zbroker consume``)."""
-    proc = run_cli("consume", topic, "--from-beginning", "--max-messages", str(at_most), "--timeout-ms", "3000",
-                   bootstrap=bootstrap, timeout=120)
+def lines(bootstrap: str, topic: str, at_most: int | None = None) -> list[str]:
+    """The values stored in ``topic``, in offset order (``zbroker consume``)."""
+    limit = ["--max-messages", str(at_most)] if at_most else []
+    proc = run_cli("consume", topic, "--from-beginning", *limit, "--timeout-ms", "3000", bootstrap=bootstrap, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
-    return [int(line[FRAME_BYTES - 12:]) for line in proc.stdout.decode().splitlines()]
+    return proc.stdout.decode().splitlines()
+
+
+def numbers(bootstrap: str, topic: str, at_most: int) -> list[int]:
+    """The numbers of the frames stored in ``topic``, in offset order."""
+    return [int(line[-12:]) for line in lines(bootstrap, topic, at_most)]
 
 
 @pytest.fixture
@@ -115,24 +121,30 @@ def _steady(sender: Sender) -> int | None:
     return before if sender.last == before else None
 
 
-@pytest.fixture
-def pair(tmp_path):
-    """Two brokers, topic ``line`` with 2 replicas and min_insync_replicas = 2; broker 1 runs the bridge."""
+def stalled_pair(tmp_path, socket: str, **table):
+    """Two brokers, topic ``line`` with 2 replicas and min_insync_replicas = 2 (acks = all needs
+    both); broker 1 runs the bridge (``socket``, ``table``: more keys).  A generator for a fixture."""
     cluster = ClusterProcesses(tmp_path, n=2, replication_factor=2, min_insync_replicas=2, partitions=1)
     cluster.endpoint = f"tcp://127.0.0.1:{free_port()}"
+    keys = {"name": "line", "socket": socket, "endpoint": cluster.endpoint, "acks": "all", "hwm": HWM, "broker": 1, **table}
     with open(cluster.config, "a") as f:
-        f.write(f'\n[[bridge]]\nname = "line"\nsocket = "pull"\nendpoint = "{cluster.endpoint}"\ntopic = "line"\n'
-                f'acks = "all"\nhwm = {HWM}\nbroker = 1\n')
+        f.write("\n[[bridge]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
     try:
         cluster.start()
         wait_until(cluster.agreed_controller, timeout=30, what="a controller")
         run_cli("topics", "create", "line", bootstrap=cluster.bootstrap).check_returncode()
+        wait_until(lambda: bridge_status(cluster.brokers[1])["state"] == "running", timeout=30, what="the bridge's producer id")
         yield cluster
     finally:
         for b in cluster.brokers.values():
             if b.alive():
                 b.proc.send_signal(signal.SIGCONT)
         cluster.close()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    yield from stalled_pair(tmp_path, "pull", topic="line")
 
 
 def bridge_status(broker) -> dict:
@@ -147,7 +159,6 @@ def test_a_stalled_store_pushes_back_to_the_sender_and_nothing_is_dropped(pair):
     one, two = pair.brokers[1], pair.brokers[2]
     # acks = all needs broker 2 (min_insync_replicas = 2): with it stopped every batch waits or
     # is refused (retriable) and retried; the bridge fills, stops reading, and ZeroMQ's queues fill
-    wait_until(lambda: bridge_status(one)["state"] == "running", timeout=30, what="the bridge's producer id")
     two.proc.send_signal(signal.SIGSTOP)
     sender = Sender(pair.endpoint, 1_000_000, timeout_ms=2000)
     try:
@@ -164,3 +175,42 @@ def test_a_stalled_store_pushes_back_to_the_sender_and_nothing_is_dropped(pair):
     assert got == list(range(sent)), "every frame whose send returned is stored, once, in order"
     s = bridge_status(one)
     assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (sent, sent, 0, 0), s
+
+
+@pytest.fixture
+def sub_pair(tmp_path):
+    yield from stalled_pair(tmp_path, "sub", bind=False, topic_from="frame0", subscribe=["line", "probe"])
+
+
+def test_a_sub_bridge_that_cannot_store_drains_its_pub_and_counts_what_it_drops(sub_pair):
+    one, two = sub_pair.brokers[1], sub_pair.brokers[2]
+    run_cli("topics", "create", "probe", "--replication-factor", "1", "--config", "min_insync_replicas=1",
+            bootstrap=sub_pair.bootstrap).check_returncode()
+    count = 20_000
+    # a PUB with its default SNDHWM (1000), paced below what the broker reads: ZeroMQ drops nothing
+    app = start_app(type="PUB", endpoint=sub_pair.endpoint, bind=True, frames=["line", "{i}"], count=count, rate=20_000,
+                    probe=["probe", "p"])
+    try:
+        wait_until(lambda: bridge_status(one)["stored"] > 0, timeout=30, what="the probe (the subscription reached the PUB)")
+        wait_until(lambda: bridge_status(one)["in_flight"] == 0, timeout=30)
+        two.proc.send_signal(signal.SIGSTOP)  # from now on nothing of "line" can be stored
+        app.stdin.write("go\n")
+        app.stdin.flush()
+        assert "DONE %d" % count in finish(app)
+
+        def drained():
+            s = bridge_status(one)
+            return s if s["in_flight"] + s["dropped"] >= count else None
+
+        s = wait_until(drained, timeout=60, what="every frame drained")
+        assert s["state"] == "dropping" and s["in_flight"] == HWM and s["dropped_by_reason"] == {"buffer_full": count - HWM}
+        two.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: bridge_status(one)["in_flight"] == 0, timeout=120, what="the held records stored")
+    finally:
+        stop(app)
+    probes = len(lines(sub_pair.bootstrap, "probe"))
+    s = bridge_status(one)
+    assert s["received"] == probes + count and s["dropped"] == count - HWM and s["failed"] == 0
+    assert numbers(sub_pair.bootstrap, "line", HWM + 1) == list(range(HWM))  # the first HWM were held, then stored
+    assert "its buffer is full" in one.log_text(None)
+
