@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 LINGER_MS = 5
 MAX_BATCH_BYTES = 256 << 10
 MAX_IN_FLIGHT_BYTES = 32 << 20
-PRODUCE_TIMEOUT_MS = 30_000
+PRODUCE_TIMEOUT_MS = 10_000  # acks=all wait; a retry is idempotent, so a short wait costs nothing but a resend
 MAX_CREATING = 8  # topics being auto-created at once; messages for more are dropped (unknown_topic)
 PRODUCER_ID_RETRY_MS = 500
 MAX_TOPICS_SEEN = 4096  # topic frames remembered as checked (then forgotten all at once)
