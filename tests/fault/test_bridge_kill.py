@@ -214,3 +214,39 @@ def test_a_sub_bridge_that_cannot_store_drains_its_pub_and_counts_what_it_drops(
     assert numbers(sub_pair.bootstrap, "line", HWM + 1) == list(range(HWM))  # the first HWM were held, then stored
     assert "its buffer is full" in one.log_text(None)
 
+
+
+def test_a_leader_killed_under_a_pull_bridge_loses_nothing_and_stores_nothing_twice(tmp_path):
+    """The bridge's broker stays up; a broker leading some of its partitions is killed -9:
+    batches in flight there are resent (same producer id and sequences) to the new leaders."""
+    cluster = ClusterProcesses(tmp_path, n=3, replication_factor=3, min_insync_replicas=2, partitions=3)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with open(cluster.config, "a") as f:
+        f.write(f'\n[[bridge]]\nname = "spread"\nsocket = "pull"\nendpoint = "{endpoint}"\ntopic = "spread"\nbroker = 1\n')
+    count = 30_000
+    sender = None
+    try:
+        cluster.start()
+        wait_until(cluster.agreed_controller, timeout=30, what="a controller")
+        run_cli("topics", "create", "spread", bootstrap=cluster.bootstrap).check_returncode()
+        one = cluster.brokers[1]
+        sender = Sender(endpoint, count, rate=10_000)
+        wait_until(lambda: bridge_status(one)["stored"] >= 5000, timeout=60, what="5000 stored")
+        cluster.brokers[2].kill()  # leads some of the 3 partitions (leaders are spread), maybe the controller
+        wait_until(sender.done, timeout=120, what="the sender to finish")
+        wait_until(lambda: bridge_status(one)["stored"] >= count, timeout=120, what="every frame stored")
+        s = bridge_status(one)
+        assert (s["received"], s["stored"], s["dropped"], s["failed"], s["in_flight"]) == (count, count, 0, 0, 0), s
+        proc = run_cli("consume", "spread", "--from-beginning", "--max-messages", str(count + 1), "--timeout-ms", "3000",
+                       "--print-offset", bootstrap=one.bootstrap, timeout=120)
+        per_partition: dict[str, list[int]] = {}
+        for line in proc.stdout.decode().splitlines():
+            where, value = line.split("\t")
+            per_partition.setdefault(where.split(":")[0], []).append(int(value[-12:]))
+        got = [n for ns in per_partition.values() for n in ns]
+        assert sorted(got) == list(range(count)), "every frame once"
+        assert all(ns == sorted(ns) for ns in per_partition.values()), "in order per partition"
+    finally:
+        if sender is not None:
+            stop(sender.proc)
+        cluster.close()

@@ -114,6 +114,23 @@ def test_keyless_records_stick_to_a_partition_until_its_batch_leaves_then_move_o
     assert all(len(records(p)) == 4 for p in gw.produced)
 
 
+def test_keyless_records_move_on_from_a_partition_whose_batch_is_still_in_flight():
+    gw = ScriptedGateway({"t": 2})
+    b = bridge(gw)
+    b.offer([b"a"], NOW)
+    b.tick(NOW + LINGER_MS)
+    assert [p.partition for p in gw.produced] == [0]  # in flight, unanswered (a slow leader)
+    b.offer([b"b"], NOW + LINGER_MS)  # partition 1: partition 0's open list had left
+    b.offer([b"c"], NOW + LINGER_MS)
+    b.tick(NOW + 2 * LINGER_MS)
+    assert [p.partition for p in gw.produced] == [0, 1]
+    gw.produced[1].ok()
+    b.offer([b"d"], NOW + 2 * LINGER_MS)  # partition 0 (round robin), where it waits behind the batch in flight
+    b.offer([b"e"], NOW + 3 * LINGER_MS)  # due there and blocked: move on
+    b.tick(NOW + 4 * LINGER_MS)
+    assert [(p.partition, records(p)) for p in gw.produced[2:]] == [(1, [(None, b"e")])]
+
+
 # -- unknown topics ---------------------------------------------------------------------
 
 

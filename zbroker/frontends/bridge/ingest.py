@@ -23,7 +23,8 @@ partition count, if the bridge's principal may create it -- its messages wait fo
 
 Partition: keyed records by murmur2 of the key (:func:`zbroker.hashing.positive_hash_mod`,
 what the clients and Kafka's default partitioner do); keyless ones stick to one partition
-of the topic until its batch is sent, then move to the next (round robin).
+of the topic until its batch is sent (or is due and waits behind one in flight), then move to
+the next (round robin), so a slow partition does not hold up keyless records.
 
 Batches, retries and idempotence: :mod:`zbroker.frontends.bridge.ingest_batches`.  A
 record is *in flight* from the moment it is taken off the socket until it is stored or
@@ -160,10 +161,11 @@ class IngestBridge:
         if key is not None:
             partition = positive_hash_mod(key, count)
             q = self.sender.queue(topic, partition)
-        else:  # sticky: the same partition until its open records leave in a batch, then the next
+        else:  # sticky: the same partition until its open records leave in a batch (or are due and wait
+            # behind a batch still in flight: a slow partition), then the next
             partition = self._sticky.get(topic, -1)
             q = self.sender.queues.get((topic, partition))
-            if q is None or not q.open or partition >= count:
+            if q is None or not q.open or partition >= count or (q.batch is not None and self.sender.due(q, now_ms)):
                 partition = self._sticky[topic] = (partition + 1) % count
                 q = self.sender.queue(topic, partition)
         q.add(record, size, now_ms)

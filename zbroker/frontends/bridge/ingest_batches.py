@@ -128,10 +128,13 @@ class BatchSender:
 
     # -- sending -----------------------------------------------------------------
 
+    def due(self, q: PartitionQueue, now_ms: int) -> bool:
+        """Whether ``q``'s open records have waited their linger or fill a batch."""
+        return q.open_bytes >= self.max_batch_bytes or now_ms - q.open_since >= self.linger_ms
+
     def ready(self, q: PartitionQueue, now_ms: int, urgent: bool) -> bool:
         """Whether ``q``'s open records are to be sealed and sent now."""
-        return bool(q.open) and q.batch is None and self.producer_id is not None and (
-            urgent or q.open_bytes >= self.max_batch_bytes or now_ms - q.open_since >= self.linger_ms)
+        return bool(q.open) and q.batch is None and self.producer_id is not None and (urgent or self.due(q, now_ms))
 
     def send_ready(self, now_ms: int, urgent: bool = False) -> None:
         """Send every partition's open records that are due (all of them when ``urgent``),
