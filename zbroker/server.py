@@ -34,10 +34,10 @@ from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
 from zbroker.frontends.bridge.ingest import IngestBridge
 from zbroker.frontends.kafka import KafkaDoor
+from zbroker.net.bridge_sockets import IngestSocket
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
-from zbroker.net.bridge_sockets import IngestSocket
 from zbroker.net.zap import BRIDGE, CLIENT, GOSSIP, PEER, ZapHandler
 from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode

@@ -24,7 +24,10 @@ NOW = START_MS
 def bridge(gateway=None, now=NOW, **config) -> IngestBridge:
     options = {k: config.pop(k) for k in list(config) if k in ("auto_create", "max_in_flight_records",
                                                                 "max_in_flight_bytes", "max_batch_bytes", "on_room")}
-    return IngestBridge(ingest_config(**config), gateway if gateway is not None else ScriptedGateway(), now, **options)
+    b = IngestBridge(ingest_config(**config), gateway if gateway is not None else ScriptedGateway(), now, **options)
+    assert b.status(now)["state"] == "starting" and b.next_deadline(now) == now  # asks for a producer id at its first tick
+    b.tick(now)
+    return b
 
 
 def records(produced) -> list[tuple[bytes | None, bytes]]:

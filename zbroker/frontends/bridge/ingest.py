@@ -99,7 +99,8 @@ class IngestBridge:
         self._closed = False
         self._log = RateLimitedLog(log, burst=10, window_s=10.0)
         self._last_error: tuple[str, tuple] | None = None
-        self._ask_producer_id(now_ms)
+        # the producer id is asked for at the first tick, not here: the server builds bridges before
+        # its sockets to the other brokers are connected
 
     # -- input -------------------------------------------------------------------
 
