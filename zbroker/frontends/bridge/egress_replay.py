@@ -1,0 +1,165 @@
+"""Replay for late joiners of a PUB egress bridge: the last N records of each topic.
+
+ZeroMQ's last-value-cache pattern: the bridge's XPUB reports every new subscription (with
+XPUB_VERBOSE even to a prefix someone already has), and the bridge answers it by publishing
+the last ``replay`` records of each of its topics whose name starts with the prefix, before
+live data goes on.  The replay goes out on the one PUB socket, so every subscriber of a
+matching prefix receives it, not only the one that joined.
+
+Which records: the replay of a topic ends where its live data goes on (each partition's
+position, the next record the bridge will send), so a subscriber that joins sees no gap and
+no record twice between replay and live data.  Of each partition the last ``replay`` records
+before that position are read; of those, the ``replay`` newest by timestamp across the
+partitions are taken (:func:`newest`), each partition's share being its newest records, and
+they are published in timestamp order, each partition's records still in offset order.
+A topic of one partition replays exactly its last N records.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from typing import Callable
+
+from storage.batch import walk
+from storage.decode import decode_some_batches
+from zbroker.core.fetch import EARLIEST_TIMESTAMP
+from zbroker.errors import ErrorCode, RequestError
+
+from .egress_feed import DECODE_BUDGET
+
+log = logging.getLogger(__name__)
+
+#: (timestamp, offset, frames) of one record read for a replay
+Entry = tuple[int, int, list]
+
+
+def newest(per_partition: list[list[Entry]], n: int) -> list[list]:
+    """The frames of the ``n`` newest records (by timestamp) of one topic, in publishing order.
+
+    ``per_partition``: each partition's records in offset order.  Each partition's share is a
+    suffix of its list (taken from the tails, newest tail first), so its records keep their
+    offset order; the shares are merged by timestamp.  Runtime: O(n log p) for p partitions.
+    """
+    taken = [0] * len(per_partition)
+    heap = [(-recs[-1][0], i) for i, recs in enumerate(per_partition) if recs]
+    heapq.heapify(heap)
+    for _ in range(n):
+        if not heap:
+            break
+        _, i = heapq.heappop(heap)
+        taken[i] += 1
+        recs = per_partition[i]
+        if taken[i] < len(recs):
+            heapq.heappush(heap, (-recs[-1 - taken[i]][0], i))
+    shares = [recs[len(recs) - k:] for recs, k in zip(per_partition, taken) if k]
+    return [entry[2] for entry in heapq.merge(*shares, key=lambda entry: entry[0])]
+
+
+class _Read:
+    """The records of one partition in [at, stop), at most the last ``keep`` of them."""
+
+    def __init__(self, topic: str, partition: int, at: int, stop: int, keep: int) -> None:
+        self.topic, self.partition, self.at, self.stop = topic, partition, at, stop
+        self.records: deque[Entry] = deque(maxlen=keep)
+        self.busy = False
+        self.done = at >= stop
+        self.reset = False  # moved to the log start once already (retention took the records before)
+
+
+class ReplayRound:
+    """Reads the replay of some topics through the gateway; :attr:`done` once every read ended.
+
+    ``ends``: topic -> {partition: the position where its live data goes on}; ``on_error``
+    is told of each failed read (that partition's share is then what was read before)."""
+
+    def __init__(self, ends: dict[str, dict[int, int]], n: int, topic_frames: dict[str, bytes], fetch_bytes: int,
+                 on_error: Callable[[str, int, RequestError], None]) -> None:
+        self.n = n
+        self.topic_frames = topic_frames
+        self.fetch_bytes = fetch_bytes
+        self.on_error = on_error
+        self.reads = {topic: [_Read(topic, p, max(0, end - n), end, n) for p, end in sorted(parts.items())]
+                      for topic, parts in ends.items()}
+        self.abandoned = False
+
+    @property
+    def done(self) -> bool:
+        return all(r.done for reads in self.reads.values() for r in reads)
+
+    @property
+    def ready(self) -> bool:
+        """:meth:`step` has something to do (a read to ask for), or the round is done."""
+        reads = [r for rs in self.reads.values() for r in rs if not r.done]
+        return not reads or any(not r.busy for r in reads)
+
+    def step(self, gateway, now_ms: int) -> None:
+        """Ask for what is not read yet (one fetch per partition in flight)."""
+        for reads in self.reads.values():
+            for r in reads:
+                if not r.done and not r.busy:
+                    self._fetch(gateway, r, now_ms)
+
+    def frames(self) -> list[list]:
+        """What to publish: each topic's newest ``n`` records (topics in the config's order)."""
+        out: list[list] = []
+        for reads in self.reads.values():
+            out.extend(newest([list(r.records) for r in reads], self.n))
+        return out
+
+    def _fetch(self, gateway, r: _Read, now_ms: int) -> None:
+        r.busy = True
+        try:
+            answer = gateway.fetch(r.topic, r.partition, r.at, self.fetch_bytes, now_ms, max_wait_ms=0)
+        except RequestError as exc:
+            self._failed(r, exc)
+            return
+        answer.on_done(lambda c: self._fetched(gateway, r, c, now_ms))
+
+    def _failed(self, r: _Read, exc: RequestError) -> None:
+        r.busy, r.done = False, True
+        self.on_error(r.topic, r.partition, exc)
+
+    def _fetched(self, gateway, r: _Read, c, now_ms: int) -> None:
+        if self.abandoned:
+            return
+        if c.error is not None:
+            self._failed(r, c.error)
+            return
+        fetched = c.value
+        if fetched.error == ErrorCode.OFFSET_OUT_OF_RANGE and not r.reset:
+            r.reset = True  # the oldest of the N were deleted: read from the log start
+            self._from_log_start(gateway, r, now_ms)
+            return
+        if fetched.error:
+            self._failed(r, RequestError(ErrorCode(fetched.error), f"fetch at offset {r.at} failed"))
+            return
+        data = fetched.data
+        decoded = decode_some_batches(data, r.topic, r.partition, r.at, True, tuple, DECODE_BUDGET)
+        frame = self.topic_frames[r.topic]
+        for rec in decoded.records:
+            if rec[2] >= r.stop:
+                break
+            r.records.append((rec[3], rec[2], [frame, rec[4] or b"", rec[5] or b""]))
+        next_offset, _ = walk(memoryview(data)[:decoded.end])
+        r.busy = False
+        if decoded.error is not None or next_offset <= r.at or next_offset >= r.stop:
+            r.done = True  # an unreadable batch ends the read (live sending skips it with an error)
+        else:
+            r.at = next_offset
+
+    def _from_log_start(self, gateway, r: _Read, now_ms: int) -> None:
+        def answered(c) -> None:
+            if self.abandoned:
+                return
+            if c.error is not None:
+                self._failed(r, c.error)
+                return
+            r.busy = False
+            r.at = max(r.at, c.value)
+            r.done = r.at >= r.stop
+        try:
+            gateway.list_offset(r.topic, r.partition, EARLIEST_TIMESTAMP, now_ms).on_done(answered)
+        except RequestError as exc:
+            self._failed(r, exc)
