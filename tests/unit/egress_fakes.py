@@ -9,23 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storage import build_kafka_batch, build_native_batch
+from zbroker.bridge_config import BridgeConfig
 from zbroker.context import Completion
 from zbroker.core.fetch import EARLIEST_TIMESTAMP, FetchedPartition
 from zbroker.errors import ErrorCode, RequestError
 
 
-@dataclass
-class FakeConfig:
-    """The fields of :class:`zbroker.bridge_config.BridgeConfig` an egress bridge reads."""
-
-    name: str = "out"
-    socket: str = "push"
-    endpoint: str = "tcp://127.0.0.1:7002"
-    topics: tuple = ("t",)
-    start: str = "earliest"
-    replay: int = 0
-    bind: bool = True
-    hwm: int = 1000
+def egress_config(name: str = "out", socket: str = "push", topics: tuple = ("t",), start: str = "earliest",
+                  replay: int = 0) -> BridgeConfig:
+    return BridgeConfig(name, socket, "tcp://127.0.0.1:7002", True, 1, topics=tuple(topics), start=start, replay=replay)
 
 
 class Handle:
@@ -106,7 +98,11 @@ class FakeGateway:
     def expire(self) -> None:
         parked, self.parked = self.parked, []
         for tp, offset, max_bytes, c in parked:
-            c.complete(self._read(tp, offset, max_bytes))
+            answer = self._read(tp, offset, max_bytes)
+            if answer.error:
+                c.fail(RequestError(ErrorCode(answer.error), f"fetching {tp[0]}-{tp[1]}"))
+            else:
+                c.complete(answer)
 
     def release(self) -> None:
         held, self.held = self.held, []
@@ -150,6 +146,10 @@ class FakeGateway:
             return c
         tp = (topic, partition)
         answer = self._read(tp, offset, max_bytes)
+        if answer.error:  # the real gateway fails the call with the partition's error
+            c = Completion()
+            c.fail(RequestError(ErrorCode(answer.error), f"fetching {topic}-{partition}"))
+            return c
         if not answer.error and not answer.data and max_wait_ms > 0 and not self.hold:
             c = Completion()
             self.parked.append((tp, offset, max_bytes, c))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.egress_fakes import FakeConfig, FakeGateway, Socket
 from storage import COMPRESSION_GZIP, COMPRESSION_ZSTD, build_native_batch
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge.egress import COMMIT_MS, EgressBridge
 from zbroker.frontends.bridge.egress_replay import newest
+
+from tests.unit.egress_fakes import FakeGateway, Socket, egress_config
 
 T0 = 1_000_000
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 def make(gw=None, **cfg) -> tuple[EgressBridge, FakeGateway, Socket]:
     gw = gw or FakeGateway()
     sock = Socket()
-    return EgressBridge(FakeConfig(**cfg), gw, sock, T0), gw, sock
+    return EgressBridge(egress_config(**cfg), gw, sock, T0), gw, sock
 
 
 def run(bridge: EgressBridge, now: int, turns: int = 5) -> None:
@@ -65,6 +66,37 @@ def test_committed_starts_at_the_group_offset_and_falls_back_to_latest():
     gw.append("t", 1, [b"b2"])
     run(bridge, T0)
     assert sock.values() == [b"a1", b"a2", b"b2"]
+
+
+def test_with_start_committed_a_partition_is_sent_only_once_its_start_is_committed():
+    """A restart before the first regular commit must not fall back to the log end and pass over what was sent."""
+    bridge, gw, sock = make(start="committed")
+    gw.append("t", 0, [b"old"])
+    bridge.tick(T0)
+    gw.append("t", 0, [b"a", b"b"])
+    gw.hold = True  # the commit of the start position is not answered yet
+    run(bridge, T0)
+    assert gw.commits == [{("t", 0): 1}] and sock.sent == []
+    gw.hold = False
+    gw.release()
+    run(bridge, T0)
+    assert sock.values() == [b"a", b"b"]
+
+
+def test_a_failed_start_commit_is_tried_again_at_the_commit_interval():
+    bridge, gw, sock = make(start="committed")
+    gw.hold = True
+    bridge.tick(T0)
+    gw.release()  # nothing committed: ...
+    gw.release()  # ... the log end
+    bridge.tick(T0)
+    assert len(gw.commits) == 1
+    gw.held.pop()[0].fail(RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "loading"))
+    gw.hold = False
+    run(bridge, T0 + 10)
+    assert len(gw.commits) == 1 and bridge.next_deadline(T0 + 10) == T0 + COMMIT_MS
+    run(bridge, T0 + COMMIT_MS)
+    assert len(gw.commits) == 2 and bridge.status(T0)["retries"] == 1
 
 
 def test_commits_every_second_only_what_zeromq_released():
@@ -154,18 +186,23 @@ def test_retention_under_a_waiting_fetch_skips_to_the_log_start():
     assert bridge.status(T0)["skipped"] == 2
 
 
-def test_errors_back_off_and_are_shown():
+def test_errors_back_off_and_are_counted_retriable_ones_as_retries():
     bridge, gw, sock = make(start="earliest")
     gw.append("t", 0, [b"a"])
     gw.fail_fetch = RequestError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "moved")
     bridge.tick(T0)
     st = bridge.status(T0)
-    assert st["errors"] == 1 and "NOT_LEADER_OR_FOLLOWER" in st["last_error"]
+    assert (st["retries"], st["errors"], st["last_error"]) == (1, 0, None)
     assert bridge.next_deadline(T0) == T0 + 100
-    gw.fail_fetch = None
-    run(bridge, T0 + 50)
-    assert sock.sent == []
+    gw.fail_fetch = RequestError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "Bridge:out may not read t")
     run(bridge, T0 + 100)
+    st = bridge.status(T0)
+    assert st["errors"] == 1 and "TOPIC_AUTHORIZATION_FAILED" in st["last_error"]
+    assert bridge.feeds[("t", 0)].not_before == T0 + 100 + 5000
+    gw.fail_fetch = None
+    run(bridge, T0 + 5000)
+    assert sock.sent == []
+    run(bridge, T0 + 5100)
     assert sock.values() == [b"a"]
 
 
@@ -173,7 +210,7 @@ def test_fetches_in_flight_are_bounded():
     gw = FakeGateway({"t": 10})
     gw.hold = True
     sock = Socket()
-    bridge = EgressBridge(FakeConfig(start="earliest"), gw, sock, T0, max_in_flight=3)
+    bridge = EgressBridge(egress_config(start="earliest"), gw, sock, T0, max_in_flight=3)
     run(bridge, T0)  # start offsets
     gw.release()
     run(bridge, T0)

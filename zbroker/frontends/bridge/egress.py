@@ -43,11 +43,12 @@ from collections import deque
 from typing import Callable
 
 from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
-from zbroker.errors import RETRIABLE, ErrorCode, RequestError
+from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_feed import Feed
 from .egress_replay import ReplayRound
+from .gateway import retriable
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class EgressBridge:
         self._looked = False
         self._next_look = now_ms
         self._next_commit = now_ms + commit_ms
-        self._committing = False
+        self._committing = self._commit_failed = False
         self._now = now_ms
         self._replay_wanted: set[str] = set()
         self._replay: ReplayRound | None = None
@@ -94,6 +95,7 @@ class EgressBridge:
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.replays = self.replayed = self.errors = self.commits = 0
+        self.retries = 0
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
@@ -109,7 +111,7 @@ class EgressBridge:
         self._step_replay(now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
-        if now_ms >= self._next_commit:
+        if now_ms >= self._next_commit or self._unanchored():
             self._commit(now_ms)
 
     def next_deadline(self, now_ms: int) -> int | None:
@@ -127,8 +129,10 @@ class EgressBridge:
         for f in self._order:
             if f.pending or (not f.started and not f.resolving):
                 due = min(due, f.not_before)
-            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before):
+            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._anchored(f):
                 due = min(due, f.not_before)
+        if self._unanchored():
+            return now_ms
         return due
 
     def close(self, now_ms: int) -> None:
@@ -156,7 +160,7 @@ class EgressBridge:
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replay_out), "subscriptions": self.subscriptions, "replays": self.replays,
             "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self.commits,
-            "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
+            "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
     def _state(self, now_ms: int) -> str:
@@ -256,13 +260,20 @@ class EgressBridge:
     def _failed(self, f: Feed, exc: RequestError, what: str) -> None:
         """An error about ``f``: count it, log it (rate-limited), and back off."""
         f.resolving = False
-        retriable = exc.code in RETRIABLE
-        f.not_before = self._now + _backoff(f.failures, retriable)
+        again = retriable(exc)
+        f.not_before = self._now + _backoff(f.failures, again)
         f.failures += 1
-        self.errors += 1
-        self.last_error = f"{f.topic}-{f.partition}: {what}: {exc.code.name}: {exc.message}"
-        self._log.log(self._now / 1000, "retriable" if retriable else "error", logging.INFO if retriable else logging.WARNING,
-                      "bridge %s: %s", self.name, self.last_error)
+        self._report(f"{f.topic}-{f.partition}: {what}: {exc.code.name}: {exc.message}", again, "partition")
+
+    def _report(self, text: str, again: bool, kind: str, level: int = logging.WARNING) -> None:
+        """Count and log (rate-limited) a failure: one that trying again may cure as a retry
+        (INFO), any other as an error (``level``; shown in ``status`` as ``last_error``)."""
+        if again:
+            self.retries += 1
+        else:
+            self.errors += 1
+            self.last_error = text
+        self._log.log(self._now / 1000, kind, logging.INFO if again else level, "bridge %s: %s", self.name, text)
 
     # -- fetching -------------------------------------------------------------------------
 
@@ -280,7 +291,7 @@ class EgressBridge:
         for f in self._rotated():
             if in_flight >= self.max_in_flight:
                 return
-            if not f.wants_fetch(now_ms):
+            if not f.wants_fetch(now_ms) or not self._anchored(f):
                 continue
             in_flight += 1
             try:
@@ -297,15 +308,12 @@ class EgressBridge:
             return
         f.fetching = None
         if c.error is not None:
-            self._failed(f, c.error, "fetching")
+            if c.error.code == ErrorCode.OFFSET_OUT_OF_RANGE:
+                self._reset(f)
+            else:
+                self._failed(f, c.error, "fetching")
             return
         fetched = c.value
-        if fetched.error == ErrorCode.OFFSET_OUT_OF_RANGE:
-            self._reset(f)
-            return
-        if fetched.error:
-            self._failed(f, RequestError(ErrorCode(fetched.error), f"fetch at offset {f.fetch_at} failed"), "fetching")
-            return
         f.failures = 0
         f.end, f.log_start = fetched.high_watermark, fetched.log_start_offset
         damaged = getattr(fetched, "damaged", None)
@@ -315,9 +323,8 @@ class EgressBridge:
         before = f.fetch_at
         error = f.take(fetched.data, self.topic_frames[f.topic])
         if error is not None:
-            self.errors += 1
-            self.last_error = f"{f.topic}-{f.partition}: skipped a batch that cannot be read: {error}"
-            self._log.log(self._now / 1000, "corrupt", logging.ERROR, "bridge %s: %s", self.name, self.last_error)
+            self._report(f"{f.topic}-{f.partition}: skipped a batch that cannot be read: {error}", False, "corrupt",
+                         logging.ERROR)
         if f.fetch_at == before:
             f.not_before = self._now + EMPTY_BACKOFF_MS
 
@@ -420,12 +427,19 @@ class EgressBridge:
                 self._flush_replay(now_ms)
 
     def _replay_failed(self, topic: str, partition: int, exc: RequestError) -> None:
-        self.errors += 1
-        self.last_error = f"{topic}-{partition}: reading the replay: {exc.code.name}: {exc.message}"
-        self._log.log(self._now / 1000, "replay", logging.WARNING, "bridge %s: %s (that partition's replay is cut short)",
-                      self.name, self.last_error)
+        self._report(f"{topic}-{partition}: reading the replay (cut short): {exc.code.name}: {exc.message}", False, "replay")
 
     # -- commits --------------------------------------------------------------------------
+
+    def _anchored(self, f: Feed) -> bool:
+        """Whether ``f`` may be sent: with start = committed, only once its group holds a
+        position for it (a restart then goes on there, not at the log end, so what it sends
+        from its first start on is never passed over)."""
+        return self.config.start != "committed" or f.committed >= 0
+
+    def _unanchored(self) -> bool:
+        return (self.config.start == "committed" and not self._committing and not self._commit_failed
+                and any(f.started and f.committed < 0 for f in self._order))
 
     def _commit(self, now_ms: int) -> None:
         self._next_commit = now_ms + self.commit_ms
@@ -442,11 +456,9 @@ class EgressBridge:
 
         def answered(c) -> None:
             self._committing = False
+            self._commit_failed = c.error is not None
             if c.error is not None:
-                self.errors += 1
-                self.last_error = f"committing: {c.error.code.name}: {c.error.message}"
-                self._log.log(self._now / 1000, "commit", logging.WARNING, "bridge %s: %s (tried again in %d ms)", self.name,
-                              self.last_error, self.commit_ms)
+                self._report(f"committing: {c.error.code.name}: {c.error.message}", retriable(c.error), "commit")
                 return
             self.commits += 1
             for tp, offset in offsets.items():
@@ -454,6 +466,5 @@ class EgressBridge:
         try:
             self.gateway.commit(self.name, offsets, now_ms).on_done(answered)
         except RequestError as exc:
-            self._committing = False
-            self.errors += 1
-            self.last_error = f"committing: {exc.code.name}: {exc.message}"
+            self._committing, self._commit_failed = False, True
+            self._report(f"committing: {exc.code.name}: {exc.message}", retriable(exc), "commit")

@@ -125,16 +125,13 @@ class ReplayRound:
         if self.abandoned:
             return
         if c.error is not None:
-            self._failed(r, c.error)
+            if c.error.code == ErrorCode.OFFSET_OUT_OF_RANGE and not r.reset:
+                r.reset = True  # the oldest of the N were deleted: read from the log start
+                self._from_log_start(gateway, r, now_ms)
+            else:
+                self._failed(r, c.error)
             return
         fetched = c.value
-        if fetched.error == ErrorCode.OFFSET_OUT_OF_RANGE and not r.reset:
-            r.reset = True  # the oldest of the N were deleted: read from the log start
-            self._from_log_start(gateway, r, now_ms)
-            return
-        if fetched.error:
-            self._failed(r, RequestError(ErrorCode(fetched.error), f"fetch at offset {r.at} failed"))
-            return
         data = fetched.data
         decoded = decode_some_batches(data, r.topic, r.partition, r.at, True, tuple, DECODE_BUDGET)
         frame = self.topic_frames[r.topic]
