@@ -46,6 +46,7 @@ from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
+from .egress_commit import Commits
 from .egress_feed import Feed
 from .egress_replay import ReplayRound
 from .gateway import retriable
@@ -84,8 +85,7 @@ class EgressBridge:
         self._turn = 0
         self._looked = False
         self._next_look = now_ms
-        self._next_commit = now_ms + commit_ms
-        self._committing = self._commit_failed = False
+        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report)
         self._now = now_ms
         self._replay_wanted: set[str] = set()
         self._replay: ReplayRound | None = None
@@ -94,7 +94,7 @@ class EgressBridge:
         self._hold_ms = HOLD_MS
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
-        self.sent = self.bytes = self.subscriptions = self.replays = self.replayed = self.errors = self.commits = 0
+        self.sent = self.bytes = self.subscriptions = self.replays = self.replayed = self.errors = 0
         self.retries = 0
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
@@ -111,14 +111,14 @@ class EgressBridge:
         self._step_replay(now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
-        if now_ms >= self._next_commit or self._unanchored():
-            self._commit(now_ms)
+        if self._commits.due(now_ms, self._order):
+            self._commits.commit(now_ms, self._order)
 
     def next_deadline(self, now_ms: int) -> int | None:
         """When :meth:`tick` has work next (absolute ms; ``now_ms`` or earlier: at once)."""
         if self.closed:
             return None
-        due = min(self._next_look, self._next_commit)
+        due = min(self._next_look, self._commits.next_at)
         if self._replay_out:
             return min(due, self._replay_held_until)
         if self._replay is not None:  # its fetches answer through callbacks; then there is a next step
@@ -129,9 +129,9 @@ class EgressBridge:
         for f in self._order:
             if f.pending or (not f.started and not f.resolving):
                 due = min(due, f.not_before)
-            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._anchored(f):
+            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._commits.anchored(f):
                 due = min(due, f.not_before)
-        if self._unanchored():
+        if self._commits.anchor_due(self._order):
             return now_ms
         return due
 
@@ -140,8 +140,7 @@ class EgressBridge:
         if self.closed:
             return
         self._now = now_ms
-        self._committing = False
-        self._commit(now_ms)
+        self._commits.commit(now_ms, self._order, force=True)
         self.closed = True
         for f in self._order:
             if f.fetching is not None:
@@ -159,7 +158,7 @@ class EgressBridge:
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replay_out), "subscriptions": self.subscriptions, "replays": self.replays,
-            "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self.commits,
+            "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -291,7 +290,7 @@ class EgressBridge:
         for f in self._rotated():
             if in_flight >= self.max_in_flight:
                 return
-            if not f.wants_fetch(now_ms) or not self._anchored(f):
+            if not f.wants_fetch(now_ms) or not self._commits.anchored(f):
                 continue
             in_flight += 1
             try:
@@ -428,43 +427,3 @@ class EgressBridge:
 
     def _replay_failed(self, topic: str, partition: int, exc: RequestError) -> None:
         self._report(f"{topic}-{partition}: reading the replay (cut short): {exc.code.name}: {exc.message}", False, "replay")
-
-    # -- commits --------------------------------------------------------------------------
-
-    def _anchored(self, f: Feed) -> bool:
-        """Whether ``f`` may be sent: with start = committed, only once its group holds a
-        position for it (a restart then goes on there, not at the log end, so what it sends
-        from its first start on is never passed over)."""
-        return self.config.start != "committed" or f.committed >= 0
-
-    def _unanchored(self) -> bool:
-        return (self.config.start == "committed" and not self._committing and not self._commit_failed
-                and any(f.started and f.committed < 0 for f in self._order))
-
-    def _commit(self, now_ms: int) -> None:
-        self._next_commit = now_ms + self.commit_ms
-        if self._committing:
-            return
-        offsets = {}
-        for f in self._order:
-            position = f.confirmed() if f.started else None
-            if position is not None and position != f.committed:
-                offsets[f.tp] = position
-        if not offsets:
-            return
-        self._committing = True
-
-        def answered(c) -> None:
-            self._committing = False
-            self._commit_failed = c.error is not None
-            if c.error is not None:
-                self._report(f"committing: {c.error.code.name}: {c.error.message}", retriable(c.error), "commit")
-                return
-            self.commits += 1
-            for tp, offset in offsets.items():
-                self.feeds[tp].committed = offset
-        try:
-            self.gateway.commit(self.name, offsets, now_ms).on_done(answered)
-        except RequestError as exc:
-            self._committing, self._commit_failed = False, True
-            self._report(f"committing: {exc.code.name}: {exc.message}", retriable(exc), "commit")
