@@ -15,18 +15,25 @@ from pathlib import Path
 from support import ClusterProcesses, wait_until
 
 APP = r"""
-import json, sys
+import json, sys, time
 import zmq
 opts = json.loads(sys.argv[1])
 ctx = zmq.Context()
 sock = ctx.socket(zmq.SUB if opts["type"] == "SUB" else zmq.PULL)
 sock.setsockopt(zmq.LINGER, 0)
+sock.setsockopt(zmq.RCVHWM, opts.get("rcvhwm", 1000))
 if opts.get("curve"):
     public, secret, server = opts["curve"]
     sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public.encode(), secret.encode(), server.encode()
+if opts.get("curve_server"):
+    sock.curve_server, sock.curve_secretkey = True, opts["curve_server"].encode()
 for prefix in opts.get("subscribe", []):
     sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-sock.connect(opts["endpoint"])
+if opts.get("bind"):
+    sock.bind(opts["endpoint"])
+else:
+    sock.connect(opts["endpoint"])
+delay = opts.get("delay_ms", 0) / 1000
 with open(opts["out"], "a") as out:
     out.write("READY\n")
     out.flush()
@@ -34,6 +41,8 @@ with open(opts["out"], "a") as out:
         frames = sock.recv_multipart()
         out.write(" ".join(f.hex() for f in frames) + "\n")
         out.flush()
+        if delay:
+            time.sleep(delay)
 """
 
 
@@ -80,11 +89,16 @@ class App:
     """A plain ZeroMQ SUB or PULL application in its own process (see :data:`APP`)."""
 
     def __init__(self, out: Path, type: str, endpoint: str, subscribe: list[str] | None = None,
-                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
+                 curve: tuple[bytes, bytes, bytes] | None = None, curve_server: bytes | None = None, **options) -> None:
+        """``options``: ``bind`` (bind instead of connect), ``delay_ms`` (after each message),
+        ``rcvhwm``; ``curve`` (public, secret, server key) makes it a CURVE client,
+        ``curve_server`` (its secret key) a CURVE server."""
         self.out = out
-        opts = {"type": type, "endpoint": endpoint, "out": str(out), "subscribe": subscribe or []}
+        opts = {"type": type, "endpoint": endpoint, "out": str(out), "subscribe": subscribe or [], **options}
         if curve is not None:
             opts["curve"] = [k.decode() for k in curve]
+        if curve_server is not None:
+            opts["curve_server"] = curve_server.decode()
         self.proc = subprocess.Popen([sys.executable, "-c", APP, json.dumps(opts)], stderr=subprocess.PIPE)
         wait_until(lambda: out.exists() and out.read_text().startswith("READY"), timeout=15, what=f"the {type} app to start")
 

@@ -3,11 +3,13 @@ only zmq, tests/egress_apps.py): a SUB app gets produced records from a PUB brid
 earliest, latest, committed; a late SUB gets the replay of the last N records, then live data,
 and a second subscriber's replay reaches the first too; a PULL app gets every record of a PUSH
 bridge, in order per partition, across SIGTERM and kill -9 of the broker; CURVE with a client
-key, and curve = false on a secured broker."""
+key, and curve = false on a secured broker; a slow subscriber slows the bridge down and loses
+nothing; a connecting PUSH bridge is a CURVE client of an app that binds."""
 
 from __future__ import annotations
 
 import pytest
+import zmq
 
 from egress_apps import App, cluster_with, status, wait_status
 from support import free_port, run_cli, wait_until
@@ -29,6 +31,16 @@ def create_topic(c, name: str, partitions: int = 1) -> None:
 
     with Admin(bootstrap=c.bootstrap, **c.client_options()) as admin:
         admin.create_topic(name, partitions=partitions, replication_factor=1)
+
+
+def grant(c, bridge: str, topic: str) -> None:
+    """With security on, a bridge acts as its own principal under the ACLs: let it read its
+    topic and commit in its group."""
+    admin = ["--curve-secret-key-file", str(c.client_keys["admin"][0]), "--curve-server-key", c.broker_publics[1].decode()]
+    for resource in (["--topic", topic], ["--group", bridge]):
+        proc = run_cli(*admin, "acl", "add", "--principal", f"Bridge:{bridge}", "--operation", "read", *resource,
+                       bootstrap=c.bootstrap)
+        assert proc.returncode == 0, proc.stderr.decode()
 
 
 @pytest.fixture
@@ -167,12 +179,8 @@ def test_curve_with_a_client_key_and_curve_false_for_a_legacy_app(made, tmp_path
     made.append(c)
     _, public, secret = c.add_client_key("sensor-reader")
     c.start()
-    admin = ["--curve-secret-key-file", str(c.client_keys["admin"][0]), "--curve-server-key", c.broker_publics[1].decode()]
-    for name in ("secure", "legacy"):  # with security on, a bridge acts as its own principal under the ACLs
-        for resource in (["--topic", "s"], ["--group", name]):
-            proc = run_cli(*admin, "acl", "add", "--principal", f"Bridge:{name}", "--operation", "read", *resource,
-                           bootstrap=c.bootstrap)
-            assert proc.returncode == 0, proc.stderr.decode()
+    for name in ("secure", "legacy"):
+        grant(c, name, "s")
     create_topic(c, "s")
     produce(c, "s", [b"x%d" % i for i in range(5)])
     wait_status(c, "secure", lambda s: s["sent"] == 5, "the records to be published (to nobody yet)")
@@ -187,3 +195,35 @@ def test_curve_with_a_client_key_and_curve_false_for_a_legacy_app(made, tmp_path
     s = status(c)
     assert s["secure"]["subscriptions"] == 1 and s["secure"]["errors"] == 0 and s["legacy"]["errors"] == 0
     assert stranger.values() == []
+
+
+def test_a_slow_subscriber_slows_a_pub_bridge_down_and_loses_nothing(made, tmp_path):
+    """XPUB_NODROP: past the high-water mark the bridge holds records instead of ZeroMQ dropping them."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "out", "socket": "pub", "endpoint": endpoint, "topics": ["t"], "hwm": 5}])
+    create_topic(c, "t")
+    slow = app(made, tmp_path, "slow", "SUB", endpoint, subscribe=["t"], rcvhwm=5, delay_ms=2)
+    subscribed(c, "out", 1)
+    values = [b"%d" % i for i in range(600)]
+    produce(c, "t", values)
+    blocked = wait_status(c, "out", lambda s: s["state"] == "blocked", "the bridge to hold records for the slow subscriber")
+    assert blocked["held"] > 0
+    assert slow.wait_values(600, timeout=60) == values
+    s = wait_status(c, "out", lambda s: s["sent"] == 600, "every record sent")
+    assert s["errors"] == 0
+
+
+def test_a_connecting_push_bridge_is_a_curve_client_of_a_pull_app_that_binds(made, tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    app_public, app_secret = zmq.curve_keypair()
+    c = cluster_with(tmp_path / "cluster", [{"name": "to-app", "socket": "push", "endpoint": endpoint, "bind": False,
+                                             "server_key": app_public.decode(), "topics": ["t"], "start": "earliest"}],
+                     curve=True)
+    made.append(c)
+    c.start()
+    grant(c, "to-app", "t")
+    create_topic(c, "t")
+    produce(c, "t", [b"a", b"b"])
+    wait_status(c, "to-app", lambda s: s["state"] == "blocked", "the bridge to hold records while the app is away")
+    pull = app(made, tmp_path, "pull", "PULL", endpoint, bind=True, curve_server=app_secret)
+    assert pull.wait_values(2) == [b"a", b"b"]

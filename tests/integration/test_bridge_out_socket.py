@@ -1,0 +1,116 @@
+"""An egress bridge's socket (zbroker.net.bridge_out) with real ZeroMQ peers on loopback: the
+XPUB reports every subscription (also a second one to the same prefix), refuses instead of
+dropping for a subscriber at its high-water mark (XPUB_NODROP), a PUSH with no peer refuses,
+its handles say when ZeroMQ released a message, and a connecting socket queues nothing for a
+peer that is not there (IMMEDIATE)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import zmq
+
+from support import free_port, wait_until
+from zbroker.net.bridge_out import EgressSocket
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def peer(ctx, kind: int, endpoint: str, bind: bool = False, rcvhwm: int = 1000, subscribe: bytes | None = None):
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    if subscribe is not None:
+        sock.setsockopt(zmq.SUBSCRIBE, subscribe)
+    sock.bind(endpoint) if bind else sock.connect(endpoint)
+    return sock
+
+
+def drain(listener: EgressSocket) -> None:
+    if listener.sock.poll(10):
+        listener.on_readable(listener.sock)
+
+
+def send_until(listener: EgressSocket, frames: list[bytes], timeout: float = 5):
+    """Send once the socket takes it (a peer connects asynchronously)."""
+    return wait_until(lambda: listener.send(frames), timeout=timeout, interval=0.01, what="the socket to take a message")
+
+
+def test_xpub_reports_every_subscription_even_to_a_prefix_already_subscribed(ctx):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    seen: list[bytes] = []
+    listener = EgressSocket(ctx, "b", "pub", endpoint, True, 100, seen.append)
+    try:
+        subs = [peer(ctx, zmq.SUB, endpoint, subscribe=b"sens") for _ in range(2)]
+        wait_until(lambda: drain(listener) or len(seen) == 2, timeout=5, what="two subscriptions")
+        assert seen == [b"sens", b"sens"]
+        handle = listener.send([b"sensors", b"", b"v"])
+        assert handle is not None and handle.done
+        assert [s.recv_multipart() for s in subs] == [[b"sensors", b"", b"v"]] * 2
+    finally:
+        listener.close()
+
+
+def test_xpub_refuses_a_send_a_full_subscriber_cannot_take_instead_of_dropping_it(ctx):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    seen: list[bytes] = []
+    listener = EgressSocket(ctx, "b", "pub", endpoint, True, 10, seen.append)
+    try:
+        sub = peer(ctx, zmq.SUB, endpoint, rcvhwm=10, subscribe=b"t")
+        wait_until(lambda: drain(listener) or seen, timeout=5, what="the subscription")
+        sent = 0
+        deadline = time.monotonic() + 10
+        while listener.send([b"t", b"", b"%d" % sent]) is not None:  # the subscriber does not read
+            sent += 1
+            assert time.monotonic() < deadline, "the XPUB never refused"
+        assert listener.send([b"other", b"", b"x"]) is not None  # nobody's queue is full for this one
+        got = []
+        while len(got) < sent:
+            assert sub.poll(5000)
+            got.append(sub.recv_multipart()[2])
+        assert got == [b"%d" % i for i in range(sent)]  # every message it took reached the subscriber
+    finally:
+        listener.close()
+
+
+def test_push_refuses_without_a_peer_and_its_handles_follow_zeromq(ctx):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    listener = EgressSocket(ctx, "b", "push", endpoint, True, 100)
+    try:
+        assert listener.sockets() == []
+        assert listener.send([b"t", b"", b"nobody"]) is None
+        pull = peer(ctx, zmq.PULL, endpoint)
+        handles = [send_until(listener, [b"t", b"", b"first"])]
+        handles += [listener.send([b"t", b"k", b"%d" % i]) for i in range(50)]
+        assert all(h is not None for h in handles)
+        got = [pull.recv_multipart() for _ in range(51)]
+        assert got[0] == [b"t", b"", b"first"] and got[-1] == [b"t", b"k", b"49"]
+        # ZeroMQ holds its latest message until the next one comes: all but the last are released
+        wait_until(lambda: all(h.done for h in handles[:-1]), timeout=5, what="the messages to be released")
+    finally:
+        listener.close()
+
+
+def test_a_connecting_push_queues_nothing_for_an_absent_peer(ctx):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    listener = EgressSocket(ctx, "b", "push", endpoint, False, 100)
+    try:
+        assert listener.send([b"t", b"", b"x"]) is None
+        pull = peer(ctx, zmq.PULL, endpoint, bind=True)
+        send_until(listener, [b"t", b"", b"y"])
+        assert pull.poll(5000) and pull.recv_multipart() == [b"t", b"", b"y"]
+    finally:
+        listener.close()
+
+
+def test_a_bad_endpoint_is_an_error_naming_the_bridge(ctx):
+    with pytest.raises(OSError, match="bridge b: cannot bind pub socket to tcp://nowhere"):
+        EgressSocket(ctx, "b", "pub", "tcp://nowhere:1", True, 100)
