@@ -197,6 +197,27 @@ def test_curve_with_a_client_key_and_curve_false_for_a_legacy_app(made, tmp_path
     assert stranger.values() == []
 
 
+def test_a_bridge_reads_partitions_led_by_other_brokers_and_commits_through_their_coordinator(made, tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = cluster_with(tmp_path / "cluster", [{"name": "spread", "socket": "push", "endpoint": endpoint, "topics": ["t"],
+                                             "start": "committed", "broker": 1}], n=3, partitions=6)
+    made.append(c)
+    c.start()
+    wait_until(c.agreed_controller, timeout=15, what="a controller")
+    create_topic(c, "t", partitions=6)
+    from clients import Admin
+
+    with Admin(bootstrap=c.bootstrap) as admin:
+        leaders = {p.leader for p in admin.describe_topic("t").partitions}
+    assert leaders - {1}, "some partitions are led by other brokers"
+    pull = app(made, tmp_path, "pull", "PULL", endpoint)
+    values = [b"v%d" % i for i in range(600)]
+    produce(c, "t", values, keys=[b"k%d" % (i % 12) for i in range(600)])
+    assert sorted(pull.wait_values(600)) == sorted(values)
+    s = wait_status(c, "spread", lambda s: all(p["committed"] == p["end"] for p in s["partitions"]), "every position committed")
+    assert s["broker"] == 1 and len(s["partitions"]) == 6 and s["errors"] == 0
+
+
 def test_a_slow_subscriber_slows_a_pub_bridge_down_and_loses_nothing(made, tmp_path):
     """XPUB_NODROP: past the high-water mark the bridge holds records instead of ZeroMQ dropping them."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
