@@ -162,6 +162,7 @@ class Server:
                             config.server_key)
         bridge = EgressBridge(config, Gateway(node.app, node.peers, config.principal, config.name), sock.send, now_ms())
         sock.on_subscribe = lambda prefix: bridge.on_subscribe(prefix, now_ms())
+        sock.on_peer_gone = lambda: bridge.on_peer_gone(now_ms())
         self.loop.add_listener(sock)
         log.info("bridge %s: %s %s %s%s, topics %s from %s", config.name, config.socket,
                  "bound to" if config.bind else "connected to", config.endpoint, " (CURVE)" if curve else "",

@@ -1,8 +1,8 @@
 """An egress bridge's socket (zbroker.net.bridge_out) with real ZeroMQ peers on loopback: the
 XPUB reports every subscription (also a second one to the same prefix), refuses instead of
 dropping for a subscriber at its high-water mark (XPUB_NODROP), a PUSH with no peer refuses,
-its handles say when ZeroMQ released a message, and a connecting socket queues nothing for a
-peer that is not there (IMMEDIATE)."""
+its handles say when ZeroMQ released a message and it reports a peer that disconnects, and a
+connecting socket queues nothing for a peer that is not there (IMMEDIATE)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_push_refuses_without_a_peer_and_its_handles_follow_zeromq(ctx):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     listener = EgressSocket(ctx, "b", "push", endpoint, True, 100)
     try:
-        assert listener.sockets() == []
+        assert listener.sockets() == [listener.monitor]
         assert listener.send([b"t", b"", b"nobody"]) is None
         pull = peer(ctx, zmq.PULL, endpoint)
         handles = [send_until(listener, [b"t", b"", b"first"])]
@@ -95,6 +95,25 @@ def test_push_refuses_without_a_peer_and_its_handles_follow_zeromq(ctx):
         assert got[0] == [b"t", b"", b"first"] and got[-1] == [b"t", b"k", b"49"]
         # ZeroMQ holds its latest message until the next one comes: all but the last are released
         wait_until(lambda: all(h.done for h in handles[:-1]), timeout=5, what="the messages to be released")
+    finally:
+        listener.close()
+
+
+def test_push_reports_a_pull_peer_that_disconnects(ctx):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    listener = EgressSocket(ctx, "b", "push", endpoint, True, 100)
+    gone: list[int] = []
+    listener.on_peer_gone = lambda: gone.append(1)
+    try:
+        pull = peer(ctx, zmq.PULL, endpoint)
+        send_until(listener, [b"t", b"", b"x"])
+        pull.close(linger=0)
+
+        def reported():
+            if listener.monitor.poll(10):
+                listener.on_readable(listener.monitor)
+            return gone
+        wait_until(reported, timeout=10, what="the disconnection to be reported")
     finally:
         listener.close()
 

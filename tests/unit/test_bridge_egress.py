@@ -99,7 +99,7 @@ def test_a_failed_start_commit_is_tried_again_at_the_commit_interval():
     assert len(gw.commits) == 2 and bridge.status(T0)["retries"] == 1
 
 
-def test_commits_every_second_only_what_zeromq_released():
+def test_commits_every_second_only_what_zeromq_released_one_interval_late():
     bridge, gw, sock = make(start="earliest")
     sock.released = False  # PUSH: trackers not done yet
     gw.append("t", 0, [b"a", b"b", b"c"])
@@ -109,11 +109,55 @@ def test_commits_every_second_only_what_zeromq_released():
     assert gw.commits == [{("t", 0): 0}]  # the start position: nothing released past it
     sock.handles[0].done = sock.handles[1].done = True
     run(bridge, T0 + 2 * COMMIT_MS)
+    assert len(gw.commits) == 1  # 2 is released now: committed at the next interval
+    run(bridge, T0 + 3 * COMMIT_MS)
     assert gw.commits[-1] == {("t", 0): 2}
     sock.handles[2].done = True
-    bridge.close(T0 + 2 * COMMIT_MS + 10)
+    bridge.close(T0 + 3 * COMMIT_MS + 10)  # at close, all that was released
     assert gw.commits[-1] == {("t", 0): 3}
     assert bridge.status(T0)["state"] == "closed"
+
+
+def test_a_pub_bridge_commits_what_it_sent_at_once():
+    bridge, gw, sock = make(socket="pub", start="earliest")
+    gw.append("t", 0, [b"a", b"b"])
+    run(bridge, T0)
+    run(bridge, T0 + COMMIT_MS)
+    assert gw.commits == [{("t", 0): 2}]
+
+
+def test_a_pull_peer_gone_sends_again_from_the_last_commit():
+    """ZeroMQ drops what it queued for a peer that disconnects; releasing it makes it look sent."""
+    bridge, gw, sock = make(start="earliest")
+    gw.append("t", 0, [b"a", b"b"])
+    run(bridge, T0)
+    run(bridge, T0 + COMMIT_MS)
+    run(bridge, T0 + 2 * COMMIT_MS)
+    assert gw.commits[-1] == {("t", 0): 2}
+    gw.append("t", 0, [b"c", b"d"])
+    run(bridge, T0 + 2 * COMMIT_MS)
+    run(bridge, T0 + 3 * COMMIT_MS)  # c and d look released (their peer's queue was dropped) ...
+    assert gw.commits[-1] == {("t", 0): 2}  # ... but the commit trails by one interval
+    bridge.on_peer_gone(T0 + 3 * COMMIT_MS + 5)
+    run(bridge, T0 + 3 * COMMIT_MS + 5)
+    assert sock.values() == [b"a", b"b", b"c", b"d", b"c", b"d"]
+    st = bridge.status(T0)
+    assert st["rewinds"] == 1 and st["partitions"][0]["position"] == 4
+    run(bridge, T0 + 4 * COMMIT_MS)
+    assert gw.commits[-1] == {("t", 0): 2}  # nothing confirmed before the rewind is committed
+    run(bridge, T0 + 5 * COMMIT_MS)
+    assert gw.commits[-1] == {("t", 0): 4}
+
+
+def test_a_peer_gone_before_any_commit_goes_back_to_the_start_and_abandons_a_waiting_fetch():
+    bridge, gw, sock = make(start="earliest")
+    gw.append("t", 0, [b"a"])
+    run(bridge, T0)
+    assert gw.parked
+    bridge.on_peer_gone(T0 + 1)
+    gw.append("t", 0, [b"b"])  # wakes nothing: the fetch was abandoned
+    run(bridge, T0 + 1)
+    assert sock.values() == [b"a", b"a", b"b"]
 
 
 def test_a_later_release_does_not_commit_past_an_earlier_unreleased_record():

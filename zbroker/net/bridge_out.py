@@ -20,7 +20,9 @@ frames and gets back a handle, or None when the send would block.
   full, the send would block.  Each message's last frame is sent zero-copy with a tracker:
   the handle is that tracker, done once ZeroMQ released the message (written to the peer's
   connection, or dropped with a peer that went away), which is how far the bridge commits.
-  Tracking costs ~25 us a message.
+  Tracking costs ~25 us a message.  A socket monitor reports each PULL peer that disconnects
+  to ``on_peer_gone()``: ZeroMQ dropped what it had queued for that peer, and the bridge
+  sends again from its last commit.
 - A PUB send's handle is :data:`SENT` (done: nothing to wait for).
 
 Connecting bridges (``bind = false``) set IMMEDIATE: nothing is queued for a peer that is not
@@ -38,6 +40,7 @@ import time
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from zbroker.net.zmq_listeners import GOSSIP_MAX_BYTES, CurveKeys
 from zbroker.ratelimit import RateLimitedLog
@@ -79,6 +82,10 @@ class EgressSocket:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
         if not bind:
             sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor = None
+        if kind == "push":
+            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.monitor.setsockopt(zmq.MAXMSGSIZE, MAX_RECEIVE_BYTES)
         try:
             if curve is not None:
                 if bind:
@@ -90,21 +97,26 @@ class EgressSocket:
             else:
                 sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            sock.close(linger=0)
+            self.sock = sock
+            self.close()
             raise OSError(f"bridge {name}: cannot {'bind' if bind else 'connect'} {kind} socket to {endpoint}: {exc}") from None
         self.sock = sock
         self.name, self.kind, self.endpoint = name, kind, endpoint
         self.track = kind == "push"
         self.on_subscribe = on_subscribe
+        self.on_peer_gone: Callable[[], None] | None = None
         self.errors = 0
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
     # -- the loop's listener --------------------------------------------------------------
 
     def sockets(self) -> list[zmq.Socket]:
-        return [self.sock] if self.kind == "pub" else []
+        return [self.sock] if self.kind == "pub" else [self.monitor]
 
     def on_readable(self, sock: zmq.Socket) -> None:
+        if sock is self.monitor:
+            self._peer_events()
+            return
         for _ in range(BURST):
             try:
                 message = sock.recv(zmq.NOBLOCK)
@@ -118,7 +130,27 @@ class EgressSocket:
                 except Exception:
                     log.exception("bridge %s: error handling a subscription; the broker keeps serving", self.name)
 
+    def _peer_events(self) -> None:
+        gone = 0
+        for _ in range(BURST):
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            gone += event["event"] == zmq.EVENT_DISCONNECTED
+        if gone and self.on_peer_gone is not None:
+            try:
+                self.on_peer_gone()
+            except Exception:
+                log.exception("bridge %s: error handling a disconnection; the broker keeps serving", self.name)
+
     def close(self) -> None:
+        if self.monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
     # -- sending ------------------------------------------------------------------------

@@ -85,7 +85,8 @@ class EgressBridge:
         self._turn = 0
         self._looked = False
         self._next_look = now_ms
-        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report)
+        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report,
+                                lag=config.socket == "push")
         self._now = now_ms
         self._replay_wanted: set[str] = set()
         self._replay: ReplayRound | None = None
@@ -95,7 +96,7 @@ class EgressBridge:
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.replays = self.replayed = self.errors = 0
-        self.retries = 0
+        self.retries = self.rewinds = 0
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
@@ -158,7 +159,7 @@ class EgressBridge:
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replay_out), "subscriptions": self.subscriptions, "replays": self.replays,
-            "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
+            "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count, "rewinds": self.rewinds,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -185,6 +186,23 @@ class EgressBridge:
             log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
                      self.config.replay, ", ".join(matched))
             self._replay_wanted.update(matched)
+
+    # -- PULL peers (PUSH: the socket reports disconnections) ------------------------------
+
+    def on_peer_gone(self, now_ms: int) -> None:
+        """A PULL peer disconnected: ZeroMQ dropped what it had queued for it.  Every partition
+        goes back to its last committed position (trailing what was released, see
+        :mod:`~zbroker.frontends.bridge.egress_commit`) and sends from there again: the peers
+        get some records twice, none is lost."""
+        if self.closed:
+            return
+        self._now = now_ms
+        rewound = [(f, at) for f in self._order if not f.resolving for at in [f.rewind()] if at is not None]
+        self._commits.forget(self._order)
+        if rewound:
+            self.rewinds += 1
+            log.info("bridge %s: a PULL peer disconnected (what ZeroMQ had queued for it is lost): sending again from %s",
+                     self.name, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
 
     # -- partitions and where they start ----------------------------------------------------
 

@@ -10,6 +10,13 @@ With ``start = "committed"`` a partition is *anchored* before anything of it is 
 start position is committed first (at once, not at the next interval).  Otherwise a broker
 that stopped before the first regular commit would, at its restart, find nothing committed,
 fall back to the log end, and pass over what came after the first start.
+
+With ``lag`` (PUSH bridges) each commit is of the positions confirmed one interval before
+(the last commit's snapshot), so the group always trails what ZeroMQ released by one to two
+intervals.  That is the slack :meth:`EgressBridge.on_peer_gone` rewinds into: when a PULL peer
+disconnects, ZeroMQ drops what it had queued for it, and releasing those messages makes them
+look confirmed; a commit made from the moment of the drop could pass over them before the
+bridge hears of the disconnect.  At close every confirmed position is committed.
 """
 
 from __future__ import annotations
@@ -24,13 +31,19 @@ from .gateway import retriable
 
 class Commits:
     def __init__(self, gateway, group: str, anchor: bool, commit_ms: int, now_ms: int,
-                 report: Callable[[str, bool, str], None]) -> None:
-        self.gateway, self.group, self.anchor, self.commit_ms = gateway, group, anchor, commit_ms
+                 report: Callable[[str, bool, str], None], lag: bool = False) -> None:
+        self.gateway, self.group, self.anchor, self.commit_ms, self.lag = gateway, group, anchor, commit_ms, lag
+        self._snapshot: dict[Feed, int] = {}  # lag: each partition's confirmed position at the last commit
         self.next_at = now_ms + commit_ms
         self.in_flight = False
         self.failed = False  # the last commit failed: the next waits for the interval
         self.count = 0
         self._report = report
+
+    def forget(self, feeds: list[Feed]) -> None:
+        """After a rewind: nothing confirmed before it may be committed."""
+        for f in feeds:
+            self._snapshot[f] = f.committed
 
     def anchored(self, f: Feed) -> bool:
         """Whether ``f`` may be sent (see the module docstring)."""
@@ -51,8 +64,13 @@ class Commits:
             return
         offsets = {}
         for f in feeds:
-            position = f.confirmed() if f.started else None
-            if position is not None and position != f.committed:
+            if not f.started:
+                continue
+            position = now = f.confirmed()
+            if self.lag and not force and f.committed >= 0:
+                position = self._snapshot.get(f, f.committed)
+            self._snapshot[f] = now
+            if position != f.committed:
                 offsets[f] = position
         if not offsets:
             return

@@ -50,6 +50,7 @@ class Feed:
     fetch_at: int | None = None  # None: the start position is not known yet
     sent_to: int | None = None
     released: int | None = None
+    origin: int | None = None  # where it started (or was last reset to)
     committed: int = -1  # what the bridge's group holds for this partition (-1: nothing)
     end: int = -1  # the high watermark at the last fetch
     log_start: int = -1
@@ -67,10 +68,23 @@ class Feed:
 
     def start_at(self, offset: int) -> None:
         """Start (or restart, after a reset) at ``offset``: nothing before it is sent."""
-        self.fetch_at = self.sent_to = offset
+        self.fetch_at = self.sent_to = self.origin = offset
         if not self.unconfirmed:
             self.released = offset
         self.pending.clear()
+
+    def rewind(self) -> int | None:
+        """Send again from the last committed position (or the start): what was handed over
+        since may be lost.  Returns the new position, or None when there was nothing to undo."""
+        back_to = self.committed if self.committed >= 0 else self.origin
+        if self.fetch_at is None or back_to is None or back_to >= self.fetch_at:
+            return None
+        if self.fetching is not None:  # its answer is for a position no longer wanted
+            self.fetching.abandon()
+            self.fetching = None
+        self.unconfirmed.clear()
+        self.start_at(back_to)
+        return back_to
 
     @property
     def started(self) -> bool:
