@@ -39,7 +39,6 @@ live data goes on -- live sending pauses while a replay is read and sent.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Callable
 
 from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
@@ -47,8 +46,8 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_commit import Commits
-from .egress_feed import Feed
-from .egress_replay import ReplayRound
+from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed
+from .egress_replay import Replays
 from .gateway import retriable
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,6 @@ MAX_WAIT_MS = 500  # a fetch waits this long for data (long poll)
 FETCH_BYTES = 256 << 10
 MAX_IN_FLIGHT = 32
 EMPTY_BACKOFF_MS = 50  # after an answer without data (a gateway that does not long-poll must not spin)
-HOLD_MS, MAX_HOLD_MS = 2, 50  # a send that would block is offered again after this, doubling
 BURST = 4096  # records handed over per tick before other work gets a turn
 
 
@@ -88,14 +86,11 @@ class EgressBridge:
         self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report,
                                 lag=config.socket == "push")
         self._now = now_ms
-        self._replay_wanted: set[str] = set()
-        self._replay: ReplayRound | None = None
-        self._replay_out: deque[list] = deque()
-        self._replay_held_until = 0
+        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
         self._hold_ms = HOLD_MS
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
-        self.sent = self.bytes = self.subscriptions = self.replays = self.replayed = self.errors = 0
+        self.sent = self.bytes = self.subscriptions = self.errors = 0
         self.retries = self.rewinds = 0
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
@@ -109,7 +104,7 @@ class EgressBridge:
         if now_ms >= self._next_look:
             self._look(now_ms)
         self._resolve_starts(now_ms)
-        self._step_replay(now_ms)
+        self._replays.step(self.gateway, self._order, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
         if self._commits.due(now_ms, self._order):
@@ -120,12 +115,9 @@ class EgressBridge:
         if self.closed:
             return None
         due = min(self._next_look, self._commits.next_at)
-        if self._replay_out:
-            return min(due, self._replay_held_until)
-        if self._replay is not None:  # its fetches answer through callbacks; then there is a next step
-            return now_ms if self._replay.ready else due
-        if self._replay_wanted:
-            return now_ms
+        replay_due = self._replays.deadline(now_ms, due)
+        if replay_due is not None:
+            return replay_due
         in_flight = sum(1 for f in self._order if f.fetching is not None)
         for f in self._order:
             if f.pending or (not f.started and not f.resolving):
@@ -147,8 +139,7 @@ class EgressBridge:
             if f.fetching is not None:
                 f.fetching.abandon()
                 f.fetching = None
-        if self._replay is not None:
-            self._replay.abandoned = True
+        self._replays.abandon()
 
     def status(self, now_ms: int) -> dict:
         feeds = self._order
@@ -158,15 +149,16 @@ class EgressBridge:
             "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
-            "held": held + len(self._replay_out), "subscriptions": self.subscriptions, "replays": self.replays,
-            "replayed": self.replayed, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count, "rewinds": self.rewinds,
+            "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
+            "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
+            "rewinds": self.rewinds,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
     def _state(self, now_ms: int) -> str:
         if self.closed:
             return "closed"
-        if self._replay is not None or self._replay_out:
+        if self._replays.active:
             return "replaying"
         if any(f.pending and f.not_before > now_ms for f in self._order):
             return "blocked"
@@ -179,13 +171,10 @@ class EgressBridge:
     def on_subscribe(self, prefix: bytes, now_ms: int) -> None:
         """A subscriber subscribed to ``prefix``: replay the topics it matches (``replay`` > 0)."""
         self.subscriptions += 1
-        if self.config.replay <= 0 or self.closed:
-            return
-        matched = [t for t, frame in self.topic_frames.items() if frame.startswith(prefix)]
+        matched = [] if self.closed else self._replays.want(prefix)
         if matched:
             log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
                      self.config.replay, ", ".join(matched))
-            self._replay_wanted.update(matched)
 
     # -- PULL peers (PUSH: the socket reports disconnections) ------------------------------
 
@@ -302,7 +291,7 @@ class EgressBridge:
         return self._order[self._turn:] + self._order[:self._turn]
 
     def _fetch(self, now_ms: int) -> None:
-        if self._replay is not None or self._replay_out:
+        if self._replays.active:
             return  # a replay goes first
         in_flight = sum(1 for f in self._order if f.fetching is not None)
         for f in self._rotated():
@@ -381,9 +370,8 @@ class EgressBridge:
 
     def _flush(self, now_ms: int) -> None:
         """Hand pending records to the socket; a send that would block holds its partition."""
-        if self._replay_out:
-            self._flush_replay(now_ms)
-        if self._replay is not None or self._replay_out:
+        self._replays.flush(now_ms)
+        if self._replays.active:
             return
         budget = BURST
         held = False
@@ -413,35 +401,3 @@ class EgressBridge:
                       "offset %d", self.name, self.config.socket,
                       "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
                       else "a subscriber of the topic has hwm messages unread", f.topic, f.partition, f.sent_to)
-
-    def _flush_replay(self, now_ms: int) -> None:
-        if now_ms < self._replay_held_until:
-            return
-        out = self._replay_out
-        while out:
-            if self._send(out[0]) is None:
-                self._replay_held_until = now_ms + self._hold_ms
-                self._hold_ms = min(MAX_HOLD_MS, self._hold_ms * 2)
-                return
-            self.replayed += 1
-            out.popleft()
-        self._hold_ms = HOLD_MS
-
-    def _step_replay(self, now_ms: int) -> None:
-        if self._replay is None and self._replay_wanted and not self._replay_out:
-            ends: dict[str, dict[int, int]] = {}
-            for f in self._order:
-                if f.topic in self._replay_wanted and f.started:
-                    ends.setdefault(f.topic, {})[f.partition] = f.sent_to
-            self._replay_wanted = set()
-            self._replay = ReplayRound(ends, self.config.replay, self.topic_frames, self.fetch_bytes, self._replay_failed)
-        if self._replay is not None:
-            self._replay.step(self.gateway, now_ms)
-            if self._replay.done:
-                self._replay_out.extend(self._replay.frames())
-                self._replay = None
-                self.replays += 1
-                self._flush_replay(now_ms)
-
-    def _replay_failed(self, topic: str, partition: int, exc: RequestError) -> None:
-        self._report(f"{topic}-{partition}: reading the replay (cut short): {exc.code.name}: {exc.message}", False, "replay")

@@ -31,6 +31,7 @@ from storage.errors import CorruptBatchError
 #: The most payload bytes one fetch answer is decoded to at once (a compressed batch may
 #: decompress to this much); what is left is fetched again.
 DECODE_BUDGET = 64 << 20
+HOLD_MS, MAX_HOLD_MS = 2, 50  # a send that would block is offered again after this, doubling
 
 
 class Released:

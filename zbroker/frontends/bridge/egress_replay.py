@@ -27,7 +27,7 @@ from storage.decode import decode_some_batches
 from zbroker.core.fetch import EARLIEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 
-from .egress_feed import DECODE_BUDGET
+from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,83 @@ def newest(per_partition: list[list[Entry]], n: int) -> list[list]:
             heapq.heappush(heap, (-recs[-1 - taken[i]][0], i))
     shares = [recs[len(recs) - k:] for recs, k in zip(per_partition, taken) if k]
     return [entry[2] for entry in heapq.merge(*shares, key=lambda entry: entry[0])]
+
+
+class Replays:
+    """A PUB bridge's replays: the topics wanted, the round being read, the records to publish.
+
+    While :attr:`active` the bridge's live sending waits (a replay goes first).  ``send`` is
+    the socket's (None: would block; the record is offered again, backing off 2 to 50 ms);
+    ``report(text, retriable, kind)`` counts and logs a failed read."""
+
+    def __init__(self, n: int, topic_frames: dict[str, bytes], fetch_bytes: int, send: Callable[[list], object],
+                 report: Callable[[str, bool, str], None]) -> None:
+        self.n, self.topic_frames, self.fetch_bytes = n, topic_frames, fetch_bytes
+        self._send, self._report = send, report
+        self.wanted: set[str] = set()
+        self.round: ReplayRound | None = None
+        self.out: deque[list] = deque()
+        self.held_until = 0
+        self._hold_ms = HOLD_MS
+        self.count = self.records = 0
+
+    @property
+    def active(self) -> bool:
+        return self.round is not None or bool(self.out)
+
+    def want(self, prefix: bytes) -> list[str]:
+        """A subscription to ``prefix``: the topics it matches are replayed next (returned)."""
+        if self.n <= 0:
+            return []
+        matched = [t for t, frame in self.topic_frames.items() if frame.startswith(prefix)]
+        self.wanted.update(matched)
+        return matched
+
+    def deadline(self, now_ms: int, due: int) -> int | None:
+        """When there is replay work (``due``: the bridge's other timers), None: none."""
+        if self.out:
+            return min(due, self.held_until)
+        if self.round is not None:  # its fetches answer through callbacks; then there is a next step
+            return now_ms if self.round.ready else due
+        return now_ms if self.wanted else None
+
+    def step(self, gateway, feeds: list[Feed], now_ms: int) -> None:
+        """Start a round for the topics wanted (each ends at its partitions' positions), go on
+        reading it, and publish it once read."""
+        if self.round is None and self.wanted and not self.out:
+            ends: dict[str, dict[int, int]] = {}
+            for f in feeds:
+                if f.topic in self.wanted and f.started:
+                    ends.setdefault(f.topic, {})[f.partition] = f.sent_to
+            self.wanted = set()
+            self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed)
+        if self.round is not None:
+            self.round.step(gateway, now_ms)
+            if self.round.done:
+                self.out.extend(self.round.frames())
+                self.round = None
+                self.count += 1
+        self.flush(now_ms)
+
+    def flush(self, now_ms: int) -> None:
+        if now_ms < self.held_until:
+            return
+        out = self.out
+        while out:
+            if self._send(out[0]) is None:
+                self.held_until = now_ms + self._hold_ms
+                self._hold_ms = min(MAX_HOLD_MS, self._hold_ms * 2)
+                return
+            self.records += 1
+            out.popleft()
+        self._hold_ms = HOLD_MS
+
+    def abandon(self) -> None:
+        if self.round is not None:
+            self.round.abandoned = True
+
+    def _failed(self, topic: str, partition: int, exc: RequestError) -> None:
+        self._report(f"{topic}-{partition}: reading the replay (cut short): {exc.code.name}: {exc.message}", False, "replay")
 
 
 class _Read:
