@@ -24,7 +24,10 @@ Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
                  records were all handed over, so a bridge holds at most one fetch per
                  partition in memory.
     commit   --  every ``commit_ms`` and at close: per partition the position before which
-                 ZeroMQ has released every record (never past what was handed over).
+                 ZeroMQ has released every record (never past what was handed over; PUSH:
+                 as of one interval before, :mod:`~zbroker.frontends.bridge.egress_commit`).
+                 A PULL peer that disconnects sends every partition back to its last commit
+                 (:meth:`EgressBridge.on_peer_gone`): ZeroMQ dropped what it queued for it.
 
 A fetch that finds its offset out of range (retention deleted the records, the topic was
 recreated) moves to the log start if the position is below it, else to the log end; the
