@@ -176,8 +176,9 @@ def test_a_send_that_would_block_holds_the_record_and_loses_nothing():
     sock.budget = 4
     run(bridge, T0)
     assert sock.values() == [b"0", b"1", b"2", b"3"]
-    st = bridge.status(T0)
+    st = bridge.status(T0 + 1)
     assert st["state"] == "blocked" and st["held"] == 6 and st["partitions"][0]["position"] == 4
+    assert st["blocked_ms"] == 1
     deadline = bridge.next_deadline(T0)
     assert T0 < deadline <= T0 + 50
     run(bridge, T0 + 1)
@@ -185,6 +186,7 @@ def test_a_send_that_would_block_holds_the_record_and_loses_nothing():
     sock.budget = None
     run(bridge, deadline)
     assert sock.values() == [b"%d" % i for i in range(10)]
+    assert bridge.status(deadline)["blocked_ms"] == 0
     run(bridge, deadline + COMMIT_MS)
     assert gw.commits[-1] == {("t", 0): 10}
 

@@ -62,6 +62,7 @@ FETCH_BYTES = 256 << 10
 MAX_IN_FLIGHT = 32
 EMPTY_BACKOFF_MS = 50  # after an answer without data (a gateway that does not long-poll must not spin)
 BURST = 4096  # records handed over per tick before other work gets a turn
+LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
 
 
 def _backoff(failures: int, retriable: bool) -> int:
@@ -148,13 +149,14 @@ class EgressBridge:
         feeds = self._order
         lags = [f.lag for f in feeds if f.lag is not None]
         held = sum(len(f.pending) for f in feeds if f.not_before > now_ms and f.pending)
+        since = [f.held_since for f in feeds if f.held_since is not None]
         return {
             "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
-            "rewinds": self.rewinds,
+            "rewinds": self.rewinds, "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -391,6 +393,7 @@ class EgressBridge:
                     break
                 pending.popleft()
                 f.handed(after, handle)
+                f.held_since = None
                 self.sent += 1
                 self.bytes += len(frames[1]) + len(frames[2])
                 budget -= 1
@@ -400,7 +403,11 @@ class EgressBridge:
 
     def _held(self, f: Feed, now_ms: int) -> None:
         f.not_before = now_ms + self._hold_ms
-        self._log.log(now_ms / 1000, "held", logging.INFO, "bridge %s: the %s socket would block (%s): holding %s-%d at "
-                      "offset %d", self.name, self.config.socket,
-                      "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
-                      else "a subscriber of the topic has hwm messages unread", f.topic, f.partition, f.sent_to)
+        if f.held_since is None:
+            f.held_since = now_ms
+        long = now_ms - f.held_since >= LONG_HOLD_MS
+        self._log.log(now_ms / 1000, "held_long" if long else "held", logging.WARNING if long else logging.INFO,
+                      "bridge %s: the %s socket would block (%s): holding %s-%d at offset %d for %d ms", self.name,
+                      self.config.socket, "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
+                      else "a subscriber of the topic does not read: hwm messages unread", f.topic, f.partition,
+                      f.sent_to, now_ms - f.held_since)

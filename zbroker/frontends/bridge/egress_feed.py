@@ -59,7 +59,8 @@ class Feed:
     unconfirmed: deque = field(default_factory=deque)  # (position after the record, send handle)
     fetching: object = None  # the Completion of the fetch in flight
     resolving: bool = False  # a start position or a reset is being looked up
-    not_before: int = 0  # no fetch before this time (ms): backoff after errors and empty answers
+    not_before: int = 0  # no fetch (send, when held) before this time (ms): backoff
+    held_since: int | None = None  # when its socket first refused its next record (None: not held)
     failures: int = 0  # errors in a row (backoff)
     skipped: int = 0  # offsets passed over without being sent (unreadable batches, retention, resets)
 
@@ -73,6 +74,7 @@ class Feed:
         if not self.unconfirmed:
             self.released = offset
         self.pending.clear()
+        self.held_since = None
 
     def rewind(self) -> int | None:
         """Send again from the last committed position (or the start): what was handed over
