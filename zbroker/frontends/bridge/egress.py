@@ -49,7 +49,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_commit import Commits
-from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed
+from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed, guarded
 from .egress_replay import Replays
 from .gateway import retriable
 
@@ -266,7 +266,7 @@ class EgressBridge:
             for f in feeds:
                 self._failed(f, exc, what)
             return
-        answer.on_done(answered)
+        answer.on_done(guarded(answered, what))
 
     def _failed(self, f: Feed, exc: RequestError, what: str) -> None:
         """An error about ``f``: count it, log it (rate-limited), and back off."""
@@ -312,7 +312,7 @@ class EgressBridge:
                 self._failed(f, exc, "fetching")
                 continue
             f.fetching = answer
-            answer.on_done(lambda c, f=f: self._fetched(f, c))
+            answer.on_done(guarded(lambda c, f=f: self._fetched(f, c), "a fetch answer"))
 
     def _fetched(self, f: Feed, c) -> None:
         if self.closed or f.fetching is not c:

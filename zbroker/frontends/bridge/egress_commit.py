@@ -25,7 +25,7 @@ from typing import Callable
 
 from zbroker.errors import RequestError
 
-from .egress_feed import Feed
+from .egress_feed import Feed, guarded
 from .gateway import retriable
 
 
@@ -86,7 +86,7 @@ class Commits:
             for f, offset in offsets.items():
                 f.committed = offset
         try:
-            self.gateway.commit(self.group, {f.tp: offset for f, offset in offsets.items()}, now_ms).on_done(answered)
+            self.gateway.commit(self.group, {f.tp: offset for f, offset in offsets.items()}, now_ms).on_done(guarded(answered, "a commit answer"))
         except RequestError as exc:
             self.in_flight, self.failed = False, True
             self._report(f"committing: {exc.code.name}: {exc.message}", retriable(exc), "commit")

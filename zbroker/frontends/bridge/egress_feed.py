@@ -21,17 +21,32 @@ logged) instead of stopping the partition for good.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from storage.batch import parse_header, walk
 from storage.decode import decode_some_batches
 from storage.errors import CorruptBatchError
 
+log = logging.getLogger(__name__)
+
 #: The most payload bytes one fetch answer is decoded to at once (a compressed batch may
 #: decompress to this much); what is left is fetched again.
 DECODE_BUDGET = 64 << 20
 HOLD_MS, MAX_HOLD_MS = 2, 50  # a send that would block is offered again after this, doubling
+
+
+def guarded(callback: Callable, what: str) -> Callable:
+    """``callback`` for a Completion, made safe: a Completion runs its callback inside whatever
+    settled it (a producer's append waking a parked fetch), which a bridge's bug must not fail."""
+    def run(*args) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("bridge: error handling %s; the broker keeps serving", what)
+    return run
 
 
 class Released:
@@ -120,11 +135,11 @@ class Feed:
         if next_offset > start:
             self.fetch_at = next_offset
         error = decoded.error
-        if error is not None:
-            bad = parse_header(data, decoded.end)
-            if bad.next_offset > self.fetch_at:
-                self.skipped += bad.next_offset - self.fetch_at
-                self.fetch_at = bad.next_offset
+        if error is not None:  # pass over the batch (by its header, unless that is implausible: then one offset)
+            to = parse_header(data, decoded.end).next_offset
+            to = to if self.fetch_at < to <= max(self.end, self.fetch_at + 1) else self.fetch_at + 1
+            self.skipped += to - self.fetch_at
+            self.fetch_at = to
         if pending:  # the last record also passes over what follows it in its batch (control records, compacted gaps)
             frames, after = pending[-1]
             pending[-1] = (frames, max(after, self.fetch_at))

@@ -27,7 +27,7 @@ from storage.decode import decode_some_batches
 from zbroker.core.fetch import EARLIEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 
-from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed
+from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class ReplayRound:
         except RequestError as exc:
             self._failed(r, exc)
             return
-        answer.on_done(lambda c: self._fetched(gateway, r, c, now_ms))
+        answer.on_done(guarded(lambda c: self._fetched(gateway, r, c, now_ms), "a replay fetch answer"))
 
     def _failed(self, r: _Read, exc: RequestError) -> None:
         r.busy, r.done = False, True
@@ -234,6 +234,6 @@ class ReplayRound:
             r.at = max(r.at, c.value)
             r.done = r.at >= r.stop
         try:
-            gateway.list_offset(r.topic, r.partition, EARLIEST_TIMESTAMP, now_ms).on_done(answered)
+            gateway.list_offset(r.topic, r.partition, EARLIEST_TIMESTAMP, now_ms).on_done(guarded(answered, "a replay offset answer"))
         except RequestError as exc:
             self._failed(r, exc)
