@@ -38,7 +38,7 @@ from zbroker.net.bridge_out import EgressSocket
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
-from zbroker.net.zap import CLIENT, GOSSIP, PEER, ZapHandler
+from zbroker.net.zap import BRIDGE, CLIENT, GOSSIP, PEER, ZapHandler
 from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
 from zbroker.node import BrokerNode
 from zbroker.protocol import broker_identity
@@ -157,7 +157,7 @@ class Server:
                 host.add(self._egress_bridge(ctx, node, keys, config))
 
     def _egress_bridge(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, config) -> EgressBridge:
-        curve = CurveKeys(keys.public, keys.secret, CLIENT) if config.uses_curve(self.config.security.curve) else None
+        curve = CurveKeys(keys.public, keys.secret, BRIDGE) if config.uses_curve(self.config.security.curve) else None
         sock = EgressSocket(ctx, config.name, config.socket, config.endpoint, config.bind, config.hwm, None, curve,
                             config.server_key)
         bridge = EgressBridge(config, Gateway(node.app, node.peers, config.principal, config.name), sock.send, now_ms())

@@ -27,7 +27,7 @@ frames and gets back a handle, or None when the send would block.
 
 Connecting bridges (``bind = false``) set IMMEDIATE: nothing is queued for a peer that is not
 connected, so the bridge holds records (and shows it) instead of ZeroMQ queueing them out of
-sight.  CURVE: a bound socket is a CURVE server (ZAP domain of the broker's clients: the keys
+sight.  CURVE: a bound socket is a CURVE server (ZAP domain ``bridge``: the keys
 of ``authorized_keys_dir`` may connect), a connecting one a CURVE client of ``server_key``,
 both with the broker's key pair; none with ``curve = false`` or ``[security] curve`` off.
 Every send is DONTWAIT: the loop never blocks on a bridge.

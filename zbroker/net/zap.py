@@ -18,6 +18,8 @@ domain        socket                                 admits
 ``gossip``    the gossip PUB (``gossip_port``)       broker keys only: ``Broker:N``
 ``client``    the client ROUTER (``port``), only     the keys of ``authorized_keys_dir``:
               with ``[security] curve = true``       ``User:NAME``
+``bridge``    a bound bridge socket (pull, xsub,     the keys of ``authorized_keys_dir``
+              pub, push) with CurveZMQ               (the bridge acts as ``Bridge:NAME``)
 ============  =====================================  ======================================
 
 An admitted connection's User-Id is ``"<principal> <key>"``
@@ -37,7 +39,7 @@ from zbroker.net.curve_keys import BrokerKeys, KeyDir, split_user_id, user_id
 
 log = logging.getLogger(__name__)
 
-PEER, GOSSIP, CLIENT = "peer", "gossip", "client"
+PEER, GOSSIP, CLIENT, BRIDGE = "peer", "gossip", "client", "bridge"
 BURST = 64  # ZAP requests answered per loop turn before other sockets get theirs
 #: ZAP requests are a few hundred bytes (RFC 27: version, id, domain, address, identity,
 #: mechanism, a 32-byte key); inproc does not enforce it, set for the rule "every socket".
@@ -73,6 +75,7 @@ class ZapHandler(Authenticator):
         self.configure_curve_callback(GOSSIP, _Keys(self, keys.principal))
         if clients is not None:
             self.configure_curve_callback(CLIENT, _Keys(self, lambda key: clients.admit(key, self.clock())))
+            self.configure_curve_callback(BRIDGE, _Keys(self, lambda key: clients.admit(key, self.clock())))
 
     def start(self) -> None:
         super().start()
