@@ -6,6 +6,7 @@ connecting socket queues nothing for a peer that is not there (IMMEDIATE)."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -104,16 +105,20 @@ def test_push_reports_a_pull_peer_that_disconnects(ctx):
     listener = EgressSocket(ctx, "b", "push", endpoint, True, 100)
     gone: list[int] = []
     listener.on_peer_gone = lambda: gone.append(1)
+    def reported():
+        if listener.monitor.poll(10):
+            listener.on_readable(listener.monitor)
+        return gone
+
     try:
+        for _ in range(3):  # connections that never become peers are not reported
+            socket.create_connection(("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))).close()
         pull = peer(ctx, zmq.PULL, endpoint)
         send_until(listener, [b"t", b"", b"x"])
         pull.close(linger=0)
-
-        def reported():
-            if listener.monitor.poll(10):
-                listener.on_readable(listener.monitor)
-            return gone
         wait_until(reported, timeout=10, what="the disconnection to be reported")
+        wait_until(lambda: not listener.monitor.poll(200) and reported(), timeout=5, what="the monitor to be drained")
+        assert gone == [1]
     finally:
         listener.close()
 

@@ -22,7 +22,8 @@ frames and gets back a handle, or None when the send would block.
   connection, or dropped with a peer that went away), which is how far the bridge commits.
   Tracking costs ~25 us a message.  A socket monitor reports each PULL peer that disconnects
   to ``on_peer_gone()``: ZeroMQ dropped what it had queued for that peer, and the bridge
-  sends again from its last commit.
+  sends again from its last commit (connections that failed their handshake -- a port scan, a
+  refused key -- had nothing queued and are not reported: they cannot force re-sends).
 - A PUB send's handle is :data:`SENT` (done: nothing to wait for).
 
 Connecting bridges (``bind = false``) set IMMEDIATE: nothing is queued for a peer that is not
@@ -51,6 +52,9 @@ BURST = 256  # subscription messages read per turn
 #: What the socket may receive: subscriptions of a few bytes and CURVE handshakes (~300 bytes).
 MAX_RECEIVE_BYTES = GOSSIP_MAX_BYTES
 HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 1000, 5000
+#: a connection that never became a peer (no ZMTP, a refused CURVE key) ends with one of these,
+#: then EVENT_DISCONNECTED: nothing was queued for it
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
 class _Sent:
@@ -84,7 +88,7 @@ class EgressSocket:
             sock.setsockopt(zmq.IMMEDIATE, 1)
         self.monitor = None
         if kind == "push":
-            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
             self.monitor.setsockopt(zmq.MAXMSGSIZE, MAX_RECEIVE_BYTES)
         try:
             if curve is not None:
@@ -105,6 +109,7 @@ class EgressSocket:
         self.track = kind == "push"
         self.on_subscribe = on_subscribe
         self.on_peer_gone: Callable[[], None] | None = None
+        self._failed_handshakes = 0  # seen, their disconnection not yet
         self.errors = 0
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
@@ -137,7 +142,12 @@ class EgressSocket:
                 event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            gone += event["event"] == zmq.EVENT_DISCONNECTED
+            if event["event"] & HANDSHAKE_FAILED:
+                self._failed_handshakes += 1
+            elif self._failed_handshakes:  # the end of a connection that never was a peer
+                self._failed_handshakes -= 1
+            else:
+                gone += 1
         if gone and self.on_peer_gone is not None:
             try:
                 self.on_peer_gone()
