@@ -134,6 +134,22 @@ def test_a_late_subscriber_gets_the_replay_then_live_data_and_others_see_a_new_r
     assert (s["replays"], s["replayed"], s["subscriptions"]) == (2, 10, 2)
 
 
+def test_a_subscriber_that_reconnects_after_a_broker_restart_gets_the_replay_again(made, tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "lvc", "socket": "pub", "endpoint": endpoint, "topics": ["sensors"], "replay": 2,
+                                "start": "committed"}])
+    create_topic(c, "sensors")
+    sub = app(made, tmp_path, "sub", "SUB", endpoint, subscribe=["sensors"])
+    subscribed(c, "lvc", 1)
+    produce(c, "sensors", [b"a", b"b", b"c"])
+    assert sub.wait_values(3) == [b"a", b"b", b"c"]
+    assert c.brokers[1].stop() == 0
+    c.brokers[1].start()  # the SUB reconnects by itself and subscribes again
+    assert sub.wait_values(5)[3:] == [b"b", b"c"]
+    produce(c, "sensors", [b"d"])
+    assert sub.wait_values(6)[5:] == [b"d"]
+
+
 def _no_gaps_in_order(messages: list[list[bytes]], keys: int, per_key: int) -> None:
     """Every value of every key arrived, and a key's values never jump ahead (duplicates from
     a replay after a restart are allowed: at-least-once, in order per partition)."""

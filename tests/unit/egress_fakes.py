@@ -20,6 +20,12 @@ def egress_config(name: str = "out", socket: str = "push", topics: tuple = ("t",
     return BridgeConfig(name, socket, "tcp://127.0.0.1:7002", True, 1, topics=tuple(topics), start=start, replay=replay)
 
 
+def failed(error: RequestError) -> Completion:
+    c: Completion = Completion()
+    c.fail(error)
+    return c
+
+
 class Handle:
     def __init__(self, done: bool) -> None:
         self.done = done

@@ -11,7 +11,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge.egress import COMMIT_MS, EgressBridge
 from zbroker.frontends.bridge.egress_replay import newest
 
-from tests.unit.egress_fakes import FakeGateway, Socket, egress_config
+from tests.unit.egress_fakes import FakeGateway, Socket, egress_config, failed
 
 T0 = 1_000_000
 
@@ -381,6 +381,40 @@ def test_a_replay_that_would_block_is_held_and_live_data_waits_for_it():
     sock.budget = None
     run(bridge, T0 + 100)
     assert sock.values() == [b"a", b"b", b"live"]
+
+
+def test_a_subscription_before_the_positions_are_known_waits_for_them_and_live_data_waits_for_the_replay():
+    """After a broker's start, subscribers reconnect before the bridge knows where it is."""
+    gw = FakeGateway()
+    gw.append("t", 0, [b"a", b"b", b"c"])
+    gw.offsets[("out", ("t", 0))] = 3
+    gw.hold = True  # the committed position is not known yet
+    sock = Socket()
+    bridge = EgressBridge(egress_config(socket="pub", start="committed", replay=2), gw, sock, T0)
+    bridge.on_subscribe(b"t", T0)
+    run(bridge, T0)
+    assert bridge.status(T0)["state"] == "replaying" and bridge.next_deadline(T0) == T0 + 1000
+    gw.hold = False
+    gw.release()
+    assert bridge.next_deadline(T0) == T0
+    gw.append("t", 0, [b"d"])
+    run(bridge, T0 + 1)
+    assert sock.values() == [b"b", b"c", b"d"]
+
+
+def test_a_replay_waits_at_most_a_while_for_positions():
+    gw = FakeGateway({"t": 2})
+    gw.append("t", 0, [b"a", b"b"])
+    sock = Socket()
+    bridge = EgressBridge(egress_config(socket="pub", start="earliest", replay=5), gw, sock, T0)
+    real = gw.list_offset
+    gw.list_offset = lambda topic, p, ts, now: (real(topic, p, ts, now) if p == 0
+                                                else failed(RequestError(ErrorCode.LEADER_NOT_AVAILABLE, "none")))
+    bridge.on_subscribe(b"", T0)
+    run(bridge, T0)
+    assert sock.sent == [] and bridge.next_deadline(T0) <= T0 + 5000
+    run(bridge, T0 + 5000)  # partition 1 still has no position: the replay goes without it
+    assert sock.values()[:2] == [b"a", b"b"] and bridge.status(T0 + 5000)["replays"] == 1
 
 
 def test_push_bridges_and_replay_zero_ignore_subscriptions():

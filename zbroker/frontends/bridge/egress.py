@@ -108,7 +108,7 @@ class EgressBridge:
         if now_ms >= self._next_look:
             self._look(now_ms)
         self._resolve_starts(now_ms)
-        self._replays.step(self.gateway, self._order, now_ms)
+        self._replays.step(self.gateway, self._order, self._looked, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
         if self._commits.due(now_ms, self._order):
@@ -119,17 +119,20 @@ class EgressBridge:
         if self.closed:
             return None
         due = min(self._next_look, self._commits.next_at)
-        replay_due = self._replays.deadline(now_ms, due)
-        if replay_due is not None:
-            return replay_due
+        if self._commits.anchor_due(self._order):
+            return now_ms
+        for f in self._order:
+            if not f.started and not f.resolving:
+                due = min(due, f.not_before)
+        replay_due = self._replays.deadline(now_ms, due, self._order, self._looked)
+        if replay_due is not None:  # live data waits for the replay
+            return min(due, replay_due)
         in_flight = sum(1 for f in self._order if f.fetching is not None)
         for f in self._order:
-            if f.pending or (not f.started and not f.resolving):
+            if f.pending:
                 due = min(due, f.not_before)
             elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._commits.anchored(f):
                 due = min(due, f.not_before)
-        if self._commits.anchor_due(self._order):
-            return now_ms
         return due
 
     def close(self, now_ms: int) -> None:
@@ -176,7 +179,7 @@ class EgressBridge:
     def on_subscribe(self, prefix: bytes, now_ms: int) -> None:
         """A subscriber subscribed to ``prefix``: replay the topics it matches (``replay`` > 0)."""
         self.subscriptions += 1
-        matched = [] if self.closed else self._replays.want(prefix)
+        matched = [] if self.closed else self._replays.want(prefix, now_ms)
         if matched:
             log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
                      self.config.replay, ", ".join(matched))

@@ -31,6 +31,8 @@ from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 
 log = logging.getLogger(__name__)
 
+START_WAIT_MS = 5000  # the longest a replay waits for the positions of its topics' partitions
+
 #: (timestamp, offset, frames) of one record read for a replay
 Entry = tuple[int, int, list]
 
@@ -60,7 +62,11 @@ def newest(per_partition: list[list[Entry]], n: int) -> list[list]:
 class Replays:
     """A PUB bridge's replays: the topics wanted, the round being read, the records to publish.
 
-    While :attr:`active` the bridge's live sending waits (a replay goes first).  ``send`` is
+    A round starts once every partition of the topics wanted has its position (after a
+    broker's start, subscribers reconnect before the bridge knows where it is), or after
+    :data:`START_WAIT_MS`, with the partitions known by then.  While :attr:`active` (from
+    the subscription until the replay is published) the bridge's live sending waits: a
+    replay goes first.  ``send`` is
     the socket's (None: would block; the record is offered again, backing off 2 to 50 ms);
     ``report(text, retriable, kind)`` counts and logs a failed read."""
 
@@ -69,6 +75,7 @@ class Replays:
         self.n, self.topic_frames, self.fetch_bytes = n, topic_frames, fetch_bytes
         self._send, self._report = send, report
         self.wanted: set[str] = set()
+        self.wanted_since = 0
         self.round: ReplayRound | None = None
         self.out: deque[list] = deque()
         self.held_until = 0
@@ -77,28 +84,37 @@ class Replays:
 
     @property
     def active(self) -> bool:
-        return self.round is not None or bool(self.out)
+        return self.round is not None or bool(self.out) or bool(self.wanted)
 
-    def want(self, prefix: bytes) -> list[str]:
+    def want(self, prefix: bytes, now_ms: int) -> list[str]:
         """A subscription to ``prefix``: the topics it matches are replayed next (returned)."""
         if self.n <= 0:
             return []
         matched = [t for t, frame in self.topic_frames.items() if frame.startswith(prefix)]
+        if matched and not self.wanted:
+            self.wanted_since = now_ms
         self.wanted.update(matched)
         return matched
 
-    def deadline(self, now_ms: int, due: int) -> int | None:
+    def _may_start(self, feeds: list[Feed], looked: bool, now_ms: int) -> bool:
+        return (self.round is None and not self.out and bool(self.wanted)
+                and (looked and all(f.started for f in feeds if f.topic in self.wanted)
+                     or now_ms >= self.wanted_since + START_WAIT_MS))
+
+    def deadline(self, now_ms: int, due: int, feeds: list[Feed], looked: bool) -> int | None:
         """When there is replay work (``due``: the bridge's other timers), None: none."""
         if self.out:
             return min(due, self.held_until)
         if self.round is not None:  # its fetches answer through callbacks; then there is a next step
             return now_ms if self.round.ready else due
-        return now_ms if self.wanted else None
+        if self.wanted:  # waiting for the partitions' positions: they come through callbacks
+            return now_ms if self._may_start(feeds, looked, now_ms) else min(due, self.wanted_since + START_WAIT_MS)
+        return None
 
-    def step(self, gateway, feeds: list[Feed], now_ms: int) -> None:
+    def step(self, gateway, feeds: list[Feed], looked: bool, now_ms: int) -> None:
         """Start a round for the topics wanted (each ends at its partitions' positions), go on
         reading it, and publish it once read."""
-        if self.round is None and self.wanted and not self.out:
+        if self._may_start(feeds, looked, now_ms):
             ends: dict[str, dict[int, int]] = {}
             for f in feeds:
                 if f.topic in self.wanted and f.started:
