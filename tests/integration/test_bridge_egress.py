@@ -192,6 +192,7 @@ def test_curve_with_a_client_key_and_curve_false_for_a_legacy_app(made, tmp_path
     c = cluster_with(tmp_path / "cluster", [
         {"name": "secure", "socket": "pub", "endpoint": secure, "topics": ["s"], "replay": 3, "start": "earliest"},
         {"name": "legacy", "socket": "push", "endpoint": legacy, "topics": ["s"], "curve": False, "start": "earliest"},
+        {"name": "denied", "socket": "push", "endpoint": f"tcp://127.0.0.1:{free_port()}", "topics": ["s"]},
     ], curve=True)
     made.append(c)
     _, public, secret = c.add_client_key("sensor-reader")
@@ -212,6 +213,8 @@ def test_curve_with_a_client_key_and_curve_false_for_a_legacy_app(made, tmp_path
     s = status(c)
     assert s["secure"]["subscriptions"] == 1 and s["secure"]["errors"] == 0 and s["legacy"]["errors"] == 0
     assert stranger.values() == []
+    denied = wait_status(c, "denied", lambda s: s["errors"] > 0, "the bridge without ACLs to be refused")
+    assert "AUTHORIZATION_FAILED" in denied["last_error"] and denied["sent"] == 0
 
 
 def test_a_bridge_reads_partitions_led_by_other_brokers_and_commits_through_their_coordinator(made, tmp_path):
