@@ -58,9 +58,11 @@ def bridge_tables(bridges: list[dict]) -> str:
     return "\n".join("[[bridge]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in b.items()) for b in bridges)
 
 
-def cluster_with(root: Path, bridges: list[dict], curve: bool = False, partitions: int = 1, n: int = 1) -> ClusterProcesses:
-    """A cluster of ``n`` brokers whose config has ``bridges`` (not started)."""
-    c = ClusterProcesses(root, n=n, curve=curve, partitions=partitions)
+def cluster_with(root: Path, bridges: list[dict], curve: bool = False, partitions: int = 1, n: int = 1,
+                 **settings) -> ClusterProcesses:
+    """A cluster of ``n`` brokers whose config has ``bridges`` (not started); ``settings``: more
+    :class:`ClusterProcesses` arguments."""
+    c = ClusterProcesses(root, n=n, curve=curve, partitions=partitions, **settings)
     c.config.write_text(c.config.read_text() + "\n" + bridge_tables(bridges))
     return c
 

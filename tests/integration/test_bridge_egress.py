@@ -238,6 +238,33 @@ def test_a_bridge_reads_partitions_led_by_other_brokers_and_commits_through_thei
     assert s["broker"] == 1 and len(s["partitions"]) == 6 and s["errors"] == 0
 
 
+def test_a_leader_killed_under_a_bridge_loses_nothing(made, tmp_path):
+    """kill -9 of the broker leading some of the bridge's partitions (not the bridge's own):
+    the bridge retries at the new leaders and goes on from its positions."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = cluster_with(tmp_path / "cluster", [{"name": "ha", "socket": "push", "endpoint": endpoint, "topics": ["t"],
+                                             "start": "committed", "broker": 1}],
+                     n=3, partitions=3, replication_factor=3, min_insync_replicas=2)
+    made.append(c)
+    c.start()
+    wait_until(c.agreed_controller, timeout=15, what="a controller")
+    from clients import Admin
+
+    with Admin(bootstrap=c.bootstrap) as admin:
+        admin.create_topic("t", partitions=3, replication_factor=3)
+        victim = next(p.leader for p in admin.describe_topic("t").partitions if p.leader != 1)
+    pull = app(made, tmp_path, "pull", "PULL", endpoint)
+    keys = [b"k%d" % k for k in range(6)]
+    first = [b"%s:%d" % (k, i) for i in range(200) for k in keys]
+    produce(c, "t", first, keys=[v.split(b":")[0] for v in first])
+    wait_until(lambda: len(pull.messages()) >= 600, timeout=30, what="sending under way")
+    c.brokers[victim].kill()
+    second = [b"%s:%d" % (k, i) for i in range(200, 400) for k in keys]
+    produce(c, "t", second, keys=[v.split(b":")[0] for v in second])
+    wait_until(lambda: len(set(pull.values())) == len(first) + len(second), timeout=90, what="every record at the PULL app")
+    _no_gaps_in_order(pull.messages(), len(keys), 400)
+
+
 def test_a_slow_subscriber_slows_a_pub_bridge_down_and_loses_nothing(made, tmp_path):
     """XPUB_NODROP: past the high-water mark the bridge holds records instead of ZeroMQ dropping them."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
