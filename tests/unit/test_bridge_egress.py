@@ -29,6 +29,14 @@ def run(bridge: EgressBridge, now: int, turns: int = 5) -> None:
         bridge.tick(now)
 
 
+def subscribe(bridge: EgressBridge, sock: Socket, prefix: bytes, now: int = T0) -> list[bytes]:
+    """A new subscription to ``prefix`` on a bridge that sent all it had: the values sent then."""
+    sock.sent.clear()
+    bridge.on_subscribe(prefix, now)
+    run(bridge, now)
+    return sock.values()
+
+
 def test_earliest_sends_every_record_as_topic_key_value_whatever_the_batch_format():
     bridge, gw, sock = make(start="earliest")
     gw.append("t", 0, [b"a", b"b"], keys=[b"k1", None])
@@ -322,13 +330,8 @@ def test_a_subscription_matching_no_topic_replays_nothing_and_an_empty_prefix_re
     gw.append("a", 0, [b"a0", b"a1", b"a2"])
     gw.append("b", 0, [b"b0"])
     run(bridge, T0)
-    sock.sent.clear()
-    bridge.on_subscribe(b"c", T0)
-    run(bridge, T0)
-    assert sock.sent == []
-    bridge.on_subscribe(b"", T0)
-    run(bridge, T0)
-    assert sock.values() == [b"a1", b"a2", b"b0"]
+    assert subscribe(bridge, sock, b"c") == []
+    assert subscribe(bridge, sock, b"") == [b"a1", b"a2", b"b0"]
 
 
 def test_replay_ends_where_live_data_goes_on():
@@ -349,10 +352,7 @@ def test_replay_over_partitions_takes_the_newest_by_timestamp_in_partition_order
     gw.append("t", 1, [b"p1-1", b"p1-2", b"p1-3"], ts=[30, 40, 50])
     bridge, gw, sock = make(gw, socket="pub", start="earliest", replay=3)
     run(bridge, T0)
-    sock.sent.clear()
-    bridge.on_subscribe(b"", T0)
-    run(bridge, T0)
-    assert sock.values() == [b"p1-2", b"p1-3", b"p0-3"]
+    assert subscribe(bridge, sock, b"") == [b"p1-2", b"p1-3", b"p0-3"]
 
 
 def test_replay_reads_from_the_log_start_when_retention_took_the_oldest():
@@ -360,10 +360,7 @@ def test_replay_reads_from_the_log_start_when_retention_took_the_oldest():
     gw.append("t", 0, [b"a", b"b", b"c", b"d"])
     run(bridge, T0)
     gw.delete_before(("t", 0), 2)
-    sock.sent.clear()
-    bridge.on_subscribe(b"", T0)
-    run(bridge, T0)
-    assert sock.values() == [b"c", b"d"]
+    assert subscribe(bridge, sock, b"") == [b"c", b"d"]
 
 
 def test_a_replay_that_would_block_is_held_and_live_data_waits_for_it():
