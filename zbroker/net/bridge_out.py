@@ -127,9 +127,11 @@ class EgressSocket:
                 message = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            more = False
             while sock.getsockopt(zmq.RCVMORE):  # an XSUB peer may send anything: read it whole, drop it
                 sock.recv()
-            if message[:1] == b"\x01" and self.on_subscribe is not None:
+                more = True
+            if not more and message[:1] == b"\x01" and self.on_subscribe is not None:
                 try:
                     self.on_subscribe(message[1:])
                 except Exception:
