@@ -29,6 +29,7 @@ import time
 
 import zmq
 
+from zbroker.bridge_config import BridgeConfig
 from zbroker.config import ClusterConfig, ConfigError
 from zbroker.frontends.bridge.egress import EgressBridge
 from zbroker.frontends.bridge.gateway import Gateway
@@ -156,7 +157,7 @@ class Server:
             if not config.ingest and config.broker == self.broker_id:
                 host.add(self._egress_bridge(ctx, node, keys, config))
 
-    def _egress_bridge(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, config) -> EgressBridge:
+    def _egress_bridge(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, config: BridgeConfig) -> EgressBridge:
         curve = CurveKeys(keys.public, keys.secret, BRIDGE) if config.uses_curve(self.config.security.curve) else None
         sock = EgressSocket(ctx, config.name, config.socket, config.endpoint, config.bind, config.hwm, None, curve,
                             config.server_key)
