@@ -29,11 +29,14 @@ import time
 
 import zmq
 
+from zbroker.bridge_config import BridgeConfig
 from zbroker.config import ClusterConfig, ConfigError
+from zbroker.frontends.bridge.egress import EgressBridge
 from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
 from zbroker.frontends.bridge.ingest import IngestBridge
 from zbroker.frontends.kafka import KafkaDoor
+from zbroker.net.bridge_out import EgressSocket
 from zbroker.net.bridge_sockets import IngestSocket
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
@@ -148,6 +151,7 @@ class Server:
         self.bridge_host = host
         self.loop.add_timer(host)
         self._ingest_bridges(ctx, node, keys, host)
+        self._egress_bridges(ctx, node, keys, host)
 
     def _ingest_bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, host: BridgeHost) -> None:
         """Each ingest bridge this broker runs: its socket (a loop listener) feeds its
@@ -163,6 +167,26 @@ class Server:
             ingest.on_room = sock.resume
             self.loop.add_listener(sock)
             host.add(ingest)
+
+    def _egress_bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, host: BridgeHost) -> None:
+        """Each egress bridge (socket pub or push) of this broker: its XPUB or PUSH and its
+        :class:`EgressBridge`, connected by callbacks (sends one way, subscriptions the other)."""
+        for config in self.config.bridges:
+            if not config.ingest and config.broker == self.broker_id:
+                host.add(self._egress_bridge(ctx, node, keys, config))
+
+    def _egress_bridge(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, config: BridgeConfig) -> EgressBridge:
+        curve = CurveKeys(keys.public, keys.secret, BRIDGE) if config.uses_curve(self.config.security.curve) else None
+        sock = EgressSocket(ctx, config.name, config.socket, config.endpoint, config.bind, config.hwm, None, curve,
+                            config.server_key)
+        bridge = EgressBridge(config, Gateway(node.app, node.peers, config.principal, config.name), sock.send, now_ms())
+        sock.on_subscribe = lambda prefix: bridge.on_subscribe(prefix, now_ms())
+        sock.on_peer_gone = lambda: bridge.on_peer_gone(now_ms())
+        self.loop.add_listener(sock)
+        log.info("bridge %s: %s %s %s%s, topics %s from %s", config.name, config.socket,
+                 "bound to" if config.bind else "connected to", config.endpoint, " (CURVE)" if curve else "",
+                 ", ".join(config.topics), config.start)
+        return bridge
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""

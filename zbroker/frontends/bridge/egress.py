@@ -1,0 +1,416 @@
+"""An egress bridge: records of some topics out to a plain ZeroMQ PUB or PUSH socket (sans-IO).
+
+Theory of operation.  :class:`EgressBridge` reads the partitions of its topics through the
+bridge gateway (which routes to each partition's leader and authorizes as ``Bridge:NAME``)
+and hands each record to ``send(frames)``, a callback into the bridge's socket
+(:mod:`zbroker.net.bridge_out`).  Every message is three frames, on PUB and PUSH alike::
+
+    [topic, key (b"" when none), value (b"" when none)]
+
+``send`` answers a handle whose ``done`` says when ZeroMQ released the message (written out
+to a peer's connection), or None when the socket would block: a PUSH with no PULL peer or
+every peer's queue at the high-water mark, an XPUB (XPUB_NODROP) with a matching subscriber
+at its high-water mark.  The record is then held and offered again a few ms later (backing
+off to 50 ms): nothing is dropped, and the partition goes no further meanwhile.
+
+Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
+
+    start    --  latest | earliest (list_offset), or committed (the group named after the
+                 bridge; latest when it has committed nothing for the partition).  Partitions
+                 and topics that appear after the bridge's first look start at the earliest
+                 offset: all their records are newer than the bridge.
+    fetch    --  one long-poll fetch (``max_wait_ms``) in flight per partition, at most
+                 ``max_in_flight`` per bridge; the next one only once the last answer's
+                 records were all handed over, so a bridge holds at most one fetch per
+                 partition in memory.
+    commit   --  every ``commit_ms`` and at close: per partition the position before which
+                 ZeroMQ has released every record (never past what was handed over; PUSH:
+                 as of one interval before, :mod:`~zbroker.frontends.bridge.egress_commit`).
+                 A PULL peer that disconnects sends every partition back to its last commit
+                 (:meth:`EgressBridge.on_peer_gone`): ZeroMQ dropped what it queued for it.
+
+A fetch that finds its offset out of range (retention deleted the records, the topic was
+recreated) moves to the log start if the position is below it, else to the log end; the
+offsets passed over are counted (``skipped``) and logged.  Errors back off (retriable ones
+100 ms doubling to 2 s, others 5 s), are counted and the last one is shown in ``status``.
+
+Replay (PUB only, ``replay = N``): :meth:`on_subscribe` takes each new subscription's prefix;
+the topics it matches are replayed (:mod:`~zbroker.frontends.bridge.egress_replay`) before
+live data goes on -- live sending pauses while a replay is read and sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.ratelimit import RateLimitedLog
+
+from .egress_commit import Commits
+from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed, guarded
+from .egress_replay import Replays
+from .gateway import retriable
+
+log = logging.getLogger(__name__)
+
+LOOK_MS = 1000  # how often the topics' partition counts are looked at again
+COMMIT_MS = 1000
+MAX_WAIT_MS = 500  # a fetch waits this long for data (long poll)
+FETCH_BYTES = 256 << 10
+MAX_IN_FLIGHT = 32
+EMPTY_BACKOFF_MS = 50  # after an answer without data (a gateway that does not long-poll must not spin)
+BURST = 4096  # records handed over per tick before other work gets a turn
+LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
+
+
+def _backoff(failures: int, retriable: bool) -> int:
+    return min(100 << min(failures, 5), 2000) if retriable else 5000
+
+
+class EgressBridge:
+    """One ``[[bridge]]`` of socket pub or push (see the module docstring)."""
+
+    kind = "egress"
+
+    def __init__(self, config, gateway, send: Callable[[list], object], now_ms: int, *, commit_ms: int = COMMIT_MS,
+                 max_wait_ms: int = MAX_WAIT_MS, fetch_bytes: int = FETCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self.config = config
+        self.name = config.name
+        self.gateway = gateway
+        self._send = send
+        self.commit_ms, self.max_wait_ms, self.fetch_bytes, self.max_in_flight = commit_ms, max_wait_ms, fetch_bytes, max_in_flight
+        self.topic_frames = {t: t.encode() for t in config.topics}
+        self.feeds: dict[tuple[str, int], Feed] = {}
+        self._order: list[Feed] = []  # round-robin order of sending and fetching
+        self._turn = 0
+        self._looked = False
+        self._next_look = now_ms
+        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report,
+                                lag=config.socket == "push")
+        self._now = now_ms
+        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
+        self._hold_ms = HOLD_MS
+        self.closed = False
+        self.missing: set[str] = set()  # configured topics that do not exist (yet)
+        self.sent = self.bytes = self.subscriptions = self.errors = 0
+        self.retries = self.rewinds = 0
+        self.last_error: str | None = None
+        self._log = RateLimitedLog(log, burst=5, window_s=60.0)
+
+    # -- the host's interface ------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        if self.closed:
+            return
+        self._now = now_ms
+        if now_ms >= self._next_look:
+            self._look(now_ms)
+        self._resolve_starts(now_ms)
+        self._replays.step(self.gateway, self._order, self._looked, now_ms)
+        self._fetch(now_ms)
+        self._flush(now_ms)
+        if self._commits.due(now_ms, self._order):
+            self._commits.commit(now_ms, self._order)
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        """When :meth:`tick` has work next (absolute ms; ``now_ms`` or earlier: at once)."""
+        if self.closed:
+            return None
+        due = min(self._next_look, self._commits.next_at)
+        if self._commits.anchor_due(self._order):
+            return now_ms
+        for f in self._order:
+            if not f.started and not f.resolving:
+                due = min(due, f.not_before)
+        replay_due = self._replays.deadline(now_ms, due, self._order, self._looked)
+        if replay_due is not None:  # live data waits for the replay
+            return min(due, replay_due)
+        in_flight = sum(1 for f in self._order if f.fetching is not None)
+        for f in self._order:
+            if f.pending:
+                due = min(due, f.not_before)
+            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._commits.anchored(f):
+                due = min(due, f.not_before)
+        return due
+
+    def close(self, now_ms: int) -> None:
+        """Commit what ZeroMQ released and stop (fetches in flight are abandoned)."""
+        if self.closed:
+            return
+        self._now = now_ms
+        self._commits.commit(now_ms, self._order, force=True)
+        self.closed = True
+        for f in self._order:
+            if f.fetching is not None:
+                f.fetching.abandon()
+                f.fetching = None
+        self._replays.abandon()
+
+    def status(self, now_ms: int) -> dict:
+        feeds = self._order
+        lags = [f.lag for f in feeds if f.lag is not None]
+        held = sum(len(f.pending) for f in feeds if f.not_before > now_ms and f.pending)
+        since = [f.held_since for f in feeds if f.held_since is not None]
+        return {
+            "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
+            "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
+            "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
+            "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
+            "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
+            "rewinds": self.rewinds, "blocked_ms": now_ms - min(since) if since else 0,
+            "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
+        }
+
+    def _state(self, now_ms: int) -> str:
+        if self.closed:
+            return "closed"
+        if self._replays.active:
+            return "replaying"
+        if any(f.pending and f.not_before > now_ms for f in self._order):
+            return "blocked"
+        if not self._order or not all(f.started for f in self._order):
+            return "starting"
+        return "running"
+
+    # -- subscriptions (PUB: the XPUB reports each one) -------------------------------------
+
+    def on_subscribe(self, prefix: bytes, now_ms: int) -> None:
+        """A subscriber subscribed to ``prefix``: replay the topics it matches (``replay`` > 0)."""
+        self.subscriptions += 1
+        matched = [] if self.closed else self._replays.want(prefix, now_ms)
+        if matched:
+            log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
+                     self.config.replay, ", ".join(matched))
+
+    # -- PULL peers (PUSH: the socket reports disconnections) ------------------------------
+
+    def on_peer_gone(self, now_ms: int) -> None:
+        """A PULL peer disconnected: ZeroMQ dropped what it had queued for it.  Every partition
+        goes back to its last committed position (trailing what was released, see
+        :mod:`~zbroker.frontends.bridge.egress_commit`) and sends from there again: the peers
+        get some records twice, none is lost."""
+        if self.closed:
+            return
+        self._now = now_ms
+        rewound = [(f, at) for f in self._order if not f.resolving for at in [f.rewind()] if at is not None]
+        self._commits.forget(self._order)
+        if rewound:
+            self.rewinds += 1
+            log.info("bridge %s: a PULL peer disconnected (what ZeroMQ had queued for it is lost): sending again from %s",
+                     self.name, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
+
+    # -- partitions and where they start ----------------------------------------------------
+
+    def _look(self, now_ms: int) -> None:
+        self._next_look = now_ms + LOOK_MS
+        for topic in self.config.topics:
+            count = self.gateway.partition_count(topic)
+            if count is None:
+                if topic not in self.missing:
+                    log.warning("bridge %s: topic %r does not exist (yet); it is sent from its first record once created",
+                                self.name, topic)
+                self.missing.add(topic)
+                continue
+            self.missing.discard(topic)
+            for p in range(count):
+                if (topic, p) not in self.feeds:
+                    feed = Feed(topic, p, late=self._looked)
+                    self.feeds[feed.tp] = feed
+                    self._order.append(feed)
+        self._looked = True
+
+    def _resolve_starts(self, now_ms: int) -> None:
+        todo = [f for f in self._order if not f.started and not f.resolving and now_ms >= f.not_before]
+        if not todo:
+            return
+        if self.config.start != "committed":
+            for f in todo:
+                self._list_offset(f, EARLIEST_TIMESTAMP if f.late or self.config.start == "earliest" else LATEST_TIMESTAMP,
+                                  now_ms)
+            return
+        for f in todo:
+            f.resolving = True
+
+        def answered(c) -> None:
+            if c.error is not None:
+                for f in todo:
+                    self._failed(f, c.error, "reading the committed position")
+                return
+            for f in todo:
+                offset = c.value.get(f.tp, -1)
+                if offset >= 0:
+                    f.resolving = False
+                    f.committed = offset
+                    f.start_at(offset)
+                else:  # nothing committed yet: latest (a late partition: earliest)
+                    self._list_offset(f, EARLIEST_TIMESTAMP if f.late else LATEST_TIMESTAMP, self._now)
+        self._call(todo, lambda: self.gateway.committed(self.name, [f.tp for f in todo], now_ms), answered,
+                   "reading the committed position")
+
+    def _list_offset(self, f: Feed, timestamp: int, now_ms: int) -> None:
+        f.resolving = True
+
+        def answered(c) -> None:
+            if c.error is not None:
+                self._failed(f, c.error, "looking up the start offset")
+                return
+            f.resolving = False
+            f.failures = 0
+            f.start_at(c.value)
+        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, timestamp, now_ms), answered,
+                   "looking up the start offset")
+
+    def _call(self, feeds: list[Feed], ask: Callable, answered: Callable, what: str) -> None:
+        try:
+            answer = ask()
+        except RequestError as exc:
+            for f in feeds:
+                self._failed(f, exc, what)
+            return
+        answer.on_done(guarded(answered, what))
+
+    def _failed(self, f: Feed, exc: RequestError, what: str) -> None:
+        """An error about ``f``: count it, log it (rate-limited), and back off."""
+        f.resolving = False
+        again = retriable(exc)
+        f.not_before = self._now + _backoff(f.failures, again)
+        f.failures += 1
+        self._report(f"{f.topic}-{f.partition}: {what}: {exc.code.name}: {exc.message}", again, "partition")
+
+    def _report(self, text: str, again: bool, kind: str, level: int = logging.WARNING) -> None:
+        """Count and log (rate-limited) a failure: one that trying again may cure as a retry
+        (INFO), any other as an error (``level``; shown in ``status`` as ``last_error``)."""
+        if again:
+            self.retries += 1
+        else:
+            self.errors += 1
+            self.last_error = text
+        self._log.log(self._now / 1000, kind, logging.INFO if again else level, "bridge %s: %s", self.name, text)
+
+    # -- fetching -------------------------------------------------------------------------
+
+    def _rotated(self) -> list[Feed]:
+        n = len(self._order)
+        if not n:
+            return []
+        self._turn = (self._turn + 1) % n
+        return self._order[self._turn:] + self._order[:self._turn]
+
+    def _fetch(self, now_ms: int) -> None:
+        if self._replays.active:
+            return  # a replay goes first
+        in_flight = sum(1 for f in self._order if f.fetching is not None)
+        for f in self._rotated():
+            if in_flight >= self.max_in_flight:
+                return
+            if not f.wants_fetch(now_ms) or not self._commits.anchored(f):
+                continue
+            in_flight += 1
+            try:
+                answer = self.gateway.fetch(f.topic, f.partition, f.fetch_at, self.fetch_bytes, now_ms,
+                                            max_wait_ms=self.max_wait_ms)
+            except RequestError as exc:
+                self._failed(f, exc, "fetching")
+                continue
+            f.fetching = answer
+            answer.on_done(guarded(lambda c, f=f: self._fetched(f, c), "a fetch answer"))
+
+    def _fetched(self, f: Feed, c) -> None:
+        if self.closed or f.fetching is not c:
+            return
+        f.fetching = None
+        if c.error is not None:
+            if c.error.code == ErrorCode.OFFSET_OUT_OF_RANGE:
+                self._reset(f)
+            else:
+                self._failed(f, c.error, "fetching")
+            return
+        fetched = c.value
+        f.failures = 0
+        f.end, f.log_start = fetched.high_watermark, fetched.log_start_offset
+        damaged = getattr(fetched, "damaged", None)
+        if damaged and not fetched.data and damaged[1] > f.fetch_at:
+            self._skip(f, damaged[1], "damaged on disk")
+            return
+        before = f.fetch_at
+        error = f.take(fetched.data, self.topic_frames[f.topic])
+        if error is not None:
+            self._report(f"{f.topic}-{f.partition}: skipped a batch that cannot be read: {error}", False, "corrupt",
+                         logging.ERROR)
+        if f.fetch_at == before:
+            f.not_before = self._now + EMPTY_BACKOFF_MS
+
+    def _skip(self, f: Feed, to: int, why: str) -> None:
+        f.skipped += to - f.fetch_at
+        self._log.log(self._now / 1000, "skip", logging.WARNING, "bridge %s: %s-%d: offsets %d to %d %s were not sent",
+                      self.name, f.topic, f.partition, f.fetch_at, to - 1, why)
+        f.start_at(to)
+
+    def _reset(self, f: Feed) -> None:
+        """The fetch offset is out of range: move to the log start if below it, else to the end."""
+        f.resolving = True
+
+        def earliest(c) -> None:
+            if c.error is not None:
+                self._failed(f, c.error, "looking up the log start after OFFSET_OUT_OF_RANGE")
+            elif f.fetch_at < c.value:
+                f.resolving = False
+                self._skip(f, c.value, "(deleted before the bridge sent them)")
+            else:
+                self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, LATEST_TIMESTAMP, self._now), latest,
+                           "looking up the log end after OFFSET_OUT_OF_RANGE")
+
+        def latest(c) -> None:
+            if c.error is not None:
+                self._failed(f, c.error, "looking up the log end after OFFSET_OUT_OF_RANGE")
+                return
+            f.resolving = False
+            if f.fetch_at > c.value:
+                log.warning("bridge %s: %s-%d: position %d is past the log end %d (the topic was recreated or the log "
+                            "truncated): going on from the end", self.name, f.topic, f.partition, f.fetch_at, c.value)
+                f.start_at(c.value)
+        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, EARLIEST_TIMESTAMP, self._now), earliest,
+                   "looking up the log start after OFFSET_OUT_OF_RANGE")
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _flush(self, now_ms: int) -> None:
+        """Hand pending records to the socket; a send that would block holds its partition."""
+        self._replays.flush(now_ms)
+        if self._replays.active:
+            return
+        budget = BURST
+        held = False
+        for f in self._rotated():
+            pending = f.pending
+            if not pending or f.not_before > now_ms:
+                continue
+            while pending and budget:
+                frames, after = pending[0]
+                handle = self._send(frames)
+                if handle is None:
+                    self._held(f, now_ms)
+                    held = True
+                    break
+                pending.popleft()
+                f.handed(after, handle)
+                f.held_since = None
+                self.sent += 1
+                self.bytes += len(frames[1]) + len(frames[2])
+                budget -= 1
+            if not budget:
+                break
+        self._hold_ms = min(MAX_HOLD_MS, self._hold_ms * 2) if held else HOLD_MS
+
+    def _held(self, f: Feed, now_ms: int) -> None:
+        f.not_before = now_ms + self._hold_ms
+        if f.held_since is None:
+            f.held_since = now_ms
+        long = now_ms - f.held_since >= LONG_HOLD_MS
+        self._log.log(now_ms / 1000, "held_long" if long else "held", logging.WARNING if long else logging.INFO,
+                      "bridge %s: the %s socket would block (%s): holding %s-%d at offset %d for %d ms", self.name,
+                      self.config.socket, "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
+                      else "a subscriber of the topic does not read: hwm messages unread", f.topic, f.partition,
+                      f.sent_to, now_ms - f.held_since)
