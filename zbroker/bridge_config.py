@@ -113,7 +113,7 @@ _INGEST = {
 }
 _EGRESS = {
     "topics": (None, _StrList(_topic.fits, "a non-empty list of distinct topic names")),
-    "start": ("latest", _choice(*STARTS)),
+    "start": (None, _choice(*STARTS)),  # default: "committed" for push (at-least-once), "latest" for pub
     "replay": (0, _int(0, 1_000_000)),
 }
 _MIRROR = {
@@ -143,7 +143,7 @@ class BridgeConfig:
     subscribe: tuple[str, ...] = ("",)
     acks: int = -1
     topics: tuple[str, ...] = ()
-    start: str = "latest"
+    start: str = "latest"  # egress: "latest" | "earliest" | "committed"; config default: committed for push
     replay: int = 0
     curve: bool | None = None  # None: as [security] curve says
     server_key: bytes | None = None
@@ -247,6 +247,8 @@ def _check_ingest(v: dict, where: str) -> None:
 def _check_egress(v: dict, where: str) -> None:
     if not v["topics"]:
         raise ConfigError(f"{where}.topics: missing: the topics this bridge sends out")
+    if v["start"] is None:  # a PUSH feeds work that must not be skipped; a PUB is a live feed
+        v["start"] = "committed" if v["socket"] == "push" else "latest"
     if v["replay"] and v["socket"] != "pub":
         raise ConfigError(f"{where}.replay: only a pub bridge replays to new subscribers")
 

@@ -33,6 +33,8 @@ def test_an_egress_bridge_and_a_mirror():
                  'source_config = {"security.protocol" = "SASL_SSL"}')
     (b,), (m,) = cfg.bridges, cfg.mirrors
     assert (b.ingest, b.topics, b.start, b.replay) == (False, ("a", "b"), "latest", 10)
+    (push,) = config('[[bridge]]\nname = "work"\nsocket = "push"\nendpoint = "tcp://*:7003"\ntopics = ["a"]').bridges
+    assert push.start == "committed"  # a push bridge resumes where it was: at-least-once by default
     assert (m.scheme, m.bootstrap, m.prefix, m.refresh_ms) == ("kafka", "h1:9092,h2:9092", "a.", 5000)
     assert m.matches("plant.x") and not m.matches("xplant.x") and m.target("plant.x") == "a.plant.x"
 
