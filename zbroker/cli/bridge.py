@@ -16,7 +16,7 @@ from zbroker.cli.common import make_admin
 from zbroker.cli.output import echo_table
 
 #: status keys shown as columns, in order, when any entry has them (the rest: --json)
-_COUNTERS = ("received", "stored", "sent", "mirrored", "dropped", "failed", "in_flight", "held", "lag")
+_COUNTERS = ("received", "stored", "sent", "mirrored", "dropped", "failed", "errors", "in_flight", "held", "lag")
 
 
 def _lag(entry: dict):
@@ -59,7 +59,8 @@ def bridge_status(ctx, as_json: bool) -> None:
         if e.get("name") is None:
             rows.append(["?", "?", _cell(e.get("broker")), f"unreachable: {e.get('error')}", *("-" for _ in columns)])
             continue
-        rows.append([e["name"], _cell(e.get("kind")), _cell(e.get("broker")), _cell(e.get("state")),
+        kind = f"{e.get('kind')}/{e['socket']}" if e.get("socket") else _cell(e.get("kind"))
+        rows.append([e["name"], kind, _cell(e.get("broker")), _cell(e.get("state")),
                      *(_cell(e.get(c)) for c in columns)])
     echo_table(rows)
     errors = [(e["name"], e["last_error"]) for e in entries if e.get("name") and e.get("last_error")]
