@@ -1,0 +1,362 @@
+"""The mirror's logic (frontends/bridge/mirror.py) with a fake gateway and a fake source:
+time passed in, completions settled by hand."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pytest
+
+from storage.batch import MAGIC_KAFKA, parse_header
+from storage.decode import decode_batches
+from zbroker.context import Completion
+from zbroker.core.produce import ProduceResult
+from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.bridge import mirror as M
+from zbroker.frontends.bridge.mirror_configs import target_configs
+from zbroker.frontends.bridge.mirror_placement import MirrorPlacement
+
+T0 = 1_000_000
+
+
+@dataclass(frozen=True)
+class Config:
+    """The attributes of a MirrorConfig the mirror reads."""
+
+    name: str = "m1"
+    source: str = "zbroker://127.0.0.1:1"
+    scheme: str = "zbroker"
+    topics: str = r"plant\..*"
+    prefix: str = "a."
+    refresh_ms: int = 5000
+
+    def matches(self, topic: str) -> bool:
+        return re.fullmatch(self.topics, topic) is not None
+
+    def target(self, topic: str) -> str:
+        return self.prefix + topic
+
+
+def done(value=None) -> Completion:
+    c = Completion()
+    c.complete(value)
+    return c
+
+
+@dataclass
+class FakeGateway:
+    topics: dict = field(default_factory=dict)
+    committed_offsets: dict = field(default_factory=dict)
+    created: list = field(default_factory=list)
+    grown: list = field(default_factory=list)
+    produced: list = field(default_factory=list)  # (topic, partition, batch, acks, completion)
+    commits: list = field(default_factory=list)  # (group, offsets, completion)
+    auto_ack: bool = True
+    fail_committed: bool = False
+
+    def partition_count(self, topic):
+        return self.topics.get(topic)
+
+    def create_topic(self, name, partitions, configs, now_ms):
+        self.created.append((name, partitions, dict(configs)))
+        self.topics[name] = partitions
+        return done()
+
+    def create_partitions(self, name, total, now_ms):
+        self.grown.append((name, total))
+        self.topics[name] = total
+        return done()
+
+    def committed(self, group, tps, now_ms):
+        if self.fail_committed:
+            c = Completion()
+            c.fail(RequestError(ErrorCode.COORDINATOR_NOT_AVAILABLE, "no coordinator yet"))
+            return c
+        return done({tp: self.committed_offsets.get((group, tp), -1) for tp in tps})
+
+    def produce(self, topic, partition, batch, acks, timeout_ms, now_ms):
+        c = Completion()
+        self.produced.append((topic, partition, batch, acks, c))
+        if self.auto_ack:
+            c.complete(ProduceResult(topic, partition, base_offset=0))
+        return c
+
+    def commit(self, group, offsets, now_ms):
+        c = Completion()
+        self.commits.append((group, dict(offsets), c))
+        for tp, offset in offsets.items():
+            self.committed_offsets[(group, tp)] = offset
+        c.complete(None)
+        return c
+
+    def records(self, topic, partition):
+        out = []
+        for t, p, batch, _, c in self.produced:
+            if (t, p) == (topic, partition) and c.done and c.error is None and c.value.error == 0:
+                out += [r[2:] for r in decode_batches(batch, t, p)]
+        return out
+
+
+@dataclass
+class FakeSource:
+    events: list = field(default_factory=list)
+    added: list = field(default_factory=list)
+    refreshes: int = 0
+    closed: bool = False
+
+    def add(self, positions):
+        self.added.append(dict(positions))
+
+    def refresh(self):
+        self.refreshes += 1
+
+    def take(self, limit):
+        out, self.events = self.events[:limit], self.events[limit:]
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+def recs(first, n, ts=T0):
+    return [(o, ts + o, b"k%d" % o, b"v%d" % o, {"h": b"%d" % o}) for o in range(first, first + n)]
+
+
+def make(config=Config(), gateway=None, source=None):
+    gateway = gateway or FakeGateway()
+    source = source or FakeSource()
+    return M.Mirror(config, gateway, source, T0), gateway, source
+
+
+def listing(**topics):
+    """("topics", ...) with each topic's partitions (no configs, offsets unknown)."""
+    return ("topics", {name.replace("_", "."): (n, {}, {}) for name, n in topics.items()})
+
+
+def test_a_matching_topic_is_created_with_its_partitions_and_configs_and_read_from_the_start():
+    mirror, gw, src = make()
+    assert src.refreshes == 1
+    src.events.append(("topics", {"plant.x": (3, {"retention_ms": 1000, "no_such": 1}, {}), "other": (1, {}, {}),
+                                  "plant": (1, {}, {})}))
+    mirror.pump(T0)
+    assert gw.created == [("a.plant.x", 3, {"retention_ms": 1000})]
+    assert src.added == [{("plant.x", p): M.EARLIEST for p in range(3)}]
+    assert mirror.status(T0)["state"] == "running"
+
+
+def test_positions_are_restored_from_the_group_on_the_target_topic():
+    gw = FakeGateway(topics={"a.plant.x": 2})
+    gw.committed_offsets[("mirror.m1", ("a.plant.x", 0))] = 17
+    mirror, gw, src = make(gateway=gw)
+    src.events.append(listing(plant_x=2))
+    mirror.pump(T0)
+    assert gw.created == []
+    assert src.added == [{("plant.x", 0): 17, ("plant.x", 1): M.EARLIEST}]
+    status = mirror.status(T0)
+    assert [(p["partition"], p["position"], p["committed"]) for p in status["partitions"]] == [(0, 17, 17), (1, -1, -1)]
+
+
+def test_no_position_no_reading_while_the_group_cannot_be_asked():
+    gw = FakeGateway(fail_committed=True)
+    mirror, gw, src = make(gateway=gw)
+    src.events.append(listing(plant_x=1))
+    mirror.pump(T0)
+    assert src.added == [] and mirror.status(T0)["state"] == "error"
+    gw.fail_committed = False
+    mirror.tick(T0 + M.SETUP_RETRY_MS)
+    assert src.added == [{("plant.x", 0): M.EARLIEST}]
+    assert mirror.status(T0)["state"] == "running"
+
+
+def test_records_keep_key_value_headers_timestamps_with_acks_all_and_the_commit_follows_the_ack():
+    mirror, gw, src = make()
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 3), 10)]
+    mirror.pump(T0)
+    assert gw.records("a.plant.x", 0) == [(i, T0 + o, b"k%d" % o, b"v%d" % o, {"h": b"%d" % o})
+                                          for i, o in enumerate(range(3))]
+    assert {acks for *_, acks, _ in gw.produced} == {-1}
+    assert gw.commits == []  # not before the interval
+    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    assert gw.commits[0][:2] == ("mirror.m1", {("a.plant.x", 0): 3})
+    part = mirror.status(T0)["partitions"][0]
+    assert (part["position"], part["committed"], part["source_end"], part["lag"]) == (3, 3, 10, 7)
+    assert mirror.status(T0)["records"] == 3
+
+
+def test_nothing_is_committed_before_the_target_acknowledged_and_a_failed_append_is_retried_in_order():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1), ("records", "plant.x", 0, recs(2, 2), -1)]
+    mirror.pump(T0)
+    assert len(gw.produced) == 1  # one append in flight per partition
+    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    assert gw.commits == []
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.NOT_ENOUGH_REPLICAS), error_message="isr"))
+    status = mirror.status(T0)
+    assert status["errors"] == 1 and status["state"] == "error" and "NOT_ENOUGH_REPLICAS" in status["last_error"]
+    assert len(gw.produced) == 1  # waits for the retry pause
+    mirror.tick(T0 + M.COMMIT_INTERVAL_MS + M.RETRY_MIN_MS)
+    assert len(gw.produced) == 2  # the failed records first, with those read since
+    gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0", b"v1", b"v2", b"v3"]
+    mirror.tick(T0 + 10 * M.COMMIT_INTERVAL_MS)
+    assert gw.commits[-1][1] == {("a.plant.x", 0): 4}
+    assert mirror.status(T0)["state"] == "running"
+
+
+def test_a_request_error_from_the_gateway_is_retried_too():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 1), -1)]
+    mirror.pump(T0)
+    gw.produced[0][4].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "timed out"))
+    mirror.tick(T0 + M.RETRY_MIN_MS)
+    gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0"]
+
+
+def test_records_the_source_repeats_are_not_appended_twice():
+    mirror, gw, src = make()
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 3), -1), ("records", "plant.x", 0, recs(1, 4), -1)]
+    mirror.pump(T0)
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v%d" % i for i in range(5)]
+
+
+def test_a_topic_created_later_and_a_topic_that_grew_are_picked_up_at_the_next_listing():
+    mirror, gw, src = make()
+    src.events.append(listing(plant_x=1))
+    mirror.pump(T0)
+    mirror.tick(T0 + 1000)
+    assert src.refreshes == 1
+    mirror.tick(T0 + 5000)
+    assert src.refreshes == 2
+    src.events.append(listing(plant_x=3, plant_y=1))
+    mirror.pump(T0 + 5000)
+    assert gw.grown == [("a.plant.x", 3)]
+    assert ("a.plant.y", 1, {}) in gw.created
+    assert {("plant.x", 1): M.EARLIEST, ("plant.x", 2): M.EARLIEST} in src.added
+    assert {("plant.y", 0): M.EARLIEST} in src.added
+    assert len(mirror.status(T0)["partitions"]) == 4
+
+
+def test_the_source_is_read_only_while_few_records_wait():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events.append(listing(plant_x=1))
+    src.events += [("records", "plant.x", 0, recs(i * 1000, 1000), -1) for i in range(M.MAX_PENDING_RECORDS // 1000 + 5)]
+    mirror.pump(T0)
+    assert len(src.events) == 5  # taken up to the bound, then the source waits
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0))  # room again: more is taken
+    assert len(src.events) == 4
+
+
+def test_lag_and_source_errors_show_in_status():
+    mirror, gw, src = make()
+    assert mirror.status(T0)["state"] == "starting"
+    src.events += [("error", "cannot reach 127.0.0.1:1"), ("topics", {"plant.x": (1, {}, {0: (5, 50)})})]
+    mirror.pump(T0)
+    status = mirror.status(T0)
+    assert status["errors"] == 1 and status["last_error"] == "cannot reach 127.0.0.1:1"
+    # the listing came after the error: the source answers again
+    assert status["state"] == "running"
+    mirror.pump(T0)
+    src.events.append(("topics", {"plant.x": (1, {}, {0: (5, 50)})}))
+    mirror.pump(T0)
+    part = mirror.status(T0)["partitions"][0]
+    assert (part["position"], part["source_end"], part["lag"]) == (5, 50, 45)
+    assert mirror.status(T0)["kind"] == "mirror" and mirror.status(T0)["lag"] == 45
+
+
+def test_close_commits_what_was_acknowledged_and_stops_the_source():
+    mirror, gw, src = make()
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1)]
+    mirror.pump(T0)
+    mirror.close(T0 + 1)
+    assert gw.commits[-1][1] == {("a.plant.x", 0): 2} and src.closed
+    assert mirror.status(T0)["state"] == "stopped" and mirror.next_deadline(T0) is None
+
+
+def test_a_create_refused_for_its_configs_is_made_without_them():
+    class Refusing(FakeGateway):
+        def create_topic(self, name, partitions, configs, now_ms):
+            if configs:
+                c = Completion()
+                c.fail(RequestError(ErrorCode.INVALID_CONFIG, "min_insync_replicas above the replication factor"))
+                return c
+            return super().create_topic(name, partitions, configs, now_ms)
+
+    mirror, gw, src = make(gateway=Refusing())
+    src.events.append(("topics", {"plant.x": (1, {"min_insync_replicas": 2}, {})}))
+    mirror.pump(T0)
+    mirror.tick(T0 + M.SETUP_RETRY_MS)
+    assert gw.created == [("a.plant.x", 1, {})]
+
+
+def test_kafka_source_configs_and_headers():
+    assert target_configs("kafka", {"retention.ms": "1000", "cleanup.policy": "compact, delete", "flush.ms": str(2**63 - 1),
+                                    "unclean.leader.election.enable": "true", "compression.type": "lz4",
+                                    "segment.bytes": "12"}) == (
+        {"retention_ms": 1000, "cleanup_policy": "compact,delete", "flush_ms": 0, "unclean_leader_election": True},
+        ["compression.type", "segment.bytes"])
+    mirror, gw, src = make(config=Config(scheme="kafka", prefix=""))
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, [(0, T0, None, b"v", [("h", b"1"), ("h", None)])], -1)]
+    mirror.pump(T0)
+    batch = gw.produced[0][2]
+    assert parse_header(batch).magic == MAGIC_KAFKA and gw.produced[0][0] == "plant.x"
+
+
+def test_placement_runs_mirrors_only_on_the_active_controller():
+    active = [False]
+    started, registry = [], []
+
+    class Running:
+        def __init__(self, config):
+            self.name, self.closed, self.ticks = config.name, False, 0
+
+        def tick(self, now):
+            self.ticks += 1
+
+        def next_deadline(self, now):
+            return now + 10
+
+        def close(self, now):
+            self.closed = True
+
+    def start(config, now):
+        started.append(Running(config))
+        return started[-1]
+
+    placement = MirrorPlacement([Config()], lambda: active[0], start, registry)
+    placement.tick(T0)
+    assert started == [] and registry == []
+    active[0] = True
+    placement.tick(T0)
+    placement.tick(T0 + 1)
+    assert len(started) == 1 and registry == started and started[0].ticks == 2
+    assert placement.next_timer_ms(T0) == 10
+    active[0] = False
+    placement.tick(T0 + 2)
+    assert started[0].closed and registry == []
+    active[0] = True
+    placement.tick(T0 + 3)
+    assert len(started) == 2
+
+
+def test_placement_tries_again_a_mirror_that_cannot_start():
+    calls = []
+
+    def start(config, now):
+        calls.append(now)
+        raise OSError("no such key file")
+
+    placement = MirrorPlacement([Config()], lambda: True, start, [])
+    placement.tick(T0)
+    placement.tick(T0 + 1)
+    placement.tick(T0 + 5000)
+    assert calls == [T0, T0 + 5000]
+
+
+@pytest.mark.parametrize("name", ["m1", "from-plant"])
+def test_group_name(name):
+    assert M.group_name(name) == f"mirror.{name}"

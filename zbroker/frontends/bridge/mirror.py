@@ -1,0 +1,403 @@
+"""A ``[[mirror]]``: the topics of another cluster, copied into this one (sans-IO).
+
+Theory of operation::
+
+    source thread (zbroker.net.mirror_source)             Mirror (this module, the broker's loop)
+      lists the source's topics        --("topics", ...)-->  creates prefix+topic (same partition
+      reads records from positions     --("records", ...)->  count, the source's topic configs),
+      reports what fails               --("error", msg)--->  appends them (acks=all), commits
+                                       <-- add(positions), refresh(), close() --
+
+- **Topics.** Every ``refresh_ms`` the source lists its topics; those whose whole name
+  matches the ``topics`` regex are mirrored into ``prefix + topic`` with the same partition
+  count and the configs set on the source topic that zbroker has (a topic that grows on the
+  source grows here; one created later is picked up at the next listing).
+- **Position.** The next source offset to copy of each partition is committed to the group
+  ``mirror.NAME`` of *this* cluster, on the *target* topic-partition (:func:`group_name`):
+  a mirror that starts (a restart, another broker taking over) reads from there; a
+  partition without a committed offset starts at the source's log start.  The committed
+  values are source offsets, not offsets of the target topic.
+- **At least once, in order.** Each partition has at most one append in flight; records
+  keep key, value, headers and timestamp.  A position is committed only after the target
+  acknowledged the append with acks=all, at most every :data:`COMMIT_INTERVAL_MS`; a mirror
+  that dies sends again what it appended after its last commit.  A failed append is retried
+  (the same records, in order) with a growing pause; nothing is skipped.
+- **Bounded memory.** Records are taken from the source only while fewer than
+  :data:`MAX_PENDING_RECORDS` wait to be appended; the source thread then blocks on its
+  full queue.
+
+Time is passed in; the cluster is reached through a
+:class:`~zbroker.frontends.bridge.gateway.Gateway` (as ``Bridge:NAME``) and the source
+through a handle with ``add``, ``refresh``, ``take`` and ``close``
+(:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from storage.batch import build_kafka_batch, build_native_batch
+from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.mirror_configs import target_configs
+from zbroker.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
+
+#: ``add()`` position meaning "the source partition's log start" (Kafka's OFFSET_BEGINNING).
+EARLIEST = -2
+#: acks of every append: a position is committed only for records the ISR has.
+ACKS_ALL = -1
+COMMIT_INTERVAL_MS = 500
+PRODUCE_TIMEOUT_MS = 30_000
+MAX_BATCH_RECORDS = 500
+MAX_BATCH_BYTES = 256 * 1024
+MAX_PENDING_RECORDS = 20_000
+RETRY_MIN_MS, RETRY_MAX_MS = 100, 5_000
+#: while a topic is being set up (created, positions looked up), how often to look again
+SETUP_RETRY_MS = 200
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"error {code}"
+
+
+def group_name(mirror: str) -> str:
+    """The group of the target cluster that holds a mirror's positions."""
+    return f"mirror.{mirror}"
+
+
+class SourceHandle(Protocol):
+    """The source side, as the mirror sees it (the net adapter, or a fake in tests).
+
+    ``take`` returns queued events, each a tuple:
+
+    - ``("topics", {topic: (partitions, configs, {partition: (log_start, log_end)})})``: a
+      listing of the matching source topics (``configs``: zbroker keys for a zbroker source,
+      Kafka names and strings for a Kafka one; only values set on the topic);
+    - ``("records", topic, partition, [(offset, timestamp, key, value, headers), ...], log_end)``
+      (``headers``: a dict, or a list of ``(name, value)`` pairs; ``log_end`` -1 if unknown);
+    - ``("error", message)``: the source could not be listed or read (it keeps trying).
+    """
+
+    def add(self, positions: dict[tuple[str, int], int]) -> None: ...
+
+    def refresh(self) -> None: ...
+
+    def take(self, limit: int) -> list[tuple]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Part:
+    """One mirrored partition."""
+
+    source_topic: str
+    partition: int
+    target: str
+    position: int  # next source offset the target lacks (acknowledged below it); -2: from the log start
+    committed: int  # what the group holds (-1: nothing)
+    read: int  # next source offset expected from the source (what is older is a repeat)
+    log_start: int = -1
+    source_end: int = -1
+    pending: deque = field(default_factory=deque)  # records read, not yet appended
+    in_flight: int = 0  # records of the append in flight
+    retry_at: int = 0
+    backoff: int = 0
+    batch_limit: int = MAX_BATCH_RECORDS
+    sending: bool = False
+
+
+@dataclass(eq=False)
+class _Topic:
+    name: str  # on the source
+    target: str
+    partitions: int  # on the source, as last listed
+    configs: dict[str, Any]
+    ready: int = 0  # partitions set up (positions restored, reading)
+    busy: bool = False  # a create or a position look-up in flight
+    retry_at: int = 0
+
+
+class Mirror:
+    """One ``[[mirror]]`` while it runs on this broker (see the module docstring)."""
+
+    kind = "mirror"
+
+    def __init__(self, config, gateway, source: SourceHandle, now_ms: int) -> None:
+        self.config = config
+        self.name = config.name
+        self.group = group_name(config.name)
+        self.gateway = gateway
+        self.source = source
+        self._now = now_ms
+        self._topics: dict[str, _Topic] = {}
+        self._parts: dict[tuple[str, int], _Part] = {}  # by source topic-partition
+        self._pending = 0
+        self._listed = False
+        self._closed = False
+        self._failing: dict[str, str] = {}  # what fails now ("source", "append", "commit", "topics") -> message
+        self.records = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._committing = False
+        self._next_commit = now_ms + COMMIT_INTERVAL_MS
+        self._next_refresh = now_ms + config.refresh_ms
+        source.refresh()
+
+    # -- the loop's calls ------------------------------------------------------------------
+
+    def pump(self, now_ms: int) -> None:
+        """Take what the source has queued (while there is room) and act on it."""
+        self._now = now_ms
+        while not self._closed and self._pending < MAX_PENDING_RECORDS:
+            events = self.source.take(1)  # one batch at a time: the bound is kept to a batch
+            if not events:
+                break
+            for event in events:
+                self._on_event(event)
+
+    def tick(self, now_ms: int) -> None:
+        self._now = now_ms
+        if self._closed:
+            return
+        if now_ms >= self._next_refresh:
+            self._next_refresh = now_ms + self.config.refresh_ms
+            self.source.refresh()
+        for topic in self._topics.values():
+            if topic.ready < topic.partitions and now_ms >= topic.retry_at:
+                self._setup(topic)
+        for part in self._parts.values():
+            if part.pending and now_ms >= part.retry_at:
+                self._send(part)
+        self._maybe_commit()
+        self.pump(now_ms)
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        if self._closed:
+            return None
+        due = self._next_refresh
+        if any(p.position > p.committed for p in self._parts.values()):
+            due = min(due, self._next_commit)
+        for topic in self._topics.values():
+            if topic.ready < topic.partitions:
+                due = min(due, max(topic.retry_at, now_ms + SETUP_RETRY_MS))
+        for part in self._parts.values():
+            if part.pending and not part.in_flight:
+                due = min(due, part.retry_at)
+        return due
+
+    def close(self, now_ms: int) -> None:
+        """Stop: the source thread ends; what was acknowledged is committed (best effort)."""
+        if self._closed:
+            return
+        self._now = now_ms
+        self._next_commit = now_ms
+        self._maybe_commit()
+        self._closed = True
+        self.source.close()
+
+    def status(self, now_ms: int) -> dict:
+        parts = []
+        for part in sorted(self._parts.values(), key=lambda p: (p.target, p.partition)):
+            position = part.position if part.position >= 0 else part.log_start  # -1: not known yet
+            lag = max(0, part.source_end - position) if part.source_end >= 0 and position >= 0 else -1
+            parts.append({"topic": part.target, "source_topic": part.source_topic, "partition": part.partition,
+                          "position": position, "committed": part.committed, "source_end": part.source_end,
+                          "lag": lag})
+        lags = [p["lag"] for p in parts]
+        state = "stopped" if self._closed else "starting" if not self._listed else "error" if self._failing else "running"
+        return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
+                "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
+                "records": self.records, "errors": self.errors, "last_error": self.last_error,
+                "failing": dict(self._failing)}
+
+    # -- events from the source --------------------------------------------------------------
+
+    def _on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "records":
+            _, topic, partition, records, log_end = event
+            self._on_records(topic, partition, records, log_end)
+        elif kind == "topics":
+            self._on_topics(event[1])
+        elif kind == "error":
+            self._fail("source", event[1])
+        else:
+            log.error("mirror %s: unknown event %r from its source", self.name, kind)
+
+    def _on_topics(self, listing: dict) -> None:
+        self._listed = True
+        self._failing.pop("source", None)
+        for name, (partitions, configs, offsets) in sorted(listing.items()):
+            if not self.config.matches(name):
+                continue
+            topic = self._topics.get(name)
+            if topic is None:
+                configs, skipped = target_configs(self.config.scheme, configs)
+                if skipped:
+                    log.info("mirror %s: topic %s: source configs zbroker has no setting for are not copied: %s",
+                             self.name, name, ", ".join(sorted(skipped)))
+                topic = self._topics[name] = _Topic(name, self.config.target(name), partitions, configs)
+                log.info("mirror %s: mirroring %s (%d partitions) into %s", self.name, name, partitions, topic.target)
+            elif partitions > topic.partitions:
+                log.info("mirror %s: %s grew to %d partitions", self.name, name, partitions)
+                topic.partitions = partitions
+            for p, (start, end) in offsets.items():
+                part = self._parts.get((name, p))
+                if part is not None:
+                    part.log_start, part.source_end = start, max(part.source_end, end)
+            if topic.ready < topic.partitions:
+                self._setup(topic)
+
+    def _on_records(self, topic: str, partition: int, records: list, log_end: int) -> None:
+        part = self._parts.get((topic, partition))
+        if part is None:
+            return  # not (or no longer) assigned: nothing asked for it
+        self._failing.pop("source", None)
+        if log_end >= 0:
+            part.source_end = max(part.source_end, log_end)
+        for record in records:
+            if record[0] >= part.read:  # a partition re-read from an older offset repeats itself
+                part.pending.append(record)
+                part.read = record[0] + 1
+                self._pending += 1
+        part.source_end = max(part.source_end, part.read)
+        self._send(part)
+
+    # -- topics: create, grow, restore positions -------------------------------------------
+
+    def _setup(self, topic: _Topic) -> None:
+        """Bring the target topic to the source's partition count, then start reading the
+        partitions not yet read from their committed positions."""
+        if topic.busy or self._closed:
+            return
+        have = self.gateway.partition_count(topic.target)
+        if have is None:
+            self._call(topic, "create", self.gateway.create_topic(topic.target, topic.partitions, topic.configs, self._now))
+        elif have < topic.partitions:
+            self._call(topic, "grow", self.gateway.create_partitions(topic.target, topic.partitions, self._now))
+        elif topic.ready < topic.partitions:
+            new = [(topic.target, p) for p in range(topic.ready, topic.partitions)]
+            self._call(topic, "restore", self.gateway.committed(self.group, new, self._now))
+
+    def _call(self, topic: _Topic, what: str, completion) -> None:
+        topic.busy = True
+        completion.on_done(lambda c: self._setup_done(topic, what, c))
+
+    def _setup_done(self, topic: _Topic, what: str, completion) -> None:
+        topic.busy = False
+        if self._closed:
+            return
+        error = completion.error
+        if error is not None and not (what == "create" and error.code == ErrorCode.TOPIC_ALREADY_EXISTS):
+            if what == "create" and error.code == ErrorCode.INVALID_CONFIG and topic.configs:
+                log.warning("mirror %s: %s cannot be created with the source's configs %s (%s); creating it without them",
+                            self.name, topic.target, topic.configs, error.message)
+                topic.configs = {}
+            topic.retry_at = self._now + SETUP_RETRY_MS
+            self._fail("topics", f"{what} {topic.target}: {error.message}")
+            return
+        self._failing.pop("topics", None)
+        if what == "restore":
+            self._start_reading(topic, completion.value or {})
+        elif topic.ready < topic.partitions:
+            self._setup(topic)
+
+    def _start_reading(self, topic: _Topic, committed: dict) -> None:
+        positions = {}
+        for p in range(topic.ready, topic.partitions):
+            offset = committed.get((topic.target, p), -1)
+            offset = offset if offset is not None and offset >= 0 else -1
+            start = offset if offset >= 0 else EARLIEST
+            self._parts[(topic.name, p)] = _Part(topic.name, p, topic.target, position=start, committed=offset,
+                                                 read=max(offset, 0))
+            positions[(topic.name, p)] = start
+        topic.ready = topic.partitions
+        self.source.add(positions)
+
+    # -- appending and committing --------------------------------------------------------------
+
+    def _send(self, part: _Part) -> None:
+        """Append the partition's next records unless an append is in flight (one at a time keeps
+        the order across retries).  Completions may settle inside ``produce``: a flag keeps this
+        a loop rather than a recursion."""
+        if part.sending:
+            return
+        part.sending = True
+        try:
+            while (not part.in_flight and part.pending and self._now >= part.retry_at and not self._closed):
+                records, size = [], 0
+                while part.pending and len(records) < part.batch_limit and (not records or size < MAX_BATCH_BYTES):
+                    record = part.pending.popleft()
+                    records.append(record)
+                    size += len(record[2] or b"") + len(record[3] or b"") + 64
+                part.in_flight = len(records)
+                batch = self._batch(records)
+                done = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL, PRODUCE_TIMEOUT_MS, self._now)
+                done.on_done(lambda c, part=part, records=records: self._produced(part, records, c))
+        finally:
+            part.sending = False
+
+    def _batch(self, records: list) -> bytes:
+        rows = [(ts, key, value, headers or None) for _, ts, key, value, headers in records]
+        if self.config.scheme == "kafka":  # Kafka headers: a list whose names may repeat, values may be null
+            return build_kafka_batch(rows)
+        return build_native_batch(rows)
+
+    def _produced(self, part: _Part, records: list, completion) -> None:
+        part.in_flight = 0
+        error = completion.error
+        code = error.code if error is not None else completion.value.error
+        if code:
+            message = error.message if error is not None else completion.value.error_message
+            part.pending.extendleft(reversed(records))  # the same records again, first
+            part.backoff = min(RETRY_MAX_MS, max(RETRY_MIN_MS, part.backoff * 2))
+            part.retry_at = self._now + part.backoff
+            if code in (ErrorCode.MESSAGE_TOO_LARGE, ErrorCode.RECORD_LIST_TOO_LARGE):
+                part.batch_limit = max(1, len(records) // 2)
+            self._fail("append", f"append to {part.target}-{part.partition}: {_code_name(code)} {message or ''}".rstrip())
+            return
+        self._failing.pop("append", None)
+        part.backoff = 0
+        part.position = records[-1][0] + 1
+        self._pending -= len(records)
+        self.records += len(records)
+        if self._closed:
+            return
+        self._send(part)
+        self.pump(self._now)
+
+    def _maybe_commit(self) -> None:
+        if self._committing or self._now < self._next_commit or self._closed:
+            return
+        offsets = {(p.target, p.partition): p.position for p in self._parts.values() if p.position > p.committed}
+        self._next_commit = self._now + COMMIT_INTERVAL_MS
+        if not offsets:
+            return
+        self._committing = True
+        self.gateway.commit(self.group, offsets, self._now).on_done(lambda c: self._commit_done(offsets, c))
+
+    def _commit_done(self, offsets: dict, completion) -> None:
+        self._committing = False
+        if completion.error is not None:
+            self._fail("commit", f"commit to group {self.group}: {completion.error.message}")
+            return
+        self._failing.pop("commit", None)
+        for part in self._parts.values():
+            offset = offsets.get((part.target, part.partition))
+            if offset is not None:
+                part.committed = max(part.committed, offset)
+
+    def _fail(self, what: str, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+        self._failing[what] = message
+        _limited.log(self._now / 1000.0, f"mirror-{what}", logging.WARNING, "mirror %s: %s", self.name, message)
