@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from clients.acls import AclBinding, AclFilter
+from clients.bridges import bridge_status
 from clients.connection import NetworkClient
 from clients.metadata import MetadataManager
 from clients.structs import (
@@ -527,6 +528,10 @@ class Admin:
         h = self._call("describe_quotas", {"principals": principals})
         return [ClientQuota(q["principal"], q.get("produce_bytes_per_s"), q.get("fetch_bytes_per_s"))
                 for q in h.get("quotas") or ()]
+
+    def bridge_status(self) -> list[dict]:
+        """Every bridge and mirror of the cluster, as each broker reports it (docs/bridge.md)."""
+        return bridge_status(self._net, self._meta, min(self.request_timeout_ms, 5000))
 
     def close(self) -> None:
         """Release the sockets."""

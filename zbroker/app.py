@@ -76,6 +76,9 @@ class App:
         self.housekeeping = Housekeeping(config, self.partitions, now_ms)
         self.quotas = QuotaManager(lambda: self.control.image.security, DEFAULT_QUOTA_PRINCIPAL, config.setting("quota_samples"),
                                    config.setting("quota_sample_ms"), config.setting("quota_max_throttle_ms"))
+        # the bridges and mirrors this broker runs (a zbroker.frontends.bridge.host.BridgeHost,
+        # which the server sets and the loop ticks): `bridge_status` asks it
+        self.bridges = None
         self._last_checkpoint_ms = now_ms
         self.metadata_changed(now_ms)
         self.partitions.open_pending(now_ms, everything=True)  # at start, everything before serving

@@ -7,6 +7,8 @@ Layout of a config file (every section but ``[[broker]]`` optional)::
                          kafka_port, kafka_host, secret_key_file, public_key, kafka_tls_*
     [topic_defaults]     default topic settings; topics override them per key
     [security]           curve, authorized_keys_dir, super_users, kafka_sasl, cluster_secret
+    [[bridge]]           plain ZeroMQ sockets in and out of topics (:mod:`zbroker.bridge_config`)
+    [[mirror]]           topics copied from another cluster (:mod:`zbroker.bridge_config`)
 
 Unknown keys, missing fields, wrong types, bad values, duplicate ids, duplicate
 ports, shared data dirs and broken rules across keys (:data:`RULES`) are
@@ -32,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from zbroker.bridge_config import BridgeConfig, MirrorConfig, check_names, parse_bridges, parse_mirrors
 from zbroker.config_values import (  # noqa: F401  (ConfigError and INT64_MAX: re-exported for their callers)
     INT64_MAX,
     ConfigError,
     _bool,
+    _checked_table,
     _choice,
     _float,
     _int,
@@ -275,6 +279,8 @@ class ClusterConfig:
     topic_defaults: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    bridges: tuple[BridgeConfig, ...] = ()
+    mirrors: tuple[MirrorConfig, ...] = ()
 
     @property
     def name(self) -> str:
@@ -346,29 +352,10 @@ class ClusterConfig:
         return dataclasses.replace(self, brokers=brokers)
 
 
-def _checked_table(table: Any, schema: dict, where: str, defaults: bool) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
-    out = {}
-    for key, value in table.items():
-        spec = schema.get(key)
-        if spec is None:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(schema))})")
-        checker = spec[1] if isinstance(spec, tuple) else spec
-        try:
-            out[key] = checker(value)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{key}: {exc}") from None
-    if defaults:
-        for key, spec in schema.items():
-            out.setdefault(key, spec[0])
-    return out
-
-
 def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path | None = None) -> ClusterConfig:
     """Build a ClusterConfig from parsed TOML; ``source`` names the file in errors."""
     prefix = f"{source}: " if source else ""
-    known = {"cluster", "broker", "topic_defaults", "security"}
+    known = {"cluster", "broker", "topic_defaults", "security", "bridge", "mirror"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{prefix}{key}: unknown section (known: {', '.join(sorted(known))})")
@@ -422,7 +409,10 @@ def parse_config(data: dict[str, Any], source: str | None = None, base_dir: Path
     if rf is not None and rf > len(brokers):
         raise ConfigError(f"{prefix}topic_defaults.replication_factor: {rf} exceeds the {len(brokers)} configured brokers")
     _check_data_dirs(brokers, prefix)
-    config = ClusterConfig(tuple(brokers), settings, topic_defaults, source, security)
+    bridges = parse_bridges(data.get("bridge"), [b.id for b in brokers], security.curve, prefix)
+    mirrors = parse_mirrors(data.get("mirror"), prefix, base_dir)
+    check_names(bridges, mirrors, prefix)
+    config = ClusterConfig(tuple(brokers), settings, topic_defaults, source, security, bridges, mirrors)
     values = {**settings, **topic_defaults, "replication_factor": config.default_replication_factor()}
     problem = broken_rule(values, lambda k: f"cluster.{k}" if k in CLUSTER_SETTINGS else f"topic_defaults.{k}")
     if problem:

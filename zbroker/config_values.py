@@ -2,7 +2,7 @@
 
 A checker is called with a value (from TOML or a request) and returns it, or raises
 ValueError saying what was expected and what came (``must be an integer from 1 to 65535,
-got '95x'``); :func:`zbroker.config._checked_table` prefixes the file and key.  Kept apart
+got '95x'``); :func:`_checked_table` prefixes the file and key.  Kept apart
 from :mod:`zbroker.config`, which lays out the tables with them.
 """
 
@@ -164,3 +164,22 @@ class _Secret(_Checker):
 
     def fits(self, v: Any) -> bool:
         return isinstance(v, str) and len(v) >= 32
+
+
+def _checked_table(table: Any, schema: dict, where: str, defaults: bool) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    out = {}
+    for key, value in table.items():
+        spec = schema.get(key)
+        if spec is None:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(schema))})")
+        checker = spec[1] if isinstance(spec, tuple) else spec
+        try:
+            out[key] = checker(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{key}: {exc}") from None
+    if defaults:
+        for key, spec in schema.items():
+            out.setdefault(key, spec[0])
+    return out

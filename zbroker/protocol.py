@@ -466,3 +466,8 @@ SCHEMAS.update({
     REMOVE_USER: {"user": _f(str, cap=MAX_USER_CHARS)},
     LIST_USERS: {},
 })
+
+# Bridges and mirrors (docs/protocol.md §4.16, docs/bridge.md): what this broker runs, with
+# counters, positions and lag.  ``zbroker bridge status`` asks every broker.
+BRIDGE_STATUS = "bridge_status"
+SCHEMAS[BRIDGE_STATUS] = {}

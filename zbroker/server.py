@@ -30,6 +30,7 @@ import time
 import zmq
 
 from zbroker.config import ClusterConfig, ConfigError
+from zbroker.frontends.bridge.host import BridgeHost
 from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
@@ -57,6 +58,7 @@ class Server:
         self.loop = EventLoop(now_ms)
         self.node: BrokerNode | None = None
         self.kafka_tls = None  # the Kafka listener's ssl.SSLContext, if it speaks TLS
+        self.bridge_host: BridgeHost | None = None
 
     def stop(self, *_args) -> None:
         self.loop.stop()
@@ -132,7 +134,16 @@ class Server:
                                 self.config.setting("max_queued_reply_bytes"), tls=tls)
             self.loop.add_listener(kafka)
             self.loop.add_timer(kafka)  # connection deadlines: TLS handshakes, SASL authentication
+        self._bridges(ctx, node, keys, zap)
         return router, peer_router, dealers
+
+    def _bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, zap: ZapHandler | None) -> None:
+        """The bridges this broker runs (``[[bridge]]`` with ``broker`` = this one) and the
+        mirrors it runs while it is the controller, under one :class:`BridgeHost` timer."""
+        host = BridgeHost(self.broker_id, lambda: node.app.control.is_controller, self.config.mirrors)
+        node.app.bridges = host
+        self.bridge_host = host
+        self.loop.add_timer(host)
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""
@@ -170,6 +181,8 @@ class Server:
         try:
             self.loop.run()
         finally:
+            if self.bridge_host is not None:  # first: bridges commit their positions while the node still serves
+                guarded(self.bridge_host.close, now_ms())
             guarded(node.close, now_ms())
             self.loop.close()
             log.info("broker %s stopped", self.broker_id)

@@ -188,6 +188,7 @@ def _run_session(s: _Session) -> None:
         note="credentials computed by the client (RFC 5802): never the password; values here are placeholders")
     s.call("list_users")
     s.call("remove_user", user="alice")
+    s.call("bridge_status", note="the bridges and mirrors this broker runs (none here)")
     s.call("no_such_type", note="unknown type")
     s.call("metadata", topics="t", note="a field of the wrong type, named")
 

@@ -67,6 +67,7 @@ VALID = {
     P.DESCRIBE_QUOTAS: {"principals": ["User:a"]},
     P.ALTER_QUOTAS: {"entries": [{"principal": "User:a", "ops": [{"key": "fetch_bytes_per_s", "value": 1000}]}],
                      "validate_only": True},
+    P.BRIDGE_STATUS: {},
     **{kind: {name: 0 for name in schema} for kind, schema in P.RAFT_SCHEMAS.items()},
 }
 assert set(VALID) == set(P.SCHEMAS)

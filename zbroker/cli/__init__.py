@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from zbroker.cli import acl, bench, cluster, groups, io, keys, quota, serve, topics, users
+from zbroker.cli import acl, bench, bridge, cluster, groups, io, keys, quota, serve, topics, users
 from zbroker.cli.common import OneLineErrors, connect_options
 from zbroker.config import DEFAULT_PORT
 
@@ -41,7 +41,7 @@ def cli(ctx: click.Context, bootstrap: str, curve_secret_key_file: str | None, c
 
 
 for command in (serve.serve, topics.topics, io.produce, io.consume, groups.groups, cluster.cluster, bench.bench, keys.keys,
-                acl.acl, users.users, quota.quota):
+                acl.acl, users.users, quota.quota, bridge.bridge):
     cli.add_command(command)
 
 

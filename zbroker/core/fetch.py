@@ -86,6 +86,13 @@ class OffsetQuery:
 
 
 @dataclass(slots=True)
+class ListOffsets:
+    """Offset look-ups handed to another broker (the partitions' leader)."""
+
+    queries: list[OffsetQuery]
+
+
+@dataclass(slots=True)
 class OffsetAnswer:
     topic: str
     partition: int

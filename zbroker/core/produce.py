@@ -37,6 +37,15 @@ ACKS_ALL = -1
 
 
 @dataclass(slots=True)
+class ProduceRequest:
+    """A produce handed to another broker (the partitions' leader) by one that runs a bridge."""
+
+    acks: int
+    timeout_ms: int
+    batches: list[tuple[str, int, bytes]]  # (topic, partition, batch bytes)
+
+
+@dataclass(slots=True)
 class ProduceResult:
     """One batch's outcome (Kafka's per-partition produce response)."""
 

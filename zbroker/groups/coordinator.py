@@ -82,6 +82,14 @@ class OffsetCommit:
 
 
 @dataclass(slots=True)
+class OffsetFetch:
+    """A group's committed offsets, asked of another broker (the group's coordinator)."""
+
+    group: str
+    partitions: list[tuple[str, int]] | None = None  # None: every partition the group committed
+
+
+@dataclass(slots=True)
 class CommittedOffset:
     topic: str
     partition: int

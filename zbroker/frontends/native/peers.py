@@ -2,7 +2,9 @@
 
 Services hand typed messages to :class:`PeerLink` (it implements
 :class:`zbroker.context.PeerChannel`): follower fetches, admin requests forwarded to the
-controller, ISR changes, the offsets topic's creation and Raft messages.  The link
+controller, ISR changes, the offsets topic's creation, Raft messages, and the produces,
+offset look-ups and commits a bridge's gateway (:mod:`zbroker.frontends.bridge.gateway`)
+hands to partition leaders and group coordinators.  The link
 encodes each as a native request, gives the calls that expect an answer a correlation
 id in its one table, and hands ``(broker id, frames)`` to ``send`` (the broker's DEALER
 to that peer's inter-broker listener, ``peer_port``: a CURVE connection made with this
@@ -33,9 +35,11 @@ from zbroker.control.topicadmin import (
     InitProducerId,
     ProducerId,
 )
-from zbroker.core.fetch import FetchRequest
+from zbroker.core.fetch import FetchRequest, ListOffsets, OffsetAnswer
+from zbroker.core.produce import ProduceRequest, ProduceResult
 from zbroker.errors import ErrorCode
 from zbroker.frontends.native.handlers.data import fetch_fields, fetch_result
+from zbroker.groups.coordinator import CommittedOffset, OffsetCommit, OffsetFetch
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,41 @@ def _producer_id(header: dict, payloads: Frames) -> ProducerId:
     return ProducerId(header.get("producer_id", -1), header.get("producer_epoch", 0))
 
 
-#: message type -> (request type, its wire fields, how to decode the answer)
-_CODECS: dict[type, tuple[str, Callable[[Any], dict], Callable[[dict, Frames], Any]]] = {
+def _produce_fields(req: ProduceRequest) -> tuple[dict, Frames]:
+    return ({"acks": req.acks, "timeout_ms": req.timeout_ms,
+             "batches": [{"topic": t, "partition": p} for t, p, _ in req.batches]}, [b for _, _, b in req.batches])
+
+
+def _produce_results(header: dict, payloads: Frames) -> list[ProduceResult]:
+    return [ProduceResult(r["topic"], r["partition"], r.get("error", 0), r.get("error_message"), r.get("base_offset", -1),
+                          r.get("log_append_time", -1), r.get("log_start_offset", -1)) for r in header["results"]]
+
+
+def _list_offsets_fields(req: ListOffsets) -> dict:
+    return {"partitions": [{"topic": q.topic, "partition": q.partition, "timestamp": q.timestamp} for q in req.queries]}
+
+
+def _offset_answers(header: dict, payloads: Frames) -> list[OffsetAnswer]:
+    return [OffsetAnswer(a["topic"], a["partition"], a.get("error", 0), a.get("offset", -1), a.get("timestamp", -1))
+            for a in header["partitions"]]
+
+
+def _commit_fields(req: OffsetCommit) -> dict:
+    return {"group": req.group, "member_id": req.member_id, "member_epoch": req.member_epoch,
+            "offsets": [{"topic": o.topic, "partition": o.partition, "offset": o.offset, "metadata": o.metadata}
+                        for o in req.offsets]}
+
+
+def _offset_fetch_fields(req: OffsetFetch) -> dict:
+    return {"group": req.group, "partitions": None if req.partitions is None else [list(tp) for tp in req.partitions]}
+
+
+def _committed(header: dict, payloads: Frames) -> list[CommittedOffset]:
+    return [CommittedOffset(o["topic"], o["partition"], o.get("offset", -1), o.get("metadata", "")) for o in header["offsets"]]
+
+
+#: message type -> (request type, its wire fields (or fields and payload frames), how to decode the answer)
+_CODECS: dict[type, tuple[str, Callable[[Any], dict | tuple[dict, Frames]], Callable[[dict, Frames], Any]]] = {
     FetchRequest: (P.FETCH, fetch_fields, fetch_result),
     CreateTopic: (P.CREATE_TOPIC, asdict, _no_value),
     DeleteTopic: (P.DELETE_TOPIC, asdict, _no_value),
@@ -61,6 +98,11 @@ _CODECS: dict[type, tuple[str, Callable[[Any], dict], Callable[[dict, Frames], A
     AlterIsr: (P.ALTER_ISR, asdict, _no_value),
     CreateInternalTopic: (P.CREATE_INTERNAL_TOPIC, asdict, _no_value),
     AlterSecurity: (P.ALTER_SECURITY, asdict, _no_value),
+    # the requests a bridge's gateway hands to partition leaders and group coordinators
+    ProduceRequest: (P.PRODUCE, _produce_fields, _produce_results),
+    ListOffsets: (P.LIST_OFFSETS, _list_offsets_fields, _offset_answers),
+    OffsetCommit: (P.OFFSET_COMMIT, _commit_fields, _no_value),
+    OffsetFetch: (P.OFFSET_FETCH, _offset_fetch_fields, _committed),
 }
 
 
@@ -106,8 +148,10 @@ class PeerLink:
         if isinstance(message, RaftMessage):
             header = {"v": P.PROTOCOL_VERSION, "cid": cid, **message.fields}
             return [P.encode(header), *([message.payload] if message.payload else [])]
-        kind, fields, _decode = _CODECS[type(message)]
-        return [P.encode(P.request(kind, cid, **fields(message)))]
+        kind, encode, _decode = _CODECS[type(message)]
+        fields = encode(message)
+        fields, payloads = fields if isinstance(fields, tuple) else (fields, [])
+        return [P.encode(P.request(kind, cid, **fields)), *payloads]
 
     def on_reply(self, frames: Frames, now_ms: int) -> None:
         """An answer on one of the broker's DEALERs."""

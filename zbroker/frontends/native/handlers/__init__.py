@@ -4,7 +4,7 @@ Each module holds one family of request types and a ``ROUTES`` list; :data:`ROUT
 the native router's whole table.
 """
 
-from zbroker.frontends.native.handlers import acls, admin, cluster, data, groups, quotas, users, versions
+from zbroker.frontends.native.handlers import acls, admin, bridges, cluster, data, groups, quotas, users, versions
 
 ROUTES = [*data.ROUTES, *admin.ROUTES, *groups.ROUTES, *cluster.ROUTES, *versions.ROUTES, *acls.ROUTES, *users.ROUTES,
-          *quotas.ROUTES]
+          *quotas.ROUTES, *bridges.ROUTES]

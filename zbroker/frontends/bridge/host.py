@@ -1,0 +1,117 @@
+"""The bridges and mirrors one broker runs: their timers, their status, their moves.
+
+:class:`BridgeHost` is one of the event loop's timers.  It ticks every bridge or mirror
+this broker runs (each a sans-IO object with the :class:`Runner` methods) and answers
+``bridge_status`` from their :meth:`Runner.status`.  Bridges are bound to their broker
+(their endpoints are addresses on its host): the server adds them at start.  Mirrors
+follow the controller: the host starts them (with the factory the server gives it) on
+the broker that is the active controller and stops them on one that no longer is, so a
+broker failure moves them; their positions live in the cluster, so the new host goes on
+where the old one committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Protocol
+
+from zbroker.bridge_config import MirrorConfig
+
+log = logging.getLogger(__name__)
+
+IDLE_TICK_MS = 1000  # how often the host looks at controllership when nothing else is due
+
+
+class Runner(Protocol):
+    """A bridge or a mirror, as the host drives it."""
+
+    name: str
+
+    def tick(self, now_ms: int) -> None: ...
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        """When :meth:`tick` next has work (absolute ms), None: only when input comes."""
+
+    def status(self, now_ms: int) -> dict:
+        """What ``zbroker bridge status`` shows: at least name, kind and state (JSON-able)."""
+
+    def close(self, now_ms: int) -> None:
+        """Stop: commit what can be committed, let go of sockets and threads."""
+
+
+def _guarded(what: str, fn: Callable, *args):
+    try:
+        return fn(*args)
+    except Exception:
+        log.exception("bridge %s failed; the broker keeps serving", what)
+        return None
+
+
+class BridgeHost:
+    """Ticks this broker's bridges and mirrors; starts and stops mirrors with controllership."""
+
+    def __init__(self, broker_id: int, is_controller: Callable[[], bool], mirrors: tuple[MirrorConfig, ...] = (),
+                 start_mirror: Callable[[MirrorConfig, int], Runner] | None = None) -> None:
+        self.broker_id = broker_id
+        self._is_controller = is_controller
+        self._mirror_configs = mirrors
+        self._start_mirror = start_mirror
+        self.runners: dict[str, Runner] = {}
+        self._mirrors: set[str] = set()
+        self._next_check_ms = 0
+
+    def add(self, runner: Runner) -> None:
+        self.runners[runner.name] = runner
+
+    # -- the loop's timer ------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        if now_ms >= self._next_check_ms:
+            self._next_check_ms = now_ms + IDLE_TICK_MS
+            self._follow_controller(now_ms)
+        for runner in list(self.runners.values()):
+            due = _guarded(runner.name, runner.next_deadline, now_ms)
+            if due is not None and due <= now_ms:
+                _guarded(runner.name, runner.tick, now_ms)
+
+    def next_timer_ms(self, now_ms: int) -> int:
+        due = self._next_check_ms
+        for runner in self.runners.values():
+            at = _guarded(runner.name, runner.next_deadline, now_ms)
+            if at is not None:
+                due = min(due, at)
+        return max(0, due - now_ms)
+
+    def _follow_controller(self, now_ms: int) -> None:
+        if not self._mirror_configs or self._start_mirror is None:
+            return
+        leading = self._is_controller()
+        if leading and not self._mirrors:
+            for config in self._mirror_configs:
+                runner = _guarded(config.name, self._start_mirror, config, now_ms)
+                if runner is not None:
+                    log.info("mirror %s starts on broker %s (the controller's)", config.name, self.broker_id)
+                    self.runners[config.name] = runner
+                    self._mirrors.add(config.name)
+        elif not leading and self._mirrors:
+            for name in sorted(self._mirrors):
+                log.info("mirror %s stops on broker %s: it is no longer the controller", name, self.broker_id)
+                runner = self.runners.pop(name, None)
+                if runner is not None:
+                    _guarded(name, runner.close, now_ms)
+            self._mirrors.clear()
+
+    # -- status and shutdown -----------------------------------------------------------
+
+    def status(self, now_ms: int) -> list[dict]:
+        out = []
+        for name in sorted(self.runners):
+            status = _guarded(name, self.runners[name].status, now_ms)
+            out.append({"broker": self.broker_id, **(status or {"name": name, "state": "failed"})})
+        return out
+
+    def close(self, now_ms: int) -> None:
+        for name, runner in list(self.runners.items()):
+            _guarded(name, runner.close, now_ms)
+        self.runners.clear()
+        self._mirrors.clear()
