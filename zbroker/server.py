@@ -30,10 +30,14 @@ import time
 import zmq
 
 from zbroker.config import ClusterConfig, ConfigError
+from zbroker.bridge_config import MirrorConfig
+from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
+from zbroker.frontends.bridge.mirror import Mirror, group_name
 from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
+from zbroker.net.mirror_source import MirrorSource
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
 from zbroker.net.zap import CLIENT, GOSSIP, PEER, ZapHandler
 from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
@@ -140,10 +144,25 @@ class Server:
     def _bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, zap: ZapHandler | None) -> None:
         """The bridges this broker runs (``[[bridge]]`` with ``broker`` = this one) and the
         mirrors it runs while it is the controller, under one :class:`BridgeHost` timer."""
-        host = BridgeHost(self.broker_id, lambda: node.app.control.is_controller, self.config.mirrors)
+        control = node.app.control
+        host = BridgeHost(self.broker_id, lambda: control.is_controller and control.ready, self.config.mirrors,
+                          start_mirror=lambda config, now: self._mirror(node, config, now))
         node.app.bridges = host
         self.bridge_host = host
         self.loop.add_timer(host)
+
+    def _mirror(self, node: BrokerNode, config: MirrorConfig, now: int) -> Mirror:
+        """Start one ``[[mirror]]`` here (the host calls it on the controller's broker): its source
+        thread, whose wake socket the loop watches, and its logic, which appends through a
+        gateway as ``Bridge:NAME``.  Closing the mirror stops the thread and unwatches the socket."""
+        source = MirrorSource(config, self.loop)
+        try:
+            mirror = Mirror(config, Gateway(node.app, node.app.peers, config.principal, group_name(config.name)), source, now)
+        except Exception:
+            source.close()
+            raise
+        source.on_wake = lambda: mirror.pump(now_ms())
+        return mirror
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""

@@ -3,39 +3,24 @@ time passed in, completions settled by hand."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import pytest
 
 from storage.batch import MAGIC_KAFKA, parse_header
 from storage.decode import decode_batches
+from zbroker.bridge_config import MirrorConfig
 from zbroker.context import Completion
 from zbroker.core.produce import ProduceResult
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge import mirror as M
 from zbroker.frontends.bridge.mirror_configs import target_configs
-from zbroker.frontends.bridge.mirror_placement import MirrorPlacement
 
 T0 = 1_000_000
 
 
-@dataclass(frozen=True)
-class Config:
-    """The attributes of a MirrorConfig the mirror reads."""
-
-    name: str = "m1"
-    source: str = "zbroker://127.0.0.1:1"
-    scheme: str = "zbroker"
-    topics: str = r"plant\..*"
-    prefix: str = "a."
-    refresh_ms: int = 5000
-
-    def matches(self, topic: str) -> bool:
-        return re.fullmatch(self.topics, topic) is not None
-
-    def target(self, topic: str) -> str:
-        return self.prefix + topic
+def Config(scheme="zbroker", prefix="a.", topics=r"plant\..*"):
+    return MirrorConfig("m1", f"{scheme}://127.0.0.1:1", scheme, "127.0.0.1:1", topics, prefix)
 
 
 def done(value=None) -> Completion:
@@ -123,7 +108,8 @@ def recs(first, n, ts=T0):
     return [(o, ts + o, b"k%d" % o, b"v%d" % o, {"h": b"%d" % o}) for o in range(first, first + n)]
 
 
-def make(config=Config(), gateway=None, source=None):
+def make(config=None, gateway=None, source=None):
+    config = config or Config()
     gateway = gateway or FakeGateway()
     source = source or FakeSource()
     return M.Mirror(config, gateway, source, T0), gateway, source
@@ -304,57 +290,6 @@ def test_kafka_source_configs_and_headers():
     mirror.pump(T0)
     batch = gw.produced[0][2]
     assert parse_header(batch).magic == MAGIC_KAFKA and gw.produced[0][0] == "plant.x"
-
-
-def test_placement_runs_mirrors_only_on_the_active_controller():
-    active = [False]
-    started, registry = [], []
-
-    class Running:
-        def __init__(self, config):
-            self.name, self.closed, self.ticks = config.name, False, 0
-
-        def tick(self, now):
-            self.ticks += 1
-
-        def next_deadline(self, now):
-            return now + 10
-
-        def close(self, now):
-            self.closed = True
-
-    def start(config, now):
-        started.append(Running(config))
-        return started[-1]
-
-    placement = MirrorPlacement([Config()], lambda: active[0], start, registry)
-    placement.tick(T0)
-    assert started == [] and registry == []
-    active[0] = True
-    placement.tick(T0)
-    placement.tick(T0 + 1)
-    assert len(started) == 1 and registry == started and started[0].ticks == 2
-    assert placement.next_timer_ms(T0) == 10
-    active[0] = False
-    placement.tick(T0 + 2)
-    assert started[0].closed and registry == []
-    active[0] = True
-    placement.tick(T0 + 3)
-    assert len(started) == 2
-
-
-def test_placement_tries_again_a_mirror_that_cannot_start():
-    calls = []
-
-    def start(config, now):
-        calls.append(now)
-        raise OSError("no such key file")
-
-    placement = MirrorPlacement([Config()], lambda: True, start, [])
-    placement.tick(T0)
-    placement.tick(T0 + 1)
-    placement.tick(T0 + 5000)
-    assert calls == [T0, T0 + 5000]
 
 
 @pytest.mark.parametrize("name", ["m1", "from-plant"])
