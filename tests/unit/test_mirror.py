@@ -167,7 +167,7 @@ def test_records_keep_key_value_headers_timestamps_with_acks_all_and_the_commit_
     assert gw.commits[0][:2] == ("mirror.m1", {("a.plant.x", 0): 3})
     part = mirror.status(T0)["partitions"][0]
     assert (part["position"], part["committed"], part["source_end"], part["lag"]) == (3, 3, 10, 7)
-    assert mirror.status(T0)["records"] == 3
+    assert mirror.status(T0)["mirrored"] == 3
 
 
 def test_nothing_is_committed_before_the_target_acknowledged_and_a_failed_append_is_retried_in_order():

@@ -216,7 +216,7 @@ class Mirror:
         state = "stopped" if self._closed else "starting" if not self._listed else "error" if self._failing else "running"
         return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
                 "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
-                "records": self.records, "errors": self.errors, "last_error": self.last_error,
+                "mirrored": self.records, "errors": self.errors, "last_error": self.last_error,
                 "failing": dict(self._failing)}
 
     # -- events from the source --------------------------------------------------------------

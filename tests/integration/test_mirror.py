@@ -1,0 +1,212 @@
+"""[[mirror]] between two clusters started here: zbroker:// and kafka:// (the source cluster's own
+Kafka front door) sources, topics created to match, records kept whole, new topics picked up,
+positions kept across a restart, and a kill -9 of the mirroring broker of a 3-broker target."""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+
+import pytest
+
+from clients import Admin, Consumer, Producer
+from support import ClusterProcesses, run_cli, wait_until
+
+pytestmark = pytest.mark.timeout(150)
+
+T0 = 1_600_000_000_000  # record timestamps the producer sets: kept by the mirror, not the append time
+
+
+def mirror_table(source: str, name: str = "m", topics: str = r"plant\\..*", prefix: str = "a.") -> str:
+    return f'\n[[mirror]]\nname = "{name}"\nsource = "{source}"\ntopics = "{topics}"\nprefix = "{prefix}"\nrefresh_ms = 300\n'
+
+
+def cluster(root, n=1, mirror: str = "", **settings) -> ClusterProcesses:
+    c = ClusterProcesses(root, n=n, **settings)
+    if mirror:
+        c.config.write_text(c.config.read_text() + mirror)
+    c.start()
+    wait_until(c.agreed_controller, timeout=20, what="a controller")
+    return c
+
+
+def produce(bootstrap: str, topic: str, first: int, n: int, partitions: int = 2) -> list[tuple]:
+    """``n`` records spread over the partitions by hand; returns what was sent, as read back."""
+    sent = []
+    with Producer(bootstrap=bootstrap, linger_ms=5) as p:
+        for i in range(first, first + n):
+            part, key, value, ts = i % partitions, b"k%d" % i, b"v%d" % i, T0 + i
+            p.send(topic, value=value, key=key, headers={"n": b"%d" % i}, partition=part, timestamp_ms=ts)
+            sent.append((part, ts, key, value, (("n", b"%d" % i),)))
+        p.flush(timeout=30)
+    return sent
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, at_least: int, timeout: float = 60) -> dict[int, list[tuple]]:
+    """Every record of ``topic`` once at least ``at_least`` are there: {partition: [(ts, key, value, headers items)]}."""
+    out: dict[int, list] = collections.defaultdict(list)
+    deadline = time.monotonic() + timeout
+    with Consumer(bootstrap=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest") as c:
+        c.assign([(topic, p) for p in range(partitions)])
+        while sum(map(len, out.values())) < at_least and time.monotonic() < deadline:
+            for r in c.poll(timeout_ms=200):
+                out[r.partition].append((r.timestamp, r.key, r.value, tuple(sorted(r.headers.items()))))
+    return out
+
+
+def by_partition(sent: list[tuple]) -> dict[int, list[tuple]]:
+    out: dict[int, list] = collections.defaultdict(list)
+    for part, *rest in sent:
+        out[part].append(tuple(rest))
+    return out
+
+
+def wait_topic(bootstrap: str, name: str, timeout: float = 30) -> None:
+    def exists():
+        with Admin(bootstrap, request_timeout_ms=3000) as admin:
+            return name in admin.list_topics()
+    wait_until(exists, timeout=timeout, interval=0.2, what=f"topic {name}")
+
+
+def mirror_status(bootstrap: str) -> dict | None:
+    run = run_cli("bridge", "status", "--json", bootstrap=bootstrap, timeout=30)
+    assert run.returncode == 0, run.stderr.decode()
+    entries = [e for e in json.loads(run.stdout) if e.get("kind") == "mirror"]
+    return entries[0] if entries else None
+
+
+def in_order_at_least_once(got: list, want: list) -> bool:
+    """Every record of ``want`` is in ``got`` and their first copies come in ``want``'s order
+    (a copy sent again after a failure may follow later)."""
+    return list(dict.fromkeys(got)) == want
+
+
+@pytest.fixture
+def source(tmp_path):
+    c = cluster(tmp_path / "source", n=1, kafka=True, partitions=2, name="source")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_zbroker_source_records_configs_new_topics_and_lag(tmp_path, source):
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic("plant.x", partitions=2, config={"retention_ms": 3_600_000})
+        admin.create_topic("other", partitions=1)
+    sent = produce(source.bootstrap, "plant.x", 0, 200)
+    produce(source.bootstrap, "other", 0, 5, partitions=1)
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target")
+    try:
+        wait_topic(target.bootstrap, "a.plant.x")
+        sent += produce(source.bootstrap, "plant.x", 200, 100)  # while it runs
+        got = read_all(target.bootstrap, "a.plant.x", 2, len(sent))
+        assert dict(got) == by_partition(sent)  # keys, values, headers, timestamps, order: as on the source
+        with Admin(target.bootstrap) as admin:
+            described = admin.describe_topic("a.plant.x")
+            assert len(described.partitions) == 2
+            assert "retention_ms" in described.overrides and described.config["retention_ms"] == 3_600_000
+            assert "a.other" not in admin.list_topics()
+        # a topic created on the source after the mirror started is picked up
+        with Admin(source.bootstrap) as admin:
+            admin.create_topic("plant.y", partitions=1)
+        later = produce(source.bootstrap, "plant.y", 0, 10, partitions=1)
+        wait_topic(target.bootstrap, "a.plant.y")
+        assert dict(read_all(target.bootstrap, "a.plant.y", 1, 10)) == by_partition(later)
+
+        def caught_up():
+            status = mirror_status(target.bootstrap)
+            return status if status and status["state"] == "running" and status["lag"] == 0 and status["mirrored"] >= 310 else None
+        status = wait_until(caught_up, timeout=30, interval=0.3, what="mirror status: lag 0") or mirror_status(target.bootstrap)
+        parts = {(p["topic"], p["partition"]): p for p in status["partitions"]}
+        assert parts[("a.plant.x", 0)]["source_end"] == 150 and parts[("a.plant.x", 0)]["position"] == 150
+        # lag shows while the mirror is behind: its source is not what it is behind of, so stop the target's reading
+        run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
+        assert run.returncode == 0 and "mirror" in run.stdout.decode() and "LAG" in run.stdout.decode()
+    finally:
+        target.close()
+
+
+def test_kafka_source_is_the_source_clusters_kafka_front_door(tmp_path, source):
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic("plant.k", partitions=2, config={"retention_ms": 7_200_000, "cleanup_policy": "compact,delete"})
+    sent = produce(source.bootstrap, "plant.k", 0, 100)
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"kafka://{source.kafka_bootstrap}", prefix=""), name="target")
+    try:
+        wait_topic(target.bootstrap, "plant.k")
+        got = read_all(target.bootstrap, "plant.k", 2, len(sent))
+        assert dict(got) == by_partition(sent)
+        with Admin(target.bootstrap) as admin:
+            described = admin.describe_topic("plant.k")
+        assert len(described.partitions) == 2
+        assert described.config["retention_ms"] == 7_200_000 and described.config["cleanup_policy"] in ("compact,delete", "delete,compact")
+    finally:
+        target.close()
+
+
+def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic("plant.r", partitions=2)
+    sent = produce(source.bootstrap, "plant.r", 0, 300)
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target")
+    try:
+        wait_topic(target.bootstrap, "a.plant.r")
+        assert sum(map(len, read_all(target.bootstrap, "a.plant.r", 2, 300).values())) >= 300
+
+        def committed():
+            status = mirror_status(target.bootstrap)
+            return status and all(p["committed"] == p["source_end"] for p in status["partitions"])
+        wait_until(committed, timeout=30, interval=0.3, what="positions committed")
+        broker = target.brokers[1]
+        broker.kill()
+        sent += produce(source.bootstrap, "plant.r", 300, 100)
+        broker.start()
+        got = read_all(target.bootstrap, "a.plant.r", 2, 400)
+        assert {p: list(dict.fromkeys(rs)) for p, rs in got.items()} == by_partition(sent)
+        assert sum(map(len, got.values())) == 400  # nothing copied twice: it went on from its committed position
+    finally:
+        target.close()
+
+
+def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source):
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic("plant.k9", partitions=2)
+    sent = produce(source.bootstrap, "plant.k9", 0, 500)
+    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target",
+                     replication_factor=3, min_insync_replicas=2)
+    stop = threading.Event()
+    more: list = []
+
+    def keep_producing():  # before, during and after the kill
+        i = 500
+        while not stop.is_set() and i < 4000:
+            more.extend(produce(source.bootstrap, "plant.k9", i, 100))
+            i += 100
+
+    producer = threading.Thread(target=keep_producing)
+    try:
+        wait_topic(target.bootstrap, "a.plant.k9")
+        producer.start()
+        wait_until(lambda: (mirror_status(target.bootstrap) or {}).get("mirrored", 0) >= 600, timeout=60, interval=0.3,
+                   what="the mirror under way")
+        controller, _ = target.agreed_controller()
+        assert mirror_status(target.bootstrap)["broker"] == controller  # it runs on the controller's broker
+        target.brokers[controller].kill()  # mid-stream
+        others = [i for i in target.brokers if i != controller]
+        wait_until(lambda: (target.agreed_controller(others) or (controller,))[0] != controller, timeout=30,
+                   what="a new controller")
+        producer.join(90)
+        everything = sent + more
+        alive = ",".join(target.brokers[i].bootstrap for i in others)
+        got = read_all(alive, "a.plant.k9", 2, len(everything), timeout=90)
+        want = by_partition(everything)
+        for p in (0, 1):
+            assert in_order_at_least_once(got[p], want[p]), f"partition {p}: {len(got[p])} records, {len(want[p])} sent"
+        print(f"sent {len(everything)}, in the target {sum(map(len, got.values()))} (copies sent again after the kill)")
+        status = mirror_status(alive)
+        assert status is not None and status["broker"] != controller
+    finally:
+        stop.set()
+        target.close()
