@@ -295,3 +295,20 @@ def test_kafka_source_configs_and_headers():
 @pytest.mark.parametrize("name", ["m1", "from-plant"])
 def test_group_name(name):
     assert M.group_name(name) == f"mirror.{name}"
+
+
+def test_appends_that_settle_at_once_do_not_recurse_through_the_queue():
+    import traceback
+
+    depths = []
+
+    class Deep(FakeGateway):
+        def produce(self, *args):
+            depths.append(len(traceback.extract_stack()))
+            return super().produce(*args)
+
+    mirror, gw, src = make(gateway=Deep())
+    src.events.append(listing(plant_x=2))
+    src.events += [("records", "plant.x", i % 2, recs(i // 2, 1), -1) for i in range(400)]
+    mirror.pump(T0)
+    assert len(depths) == 400 and max(depths) - min(depths) < 20

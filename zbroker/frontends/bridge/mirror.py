@@ -148,6 +148,7 @@ class Mirror:
         self.errors = 0
         self.last_error: str | None = None
         self._committing = False
+        self._pumping = False
         self._next_commit = now_ms + COMMIT_INTERVAL_MS
         self._next_refresh = now_ms + config.refresh_ms
         source.refresh()
@@ -157,12 +158,18 @@ class Mirror:
     def pump(self, now_ms: int) -> None:
         """Take what the source has queued (while there is room) and act on it."""
         self._now = now_ms
-        while not self._closed and self._pending < MAX_PENDING_RECORDS:
-            events = self.source.take(1)  # one batch at a time: the bound is kept to a batch
-            if not events:
-                break
-            for event in events:
-                self._on_event(event)
+        if self._pumping:  # an append settled inside this pump: its loop takes more
+            return
+        self._pumping = True
+        try:
+            while not self._closed and self._pending < MAX_PENDING_RECORDS:
+                events = self.source.take(1)  # one batch at a time: the bound is kept to a batch
+                if not events:
+                    break
+                for event in events:
+                    self._on_event(event)
+        finally:
+            self._pumping = False
 
     def tick(self, now_ms: int) -> None:
         self._now = now_ms
