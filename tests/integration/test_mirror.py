@@ -119,10 +119,9 @@ def test_zbroker_source_records_configs_new_topics_and_lag(tmp_path, source):
         def caught_up():
             status = mirror_status(target.bootstrap)
             return status if status and status["state"] == "running" and status["lag"] == 0 and status["mirrored"] >= 310 else None
-        status = wait_until(caught_up, timeout=30, interval=0.3, what="mirror status: lag 0") or mirror_status(target.bootstrap)
+        status = wait_until(caught_up, timeout=30, interval=0.3, what="mirror status: lag 0")
         parts = {(p["topic"], p["partition"]): p for p in status["partitions"]}
         assert parts[("a.plant.x", 0)]["source_end"] == 150 and parts[("a.plant.x", 0)]["position"] == 150
-        # lag shows while the mirror is behind: its source is not what it is behind of, so stop the target's reading
         run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
         assert run.returncode == 0 and "mirror" in run.stdout.decode() and "LAG" in run.stdout.decode()
     finally:
@@ -209,4 +208,29 @@ def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_p
         assert status is not None and status["broker"] != controller
     finally:
         stop.set()
+        target.close()
+
+
+def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped(tmp_path, source):
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic("plant.big", partitions=1)
+    with Producer(bootstrap=source.bootstrap) as p:
+        p.send("plant.big", value=b"x" * 5000)  # over the target's max_message_bytes
+        p.send("plant.big", value=b"small")
+        p.flush(timeout=30)
+    target = ClusterProcesses(tmp_path / "target", n=1, name="target")
+    text = target.config.read_text().replace("[topic_defaults]\n", "[topic_defaults]\nmax_message_bytes = 2048\n")
+    target.config.write_text(text + mirror_table(f"zbroker://{source.bootstrap}"))
+    try:
+        target.start()
+
+        def stuck():
+            status = mirror_status(target.bootstrap)
+            return status if status and status["partitions"] and status["lag"] == 2 and status["state"] == "error" else None
+        status = wait_until(stuck, timeout=30, interval=0.3, what="the mirror stuck on a record too large")
+        assert "MESSAGE_TOO_LARGE" in status["last_error"] and status["mirrored"] == 0
+        run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
+        assert run.returncode == 0 and "MESSAGE_TOO_LARGE" in run.stdout.decode(), run.stdout.decode()
+        assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small one does not jump the queue
+    finally:
         target.close()
