@@ -12,6 +12,7 @@ import time
 import pytest
 
 from clients import Admin, Consumer, Producer
+from clients.acls import AclBinding
 from support import ClusterProcesses, run_cli, wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -70,8 +71,8 @@ def wait_topic(bootstrap: str, name: str, timeout: float = 30) -> None:
     wait_until(exists, timeout=timeout, interval=0.2, what=f"topic {name}")
 
 
-def mirror_status(bootstrap: str) -> dict | None:
-    run = run_cli("bridge", "status", "--json", bootstrap=bootstrap, timeout=30)
+def mirror_status(bootstrap: str, *options: str) -> dict | None:
+    run = run_cli(*options, "bridge", "status", "--json", bootstrap=bootstrap, timeout=30)
     assert run.returncode == 0, run.stderr.decode()
     entries = [e for e in json.loads(run.stdout) if e.get("kind") == "mirror"]
     return entries[0] if entries else None
@@ -234,3 +235,54 @@ def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped(
         assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small one does not jump the queue
     finally:
         target.close()
+
+
+def test_a_mirror_authenticates_to_its_source_like_a_client_and_acts_as_bridge_name_here(tmp_path):
+    src = ClusterProcesses(tmp_path / "source", n=1, curve=True, partitions=1, name="source").start()
+    target = ClusterProcesses(tmp_path / "target", n=1, curve=True, name="target")
+    try:
+        secret_file, _, _ = src.add_client_key("mirror")  # the source knows the mirror as User:mirror
+        with Admin(src.bootstrap, **src.client_options()) as admin:
+            admin.create_topic("plant.s", partitions=1)
+            # read and describe on the source: no group, no write
+            admin.create_acls([AclBinding("User:mirror", "topic", "plant.", operation=op, pattern="prefixed")
+                               for op in ("read", "describe")])
+        with Producer(bootstrap=src.bootstrap, **src.client_options()) as p:
+            for i in range(20):
+                p.send("plant.s", value=b"s%d" % i, timestamp_ms=T0 + i)
+            p.flush(timeout=30)
+        mirror = mirror_table(f"zbroker://{src.bootstrap}") + (f'curve_server_key = "{src.broker_publics[1].decode()}"\n'
+                                                                 f'curve_secret_key_file = "{secret_file}"\n')
+        target.config.write_text(target.config.read_text() + mirror)
+        target.start()
+        wait_until(target.agreed_controller, timeout=20, what="a controller")
+        options = target.client_options()
+        cli = ["--curve-secret-key-file", options["curve_secret_key_file"], "--curve-server-key", options["curve_server_key"]]
+
+        def refused():
+            status = mirror_status(target.bootstrap, *cli)
+            return status if status and status["last_error"] and "Bridge:m may not" in status["last_error"] else None
+        status = wait_until(refused, timeout=30, interval=0.3, what="Bridge:m refused on the target")
+        assert status["mirrored"] == 0
+        with Admin(target.bootstrap, **options) as admin:
+            assert "a.plant.s" not in admin.list_topics()
+            admin.create_acls([AclBinding("Bridge:m", "topic", "a.", operation="all", pattern="prefixed"),
+                               AclBinding("Bridge:m", "group", "mirror.m", operation="all")])
+        wait_topic_options = dict(options, request_timeout_ms=3000)
+
+        def mirrored():
+            with Admin(target.bootstrap, **wait_topic_options) as admin:
+                if "a.plant.s" not in admin.list_topics():
+                    return None
+            return (mirror_status(target.bootstrap, *cli) or {}).get("mirrored") == 20
+        wait_until(mirrored, timeout=30, interval=0.3, what="the records mirrored once Bridge:m may")
+        with Consumer(bootstrap=target.bootstrap, enable_auto_commit=False, **options) as c:
+            c.assign([("a.plant.s", 0)])
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < 20 and time.monotonic() < deadline:
+                got += [(r.timestamp, r.value) for r in c.poll(timeout_ms=200)]
+        assert got == [(T0 + i, b"s%d" % i) for i in range(20)]
+    finally:
+        target.close()
+        src.close()

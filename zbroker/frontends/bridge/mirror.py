@@ -57,7 +57,8 @@ MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 256 * 1024
 MAX_PENDING_RECORDS = 20_000
 RETRY_MIN_MS, RETRY_MAX_MS = 100, 5_000
-#: while a topic is being set up (created, positions looked up), how often to look again
+#: while a topic is being set up (created, positions looked up): the first pause after a failure
+#: (doubled after each, up to RETRY_MAX_MS), and how often a creation's outcome is looked for
 SETUP_RETRY_MS = 200
 
 
@@ -124,6 +125,7 @@ class _Topic:
     ready: int = 0  # partitions set up (positions restored, reading)
     busy: bool = False  # a create or a position look-up in flight
     retry_at: int = 0
+    backoff: int = 0
 
 
 class Mirror:
@@ -309,10 +311,12 @@ class Mirror:
                 log.warning("mirror %s: %s cannot be created with the source's configs %s (%s); creating it without them",
                             self.name, topic.target, topic.configs, error.message)
                 topic.configs = {}
-            topic.retry_at = self._now + SETUP_RETRY_MS
+            topic.backoff = min(RETRY_MAX_MS, max(SETUP_RETRY_MS, topic.backoff * 2))
+            topic.retry_at = self._now + topic.backoff
             self._fail("topics", f"{what} {topic.target}: {error.message}")
             return
         self._failing.pop("topics", None)
+        topic.backoff = 0
         if what == "restore":
             self._start_reading(topic, completion.value or {})
         elif topic.ready < topic.partitions:
