@@ -45,6 +45,13 @@ def produce(bootstrap: str, topic: str, first: int, n: int, partitions: int = 2)
     return sent
 
 
+def seeded(source: ClusterProcesses, topic: str, n: int, partitions: int = 2, config: dict | None = None) -> list[tuple]:
+    """Create ``topic`` on the source with ``n`` records (see :func:`produce`)."""
+    with Admin(source.bootstrap) as admin:
+        admin.create_topic(topic, partitions=partitions, config=config)
+    return produce(source.bootstrap, topic, 0, n, partitions)
+
+
 def read_all(bootstrap: str, topic: str, partitions: int, at_least: int, timeout: float = 60) -> dict[int, list[tuple]]:
     """Every record of ``topic`` once at least ``at_least`` are there: {partition: [(ts, key, value, headers items)]}."""
     out: dict[int, list] = collections.defaultdict(list)
@@ -130,9 +137,7 @@ def test_zbroker_source_records_configs_new_topics_and_lag(tmp_path, source):
 
 
 def test_kafka_source_is_the_source_clusters_kafka_front_door(tmp_path, source):
-    with Admin(source.bootstrap) as admin:
-        admin.create_topic("plant.k", partitions=2, config={"retention_ms": 7_200_000, "cleanup_policy": "compact,delete"})
-    sent = produce(source.bootstrap, "plant.k", 0, 100)
+    sent = seeded(source, "plant.k", 100, config={"retention_ms": 7_200_000, "cleanup_policy": "compact,delete"})
     target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"kafka://{source.kafka_bootstrap}", prefix=""), name="target")
     try:
         wait_topic(target.bootstrap, "plant.k")
@@ -147,9 +152,7 @@ def test_kafka_source_is_the_source_clusters_kafka_front_door(tmp_path, source):
 
 
 def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
-    with Admin(source.bootstrap) as admin:
-        admin.create_topic("plant.r", partitions=2)
-    sent = produce(source.bootstrap, "plant.r", 0, 300)
+    sent = seeded(source, "plant.r", 300)
     target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target")
     try:
         wait_topic(target.bootstrap, "a.plant.r")
@@ -171,9 +174,7 @@ def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
 
 
 def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source):
-    with Admin(source.bootstrap) as admin:
-        admin.create_topic("plant.k9", partitions=2)
-    sent = produce(source.bootstrap, "plant.k9", 0, 500)
+    sent = seeded(source, "plant.k9", 500)
     target = cluster(tmp_path / "target", n=3, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target",
                      replication_factor=3, min_insync_replicas=2)
     stop = threading.Event()
