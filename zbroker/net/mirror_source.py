@@ -56,10 +56,14 @@ class MirrorSource:
         config: the :class:`~zbroker.bridge_config.MirrorConfig`.
         loop: the broker's :class:`~zbroker.net.loop.EventLoop`: the wake socket is watched
             from here until :meth:`close`.
+        reader: ``reader(config)`` -> what reads the source (``topics()``, ``add(positions)``,
+            ``poll(stop)`` -> events, ``close()``); by default the one for the config's scheme.
     """
 
-    def __init__(self, config, loop) -> None:
+    def __init__(self, config, loop, reader: Callable | None = None) -> None:
         self.config = config
+        # what reads the source, made in the thread (tests pass their own)
+        self._make_reader = reader or (_KafkaReader if config.scheme == "kafka" else _ZbrokerReader)
         self.loop = loop
         self.on_wake: Callable[[], None] | None = None
         self._events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS)
@@ -107,6 +111,8 @@ class MirrorSource:
 
     def close(self) -> None:
         """Stop the thread (it closes its clients within about a request timeout) and the wake socket."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.loop.unwatch(self._rsock)
         self._rsock.close()
@@ -139,7 +145,7 @@ class MirrorSource:
             command = None
             try:
                 if reader is None:
-                    reader = (_KafkaReader if self.config.scheme == "kafka" else _ZbrokerReader)(self.config)
+                    reader = self._make_reader(self.config)
                 while not self._stop.is_set():
                     try:
                         command = self._commands.get_nowait()
