@@ -33,14 +33,20 @@ def cluster(root, n=1, mirror: str = "", **settings) -> ClusterProcesses:
     return c
 
 
-def produce(bootstrap: str, topic: str, first: int, n: int, partitions: int = 2) -> list[tuple]:
-    """``n`` records spread over the partitions by hand; returns what was sent, as read back."""
+def send(producer: Producer, topic: str, first: int, n: int, partitions: int = 2) -> list[tuple]:
+    """Records ``first`` .. ``first + n - 1`` spread over the partitions by hand; returns what was
+    sent as it reads back: ``(partition, timestamp, key, value, headers items)``."""
     sent = []
+    for i in range(first, first + n):
+        part, key, value, ts = i % partitions, b"k%d" % i, b"v%d" % i, T0 + i
+        producer.send(topic, value=value, key=key, headers={"n": b"%d" % i}, partition=part, timestamp_ms=ts)
+        sent.append((part, ts, key, value, (("n", b"%d" % i),)))
+    return sent
+
+
+def produce(bootstrap: str, topic: str, first: int, n: int, partitions: int = 2) -> list[tuple]:
     with Producer(bootstrap=bootstrap, linger_ms=5) as p:
-        for i in range(first, first + n):
-            part, key, value, ts = i % partitions, b"k%d" % i, b"v%d" % i, T0 + i
-            p.send(topic, value=value, key=key, headers={"n": b"%d" % i}, partition=part, timestamp_ms=ts)
-            sent.append((part, ts, key, value, (("n", b"%d" % i),)))
+        sent = send(p, topic, first, n, partitions)
         p.flush(timeout=30)
     return sent
 
@@ -61,6 +67,22 @@ def read_all(bootstrap: str, topic: str, partitions: int, at_least: int, timeout
         while sum(map(len, out.values())) < at_least and time.monotonic() < deadline:
             for r in c.poll(timeout_ms=200):
                 out[r.partition].append((r.timestamp, r.key, r.value, tuple(sorted(r.headers.items()))))
+    return out
+
+
+def read_until_all(bootstrap: str, topic: str, want: dict[int, list[tuple]], timeout: float = 90) -> dict[int, list[tuple]]:
+    """Read ``topic`` from the start until every record of ``want`` ({partition: records}) is there
+    (copies included), or the deadline passes."""
+    out: dict[int, list] = collections.defaultdict(list)
+    missing = {p: set(records) for p, records in want.items()}
+    deadline = time.monotonic() + timeout
+    with Consumer(bootstrap=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest") as c:
+        c.assign([(topic, p) for p in want])
+        while any(missing.values()) and time.monotonic() < deadline:
+            for r in c.poll(timeout_ms=200):
+                record = (r.timestamp, r.key, r.value, tuple(sorted(r.headers.items())))
+                out[r.partition].append(record)
+                missing[r.partition].discard(record)
     return out
 
 
@@ -180,34 +202,40 @@ def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_p
     stop = threading.Event()
     more: list = []
 
-    def keep_producing():  # before, during and after the kill
-        i = 500
-        while not stop.is_set() and i < 4000:
-            more.extend(produce(source.bootstrap, "plant.k9", i, 100))
-            i += 100
+    def keep_producing():  # about 2,500 records/s before, during and after the kill
+        with Producer(bootstrap=source.bootstrap, linger_ms=5) as p:
+            while not stop.is_set():
+                more.extend(send(p, "plant.k9", 500 + len(more), 50))
+                stop.wait(0.02)
+            p.flush(timeout=30)
 
     producer = threading.Thread(target=keep_producing)
     try:
         wait_topic(target.bootstrap, "a.plant.k9")
         producer.start()
-        wait_until(lambda: (mirror_status(target.bootstrap) or {}).get("mirrored", 0) >= 600, timeout=60, interval=0.3,
+        wait_until(lambda: (mirror_status(target.bootstrap) or {}).get("mirrored", 0) >= 1500, timeout=60, interval=0.2,
                    what="the mirror under way")
         controller, _ = target.agreed_controller()
         assert mirror_status(target.bootstrap)["broker"] == controller  # it runs on the controller's broker
-        target.brokers[controller].kill()  # mid-stream
+        target.brokers[controller].kill()  # mid-stream: records keep coming to the source
+        sent_at_kill = len(more)
         others = [i for i in target.brokers if i != controller]
-        wait_until(lambda: (target.agreed_controller(others) or (controller,))[0] != controller, timeout=30,
-                   what="a new controller")
-        producer.join(90)
-        everything = sent + more
         alive = ",".join(target.brokers[i].bootstrap for i in others)
-        got = read_all(alive, "a.plant.k9", 2, len(everything), timeout=90)
+
+        def moved():
+            status = mirror_status(alive)
+            return status if status and status["broker"] != controller and status["mirrored"] > 0 else None
+        wait_until(moved, timeout=30, interval=0.2, what="the mirror running on another broker")
+        stop.set()
+        producer.join(60)
+        wait_until(lambda: (mirror_status(alive) or {}).get("lag") == 0, timeout=60, interval=0.2, what="the mirror caught up")
+        assert len(more) > sent_at_kill + 500  # the source kept growing while the mirror moved
+        everything = sent + more
         want = by_partition(everything)
+        got = read_until_all(alive, "a.plant.k9", want)
         for p in (0, 1):
             assert in_order_at_least_once(got[p], want[p]), f"partition {p}: {len(got[p])} records, {len(want[p])} sent"
         print(f"sent {len(everything)}, in the target {sum(map(len, got.values()))} (copies sent again after the kill)")
-        status = mirror_status(alive)
-        assert status is not None and status["broker"] != controller
     finally:
         stop.set()
         target.close()

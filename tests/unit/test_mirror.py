@@ -39,6 +39,10 @@ class FakeGateway:
     commits: list = field(default_factory=list)  # (group, offsets, completion)
     auto_ack: bool = True
     fail_committed: bool = False
+    leaders: dict = field(default_factory=dict)
+
+    def leader_of(self, topic, partition):
+        return self.leaders.get((topic, partition), 1)
 
     def partition_count(self, topic):
         return self.topics.get(topic)
@@ -312,3 +316,20 @@ def test_appends_that_settle_at_once_do_not_recurse_through_the_queue():
     src.events += [("records", "plant.x", i % 2, recs(i // 2, 1), -1) for i in range(400)]
     mirror.pump(T0)
     assert len(depths) == 400 and max(depths) - min(depths) < 20
+
+
+def test_an_append_waiting_for_a_leader_that_moved_is_sent_again_to_the_new_one():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1)]
+    mirror.pump(T0)
+    assert len(gw.produced) == 1 and mirror.next_deadline(T0) == T0 + M.LEADER_CHECK_MS
+    mirror.tick(T0 + M.LEADER_CHECK_MS)
+    assert len(gw.produced) == 1  # same leader: it waits
+    gw.leaders[("a.plant.x", 0)] = 2  # the old leader died; its answer would come with the timeout
+    mirror.tick(T0 + 2 * M.LEADER_CHECK_MS)
+    assert len(gw.produced) == 2 and gw.produced[1][2] == gw.produced[0][2]
+    gw.produced[0][4].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "late"))  # abandoned: no effect
+    assert mirror.status(T0)["errors"] == 0
+    gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
+    assert mirror.status(T0)["partitions"][0]["position"] == 2

@@ -57,6 +57,9 @@ MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 256 * 1024
 MAX_PENDING_RECORDS = 20_000
 RETRY_MIN_MS, RETRY_MAX_MS = 100, 5_000
+#: while an append is in flight, how often the partition's leader is looked at (a leader that
+#: moved, say off a dead broker, gets the append again instead of its timeout)
+LEADER_CHECK_MS = 200
 #: while a topic is being set up (created, positions looked up): the first pause after a failure
 #: (doubled after each, up to RETRY_MAX_MS), and how often a creation's outcome is looked for
 SETUP_RETRY_MS = 200
@@ -109,7 +112,9 @@ class _Part:
     log_start: int = -1
     source_end: int = -1
     pending: deque = field(default_factory=deque)  # records read, not yet appended
-    in_flight: int = 0  # records of the append in flight
+    in_flight: list | None = None  # the records of the append in flight
+    request: Any = None  # its Completion
+    leader: int | None = None  # the broker it went to
     retry_at: int = 0
     backoff: int = 0
     batch_limit: int = MAX_BATCH_RECORDS
@@ -184,7 +189,9 @@ class Mirror:
             if topic.ready < topic.partitions and now_ms >= topic.retry_at:
                 self._setup(topic)
         for part in self._parts.values():
-            if part.pending and now_ms >= part.retry_at:
+            if part.in_flight and self.gateway.leader_of(part.target, part.partition) != part.leader:
+                self._resend(part)
+            elif part.pending and now_ms >= part.retry_at:
                 self._send(part)
         self._maybe_commit()
         self.pump(now_ms)
@@ -199,7 +206,9 @@ class Mirror:
             if topic.ready < topic.partitions:
                 due = min(due, max(topic.retry_at, now_ms + SETUP_RETRY_MS))
         for part in self._parts.values():
-            if part.pending and not part.in_flight:
+            if part.in_flight:
+                due = min(due, now_ms + LEADER_CHECK_MS)
+            elif part.pending:
                 due = min(due, part.retry_at)
         return due
 
@@ -350,9 +359,11 @@ class Mirror:
                     record = part.pending.popleft()
                     records.append(record)
                     size += len(record[2] or b"") + len(record[3] or b"") + 64
-                part.in_flight = len(records)
+                part.in_flight = records
+                part.leader = self.gateway.leader_of(part.target, part.partition)
                 batch = self._batch(records)
-                done = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL, PRODUCE_TIMEOUT_MS, self._now)
+                done = part.request = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL,
+                                                           PRODUCE_TIMEOUT_MS, self._now)
                 done.on_done(lambda c, part=part, records=records: self._produced(part, records, c))
         finally:
             part.sending = False
@@ -363,8 +374,19 @@ class Mirror:
             return build_kafka_batch(rows)
         return build_native_batch(rows)
 
+    def _resend(self, part: _Part) -> None:
+        """The partition's leader moved while an append waited for the old one (dead, perhaps,
+        so the answer would come only with the timeout): forget that answer and append the same
+        records again, to the new leader.  Had the old leader stored them, they are there twice."""
+        part.request.abandon()
+        part.pending.extendleft(reversed(part.in_flight))
+        part.in_flight = part.request = None
+        log.info("mirror %s: %s-%d has a new leader; its append in flight is sent again", self.name, part.target,
+                 part.partition)
+        self._send(part)
+
     def _produced(self, part: _Part, records: list, completion) -> None:
-        part.in_flight = 0
+        part.in_flight = part.request = None
         error = completion.error
         code = error.code if error is not None else completion.value.error
         if code:
