@@ -152,7 +152,9 @@ def test_no_position_no_reading_while_the_group_cannot_be_asked():
     mirror, gw, src = make(gateway=gw)
     src.events.append(listing(plant_x=1))
     mirror.pump(T0)
-    assert src.added == [] and mirror.status(T0)["state"] == "error"
+    status = mirror.status(T0)
+    assert src.added == [] and status["state"] == "waiting" and status["errors"] == 0  # a passing state, not an error
+    assert "no coordinator yet" in status["failing"]["topics"]
     gw.fail_committed = False
     mirror.tick(T0 + M.SETUP_RETRY_MS)
     assert src.added == [{("plant.x", 0): M.EARLIEST}]
@@ -182,9 +184,10 @@ def test_nothing_is_committed_before_the_target_acknowledged_and_a_failed_append
     assert len(gw.produced) == 1  # one append in flight per partition
     mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
     assert gw.commits == []
-    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.NOT_ENOUGH_REPLICAS), error_message="isr"))
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+                                             error_message="Bridge:m1 may not write"))
     status = mirror.status(T0)
-    assert status["errors"] == 1 and status["state"] == "error" and "NOT_ENOUGH_REPLICAS" in status["last_error"]
+    assert status["errors"] == 1 and status["state"] == "error" and "TOPIC_AUTHORIZATION_FAILED" in status["last_error"]
     assert len(gw.produced) == 1  # waits for the retry pause
     mirror.tick(T0 + M.COMMIT_INTERVAL_MS + M.RETRY_MIN_MS)
     assert len(gw.produced) == 2  # the failed records first, with those read since
@@ -200,7 +203,9 @@ def test_a_request_error_from_the_gateway_is_retried_too():
     mirror, gw, src = make(gateway=gw)
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 1), -1)]
     mirror.pump(T0)
-    gw.produced[0][4].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "timed out"))
+    gw.produced[0][4].fail(RequestError(ErrorCode.NOT_ENOUGH_REPLICAS, "isr too small"))
+    status = mirror.status(T0)
+    assert status["state"] == "waiting" and status["errors"] == 0 and "isr too small" in status["failing"]["append"]
     mirror.tick(T0 + M.RETRY_MIN_MS)
     gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
     assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0"]

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from storage.batch import build_kafka_batch, build_native_batch
 from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.gateway import RETRY_CODES
 from zbroker.frontends.bridge.mirror_configs import target_configs
 from zbroker.ratelimit import RateLimitedLog
 
@@ -151,6 +152,7 @@ class Mirror:
         self._listed = False
         self._closed = False
         self._failing: dict[str, str] = {}  # what fails now ("source", "append", "commit", "topics") -> message
+        self._waiting: set[str] = set()  # those of them that wait out a passing state (retriable)
         self.records = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -231,7 +233,8 @@ class Mirror:
                           "position": position, "committed": part.committed, "source_end": part.source_end,
                           "lag": lag})
         lags = [p["lag"] for p in parts]
-        state = "stopped" if self._closed else "starting" if not self._listed else "error" if self._failing else "running"
+        state = ("stopped" if self._closed else "starting" if not self._listed else
+                 "error" if set(self._failing) - self._waiting else "waiting" if self._failing else "running")
         return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
                 "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
                 "mirrored": self.records, "errors": self.errors, "last_error": self.last_error,
@@ -253,7 +256,7 @@ class Mirror:
 
     def _on_topics(self, listing: dict) -> None:
         self._listed = True
-        self._failing.pop("source", None)
+        self._ok("source")
         for name, (partitions, configs, offsets) in sorted(listing.items()):
             if not self.config.matches(name):
                 continue
@@ -279,7 +282,7 @@ class Mirror:
         part = self._parts.get((topic, partition))
         if part is None:
             return  # not (or no longer) assigned: nothing asked for it
-        self._failing.pop("source", None)
+        self._ok("source")
         if log_end >= 0:
             part.source_end = max(part.source_end, log_end)
         for record in records:
@@ -322,9 +325,9 @@ class Mirror:
                 topic.configs = {}
             topic.backoff = min(RETRY_MAX_MS, max(SETUP_RETRY_MS, topic.backoff * 2))
             topic.retry_at = self._now + topic.backoff
-            self._fail("topics", f"{what} {topic.target}: {error.message}")
+            self._fail("topics", f"{what} {topic.target}: {error.message}", error.code)
             return
-        self._failing.pop("topics", None)
+        self._ok("topics")
         topic.backoff = 0
         if what == "restore":
             self._start_reading(topic, completion.value or {})
@@ -396,9 +399,9 @@ class Mirror:
             part.retry_at = self._now + part.backoff
             if code in (ErrorCode.MESSAGE_TOO_LARGE, ErrorCode.RECORD_LIST_TOO_LARGE):
                 part.batch_limit = max(1, len(records) // 2)
-            self._fail("append", f"append to {part.target}-{part.partition}: {_code_name(code)} {message or ''}".rstrip())
+            self._fail("append", f"append to {part.target}-{part.partition}: {_code_name(code)} {message or ''}".rstrip(), code)
             return
-        self._failing.pop("append", None)
+        self._ok("append")
         part.backoff = 0
         part.position = records[-1][0] + 1
         self._pending -= len(records)
@@ -421,16 +424,28 @@ class Mirror:
     def _commit_done(self, offsets: dict, completion) -> None:
         self._committing = False
         if completion.error is not None:
-            self._fail("commit", f"commit to group {self.group}: {completion.error.message}")
+            self._fail("commit", f"commit to group {self.group}: {completion.error.message}", completion.error.code)
             return
-        self._failing.pop("commit", None)
+        self._ok("commit")
         for part in self._parts.values():
             offset = offsets.get((part.target, part.partition))
             if offset is not None:
                 part.committed = max(part.committed, offset)
 
-    def _fail(self, what: str, message: str) -> None:
+    def _fail(self, what: str, message: str, code: int | None = None) -> None:
+        """Something failed (it is tried again).  What waits out a passing state of the cluster
+        (a leader or coordinator moving, a topic just created: :data:`RETRY_CODES`) makes the
+        state ``waiting``; anything else is an error: counted, ``last_error``, a WARNING."""
+        self._failing[what] = message
+        if code is not None and code in RETRY_CODES:
+            self._waiting.add(what)
+            _limited.log(self._now / 1000.0, f"mirror-{what}-wait", logging.INFO, "mirror %s: %s", self.name, message)
+            return
+        self._waiting.discard(what)
         self.errors += 1
         self.last_error = message
-        self._failing[what] = message
         _limited.log(self._now / 1000.0, f"mirror-{what}", logging.WARNING, "mirror %s: %s", self.name, message)
+
+    def _ok(self, what: str) -> None:
+        self._failing.pop(what, None)
+        self._waiting.discard(what)
