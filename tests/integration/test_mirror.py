@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import confluent_kafka
 import pytest
 
 from clients import Admin, Consumer, Producer
@@ -154,17 +155,40 @@ def test_zbroker_source_records_configs_new_topics_and_lag(tmp_path, source):
         assert parts[("a.plant.x", 0)]["source_end"] == 150 and parts[("a.plant.x", 0)]["position"] == 150
         run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
         assert run.returncode == 0 and "mirror" in run.stdout.decode() and "LAG" in run.stdout.decode()
+        # the source topic grows: so does the target, and the new partition is mirrored
+        with Admin(source.bootstrap) as admin:
+            admin.create_partitions("plant.x", 3)
+        grown = [tuple(r[1:]) for r in produce(source.bootstrap, "plant.x", 1000, 30, partitions=3) if r[0] == 2]
+        assert read_until_all(target.bootstrap, "a.plant.x", {2: grown}, timeout=30)[2] == grown
     finally:
         target.close()
 
 
 def test_kafka_source_is_the_source_clusters_kafka_front_door(tmp_path, source):
     sent = seeded(source, "plant.k", 100, config={"retention_ms": 7_200_000, "cleanup_policy": "compact,delete"})
-    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"kafka://{source.kafka_bootstrap}", prefix=""), name="target")
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"kafka://{source.kafka_bootstrap}", prefix=""), name="target",
+                     kafka=True)
     try:
         wait_topic(target.bootstrap, "plant.k")
         got = read_all(target.bootstrap, "plant.k", 2, len(sent))
         assert dict(got) == by_partition(sent)
+        # Kafka headers as Kafka clients see them: names may repeat, values may be null
+        headers = [("h", b"1"), ("h", b"2"), ("nul", None)]
+        kp = confluent_kafka.Producer({"bootstrap.servers": source.kafka_bootstrap})
+        kp.produce("plant.k", key=b"hk", value=b"hv", partition=0, headers=headers, timestamp=T0 + 99_999)
+        assert kp.flush(10) == 0
+        kc = confluent_kafka.Consumer({"bootstrap.servers": target.kafka_bootstrap, "group.id": "check", "enable.auto.commit": False})
+        try:
+            kc.assign([confluent_kafka.TopicPartition("plant.k", 0, confluent_kafka.OFFSET_BEGINNING)])
+
+            def the_record():
+                for m in kc.consume(100, 0.2):
+                    if m.error() is None and m.key() == b"hk":
+                        return m
+            m = wait_until(the_record, timeout=30, interval=0, what="the record with Kafka headers in the target")
+            assert (m.value(), m.headers(), m.timestamp()) == (b"hv", headers, (confluent_kafka.TIMESTAMP_CREATE_TIME, T0 + 99_999))
+        finally:
+            kc.close()
         with Admin(target.bootstrap) as admin:
             described = admin.describe_topic("plant.k")
         assert len(described.partitions) == 2

@@ -130,3 +130,22 @@ def test_close_ends_the_thread_and_the_reader(made):
     source.close()
     eventually(lambda: not source._thread.is_alive(), what="the thread to end")
     assert reader.closed and source.loop.watched == {}
+
+
+def test_refreshes_asked_faster_than_a_listing_takes_are_one_and_reading_goes_on(made):
+    class Slow(FakeReader):
+        listings = 0
+
+        def topics(self):
+            self.listings += 1
+            time.sleep(0.05)  # a slow source
+            return super().topics()
+
+    reader = Slow()
+    source = made(reader)
+    for _ in range(40):
+        source.refresh()
+    eventually(lambda: reader.listings >= 1 and source._commands.empty(), what="the refreshes taken")
+    polls = reader.polls
+    eventually(lambda: reader.polls > polls, what="reading between listings")
+    assert reader.listings <= 3

@@ -34,6 +34,7 @@ from typing import Callable
 
 from clients.admin import Admin
 from clients.consumer.consumer import Consumer
+from zbroker.errors import UnknownTopicOrPartitionError
 
 log = logging.getLogger(__name__)
 
@@ -141,27 +142,31 @@ class MirrorSource:
 
     def _run(self) -> None:
         reader = None
+        adds: list[dict] = []  # positions to add, in the order asked
+        refresh = False  # a listing asked for (several asked meanwhile are one)
         while not self._stop.is_set():
-            command = None
             try:
-                if reader is None:
-                    reader = self._make_reader(self.config)
-                while not self._stop.is_set():
+                while True:
                     try:
                         command = self._commands.get_nowait()
                     except queue.Empty:
-                        command = None
                         break
                     if command[0] == "add":
-                        reader.add(command[1])
+                        adds.append(command[1])
                     else:
-                        self._emit(("topics", reader.topics()))
-                for event in reader.poll(self._stop):
-                    if not self._emit(event):
+                        refresh = True
+                if reader is None:
+                    reader = self._make_reader(self.config)
+                while adds:
+                    reader.add(adds[0])
+                    adds.pop(0)  # only once done: a failed add is tried again, positions are not lost
+                if refresh:
+                    refresh = False  # a failed listing waits for the next refresh
+                    self._emit(("topics", reader.topics()))
+                for event in reader.poll(self._stop):  # between commands, always: a listing slower than
+                    if not self._emit(event):          # refresh_ms must not starve the reading
                         break
             except Exception as exc:  # the source is down, refuses us, ...: say so, try again
-                if command is not None and command[0] == "add":
-                    self._commands.put(command)  # positions are not lost to a failure
                 log.debug("mirror %s: source failed", self.config.name, exc_info=True)
                 self._emit(("error", f"source {self.config.source}: {type(exc).__name__}: {exc}"))
                 self._stop.wait(RETRY_S)
@@ -197,7 +202,10 @@ class _ZbrokerReader:
         for name in self.admin.list_topics():
             if not self.config.matches(name):
                 continue
-            d = self.admin.describe_topic(name)
+            try:
+                d = self.admin.describe_topic(name)
+            except UnknownTopicOrPartitionError:
+                continue  # deleted since it was listed
             configs = {key: d.config[key] for key in d.overrides if key in d.config}
             offsets = {p.partition: (p.log_start_offset, p.high_watermark) for p in d.partitions if p.high_watermark >= 0}
             out[name] = (len(d.partitions), configs, offsets)
@@ -256,13 +264,18 @@ class _KafkaReader:
         out = {}
         for resource, future in futures.items():
             name = resource.name
-            entries = future.result(timeout=timeout)
+            try:
+                entries = future.result(timeout=timeout)
+            except self.kafka.KafkaException as exc:  # not allowed to describe its configs, say: mirror it without
+                log.warning("mirror %s: the configs of source topic %s cannot be read (%s); it is mirrored without them",
+                            self.config.name, name, exc)
+                entries = {}
             configs = {e.name: e.value for e in entries.values() if e.source == _KAFKA_TOPIC_CONFIG and e.value is not None}
             partitions = metadata.topics[name].partitions
             offsets = {}
             for p in partitions:
-                if (name, p) in self.assigned:
-                    low, high = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(name, p), timeout=timeout)
+                low, high = self._watermarks(name, p) if (name, p) in self.assigned else (-1, -1)
+                if high >= 0:
                     offsets[p] = (low, high)
             out[name] = (len(partitions), configs, offsets)
         return out
@@ -286,14 +299,17 @@ class _KafkaReader:
                 continue
             rows.append((msg.topic(), msg.partition(),
                          (msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or None)))
-        events = []
-        for kind, t, p, records, _ in _records_events(rows):
-            try:
-                _, high = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(t, p), cached=True)
-            except self.kafka.KafkaException:
-                high = -1
-            events.append((kind, t, p, records, high if high >= 0 else -1))
+        events = [(kind, t, p, records, self._watermarks(t, p)[1]) for kind, t, p, records, _ in _records_events(rows)]
         return events + errors
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """(log start, high watermark) as the last fetch answers said (-1: not known).  Asking the
+        broker instead would wait behind the consumer's long-poll fetch on the same connection."""
+        try:
+            low, high = self.consumer.get_watermark_offsets(self.kafka.TopicPartition(topic, partition), cached=True)
+        except self.kafka.KafkaException:
+            return -1, -1
+        return max(low, -1), max(high, -1)
 
     def close(self) -> None:
         self.consumer.close()
