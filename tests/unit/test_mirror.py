@@ -338,3 +338,13 @@ def test_an_append_waiting_for_a_leader_that_moved_is_sent_again_to_the_new_one(
     assert mirror.status(T0)["errors"] == 0
     gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
     assert mirror.status(T0)["partitions"][0]["position"] == 2
+
+
+def test_records_that_cannot_be_encoded_wait_with_an_error_and_are_not_skipped():
+    mirror, gw, src = make()
+    bad = (0, T0, b"k", {b"a set"}, None)  # no codec takes it
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, [bad], -1), ("records", "plant.x", 0, recs(1, 1), -1)]
+    mirror.pump(T0)
+    status = mirror.status(T0)
+    assert gw.produced == [] and status["state"] == "error" and status["partitions"][0]["position"] == -1
+    assert "append to a.plant.x-0" in status["last_error"]

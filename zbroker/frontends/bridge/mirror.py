@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from storage.batch import build_kafka_batch, build_native_batch
-from zbroker.errors import ErrorCode
+from zbroker.context import Completion
+from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge.gateway import RETRY_CODES
 from zbroker.frontends.bridge.mirror_configs import target_configs
 from zbroker.ratelimit import RateLimitedLog
@@ -363,10 +364,15 @@ class Mirror:
                     records.append(record)
                     size += len(record[2] or b"") + len(record[3] or b"") + 64
                 part.in_flight = records
-                part.leader = self.gateway.leader_of(part.target, part.partition)
-                batch = self._batch(records)
-                done = part.request = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL,
-                                                           PRODUCE_TIMEOUT_MS, self._now)
+                try:
+                    part.leader = self.gateway.leader_of(part.target, part.partition)
+                    batch = self._batch(records)
+                    done = part.request = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL,
+                                                               PRODUCE_TIMEOUT_MS, self._now)
+                except Exception as exc:  # a bug, or records that cannot be encoded: they wait, nothing is skipped
+                    log.debug("mirror %s: appending to %s-%d failed", self.name, part.target, part.partition, exc_info=True)
+                    done = Completion()
+                    done.fail(RequestError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(exc).__name__}: {exc}"))
                 done.on_done(lambda c, part=part, records=records: self._produced(part, records, c))
         finally:
             part.sending = False
