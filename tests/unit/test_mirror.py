@@ -14,6 +14,7 @@ from zbroker.context import Completion
 from zbroker.core.produce import ProduceResult
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge import mirror as M
+from zbroker.frontends.bridge import mirror_partition as MP
 from zbroker.frontends.bridge.mirror_configs import target_configs
 
 T0 = 1_000_000
@@ -131,7 +132,7 @@ def test_a_matching_topic_is_created_with_its_partitions_and_configs_and_read_fr
                                   "plant": (1, {}, {})}))
     mirror.pump(T0)
     assert gw.created == [("a.plant.x", 3, {"retention_ms": 1000})]
-    assert src.added == [{("plant.x", p): M.EARLIEST for p in range(3)}]
+    assert src.added == [{("plant.x", p): MP.EARLIEST for p in range(3)}]
     assert mirror.status(T0)["state"] == "running"
 
 
@@ -142,7 +143,7 @@ def test_positions_are_restored_from_the_group_on_the_target_topic():
     src.events.append(listing(plant_x=2))
     mirror.pump(T0)
     assert gw.created == []
-    assert src.added == [{("plant.x", 0): 17, ("plant.x", 1): M.EARLIEST}]
+    assert src.added == [{("plant.x", 0): 17, ("plant.x", 1): MP.EARLIEST}]
     status = mirror.status(T0)
     assert [(p["partition"], p["position"], p["committed"]) for p in status["partitions"]] == [(0, 17, 17), (1, -1, -1)]
 
@@ -157,7 +158,7 @@ def test_no_position_no_reading_while_the_group_cannot_be_asked():
     assert "no coordinator yet" in status["failing"]["topics"]
     gw.fail_committed = False
     mirror.tick(T0 + M.SETUP_RETRY_MS)
-    assert src.added == [{("plant.x", 0): M.EARLIEST}]
+    assert src.added == [{("plant.x", 0): MP.EARLIEST}]
     assert mirror.status(T0)["state"] == "running"
 
 
@@ -189,7 +190,7 @@ def test_nothing_is_committed_before_the_target_acknowledged_and_a_failed_append
     status = mirror.status(T0)
     assert status["errors"] == 1 and status["state"] == "error" and "TOPIC_AUTHORIZATION_FAILED" in status["last_error"]
     assert len(gw.produced) == 1  # waits for the retry pause
-    mirror.tick(T0 + M.COMMIT_INTERVAL_MS + M.RETRY_MIN_MS)
+    mirror.tick(T0 + M.COMMIT_INTERVAL_MS + MP.RETRY_MIN_MS)
     assert len(gw.produced) == 2  # the failed records first, with those read since
     gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
     assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0", b"v1", b"v2", b"v3"]
@@ -205,8 +206,8 @@ def test_a_request_error_from_the_gateway_is_retried_too():
     mirror.pump(T0)
     gw.produced[0][4].fail(RequestError(ErrorCode.NOT_ENOUGH_REPLICAS, "isr too small"))
     status = mirror.status(T0)
-    assert status["state"] == "waiting" and status["errors"] == 0 and "isr too small" in status["failing"]["append"]
-    mirror.tick(T0 + M.RETRY_MIN_MS)
+    assert status["state"] == "waiting" and status["errors"] == 0 and "isr too small" in status["failing"]["append a.plant.x-0"]
+    mirror.tick(T0 + MP.RETRY_MIN_MS)
     gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
     assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0"]
 
@@ -230,8 +231,8 @@ def test_a_topic_created_later_and_a_topic_that_grew_are_picked_up_at_the_next_l
     mirror.pump(T0 + 5000)
     assert gw.grown == [("a.plant.x", 3)]
     assert ("a.plant.y", 1, {}) in gw.created
-    assert {("plant.x", 1): M.EARLIEST, ("plant.x", 2): M.EARLIEST} in src.added
-    assert {("plant.y", 0): M.EARLIEST} in src.added
+    assert {("plant.x", 1): MP.EARLIEST, ("plant.x", 2): MP.EARLIEST} in src.added
+    assert {("plant.y", 0): MP.EARLIEST} in src.added
     assert len(mirror.status(T0)["partitions"]) == 4
 
 
@@ -328,11 +329,11 @@ def test_an_append_waiting_for_a_leader_that_moved_is_sent_again_to_the_new_one(
     mirror, gw, src = make(gateway=gw)
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1)]
     mirror.pump(T0)
-    assert len(gw.produced) == 1 and mirror.next_deadline(T0) == T0 + M.LEADER_CHECK_MS
-    mirror.tick(T0 + M.LEADER_CHECK_MS)
+    assert len(gw.produced) == 1 and mirror.next_deadline(T0) == T0 + MP.LEADER_CHECK_MS
+    mirror.tick(T0 + MP.LEADER_CHECK_MS)
     assert len(gw.produced) == 1  # same leader: it waits
     gw.leaders[("a.plant.x", 0)] = 2  # the old leader died; its answer would come with the timeout
-    mirror.tick(T0 + 2 * M.LEADER_CHECK_MS)
+    mirror.tick(T0 + 2 * MP.LEADER_CHECK_MS)
     assert len(gw.produced) == 2 and gw.produced[1][2] == gw.produced[0][2]
     gw.produced[0][4].fail(RequestError(ErrorCode.REQUEST_TIMED_OUT, "late"))  # abandoned: no effect
     assert mirror.status(T0)["errors"] == 0
@@ -346,5 +347,17 @@ def test_records_that_cannot_be_encoded_wait_with_an_error_and_are_not_skipped()
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, [bad], -1), ("records", "plant.x", 0, recs(1, 1), -1)]
     mirror.pump(T0)
     status = mirror.status(T0)
-    assert gw.produced == [] and status["state"] == "error" and status["partitions"][0]["position"] == -1
+    assert gw.produced == [] and status["state"] == "error" and status["partitions"][0]["position"] == 0  # still waits at the first
     assert "append to a.plant.x-0" in status["last_error"]
+
+
+def test_one_partition_that_fails_keeps_the_state_in_error_while_others_append():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=2), ("records", "plant.x", 0, recs(0, 1), -1), ("records", "plant.x", 1, recs(0, 1), -1)]
+    mirror.pump(T0)
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.MESSAGE_TOO_LARGE)))
+    gw.produced[1][4].complete(ProduceResult("a.plant.x", 1))
+    status = mirror.status(T0)
+    assert status["state"] == "error" and list(status["failing"]) == ["append a.plant.x-0"]
+    assert [(p["position"], p["lag"]) for p in status["partitions"]] == [(0, 1), (1, 0)]

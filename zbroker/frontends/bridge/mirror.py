@@ -29,49 +29,30 @@ Theory of operation::
 Time is passed in; the cluster is reached through a
 :class:`~zbroker.frontends.bridge.gateway.Gateway` (as ``Bridge:NAME``) and the source
 through a handle with ``add``, ``refresh``, ``take`` and ``close``
-(:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).
+(:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).  Each partition's
+appends are :class:`~zbroker.frontends.bridge.mirror_partition.MirroredPartition`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from storage.batch import build_kafka_batch, build_native_batch
-from zbroker.context import Completion
-from zbroker.errors import ErrorCode, RequestError
+from zbroker.errors import ErrorCode
 from zbroker.frontends.bridge.gateway import RETRY_CODES
 from zbroker.frontends.bridge.mirror_configs import target_configs
+from zbroker.frontends.bridge.mirror_partition import RETRY_MAX_MS, MirroredPartition
 from zbroker.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
-#: ``add()`` position meaning "the source partition's log start" (Kafka's OFFSET_BEGINNING).
-EARLIEST = -2
-#: acks of every append: a position is committed only for records the ISR has.
-ACKS_ALL = -1
 COMMIT_INTERVAL_MS = 500
-PRODUCE_TIMEOUT_MS = 30_000
-MAX_BATCH_RECORDS = 500
-MAX_BATCH_BYTES = 256 * 1024
 MAX_PENDING_RECORDS = 20_000
-RETRY_MIN_MS, RETRY_MAX_MS = 100, 5_000
-#: while an append is in flight, how often the partition's leader is looked at (a leader that
-#: moved, say off a dead broker, gets the append again instead of its timeout)
-LEADER_CHECK_MS = 200
 #: while a topic is being set up (created, positions looked up): the first pause after a failure
 #: (doubled after each, up to RETRY_MAX_MS), and how often a creation's outcome is looked for
 SETUP_RETRY_MS = 200
-
-
-def _code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"error {code}"
 
 
 def group_name(mirror: str) -> str:
@@ -102,28 +83,6 @@ class SourceHandle(Protocol):
 
 
 @dataclass(eq=False)
-class _Part:
-    """One mirrored partition."""
-
-    source_topic: str
-    partition: int
-    target: str
-    position: int  # next source offset the target lacks (acknowledged below it); -2: from the log start
-    committed: int  # what the group holds (-1: nothing)
-    read: int  # next source offset expected from the source (what is older is a repeat)
-    log_start: int = -1
-    source_end: int = -1
-    pending: deque = field(default_factory=deque)  # records read, not yet appended
-    in_flight: list | None = None  # the records of the append in flight
-    request: Any = None  # its Completion
-    leader: int | None = None  # the broker it went to
-    retry_at: int = 0
-    backoff: int = 0
-    batch_limit: int = MAX_BATCH_RECORDS
-    sending: bool = False
-
-
-@dataclass(eq=False)
 class _Topic:
     name: str  # on the source
     target: str
@@ -148,7 +107,7 @@ class Mirror:
         self.source = source
         self._now = now_ms
         self._topics: dict[str, _Topic] = {}
-        self._parts: dict[tuple[str, int], _Part] = {}  # by source topic-partition
+        self._parts: dict[tuple[str, int], MirroredPartition] = {}  # by source topic-partition
         self._pending = 0
         self._listed = False
         self._closed = False
@@ -192,10 +151,7 @@ class Mirror:
             if topic.ready < topic.partitions and now_ms >= topic.retry_at:
                 self._setup(topic)
         for part in self._parts.values():
-            if part.in_flight and self.gateway.leader_of(part.target, part.partition) != part.leader:
-                self._resend(part)
-            elif part.pending and now_ms >= part.retry_at:
-                self._send(part)
+            part.step(now_ms)
         self._maybe_commit()
         self.pump(now_ms)
 
@@ -209,10 +165,9 @@ class Mirror:
             if topic.ready < topic.partitions:
                 due = min(due, max(topic.retry_at, now_ms + SETUP_RETRY_MS))
         for part in self._parts.values():
-            if part.in_flight:
-                due = min(due, now_ms + LEADER_CHECK_MS)
-            elif part.pending:
-                due = min(due, part.retry_at)
+            deadline = part.next_deadline(now_ms)
+            if deadline is not None:
+                due = min(due, deadline)
         return due
 
     def close(self, now_ms: int) -> None:
@@ -223,23 +178,22 @@ class Mirror:
         self._next_commit = now_ms
         self._maybe_commit()
         self._closed = True
+        for part in self._parts.values():
+            part.stop()
         self.source.close()
 
     def status(self, now_ms: int) -> dict:
-        parts = []
-        for part in sorted(self._parts.values(), key=lambda p: (p.target, p.partition)):
-            position = part.position if part.position >= 0 else part.log_start  # -1: not known yet
-            lag = max(0, part.source_end - position) if part.source_end >= 0 and position >= 0 else -1
-            parts.append({"topic": part.target, "source_topic": part.source_topic, "partition": part.partition,
-                          "position": position, "committed": part.committed, "source_end": part.source_end,
-                          "lag": lag})
+        ordered = sorted(self._parts.values(), key=lambda p: (p.target, p.partition))
+        parts = [part.status() for part in ordered]
         lags = [p["lag"] for p in parts]
+        failing = dict(self._failing)
+        failing.update({f"append {p.target}-{p.partition}": p.failing for p in ordered if p.failing})
+        errors = set(self._failing) - self._waiting or any(p.failing and p.failing_code not in RETRY_CODES for p in ordered)
         state = ("stopped" if self._closed else "starting" if not self._listed else
-                 "error" if set(self._failing) - self._waiting else "waiting" if self._failing else "running")
+                 "error" if errors else "waiting" if failing else "running")
         return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
                 "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
-                "mirrored": self.records, "errors": self.errors, "last_error": self.last_error,
-                "failing": dict(self._failing)}
+                "mirrored": self.records, "errors": self.errors, "last_error": self.last_error, "failing": failing}
 
     # -- events from the source --------------------------------------------------------------
 
@@ -284,15 +238,7 @@ class Mirror:
         if part is None:
             return  # not (or no longer) assigned: nothing asked for it
         self._ok("source")
-        if log_end >= 0:
-            part.source_end = max(part.source_end, log_end)
-        for record in records:
-            if record[0] >= part.read:  # a partition re-read from an older offset repeats itself
-                part.pending.append(record)
-                part.read = record[0] + 1
-                self._pending += 1
-        part.source_end = max(part.source_end, part.read)
-        self._send(part)
+        self._pending += part.offer(records, log_end, self._now)
 
     # -- topics: create, grow, restore positions -------------------------------------------
 
@@ -338,84 +284,23 @@ class Mirror:
     def _start_reading(self, topic: _Topic, committed: dict) -> None:
         positions = {}
         for p in range(topic.ready, topic.partitions):
-            offset = committed.get((topic.target, p), -1)
-            offset = offset if offset is not None and offset >= 0 else -1
-            start = offset if offset >= 0 else EARLIEST
-            self._parts[(topic.name, p)] = _Part(topic.name, p, topic.target, position=start, committed=offset,
-                                                 read=max(offset, 0))
-            positions[(topic.name, p)] = start
+            offset = committed.get((topic.target, p))
+            part = MirroredPartition(topic.name, p, topic.target, -1 if offset is None else offset, self.gateway,
+                                     self.config.scheme == "kafka", self._stored, self._append_failed)
+            self._parts[(topic.name, p)] = part
+            positions[(topic.name, p)] = part.start
         topic.ready = topic.partitions
         self.source.add(positions)
 
     # -- appending and committing --------------------------------------------------------------
 
-    def _send(self, part: _Part) -> None:
-        """Append the partition's next records unless an append is in flight (one at a time keeps
-        the order across retries).  Completions may settle inside ``produce``: a flag keeps this
-        a loop rather than a recursion."""
-        if part.sending:
-            return
-        part.sending = True
-        try:
-            while (not part.in_flight and part.pending and self._now >= part.retry_at and not self._closed):
-                records, size = [], 0
-                while part.pending and len(records) < part.batch_limit and (not records or size < MAX_BATCH_BYTES):
-                    record = part.pending.popleft()
-                    records.append(record)
-                    size += len(record[2] or b"") + len(record[3] or b"") + 64
-                part.in_flight = records
-                try:
-                    part.leader = self.gateway.leader_of(part.target, part.partition)
-                    batch = self._batch(records)
-                    done = part.request = self.gateway.produce(part.target, part.partition, batch, ACKS_ALL,
-                                                               PRODUCE_TIMEOUT_MS, self._now)
-                except Exception as exc:  # a bug, or records that cannot be encoded: they wait, nothing is skipped
-                    log.debug("mirror %s: appending to %s-%d failed", self.name, part.target, part.partition, exc_info=True)
-                    done = Completion()
-                    done.fail(RequestError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(exc).__name__}: {exc}"))
-                done.on_done(lambda c, part=part, records=records: self._produced(part, records, c))
-        finally:
-            part.sending = False
-
-    def _batch(self, records: list) -> bytes:
-        rows = [(ts, key, value, headers or None) for _, ts, key, value, headers in records]
-        if self.config.scheme == "kafka":  # Kafka headers: a list whose names may repeat, values may be null
-            return build_kafka_batch(rows)
-        return build_native_batch(rows)
-
-    def _resend(self, part: _Part) -> None:
-        """The partition's leader moved while an append waited for the old one (dead, perhaps,
-        so the answer would come only with the timeout): forget that answer and append the same
-        records again, to the new leader.  Had the old leader stored them, they are there twice."""
-        part.request.abandon()
-        part.pending.extendleft(reversed(part.in_flight))
-        part.in_flight = part.request = None
-        log.info("mirror %s: %s-%d has a new leader; its append in flight is sent again", self.name, part.target,
-                 part.partition)
-        self._send(part)
-
-    def _produced(self, part: _Part, records: list, completion) -> None:
-        part.in_flight = part.request = None
-        error = completion.error
-        code = error.code if error is not None else completion.value.error
-        if code:
-            message = error.message if error is not None else completion.value.error_message
-            part.pending.extendleft(reversed(records))  # the same records again, first
-            part.backoff = min(RETRY_MAX_MS, max(RETRY_MIN_MS, part.backoff * 2))
-            part.retry_at = self._now + part.backoff
-            if code in (ErrorCode.MESSAGE_TOO_LARGE, ErrorCode.RECORD_LIST_TOO_LARGE):
-                part.batch_limit = max(1, len(records) // 2)
-            self._fail("append", f"append to {part.target}-{part.partition}: {_code_name(code)} {message or ''}".rstrip(), code)
-            return
-        self._ok("append")
-        part.backoff = 0
-        part.position = records[-1][0] + 1
-        self._pending -= len(records)
-        self.records += len(records)
-        if self._closed:
-            return
-        self._send(part)
+    def _stored(self, part: MirroredPartition, count: int) -> None:
+        self._pending -= count
+        self.records += count
         self.pump(self._now)
+
+    def _append_failed(self, part: MirroredPartition, code: int, message: str) -> None:
+        self._count_failure("append", message, code)
 
     def _maybe_commit(self) -> None:
         if self._committing or self._now < self._next_commit or self._closed:
@@ -439,18 +324,24 @@ class Mirror:
                 part.committed = max(part.committed, offset)
 
     def _fail(self, what: str, message: str, code: int | None = None) -> None:
-        """Something failed (it is tried again).  What waits out a passing state of the cluster
-        (a leader or coordinator moving, a topic just created: :data:`RETRY_CODES`) makes the
-        state ``waiting``; anything else is an error: counted, ``last_error``, a WARNING."""
+        """``what`` ("source", "topics", "commit") failed; it is tried again."""
         self._failing[what] = message
-        if code is not None and code in RETRY_CODES:
+        if self._count_failure(what, message, code):
             self._waiting.add(what)
+        else:
+            self._waiting.discard(what)
+
+    def _count_failure(self, what: str, message: str, code: int | None) -> bool:
+        """What waits out a passing state of the cluster (a leader or coordinator moving, a topic
+        just created: the retriable codes) is logged at INFO (returns True: the state is
+        ``waiting``); anything else is an error: counted, ``last_error``, a WARNING."""
+        if code is not None and code in RETRY_CODES:
             _limited.log(self._now / 1000.0, f"mirror-{what}-wait", logging.INFO, "mirror %s: %s", self.name, message)
-            return
-        self._waiting.discard(what)
+            return True
         self.errors += 1
         self.last_error = message
         _limited.log(self._now / 1000.0, f"mirror-{what}", logging.WARNING, "mirror %s: %s", self.name, message)
+        return False
 
     def _ok(self, what: str) -> None:
         self._failing.pop(what, None)
