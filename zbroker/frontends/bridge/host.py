@@ -86,14 +86,16 @@ class BridgeHost:
         if not self._mirror_configs or self._start_mirror is None:
             return
         leading = self._is_controller()
-        if leading and not self._mirrors:
-            for config in self._mirror_configs:
+        if leading:
+            for config in self._mirror_configs:  # each time: a mirror whose start failed is tried again
+                if config.name in self._mirrors:
+                    continue
                 runner = _guarded(config.name, self._start_mirror, config, now_ms)
                 if runner is not None:
                     log.info("mirror %s starts on broker %s (the controller's)", config.name, self.broker_id)
                     self.runners[config.name] = runner
                     self._mirrors.add(config.name)
-        elif not leading and self._mirrors:
+        elif self._mirrors:
             for name in sorted(self._mirrors):
                 log.info("mirror %s stops on broker %s: it is no longer the controller", name, self.broker_id)
                 runner = self.runners.pop(name, None)

@@ -1,0 +1,73 @@
+"""BridgeHost: ticks what is due, starts mirrors on the controller's broker and stops them elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from zbroker.bridge_config import MirrorConfig
+from zbroker.frontends.bridge.host import IDLE_TICK_MS, BridgeHost
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Runner:
+    def __init__(self, name, due=None):
+        self.name, self.due, self.ticks, self.closed = name, due, [], False
+
+    def tick(self, now_ms):
+        self.ticks.append(now_ms)
+
+    def next_deadline(self, now_ms):
+        return self.due
+
+    def status(self, now_ms):
+        if self.name == "broken":
+            raise RuntimeError("boom")
+        return {"name": self.name, "kind": "pull", "state": "running"}
+
+    def close(self, now_ms):
+        self.closed = True
+
+
+def mirror(name):
+    return MirrorConfig(name, "zbroker://h:1", "zbroker", "h:1", ".*")
+
+
+def test_runners_are_ticked_when_due_and_reported():
+    host = BridgeHost(1, lambda: False)
+    a, b, broken = Runner("a", due=100), Runner("b"), Runner("broken", due=10_000)
+    for r in (a, b, broken):
+        host.add(r)
+    host.tick(50)
+    assert a.ticks == [] and host.next_timer_ms(50) == 50
+    host.tick(100)
+    assert a.ticks == [100] and b.ticks == []
+    assert [s["name"] for s in host.status(100)] == ["a", "b", "broken"]
+    assert host.status(100)[2] == {"broker": 1, "name": "broken", "state": "failed"}  # a failing status is shown, not raised
+    host.close(200)
+    assert a.closed and b.closed and host.runners == {}
+
+
+def test_mirrors_follow_controllership_and_a_failed_start_is_tried_again():
+    leading = [False]
+    started, fail = [], {"bad"}
+
+    def start(config, now_ms):
+        started.append(config.name)
+        if config.name in fail:
+            raise OSError("key file unreadable")
+        return Runner(config.name)
+
+    host = BridgeHost(2, lambda: leading[0], (mirror("good"), mirror("bad")), start)
+    host.tick(0)
+    assert started == []
+    leading[0] = True
+    host.tick(IDLE_TICK_MS)
+    assert started == ["good", "bad"] and set(host.runners) == {"good"}
+    fail.clear()
+    host.tick(2 * IDLE_TICK_MS)
+    assert started == ["good", "bad", "bad"] and set(host.runners) == {"good", "bad"}
+    good = host.runners["good"]
+    leading[0] = False
+    host.tick(3 * IDLE_TICK_MS)
+    assert host.runners == {} and good.closed
