@@ -341,3 +341,35 @@ def test_a_mirror_authenticates_to_its_source_like_a_client_and_acts_as_bridge_n
     finally:
         target.close()
         src.close()
+
+
+def test_a_kafka_source_with_sasl_over_tls_takes_source_config(tmp_path):
+    from kafka_sasl_support import add_user, start_broker
+
+    src = start_broker(tmp_path / "source", tls=True, mechanisms=("SCRAM-SHA-256",))
+    target = None
+    try:
+        add_user(src, "alice", "alice-secret")
+        with Admin(src.bootstrap) as admin:  # the native door: no SASL there
+            admin.create_topic("plant.sasl", partitions=1)
+        sent = produce(src.bootstrap, "plant.sasl", 0, 20, partitions=1)
+        settings = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-256", "sasl.username": "alice",
+                    "sasl.password": "alice-secret", "ssl.ca.location": src.pki["ca"]}
+        def table(**changed):
+            return "[mirror.source_config]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in {**settings, **changed}.items())
+        mirrors = (mirror_table(f"kafka://{src.kafka_bootstrap}") + table()
+                   + mirror_table(f"kafka://{src.kafka_bootstrap}", name="bad", prefix="b.") + table(**{"sasl.password": "wrong"}))
+        target = cluster(tmp_path / "target", n=1, mirror=mirrors, name="target")
+        wait_topic(target.bootstrap, "a.plant.sasl")
+        assert dict(read_all(target.bootstrap, "a.plant.sasl", 1, 20)) == by_partition(sent)
+
+        def refused():
+            run = run_cli("bridge", "status", "--json", bootstrap=target.bootstrap, timeout=30)
+            bad = [e for e in json.loads(run.stdout) if e.get("name") == "bad"]
+            return bad[0] if bad and bad[0]["state"] == "error" else None
+        bad = wait_until(refused, timeout=30, interval=0.3, what="the mirror with a wrong password in error")
+        assert "Authentication" in bad["last_error"] or "authentication" in bad["last_error"], bad["last_error"]
+    finally:
+        if target is not None:
+            target.close()
+        src.close()

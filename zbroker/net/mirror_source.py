@@ -37,6 +37,7 @@ from clients.consumer.consumer import Consumer
 from zbroker.errors import UnknownTopicOrPartitionError
 
 log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 #: events (record batches mostly) queued between the thread and the loop at most
 QUEUE_EVENTS = 64
@@ -245,7 +246,10 @@ class _KafkaReader:
 
         self.kafka = confluent_kafka
         self.config = config
-        base = {"bootstrap.servers": config.bootstrap, "client.id": f"mirror.{config.name}", **config.source_config}
+        self._errors: list = []  # what librdkafka reported (a refused login, brokers down), served in poll()
+        # librdkafka's own log lines go to the broker's log
+        base = {"bootstrap.servers": config.bootstrap, "client.id": f"mirror.{config.name}", **config.source_config,
+                "logger": librdkafka_log, "error_cb": self._errors.append}
         # librdkafka wants a group.id even for assign(); nothing is committed to it
         self.consumer = confluent_kafka.Consumer({"group.id": f"mirror.{config.name}", "auto.offset.reset": "earliest", **base,
                                                   "enable.auto.commit": False, "enable.auto.offset.store": False})
@@ -287,10 +291,11 @@ class _KafkaReader:
         self.assigned |= set(positions)
 
     def poll(self, stop: threading.Event) -> list[tuple]:
+        self.admin.poll(0)  # serves the callbacks (errors) of the admin client
         if not self.assigned:
-            stop.wait(POLL_S)
-            return []
-        rows, errors = [], []
+            self.consumer.poll(POLL_S)  # nothing assigned: serves the consumer's callbacks, returns nothing
+            return self._reported()
+        rows, errors = [], self._reported()
         for msg in self.consumer.consume(num_messages=MAX_RECORDS, timeout=POLL_S):
             error = msg.error()
             if error is not None:
@@ -301,6 +306,12 @@ class _KafkaReader:
                          (msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or None)))
         events = [(kind, t, p, records, self._watermarks(t, p)[1]) for kind, t, p, records, _ in _records_events(rows)]
         return events + errors
+
+    def _reported(self) -> list[tuple]:
+        """Errors librdkafka reported since the last call, as one event (each text once: a refused
+        login comes with "1/1 brokers are down", and the first says why)."""
+        texts, self._errors[:] = list(dict.fromkeys(e.str() for e in self._errors)), []
+        return [("error", f"source {self.config.source}: {'; '.join(texts)}")] if texts else []
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start, high watermark) as the last fetch answers said (-1: not known).  Asking the

@@ -189,8 +189,8 @@ class Mirror:
         failing = dict(self._failing)
         failing.update({f"append {p.target}-{p.partition}": p.failing for p in ordered if p.failing})
         errors = set(self._failing) - self._waiting or any(p.failing and p.failing_code not in RETRY_CODES for p in ordered)
-        state = ("stopped" if self._closed else "starting" if not self._listed else
-                 "error" if errors else "waiting" if failing else "running")
+        state = ("stopped" if self._closed else "error" if errors else "starting" if not self._listed else
+                 "waiting" if failing else "running")
         return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
                 "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
                 "mirrored": self.records, "errors": self.errors, "last_error": self.last_error, "failing": failing}
