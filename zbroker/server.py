@@ -29,8 +29,8 @@ import time
 
 import zmq
 
-from zbroker.config import ClusterConfig, ConfigError
 from zbroker.bridge_config import MirrorConfig
+from zbroker.config import ClusterConfig, ConfigError
 from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
 from zbroker.frontends.bridge.mirror import Mirror, group_name
