@@ -361,3 +361,12 @@ def test_one_partition_that_fails_keeps_the_state_in_error_while_others_append()
     status = mirror.status(T0)
     assert status["state"] == "error" and list(status["failing"]) == ["append a.plant.x-0"]
     assert [(p["position"], p["lag"]) for p in status["partitions"]] == [(0, 1), (1, 0)]
+
+
+def test_more_records_than_the_bound_all_pass_when_appends_settle_at_once():
+    mirror, gw, src = make()
+    n = M.MAX_PENDING_RECORDS * 3
+    src.events.append(listing(plant_x=1))
+    src.events += [("records", "plant.x", 0, recs(i, 1000), -1) for i in range(0, n, 1000)]
+    mirror.pump(T0)
+    assert src.events == [] and mirror.status(T0)["mirrored"] == n and mirror._pending == 0

@@ -238,7 +238,8 @@ class Mirror:
         if part is None:
             return  # not (or no longer) assigned: nothing asked for it
         self._ok("source")
-        self._pending += part.offer(records, log_end, self._now)
+        self._pending += part.offer(records, log_end)
+        part.send(self._now)
 
     # -- topics: create, grow, restore positions -------------------------------------------
 

@@ -84,8 +84,10 @@ class MirroredPartition:
         """Where the source is read from: the committed position, or :data:`EARLIEST`."""
         return self.committed if self.committed >= 0 else EARLIEST
 
-    def offer(self, records: list, log_end: int, now_ms: int) -> int:
-        """Records read from the source, in offset order; returns how many were new."""
+    def offer(self, records: list, log_end: int) -> int:
+        """Records read from the source, in offset order; returns how many were new (call
+        :meth:`send` next: counting them first keeps the caller's count right when an append
+        settles inside the send)."""
         if log_end >= 0:
             self.source_end = max(self.source_end, log_end)
         new = 0
@@ -95,7 +97,6 @@ class MirroredPartition:
                 self.read = record[0] + 1
                 new += 1
         self.source_end = max(self.source_end, self.read)
-        self.send(now_ms)
         return new
 
     def step(self, now_ms: int) -> None:
