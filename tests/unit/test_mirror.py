@@ -113,6 +113,15 @@ def recs(first, n, ts=T0):
     return [(o, ts + o, b"k%d" % o, b"v%d" % o, {"h": b"%d" % o}) for o in range(first, first + n)]
 
 
+def run_as_host(mirror, start, end, step=50):
+    """Time passing as the bridge host drives a mirror: it is ticked only once its own
+    next_deadline() has come (``now`` in steps of ``step`` ms)."""
+    for now in range(start, end + 1, step):
+        due = mirror.next_deadline(now)
+        if due is not None and due <= now:
+            mirror.tick(now)
+
+
 def make(config=None, gateway=None, source=None):
     config = config or Config()
     gateway = gateway or FakeGateway()
@@ -370,3 +379,18 @@ def test_more_records_than_the_bound_all_pass_when_appends_settle_at_once():
     src.events += [("records", "plant.x", 0, recs(i, 1000), -1) for i in range(0, n, 1000)]
     mirror.pump(T0)
     assert src.events == [] and mirror.status(T0)["mirrored"] == n and mirror._pending == 0
+
+
+def test_driven_as_the_host_drives_it_set_up_retries_and_leader_checks_happen_on_their_own():
+    gw = FakeGateway(fail_committed=True, auto_ack=False)
+    mirror, gw, src = make(gateway=gw)  # refresh_ms 5000: the refresh must not be what drives them
+    src.events.append(listing(plant_x=1))
+    mirror.pump(T0)
+    gw.fail_committed = False
+    run_as_host(mirror, T0, T0 + 1000)
+    assert src.added == [{("plant.x", 0): MP.EARLIEST}]
+    src.events.append(("records", "plant.x", 0, recs(0, 1), -1))
+    mirror.pump(T0 + 1000)
+    gw.leaders[("a.plant.x", 0)] = 2
+    run_as_host(mirror, T0 + 1000, T0 + 2000)
+    assert len(gw.produced) == 2  # sent again to the new leader well before the next refresh

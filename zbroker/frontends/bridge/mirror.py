@@ -162,8 +162,8 @@ class Mirror:
         if any(p.position > p.committed for p in self._parts.values()):
             due = min(due, self._next_commit)
         for topic in self._topics.values():
-            if topic.ready < topic.partitions:
-                due = min(due, max(topic.retry_at, now_ms + SETUP_RETRY_MS))
+            if topic.ready < topic.partitions and not topic.busy:  # busy: its answer drives it
+                due = min(due, topic.retry_at)
         for part in self._parts.values():
             deadline = part.next_deadline(now_ms)
             if deadline is not None:

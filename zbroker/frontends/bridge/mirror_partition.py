@@ -74,6 +74,7 @@ class MirroredPartition:
         self._request: Completion | None = None
         self._leader: int | None = None
         self._retry_at = 0
+        self._check_at = 0  # when the leader of the append in flight is looked at next
         self._backoff = 0
         self._batch_limit = MAX_BATCH_RECORDS
         self._sending = False
@@ -101,14 +102,18 @@ class MirroredPartition:
 
     def step(self, now_ms: int) -> None:
         """Timers: an append whose leader moved is sent again; one that waited out its pause is sent."""
-        if self._in_flight and self.gateway.leader_of(self.target, self.partition) != self._leader:
-            self._resend(now_ms)
+        if self._in_flight:
+            if now_ms >= self._check_at:
+                self._check_at = now_ms + LEADER_CHECK_MS
+                if self.gateway.leader_of(self.target, self.partition) != self._leader:
+                    self._resend(now_ms)
         elif self.pending and now_ms >= self._retry_at:
             self.send(now_ms)
 
     def next_deadline(self, now_ms: int) -> int | None:
+        """When :meth:`step` has work (absolute ms); None: only when an answer or records come."""
         if self._in_flight:
-            return now_ms + LEADER_CHECK_MS
+            return self._check_at
         return self._retry_at if self.pending else None
 
     def send(self, now_ms: int) -> None:
@@ -122,6 +127,7 @@ class MirroredPartition:
             while not self._in_flight and self.pending and self._now >= self._retry_at:
                 records = self._take()
                 self._in_flight = records
+                self._check_at = self._now + LEADER_CHECK_MS
                 try:
                     self._leader = self.gateway.leader_of(self.target, self.partition)
                     done = self._request = self.gateway.produce(self.target, self.partition, self._batch(records), ACKS_ALL,
