@@ -29,6 +29,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections import defaultdict
 from typing import Callable
 
@@ -247,6 +248,9 @@ class _KafkaReader:
         self.kafka = confluent_kafka
         self.config = config
         self._errors: list = []  # what librdkafka reported (a refused login, brokers down), served in poll()
+        self._cause: str | None = None  # the last error that says why (not just "brokers are down")
+        self._generic = (confluent_kafka.KafkaError._ALL_BROKERS_DOWN, confluent_kafka.KafkaError._TRANSPORT,
+                         confluent_kafka.KafkaError._TIMED_OUT)
         # librdkafka's own log lines go to the broker's log
         base = {"bootstrap.servers": config.bootstrap, "client.id": f"mirror.{config.name}", **config.source_config,
                 "logger": librdkafka_log, "error_cb": self._errors.append}
@@ -260,7 +264,7 @@ class _KafkaReader:
         from confluent_kafka.admin import ConfigResource
 
         timeout = REQUEST_TIMEOUT_MS / 1000
-        metadata = self.consumer.list_topics(timeout=timeout)
+        metadata = self._metadata(timeout)
         names = sorted(n for n, t in metadata.topics.items() if t.error is None and not n.startswith("__") and self.config.matches(n))
         if not names:
             return {}
@@ -305,13 +309,41 @@ class _KafkaReader:
             rows.append((msg.topic(), msg.partition(),
                          (msg.offset(), msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or None)))
         events = [(kind, t, p, records, self._watermarks(t, p)[1]) for kind, t, p, records, _ in _records_events(rows)]
+        if events:
+            self._cause = None
         return events + errors
 
+    def _metadata(self, timeout: float):
+        """The source's topics.  Asked in one-second slices, so that an error that will not pass by
+        waiting (a refused login, reported to the admin client's callback) ends the wait early and
+        says why, rather than a timeout that says only that the brokers could not be reached."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                metadata = self.consumer.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                self._cause = None
+                return metadata
+            except self.kafka.KafkaException as exc:
+                self.admin.poll(0)
+                for error in self._errors:
+                    if error.code() not in self._generic:
+                        self._cause = error.str()
+                if self._cause is not None or time.monotonic() >= deadline:
+                    raise self.kafka.KafkaException(self._explained(str(exc))) from None
+
     def _reported(self) -> list[tuple]:
-        """Errors librdkafka reported since the last call, as one event (each text once: a refused
-        login comes with "1/1 brokers are down", and the first says why)."""
+        """Errors librdkafka reported since the last call, as one event (each text once).  A refused
+        login is followed by "1/1 brokers are down" and failed requests: those carry the last error
+        that says why, until the source answers again."""
+        for error in self._errors:
+            if error.code() not in self._generic:
+                self._cause = error.str()
         texts, self._errors[:] = list(dict.fromkeys(e.str() for e in self._errors)), []
-        return [("error", f"source {self.config.source}: {'; '.join(texts)}")] if texts else []
+        return [("error", f"source {self.config.source}: {self._explained('; '.join(texts))}")] if texts else []
+
+    def _explained(self, text: str) -> str:
+        cause = self._cause
+        return f"{text} (after: {cause})" if cause and cause not in text else text
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         """(log start, high watermark) as the last fetch answers said (-1: not known).  Asking the
