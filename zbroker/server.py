@@ -12,8 +12,14 @@ This module wires I/O to the sans-IO broker and is the only place that does:
   broker whatever ``[security]`` says;
 - the :class:`~zbroker.net.zap.ZapHandler` admits CURVE keys; it is bound before any
   CURVE socket (without a ZAP handler libzmq admits every key);
-- the :class:`~zbroker.net.loop.EventLoop` polls them and ticks the node and the gossip
-  with one clock.
+- the bridges of this broker (``[[bridge]]`` with ``broker`` = its id): each one's socket
+  (:mod:`zbroker.net.bridge_sockets` in, :mod:`zbroker.net.bridge_out` out) connected by
+  callbacks to its sans-IO bridge, which reaches the cluster through a
+  :class:`~zbroker.frontends.bridge.gateway.Gateway` as ``Bridge:NAME``; and the mirrors,
+  which the :class:`~zbroker.frontends.bridge.host.BridgeHost` starts (source thread:
+  :mod:`zbroker.net.mirror_source`) while this broker is the controller;
+- the :class:`~zbroker.net.loop.EventLoop` polls them and ticks the node, the gossip and
+  the bridge host with one clock.
 
 SIGTERM and SIGINT stop the loop; the broker then answers parked requests, flushes every
 log and writes its checkpoints before the process exits.
@@ -29,17 +35,19 @@ import time
 
 import zmq
 
-from zbroker.bridge_config import BridgeConfig
+from zbroker.bridge_config import BridgeConfig, MirrorConfig
 from zbroker.config import ClusterConfig, ConfigError
 from zbroker.frontends.bridge.egress import EgressBridge
 from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.host import BridgeHost
 from zbroker.frontends.bridge.ingest import IngestBridge
+from zbroker.frontends.bridge.mirror import Mirror, group_name
 from zbroker.frontends.kafka import KafkaDoor
 from zbroker.net.bridge_out import EgressSocket
 from zbroker.net.bridge_sockets import IngestSocket
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
+from zbroker.net.mirror_source import MirrorSource
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
 from zbroker.net.zap import BRIDGE, CLIENT, GOSSIP, PEER, ZapHandler
 from zbroker.net.zmq_listeners import CurveKeys, Gossip, PeerDealers, RouterListener
@@ -146,7 +154,9 @@ class Server:
     def _bridges(self, ctx: zmq.Context, node: BrokerNode, keys: BrokerKeys, zap: ZapHandler | None) -> None:
         """The bridges this broker runs (``[[bridge]]`` with ``broker`` = this one) and the
         mirrors it runs while it is the controller, under one :class:`BridgeHost` timer."""
-        host = BridgeHost(self.broker_id, lambda: node.app.control.is_controller, self.config.mirrors)
+        control = node.app.control
+        host = BridgeHost(self.broker_id, lambda: control.is_controller and control.ready, self.config.mirrors,
+                          start_mirror=lambda config, now: self._mirror(node, config, now))
         node.app.bridges = host
         self.bridge_host = host
         self.loop.add_timer(host)
@@ -187,6 +197,19 @@ class Server:
                  "bound to" if config.bind else "connected to", config.endpoint, " (CURVE)" if curve else "",
                  ", ".join(config.topics), config.start)
         return bridge
+
+    def _mirror(self, node: BrokerNode, config: MirrorConfig, now: int) -> Mirror:
+        """Start one ``[[mirror]]`` here (the host calls it on the controller's broker): its source
+        thread, whose wake socket the loop watches, and its logic, which appends through a
+        gateway as ``Bridge:NAME``.  Closing the mirror stops the thread and unwatches the socket."""
+        source = MirrorSource(config, self.loop)
+        try:
+            mirror = Mirror(config, Gateway(node.app, node.app.peers, config.principal, group_name(config.name)), source, now)
+        except Exception:
+            source.close()
+            raise
+        source.on_wake = lambda: mirror.pump(now_ms())
+        return mirror
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""

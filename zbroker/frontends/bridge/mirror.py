@@ -1,0 +1,349 @@
+"""A ``[[mirror]]``: the topics of another cluster, copied into this one (sans-IO).
+
+Theory of operation::
+
+    source thread (zbroker.net.mirror_source)             Mirror (this module, the broker's loop)
+      lists the source's topics        --("topics", ...)-->  creates prefix+topic (same partition
+      reads records from positions     --("records", ...)->  count, the source's topic configs),
+      reports what fails               --("error", msg)--->  appends them (acks=all), commits
+                                       <-- add(positions), refresh(), close() --
+
+- **Topics.** Every ``refresh_ms`` the source lists its topics; those whose whole name
+  matches the ``topics`` regex are mirrored into ``prefix + topic`` with the same partition
+  count and the configs set on the source topic that zbroker has (a topic that grows on the
+  source grows here; one created later is picked up at the next listing).
+- **Position.** The next source offset to copy of each partition is committed to the group
+  ``mirror.NAME`` of *this* cluster, on the *target* topic-partition (:func:`group_name`):
+  a mirror that starts (a restart, another broker taking over) reads from there; a
+  partition without a committed offset starts at the source's log start.  The committed
+  values are source offsets, not offsets of the target topic.
+- **At least once, in order.** Each partition has at most one append in flight; records
+  keep key, value, headers and timestamp.  A position is committed only after the target
+  acknowledged the append with acks=all, at most every :data:`COMMIT_INTERVAL_MS`; a mirror
+  that dies sends again what it appended after its last commit.  A failed append is retried
+  (the same records, in order) with a growing pause; nothing is skipped.
+- **Bounded memory.** Records are taken from the source only while fewer than
+  :data:`MAX_PENDING_RECORDS` wait to be appended; the source thread then blocks on its
+  full queue.
+
+Time is passed in; the cluster is reached through a
+:class:`~zbroker.frontends.bridge.gateway.Gateway` (as ``Bridge:NAME``) and the source
+through a handle with ``add``, ``refresh``, ``take`` and ``close``
+(:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).  Each partition's
+appends are :class:`~zbroker.frontends.bridge.mirror_partition.MirroredPartition`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.gateway import RETRY_CODES
+from zbroker.frontends.bridge.mirror_configs import target_configs
+from zbroker.frontends.bridge.mirror_partition import RETRY_MAX_MS, MirroredPartition
+from zbroker.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
+
+COMMIT_INTERVAL_MS = 500
+MAX_PENDING_RECORDS = 20_000
+#: while a topic is being set up (created, positions looked up): the first pause after a failure
+#: (doubled after each, up to RETRY_MAX_MS), and how often a creation's outcome is looked for
+SETUP_RETRY_MS = 200
+
+
+def group_name(mirror: str) -> str:
+    """The group of the target cluster that holds a mirror's positions."""
+    return f"mirror.{mirror}"
+
+
+class SourceHandle(Protocol):
+    """The source side, as the mirror sees it (the net adapter, or a fake in tests).
+
+    ``take`` returns queued events, each a tuple:
+
+    - ``("topics", {topic: (partitions, configs, {partition: (log_start, log_end)})})``: a
+      listing of the matching source topics (``configs``: zbroker keys for a zbroker source,
+      Kafka names and strings for a Kafka one; only values set on the topic);
+    - ``("records", topic, partition, [(offset, timestamp, key, value, headers), ...], log_end)``
+      (``headers``: a dict, or a list of ``(name, value)`` pairs; ``log_end`` -1 if unknown);
+    - ``("error", message)``: the source could not be listed or read (it keeps trying).
+    """
+
+    def add(self, positions: dict[tuple[str, int], int]) -> None: ...
+
+    def refresh(self) -> None: ...
+
+    def take(self, limit: int) -> list[tuple]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Topic:
+    name: str  # on the source
+    target: str
+    partitions: int  # on the source, as last listed
+    configs: dict[str, Any]
+    ready: int = 0  # partitions set up (positions restored, reading)
+    busy: bool = False  # a create or a position look-up in flight
+    retry_at: int = 0
+    backoff: int = 0
+
+
+class Mirror:
+    """One ``[[mirror]]`` while it runs on this broker (see the module docstring)."""
+
+    kind = "mirror"
+
+    def __init__(self, config, gateway, source: SourceHandle, now_ms: int) -> None:
+        self.config = config
+        self.name = config.name
+        self.group = group_name(config.name)
+        self.gateway = gateway
+        self.source = source
+        self._now = now_ms
+        self._topics: dict[str, _Topic] = {}
+        self._parts: dict[tuple[str, int], MirroredPartition] = {}  # by source topic-partition
+        self._pending = 0
+        self._listed = False
+        self._closed = False
+        self._failing: dict[str, str] = {}  # what fails now ("source", "append", "commit", "topics") -> message
+        self._waiting: set[str] = set()  # those of them that wait out a passing state (retriable)
+        self.records = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._committing = False
+        self._pumping = False
+        self._next_commit = now_ms + COMMIT_INTERVAL_MS
+        self._next_refresh = now_ms + config.refresh_ms
+        source.refresh()
+
+    # -- the loop's calls ------------------------------------------------------------------
+
+    def pump(self, now_ms: int) -> None:
+        """Take what the source has queued (while there is room) and act on it."""
+        self._now = now_ms
+        if self._pumping:  # an append settled inside this pump: its loop takes more
+            return
+        self._pumping = True
+        try:
+            while not self._closed and self._pending < MAX_PENDING_RECORDS:
+                events = self.source.take(1)  # one batch at a time: the bound is kept to a batch
+                if not events:
+                    break
+                for event in events:
+                    self._on_event(event)
+        finally:
+            self._pumping = False
+
+    def tick(self, now_ms: int) -> None:
+        self._now = now_ms
+        if self._closed:
+            return
+        if now_ms >= self._next_refresh:
+            self._next_refresh = now_ms + self.config.refresh_ms
+            self.source.refresh()
+        for topic in self._topics.values():
+            if topic.ready < topic.partitions and now_ms >= topic.retry_at:
+                self._setup(topic)
+        for part in self._parts.values():
+            part.step(now_ms)
+        self._maybe_commit()
+        self.pump(now_ms)
+
+    def next_deadline(self, now_ms: int) -> int | None:
+        if self._closed:
+            return None
+        due = self._next_refresh
+        if any(p.position > p.committed for p in self._parts.values()):
+            due = min(due, self._next_commit)
+        for topic in self._topics.values():
+            if topic.ready < topic.partitions and not topic.busy:  # busy: its answer drives it
+                due = min(due, topic.retry_at)
+        for part in self._parts.values():
+            deadline = part.next_deadline(now_ms)
+            if deadline is not None:
+                due = min(due, deadline)
+        return due
+
+    def close(self, now_ms: int) -> None:
+        """Stop: the source thread ends; what was acknowledged is committed (best effort)."""
+        if self._closed:
+            return
+        self._now = now_ms
+        self._next_commit = now_ms
+        self._maybe_commit()
+        self._closed = True
+        for part in self._parts.values():
+            part.stop()
+        self.source.close()
+
+    def status(self, now_ms: int) -> dict:
+        ordered = sorted(self._parts.values(), key=lambda p: (p.target, p.partition))
+        parts = [part.status() for part in ordered]
+        lags = [p["lag"] for p in parts]
+        failing = dict(self._failing)
+        failing.update({f"append {p.target}-{p.partition}": p.failing for p in ordered if p.failing})
+        errors = set(self._failing) - self._waiting or any(p.failing and p.failing_code not in RETRY_CODES for p in ordered)
+        state = ("stopped" if self._closed else "error" if errors else "starting" if not self._listed else
+                 "waiting" if failing else "running")
+        return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
+                "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
+                "mirrored": self.records, "errors": self.errors, "last_error": self.last_error, "failing": failing}
+
+    # -- events from the source --------------------------------------------------------------
+
+    def _on_event(self, event: tuple) -> None:
+        kind = event[0]
+        if kind == "records":
+            _, topic, partition, records, log_end = event
+            self._on_records(topic, partition, records, log_end)
+        elif kind == "topics":
+            self._on_topics(event[1])
+        elif kind == "error":
+            self._fail("source", event[1])
+        else:
+            log.error("mirror %s: unknown event %r from its source", self.name, kind)
+
+    def _on_topics(self, listing: dict) -> None:
+        self._listed = True
+        self._ok("source")
+        for name, (partitions, configs, offsets) in sorted(listing.items()):
+            if not self.config.matches(name):
+                continue
+            topic = self._topics.get(name)
+            if topic is None:
+                configs, skipped = target_configs(self.config.scheme, configs)
+                if skipped:
+                    log.info("mirror %s: topic %s: source configs zbroker has no setting for are not copied: %s",
+                             self.name, name, ", ".join(sorted(skipped)))
+                topic = self._topics[name] = _Topic(name, self.config.target(name), partitions, configs)
+                log.info("mirror %s: mirroring %s (%d partitions) into %s", self.name, name, partitions, topic.target)
+            elif partitions > topic.partitions:
+                log.info("mirror %s: %s grew to %d partitions", self.name, name, partitions)
+                topic.partitions = partitions
+            for p, (start, end) in offsets.items():
+                part = self._parts.get((name, p))
+                if part is not None:
+                    part.log_start, part.source_end = start, max(part.source_end, end)
+            if topic.ready < topic.partitions:
+                self._setup(topic)
+
+    def _on_records(self, topic: str, partition: int, records: list, log_end: int) -> None:
+        part = self._parts.get((topic, partition))
+        if part is None:
+            return  # not (or no longer) assigned: nothing asked for it
+        self._ok("source")
+        self._pending += part.offer(records, log_end)
+        part.send(self._now)
+
+    # -- topics: create, grow, restore positions -------------------------------------------
+
+    def _setup(self, topic: _Topic) -> None:
+        """Bring the target topic to the source's partition count, then start reading the
+        partitions not yet read from their committed positions."""
+        if topic.busy or self._closed:
+            return
+        have = self.gateway.partition_count(topic.target)
+        if have is None:
+            self._call(topic, "create", self.gateway.create_topic(topic.target, topic.partitions, topic.configs, self._now))
+        elif have < topic.partitions:
+            self._call(topic, "grow", self.gateway.create_partitions(topic.target, topic.partitions, self._now))
+        elif topic.ready < topic.partitions:
+            new = [(topic.target, p) for p in range(topic.ready, topic.partitions)]
+            self._call(topic, "restore", self.gateway.committed(self.group, new, self._now))
+
+    def _call(self, topic: _Topic, what: str, completion) -> None:
+        topic.busy = True
+        completion.on_done(lambda c: self._setup_done(topic, what, c))
+
+    def _setup_done(self, topic: _Topic, what: str, completion) -> None:
+        topic.busy = False
+        if self._closed:
+            return
+        error = completion.error
+        if error is not None and not (what == "create" and error.code == ErrorCode.TOPIC_ALREADY_EXISTS):
+            if what == "create" and error.code == ErrorCode.INVALID_CONFIG and topic.configs:
+                log.warning("mirror %s: %s cannot be created with the source's configs %s (%s); creating it without them",
+                            self.name, topic.target, topic.configs, error.message)
+                topic.configs = {}
+            topic.backoff = min(RETRY_MAX_MS, max(SETUP_RETRY_MS, topic.backoff * 2))
+            topic.retry_at = self._now + topic.backoff
+            self._fail("topics", f"{what} {topic.target}: {error.message}", error.code)
+            return
+        self._ok("topics")
+        topic.backoff = 0
+        if what == "restore":
+            self._start_reading(topic, completion.value or {})
+        elif topic.ready < topic.partitions:
+            self._setup(topic)
+
+    def _start_reading(self, topic: _Topic, committed: dict) -> None:
+        positions = {}
+        for p in range(topic.ready, topic.partitions):
+            offset = committed.get((topic.target, p))
+            part = MirroredPartition(topic.name, p, topic.target, -1 if offset is None else offset, self.gateway,
+                                     self.config.scheme == "kafka", self._stored, self._append_failed)
+            self._parts[(topic.name, p)] = part
+            positions[(topic.name, p)] = part.start
+        topic.ready = topic.partitions
+        self.source.add(positions)
+
+    # -- appending and committing --------------------------------------------------------------
+
+    def _stored(self, part: MirroredPartition, count: int) -> None:
+        self._pending -= count
+        self.records += count
+        self.pump(self._now)
+
+    def _append_failed(self, part: MirroredPartition, code: int, message: str) -> None:
+        self._count_failure("append", message, code)
+
+    def _maybe_commit(self) -> None:
+        if self._committing or self._now < self._next_commit or self._closed:
+            return
+        offsets = {(p.target, p.partition): p.position for p in self._parts.values() if p.position > p.committed}
+        self._next_commit = self._now + COMMIT_INTERVAL_MS
+        if not offsets:
+            return
+        self._committing = True
+        self.gateway.commit(self.group, offsets, self._now).on_done(lambda c: self._commit_done(offsets, c))
+
+    def _commit_done(self, offsets: dict, completion) -> None:
+        self._committing = False
+        if completion.error is not None:
+            self._fail("commit", f"commit to group {self.group}: {completion.error.message}", completion.error.code)
+            return
+        self._ok("commit")
+        for part in self._parts.values():
+            offset = offsets.get((part.target, part.partition))
+            if offset is not None:
+                part.committed = max(part.committed, offset)
+
+    def _fail(self, what: str, message: str, code: int | None = None) -> None:
+        """``what`` ("source", "topics", "commit") failed; it is tried again."""
+        self._failing[what] = message
+        if self._count_failure(what, message, code):
+            self._waiting.add(what)
+        else:
+            self._waiting.discard(what)
+
+    def _count_failure(self, what: str, message: str, code: int | None) -> bool:
+        """What waits out a passing state of the cluster (a leader or coordinator moving, a topic
+        just created: the retriable codes) is logged at INFO (returns True: the state is
+        ``waiting``); anything else is an error: counted, ``last_error``, a WARNING."""
+        if code is not None and code in RETRY_CODES:
+            _limited.log(self._now / 1000.0, f"mirror-{what}-wait", logging.INFO, "mirror %s: %s", self.name, message)
+            return True
+        self.errors += 1
+        self.last_error = message
+        _limited.log(self._now / 1000.0, f"mirror-{what}", logging.WARNING, "mirror %s: %s", self.name, message)
+        return False
+
+    def _ok(self, what: str) -> None:
+        self._failing.pop(what, None)
+        self._waiting.discard(what)
