@@ -191,3 +191,33 @@ def test_an_endpoint_that_cannot_be_bound_stops_the_start_naming_the_bridge(tmp_
             assert f"bridge clash: cannot bind pull tcp://127.0.0.1:{port}: Address already in use" in b.proc.log_text()
         finally:
             b.close()
+
+
+def test_the_bridge_writes_as_its_own_principal_under_the_acls(make):
+    """With security on, the records are written as ``Bridge:NAME``: a grant to another bridge
+    or to the sending application's key does not help; until ``Bridge:NAME`` may write, the
+    PULL bridge stores nothing, drops nothing and pushes back; the grant alone lets it go on."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "meter", "socket": "pull", "endpoint": endpoint, "topic": "power", "hwm": 50}], curve=True)
+    opts = b.cli_options()
+    run_cli(*opts, "topics", "create", "power", "--partitions", "1", bootstrap=b.proc.bootstrap).check_returncode()
+    _, public, secret = b.add_key("meterapp")
+    for principal in ("Bridge:other", "User:meterapp"):  # neither is the bridge
+        run_cli(*opts, "acl", "add", "--principal", principal, "--operation", "write", "--topic", "power",
+                bootstrap=b.proc.bootstrap).check_returncode()
+    app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], count=400, hwm=50,
+                    curve=[public.decode(), secret.decode(), b.public.decode()])
+    try:
+        refused = wait_until(lambda: (s := b.status()["meter"]) if s["received"] >= 50 else None, timeout=30,
+                             what="the bridge to take what fits in flight")
+        assert refused["state"] == "starting" and refused["stored"] == 0 and refused["dropped"] == 0, refused
+        assert "Bridge:meter" in (refused.get("last_error") or ""), refused
+        assert app.poll() is None  # the sender is held back, not dropped on
+        run_cli(*opts, "acl", "add", "--principal", "Bridge:meter", "--operation", "write", "--topic", "power",
+                bootstrap=b.proc.bootstrap).check_returncode()
+        assert "DONE 400" in finish(app)
+        s = settled(b, "meter", 400)
+        assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (400, 400, 0, 0), s
+    finally:
+        stop(app)
+    assert consume(b, "power", 400) == [f"kw {i}" for i in range(400)]
