@@ -71,3 +71,15 @@ def test_mirrors_follow_controllership_and_a_failed_start_is_tried_again():
     leading[0] = False
     host.tick(3 * IDLE_TICK_MS)
     assert host.runners == {} and good.closed
+
+
+def test_settled_waits_for_the_closed_runners_that_say_they_are_busy():
+    host = BridgeHost(1, lambda: False)
+    busy, quiet = Runner("busy"), Runner("quiet")
+    busy.settled = lambda: busy.closed and not getattr(busy, "answers_due", True)
+    host.add(busy)
+    host.add(quiet)
+    host.close(0)
+    assert not host.settled()  # busy's last commit has no answer yet; quiet has no settled(): nothing to wait for
+    busy.answers_due = False
+    assert host.settled()
