@@ -37,7 +37,7 @@ def grant(c, bridge: str, topic: str) -> None:
     """With security on, a bridge acts as its own principal under the ACLs: let it read its
     topic and commit in its group."""
     admin = ["--curve-secret-key-file", str(c.client_keys["admin"][0]), "--curve-server-key", c.broker_publics[1].decode()]
-    for resource in (["--topic", topic], ["--group", bridge]):
+    for resource in (["--topic", topic], ["--group", f"bridge.{bridge}"]):
         proc = run_cli(*admin, "acl", "add", "--principal", f"Bridge:{bridge}", "--operation", "read", *resource,
                        bootstrap=c.bootstrap)
         assert proc.returncode == 0, proc.stderr.decode()

@@ -67,7 +67,7 @@ def test_committed_starts_at_the_group_offset_and_falls_back_to_latest():
     gw = FakeGateway({"t": 2})
     gw.append("t", 0, [b"a0", b"a1", b"a2"])
     gw.append("t", 1, [b"b0", b"b1"])
-    gw.offsets[("out", ("t", 0))] = 1
+    gw.offsets[("bridge.out", ("t", 0))] = 1
     bridge, gw, sock = make(gw, start="committed")
     run(bridge, T0)
     assert sock.values() == [b"a1", b"a2"]
@@ -123,6 +123,7 @@ def test_commits_every_second_only_what_zeromq_released_one_interval_late():
     sock.handles[2].done = True
     bridge.close(T0 + 3 * COMMIT_MS + 10)  # at close, all that was released
     assert gw.commits[-1] == {("t", 0): 3}
+    assert gw.offsets == {("bridge.out", ("t", 0)): 3}, "the group is bridge.NAME, apart from applications' groups"
     assert bridge.status(T0)["state"] == "closed"
 
 
@@ -219,7 +220,7 @@ def test_offset_out_of_range_moves_to_the_log_start_and_counts_what_was_skipped(
     gw.append("t", 0, [b"a", b"b", b"c", b"d", b"e"])
     gw.delete_before(("t", 0), 5)
     gw.append("t", 0, [b"f"])
-    gw.offsets[("out", ("t", 0))] = 1
+    gw.offsets[("bridge.out", ("t", 0))] = 1
     bridge, gw, sock = make(gw, start="committed")
     run(bridge, T0)
     assert sock.values() == [b"f"]
@@ -384,7 +385,7 @@ def test_a_subscription_before_the_positions_are_known_waits_for_them_and_live_d
     """After a broker's start, subscribers reconnect before the bridge knows where it is."""
     gw = FakeGateway()
     gw.append("t", 0, [b"a", b"b", b"c"])
-    gw.offsets[("out", ("t", 0))] = 3
+    gw.offsets[("bridge.out", ("t", 0))] = 3
     gw.hold = True  # the committed position is not known yet
     sock = Socket()
     bridge = EgressBridge(egress_config(socket="pub", start="committed", replay=2), gw, sock, T0)

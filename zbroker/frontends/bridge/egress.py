@@ -15,8 +15,8 @@ off to 50 ms): nothing is dropped, and the partition goes no further meanwhile.
 
 Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
 
-    start    --  latest | earliest (list_offset), or committed (the group named after the
-                 bridge; latest when it has committed nothing for the partition).  Partitions
+    start    --  latest | earliest (list_offset), or committed (the group ``bridge.NAME``,
+                 :func:`group_name`; latest when it has committed nothing for the partition).  Partitions
                  and topics that appear after the bridge's first look start at the earliest
                  offset: all their records are newer than the bridge.
     fetch    --  one long-poll fetch (``max_wait_ms``) in flight per partition, at most
@@ -65,6 +65,12 @@ BURST = 4096  # records handed over per tick before other work gets a turn
 LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
 
 
+def group_name(bridge: str) -> str:
+    """The consumer group that holds an egress bridge's positions (apart from applications'
+    groups and from mirrors' ``mirror.NAME``)."""
+    return f"bridge.{bridge}"
+
+
 def _backoff(failures: int, retriable: bool) -> int:
     return min(100 << min(failures, 5), 2000) if retriable else 5000
 
@@ -87,7 +93,8 @@ class EgressBridge:
         self._turn = 0
         self._looked = False
         self._next_look = now_ms
-        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report,
+        self.group = group_name(config.name)
+        self._commits = Commits(gateway, self.group, config.start == "committed", commit_ms, now_ms, self._report,
                                 lag=config.socket == "push")
         self._now = now_ms
         self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
@@ -246,7 +253,7 @@ class EgressBridge:
                     f.start_at(offset)
                 else:  # nothing committed yet: latest (a late partition: earliest)
                     self._list_offset(f, EARLIEST_TIMESTAMP if f.late else LATEST_TIMESTAMP, self._now)
-        self._call(todo, lambda: self.gateway.committed(self.name, [f.tp for f in todo], now_ms), answered,
+        self._call(todo, lambda: self.gateway.committed(self.group, [f.tp for f in todo], now_ms), answered,
                    "reading the committed position")
 
     def _list_offset(self, f: Feed, timestamp: int, now_ms: int) -> None:

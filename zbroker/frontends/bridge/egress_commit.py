@@ -1,6 +1,6 @@
 """When and what an egress bridge commits (sans-IO).
 
-The bridge's group (named after the bridge) holds, per partition, the position before
+The bridge's group (``bridge.NAME``, :func:`~zbroker.frontends.bridge.egress.group_name`) holds, per partition, the position before
 which ZeroMQ released every record (:meth:`~zbroker.frontends.bridge.egress_feed.Feed.confirmed`):
 never past what was handed over.  :class:`Commits` commits the positions that moved every
 ``commit_ms`` and at close, one commit in flight at a time; a failed commit is tried again
