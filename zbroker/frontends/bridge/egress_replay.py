@@ -7,8 +7,11 @@ live data goes on.  The replay goes out on the one PUB socket, so every subscrib
 matching prefix receives it, not only the one that joined.
 
 Which records: the replay of a topic ends where its live data goes on (each partition's
-position, the next record the bridge will send), so a subscriber that joins sees no gap and
-no record twice between replay and live data.  Of each partition the last ``replay`` records
+position when the subscription was read, the next record the bridge will send), so a
+subscriber that joins sees no gap between replay and live data.  It may see a few records
+twice: libzmq adds the subscription to the XPUB's filter in its I/O thread before the bridge
+reads it, so live records sent in between reach it live and again in the replay.  The bridge
+cannot know that moment; ending the replay earlier could leave a gap, so it errs on duplicates.  Of each partition the last ``replay`` records
 before that position are read; of those, the ``replay`` newest by timestamp across the
 partitions are taken (:func:`newest`), each partition's share being its newest records, and
 they are published in timestamp order, each partition's records still in offset order.
