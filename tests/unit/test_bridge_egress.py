@@ -433,3 +433,39 @@ def test_newest_keeps_each_partitions_order():
     assert newest([p0, p1], 10) == ["p1a", "p1b", "p0a", "p0b"]
     assert newest([[], p1], 1) == ["p1b"]
     assert newest([], 3) == []
+
+
+def test_a_pull_peer_reconnecting_in_a_loop_rewinds_at_most_once_per_commit_interval():
+    """Disconnects within a commit interval of the last rewind are coalesced into one rewind at
+    its end, nothing is committed meanwhile, and the commit advances once the loop pauses."""
+    bridge, gw, sock = make(start="earliest")
+    now = T0
+    for i in range(300):  # 3 s of a peer disconnecting every 10 ms, records coming all along
+        gw.append("t", 0, [b"%d" % i])
+        bridge.on_peer_gone(now)
+        run(bridge, now, turns=2)
+        now += 10
+    st = bridge.status(now)
+    assert st["peer_disconnects"] == 300
+    assert 2 <= st["rewinds"] <= 3, st["rewinds"]  # one per second, not 300
+    assert all(v == {("t", 0): 0} for v in gw.commits)  # never past a disconnect's dropped records
+    assert len(set(sock.values())) == 300  # every record went out (some more than once)
+    assert len(sock.values()) < 2000  # not 300 rewinds' worth of repeats (~45,000)
+    for _ in range(3):  # the loop stops: two intervals later the commit has advanced
+        now += COMMIT_MS
+        run(bridge, now)
+    assert gw.commits[-1] == {("t", 0): 300}
+    assert bridge.next_deadline(now) > now  # and nothing spins while idle
+
+
+def test_a_pending_rewind_runs_at_close_before_the_final_commit():
+    bridge, gw, sock = make(start="earliest")
+    gw.append("t", 0, [b"a"])
+    bridge.on_peer_gone(T0)  # the first rewind runs at once (nothing to undo)
+    run(bridge, T0)
+    gw.append("t", 0, [b"b"])
+    run(bridge, T0 + 10)
+    bridge.on_peer_gone(T0 + 20)  # pending until T0 + COMMIT_MS
+    assert bridge.next_deadline(T0 + 20) == T0 + COMMIT_MS
+    bridge.close(T0 + 30)
+    assert gw.commits == [] or gw.commits[-1] == {("t", 0): 0}  # b may have been dropped: not committed

@@ -28,6 +28,8 @@ Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
                  as of one interval before, :mod:`~zbroker.frontends.bridge.egress_commit`).
                  A PULL peer that disconnects sends every partition back to its last commit
                  (:meth:`EgressBridge.on_peer_gone`): ZeroMQ dropped what it queued for it.
+                 At most one such rewind per ``commit_ms``: disconnects in between are
+                 coalesced into the next one, and commits wait for it.
 
 A fetch that finds its offset out of range (retention deleted the records, the topic was
 recreated) moves to the log start if the position is below it, else to the log end; the
@@ -102,7 +104,10 @@ class EgressBridge:
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.errors = 0
-        self.retries = self.rewinds = 0
+        self.retries = self.rewinds = self.peer_disconnects = 0
+        self._rewind_due: int | None = None  # a rewind is pending (disconnects coalesced): when it runs
+        self._coalesced = 0  # disconnects the pending rewind stands for
+        self._last_rewind: int | None = None
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
@@ -114,20 +119,25 @@ class EgressBridge:
         self._now = now_ms
         if now_ms >= self._next_look:
             self._look(now_ms)
+        if self._rewind_due is not None and now_ms >= self._rewind_due:
+            self._rewind(now_ms)
         self._resolve_starts(now_ms)
         self._replays.step(self.gateway, self._order, self._looked, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
-        if self._commits.due(now_ms, self._order):
+        if self._rewind_due is None and self._commits.due(now_ms, self._order):
             self._commits.commit(now_ms, self._order)
 
     def next_deadline(self, now_ms: int) -> int | None:
         """When :meth:`tick` has work next (absolute ms; ``now_ms`` or earlier: at once)."""
         if self.closed:
             return None
-        due = min(self._next_look, self._commits.next_at)
-        if self._commits.anchor_due(self._order):
-            return now_ms
+        if self._rewind_due is not None:  # commits wait for the rewind
+            due = min(self._next_look, self._rewind_due)
+        else:
+            due = min(self._next_look, self._commits.next_at)
+            if self._commits.anchor_due(self._order):
+                return now_ms
         for f in self._order:
             if not f.started and not f.resolving:
                 due = min(due, f.not_before)
@@ -147,6 +157,8 @@ class EgressBridge:
         if self.closed:
             return
         self._now = now_ms
+        if self._rewind_due is not None:  # a peer's dropped records must not be committed as sent
+            self._rewind(now_ms)
         self._commits.commit(now_ms, self._order, force=True)
         self.closed = True
         for f in self._order:
@@ -166,7 +178,7 @@ class EgressBridge:
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
-            "rewinds": self.rewinds, "blocked_ms": now_ms - min(since) if since else 0,
+            "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects, "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -197,16 +209,39 @@ class EgressBridge:
         """A PULL peer disconnected: ZeroMQ dropped what it had queued for it.  Every partition
         goes back to its last committed position (trailing what was released, see
         :mod:`~zbroker.frontends.bridge.egress_commit`) and sends from there again: the peers
-        get some records twice, none is lost."""
+        get some records twice, none is lost.
+
+        A peer reconnecting in a loop must not make the bridge send the same records again and
+        again: at most one rewind runs per ``commit_ms``; a disconnect within that time of the
+        last rewind is coalesced into one rewind at its end.  Until it runs, nothing is
+        committed (what ZeroMQ released since may include what it dropped), so the commit can
+        only go back to positions known released before the disconnects.  It advances again
+        once a commit interval passes with no disconnect: a peer reconnecting faster than that
+        keeps the commit where it is (sound, but each interval sends again from it), which the
+        WARNING (rate-limited) names."""
         if self.closed:
             return
         self._now = now_ms
+        self.peer_disconnects += 1
+        self._coalesced += 1
+        if self._rewind_due is None:
+            self._rewind_due = now_ms if self._last_rewind is None else max(now_ms, self._last_rewind + self.commit_ms)
+        if now_ms >= self._rewind_due:
+            self._rewind(now_ms)
+
+    def _rewind(self, now_ms: int) -> None:
+        coalesced, self._coalesced = self._coalesced, 0
+        frequent = coalesced > 1 or (self._last_rewind is not None and now_ms - self._last_rewind < 3 * self.commit_ms)
+        self._rewind_due = None
+        self._last_rewind = now_ms
         rewound = [(f, at) for f in self._order if not f.resolving for at in [f.rewind()] if at is not None]
         self._commits.forget(self._order)
         if rewound:
             self.rewinds += 1
-            log.info("bridge %s: a PULL peer disconnected (what ZeroMQ had queued for it is lost): sending again from %s",
-                     self.name, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
+            self._log.log(now_ms / 1000, "rewind", logging.WARNING if frequent else logging.INFO,
+                          "bridge %s: %d PULL peer disconnection(s) (what ZeroMQ had queued for them is lost; %d rewinds "
+                          "in all, at most one per %d ms): sending again from %s", self.name, coalesced, self.rewinds,
+                          self.commit_ms, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
 
     # -- partitions and where they start ----------------------------------------------------
 

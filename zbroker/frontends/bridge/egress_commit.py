@@ -67,10 +67,10 @@ class Commits:
             if not f.started:
                 continue
             position = now = f.confirmed()
-            if self.lag and not force and f.committed >= 0:
-                position = self._snapshot.get(f, f.committed)
+            if self.lag and not force and f in self._snapshot:  # (after a rewind: what was committed before it)
+                position = self._snapshot[f]
             self._snapshot[f] = now
-            if position != f.committed:
+            if position >= 0 and position != f.committed:
                 offsets[f] = position
         if not offsets:
             return
