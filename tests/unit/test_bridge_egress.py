@@ -469,3 +469,35 @@ def test_a_pending_rewind_runs_at_close_before_the_final_commit():
     assert bridge.next_deadline(T0 + 20) == T0 + COMMIT_MS
     bridge.close(T0 + 30)
     assert gw.commits == [] or gw.commits[-1] == {("t", 0): 0}  # b may have been dropped: not committed
+
+
+def test_a_subscriber_that_never_reads_makes_a_pub_bridge_give_up_nodrop_after_the_long_hold():
+    from zbroker.frontends.bridge.egress import DROP_MS, LONG_HOLD_MS, SHORT_HOLD_MS
+    gw = FakeGateway()
+    sock = Socket(blocked=True)  # the XPUB refuses: a subscriber at hwm
+    modes: list[bool] = []
+
+    def nodrop(on: bool) -> None:
+        modes.append(on)
+        sock.blocked = on  # without NODROP, ZeroMQ drops for the full subscriber and takes the message
+    bridge = EgressBridge(egress_config(socket="pub", start="earliest"), gw, sock, T0, nodrop=nodrop)
+    gw.append("t", 0, [b"a", b"b"])
+    now = T0
+    while now < T0 + LONG_HOLD_MS - 50:
+        run(bridge, now, turns=1)
+        now += 50
+    assert sock.sent == [] and modes == [] and bridge.status(now)["blocked_ms"] >= LONG_HOLD_MS - 100
+    run(bridge, T0 + LONG_HOLD_MS + 10, turns=2)
+    assert modes == [False] and sock.values() == [b"a", b"b"]
+    st = bridge.status(T0 + LONG_HOLD_MS + 10)
+    assert st["dropped_slow_subscriber"] == 1 and st["sent_while_dropping"] == 2
+    assert bridge.next_deadline(T0 + LONG_HOLD_MS + 10) <= T0 + LONG_HOLD_MS + 10 + DROP_MS
+    back = T0 + LONG_HOLD_MS + 10 + DROP_MS
+    run(bridge, back, turns=1)
+    assert modes == [False, True]  # NODROP again
+    gw.append("t", 0, [b"c"])
+    run(bridge, back, turns=2)
+    assert sock.values() == [b"a", b"b"]  # still refused: held again ...
+    run(bridge, back + SHORT_HOLD_MS + 10, turns=2)  # ... and given up sooner, the subscriber being known slow
+    assert modes == [False, True, False] and sock.values() == [b"a", b"b", b"c"]
+    assert bridge.status(back)["dropped_slow_subscriber"] == 2

@@ -65,6 +65,10 @@ MAX_IN_FLIGHT = 32
 EMPTY_BACKOFF_MS = 50  # after an answer without data (a gateway that does not long-poll must not spin)
 BURST = 4096  # records handed over per tick before other work gets a turn
 LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
+#: PUB: after LONG_HOLD_MS held, NODROP is given up for DROP_MS (ZeroMQ drops for the full
+#: subscriber only); after that NODROP is on again, and while a give-up is recent (RECENT_MS) a
+#: hold of SHORT_HOLD_MS is enough to give it up again (the subscriber is known not to read).
+DROP_MS, SHORT_HOLD_MS, RECENT_MS = 10_000, 1000, 60_000
 
 
 def group_name(bridge: str) -> str:
@@ -83,7 +87,8 @@ class EgressBridge:
     kind = "egress"
 
     def __init__(self, config, gateway, send: Callable[[list], object], now_ms: int, *, commit_ms: int = COMMIT_MS,
-                 max_wait_ms: int = MAX_WAIT_MS, fetch_bytes: int = FETCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_wait_ms: int = MAX_WAIT_MS, fetch_bytes: int = FETCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT,
+                 nodrop: Callable[[bool], None] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.gateway = gateway
@@ -101,6 +106,10 @@ class EgressBridge:
         self._now = now_ms
         self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
         self._hold_ms = HOLD_MS
+        self._nodrop = nodrop  # PUB: sets the XPUB's NODROP (False: ZeroMQ drops for a full subscriber)
+        self._dropping_until: int | None = None  # NODROP is given up until then
+        self._gave_up_at: int | None = None
+        self.dropped_slow_subscriber = self.sent_while_dropping = 0
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.errors = 0
@@ -125,6 +134,7 @@ class EgressBridge:
         self._replays.step(self.gateway, self._order, self._looked, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
+        self._slow_subscriber(now_ms)
         if self._rewind_due is None and self._commits.due(now_ms, self._order):
             self._commits.commit(now_ms, self._order)
 
@@ -141,6 +151,8 @@ class EgressBridge:
         for f in self._order:
             if not f.started and not f.resolving:
                 due = min(due, f.not_before)
+        if self._dropping_until is not None:
+            due = min(due, self._dropping_until)
         replay_due = self._replays.deadline(now_ms, due, self._order, self._looked)
         if replay_due is not None:  # live data waits for the replay
             return min(due, replay_due)
@@ -178,7 +190,8 @@ class EgressBridge:
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
-            "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects, "blocked_ms": now_ms - min(since) if since else 0,
+            "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
+            "dropped_slow_subscriber": self.dropped_slow_subscriber, "sent_while_dropping": self.sent_while_dropping, "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -440,6 +453,8 @@ class EgressBridge:
                 f.handed(after, handle)
                 f.held_since = None
                 self.sent += 1
+                if self._dropping_until is not None:
+                    self.sent_while_dropping += 1
                 self.bytes += len(frames[1]) + len(frames[2])
                 budget -= 1
             if not budget:
@@ -456,3 +471,38 @@ class EgressBridge:
                       self.config.socket, "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
                       else "a subscriber of the topic does not read: hwm messages unread", f.topic, f.partition,
                       f.sent_to, now_ms - f.held_since)
+
+    def _slow_subscriber(self, now_ms: int) -> None:
+        """PUB: a subscriber that stays connected but does not read would hold the bridge for
+        good (XPUB_NODROP; libzmq answers its heartbeats).  Held that long, NODROP is given up
+        for :data:`DROP_MS`: ZeroMQ then drops for the full subscriber only, the others get
+        live data again.  Then NODROP is on again (a hold of :data:`SHORT_HOLD_MS` gives it up
+        again while the last give-up is recent)."""
+        if self._nodrop is None:
+            return
+        if self._dropping_until is not None:
+            if now_ms >= self._dropping_until:
+                self._dropping_until = None
+                self._nodrop(True)
+            return
+        since = [f.held_since for f in self._order if f.held_since is not None]
+        if self._replays.held_since is not None:
+            since.append(self._replays.held_since)
+        if not since:
+            return
+        recent = self._gave_up_at is not None and now_ms - self._gave_up_at < RECENT_MS
+        held = now_ms - min(since)
+        if held < (SHORT_HOLD_MS if recent else LONG_HOLD_MS):
+            return
+        self._nodrop(False)
+        self._dropping_until = now_ms + DROP_MS
+        self._gave_up_at = now_ms
+        self.dropped_slow_subscriber += 1
+        for f in self._order:
+            if f.held_since is not None:
+                f.held_since, f.not_before = None, now_ms
+        self._replays.unhold(now_ms)
+        self._log.log(now_ms / 1000, "slow_subscriber", logging.WARNING,
+                      "bridge %s: a subscriber has not read for %d ms (its queue is at hwm): NODROP given up for %d ms, "
+                      "ZeroMQ drops what that subscriber cannot take (%d times so far); the others get live data",
+                      self.name, held, DROP_MS, self.dropped_slow_subscriber)

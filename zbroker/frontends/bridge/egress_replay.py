@@ -82,6 +82,7 @@ class Replays:
         self.round: ReplayRound | None = None
         self.out: deque[list] = deque()
         self.held_until = 0
+        self.held_since: int | None = None  # when the socket first refused the next record
         self._hold_ms = HOLD_MS
         self.count = self.records = 0
 
@@ -138,12 +139,20 @@ class Replays:
         out = self.out
         while out:
             if self._send(out[0]) is None:
+                if self.held_since is None:
+                    self.held_since = now_ms
                 self.held_until = now_ms + self._hold_ms
                 self._hold_ms = min(MAX_HOLD_MS, self._hold_ms * 2)
                 return
             self.records += 1
+            self.held_since = None
             out.popleft()
         self._hold_ms = HOLD_MS
+
+    def unhold(self, now_ms: int) -> None:
+        """Offer the held record again at once (the socket stopped refusing)."""
+        self.held_since = None
+        self.held_until = now_ms
 
     def abandon(self) -> None:
         if self.round is not None:
