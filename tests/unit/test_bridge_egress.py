@@ -501,3 +501,44 @@ def test_a_subscriber_that_never_reads_makes_a_pub_bridge_give_up_nodrop_after_t
     run(bridge, back + SHORT_HOLD_MS + 10, turns=2)  # ... and given up sooner, the subscriber being known slow
     assert modes == [False, True, False] and sock.values() == [b"a", b"b", b"c"]
     assert bridge.status(back)["dropped_slow_subscriber"] == 2
+
+
+def test_a_subscription_flood_is_coalesced_and_live_data_goes_on():
+    """XPUB_VERBOSE reports every subscribe, also "" repeated in a loop: a topic is replayed at
+    most once per MIN_INTERVAL_MS, and live data is not paused between replays."""
+    from zbroker.frontends.bridge.egress_replay import MIN_INTERVAL_MS
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=2)
+    gw.append("t", 0, [b"old1", b"old2"])
+    run(bridge, T0)
+    sock.sent.clear()
+    now = T0
+    live = []
+    for i in range(300):  # 3 s: a subscription every 10 ms, a live record every 10 ms
+        bridge.on_subscribe(b"", now)
+        gw.append("t", 0, [b"live%d" % i])
+        live.append(b"live%d" % i)
+        assert bridge.next_deadline(now) <= now + MIN_INTERVAL_MS
+        run(bridge, now, turns=2)
+        now += 10
+    run(bridge, now)
+    got = sock.values()
+    assert [v for v in got if v.startswith(b"live")][-1] == b"live299"
+    assert got[:2] == [b"old1", b"old2"]  # the first replay, at once
+    st = bridge.status(now)
+    assert 2 <= st["replays"] <= 4, st["replays"]  # once a second, not 300 times
+    assert st["replays_coalesced"] >= 290 and st["subscriptions"] == 300
+    sent_live = set(v for v in got if v.startswith(b"live"))
+    assert sent_live == set(live)  # every live record went out (some again, in replays)
+    assert bridge.next_deadline(now) > now  # nothing spins once the flood is over
+
+
+def test_a_deferred_replay_comes_at_the_end_of_the_interval():
+    from zbroker.frontends.bridge.egress_replay import MIN_INTERVAL_MS
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=1)
+    gw.append("t", 0, [b"a"])
+    run(bridge, T0)
+    assert subscribe(bridge, sock, b"t", T0) == [b"a"]
+    assert subscribe(bridge, sock, b"t", T0 + 10) == []  # replayed 10 ms ago: deferred
+    assert bridge.next_deadline(T0 + 10) == T0 + MIN_INTERVAL_MS
+    run(bridge, T0 + MIN_INTERVAL_MS)
+    assert sock.values() == [b"a"]

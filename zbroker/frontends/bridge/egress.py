@@ -153,6 +153,9 @@ class EgressBridge:
                 due = min(due, f.not_before)
         if self._dropping_until is not None:
             due = min(due, self._dropping_until)
+        deferred = self._replays.next_deferred()
+        if deferred is not None:
+            due = min(due, deferred)
         replay_due = self._replays.deadline(now_ms, due, self._order, self._looked)
         if replay_due is not None:  # live data waits for the replay
             return min(due, replay_due)
@@ -189,6 +192,7 @@ class EgressBridge:
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
             "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
+            "replays_coalesced": self._replays.coalesced,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
             "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
             "dropped_slow_subscriber": self.dropped_slow_subscriber, "sent_while_dropping": self.sent_while_dropping, "blocked_ms": now_ms - min(since) if since else 0,
@@ -212,9 +216,11 @@ class EgressBridge:
         """A subscriber subscribed to ``prefix``: replay the topics it matches (``replay`` > 0)."""
         self.subscriptions += 1
         matched = [] if self.closed else self._replays.want(prefix, now_ms)
-        if matched:
-            log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
-                     self.config.replay, ", ".join(matched))
+        if matched:  # (a flood of subscriptions is coalesced, and its log lines rate-limited)
+            self._log.log(now_ms / 1000, "subscription", logging.INFO,
+                          "bridge %s: a subscription to %r: replaying the last %d records of %s (%d subscriptions so far, "
+                          "%d served by a replay already due)", self.name, prefix[:64], self.config.replay,
+                          ", ".join(matched), self.subscriptions, self._replays.coalesced)
 
     # -- PULL peers (PUSH: the socket reports disconnections) ------------------------------
 

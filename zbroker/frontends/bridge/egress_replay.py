@@ -35,6 +35,9 @@ from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 log = logging.getLogger(__name__)
 
 START_WAIT_MS = 5000  # the longest a replay waits for the positions of its topics' partitions
+#: a topic is replayed at most once per this long: a subscription flood (XPUB_VERBOSE reports
+#: every subscribe, also a repeated one) cannot keep live data paused
+MIN_INTERVAL_MS = 1000
 
 #: (timestamp, offset, frames) of one record read for a replay
 Entry = tuple[int, int, list]
@@ -69,7 +72,14 @@ class Replays:
     broker's start, subscribers reconnect before the bridge knows where it is), or after
     :data:`START_WAIT_MS`, with the partitions known by then.  While :attr:`active` (from
     the subscription until the replay is published) the bridge's live sending waits: a
-    replay goes first.  ``send`` is
+    replay goes first.
+
+    Coalescing (subscription floods): a subscription to a topic already wanted, or in the
+    round being read (nothing of it published yet, so the new subscriber gets all of it),
+    needs no replay of its own.  A topic whose last round started less than
+    :data:`MIN_INTERVAL_MS` ago is *deferred* to then: one round serves every subscription
+    in between, and live data is not paused while a topic waits (the new subscriber may then
+    get some live records before its replay, and again in it).  ``send`` is
     the socket's (None: would block; the record is offered again, backing off 2 to 50 ms);
     ``report(text, retriable, kind)`` counts and logs a failed read."""
 
@@ -79,6 +89,9 @@ class Replays:
         self._send, self._report = send, report
         self.wanted: set[str] = set()
         self.wanted_since = 0
+        self.deferred: dict[str, int] = {}  # topic -> when it may be replayed again
+        self.last: dict[str, int] = {}  # topic -> when its last round started
+        self.coalesced = 0  # subscriptions served by a replay already wanted, read, or deferred
         self.round: ReplayRound | None = None
         self.out: deque[list] = deque()
         self.held_until = 0
@@ -91,14 +104,39 @@ class Replays:
         return self.round is not None or bool(self.out) or bool(self.wanted)
 
     def want(self, prefix: bytes, now_ms: int) -> list[str]:
-        """A subscription to ``prefix``: the topics it matches are replayed next (returned)."""
+        """A subscription to ``prefix``: the topics it matches that get a replay of their own
+        (returned; the others are coalesced, see the class docstring)."""
         if self.n <= 0:
             return []
-        matched = [t for t, frame in self.topic_frames.items() if frame.startswith(prefix)]
-        if matched and not self.wanted:
+        reading = self.round.reads if self.round is not None else {}
+        fresh = []
+        for t, frame in self.topic_frames.items():
+            if not frame.startswith(prefix):
+                continue
+            if t in self.wanted or t in self.deferred or t in reading:
+                self.coalesced += 1
+            elif now_ms < self.last.get(t, now_ms - MIN_INTERVAL_MS) + MIN_INTERVAL_MS:
+                self.deferred[t] = self.last[t] + MIN_INTERVAL_MS
+                self.coalesced += 1
+            else:
+                fresh.append(t)
+        self._add(fresh, now_ms)
+        return fresh
+
+    def _add(self, topics: list[str], now_ms: int) -> None:
+        if topics and not self.wanted:
             self.wanted_since = now_ms
-        self.wanted.update(matched)
-        return matched
+        self.wanted.update(topics)
+
+    def next_deferred(self) -> int | None:
+        """When a deferred topic may be replayed (live data goes on meanwhile), None: none."""
+        return min(self.deferred.values()) if self.deferred else None
+
+    def _undefer(self, now_ms: int) -> None:
+        due = [t for t, at in self.deferred.items() if now_ms >= at]
+        for t in due:
+            del self.deferred[t]
+        self._add(due, now_ms)
 
     def _may_start(self, feeds: list[Feed], looked: bool, now_ms: int) -> bool:
         return (self.round is None and not self.out and bool(self.wanted)
@@ -118,12 +156,15 @@ class Replays:
     def step(self, gateway, feeds: list[Feed], looked: bool, now_ms: int) -> None:
         """Start a round for the topics wanted (each ends at its partitions' positions), go on
         reading it, and publish it once read."""
+        if self.deferred:
+            self._undefer(now_ms)
         if self._may_start(feeds, looked, now_ms):
             ends: dict[str, dict[int, int]] = {}
             for f in feeds:
                 if f.topic in self.wanted and f.started:
                     ends.setdefault(f.topic, {})[f.partition] = f.sent_to
             self.wanted = set()
+            self.last.update((t, now_ms) for t in ends)
             self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed)
         if self.round is not None:
             self.round.step(gateway, now_ms)
