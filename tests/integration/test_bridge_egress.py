@@ -315,3 +315,61 @@ def test_a_pull_app_that_dies_mid_stream_loses_nothing_its_successor_does_not_ge
     got = first.values() + second.values()
     assert set(got) == set(values)
     assert second.values() == values[int(second.values()[0]):]  # from where it went back to, in order
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_subscription_flood_does_not_starve_live_data_nor_grow_the_broker(made, tmp_path):
+    """A client subscribing and unsubscribing in a tight loop ("" and ever new prefixes) while a
+    normal SUB reads: replays are coalesced, the SUB gets every live record, the broker's RSS
+    stays bounded."""
+    import threading
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "out", "socket": "pub", "endpoint": endpoint, "topics": ["t"], "replay": 5}])
+    create_topic(c, "t")
+    produce(c, "t", [b"old%d" % i for i in range(5)])
+    sub = app(made, tmp_path, "sub", "SUB", endpoint, subscribe=["t"])
+    subscribed(c, "out", 1)
+    sub.wait_values(5)
+    pid = c.brokers[1].proc.pid
+    before = _rss_kib(pid)
+    stop = threading.Event()
+    flooded = [0]
+
+    def flood() -> None:  # a hostile client: only zmq
+        ctx = zmq.Context()
+        xsub = ctx.socket(zmq.XSUB)
+        xsub.setsockopt(zmq.LINGER, 0)
+        xsub.connect(endpoint)
+        try:
+            i = 0
+            while not stop.is_set():
+                prefix = b"" if i % 2 else b"t%d" % i
+                xsub.send(b"\x01" + prefix)
+                xsub.send(b"\x00" + prefix)
+                while xsub.poll(0):  # what the replays send it: read and drop
+                    xsub.recv_multipart()
+                i += 1
+            flooded[0] = i
+        finally:
+            xsub.close()
+            ctx.term()
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        live = [b"live%d" % i for i in range(300)]
+        for k in range(0, 300, 30):  # live data for about 5 s during the flood
+            produce(c, "t", live[k:k + 30])
+            wait_until(lambda: set(live[:k + 30]) <= set(sub.values()), timeout=20, what="live data during the flood")
+            during = status(c)["out"]
+    finally:
+        stop.set()
+        flooder.join(10)
+    assert flooded[0] > 1000, flooded[0]
+    assert during["subscriptions"] > 1000 and during["replays"] < 30, during  # about one a second, not one a subscribe
+    grown = _rss_kib(pid) - before
+    assert grown < 64 * 1024, f"the broker grew by {grown} KiB under the flood"
