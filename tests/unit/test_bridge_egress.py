@@ -542,3 +542,29 @@ def test_a_deferred_replay_comes_at_the_end_of_the_interval():
     assert bridge.next_deadline(T0 + 10) == T0 + MIN_INTERVAL_MS
     run(bridge, T0 + MIN_INTERVAL_MS)
     assert sock.values() == [b"a"]
+
+
+def test_one_byte_budget_per_bridge_bounds_what_its_partitions_hold_decoded():
+    gw = FakeGateway({"t": 4})
+    for p in range(4):
+        gw.append("t", p, [b"%d-%d-" % (p, i) + b"x" * 300 for i in range(10)])
+    bridge, gw, sock = make(gw, start="earliest")
+    bridge.max_bytes = 1000
+    sock.blocked = True  # nothing goes out: what was fetched stays held
+    run(bridge, T0)
+    st = bridge.status(T0)
+    assert 1000 <= st["held_bytes"] <= 10 * 305  # one partition's answer decoded; the others wait undecoded
+    assert sum(f.raw is not None for f in bridge.feeds.values()) <= 3
+    sock.blocked = False
+    for i in range(40):
+        run(bridge, T0 + 100 * (i + 1))
+    assert len(sock.values()) == 40 and bridge.status(T0)["held_bytes"] == 0
+
+
+def test_a_replay_keeps_within_the_byte_budget_its_newest_records():
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=10)
+    bridge._replays.max_bytes = 1000
+    gw.append("t", 0, [b"%d" % i + b"x" * 299 for i in range(10)])
+    run(bridge, T0)
+    assert [v[:1] for v in subscribe(bridge, sock, b"t")] == [b"7", b"8", b"9"]  # 3 x 300 bytes fit in 1000
+    assert bridge.status(T0)["held_bytes"] == 0

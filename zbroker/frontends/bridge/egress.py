@@ -51,7 +51,7 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_commit import Commits
-from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed, guarded
+from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 from .egress_replay import Replays
 from .gateway import retriable
 
@@ -104,7 +104,8 @@ class EgressBridge:
         self._commits = Commits(gateway, self.group, config.start == "committed", commit_ms, now_ms, self._report,
                                 lag=config.socket == "push")
         self._now = now_ms
-        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
+        self.max_bytes = BRIDGE_BYTES
+        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report, self.max_bytes)
         self._hold_ms = HOLD_MS
         self._nodrop = nodrop  # PUB: sets the XPUB's NODROP (False: ZeroMQ drops for a full subscriber)
         self._dropping_until: int | None = None  # NODROP is given up until then
@@ -160,10 +161,13 @@ class EgressBridge:
         if replay_due is not None:  # live data waits for the replay
             return min(due, replay_due)
         in_flight = sum(1 for f in self._order if f.fetching is not None)
+        room = self._room()
         for f in self._order:
             if f.pending:
                 due = min(due, f.not_before)
-            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._commits.anchored(f):
+            elif f.raw is not None and room:
+                return now_ms
+            elif in_flight < self.max_in_flight and room and f.wants_fetch(f.not_before) and self._commits.anchored(f):
                 due = min(due, f.not_before)
         return due
 
@@ -191,7 +195,7 @@ class EgressBridge:
             "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
-            "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
+            "held": held + len(self._replays.out), "held_bytes": self.held_bytes(), "subscriptions": self.subscriptions, "replays": self._replays.count,
             "replays_coalesced": self._replays.coalesced,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
             "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
@@ -362,6 +366,15 @@ class EgressBridge:
     def _fetch(self, now_ms: int) -> None:
         if self._replays.active:
             return  # a replay goes first
+        held = self.held_bytes()
+        for f in self._rotated():  # answers that waited for room in the byte budget
+            if f.raw is not None and held < self.max_bytes:
+                data, f.raw = f.raw, None
+                held -= f.pending_bytes
+                self._decode(f, data)
+                held += f.pending_bytes
+        if held >= self.max_bytes:
+            return
         in_flight = sum(1 for f in self._order if f.fetching is not None)
         for f in self._rotated():
             if in_flight >= self.max_in_flight:
@@ -395,8 +408,21 @@ class EgressBridge:
         if damaged and not fetched.data and damaged[1] > f.fetch_at:
             self._skip(f, damaged[1], "damaged on disk")
             return
+        if self._room():
+            self._decode(f, fetched.data)
+        else:  # decoded once the bridge has sent some of what it holds
+            f.raw = fetched.data
+
+    def held_bytes(self) -> int:
+        """Payload bytes held decoded: every partition's pending records and the replay's."""
+        return sum(f.pending_bytes for f in self._order) + self._replays.bytes
+
+    def _room(self) -> bool:
+        return self.held_bytes() < self.max_bytes
+
+    def _decode(self, f: Feed, data: bytes) -> None:
         before = f.fetch_at
-        error = f.take(fetched.data, self.topic_frames[f.topic])
+        error = f.take(data, self.topic_frames[f.topic])
         if error is not None:
             self._report(f"{f.topic}-{f.partition}: skipped a batch that cannot be read: {error}", False, "corrupt",
                          logging.ERROR)
@@ -456,6 +482,7 @@ class EgressBridge:
                     held = True
                     break
                 pending.popleft()
+                f.pending_bytes -= len(frames[1]) + len(frames[2])
                 f.handed(after, handle)
                 f.held_since = None
                 self.sent += 1

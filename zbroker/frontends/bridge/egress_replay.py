@@ -84,8 +84,9 @@ class Replays:
     ``report(text, retriable, kind)`` counts and logs a failed read."""
 
     def __init__(self, n: int, topic_frames: dict[str, bytes], fetch_bytes: int, send: Callable[[list], object],
-                 report: Callable[[str, bool, str], None]) -> None:
-        self.n, self.topic_frames, self.fetch_bytes = n, topic_frames, fetch_bytes
+                 report: Callable[[str, bool, str], None], max_bytes: int = 64 << 20) -> None:
+        self.n, self.topic_frames, self.fetch_bytes, self.max_bytes = n, topic_frames, fetch_bytes, max_bytes
+        self.out_bytes = 0  # payload bytes in ``out``
         self._send, self._report = send, report
         self.wanted: set[str] = set()
         self.wanted_since = 0
@@ -98,6 +99,11 @@ class Replays:
         self.held_since: int | None = None  # when the socket first refused the next record
         self._hold_ms = HOLD_MS
         self.count = self.records = 0
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes held: the round being read and what waits to be published."""
+        return self.out_bytes + (self.round.bytes if self.round is not None else 0)
 
     @property
     def active(self) -> bool:
@@ -165,11 +171,13 @@ class Replays:
                     ends.setdefault(f.topic, {})[f.partition] = f.sent_to
             self.wanted = set()
             self.last.update((t, now_ms) for t in ends)
-            self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed)
+            self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed, self.max_bytes)
         if self.round is not None:
             self.round.step(gateway, now_ms)
             if self.round.done:
-                self.out.extend(self.round.frames())
+                frames = self.round.frames()
+                self.out.extend(frames)
+                self.out_bytes += sum(len(f[1]) + len(f[2]) for f in frames)
                 self.round = None
                 self.count += 1
         self.flush(now_ms)
@@ -187,7 +195,8 @@ class Replays:
                 return
             self.records += 1
             self.held_since = None
-            out.popleft()
+            frames = out.popleft()
+            self.out_bytes -= len(frames[1]) + len(frames[2])
         self._hold_ms = HOLD_MS
 
     def unhold(self, now_ms: int) -> None:
@@ -208,7 +217,8 @@ class _Read:
 
     def __init__(self, topic: str, partition: int, at: int, stop: int, keep: int) -> None:
         self.topic, self.partition, self.at, self.stop = topic, partition, at, stop
-        self.records: deque[Entry] = deque(maxlen=keep)
+        self.records: deque[Entry] = deque()
+        self.keep = keep
         self.busy = False
         self.done = at >= stop
         self.reset = False  # moved to the log start once already (retention took the records before)
@@ -218,11 +228,15 @@ class ReplayRound:
     """Reads the replay of some topics through the gateway; :attr:`done` once every read ended.
 
     ``ends``: topic -> {partition: the position where its live data goes on}; ``on_error``
-    is told of each failed read (that partition's share is then what was read before)."""
+    is told of each failed read (that partition's share is then what was read before).
+    It holds at most ``max_bytes`` of payload (plus one decoded fetch): past that, the
+    oldest records of the partition being read are let go, so fewer than N may be replayed."""
 
     def __init__(self, ends: dict[str, dict[int, int]], n: int, topic_frames: dict[str, bytes], fetch_bytes: int,
-                 on_error: Callable[[str, int, RequestError], None]) -> None:
+                 on_error: Callable[[str, int, RequestError], None], max_bytes: int = 64 << 20) -> None:
         self.n = n
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.topic_frames = topic_frames
         self.fetch_bytes = fetch_bytes
         self.on_error = on_error
@@ -281,10 +295,16 @@ class ReplayRound:
         data = fetched.data
         decoded = decode_some_batches(data, r.topic, r.partition, r.at, True, tuple, DECODE_BUDGET)
         frame = self.topic_frames[r.topic]
+        records = r.records
         for rec in decoded.records:
             if rec[2] >= r.stop:
                 break
-            r.records.append((rec[3], rec[2], [frame, rec[4] or b"", rec[5] or b""]))
+            key, value = rec[4] or b"", rec[5] or b""
+            records.append((rec[3], rec[2], [frame, key, value]))
+            self.bytes += len(key) + len(value)
+            while records and (len(records) > r.keep or self.bytes > self.max_bytes):  # the oldest go
+                old = records.popleft()[2]
+                self.bytes -= len(old[1]) + len(old[2])
         next_offset, _ = walk(memoryview(data)[:decoded.end])
         r.busy = False
         if decoded.error is not None or next_offset <= r.at or next_offset >= r.stop:
