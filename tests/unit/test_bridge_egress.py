@@ -472,7 +472,8 @@ def test_a_pending_rewind_runs_at_close_before_the_final_commit():
 
 
 def test_a_subscriber_that_never_reads_makes_a_pub_bridge_give_up_nodrop_after_the_long_hold():
-    from zbroker.frontends.bridge.egress import DROP_MS, LONG_HOLD_MS, SHORT_HOLD_MS
+    from zbroker.frontends.bridge.egress import LONG_HOLD_MS
+    from zbroker.frontends.bridge.egress_slow import DROP_MS, SHORT_HOLD_MS
     gw = FakeGateway()
     sock = Socket(blocked=True)  # the XPUB refuses: a subscriber at hwm
     modes: list[bool] = []

@@ -53,6 +53,7 @@ from zbroker.ratelimit import RateLimitedLog
 from .egress_commit import Commits
 from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 from .egress_replay import Replays
+from .egress_slow import SlowSubscribers
 from .gateway import retriable
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,6 @@ MAX_IN_FLIGHT = 32
 EMPTY_BACKOFF_MS = 50  # after an answer without data (a gateway that does not long-poll must not spin)
 BURST = 4096  # records handed over per tick before other work gets a turn
 LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
-#: PUB: after LONG_HOLD_MS held, NODROP is given up for DROP_MS (ZeroMQ drops for the full
-#: subscriber only); after that NODROP is on again, and while a give-up is recent (RECENT_MS) a
-#: hold of SHORT_HOLD_MS is enough to give it up again (the subscriber is known not to read).
-DROP_MS, SHORT_HOLD_MS, RECENT_MS = 10_000, 1000, 60_000
 
 
 def group_name(bridge: str) -> str:
@@ -107,10 +104,7 @@ class EgressBridge:
         self.max_bytes = BRIDGE_BYTES
         self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report, self.max_bytes)
         self._hold_ms = HOLD_MS
-        self._nodrop = nodrop  # PUB: sets the XPUB's NODROP (False: ZeroMQ drops for a full subscriber)
-        self._dropping_until: int | None = None  # NODROP is given up until then
-        self._gave_up_at: int | None = None
-        self.dropped_slow_subscriber = self.sent_while_dropping = 0
+        self._slow = SlowSubscribers(nodrop, LONG_HOLD_MS, self._give_up_log)  # PUB: NODROP given up for a while
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.errors = 0
@@ -135,7 +129,7 @@ class EgressBridge:
         self._replays.step(self.gateway, self._order, self._looked, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
-        self._slow_subscriber(now_ms)
+        self._slow.check(now_ms, self._order, self._replays)
         if self._rewind_due is None and self._commits.due(now_ms, self._order):
             self._commits.commit(now_ms, self._order)
 
@@ -152,8 +146,8 @@ class EgressBridge:
         for f in self._order:
             if not f.started and not f.resolving:
                 due = min(due, f.not_before)
-        if self._dropping_until is not None:
-            due = min(due, self._dropping_until)
+        if self._slow.until is not None:
+            due = min(due, self._slow.until)
         deferred = self._replays.next_deferred()
         if deferred is not None:
             due = min(due, deferred)
@@ -199,7 +193,7 @@ class EgressBridge:
             "replays_coalesced": self._replays.coalesced,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
             "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
-            "dropped_slow_subscriber": self.dropped_slow_subscriber, "sent_while_dropping": self.sent_while_dropping, "blocked_ms": now_ms - min(since) if since else 0,
+            "dropped_slow_subscriber": self._slow.count, "sent_while_dropping": self._slow.sent, "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -236,12 +230,12 @@ class EgressBridge:
 
         A peer reconnecting in a loop must not make the bridge send the same records again and
         again: at most one rewind runs per ``commit_ms``; a disconnect within that time of the
-        last rewind is coalesced into one rewind at its end.  Until it runs, nothing is
-        committed (what ZeroMQ released since may include what it dropped), so the commit can
-        only go back to positions known released before the disconnects.  It advances again
-        once a commit interval passes with no disconnect: a peer reconnecting faster than that
-        keeps the commit where it is (sound, but each interval sends again from it), which the
-        WARNING (rate-limited) names."""
+        last rewind is coalesced into one rewind at its end.  Until it runs nothing is committed
+        (what ZeroMQ released since may include what it dropped), so the rewind goes back to a
+        commit made before the disconnects.  The commit advances again once about two commit
+        intervals pass without a disconnect (one to take a snapshot, one to commit it): a peer
+        reconnecting faster than that keeps the commit where it is (sound, but each interval
+        sends again from it), which the WARNING (rate-limited) names."""
         if self.closed:
             return
         self._now = now_ms
@@ -486,8 +480,8 @@ class EgressBridge:
                 f.handed(after, handle)
                 f.held_since = None
                 self.sent += 1
-                if self._dropping_until is not None:
-                    self.sent_while_dropping += 1
+                if self._slow.until is not None:
+                    self._slow.sent += 1
                 self.bytes += len(frames[1]) + len(frames[2])
                 budget -= 1
             if not budget:
@@ -505,37 +499,8 @@ class EgressBridge:
                       else "a subscriber of the topic does not read: hwm messages unread", f.topic, f.partition,
                       f.sent_to, now_ms - f.held_since)
 
-    def _slow_subscriber(self, now_ms: int) -> None:
-        """PUB: a subscriber that stays connected but does not read would hold the bridge for
-        good (XPUB_NODROP; libzmq answers its heartbeats).  Held that long, NODROP is given up
-        for :data:`DROP_MS`: ZeroMQ then drops for the full subscriber only, the others get
-        live data again.  Then NODROP is on again (a hold of :data:`SHORT_HOLD_MS` gives it up
-        again while the last give-up is recent)."""
-        if self._nodrop is None:
-            return
-        if self._dropping_until is not None:
-            if now_ms >= self._dropping_until:
-                self._dropping_until = None
-                self._nodrop(True)
-            return
-        since = [f.held_since for f in self._order if f.held_since is not None]
-        if self._replays.held_since is not None:
-            since.append(self._replays.held_since)
-        if not since:
-            return
-        recent = self._gave_up_at is not None and now_ms - self._gave_up_at < RECENT_MS
-        held = now_ms - min(since)
-        if held < (SHORT_HOLD_MS if recent else LONG_HOLD_MS):
-            return
-        self._nodrop(False)
-        self._dropping_until = now_ms + DROP_MS
-        self._gave_up_at = now_ms
-        self.dropped_slow_subscriber += 1
-        for f in self._order:
-            if f.held_since is not None:
-                f.held_since, f.not_before = None, now_ms
-        self._replays.unhold(now_ms)
+    def _give_up_log(self, now_ms: int, held_ms: int, drop_ms: int, count: int) -> None:
         self._log.log(now_ms / 1000, "slow_subscriber", logging.WARNING,
                       "bridge %s: a subscriber has not read for %d ms (its queue is at hwm): NODROP given up for %d ms, "
                       "ZeroMQ drops what that subscriber cannot take (%d times so far); the others get live data",
-                      self.name, held, DROP_MS, self.dropped_slow_subscriber)
+                      self.name, held_ms, drop_ms, count)
