@@ -373,3 +373,34 @@ def test_a_subscription_flood_does_not_starve_live_data_nor_grow_the_broker(made
     assert during["subscriptions"] > 1000 and during["replays"] < 30, during  # about one a second, not one a subscribe
     grown = _rss_kib(pid) - before
     assert grown < 64 * 1024, f"the broker grew by {grown} KiB under the flood"
+
+
+def test_a_subscriber_that_never_reads_does_not_hold_a_pub_bridge_for_good(made, tmp_path):
+    """A connected subscriber that never reads fills its connection and holds the bridge
+    (XPUB_NODROP); a second subscriber that reads gets live data again soon after: the broker's
+    ZMTP heartbeat cuts the first off (its libzmq stops reading its connection, PINGs included,
+    once its queue is full), or, for a peer without heartbeats, the bridge gives NODROP up after
+    10 s (that mechanism: tests/unit and tests/integration/test_bridge_out_socket.py)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "out", "socket": "pub", "endpoint": endpoint, "topics": ["t"], "hwm": 5}])
+    create_topic(c, "t")
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.SUB)  # connected, never read
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.RCVHWM, 5)
+    stuck.setsockopt(zmq.RCVBUF, 4096)  # a small kernel buffer: its connection fills soon
+    stuck.setsockopt(zmq.SUBSCRIBE, b"t")
+    stuck.connect(endpoint)
+    try:
+        reader = app(made, tmp_path, "reader", "SUB", endpoint, subscribe=["t"])
+        subscribed(c, "out", 2)
+        produce(c, "t", [b"%04d" % i + b"x" * 32768 for i in range(400)])  # more than the stuck one's buffers take
+        wait_status(c, "out", lambda s: s["state"] == "blocked", "the stuck subscriber to hold the bridge")
+        live = [b"live%d" % i for i in range(20)]
+        produce(c, "t", live)
+        wait_until(lambda: set(live) <= set(reader.values()), timeout=40, what="live data at the reading subscriber")
+        s = wait_status(c, "out", lambda s: s["lag"] == 0 and s["state"] == "running", "the bridge to go on")
+        assert s["errors"] == 0
+    finally:
+        stuck.close()
+        ctx.term()
