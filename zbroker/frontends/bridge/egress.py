@@ -189,11 +189,12 @@ class EgressBridge:
             "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
-            "held": held + len(self._replays.out), "held_bytes": self.held_bytes(), "subscriptions": self.subscriptions, "replays": self._replays.count,
-            "replays_coalesced": self._replays.coalesced,
+            "held": held + len(self._replays.out), "held_bytes": self.held_bytes(), "subscriptions": self.subscriptions,
+            "replays": self._replays.count, "replays_coalesced": self._replays.coalesced,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
             "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
-            "dropped_slow_subscriber": self._slow.count, "sent_while_dropping": self._slow.sent, "blocked_ms": now_ms - min(since) if since else 0,
+            "dropped_slow_subscriber": self._slow.count, "sent_while_dropping": self._slow.sent,
+            "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 

@@ -11,8 +11,8 @@ position when the subscription was read, the next record the bridge will send), 
 subscriber that joins sees no gap between replay and live data.  It may see a few records
 twice: libzmq adds the subscription to the XPUB's filter in its I/O thread before the bridge
 reads it, so live records sent in between reach it live and again in the replay.  The bridge
-cannot know that moment; ending the replay earlier could leave a gap, so it errs on duplicates.  Of each partition the last ``replay`` records
-before that position are read; of those, the ``replay`` newest by timestamp across the
+cannot know that moment; ending the replay earlier could leave a gap, so it errs on duplicates.
+Of each partition the last ``replay`` records before that position are read; of those, the ``replay`` newest by timestamp across the
 partitions are taken (:func:`newest`), each partition's share being its newest records, and
 they are published in timestamp order, each partition's records still in offset order.
 A topic of one partition replays exactly its last N records.
