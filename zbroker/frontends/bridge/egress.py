@@ -16,13 +16,15 @@ off to 50 ms): nothing is dropped, and the partition goes no further meanwhile.
 Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
 
     start    --  latest | earliest (list_offset), or committed (the group ``bridge.NAME``,
-                 :func:`group_name`; latest when it has committed nothing for the partition).  Partitions
-                 and topics that appear after the bridge's first look start at the earliest
-                 offset: all their records are newer than the bridge.
+                 :func:`group_name`; latest when it has committed nothing for the partition).
+                 Partitions and topics that appear after the bridge's first look start at
+                 the earliest offset: all their records are newer than the bridge
+                 (:mod:`~zbroker.frontends.bridge.egress_starts`).
     fetch    --  one long-poll fetch (``max_wait_ms``) in flight per partition, at most
                  ``max_in_flight`` per bridge; the next one only once the last answer's
-                 records were all handed over, so a bridge holds at most one fetch per
-                 partition in memory.
+                 records were all handed over, and none while the bridge holds its byte
+                 budget (:data:`~zbroker.frontends.bridge.egress_feed.BRIDGE_BYTES`) decoded:
+                 an answer that comes then waits undecoded.
     commit   --  every ``commit_ms`` and at close: per partition the position before which
                  ZeroMQ has released every record (never past what was handed over; PUSH:
                  as of one interval before, :mod:`~zbroker.frontends.bridge.egress_commit`).
@@ -46,7 +48,6 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
@@ -54,11 +55,11 @@ from .egress_commit import Commits
 from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 from .egress_replay import Replays
 from .egress_slow import SlowSubscribers
+from .egress_starts import Starts
 from .gateway import retriable
 
 log = logging.getLogger(__name__)
 
-LOOK_MS = 1000  # how often the topics' partition counts are looked at again
 COMMIT_MS = 1000
 MAX_WAIT_MS = 500  # a fetch waits this long for data (long poll)
 FETCH_BYTES = 256 << 10
@@ -78,7 +79,7 @@ def _backoff(failures: int, retriable: bool) -> int:
     return min(100 << min(failures, 5), 2000) if retriable else 5000
 
 
-class EgressBridge:
+class EgressBridge(Starts):
     """One ``[[bridge]]`` of socket pub or push (see the module docstring)."""
 
     kind = "egress"
@@ -261,67 +262,6 @@ class EgressBridge:
                           "in all, at most one per %d ms): sending again from %s", self.name, coalesced, self.rewinds,
                           self.commit_ms, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
 
-    # -- partitions and where they start ----------------------------------------------------
-
-    def _look(self, now_ms: int) -> None:
-        self._next_look = now_ms + LOOK_MS
-        for topic in self.config.topics:
-            count = self.gateway.partition_count(topic)
-            if count is None:
-                if topic not in self.missing:
-                    log.warning("bridge %s: topic %r does not exist (yet); it is sent from its first record once created",
-                                self.name, topic)
-                self.missing.add(topic)
-                continue
-            self.missing.discard(topic)
-            for p in range(count):
-                if (topic, p) not in self.feeds:
-                    feed = Feed(topic, p, late=self._looked)
-                    self.feeds[feed.tp] = feed
-                    self._order.append(feed)
-        self._looked = True
-
-    def _resolve_starts(self, now_ms: int) -> None:
-        todo = [f for f in self._order if not f.started and not f.resolving and now_ms >= f.not_before]
-        if not todo:
-            return
-        if self.config.start != "committed":
-            for f in todo:
-                self._list_offset(f, EARLIEST_TIMESTAMP if f.late or self.config.start == "earliest" else LATEST_TIMESTAMP,
-                                  now_ms)
-            return
-        for f in todo:
-            f.resolving = True
-
-        def answered(c) -> None:
-            if c.error is not None:
-                for f in todo:
-                    self._failed(f, c.error, "reading the committed position")
-                return
-            for f in todo:
-                offset = c.value.get(f.tp, -1)
-                if offset >= 0:
-                    f.resolving = False
-                    f.committed = offset
-                    f.start_at(offset)
-                else:  # nothing committed yet: latest (a late partition: earliest)
-                    self._list_offset(f, EARLIEST_TIMESTAMP if f.late else LATEST_TIMESTAMP, self._now)
-        self._call(todo, lambda: self.gateway.committed(self.group, [f.tp for f in todo], now_ms), answered,
-                   "reading the committed position")
-
-    def _list_offset(self, f: Feed, timestamp: int, now_ms: int) -> None:
-        f.resolving = True
-
-        def answered(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the start offset")
-                return
-            f.resolving = False
-            f.failures = 0
-            f.start_at(c.value)
-        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, timestamp, now_ms), answered,
-                   "looking up the start offset")
-
     def _call(self, feeds: list[Feed], ask: Callable, answered: Callable, what: str) -> None:
         try:
             answer = ask()
@@ -423,38 +363,6 @@ class EgressBridge:
                          logging.ERROR)
         if f.fetch_at == before:
             f.not_before = self._now + EMPTY_BACKOFF_MS
-
-    def _skip(self, f: Feed, to: int, why: str) -> None:
-        f.skipped += to - f.fetch_at
-        self._log.log(self._now / 1000, "skip", logging.WARNING, "bridge %s: %s-%d: offsets %d to %d %s were not sent",
-                      self.name, f.topic, f.partition, f.fetch_at, to - 1, why)
-        f.start_at(to)
-
-    def _reset(self, f: Feed) -> None:
-        """The fetch offset is out of range: move to the log start if below it, else to the end."""
-        f.resolving = True
-
-        def earliest(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the log start after OFFSET_OUT_OF_RANGE")
-            elif f.fetch_at < c.value:
-                f.resolving = False
-                self._skip(f, c.value, "(deleted before the bridge sent them)")
-            else:
-                self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, LATEST_TIMESTAMP, self._now), latest,
-                           "looking up the log end after OFFSET_OUT_OF_RANGE")
-
-        def latest(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the log end after OFFSET_OUT_OF_RANGE")
-                return
-            f.resolving = False
-            if f.fetch_at > c.value:
-                log.warning("bridge %s: %s-%d: position %d is past the log end %d (the topic was recreated or the log "
-                            "truncated): going on from the end", self.name, f.topic, f.partition, f.fetch_at, c.value)
-                f.start_at(c.value)
-        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, EARLIEST_TIMESTAMP, self._now), earliest,
-                   "looking up the log start after OFFSET_OUT_OF_RANGE")
 
     # -- sending --------------------------------------------------------------------------
 
