@@ -114,7 +114,7 @@ _INGEST = {
 _EGRESS = {
     "topics": (None, _StrList(_topic.fits, "a non-empty list of distinct topic names")),
     "start": (None, _choice(*STARTS)),  # default: "committed" for push (at-least-once), "latest" for pub
-    "replay": (0, _int(0, 1_000_000)),
+    "replay": (0, _int(0, 10_000)),  # records held per partition while a replay is read
 }
 _MIRROR = {
     "name": (None, _bridge_name),

@@ -191,7 +191,8 @@ class Server:
         curve = CurveKeys(keys.public, keys.secret, BRIDGE) if config.uses_curve(self.config.security.curve) else None
         sock = EgressSocket(ctx, config.name, config.socket, config.endpoint, config.bind, config.hwm, None, curve,
                             config.server_key)
-        bridge = EgressBridge(config, Gateway(node.app, node.peers, config.principal, config.name), sock.send, now_ms())
+        bridge = EgressBridge(config, Gateway(node.app, node.peers, config.principal, config.name), sock.send, now_ms(),
+                              nodrop=sock.set_nodrop if config.socket == "pub" else None)
         sock.on_subscribe = lambda prefix: bridge.on_subscribe(prefix, now_ms())
         sock.on_peer_gone = lambda: bridge.on_peer_gone(now_ms())
         self.loop.add_listener(sock)

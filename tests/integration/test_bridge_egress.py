@@ -37,7 +37,7 @@ def grant(c, bridge: str, topic: str) -> None:
     """With security on, a bridge acts as its own principal under the ACLs: let it read its
     topic and commit in its group."""
     admin = ["--curve-secret-key-file", str(c.client_keys["admin"][0]), "--curve-server-key", c.broker_publics[1].decode()]
-    for resource in (["--topic", topic], ["--group", bridge]):
+    for resource in (["--topic", topic], ["--group", f"bridge.{bridge}"]):
         proc = run_cli(*admin, "acl", "add", "--principal", f"Bridge:{bridge}", "--operation", "read", *resource,
                        bootstrap=c.bootstrap)
         assert proc.returncode == 0, proc.stderr.decode()
@@ -315,3 +315,92 @@ def test_a_pull_app_that_dies_mid_stream_loses_nothing_its_successor_does_not_ge
     got = first.values() + second.values()
     assert set(got) == set(values)
     assert second.values() == values[int(second.values()[0]):]  # from where it went back to, in order
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_subscription_flood_does_not_starve_live_data_nor_grow_the_broker(made, tmp_path):
+    """A client subscribing and unsubscribing in a tight loop ("" and ever new prefixes) while a
+    normal SUB reads: replays are coalesced, the SUB gets every live record, the broker's RSS
+    stays bounded."""
+    import threading
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "out", "socket": "pub", "endpoint": endpoint, "topics": ["t"], "replay": 5}])
+    create_topic(c, "t")
+    produce(c, "t", [b"old%d" % i for i in range(5)])
+    sub = app(made, tmp_path, "sub", "SUB", endpoint, subscribe=["t"])
+    subscribed(c, "out", 1)
+    sub.wait_values(5)
+    pid = c.brokers[1].proc.pid
+    before = _rss_kib(pid)
+    stop = threading.Event()
+    flooded = [0]
+
+    def flood() -> None:  # a hostile client: only zmq
+        ctx = zmq.Context()
+        xsub = ctx.socket(zmq.XSUB)
+        xsub.setsockopt(zmq.LINGER, 0)
+        xsub.connect(endpoint)
+        try:
+            i = 0
+            while not stop.is_set():
+                prefix = b"" if i % 2 else b"t%d" % i
+                xsub.send(b"\x01" + prefix)
+                xsub.send(b"\x00" + prefix)
+                while xsub.poll(0):  # what the replays send it: read and drop
+                    xsub.recv_multipart()
+                i += 1
+            flooded[0] = i
+        finally:
+            xsub.close()
+            ctx.term()
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        live = [b"live%d" % i for i in range(300)]
+        for k in range(0, 300, 30):  # live data for about 5 s during the flood
+            produce(c, "t", live[k:k + 30])
+            wait_until(lambda: set(live[:k + 30]) <= set(sub.values()), timeout=20, what="live data during the flood")
+            during = status(c)["out"]
+    finally:
+        stop.set()
+        flooder.join(10)
+    assert flooded[0] > 1000, flooded[0]
+    assert during["subscriptions"] > 1000 and during["replays"] < 30, during  # about one a second, not one a subscribe
+    grown = _rss_kib(pid) - before
+    assert grown < 64 * 1024, f"the broker grew by {grown} KiB under the flood"
+
+
+def test_a_subscriber_that_never_reads_does_not_hold_a_pub_bridge_for_good(made, tmp_path):
+    """A connected subscriber that never reads fills its connection and holds the bridge
+    (XPUB_NODROP); a second subscriber that reads gets live data again soon after: the broker's
+    ZMTP heartbeat cuts the first off (its libzmq stops reading its connection, PINGs included,
+    once its queue is full), or, for a peer without heartbeats, the bridge gives NODROP up after
+    10 s (that mechanism: tests/unit and tests/integration/test_bridge_out_socket.py)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    c = start(made, tmp_path, [{"name": "out", "socket": "pub", "endpoint": endpoint, "topics": ["t"], "hwm": 5}])
+    create_topic(c, "t")
+    ctx = zmq.Context()
+    stuck = ctx.socket(zmq.SUB)  # connected, never read
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.setsockopt(zmq.RCVHWM, 5)
+    stuck.setsockopt(zmq.RCVBUF, 4096)  # a small kernel buffer: its connection fills soon
+    stuck.setsockopt(zmq.SUBSCRIBE, b"t")
+    stuck.connect(endpoint)
+    try:
+        reader = app(made, tmp_path, "reader", "SUB", endpoint, subscribe=["t"])
+        subscribed(c, "out", 2)
+        produce(c, "t", [b"%04d" % i + b"x" * 32768 for i in range(400)])  # more than the stuck one's buffers take
+        wait_status(c, "out", lambda s: s["state"] == "blocked", "the stuck subscriber to hold the bridge")
+        live = [b"live%d" % i for i in range(20)]
+        produce(c, "t", live)
+        wait_until(lambda: set(live) <= set(reader.values()), timeout=40, what="live data at the reading subscriber")
+        s = wait_status(c, "out", lambda s: s["lag"] == 0 and s["state"] == "running", "the bridge to go on")
+        assert s["errors"] == 0
+    finally:
+        stuck.close()
+        ctx.term()

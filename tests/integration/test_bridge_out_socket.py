@@ -89,6 +89,47 @@ def test_xpub_refuses_a_send_a_full_subscriber_cannot_take_instead_of_dropping_i
     assert got == [b"%d" % i for i in range(sent)]  # every message it took reached the subscriber
 
 
+def test_with_nodrop_given_up_a_subscriber_that_never_reads_loses_messages_and_the_other_gets_them(ctx, egress):
+    """What the bridge does after a long hold: NODROP off, ZeroMQ drops for the full subscriber only."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    seen: list[bytes] = []
+    listener = egress("pub", endpoint, True, 10, seen.append)
+    stuck = peer(ctx, zmq.SUB, endpoint, rcvhwm=10, subscribe=b"t")  # never read until the end
+    reader = peer(ctx, zmq.SUB, endpoint, rcvhwm=10, subscribe=b"t")
+    wait_until(lambda: drain(listener) or len(seen) >= 2, timeout=5, what="both subscriptions")
+    value = b"v" * 65536
+    got: list[bytes] = []
+
+    def read() -> None:
+        while reader.poll(0):
+            got.append(reader.recv_multipart()[2][:8])
+    sent, refused_since = 0, None
+    deadline = time.monotonic() + 10
+    while refused_since is None or time.monotonic() < refused_since + 0.5:  # until the stuck one is full for good
+        assert time.monotonic() < deadline, "the XPUB never refused"
+        listener.sock.getsockopt(zmq.EVENTS)  # as the broker's loop does: take in what the peers read
+        read()
+        if listener.send([b"t", b"", b"%08d" % sent + value]) is not None:
+            sent, refused_since = sent + 1, None
+        elif refused_since is None:
+            refused_since = time.monotonic()
+    wait_until(lambda: read() or len(got) >= sent, timeout=10, what="the reader to get what was sent")
+    listener.set_nodrop(False)
+    more = 500
+    for i in range(sent, sent + more):  # the stuck one's queue is full: only its copies are dropped
+        assert listener.send([b"t", b"", b"%08d" % i + value]) is not None
+        # a reader that keeps up (without NODROP, a queue at hwm loses messages, whoever's it is)
+        wait_until(lambda: read() or len(got) > i - 5, timeout=10, interval=0.001, what="the reader to keep up")
+    wait_until(lambda: read() or len(got) >= sent + more, timeout=10, what="the reader to get every message")
+    assert got == [b"%08d" % i for i in range(sent + more)]
+    listener.set_nodrop(True)
+    stuck_got = 0
+    while stuck.poll(200):
+        stuck.recv_multipart()
+        stuck_got += 1
+    assert stuck_got < sent + more  # it missed what it could not take
+
+
 def test_push_refuses_without_a_peer_and_its_handles_follow_zeromq(ctx, egress):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     listener = egress("push", endpoint, True, 100)

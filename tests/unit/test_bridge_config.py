@@ -95,3 +95,11 @@ def test_a_connecting_curve_bridge_needs_the_servers_key(tmp_path):
     (b,) = config(f'[[bridge]]\nname = "b"\nsocket = "sub"\nendpoint = "tcp://h:1"\ntopic = "t"\nserver_key = "{KEY}"',
                   security=security).bridges
     assert b.server_key == KEY.encode()
+
+
+def test_replay_is_at_most_ten_thousand_records():
+    """A replay holds up to N records per partition while it is read: N is bounded."""
+    table = '[[bridge]]\nname = "out"\nsocket = "pub"\nendpoint = "tcp://*:7002"\ntopics = ["a"]\nreplay = '
+    assert config(table + "10000").bridges[0].replay == 10_000
+    with pytest.raises(ConfigError, match=r"bridge\[0\]\.replay: must be an integer from 0 to 10000, got 10001"):
+        config(table + "10001")

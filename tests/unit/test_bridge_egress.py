@@ -67,7 +67,7 @@ def test_committed_starts_at_the_group_offset_and_falls_back_to_latest():
     gw = FakeGateway({"t": 2})
     gw.append("t", 0, [b"a0", b"a1", b"a2"])
     gw.append("t", 1, [b"b0", b"b1"])
-    gw.offsets[("out", ("t", 0))] = 1
+    gw.offsets[("bridge.out", ("t", 0))] = 1
     bridge, gw, sock = make(gw, start="committed")
     run(bridge, T0)
     assert sock.values() == [b"a1", b"a2"]
@@ -123,6 +123,7 @@ def test_commits_every_second_only_what_zeromq_released_one_interval_late():
     sock.handles[2].done = True
     bridge.close(T0 + 3 * COMMIT_MS + 10)  # at close, all that was released
     assert gw.commits[-1] == {("t", 0): 3}
+    assert gw.offsets == {("bridge.out", ("t", 0)): 3}, "the group is bridge.NAME, apart from applications' groups"
     assert bridge.status(T0)["state"] == "closed"
 
 
@@ -219,7 +220,7 @@ def test_offset_out_of_range_moves_to_the_log_start_and_counts_what_was_skipped(
     gw.append("t", 0, [b"a", b"b", b"c", b"d", b"e"])
     gw.delete_before(("t", 0), 5)
     gw.append("t", 0, [b"f"])
-    gw.offsets[("out", ("t", 0))] = 1
+    gw.offsets[("bridge.out", ("t", 0))] = 1
     bridge, gw, sock = make(gw, start="committed")
     run(bridge, T0)
     assert sock.values() == [b"f"]
@@ -384,7 +385,7 @@ def test_a_subscription_before_the_positions_are_known_waits_for_them_and_live_d
     """After a broker's start, subscribers reconnect before the bridge knows where it is."""
     gw = FakeGateway()
     gw.append("t", 0, [b"a", b"b", b"c"])
-    gw.offsets[("out", ("t", 0))] = 3
+    gw.offsets[("bridge.out", ("t", 0))] = 3
     gw.hold = True  # the committed position is not known yet
     sock = Socket()
     bridge = EgressBridge(egress_config(socket="pub", start="committed", replay=2), gw, sock, T0)
@@ -432,3 +433,139 @@ def test_newest_keeps_each_partitions_order():
     assert newest([p0, p1], 10) == ["p1a", "p1b", "p0a", "p0b"]
     assert newest([[], p1], 1) == ["p1b"]
     assert newest([], 3) == []
+
+
+def test_a_pull_peer_reconnecting_in_a_loop_rewinds_at_most_once_per_commit_interval():
+    """Disconnects within a commit interval of the last rewind are coalesced into one rewind at
+    its end, nothing is committed meanwhile, and the commit advances once the loop pauses."""
+    bridge, gw, sock = make(start="earliest")
+    now = T0
+    for i in range(300):  # 3 s of a peer disconnecting every 10 ms, records coming all along
+        gw.append("t", 0, [b"%d" % i])
+        bridge.on_peer_gone(now)
+        run(bridge, now, turns=2)
+        now += 10
+    st = bridge.status(now)
+    assert st["peer_disconnects"] == 300
+    assert 2 <= st["rewinds"] <= 3, st["rewinds"]  # one per second, not 300
+    assert all(v == {("t", 0): 0} for v in gw.commits)  # never past a disconnect's dropped records
+    assert len(set(sock.values())) == 300  # every record went out (some more than once)
+    assert len(sock.values()) < 2000  # not 300 rewinds' worth of repeats (~45,000)
+    for _ in range(3):  # the loop stops: two intervals later the commit has advanced
+        now += COMMIT_MS
+        run(bridge, now)
+    assert gw.commits[-1] == {("t", 0): 300}
+    assert bridge.next_deadline(now) > now  # and nothing spins while idle
+
+
+def test_a_pending_rewind_runs_at_close_before_the_final_commit():
+    bridge, gw, sock = make(start="earliest")
+    gw.append("t", 0, [b"a"])
+    bridge.on_peer_gone(T0)  # the first rewind runs at once (nothing to undo)
+    run(bridge, T0)
+    gw.append("t", 0, [b"b"])
+    run(bridge, T0 + 10)
+    bridge.on_peer_gone(T0 + 20)  # pending until T0 + COMMIT_MS
+    assert bridge.next_deadline(T0 + 20) == T0 + COMMIT_MS
+    bridge.close(T0 + 30)
+    assert gw.commits == [] or gw.commits[-1] == {("t", 0): 0}  # b may have been dropped: not committed
+
+
+def test_a_subscriber_that_never_reads_makes_a_pub_bridge_give_up_nodrop_after_the_long_hold():
+    from zbroker.frontends.bridge.egress import LONG_HOLD_MS
+    from zbroker.frontends.bridge.egress_slow import DROP_MS, SHORT_HOLD_MS
+    gw = FakeGateway()
+    sock = Socket(blocked=True)  # the XPUB refuses: a subscriber at hwm
+    modes: list[bool] = []
+
+    def nodrop(on: bool) -> None:
+        modes.append(on)
+        sock.blocked = on  # without NODROP, ZeroMQ drops for the full subscriber and takes the message
+    bridge = EgressBridge(egress_config(socket="pub", start="earliest"), gw, sock, T0, nodrop=nodrop)
+    gw.append("t", 0, [b"a", b"b"])
+    now = T0
+    while now < T0 + LONG_HOLD_MS - 50:
+        run(bridge, now, turns=1)
+        now += 50
+    assert sock.sent == [] and modes == [] and bridge.status(now)["blocked_ms"] >= LONG_HOLD_MS - 100
+    run(bridge, T0 + LONG_HOLD_MS + 10, turns=2)
+    assert modes == [False] and sock.values() == [b"a", b"b"]
+    st = bridge.status(T0 + LONG_HOLD_MS + 10)
+    assert st["dropped_slow_subscriber"] == 1 and st["sent_while_dropping"] == 2
+    assert bridge.next_deadline(T0 + LONG_HOLD_MS + 10) <= T0 + LONG_HOLD_MS + 10 + DROP_MS
+    back = T0 + LONG_HOLD_MS + 10 + DROP_MS
+    run(bridge, back, turns=1)
+    assert modes == [False, True]  # NODROP again
+    gw.append("t", 0, [b"c"])
+    run(bridge, back, turns=2)
+    assert sock.values() == [b"a", b"b"]  # still refused: held again ...
+    run(bridge, back + SHORT_HOLD_MS + 10, turns=2)  # ... and given up sooner, the subscriber being known slow
+    assert modes == [False, True, False] and sock.values() == [b"a", b"b", b"c"]
+    assert bridge.status(back)["dropped_slow_subscriber"] == 2
+
+
+def test_a_subscription_flood_is_coalesced_and_live_data_goes_on():
+    """XPUB_VERBOSE reports every subscribe, also "" repeated in a loop: a topic is replayed at
+    most once per MIN_INTERVAL_MS, and live data is not paused between replays."""
+    from zbroker.frontends.bridge.egress_replay import MIN_INTERVAL_MS
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=2)
+    gw.append("t", 0, [b"old1", b"old2"])
+    run(bridge, T0)
+    sock.sent.clear()
+    now = T0
+    live = []
+    for i in range(300):  # 3 s: a subscription every 10 ms, a live record every 10 ms
+        bridge.on_subscribe(b"", now)
+        gw.append("t", 0, [b"live%d" % i])
+        live.append(b"live%d" % i)
+        assert bridge.next_deadline(now) <= now + MIN_INTERVAL_MS
+        run(bridge, now, turns=2)
+        now += 10
+    run(bridge, now)
+    got = sock.values()
+    assert [v for v in got if v.startswith(b"live")][-1] == b"live299"
+    assert got[:2] == [b"old1", b"old2"]  # the first replay, at once
+    st = bridge.status(now)
+    assert 2 <= st["replays"] <= 4, st["replays"]  # once a second, not 300 times
+    assert st["replays_coalesced"] >= 290 and st["subscriptions"] == 300
+    sent_live = set(v for v in got if v.startswith(b"live"))
+    assert sent_live == set(live)  # every live record went out (some again, in replays)
+    assert bridge.next_deadline(now) > now  # nothing spins once the flood is over
+
+
+def test_a_deferred_replay_comes_at_the_end_of_the_interval():
+    from zbroker.frontends.bridge.egress_replay import MIN_INTERVAL_MS
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=1)
+    gw.append("t", 0, [b"a"])
+    run(bridge, T0)
+    assert subscribe(bridge, sock, b"t", T0) == [b"a"]
+    assert subscribe(bridge, sock, b"t", T0 + 10) == []  # replayed 10 ms ago: deferred
+    assert bridge.next_deadline(T0 + 10) == T0 + MIN_INTERVAL_MS
+    run(bridge, T0 + MIN_INTERVAL_MS)
+    assert sock.values() == [b"a"]
+
+
+def test_one_byte_budget_per_bridge_bounds_what_its_partitions_hold_decoded():
+    gw = FakeGateway({"t": 4})
+    for p in range(4):
+        gw.append("t", p, [b"%d-%d-" % (p, i) + b"x" * 300 for i in range(10)])
+    bridge, gw, sock = make(gw, start="earliest")
+    bridge.max_bytes = 1000
+    sock.blocked = True  # nothing goes out: what was fetched stays held
+    run(bridge, T0)
+    st = bridge.status(T0)
+    assert 1000 <= st["held_bytes"] <= 10 * 305  # one partition's answer decoded; the others wait undecoded
+    assert sum(f.raw is not None for f in bridge.feeds.values()) <= 3
+    sock.blocked = False
+    for i in range(40):
+        run(bridge, T0 + 100 * (i + 1))
+    assert len(sock.values()) == 40 and bridge.status(T0)["held_bytes"] == 0
+
+
+def test_a_replay_keeps_within_the_byte_budget_its_newest_records():
+    bridge, gw, sock = make(socket="pub", start="earliest", replay=10)
+    bridge._replays.max_bytes = 1000
+    gw.append("t", 0, [b"%d" % i + b"x" * 299 for i in range(10)])
+    run(bridge, T0)
+    assert [v[:1] for v in subscribe(bridge, sock, b"t")] == [b"7", b"8", b"9"]  # 3 x 300 bytes fit in 1000
+    assert bridge.status(T0)["held_bytes"] == 0

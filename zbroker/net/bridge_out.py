@@ -13,8 +13,9 @@ frames and gets back a handle, or None when the send would block.
   nobody could count or see; with NODROP the send fails instead (EAGAIN) and the bridge holds
   the record and offers it again -- back-pressure instead of silent loss.  The price: a
   subscriber that stops reading but stays connected holds back every subscriber of its
-  topics (the state shows ``blocked``); a dead one is cut off by ZMTP heartbeats
-  (:data:`HEARTBEAT_TIMEOUT_MS`).  A message that matches no subscription goes nowhere, as
+  topics (the state shows ``blocked``) until the bridge gives NODROP up for a while
+  (:meth:`EgressSocket.set_nodrop`: ZeroMQ then drops for that full subscriber only); a dead
+  one is cut off by ZMTP heartbeats (:data:`HEARTBEAT_TIMEOUT_MS`).  A message that matches no subscription goes nowhere, as
   with any PUB.
 - PUSH hands each message to one PULL peer, round-robin; with no peer, or every peer's queue
   full, the send would block.  Each message's last frame is sent zero-copy with a tracker:
@@ -109,6 +110,7 @@ class EgressSocket:
         self.track = kind == "push"
         self.on_subscribe = on_subscribe
         self.on_peer_gone: Callable[[], None] | None = None
+        self._dropping = False  # XPUB_NODROP given up (set_nodrop)
         self._failed_handshakes = 0  # seen, their disconnection not yet
         self.errors = 0
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
@@ -167,11 +169,19 @@ class EgressSocket:
 
     # -- sending ------------------------------------------------------------------------
 
+    def set_nodrop(self, on: bool) -> None:
+        """XPUB: refuse (True) or let ZeroMQ drop (False) a message a full subscriber cannot
+        take.  libzmq reads the option at each send, so it may change at any time."""
+        self.sock.setsockopt(zmq.XPUB_NODROP, int(on))
+        self._dropping = not on
+
     def send(self, frames: list[bytes]):
         """Send one message now: its handle (``.done``: ZeroMQ released it), or None if the
         send would block (or failed: logged); the caller holds the message and tries again."""
         try:
             if not self.track:
+                if self._dropping:  # take in the peers' "read so far" first: a reader that keeps up is not full
+                    self.sock.getsockopt(zmq.EVENTS)
                 self.sock.send_multipart(frames, zmq.DONTWAIT)
                 return SENT
             last = zmq.Frame(frames[-1], copy=False, track=True)

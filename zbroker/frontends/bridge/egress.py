@@ -15,19 +15,23 @@ off to 50 ms): nothing is dropped, and the partition goes no further meanwhile.
 
 Per partition (:class:`~zbroker.frontends.bridge.egress_feed.Feed`):
 
-    start    --  latest | earliest (list_offset), or committed (the group named after the
-                 bridge; latest when it has committed nothing for the partition).  Partitions
-                 and topics that appear after the bridge's first look start at the earliest
-                 offset: all their records are newer than the bridge.
+    start    --  latest | earliest (list_offset), or committed (the group ``bridge.NAME``,
+                 :func:`group_name`; latest when it has committed nothing for the partition).
+                 Partitions and topics that appear after the bridge's first look start at
+                 the earliest offset: all their records are newer than the bridge
+                 (:mod:`~zbroker.frontends.bridge.egress_starts`).
     fetch    --  one long-poll fetch (``max_wait_ms``) in flight per partition, at most
                  ``max_in_flight`` per bridge; the next one only once the last answer's
-                 records were all handed over, so a bridge holds at most one fetch per
-                 partition in memory.
+                 records were all handed over, and none while the bridge holds its byte
+                 budget (:data:`~zbroker.frontends.bridge.egress_feed.BRIDGE_BYTES`) decoded:
+                 an answer that comes then waits undecoded.
     commit   --  every ``commit_ms`` and at close: per partition the position before which
                  ZeroMQ has released every record (never past what was handed over; PUSH:
                  as of one interval before, :mod:`~zbroker.frontends.bridge.egress_commit`).
                  A PULL peer that disconnects sends every partition back to its last commit
                  (:meth:`EgressBridge.on_peer_gone`): ZeroMQ dropped what it queued for it.
+                 At most one such rewind per ``commit_ms``: disconnects in between are
+                 coalesced into the next one, and commits wait for it.
 
 A fetch that finds its offset out of range (retention deleted the records, the topic was
 recreated) moves to the log start if the position is below it, else to the log end; the
@@ -44,18 +48,18 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from zbroker.core.fetch import EARLIEST_TIMESTAMP, LATEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_commit import Commits
-from .egress_feed import HOLD_MS, MAX_HOLD_MS, Feed, guarded
+from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 from .egress_replay import Replays
+from .egress_slow import SlowSubscribers
+from .egress_starts import Starts
 from .gateway import retriable
 
 log = logging.getLogger(__name__)
 
-LOOK_MS = 1000  # how often the topics' partition counts are looked at again
 COMMIT_MS = 1000
 MAX_WAIT_MS = 500  # a fetch waits this long for data (long poll)
 FETCH_BYTES = 256 << 10
@@ -65,17 +69,24 @@ BURST = 4096  # records handed over per tick before other work gets a turn
 LONG_HOLD_MS = 10_000  # a partition held this long is logged as a WARNING (a peer that does not read)
 
 
+def group_name(bridge: str) -> str:
+    """The consumer group that holds an egress bridge's positions (apart from applications'
+    groups and from mirrors' ``mirror.NAME``)."""
+    return f"bridge.{bridge}"
+
+
 def _backoff(failures: int, retriable: bool) -> int:
     return min(100 << min(failures, 5), 2000) if retriable else 5000
 
 
-class EgressBridge:
+class EgressBridge(Starts):
     """One ``[[bridge]]`` of socket pub or push (see the module docstring)."""
 
     kind = "egress"
 
     def __init__(self, config, gateway, send: Callable[[list], object], now_ms: int, *, commit_ms: int = COMMIT_MS,
-                 max_wait_ms: int = MAX_WAIT_MS, fetch_bytes: int = FETCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_wait_ms: int = MAX_WAIT_MS, fetch_bytes: int = FETCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT,
+                 nodrop: Callable[[bool], None] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.gateway = gateway
@@ -87,15 +98,21 @@ class EgressBridge:
         self._turn = 0
         self._looked = False
         self._next_look = now_ms
-        self._commits = Commits(gateway, config.name, config.start == "committed", commit_ms, now_ms, self._report,
+        self.group = group_name(config.name)
+        self._commits = Commits(gateway, self.group, config.start == "committed", commit_ms, now_ms, self._report,
                                 lag=config.socket == "push")
         self._now = now_ms
-        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report)
+        self.max_bytes = BRIDGE_BYTES
+        self._replays = Replays(config.replay, self.topic_frames, fetch_bytes, send, self._report, self.max_bytes)
         self._hold_ms = HOLD_MS
+        self._slow = SlowSubscribers(nodrop, LONG_HOLD_MS, self._give_up_log)  # PUB: NODROP given up for a while
         self.closed = False
         self.missing: set[str] = set()  # configured topics that do not exist (yet)
         self.sent = self.bytes = self.subscriptions = self.errors = 0
-        self.retries = self.rewinds = 0
+        self.retries = self.rewinds = self.peer_disconnects = 0
+        self._rewind_due: int | None = None  # a rewind is pending (disconnects coalesced): when it runs
+        self._coalesced = 0  # disconnects the pending rewind stands for
+        self._last_rewind: int | None = None
         self.last_error: str | None = None
         self._log = RateLimitedLog(log, burst=5, window_s=60.0)
 
@@ -107,31 +124,45 @@ class EgressBridge:
         self._now = now_ms
         if now_ms >= self._next_look:
             self._look(now_ms)
+        if self._rewind_due is not None and now_ms >= self._rewind_due:
+            self._rewind(now_ms)
         self._resolve_starts(now_ms)
         self._replays.step(self.gateway, self._order, self._looked, now_ms)
         self._fetch(now_ms)
         self._flush(now_ms)
-        if self._commits.due(now_ms, self._order):
+        self._slow.check(now_ms, self._order, self._replays)
+        if self._rewind_due is None and self._commits.due(now_ms, self._order):
             self._commits.commit(now_ms, self._order)
 
     def next_deadline(self, now_ms: int) -> int | None:
         """When :meth:`tick` has work next (absolute ms; ``now_ms`` or earlier: at once)."""
         if self.closed:
             return None
-        due = min(self._next_look, self._commits.next_at)
-        if self._commits.anchor_due(self._order):
-            return now_ms
+        if self._rewind_due is not None:  # commits wait for the rewind
+            due = min(self._next_look, self._rewind_due)
+        else:
+            due = min(self._next_look, self._commits.next_at)
+            if self._commits.anchor_due(self._order):
+                return now_ms
         for f in self._order:
             if not f.started and not f.resolving:
                 due = min(due, f.not_before)
+        if self._slow.until is not None:
+            due = min(due, self._slow.until)
+        deferred = self._replays.next_deferred()
+        if deferred is not None:
+            due = min(due, deferred)
         replay_due = self._replays.deadline(now_ms, due, self._order, self._looked)
         if replay_due is not None:  # live data waits for the replay
             return min(due, replay_due)
         in_flight = sum(1 for f in self._order if f.fetching is not None)
+        room = self._room()
         for f in self._order:
             if f.pending:
                 due = min(due, f.not_before)
-            elif in_flight < self.max_in_flight and f.wants_fetch(f.not_before) and self._commits.anchored(f):
+            elif f.raw is not None and room:
+                return now_ms
+            elif in_flight < self.max_in_flight and room and f.wants_fetch(f.not_before) and self._commits.anchored(f):
                 due = min(due, f.not_before)
         return due
 
@@ -140,6 +171,8 @@ class EgressBridge:
         if self.closed:
             return
         self._now = now_ms
+        if self._rewind_due is not None:  # a peer's dropped records must not be committed as sent
+            self._rewind(now_ms)
         self._commits.commit(now_ms, self._order, force=True)
         self.closed = True
         for f in self._order:
@@ -157,9 +190,12 @@ class EgressBridge:
             "name": self.name, "kind": self.kind, "socket": self.config.socket, "endpoint": self.config.endpoint,
             "state": self._state(now_ms), "topics": list(self.config.topics), "missing_topics": sorted(self.missing),
             "start": self.config.start, "sent": self.sent, "bytes": self.bytes, "lag": sum(lags) if lags else None,
-            "held": held + len(self._replays.out), "subscriptions": self.subscriptions, "replays": self._replays.count,
+            "held": held + len(self._replays.out), "held_bytes": self.held_bytes(), "subscriptions": self.subscriptions,
+            "replays": self._replays.count, "replays_coalesced": self._replays.coalesced,
             "replayed": self._replays.records, "skipped": sum(f.skipped for f in feeds), "commits": self._commits.count,
-            "rewinds": self.rewinds, "blocked_ms": now_ms - min(since) if since else 0,
+            "rewinds": self.rewinds, "peer_disconnects": self.peer_disconnects,
+            "dropped_slow_subscriber": self._slow.count, "sent_while_dropping": self._slow.sent,
+            "blocked_ms": now_ms - min(since) if since else 0,
             "retries": self.retries, "errors": self.errors, "last_error": self.last_error, "partitions": [f.status() for f in feeds],
         }
 
@@ -180,9 +216,11 @@ class EgressBridge:
         """A subscriber subscribed to ``prefix``: replay the topics it matches (``replay`` > 0)."""
         self.subscriptions += 1
         matched = [] if self.closed else self._replays.want(prefix, now_ms)
-        if matched:
-            log.info("bridge %s: a subscription to %r: replaying the last %d records of %s", self.name, prefix,
-                     self.config.replay, ", ".join(matched))
+        if matched:  # (a flood of subscriptions is coalesced, and its log lines rate-limited)
+            self._log.log(now_ms / 1000, "subscription", logging.INFO,
+                          "bridge %s: a subscription to %r: replaying the last %d records of %s (%d subscriptions so far, "
+                          "%d served by a replay already due)", self.name, prefix[:64], self.config.replay,
+                          ", ".join(matched), self.subscriptions, self._replays.coalesced)
 
     # -- PULL peers (PUSH: the socket reports disconnections) ------------------------------
 
@@ -190,77 +228,39 @@ class EgressBridge:
         """A PULL peer disconnected: ZeroMQ dropped what it had queued for it.  Every partition
         goes back to its last committed position (trailing what was released, see
         :mod:`~zbroker.frontends.bridge.egress_commit`) and sends from there again: the peers
-        get some records twice, none is lost."""
+        get some records twice, none is lost.
+
+        A peer reconnecting in a loop must not make the bridge send the same records again and
+        again: at most one rewind runs per ``commit_ms``; a disconnect within that time of the
+        last rewind is coalesced into one rewind at its end.  Until it runs nothing is committed
+        (what ZeroMQ released since may include what it dropped), so the rewind goes back to a
+        commit made before the disconnects.  The commit advances again once about two commit
+        intervals pass without a disconnect (one to take a snapshot, one to commit it): a peer
+        reconnecting faster than that keeps the commit where it is (sound, but each interval
+        sends again from it), which the WARNING (rate-limited) names."""
         if self.closed:
             return
         self._now = now_ms
+        self.peer_disconnects += 1
+        self._coalesced += 1
+        if self._rewind_due is None:
+            self._rewind_due = now_ms if self._last_rewind is None else max(now_ms, self._last_rewind + self.commit_ms)
+        if now_ms >= self._rewind_due:
+            self._rewind(now_ms)
+
+    def _rewind(self, now_ms: int) -> None:
+        coalesced, self._coalesced = self._coalesced, 0
+        frequent = coalesced > 1 or (self._last_rewind is not None and now_ms - self._last_rewind < 3 * self.commit_ms)
+        self._rewind_due = None
+        self._last_rewind = now_ms
         rewound = [(f, at) for f in self._order if not f.resolving for at in [f.rewind()] if at is not None]
         self._commits.forget(self._order)
         if rewound:
             self.rewinds += 1
-            log.info("bridge %s: a PULL peer disconnected (what ZeroMQ had queued for it is lost): sending again from %s",
-                     self.name, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
-
-    # -- partitions and where they start ----------------------------------------------------
-
-    def _look(self, now_ms: int) -> None:
-        self._next_look = now_ms + LOOK_MS
-        for topic in self.config.topics:
-            count = self.gateway.partition_count(topic)
-            if count is None:
-                if topic not in self.missing:
-                    log.warning("bridge %s: topic %r does not exist (yet); it is sent from its first record once created",
-                                self.name, topic)
-                self.missing.add(topic)
-                continue
-            self.missing.discard(topic)
-            for p in range(count):
-                if (topic, p) not in self.feeds:
-                    feed = Feed(topic, p, late=self._looked)
-                    self.feeds[feed.tp] = feed
-                    self._order.append(feed)
-        self._looked = True
-
-    def _resolve_starts(self, now_ms: int) -> None:
-        todo = [f for f in self._order if not f.started and not f.resolving and now_ms >= f.not_before]
-        if not todo:
-            return
-        if self.config.start != "committed":
-            for f in todo:
-                self._list_offset(f, EARLIEST_TIMESTAMP if f.late or self.config.start == "earliest" else LATEST_TIMESTAMP,
-                                  now_ms)
-            return
-        for f in todo:
-            f.resolving = True
-
-        def answered(c) -> None:
-            if c.error is not None:
-                for f in todo:
-                    self._failed(f, c.error, "reading the committed position")
-                return
-            for f in todo:
-                offset = c.value.get(f.tp, -1)
-                if offset >= 0:
-                    f.resolving = False
-                    f.committed = offset
-                    f.start_at(offset)
-                else:  # nothing committed yet: latest (a late partition: earliest)
-                    self._list_offset(f, EARLIEST_TIMESTAMP if f.late else LATEST_TIMESTAMP, self._now)
-        self._call(todo, lambda: self.gateway.committed(self.name, [f.tp for f in todo], now_ms), answered,
-                   "reading the committed position")
-
-    def _list_offset(self, f: Feed, timestamp: int, now_ms: int) -> None:
-        f.resolving = True
-
-        def answered(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the start offset")
-                return
-            f.resolving = False
-            f.failures = 0
-            f.start_at(c.value)
-        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, timestamp, now_ms), answered,
-                   "looking up the start offset")
+            self._log.log(now_ms / 1000, "rewind", logging.WARNING if frequent else logging.INFO,
+                          "bridge %s: %d PULL peer disconnection(s) (what ZeroMQ had queued for them is lost; %d rewinds "
+                          "in all, at most one per %d ms): sending again from %s", self.name, coalesced, self.rewinds,
+                          self.commit_ms, ", ".join(f"{f.topic}-{f.partition}@{at}" for f, at in rewound))
 
     def _call(self, feeds: list[Feed], ask: Callable, answered: Callable, what: str) -> None:
         try:
@@ -301,6 +301,15 @@ class EgressBridge:
     def _fetch(self, now_ms: int) -> None:
         if self._replays.active:
             return  # a replay goes first
+        held = self.held_bytes()
+        for f in self._rotated():  # answers that waited for room in the byte budget
+            if f.raw is not None and held < self.max_bytes:
+                data, f.raw = f.raw, None
+                held -= f.pending_bytes
+                self._decode(f, data)
+                held += f.pending_bytes
+        if held >= self.max_bytes:
+            return
         in_flight = sum(1 for f in self._order if f.fetching is not None)
         for f in self._rotated():
             if in_flight >= self.max_in_flight:
@@ -334,45 +343,26 @@ class EgressBridge:
         if damaged and not fetched.data and damaged[1] > f.fetch_at:
             self._skip(f, damaged[1], "damaged on disk")
             return
+        if self._room():
+            self._decode(f, fetched.data)
+        else:  # decoded once the bridge has sent some of what it holds
+            f.raw = fetched.data
+
+    def held_bytes(self) -> int:
+        """Payload bytes held decoded: every partition's pending records and the replay's."""
+        return sum(f.pending_bytes for f in self._order) + self._replays.bytes
+
+    def _room(self) -> bool:
+        return self.held_bytes() < self.max_bytes
+
+    def _decode(self, f: Feed, data: bytes) -> None:
         before = f.fetch_at
-        error = f.take(fetched.data, self.topic_frames[f.topic])
+        error = f.take(data, self.topic_frames[f.topic])
         if error is not None:
             self._report(f"{f.topic}-{f.partition}: skipped a batch that cannot be read: {error}", False, "corrupt",
                          logging.ERROR)
         if f.fetch_at == before:
             f.not_before = self._now + EMPTY_BACKOFF_MS
-
-    def _skip(self, f: Feed, to: int, why: str) -> None:
-        f.skipped += to - f.fetch_at
-        self._log.log(self._now / 1000, "skip", logging.WARNING, "bridge %s: %s-%d: offsets %d to %d %s were not sent",
-                      self.name, f.topic, f.partition, f.fetch_at, to - 1, why)
-        f.start_at(to)
-
-    def _reset(self, f: Feed) -> None:
-        """The fetch offset is out of range: move to the log start if below it, else to the end."""
-        f.resolving = True
-
-        def earliest(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the log start after OFFSET_OUT_OF_RANGE")
-            elif f.fetch_at < c.value:
-                f.resolving = False
-                self._skip(f, c.value, "(deleted before the bridge sent them)")
-            else:
-                self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, LATEST_TIMESTAMP, self._now), latest,
-                           "looking up the log end after OFFSET_OUT_OF_RANGE")
-
-        def latest(c) -> None:
-            if c.error is not None:
-                self._failed(f, c.error, "looking up the log end after OFFSET_OUT_OF_RANGE")
-                return
-            f.resolving = False
-            if f.fetch_at > c.value:
-                log.warning("bridge %s: %s-%d: position %d is past the log end %d (the topic was recreated or the log "
-                            "truncated): going on from the end", self.name, f.topic, f.partition, f.fetch_at, c.value)
-                f.start_at(c.value)
-        self._call([f], lambda: self.gateway.list_offset(f.topic, f.partition, EARLIEST_TIMESTAMP, self._now), earliest,
-                   "looking up the log start after OFFSET_OUT_OF_RANGE")
 
     # -- sending --------------------------------------------------------------------------
 
@@ -395,9 +385,12 @@ class EgressBridge:
                     held = True
                     break
                 pending.popleft()
+                f.pending_bytes -= len(frames[1]) + len(frames[2])
                 f.handed(after, handle)
                 f.held_since = None
                 self.sent += 1
+                if self._slow.until is not None:
+                    self._slow.sent += 1
                 self.bytes += len(frames[1]) + len(frames[2])
                 budget -= 1
             if not budget:
@@ -414,3 +407,9 @@ class EgressBridge:
                       self.config.socket, "no PULL peer, or every peer's queue at hwm" if self.config.socket == "push"
                       else "a subscriber of the topic does not read: hwm messages unread", f.topic, f.partition,
                       f.sent_to, now_ms - f.held_since)
+
+    def _give_up_log(self, now_ms: int, held_ms: int, drop_ms: int, count: int) -> None:
+        self._log.log(now_ms / 1000, "slow_subscriber", logging.WARNING,
+                      "bridge %s: a subscriber has not read for %d ms (its queue is at hwm): NODROP given up for %d ms, "
+                      "ZeroMQ drops what that subscriber cannot take (%d times so far); the others get live data",
+                      self.name, held_ms, drop_ms, count)

@@ -1,6 +1,6 @@
 """When and what an egress bridge commits (sans-IO).
 
-The bridge's group (named after the bridge) holds, per partition, the position before
+The bridge's group (``bridge.NAME``, :func:`~zbroker.frontends.bridge.egress.group_name`) holds, per partition, the position before
 which ZeroMQ released every record (:meth:`~zbroker.frontends.bridge.egress_feed.Feed.confirmed`):
 never past what was handed over.  :class:`Commits` commits the positions that moved every
 ``commit_ms`` and at close, one commit in flight at a time; a failed commit is tried again
@@ -67,10 +67,10 @@ class Commits:
             if not f.started:
                 continue
             position = now = f.confirmed()
-            if self.lag and not force and f.committed >= 0:
-                position = self._snapshot.get(f, f.committed)
+            if self.lag and not force and f in self._snapshot:  # (after a rewind: what was committed before it)
+                position = self._snapshot[f]
             self._snapshot[f] = now
-            if position != f.committed:
+            if position >= 0 and position != f.committed:
                 offsets[f] = position
         if not offsets:
             return

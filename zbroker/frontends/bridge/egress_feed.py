@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 #: The most payload bytes one fetch answer is decoded to at once (a compressed batch may
 #: decompress to this much); what is left is fetched again.
 DECODE_BUDGET = 64 << 20
+#: A bridge's one byte budget: the payload bytes it holds decoded (every partition's pending
+#: records and a replay's) before it fetches or decodes more.  A decode starts only below it and
+#: adds at most 2 x DECODE_BUDGET (storage.decode.decode_some_batches), so this plus that bounds it.
+BRIDGE_BYTES = 64 << 20
 HOLD_MS, MAX_HOLD_MS = 2, 50  # a send that would block is offered again after this, doubling
 
 
@@ -71,6 +75,8 @@ class Feed:
     end: int = -1  # the high watermark at the last fetch
     log_start: int = -1
     pending: deque = field(default_factory=deque)  # (frames, position after the record)
+    pending_bytes: int = 0  # payload bytes (keys and values) in pending
+    raw: bytes | None = None  # a fetch answer waiting for room in the bridge's byte budget to be decoded
     unconfirmed: deque = field(default_factory=deque)  # (position after the record, send handle)
     fetching: object = None  # the Completion of the fetch in flight
     resolving: bool = False  # a start position or a reset is being looked up
@@ -89,6 +95,8 @@ class Feed:
         if not self.unconfirmed:
             self.released = offset
         self.pending.clear()
+        self.pending_bytes = 0
+        self.raw = None
         self.held_since = None
 
     def rewind(self) -> int | None:
@@ -110,7 +118,7 @@ class Feed:
 
     def wants_fetch(self, now_ms: int) -> bool:
         return (self.fetch_at is not None and self.fetching is None and not self.resolving and not self.pending
-                and now_ms >= self.not_before)
+                and self.raw is None and now_ms >= self.not_before)
 
     @property
     def lag(self) -> int | None:
@@ -131,7 +139,9 @@ class Feed:
         next_offset, _ = walk(memoryview(data)[:decoded.end])
         pending = self.pending
         for rec in decoded.records:
-            pending.append(([topic_frame, rec[4] or b"", rec[5] or b""], rec[2] + 1))
+            key, value = rec[4] or b"", rec[5] or b""
+            pending.append(([topic_frame, key, value], rec[2] + 1))
+            self.pending_bytes += len(key) + len(value)
         if next_offset > start:
             self.fetch_at = next_offset
         error = decoded.error

@@ -7,9 +7,12 @@ live data goes on.  The replay goes out on the one PUB socket, so every subscrib
 matching prefix receives it, not only the one that joined.
 
 Which records: the replay of a topic ends where its live data goes on (each partition's
-position, the next record the bridge will send), so a subscriber that joins sees no gap and
-no record twice between replay and live data.  Of each partition the last ``replay`` records
-before that position are read; of those, the ``replay`` newest by timestamp across the
+position when the subscription was read, the next record the bridge will send), so a
+subscriber that joins sees no gap between replay and live data.  It may see a few records
+twice: libzmq adds the subscription to the XPUB's filter in its I/O thread before the bridge
+reads it, so live records sent in between reach it live and again in the replay.  The bridge
+cannot know that moment; ending the replay earlier could leave a gap, so it errs on duplicates.
+Of each partition the last ``replay`` records before that position are read; of those, the ``replay`` newest by timestamp across the
 partitions are taken (:func:`newest`), each partition's share being its newest records, and
 they are published in timestamp order, each partition's records still in offset order.
 A topic of one partition replays exactly its last N records.
@@ -32,6 +35,9 @@ from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed, guarded
 log = logging.getLogger(__name__)
 
 START_WAIT_MS = 5000  # the longest a replay waits for the positions of its topics' partitions
+#: a topic is replayed at most once per this long: a subscription flood (XPUB_VERBOSE reports
+#: every subscribe, also a repeated one) cannot keep live data paused
+MIN_INTERVAL_MS = 1000
 
 #: (timestamp, offset, frames) of one record read for a replay
 Entry = tuple[int, int, list]
@@ -66,35 +72,77 @@ class Replays:
     broker's start, subscribers reconnect before the bridge knows where it is), or after
     :data:`START_WAIT_MS`, with the partitions known by then.  While :attr:`active` (from
     the subscription until the replay is published) the bridge's live sending waits: a
-    replay goes first.  ``send`` is
+    replay goes first.
+
+    Coalescing (subscription floods): a subscription to a topic already wanted, or in the
+    round being read (nothing of it published yet, so the new subscriber gets all of it),
+    needs no replay of its own.  A topic whose last round started less than
+    :data:`MIN_INTERVAL_MS` ago is *deferred* to then: one round serves every subscription
+    in between, and live data is not paused while a topic waits (the new subscriber may then
+    get some live records before its replay, and again in it).  ``send`` is
     the socket's (None: would block; the record is offered again, backing off 2 to 50 ms);
     ``report(text, retriable, kind)`` counts and logs a failed read."""
 
     def __init__(self, n: int, topic_frames: dict[str, bytes], fetch_bytes: int, send: Callable[[list], object],
-                 report: Callable[[str, bool, str], None]) -> None:
-        self.n, self.topic_frames, self.fetch_bytes = n, topic_frames, fetch_bytes
+                 report: Callable[[str, bool, str], None], max_bytes: int = 64 << 20) -> None:
+        self.n, self.topic_frames, self.fetch_bytes, self.max_bytes = n, topic_frames, fetch_bytes, max_bytes
+        self.out_bytes = 0  # payload bytes in ``out``
         self._send, self._report = send, report
         self.wanted: set[str] = set()
         self.wanted_since = 0
+        self.deferred: dict[str, int] = {}  # topic -> when it may be replayed again
+        self.last: dict[str, int] = {}  # topic -> when its last round started
+        self.coalesced = 0  # subscriptions served by a replay already wanted, read, or deferred
         self.round: ReplayRound | None = None
         self.out: deque[list] = deque()
         self.held_until = 0
+        self.held_since: int | None = None  # when the socket first refused the next record
         self._hold_ms = HOLD_MS
         self.count = self.records = 0
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes held: the round being read and what waits to be published."""
+        return self.out_bytes + (self.round.bytes if self.round is not None else 0)
 
     @property
     def active(self) -> bool:
         return self.round is not None or bool(self.out) or bool(self.wanted)
 
     def want(self, prefix: bytes, now_ms: int) -> list[str]:
-        """A subscription to ``prefix``: the topics it matches are replayed next (returned)."""
+        """A subscription to ``prefix``: the topics it matches that get a replay of their own
+        (returned; the others are coalesced, see the class docstring)."""
         if self.n <= 0:
             return []
-        matched = [t for t, frame in self.topic_frames.items() if frame.startswith(prefix)]
-        if matched and not self.wanted:
+        reading = self.round.reads if self.round is not None else {}
+        fresh = []
+        for t, frame in self.topic_frames.items():
+            if not frame.startswith(prefix):
+                continue
+            if t in self.wanted or t in self.deferred or t in reading:
+                self.coalesced += 1
+            elif now_ms < self.last.get(t, now_ms - MIN_INTERVAL_MS) + MIN_INTERVAL_MS:
+                self.deferred[t] = self.last[t] + MIN_INTERVAL_MS
+                self.coalesced += 1
+            else:
+                fresh.append(t)
+        self._add(fresh, now_ms)
+        return fresh
+
+    def _add(self, topics: list[str], now_ms: int) -> None:
+        if topics and not self.wanted:
             self.wanted_since = now_ms
-        self.wanted.update(matched)
-        return matched
+        self.wanted.update(topics)
+
+    def next_deferred(self) -> int | None:
+        """When a deferred topic may be replayed (live data goes on meanwhile), None: none."""
+        return min(self.deferred.values()) if self.deferred else None
+
+    def _undefer(self, now_ms: int) -> None:
+        due = [t for t, at in self.deferred.items() if now_ms >= at]
+        for t in due:
+            del self.deferred[t]
+        self._add(due, now_ms)
 
     def _may_start(self, feeds: list[Feed], looked: bool, now_ms: int) -> bool:
         return (self.round is None and not self.out and bool(self.wanted)
@@ -114,17 +162,22 @@ class Replays:
     def step(self, gateway, feeds: list[Feed], looked: bool, now_ms: int) -> None:
         """Start a round for the topics wanted (each ends at its partitions' positions), go on
         reading it, and publish it once read."""
+        if self.deferred:
+            self._undefer(now_ms)
         if self._may_start(feeds, looked, now_ms):
             ends: dict[str, dict[int, int]] = {}
             for f in feeds:
                 if f.topic in self.wanted and f.started:
                     ends.setdefault(f.topic, {})[f.partition] = f.sent_to
             self.wanted = set()
-            self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed)
+            self.last.update((t, now_ms) for t in ends)
+            self.round = ReplayRound(ends, self.n, self.topic_frames, self.fetch_bytes, self._failed, self.max_bytes)
         if self.round is not None:
             self.round.step(gateway, now_ms)
             if self.round.done:
-                self.out.extend(self.round.frames())
+                frames = self.round.frames()
+                self.out.extend(frames)
+                self.out_bytes += sum(len(f[1]) + len(f[2]) for f in frames)
                 self.round = None
                 self.count += 1
         self.flush(now_ms)
@@ -135,12 +188,21 @@ class Replays:
         out = self.out
         while out:
             if self._send(out[0]) is None:
+                if self.held_since is None:
+                    self.held_since = now_ms
                 self.held_until = now_ms + self._hold_ms
                 self._hold_ms = min(MAX_HOLD_MS, self._hold_ms * 2)
                 return
             self.records += 1
-            out.popleft()
+            self.held_since = None
+            frames = out.popleft()
+            self.out_bytes -= len(frames[1]) + len(frames[2])
         self._hold_ms = HOLD_MS
+
+    def unhold(self, now_ms: int) -> None:
+        """Offer the held record again at once (the socket stopped refusing)."""
+        self.held_since = None
+        self.held_until = now_ms
 
     def abandon(self) -> None:
         if self.round is not None:
@@ -155,7 +217,8 @@ class _Read:
 
     def __init__(self, topic: str, partition: int, at: int, stop: int, keep: int) -> None:
         self.topic, self.partition, self.at, self.stop = topic, partition, at, stop
-        self.records: deque[Entry] = deque(maxlen=keep)
+        self.records: deque[Entry] = deque()
+        self.keep = keep
         self.busy = False
         self.done = at >= stop
         self.reset = False  # moved to the log start once already (retention took the records before)
@@ -165,11 +228,15 @@ class ReplayRound:
     """Reads the replay of some topics through the gateway; :attr:`done` once every read ended.
 
     ``ends``: topic -> {partition: the position where its live data goes on}; ``on_error``
-    is told of each failed read (that partition's share is then what was read before)."""
+    is told of each failed read (that partition's share is then what was read before).
+    It holds at most ``max_bytes`` of payload (plus one decoded fetch): past that, the
+    oldest records of the partition being read are let go, so fewer than N may be replayed."""
 
     def __init__(self, ends: dict[str, dict[int, int]], n: int, topic_frames: dict[str, bytes], fetch_bytes: int,
-                 on_error: Callable[[str, int, RequestError], None]) -> None:
+                 on_error: Callable[[str, int, RequestError], None], max_bytes: int = 64 << 20) -> None:
         self.n = n
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.topic_frames = topic_frames
         self.fetch_bytes = fetch_bytes
         self.on_error = on_error
@@ -228,10 +295,16 @@ class ReplayRound:
         data = fetched.data
         decoded = decode_some_batches(data, r.topic, r.partition, r.at, True, tuple, DECODE_BUDGET)
         frame = self.topic_frames[r.topic]
+        records = r.records
         for rec in decoded.records:
             if rec[2] >= r.stop:
                 break
-            r.records.append((rec[3], rec[2], [frame, rec[4] or b"", rec[5] or b""]))
+            key, value = rec[4] or b"", rec[5] or b""
+            records.append((rec[3], rec[2], [frame, key, value]))
+            self.bytes += len(key) + len(value)
+            while records and (len(records) > r.keep or self.bytes > self.max_bytes):  # the oldest go
+                old = records.popleft()[2]
+                self.bytes -= len(old[1]) + len(old[2])
         next_offset, _ = walk(memoryview(data)[:decoded.end])
         r.busy = False
         if decoded.error is not None or next_offset <= r.at or next_offset >= r.stop:
