@@ -569,3 +569,14 @@ def test_a_replay_keeps_within_the_byte_budget_its_newest_records():
     run(bridge, T0)
     assert [v[:1] for v in subscribe(bridge, sock, b"t")] == [b"7", b"8", b"9"]  # 3 x 300 bytes fit in 1000
     assert bridge.status(T0)["held_bytes"] == 0
+
+
+def test_settled_after_close_only_once_the_last_commit_is_answered():
+    bridge, gw, sock = make(start="earliest")
+    gw.append("t", 0, [b"a", b"b"])
+    run(bridge, T0)
+    gw.hold = True  # the coordinator has not answered yet
+    bridge.close(T0 + 10)
+    assert not bridge.settled()
+    gw.held.pop()[0].complete(None)
+    assert bridge.settled()

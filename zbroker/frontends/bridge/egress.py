@@ -181,6 +181,10 @@ class EgressBridge(Starts):
                 f.fetching = None
         self._replays.abandon()
 
+    def settled(self) -> bool:
+        """After :meth:`close`: whether its last commit has its answer (the host waits for it)."""
+        return not self._commits.in_flight
+
     def status(self, now_ms: int) -> dict:
         feeds = self._order
         lags = [f.lag for f in feeds if f.lag is not None]
