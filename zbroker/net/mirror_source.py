@@ -12,14 +12,16 @@ CURVE keys (``curve_server_key``, ``curve_secret_key_file``) to the native clien
 
 The thread and the broker's loop share two queues::
 
-    loop  --add(positions) / refresh() / close()-->  thread   (commands, small)
+    loop  --add(positions) / pause / resume / remove / refresh() / close()-->  thread   (commands, small)
     loop  <--("topics", ...) ("records", ...) ("error", msg)--  thread   (bounded: the thread
-                                                                 blocks while it is full)
+                                        blocks while it holds QUEUE_EVENTS events or QUEUE_BYTES)
 
 and a socketpair: after queuing an event the thread writes a byte (unless one is already
 unread), which wakes the loop (the read end is watched like any listener's socket); the
 loop then calls ``on_wake``, and the mirror takes events while it has room
-(:mod:`zbroker.frontends.bridge.mirror` defines the events).  This is the one broker
+(:mod:`zbroker.frontends.bridge.mirror` defines the events).  A partition the mirror pauses
+(its backlog is full) is no longer read: from the call on, none of its records are queued,
+and when it is resumed it is read again from just after the last record queued.  This is the one broker
 module that imports the client library (pyproject.toml says why).
 """
 
@@ -30,7 +32,7 @@ import queue
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Callable
 
 from clients.admin import Admin
@@ -42,12 +44,16 @@ librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 #: events (record batches mostly) queued between the thread and the loop at most
 QUEUE_EVENTS = 64
+#: ... and at most about this many bytes of records (one event more than that is let through)
+QUEUE_BYTES = 16 << 20
 POLL_S = 0.2
 MAX_RECORDS = 500
 #: the source's requests time out after this; a slow source then shows as an error, and is asked again
 REQUEST_TIMEOUT_MS = 10_000
 #: pause after a failure before the thread tries again
 RETRY_S = 1.0
+#: how long closing at shutdown waits for the thread (its clients closed) at most
+JOIN_S = 5.0
 #: Kafka's config source of a value set on the topic (DescribeConfigs DYNAMIC_TOPIC_CONFIG)
 _KAFKA_TOPIC_CONFIG = 1
 
@@ -60,7 +66,8 @@ class MirrorSource:
         loop: the broker's :class:`~zbroker.net.loop.EventLoop`: the wake socket is watched
             from here until :meth:`close`.
         reader: ``reader(config)`` -> what reads the source (``topics()``, ``add(positions)``,
-            ``poll(stop)`` -> events, ``close()``); by default the one for the config's scheme.
+            ``pause(tps)``, ``poll(stop)`` -> events, ``close()``); by default the one for the
+            config's scheme.
     """
 
     def __init__(self, config, loop, reader: Callable | None = None) -> None:
@@ -69,7 +76,14 @@ class MirrorSource:
         self._make_reader = reader or (_KafkaReader if config.scheme == "kafka" else _ZbrokerReader)
         self.loop = loop
         self.on_wake: Callable[[], None] | None = None
-        self._events: queue.Queue = queue.Queue(maxsize=QUEUE_EVENTS)
+        self._events: deque = deque()  # (event, size)
+        self._queued_bytes = 0
+        self._room = threading.Condition()  # guards _events, _queued_bytes, _paused
+        self._paused: set[tuple[str, int]] = set()
+        # the thread's: per partition read, the offset after the last record queued (or where it
+        # was added); and those whose records were dropped: none queued until read again from _next
+        self._next: dict[tuple[str, int], int] = {}
+        self._reseek: set[tuple[str, int]] = set()
         self._commands: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._signalled = False
@@ -103,35 +117,80 @@ class MirrorSource:
         """List the matching topics again (answered by a ``topics`` event)."""
         self._commands.put(("refresh",))
 
+    def pause(self, tps) -> None:
+        """Stop reading these partitions: none of their records is queued from now on."""
+        with self._room:
+            self._paused |= set(tps)
+        self._commands.put(("pause", list(tps)))
+
+    def resume(self, tps) -> None:
+        """Read paused partitions again, each from just after the last record queued."""
+        with self._room:
+            self._paused -= set(tps)
+        self._commands.put(("resume", list(tps)))
+
+    def remove(self, tps) -> None:
+        """Stop reading these partitions and forget them (their topic is gone from the source)."""
+        with self._room:
+            self._paused -= set(tps)
+        self._commands.put(("remove", list(tps)))
+
     def take(self, limit: int) -> list[tuple]:
         out = []
-        while len(out) < limit:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                break
+        with self._room:
+            while self._events and len(out) < limit:
+                event, size = self._events.popleft()
+                self._queued_bytes -= size
+                out.append(event)
+            if out:
+                self._room.notify_all()
         return out
+
+    def queued(self) -> tuple[int, int]:
+        """Events and bytes queued for the loop."""
+        with self._room:
+            return len(self._events), self._queued_bytes
 
     def close(self) -> None:
         """Stop the thread (it closes its clients within about a request timeout) and the wake socket."""
         if self._stop.is_set():
             return
         self._stop.set()
+        with self._room:
+            self._room.notify_all()
         self.loop.unwatch(self._rsock)
         self._rsock.close()
         self._wsock.close()
 
+    def join(self, timeout: float = JOIN_S) -> bool:
+        """Wait for the thread to end (after :meth:`close`); returns whether it did."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("mirror %s: its source thread did not end within %g s", self.config.name, timeout)
+            return False
+        return True
+
     # -- the thread ---------------------------------------------------------------------------
 
     def _emit(self, event: tuple) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._events.put(event, timeout=POLL_S)
-                break
-            except queue.Full:
-                continue
-        else:
-            return False
+        """Queue ``event`` for the loop once there is room; False: stopping.  The records of a
+        paused partition are dropped here, and so are all its later ones until it is read
+        again from :attr:`_next` (a resume): what is queued has no gap."""
+        size = _event_size(event)
+        with self._room:
+            while not self._stop.is_set() and (len(self._events) >= QUEUE_EVENTS
+                                               or (self._events and self._queued_bytes + size > QUEUE_BYTES)):
+                self._room.wait(POLL_S)
+            if self._stop.is_set():
+                return False
+            if event[0] == "records":
+                tp = (event[1], event[2])
+                if tp in self._paused or tp in self._reseek:
+                    self._reseek.add(tp)
+                    return True
+                self._next[tp] = event[3][-1][0] + 1
+            self._events.append((event, size))
+            self._queued_bytes += size
         if not self._signalled:
             self._signalled = True
             try:
@@ -142,9 +201,28 @@ class MirrorSource:
                 return False  # closed: stopping
         return True
 
+    def _command(self, reader, command: tuple) -> None:
+        """One command, in the thread (raises if the source fails: it is tried again)."""
+        kind, arg = command
+        if kind == "add":
+            reader.add(arg)
+            self._next.update(arg)
+            self._reseek.difference_update(arg)
+        elif kind == "pause":
+            reader.pause(arg)
+        elif kind == "resume":
+            positions = {tp: self._next[tp] for tp in arg if tp in self._next}
+            reader.add(positions)
+            self._reseek.difference_update(positions)
+        elif kind == "remove":
+            reader.pause(arg)
+            for tp in arg:
+                self._next.pop(tp, None)
+                self._reseek.discard(tp)
+
     def _run(self) -> None:
         reader = None
-        adds: list[dict] = []  # positions to add, in the order asked
+        commands: list[tuple] = []  # to do, in the order asked
         refresh = False  # a listing asked for (several asked meanwhile are one)
         while not self._stop.is_set():
             try:
@@ -153,15 +231,15 @@ class MirrorSource:
                         command = self._commands.get_nowait()
                     except queue.Empty:
                         break
-                    if command[0] == "add":
-                        adds.append(command[1])
-                    else:
+                    if command[0] == "refresh":
                         refresh = True
+                    else:
+                        commands.append(command)
                 if reader is None:
                     reader = self._make_reader(self.config)
-                while adds:
-                    reader.add(adds[0])
-                    adds.pop(0)  # only once done: a failed add is tried again, positions are not lost
+                while commands:
+                    self._command(reader, commands[0])
+                    commands.pop(0)  # only once done: a failed command is tried again, positions are not lost
                 if refresh:
                     refresh = False  # a failed listing waits for the next refresh
                     self._emit(("topics", reader.topics()))
@@ -177,6 +255,13 @@ class MirrorSource:
                 reader.close()
             except Exception:
                 log.debug("mirror %s: closing the source's clients failed", self.config.name, exc_info=True)
+
+
+def _event_size(event: tuple) -> int:
+    """About what an event holds in memory: the records' keys and values, 64 bytes more each."""
+    if event[0] != "records":
+        return 256
+    return sum(64 + len(r[2] or b"") + len(r[3] or b"") for r in event[3])
 
 
 def _records_events(rows) -> list[tuple]:
@@ -221,6 +306,11 @@ class _ZbrokerReader:
                 self.consumer.seek(topic, partition, offset)
             else:
                 self.consumer.seek_to_beginning((topic, partition))
+
+    def pause(self, tps: list) -> None:
+        """Stop reading ``tps`` (unassigned: what was fetched for them is dropped)."""
+        self.assigned -= set(tps)
+        self.consumer.assign(sorted(self.assigned))
 
     def poll(self, stop: threading.Event) -> list[tuple]:
         if not self.assigned:
@@ -293,6 +383,13 @@ class _KafkaReader:
         # -2 is librdkafka's OFFSET_BEGINNING too
         self.consumer.incremental_assign([TopicPartition(t, p, offset) for (t, p), offset in positions.items()])
         self.assigned |= set(positions)
+
+    def pause(self, tps: list) -> None:
+        """Stop reading ``tps`` (unassigned: what was fetched for them is dropped)."""
+        gone = [self.kafka.TopicPartition(t, p) for t, p in tps if (t, p) in self.assigned]
+        if gone:
+            self.consumer.incremental_unassign(gone)
+        self.assigned -= set(tps)
 
     def poll(self, stop: threading.Event) -> list[tuple]:
         self.admin.poll(0)  # serves the callbacks (errors) of the admin client
