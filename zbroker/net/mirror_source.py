@@ -52,7 +52,7 @@ MAX_RECORDS = 500
 REQUEST_TIMEOUT_MS = 10_000
 #: pause after a failure before the thread tries again
 RETRY_S = 1.0
-#: how long closing at shutdown waits for the thread (its clients closed) at most
+#: how long a broker that shuts down waits for its mirrors' source threads (their clients closed), in all
 JOIN_S = 5.0
 #: Kafka's config source of a value set on the topic (DescribeConfigs DYNAMIC_TOPIC_CONFIG)
 _KAFKA_TOPIC_CONFIG = 1
@@ -161,6 +161,10 @@ class MirrorSource:
         self.loop.unwatch(self._rsock)
         self._rsock.close()
         self._wsock.close()
+
+    def alive(self) -> bool:
+        """Whether the thread still runs (it ends soon after :meth:`close`)."""
+        return self._thread.is_alive()
 
     def join(self, timeout: float = JOIN_S) -> bool:
         """Wait for the thread to end (after :meth:`close`); returns whether it did."""
