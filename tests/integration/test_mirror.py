@@ -343,6 +343,43 @@ def test_a_mirror_authenticates_to_its_source_like_a_client_and_acts_as_bridge_n
         src.close()
 
 
+#: what docs/bridge.md (Security) lists for a mirror on the target cluster, and nothing more
+MIRROR_TARGET_ACLS = [*(("topic", "a.", op, "prefixed") for op in ("create", "write", "describe", "alter", "read")),
+                      *(("group", "mirror.m", op, "literal") for op in ("read", "describe"))]
+
+
+def test_a_mirror_with_exactly_the_documented_acls_copies_and_commits(tmp_path, source):
+    sent = seeded(source, "plant.acl", 200)
+    target = ClusterProcesses(tmp_path / "target", n=1, curve=True, name="target")
+    target.config.write_text(target.config.read_text() + mirror_table(f"zbroker://{source.bootstrap}"))
+    try:
+        target.start()
+        wait_until(target.agreed_controller, timeout=20, what="a controller")
+        options = target.client_options()
+        cli = ["--curve-secret-key-file", options["curve_secret_key_file"], "--curve-server-key", options["curve_server_key"]]
+        with Admin(target.bootstrap, **options) as admin:
+            admin.create_acls([AclBinding("Bridge:m", kind, name, operation=op, pattern=pattern)
+                               for kind, name, op, pattern in MIRROR_TARGET_ACLS])
+
+        def committed():
+            status = mirror_status(target.bootstrap, *cli)
+            parts = (status or {}).get("partitions") or []
+            done = len(parts) == 2 and all(p["source_end"] == 100 and p["committed"] == 100 for p in parts)
+            return status if done and not status["failing"] else None
+        status = wait_until(committed, timeout=60, interval=0.3, what="every position committed under the documented ACLs")
+        assert status["state"] == "running" and status["mirrored"] == 200
+        with Consumer(bootstrap=target.bootstrap, enable_auto_commit=False, **options) as c:
+            c.assign([("a.plant.acl", 0), ("a.plant.acl", 1)])
+            got: dict = collections.defaultdict(list)
+            deadline = time.monotonic() + 20
+            while sum(map(len, got.values())) < 200 and time.monotonic() < deadline:
+                for r in c.poll(timeout_ms=200):
+                    got[r.partition].append((r.timestamp, r.key, r.value, tuple(sorted(r.headers.items()))))
+        assert dict(got) == by_partition(sent)
+    finally:
+        target.close()
+
+
 def test_a_kafka_source_with_sasl_over_tls_takes_source_config(tmp_path):
     from kafka_sasl_support import add_user, start_broker
 
