@@ -267,13 +267,17 @@ def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_p
         target.close()
 
 
-def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped(tmp_path, source):
+def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped_and_hold_back_only_their_partition(
+        tmp_path, source):
+    behind = 60_000  # more than the mirror holds in all (50,000 records): only pausing the partition keeps the other going
     with Admin(source.bootstrap) as admin:
-        admin.create_topic("plant.big", partitions=1)
-    with Producer(bootstrap=source.bootstrap) as p:
-        p.send("plant.big", value=b"x" * 5000)  # over the target's max_message_bytes
-        p.send("plant.big", value=b"small")
-        p.flush(timeout=30)
+        admin.create_topic("plant.big", partitions=2)
+    with Producer(bootstrap=source.bootstrap, linger_ms=5) as p:
+        p.send("plant.big", value=b"x" * 5000, partition=0)  # over the target's max_message_bytes
+        for i in range(behind):
+            p.send("plant.big", value=b"s%d" % i, partition=0)
+        p.flush(timeout=60)
+    sent = produce(source.bootstrap, "plant.big", 0, 1000, partitions=2)  # half of it to partition 0, behind the rest
     target = ClusterProcesses(tmp_path / "target", n=1, name="target")
     text = target.config.read_text().replace("[topic_defaults]\n", "[topic_defaults]\nmax_message_bytes = 2048\n")
     target.config.write_text(text + mirror_table(f"zbroker://{source.bootstrap}"))
@@ -282,12 +286,27 @@ def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped(
 
         def stuck():
             status = mirror_status(target.bootstrap)
-            return status if status and status["partitions"] and status["lag"] == 2 and status["state"] == "error" else None
-        status = wait_until(stuck, timeout=30, interval=0.3, what="the mirror stuck on a record too large")
-        assert "MESSAGE_TOO_LARGE" in status["last_error"] and status["mirrored"] == 0
+            parts = {p["partition"]: p for p in (status or {}).get("partitions", [])}
+            if len(parts) == 2 and parts[0]["paused"] and parts[0]["lag"] == parts[0]["source_end"] == behind + 501 \
+                    and parts[1]["lag"] == 0 and parts[1]["source_end"] == 500 and status["state"] == "error":
+                return status
+        status = wait_until(stuck, timeout=60, interval=0.3, what="partition 0 stuck and paused on a record too large, 1 flowing")
+        assert "MESSAGE_TOO_LARGE" in status["last_error"]
+        stuck_part = status["partitions"][0]
+        assert stuck_part["position"] == 0 and stuck_part["backlog"] < 15_000  # paused: not all read into memory
         run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
         assert run.returncode == 0 and "MESSAGE_TOO_LARGE" in run.stdout.decode(), run.stdout.decode()
-        assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small one does not jump the queue
+        # the other partition keeps flowing while partition 0 is stuck
+        sent += produce(source.bootstrap, "plant.big", 1000, 1000, partitions=2)
+        flowing = by_partition(sent)[1]
+        assert read_until_all(target.bootstrap, "a.plant.big", {1: flowing}, timeout=30)[1] == flowing
+        assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small ones do not jump the queue
+        # the target takes the record once its topic does: partition 0 drains, is read again, nothing skipped
+        with Admin(target.bootstrap) as admin:
+            admin.alter_topic_config("a.plant.big", {"max_message_bytes": 10_000})
+        want = [b"x" * 5000] + [b"s%d" % i for i in range(behind)] + [r[2] for r in by_partition(sent)[0]]
+        got = read_all(target.bootstrap, "a.plant.big", 2, len(want) + len(flowing), timeout=90)
+        assert [r[2] for r in got[0]] == want and got[1] == flowing
     finally:
         target.close()
 

@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 #: events (record batches mostly) queued between the thread and the loop at most
-QUEUE_EVENTS = 64
+QUEUE_EVENTS = 16
 #: ... and at most about this many bytes of records (one event more than that is let through)
-QUEUE_BYTES = 16 << 20
+QUEUE_BYTES = 8 << 20
 POLL_S = 0.2
 MAX_RECORDS = 500
 #: the source's requests time out after this; a slow source then shows as an error, and is asked again

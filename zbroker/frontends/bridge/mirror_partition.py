@@ -38,8 +38,8 @@ LEADER_CHECK_MS = 200
 #: a partition whose backlog (read, not yet acknowledged) reaches either bound is paused on the
 #: source (its records no longer read) until the backlog is down to half of both: a partition
 #: the target refuses holds back only itself
-PARTITION_MAX_RECORDS = 5_000
-PARTITION_MAX_BYTES = 8 << 20
+PARTITION_MAX_RECORDS = 2_000
+PARTITION_MAX_BYTES = 4 << 20
 
 
 def record_size(record: tuple) -> int:
