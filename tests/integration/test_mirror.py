@@ -1,6 +1,8 @@
 """[[mirror]] between two clusters started here: zbroker:// and kafka:// (the source cluster's own
 Kafka front door) sources, topics created to match, records kept whole, new topics picked up,
-positions kept across a restart, and a kill -9 of the mirroring broker of a 3-broker target."""
+positions kept across a restart, a kill -9 of the mirroring broker of a 3-broker target (from
+either kind of source), a partition the target refuses holding back only itself, and the
+minimal documented ACLs."""
 
 from __future__ import annotations
 
@@ -219,10 +221,12 @@ def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
         target.close()
 
 
-def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source):
+@pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
+def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source, scheme):
     sent = seeded(source, "plant.k9", 500)
-    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target",
-                     replication_factor=3, min_insync_replicas=2)
+    url = f"zbroker://{source.bootstrap}" if scheme == "zbroker" else f"kafka://{source.kafka_bootstrap}"
+    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(url), name="target", replication_factor=3,
+                     min_insync_replicas=2)
     stop = threading.Event()
     more: list = []
 
