@@ -6,7 +6,7 @@ Theory of operation::
       lists the source's topics        --("topics", ...)-->  creates prefix+topic (same partition
       reads records from positions     --("records", ...)->  count, the source's topic configs),
       reports what fails               --("error", msg)--->  appends them (acks=all), commits
-                                       <-- add(positions), refresh(), close() --
+                                       <-- add(positions), pause/resume/remove(tps), refresh(), close() --
 
 - **Topics.** Every ``refresh_ms`` the source lists its topics; those whose whole name
   matches the ``topics`` regex are mirrored into ``prefix + topic`` with the same partition
@@ -19,8 +19,8 @@ Theory of operation::
   values are source offsets, not offsets of the target topic.
 - **At least once, in order.** Each partition has at most one append in flight; records
   keep key, value, headers and timestamp.  A position is committed only after the target
-  acknowledged the append with acks=all, at most every :data:`COMMIT_INTERVAL_MS`; a mirror
-  that dies sends again what it appended after its last commit.  A failed append is retried
+  acknowledged the append with acks=all (:mod:`~zbroker.frontends.bridge.mirror_commit`);
+  a mirror that dies sends again what it appended after its last commit.  A failed append is retried
   (the same records, in order) with a growing pause; nothing is skipped.
 - **Bounded memory.** Records are taken from the source only while fewer than
   :data:`MAX_PENDING_RECORDS` records and :data:`MAX_PENDING_BYTES` bytes wait to be
@@ -37,7 +37,7 @@ Theory of operation::
 
 Time is passed in; the cluster is reached through a
 :class:`~zbroker.frontends.bridge.gateway.Gateway` (as ``Bridge:NAME``) and the source
-through a handle with ``add``, ``refresh``, ``take`` and ``close``
+through a :class:`SourceHandle`
 (:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).  Each partition's
 appends are :class:`~zbroker.frontends.bridge.mirror_partition.MirroredPartition`.
 """
@@ -52,6 +52,7 @@ from typing import Any, Protocol
 from zbroker.errors import ErrorCode
 from zbroker.frontends.bridge.egress_feed import guarded
 from zbroker.frontends.bridge.gateway import RETRY_CODES
+from zbroker.frontends.bridge.mirror_commit import COMMIT_INTERVAL_MS, PositionCommits  # noqa: F401 (the interval: named here too)
 from zbroker.frontends.bridge.mirror_configs import target_configs
 from zbroker.frontends.bridge.mirror_partition import RETRY_MAX_MS, MirroredPartition
 from zbroker.ratelimit import RateLimitedLog
@@ -59,7 +60,6 @@ from zbroker.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
-COMMIT_INTERVAL_MS = 500
 MAX_PENDING_RECORDS = 50_000
 MAX_PENDING_BYTES = 64 << 20
 #: a source topic missing from every listing for this long is forgotten
@@ -145,10 +145,8 @@ class Mirror:
         self.records = 0
         self.errors = 0
         self.last_error: str | None = None
-        self._committing = False
-        self._commit_after = False  # closed while a commit was in flight: commit again once it settles
+        self._commits = PositionCommits(gateway, self.group, self._parts.values, self._committed, now_ms)
         self._pumping = False
-        self._next_commit = now_ms + COMMIT_INTERVAL_MS
         self._next_refresh = now_ms + config.refresh_ms
         source.refresh()
 
@@ -203,7 +201,8 @@ class Mirror:
                 self._setup(topic)
         for part in self._parts.values():
             part.step(now_ms)
-        self._maybe_commit()
+        if not self._closed:
+            self._commits.maybe(now_ms)
         self.pump(now_ms)
 
     def next_deadline(self, now_ms: int) -> int | None:
@@ -212,8 +211,9 @@ class Mirror:
         due = self._next_refresh
         if self._event_retry_at is not None:
             due = min(due, self._event_retry_at)
-        if any(p.position > p.committed for p in self._parts.values()):
-            due = min(due, self._next_commit)
+        commit = self._commits.deadline()
+        if commit is not None:
+            due = min(due, commit)
         for topic in self._topics.values():
             if topic.ready < topic.partitions and not topic.busy:  # busy: its answer drives it
                 due = min(due, topic.retry_at)
@@ -233,7 +233,7 @@ class Mirror:
         for part in self._parts.values():
             part.stop()
         self.source.close()
-        self._final_commit()
+        self._commits.final(now_ms)
 
     def status(self, now_ms: int) -> dict:
         ordered = sorted(self._parts.values(), key=lambda p: (p.target, p.partition))
@@ -390,40 +390,11 @@ class Mirror:
     def _append_failed(self, part: MirroredPartition, code: int, message: str) -> None:
         self._count_failure("append", message, code)
 
-    def _maybe_commit(self) -> None:
-        if self._committing or self._now < self._next_commit or self._closed:
-            return
-        self._next_commit = self._now + COMMIT_INTERVAL_MS
-        self._commit()
-
-    def _final_commit(self) -> None:
-        """At close: commit the positions now, or once the commit in flight has settled."""
-        if self._committing:
-            self._commit_after = True
-        else:
-            self._commit()
-
-    def _commit(self) -> None:
-        offsets = {(p.target, p.partition): p.position for p in self._parts.values() if p.position > p.committed}
-        if not offsets:
-            return
-        self._committing = True
-        self.gateway.commit(self.group, offsets, self._now).on_done(
-            guarded(lambda c: self._commit_done(offsets, c), "a mirror's commit answer"))
-
-    def _commit_done(self, offsets: dict, completion) -> None:
-        self._committing = False
-        if completion.error is not None:
-            self._fail("commit", f"commit to group {self.group}: {completion.error.message}", completion.error.code)
+    def _committed(self, error) -> None:
+        if error is not None:
+            self._fail("commit", f"commit to group {self.group}: {error.message}", error.code)
         else:
             self._ok("commit")
-            for part in self._parts.values():
-                offset = offsets.get((part.target, part.partition))
-                if offset is not None:
-                    part.committed = max(part.committed, offset)
-        if self._commit_after:  # closed meanwhile: the final commit
-            self._commit_after = False
-            self._commit()
 
     def _fail(self, what: str, message: str, code: int | None = None) -> None:
         """``what`` ("source", "topics", "commit") failed; it is tried again."""
