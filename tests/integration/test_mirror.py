@@ -110,6 +110,11 @@ def mirror_status(bootstrap: str, *options: str) -> dict | None:
     return entries[0] if entries else None
 
 
+def source_url(source: ClusterProcesses, scheme: str) -> str:
+    """The mirror's ``source``: the source cluster's native door, or its Kafka door."""
+    return f"zbroker://{source.bootstrap}" if scheme == "zbroker" else f"kafka://{source.kafka_bootstrap}"
+
+
 def in_order_at_least_once(got: list, want: list) -> bool:
     """Every record of ``want`` is in ``got`` and their first copies come in ``want``'s order
     (a copy sent again after a failure may follow later)."""
@@ -224,8 +229,7 @@ def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
 @pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
 def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source, scheme):
     sent = seeded(source, "plant.k9", 500)
-    url = f"zbroker://{source.bootstrap}" if scheme == "zbroker" else f"kafka://{source.kafka_bootstrap}"
-    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(url), name="target", replication_factor=3,
+    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(source_url(source, scheme)), name="target", replication_factor=3,
                      min_insync_replicas=2)
     stop = threading.Event()
     more: list = []
@@ -271,8 +275,9 @@ def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_p
         target.close()
 
 
+@pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
 def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped_and_hold_back_only_their_partition(
-        tmp_path, source):
+        tmp_path, source, scheme):
     behind = 60_000  # more than the mirror holds in all (50,000 records): only pausing the partition keeps the other going
     with Admin(source.bootstrap) as admin:
         admin.create_topic("plant.big", partitions=2)
@@ -284,7 +289,7 @@ def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped_
     sent = produce(source.bootstrap, "plant.big", 0, 1000, partitions=2)  # half of it to partition 0, behind the rest
     target = ClusterProcesses(tmp_path / "target", n=1, name="target")
     text = target.config.read_text().replace("[topic_defaults]\n", "[topic_defaults]\nmax_message_bytes = 2048\n")
-    target.config.write_text(text + mirror_table(f"zbroker://{source.bootstrap}"))
+    target.config.write_text(text + mirror_table(source_url(source, scheme)))
     try:
         target.start()
 

@@ -61,6 +61,8 @@ class FakeReader:
     def pause(self, tps):
         self.added.append(("paused", list(tps)))
 
+    remove = pause
+
     def poll(self, stop):
         with self.lock:
             self.polls += 1

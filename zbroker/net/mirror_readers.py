@@ -9,8 +9,8 @@ uses Kafka's clients).  This is the one broker module that imports the client li
   (``incremental_assign`` with offsets, ``list_topics``, cached watermarks; nothing
   committed) and ``AdminClient.describe_configs``.
 
-Each has ``topics()``, ``add(positions)``, ``pause(tps)``, ``poll(stop)`` -> events and
-``close()`` (the events are :mod:`zbroker.frontends.bridge.mirror`'s).
+Each has ``topics()``, ``add(positions)``, ``pause(tps)``, ``remove(tps)``, ``poll(stop)`` ->
+events and ``close()`` (the events are :mod:`zbroker.frontends.bridge.mirror`'s).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 
 POLL_S = 0.2
+FETCH_WAIT_MS = 100
 MAX_RECORDS = 500
 #: the source's requests time out after this; a slow source then shows as an error, and is asked again
 REQUEST_TIMEOUT_MS = 10_000
@@ -83,6 +84,8 @@ class ZbrokerReader:
         self.assigned -= set(tps)
         self.consumer.assign(sorted(self.assigned))
 
+    remove = pause
+
     def poll(self, stop: threading.Event) -> list[tuple]:
         if not self.assigned:
             stop.wait(POLL_S)
@@ -116,10 +119,14 @@ class KafkaReader:
         base = {"bootstrap.servers": config.bootstrap, "client.id": f"mirror.{config.name}", **config.source_config,
                 "logger": librdkafka_log, "error_cb": self._errors.append}
         # librdkafka wants a group.id even for assign(); nothing is committed to it
-        self.consumer = confluent_kafka.Consumer({"group.id": f"mirror.{config.name}", "auto.offset.reset": "earliest", **base,
+        # fetch.wait.max.ms: a partition resumed (its backlog drained) waits for the fetch in
+        # flight to the broker to come back before its own starts: keep that long-poll short
+        self.consumer = confluent_kafka.Consumer({"group.id": f"mirror.{config.name}", "auto.offset.reset": "earliest",
+                                                  "fetch.wait.max.ms": FETCH_WAIT_MS, **base,
                                                   "enable.auto.commit": False, "enable.auto.offset.store": False})
         self.admin = AdminClient(base)
         self.assigned: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()  # assigned, not fetched
 
     def topics(self) -> dict:
         from confluent_kafka.admin import ConfigResource
@@ -150,17 +157,35 @@ class KafkaReader:
         return out
 
     def add(self, positions: dict) -> None:
+        """Read these partitions from these offsets: new ones are assigned, paused ones resumed
+        and moved there (quicker than assigning them again)."""
         TopicPartition = self.kafka.TopicPartition
         # -2 is librdkafka's OFFSET_BEGINNING too
-        self.consumer.incremental_assign([TopicPartition(t, p, offset) for (t, p), offset in positions.items()])
+        new = [TopicPartition(t, p, offset) for (t, p), offset in positions.items() if (t, p) not in self.paused]
+        if new:
+            self.consumer.incremental_assign(new)
+        again = [TopicPartition(t, p, offset) for (t, p), offset in positions.items() if (t, p) in self.paused]
+        if again:
+            self.consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in again])
+            for tp in again:
+                self.consumer.seek(tp)
+            self.paused -= set(positions)
         self.assigned |= set(positions)
 
     def pause(self, tps: list) -> None:
-        """Stop reading ``tps`` (unassigned: what was fetched for them is dropped)."""
+        """Stop fetching ``tps`` (what the mirror's thread had not queued yet it drops and reads again)."""
+        held = [self.kafka.TopicPartition(t, p) for t, p in tps if (t, p) in self.assigned and (t, p) not in self.paused]
+        if held:
+            self.consumer.pause(held)
+        self.paused |= {(tp.topic, tp.partition) for tp in held}
+
+    def remove(self, tps: list) -> None:
+        """Stop reading ``tps`` for good (unassigned)."""
         gone = [self.kafka.TopicPartition(t, p) for t, p in tps if (t, p) in self.assigned]
         if gone:
             self.consumer.incremental_unassign(gone)
         self.assigned -= set(tps)
+        self.paused -= set(tps)
 
     def poll(self, stop: threading.Event) -> list[tuple]:
         self.admin.poll(0)  # serves the callbacks (errors) of the admin client

@@ -53,7 +53,7 @@ class MirrorSource:
         loop: the broker's :class:`~zbroker.net.loop.EventLoop`: the wake socket is watched
             from here until :meth:`close`.
         reader: ``reader(config)`` -> what reads the source (``topics()``, ``add(positions)``,
-            ``pause(tps)``, ``poll(stop)`` -> events, ``close()``); by default the one for the
+            ``pause(tps)``, ``remove(tps)``, ``poll(stop)`` -> events, ``close()``); by default the one for the
             config's scheme.
     """
 
@@ -206,7 +206,7 @@ class MirrorSource:
             reader.add(positions)
             self._reseek.difference_update(positions)
         elif kind == "remove":
-            reader.pause(arg)
+            reader.remove(arg)
             for tp in arg:
                 self._next.pop(tp, None)
                 self._reseek.discard(tp)
