@@ -457,17 +457,19 @@ def test_a_partition_is_paused_by_the_bytes_it_holds_too(monkeypatch):
     assert src.paused == {("plant.x", 0)} and mirror.status(T0)["pending"] == 4
 
 
+def failing_once(cls, method: str, message: str):
+    """``cls`` with ``method`` raising RuntimeError(message) the first time it is called (a step with a bug)."""
+    def once(self, *args):
+        if not getattr(self, "failed_once", False):
+            self.failed_once = True
+            raise RuntimeError(message)
+        return getattr(super(flaky, self), method)(*args)
+    flaky = type(f"Flaky{cls.__name__}", (cls,), {method: once})
+    return flaky
+
+
 def test_an_event_whose_handling_fails_is_handled_again_and_no_record_is_skipped():
-    class Flaky(FakeGateway):
-        fail = 1
-
-        def partition_count(self, topic):
-            if self.fail:
-                self.fail -= 1
-                raise RuntimeError("a bug in a step")
-            return super().partition_count(topic)
-
-    mirror, gw, src = make(gateway=Flaky())
+    mirror, gw, src = make(gateway=failing_once(FakeGateway, "partition_count", "a bug in a step")())
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 3), -1)]
     mirror.pump(T0)  # the listing fails: it stays first, the records wait behind it
     status = mirror.status(T0)
@@ -482,16 +484,7 @@ def test_an_event_whose_handling_fails_is_handled_again_and_no_record_is_skipped
 
 
 def test_a_records_event_handled_again_after_a_failure_appends_nothing_twice():
-    class Flaky(FakeSource):
-        fail = 1
-
-        def pause(self, tps):
-            if self.fail:
-                self.fail -= 1
-                raise RuntimeError("pause failed")
-            super().pause(tps)
-
-    mirror, gw, src = make(source=Flaky())
+    mirror, gw, src = make(source=failing_once(FakeSource, "pause", "pause failed")())
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, MP.PARTITION_MAX_RECORDS), -1)]
     gw.auto_ack = False
     mirror.pump(T0)  # offered, then pausing the partition raised
