@@ -57,6 +57,8 @@ from zbroker.protocol import broker_identity
 
 log = logging.getLogger(__name__)
 
+BRIDGE_DRAIN_MS = 3000  # at a stop, how long the loop goes on for the bridges' last appends and commits to be answered
+
 
 def now_ms() -> int:
     """The broker's one clock: wall time in ms (record timestamps and timers alike)."""
@@ -261,6 +263,7 @@ class Server:
         finally:
             if self.bridge_host is not None:  # first: bridges commit their positions while the node still serves
                 guarded(self.bridge_host.close, now_ms())
+                guarded(self.loop.drain, self.bridge_host.settled, BRIDGE_DRAIN_MS)
             self._join_mirror_sources()
             guarded(node.close, now_ms())
             self.loop.close()

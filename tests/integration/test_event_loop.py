@@ -131,3 +131,33 @@ def test_the_loop_sleeps_no_longer_than_the_nearest_timer():
     loop.run()
     # five 30 ms periods; with the 100 ms poll cap alone it would take 500 ms
     assert len(fired) == 5 and clock() - started < 450
+
+
+class Countdown:
+    """A timer with work every 10 ms; ``left`` turns of it until its work is done."""
+
+    def __init__(self, left: int) -> None:
+        self.left, self.ticks = left, 0
+
+    def next_timer_ms(self, now_ms: int) -> int:
+        return 10
+
+    def tick(self, now_ms: int) -> None:
+        self.ticks += 1
+        self.left -= 1
+
+
+def test_drain_goes_on_after_a_stop_until_done_or_its_deadline():
+    loop = EventLoop(clock)
+    work = Countdown(5)
+    loop.add_timer(work)
+    loop.stop()
+    loop.run()  # stopped already: returns at once
+    assert work.ticks == 0
+    loop.drain(lambda: work.left <= 0, timeout_ms=5_000)
+    assert work.left == 0 and loop.stopped  # ran exactly until done, and stays stopped
+    endless = Countdown(10**9)
+    loop.add_timer(endless)
+    started = clock()
+    loop.drain(lambda: False, timeout_ms=200)
+    assert 200 <= clock() - started < 2_000 and loop.stopped

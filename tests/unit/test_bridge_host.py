@@ -96,3 +96,15 @@ def test_a_failing_mirror_start_is_tried_again_with_back_off_and_logged_once_wit
     host._start_mirror = lambda config, now_ms: Runner(config.name)
     host.tick(300_000)
     assert set(host.runners) == {"bad"} and host._start_failures == {}
+
+
+def test_settled_waits_for_the_closed_runners_that_say_they_are_busy():
+    host = BridgeHost(1, lambda: False)
+    busy, quiet = Runner("busy"), Runner("quiet")
+    busy.settled = lambda: busy.closed and not getattr(busy, "answers_due", True)
+    host.add(busy)
+    host.add(quiet)
+    host.close(0)
+    assert not host.settled()  # busy's last commit has no answer yet; quiet has no settled(): nothing to wait for
+    busy.answers_due = False
+    assert host.settled()

@@ -113,21 +113,36 @@ class EventLoop:
     def run(self) -> None:
         """Poll and tick until :meth:`stop`."""
         while not self.stopped:
-            now = self.clock()
-            timeout = MAX_POLL_MS
-            for timer in self._timers:
-                timeout = min(timeout, timer.next_timer_ms(now))
-            events = dict(self._poller.poll(max(0, timeout)))
-            for key in list(self._order):
-                flags = events.get(key, 0)
-                if flags & zmq.POLLOUT and key in self._owners:
-                    sock, listener = self._owners[key]
-                    guarded(listener.on_writable, sock)
-                if flags & (zmq.POLLIN | zmq.POLLERR) and key in self._owners:
-                    sock, listener = self._owners[key]
-                    guarded(listener.on_readable, sock)
-            for timer in self._timers:
-                guarded(timer.tick, self.clock())
+            self._turn()
+
+    def drain(self, done: Callable[[], bool], timeout_ms: int) -> None:
+        """After :meth:`run` returned: go on polling and ticking until ``done()`` or for
+        ``timeout_ms``, so work under way when the stop came (a bridge's last appends and
+        commits, handed to other brokers) gets its answers; another :meth:`stop` ends it."""
+        end = self.clock() + timeout_ms
+        self.stopped = False
+        while not self.stopped and not done() and self.clock() < end:
+            self._turn()
+        self.stopped = True
+
+    def _turn(self) -> None:
+        """One turn: poll every socket (at most until the nearest timer), hand input to its
+        listener, run the timers."""
+        now = self.clock()
+        timeout = MAX_POLL_MS
+        for timer in self._timers:
+            timeout = min(timeout, timer.next_timer_ms(now))
+        events = dict(self._poller.poll(max(0, timeout)))
+        for key in list(self._order):
+            flags = events.get(key, 0)
+            if flags & zmq.POLLOUT and key in self._owners:
+                sock, listener = self._owners[key]
+                guarded(listener.on_writable, sock)
+            if flags & (zmq.POLLIN | zmq.POLLERR) and key in self._owners:
+                sock, listener = self._owners[key]
+                guarded(listener.on_readable, sock)
+        for timer in self._timers:
+            guarded(timer.tick, self.clock())
 
     def close(self) -> None:
         for listener in self._listeners:

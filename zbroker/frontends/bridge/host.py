@@ -66,6 +66,7 @@ class BridgeHost:
         self._mirrors: set[str] = set()
         self._next_check_ms = 0
         self._start_failures: dict[str, tuple[int, int]] = {}  # mirror -> (failures in a row, next try at)
+        self._closing: list[Runner] = []
 
     def add(self, runner: Runner) -> None:
         self.runners[runner.name] = runner
@@ -137,7 +138,15 @@ class BridgeHost:
         return out
 
     def close(self, now_ms: int) -> None:
+        """Close every bridge and mirror (they hand over their last appends and commits);
+        :meth:`settled` then says when those have their answers."""
         for name, runner in list(self.runners.items()):
             _guarded(name, runner.close, now_ms)
+        self._closing = list(self.runners.values())
         self.runners.clear()
         self._mirrors.clear()
+
+    def settled(self) -> bool:
+        """Whether every closed bridge's last work has its answer (a runner says so with an
+        optional ``settled()``; one without it has nothing to wait for)."""
+        return all(_guarded(r.name, getattr(r, "settled", lambda: True)) is not False for r in self._closing)
