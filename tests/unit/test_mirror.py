@@ -525,9 +525,11 @@ def test_close_while_a_commit_is_in_flight_commits_again_once_it_settled():
     src.events.append(("records", "plant.x", 0, recs(2, 3), -1))
     mirror.pump(T0 + M.COMMIT_INTERVAL_MS + 1)
     mirror.close(T0 + M.COMMIT_INTERVAL_MS + 2)
-    assert len(gw.commits) == 1 and src.closed  # waits for the one in flight
+    assert len(gw.commits) == 1 and src.closed and not mirror.settled()  # waits for the one in flight
     gw.commits[0][2].complete(None)
-    assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}, {("a.plant.x", 0): 5}]
+    assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}, {("a.plant.x", 0): 5}] and not mirror.settled()
+    gw.commits[1][2].complete(None)
+    assert mirror.settled()
 
 
 def test_a_topic_gone_from_the_source_is_forgotten_after_the_grace_period():

@@ -235,6 +235,10 @@ class Mirror:
         self.source.close()
         self._commits.final(now_ms)
 
+    def settled(self) -> bool:
+        """After :meth:`close`: the final commit has its answer (a stopping broker waits for it)."""
+        return self._commits.settled()
+
     def status(self, now_ms: int) -> dict:
         ordered = sorted(self._parts.values(), key=lambda p: (p.target, p.partition))
         parts = [part.status() for part in ordered]

@@ -31,6 +31,10 @@ class PositionCommits:
         self.in_flight = False
         self._final = False  # stopped while a commit was in flight: commit again once it settles
 
+    def settled(self) -> bool:
+        """No commit in flight and none to follow (what a stopping broker waits for)."""
+        return not self.in_flight and not self._final
+
     def deadline(self) -> int | None:
         """When :meth:`maybe` has work: a position not committed yet."""
         return self.next_at if any(p.position > p.committed for p in self._parts()) else None
