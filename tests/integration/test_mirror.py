@@ -226,6 +226,26 @@ def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
         target.close()
 
 
+def test_a_clean_stop_commits_the_last_positions_so_a_restart_copies_nothing_twice(tmp_path, source):
+    sent = seeded(source, "plant.st", 300)
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target")
+    try:
+        with Admin(target.bootstrap) as admin:
+            def all_appended():  # in-process, quickly: the stop should come before the next periodic commit
+                mirrors = [e for e in admin.bridge_status() if e.get("kind") == "mirror"]
+                return mirrors and mirrors[0]["mirrored"] == 300
+            wait_until(all_appended, timeout=30, interval=0.02, what="300 records appended")
+        broker = target.brokers[1]
+        started = time.monotonic()
+        assert broker.stop() == 0 and time.monotonic() - started < 10  # the source thread is joined, not waited out
+        sent += produce(source.bootstrap, "plant.st", 300, 100)
+        broker.start()
+        got = read_all(target.bootstrap, "a.plant.st", 2, 400)
+        assert dict(got) == by_partition(sent)  # each once: the stop committed what was appended
+    finally:
+        target.close()
+
+
 @pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
 def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source, scheme):
     sent = seeded(source, "plant.k9", 500)
