@@ -47,6 +47,7 @@ from zbroker.net.bridge_out import EgressSocket
 from zbroker.net.bridge_sockets import IngestSocket
 from zbroker.net.curve_keys import BrokerKeys, KeyDir, broker_keys
 from zbroker.net.loop import EventLoop, guarded
+from zbroker.net.mirror_source import JOIN_S as MIRROR_JOIN_S
 from zbroker.net.mirror_source import MirrorSource
 from zbroker.net.tcp_listener import TcpListener, server_tls_context
 from zbroker.net.zap import BRIDGE, CLIENT, GOSSIP, PEER, ZapHandler
@@ -75,6 +76,7 @@ class Server:
         self.node: BrokerNode | None = None
         self.kafka_tls = None  # the Kafka listener's ssl.SSLContext, if it speaks TLS
         self.bridge_host: BridgeHost | None = None
+        self._mirror_sources: list[MirrorSource] = []  # their threads are joined at shutdown
 
     def stop(self, *_args) -> None:
         self.loop.stop()
@@ -205,7 +207,9 @@ class Server:
         """Start one ``[[mirror]]`` here (the host calls it on the controller's broker): its source
         thread, whose wake socket the loop watches, and its logic, which appends through a
         gateway as ``Bridge:NAME``.  Closing the mirror stops the thread and unwatches the socket."""
+        self._mirror_sources = [s for s in self._mirror_sources if s.alive()]  # those stopped earlier that ended
         source = MirrorSource(config, self.loop)
+        self._mirror_sources.append(source)
         try:
             mirror = Mirror(config, Gateway(node.app, node.app.peers, config.principal, group_name(config.name)), source, now)
         except Exception:
@@ -213,6 +217,14 @@ class Server:
             raise
         source.on_wake = lambda: mirror.pump(now_ms())
         return mirror
+
+    def _join_mirror_sources(self) -> None:
+        """At shutdown: wait (a few seconds in all) for the mirrors' source threads to close their clients."""
+        deadline = time.monotonic() + MIRROR_JOIN_S
+        for source in self._mirror_sources:
+            source.close()
+            guarded(source.join, max(0.0, deadline - time.monotonic()))
+        self._mirror_sources.clear()
 
     def _kafka_protocol(self) -> str:
         """The Kafka listener's security protocol, as Kafka clients name it."""
@@ -253,6 +265,7 @@ class Server:
             if self.bridge_host is not None:  # first: bridges commit their positions while the node still serves
                 guarded(self.bridge_host.close, now_ms())
                 guarded(self.loop.drain, self.bridge_host.settled, BRIDGE_DRAIN_MS)
+            self._join_mirror_sources()
             guarded(node.close, now_ms())
             self.loop.close()
             log.info("broker %s stopped", self.broker_id)

@@ -1,6 +1,8 @@
 """[[mirror]] between two clusters started here: zbroker:// and kafka:// (the source cluster's own
 Kafka front door) sources, topics created to match, records kept whole, new topics picked up,
-positions kept across a restart, and a kill -9 of the mirroring broker of a 3-broker target."""
+positions kept across a restart, a kill -9 of the mirroring broker of a 3-broker target (from
+either kind of source), a partition the target refuses holding back only itself, and the
+minimal documented ACLs."""
 
 from __future__ import annotations
 
@@ -106,6 +108,11 @@ def mirror_status(bootstrap: str, *options: str) -> dict | None:
     assert run.returncode == 0, run.stderr.decode()
     entries = [e for e in json.loads(run.stdout) if e.get("kind") == "mirror"]
     return entries[0] if entries else None
+
+
+def source_url(source: ClusterProcesses, scheme: str) -> str:
+    """The mirror's ``source``: the source cluster's native door, or its Kafka door."""
+    return f"zbroker://{source.bootstrap}" if scheme == "zbroker" else f"kafka://{source.kafka_bootstrap}"
 
 
 def in_order_at_least_once(got: list, want: list) -> bool:
@@ -219,10 +226,31 @@ def test_the_position_survives_a_restart_without_a_copy_again(tmp_path, source):
         target.close()
 
 
-def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source):
+def test_a_clean_stop_commits_the_last_positions_so_a_restart_copies_nothing_twice(tmp_path, source):
+    sent = seeded(source, "plant.st", 300)
+    target = cluster(tmp_path / "target", n=1, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target")
+    try:
+        with Admin(target.bootstrap) as admin:
+            def all_appended():  # in-process, quickly: the stop should come before the next periodic commit
+                mirrors = [e for e in admin.bridge_status() if e.get("kind") == "mirror"]
+                return mirrors and mirrors[0]["mirrored"] == 300
+            wait_until(all_appended, timeout=30, interval=0.02, what="300 records appended")
+        broker = target.brokers[1]
+        started = time.monotonic()
+        assert broker.stop() == 0 and time.monotonic() - started < 10  # the source thread is joined, not waited out
+        sent += produce(source.bootstrap, "plant.st", 300, 100)
+        broker.start()
+        got = read_all(target.bootstrap, "a.plant.st", 2, 400)
+        assert dict(got) == by_partition(sent)  # each once: the stop committed what was appended
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
+def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_path, source, scheme):
     sent = seeded(source, "plant.k9", 500)
-    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(f"zbroker://{source.bootstrap}"), name="target",
-                     replication_factor=3, min_insync_replicas=2)
+    target = cluster(tmp_path / "target", n=3, mirror=mirror_table(source_url(source, scheme)), name="target", replication_factor=3,
+                     min_insync_replicas=2)
     stop = threading.Event()
     more: list = []
 
@@ -267,27 +295,47 @@ def test_kill_9_of_the_mirroring_broker_moves_the_mirror_and_loses_nothing(tmp_p
         target.close()
 
 
-def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped(tmp_path, source):
+@pytest.mark.parametrize("scheme", ["zbroker", "kafka"])
+def test_records_the_target_refuses_stay_behind_as_lag_and_an_error_not_skipped_and_hold_back_only_their_partition(
+        tmp_path, source, scheme):
+    behind = 60_000  # more than the mirror holds in all (50,000 records): only pausing the partition keeps the other going
     with Admin(source.bootstrap) as admin:
-        admin.create_topic("plant.big", partitions=1)
-    with Producer(bootstrap=source.bootstrap) as p:
-        p.send("plant.big", value=b"x" * 5000)  # over the target's max_message_bytes
-        p.send("plant.big", value=b"small")
-        p.flush(timeout=30)
+        admin.create_topic("plant.big", partitions=2)
+    with Producer(bootstrap=source.bootstrap, linger_ms=5) as p:
+        p.send("plant.big", value=b"x" * 5000, partition=0)  # over the target's max_message_bytes
+        for i in range(behind):
+            p.send("plant.big", value=b"s%d" % i, partition=0)
+        p.flush(timeout=60)
+    sent = produce(source.bootstrap, "plant.big", 0, 1000, partitions=2)  # half of it to partition 0, behind the rest
     target = ClusterProcesses(tmp_path / "target", n=1, name="target")
     text = target.config.read_text().replace("[topic_defaults]\n", "[topic_defaults]\nmax_message_bytes = 2048\n")
-    target.config.write_text(text + mirror_table(f"zbroker://{source.bootstrap}"))
+    target.config.write_text(text + mirror_table(source_url(source, scheme)))
     try:
         target.start()
 
         def stuck():
             status = mirror_status(target.bootstrap)
-            return status if status and status["partitions"] and status["lag"] == 2 and status["state"] == "error" else None
-        status = wait_until(stuck, timeout=30, interval=0.3, what="the mirror stuck on a record too large")
-        assert "MESSAGE_TOO_LARGE" in status["last_error"] and status["mirrored"] == 0
+            parts = {p["partition"]: p for p in (status or {}).get("partitions", [])}
+            if len(parts) == 2 and parts[0]["paused"] and parts[0]["lag"] == parts[0]["source_end"] == behind + 501 \
+                    and parts[1]["lag"] == 0 and parts[1]["source_end"] == 500 and status["state"] == "error":
+                return status
+        status = wait_until(stuck, timeout=60, interval=0.3, what="partition 0 stuck and paused on a record too large, 1 flowing")
+        assert "MESSAGE_TOO_LARGE" in status["last_error"]
+        stuck_part = status["partitions"][0]
+        assert stuck_part["position"] == 0 and stuck_part["backlog"] < 15_000  # paused: not all read into memory
         run = run_cli("bridge", "status", bootstrap=target.bootstrap, timeout=30)
         assert run.returncode == 0 and "MESSAGE_TOO_LARGE" in run.stdout.decode(), run.stdout.decode()
-        assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small one does not jump the queue
+        # the other partition keeps flowing while partition 0 is stuck
+        sent += produce(source.bootstrap, "plant.big", 1000, 1000, partitions=2)
+        flowing = by_partition(sent)[1]
+        assert read_until_all(target.bootstrap, "a.plant.big", {1: flowing}, timeout=30)[1] == flowing
+        assert read_all(target.bootstrap, "a.plant.big", 1, 1, timeout=1) == {}  # the small ones do not jump the queue
+        # the target takes the record once its topic does: partition 0 drains, is read again, nothing skipped
+        with Admin(target.bootstrap) as admin:
+            admin.alter_topic_config("a.plant.big", {"max_message_bytes": 10_000})
+        want = [b"x" * 5000] + [b"s%d" % i for i in range(behind)] + [r[2] for r in by_partition(sent)[0]]
+        got = read_all(target.bootstrap, "a.plant.big", 2, len(want) + len(flowing), timeout=90)
+        assert [r[2] for r in got[0]] == want and got[1] == flowing
     finally:
         target.close()
 
@@ -341,6 +389,43 @@ def test_a_mirror_authenticates_to_its_source_like_a_client_and_acts_as_bridge_n
     finally:
         target.close()
         src.close()
+
+
+#: what docs/bridge.md (Security) lists for a mirror on the target cluster, and nothing more
+MIRROR_TARGET_ACLS = [*(("topic", "a.", op, "prefixed") for op in ("create", "write", "describe", "alter", "read")),
+                      *(("group", "mirror.m", op, "literal") for op in ("read", "describe"))]
+
+
+def test_a_mirror_with_exactly_the_documented_acls_copies_and_commits(tmp_path, source):
+    sent = seeded(source, "plant.acl", 200)
+    target = ClusterProcesses(tmp_path / "target", n=1, curve=True, name="target")
+    target.config.write_text(target.config.read_text() + mirror_table(f"zbroker://{source.bootstrap}"))
+    try:
+        target.start()
+        wait_until(target.agreed_controller, timeout=20, what="a controller")
+        options = target.client_options()
+        cli = ["--curve-secret-key-file", options["curve_secret_key_file"], "--curve-server-key", options["curve_server_key"]]
+        with Admin(target.bootstrap, **options) as admin:
+            admin.create_acls([AclBinding("Bridge:m", kind, name, operation=op, pattern=pattern)
+                               for kind, name, op, pattern in MIRROR_TARGET_ACLS])
+
+        def committed():
+            status = mirror_status(target.bootstrap, *cli)
+            parts = (status or {}).get("partitions") or []
+            done = len(parts) == 2 and all(p["source_end"] == 100 and p["committed"] == 100 for p in parts)
+            return status if done and not status["failing"] else None
+        status = wait_until(committed, timeout=60, interval=0.3, what="every position committed under the documented ACLs")
+        assert status["state"] == "running" and status["mirrored"] == 200
+        with Consumer(bootstrap=target.bootstrap, enable_auto_commit=False, **options) as c:
+            c.assign([("a.plant.acl", 0), ("a.plant.acl", 1)])
+            got: dict = collections.defaultdict(list)
+            deadline = time.monotonic() + 20
+            while sum(map(len, got.values())) < 200 and time.monotonic() < deadline:
+                for r in c.poll(timeout_ms=200):
+                    got[r.partition].append((r.timestamp, r.key, r.value, tuple(sorted(r.headers.items()))))
+        assert dict(got) == by_partition(sent)
+    finally:
+        target.close()
 
 
 def test_a_kafka_source_with_sasl_over_tls_takes_source_config(tmp_path):

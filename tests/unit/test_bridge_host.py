@@ -73,6 +73,31 @@ def test_mirrors_follow_controllership_and_a_failed_start_is_tried_again():
     assert host.runners == {} and good.closed
 
 
+def test_a_failing_mirror_start_is_tried_again_with_back_off_and_logged_once_with_its_traceback(caplog):
+    from zbroker.frontends.bridge import host as H
+
+    tries = []
+
+    def start(config, now_ms):
+        tries.append(now_ms)
+        raise OSError("key file unreadable")
+
+    host = BridgeHost(1, lambda: True, (mirror("bad"),), start)
+    with caplog.at_level("INFO", logger=H.__name__):
+        for now in range(0, 200_001, IDLE_TICK_MS):
+            host.tick(now)
+    assert tries[:6] == [0, 1000, 3000, 7000, 15000, 31000]  # 1 s doubling ...
+    assert {b - a for a, b in zip(tries[5:], tries[6:])} == {H.START_RETRY_MAX_MS}  # ... to 30 s
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1 and "key file unreadable" in caplog.text
+    lines = [r for r in caplog.records if "still cannot start" in r.getMessage()]
+    assert 0 < len(lines) <= len(tries) - 1
+    # it starts once the cause is gone: the pause is forgotten
+    host._start_mirror = lambda config, now_ms: Runner(config.name)
+    host.tick(300_000)
+    assert set(host.runners) == {"bad"} and host._start_failures == {}
+
+
 def test_settled_waits_for_the_closed_runners_that_say_they_are_busy():
     host = BridgeHost(1, lambda: False)
     busy, quiet = Runner("busy"), Runner("quiet")

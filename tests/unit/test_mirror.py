@@ -94,9 +94,23 @@ class FakeSource:
     added: list = field(default_factory=list)
     refreshes: int = 0
     closed: bool = False
+    paused: set = field(default_factory=set)
+    resumed: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
 
     def add(self, positions):
         self.added.append(dict(positions))
+
+    def pause(self, tps):
+        self.paused |= set(tps)
+
+    def resume(self, tps):
+        self.paused -= set(tps)
+        self.resumed += tps
+
+    def remove(self, tps):
+        self.paused -= set(tps)
+        self.removed += tps
 
     def refresh(self):
         self.refreshes += 1
@@ -245,7 +259,8 @@ def test_a_topic_created_later_and_a_topic_that_grew_are_picked_up_at_the_next_l
     assert len(mirror.status(T0)["partitions"]) == 4
 
 
-def test_the_source_is_read_only_while_few_records_wait():
+def test_the_source_is_read_only_while_few_records_wait(monkeypatch):
+    monkeypatch.setattr(MP, "PARTITION_MAX_RECORDS", 10**9)  # the mirror's bound, not a partition's
     gw = FakeGateway(auto_ack=False)
     mirror, gw, src = make(gateway=gw)
     src.events.append(listing(plant_x=1))
@@ -254,6 +269,18 @@ def test_the_source_is_read_only_while_few_records_wait():
     assert len(src.events) == 5  # taken up to the bound, then the source waits
     gw.produced[0][4].complete(ProduceResult("a.plant.x", 0))  # room again: more is taken
     assert len(src.events) == 4
+
+
+def test_the_source_is_read_only_while_few_bytes_wait(monkeypatch):
+    monkeypatch.setattr(MP, "PARTITION_MAX_BYTES", 10**12)
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    big = 1 << 20
+    src.events.append(listing(plant_x=1))
+    src.events += [("records", "plant.x", 0, [(i, T0, None, b"x" * big, None)], -1) for i in range(M.MAX_PENDING_BYTES // big + 5)]
+    mirror.pump(T0)
+    assert 5 <= len(src.events) <= 6 and mirror.status(T0)["pending"] < 100  # the bytes bound, far below the records bound
+    assert mirror.status(T0)["pending_bytes"] >= M.MAX_PENDING_BYTES
 
 
 def test_lag_and_source_errors_show_in_status():
@@ -394,3 +421,139 @@ def test_driven_as_the_host_drives_it_set_up_retries_and_leader_checks_happen_on
     gw.leaders[("a.plant.x", 0)] = 2
     run_as_host(mirror, T0 + 1000, T0 + 2000)
     assert len(gw.produced) == 2  # sent again to the new leader well before the next refresh
+
+
+def test_a_partition_the_target_refuses_is_paused_alone_and_read_again_once_drained(monkeypatch):
+    monkeypatch.setattr(MP, "PARTITION_MAX_RECORDS", 100)
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=2)] + [("records", "plant.x", 0, recs(i, 10), -1) for i in range(0, 120, 10)]
+    mirror.pump(T0)
+    assert src.paused == {("plant.x", 0)}  # its backlog is full: the source stops reading it
+    stuck = gw.produced[0]
+    stuck[4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.MESSAGE_TOO_LARGE)))
+    # the other partition keeps flowing: taken, appended, acknowledged, committed
+    for first in range(0, 300, 50):
+        src.events.append(("records", "plant.x", 1, recs(first, 50), -1))
+        mirror.pump(T0 + 1)
+        gw.produced[-1][4].complete(ProduceResult("a.plant.x", 1))
+    assert src.events == [] and [r[3] for r in gw.records("a.plant.x", 1)] == [b"v%d" % i for i in range(300)]
+    status = mirror.status(T0)
+    assert status["paused"] == 1 and [p["partition"] for p in status["partitions"] if p["paused"]] == [0]
+    # the target takes partition 0's records again: once half its backlog is appended, it is read again
+    gw.auto_ack = True
+    mirror.tick(T0 + 10_000)
+    assert src.resumed == [("plant.x", 0)] and src.paused == set()
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v%d" % i for i in range(120)]
+    assert mirror.status(T0)["pending"] == 0 and mirror.status(T0)["pending_bytes"] == 0
+
+
+def test_a_partition_is_paused_by_the_bytes_it_holds_too(monkeypatch):
+    monkeypatch.setattr(MP, "PARTITION_MAX_BYTES", 100_000)
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=1)] + [("records", "plant.x", 0, [(i, T0, None, b"x" * 30_000, None)], -1) for i in range(4)]
+    mirror.pump(T0)
+    assert src.paused == {("plant.x", 0)} and mirror.status(T0)["pending"] == 4
+
+
+def failing_once(cls, method: str, message: str):
+    """``cls`` with ``method`` raising RuntimeError(message) the first time it is called (a step with a bug)."""
+    def once(self, *args):
+        if not getattr(self, "failed_once", False):
+            self.failed_once = True
+            raise RuntimeError(message)
+        return getattr(super(flaky, self), method)(*args)
+    flaky = type(f"Flaky{cls.__name__}", (cls,), {method: once})
+    return flaky
+
+
+def test_an_event_whose_handling_fails_is_handled_again_and_no_record_is_skipped():
+    mirror, gw, src = make(gateway=failing_once(FakeGateway, "partition_count", "a bug in a step")())
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 3), -1)]
+    mirror.pump(T0)  # the listing fails: it stays first, the records wait behind it
+    status = mirror.status(T0)
+    assert status["state"] == "error" and "a bug in a step" in status["last_error"] and len(src.events) == 1
+    assert mirror.next_deadline(T0) <= T0 + M.EVENT_RETRY_MS
+    mirror.pump(T0 + 10)  # not before its pause
+    assert gw.created == []
+    run_as_host(mirror, T0, T0 + M.EVENT_RETRY_MS)
+    assert gw.created == [("a.plant.x", 1, {})] and src.events == []
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0", b"v1", b"v2"]
+    assert "event" not in mirror.status(T0)["failing"]
+
+
+def test_a_records_event_handled_again_after_a_failure_appends_nothing_twice():
+    mirror, gw, src = make(source=failing_once(FakeSource, "pause", "pause failed")())
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, MP.PARTITION_MAX_RECORDS), -1)]
+    gw.auto_ack = False
+    mirror.pump(T0)  # offered, then pausing the partition raised
+    assert src.paused == set() and len(src.events) == 0
+    mirror.tick(T0 + M.EVENT_RETRY_MS)
+    assert src.paused == {("plant.x", 0)}  # handled again: the pause is made
+    assert mirror.status(T0)["pending"] == MP.PARTITION_MAX_RECORDS  # the records were not counted twice
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0))
+    while gw.produced[-1][4].done is False:
+        gw.produced[-1][4].complete(ProduceResult("a.plant.x", 0))
+    assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v%d" % i for i in range(MP.PARTITION_MAX_RECORDS)]
+
+
+def test_a_failing_callback_does_not_raise_into_what_settled_the_completion():
+    gw = FakeGateway(auto_ack=False)
+    mirror, gw, src = make(gateway=gw)
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 1), -1)]
+    mirror.pump(T0)
+
+    def boom(*args):
+        raise RuntimeError("bug")
+    mirror._parts[("plant.x", 0)].on_stored = boom
+    gw.produced[0][4].complete(ProduceResult("a.plant.x", 0))  # does not raise
+
+
+def test_close_while_a_commit_is_in_flight_commits_again_once_it_settled():
+    class Slow(FakeGateway):
+        def commit(self, group, offsets, now_ms):
+            c = Completion()
+            self.commits.append((group, dict(offsets), c))
+            return c
+
+    mirror, gw, src = make(gateway=Slow())
+    src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1)]
+    mirror.pump(T0)
+    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}]
+    src.events.append(("records", "plant.x", 0, recs(2, 3), -1))
+    mirror.pump(T0 + M.COMMIT_INTERVAL_MS + 1)
+    mirror.close(T0 + M.COMMIT_INTERVAL_MS + 2)
+    assert len(gw.commits) == 1 and src.closed and not mirror.settled()  # waits for the one in flight
+    gw.commits[0][2].complete(None)
+    assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}, {("a.plant.x", 0): 5}] and not mirror.settled()
+    gw.commits[1][2].complete(None)
+    assert mirror.settled()
+
+
+def test_a_topic_gone_from_the_source_is_forgotten_after_the_grace_period():
+    mirror, gw, src = make()
+    src.events += [listing(plant_x=2, plant_y=1), ("records", "plant.x", 0, recs(0, 2), -1)]
+    mirror.pump(T0)
+    assert mirror.status(T0)["topics"] == 2 and len(mirror.status(T0)["partitions"]) == 3
+    src.events.append(listing(plant_y=1))
+    mirror.pump(T0 + 5000)
+    assert mirror.status(T0)["topics"] == 2 and src.removed == []  # once missing: maybe a passing listing error
+    src.events.append(listing(plant_y=1))
+    mirror.pump(T0 + 5000 + M.FORGET_AFTER_MS)
+    status = mirror.status(T0)
+    assert status["topics"] == 1 and [p["topic"] for p in status["partitions"]] == ["a.plant.y"]
+    assert sorted(src.removed) == [("plant.x", 0), ("plant.x", 1)]
+    src.events.append(("records", "plant.x", 0, recs(2, 1), -1))  # queued before it was removed: ignored
+    mirror.pump(T0 + 6000 + M.FORGET_AFTER_MS)
+    assert mirror.status(T0)["pending"] == 0
+
+
+def test_a_topic_missing_once_and_listed_again_is_kept():
+    mirror, gw, src = make()
+    src.events += [listing(plant_x=1), listing(), listing(plant_x=1)]
+    mirror.pump(T0)
+    src.events.append(listing(plant_x=1))
+    mirror.pump(T0 + 2 * M.FORGET_AFTER_MS)
+    assert mirror.status(T0)["topics"] == 1 and src.removed == []

@@ -7,7 +7,9 @@ this broker runs (each a sans-IO object with the :class:`Runner` methods) and an
 follow the controller: the host starts them (with the factory the server gives it) on
 the broker that is the active controller and stops them on one that no longer is, so a
 broker failure moves them; their positions live in the cluster, so the new host goes on
-where the old one committed.
+where the old one committed.  A mirror whose start fails (a key file it cannot read, say)
+is tried again after 1 s, doubling to 30 s; the first failure is logged with its traceback,
+the next ones with one line each.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import logging
 from typing import Callable, Protocol
 
 from zbroker.bridge_config import MirrorConfig
+from zbroker.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log, burst=1, window_s=10.0)
 
 IDLE_TICK_MS = 1000  # how often the host looks at controllership when nothing else is due
+#: a mirror whose start failed is tried again after this, doubling up to START_RETRY_MAX_MS
+START_RETRY_MS, START_RETRY_MAX_MS = 1_000, 30_000
 
 
 class Runner(Protocol):
@@ -59,6 +65,7 @@ class BridgeHost:
         self.runners: dict[str, Runner] = {}
         self._mirrors: set[str] = set()
         self._next_check_ms = 0
+        self._start_failures: dict[str, tuple[int, int]] = {}  # mirror -> (failures in a row, next try at)
         self._closing: list[Runner] = []
 
     def add(self, runner: Runner) -> None:
@@ -89,20 +96,37 @@ class BridgeHost:
         leading = self._is_controller()
         if leading:
             for config in self._mirror_configs:  # each time: a mirror whose start failed is tried again
-                if config.name in self._mirrors:
-                    continue
-                runner = _guarded(config.name, self._start_mirror, config, now_ms)
-                if runner is not None:
-                    log.info("mirror %s starts on broker %s (the controller's)", config.name, self.broker_id)
-                    self.runners[config.name] = runner
-                    self._mirrors.add(config.name)
-        elif self._mirrors:
+                if config.name not in self._mirrors and now_ms >= self._start_failures.get(config.name, (0, 0))[1]:
+                    self._start(config, now_ms)
+            return
+        self._start_failures.clear()
+        if self._mirrors:
             for name in sorted(self._mirrors):
                 log.info("mirror %s stops on broker %s: it is no longer the controller", name, self.broker_id)
                 runner = self.runners.pop(name, None)
                 if runner is not None:
                     _guarded(name, runner.close, now_ms)
             self._mirrors.clear()
+
+    def _start(self, config: MirrorConfig, now_ms: int) -> None:
+        try:
+            runner = self._start_mirror(config, now_ms)
+        except Exception as exc:
+            failures = self._start_failures.get(config.name, (0, 0))[0] + 1
+            pause = min(START_RETRY_MAX_MS, START_RETRY_MS << min(failures - 1, 16))
+            self._start_failures[config.name] = (failures, now_ms + pause)
+            if failures == 1:
+                log.exception("mirror %s cannot start on broker %s; tried again in %g s", config.name, self.broker_id,
+                              pause / 1000)
+            else:
+                _limited.log(now_ms / 1000, f"mirror-start-{config.name}", logging.WARNING,
+                             "mirror %s still cannot start (%d failures): %s: %s; tried again in %g s",
+                             config.name, failures, type(exc).__name__, exc, pause / 1000)
+            return
+        self._start_failures.pop(config.name, None)
+        log.info("mirror %s starts on broker %s (the controller's)", config.name, self.broker_id)
+        self.runners[config.name] = runner
+        self._mirrors.add(config.name)
 
     # -- status and shutdown -----------------------------------------------------------
 

@@ -6,7 +6,7 @@ Theory of operation::
       lists the source's topics        --("topics", ...)-->  creates prefix+topic (same partition
       reads records from positions     --("records", ...)->  count, the source's topic configs),
       reports what fails               --("error", msg)--->  appends them (acks=all), commits
-                                       <-- add(positions), refresh(), close() --
+                                       <-- add(positions), pause/resume/remove(tps), refresh(), close() --
 
 - **Topics.** Every ``refresh_ms`` the source lists its topics; those whose whole name
   matches the ``topics`` regex are mirrored into ``prefix + topic`` with the same partition
@@ -19,16 +19,25 @@ Theory of operation::
   values are source offsets, not offsets of the target topic.
 - **At least once, in order.** Each partition has at most one append in flight; records
   keep key, value, headers and timestamp.  A position is committed only after the target
-  acknowledged the append with acks=all, at most every :data:`COMMIT_INTERVAL_MS`; a mirror
-  that dies sends again what it appended after its last commit.  A failed append is retried
+  acknowledged the append with acks=all (:mod:`~zbroker.frontends.bridge.mirror_commit`);
+  a mirror that dies sends again what it appended after its last commit.  A failed append is retried
   (the same records, in order) with a growing pause; nothing is skipped.
 - **Bounded memory.** Records are taken from the source only while fewer than
-  :data:`MAX_PENDING_RECORDS` wait to be appended; the source thread then blocks on its
-  full queue.
+  :data:`MAX_PENDING_RECORDS` records and :data:`MAX_PENDING_BYTES` bytes wait to be
+  appended; the source thread then blocks on its full queue.  A partition whose own
+  backlog is full (:data:`~zbroker.frontends.bridge.mirror_partition.PARTITION_MAX_RECORDS`,
+  ``PARTITION_MAX_BYTES``: the target refuses its records, say) is paused on the source
+  and resumed once half of it is appended, so it holds back only itself.
+- **Nothing skipped.** An event taken from the source counts as taken once it was handled;
+  one whose handling raised stays first and is handled again a second later (records
+  already offered are repeats then, and are not appended twice).
+- **Topics that go.** A topic missing from the source's listings for
+  :data:`FORGET_AFTER_MS` is forgotten: no longer read, gone from the status (the target
+  topic and its committed positions stay).
 
 Time is passed in; the cluster is reached through a
 :class:`~zbroker.frontends.bridge.gateway.Gateway` (as ``Bridge:NAME``) and the source
-through a handle with ``add``, ``refresh``, ``take`` and ``close``
+through a :class:`SourceHandle`
 (:class:`~zbroker.net.mirror_source.MirrorSource`; tests pass a fake).  Each partition's
 appends are :class:`~zbroker.frontends.bridge.mirror_partition.MirroredPartition`.
 """
@@ -36,11 +45,14 @@ appends are :class:`~zbroker.frontends.bridge.mirror_partition.MirroredPartition
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from zbroker.errors import ErrorCode
+from zbroker.frontends.bridge.egress_feed import guarded
 from zbroker.frontends.bridge.gateway import RETRY_CODES
+from zbroker.frontends.bridge.mirror_commit import COMMIT_INTERVAL_MS, PositionCommits  # noqa: F401 (the interval: named here too)
 from zbroker.frontends.bridge.mirror_configs import target_configs
 from zbroker.frontends.bridge.mirror_partition import RETRY_MAX_MS, MirroredPartition
 from zbroker.ratelimit import RateLimitedLog
@@ -48,8 +60,12 @@ from zbroker.ratelimit import RateLimitedLog
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
-COMMIT_INTERVAL_MS = 500
-MAX_PENDING_RECORDS = 20_000
+MAX_PENDING_RECORDS = 50_000
+MAX_PENDING_BYTES = 64 << 20
+#: a source topic missing from every listing for this long is forgotten
+FORGET_AFTER_MS = 60_000
+#: after handling an event from the source raised, when it is handled again
+EVENT_RETRY_MS = 1_000
 #: while a topic is being set up (created, positions looked up): the first pause after a failure
 #: (doubled after each, up to RETRY_MAX_MS), and how often a creation's outcome is looked for
 SETUP_RETRY_MS = 200
@@ -63,7 +79,9 @@ def group_name(mirror: str) -> str:
 class SourceHandle(Protocol):
     """The source side, as the mirror sees it (the net adapter, or a fake in tests).
 
-    ``take`` returns queued events, each a tuple:
+    ``pause(tps)`` stops reading partitions (none of their records is queued from then on),
+    ``resume(tps)`` reads them again from just after the last record queued, ``remove(tps)``
+    stops reading them for good.  ``take`` returns queued events, each a tuple:
 
     - ``("topics", {topic: (partitions, configs, {partition: (log_start, log_end)})})``: a
       listing of the matching source topics (``configs``: zbroker keys for a zbroker source,
@@ -76,6 +94,12 @@ class SourceHandle(Protocol):
     def add(self, positions: dict[tuple[str, int], int]) -> None: ...
 
     def refresh(self) -> None: ...
+
+    def pause(self, tps: list[tuple[str, int]]) -> None: ...
+
+    def resume(self, tps: list[tuple[str, int]]) -> None: ...
+
+    def remove(self, tps: list[tuple[str, int]]) -> None: ...
 
     def take(self, limit: int) -> list[tuple]: ...
 
@@ -92,6 +116,7 @@ class _Topic:
     busy: bool = False  # a create or a position look-up in flight
     retry_at: int = 0
     backoff: int = 0
+    missing_since: int | None = None  # when a listing first lacked it (None: in the last one)
 
 
 class Mirror:
@@ -108,7 +133,11 @@ class Mirror:
         self._now = now_ms
         self._topics: dict[str, _Topic] = {}
         self._parts: dict[tuple[str, int], MirroredPartition] = {}  # by source topic-partition
-        self._pending = 0
+        self._pending = 0  # records read and not yet acknowledged, all partitions
+        self._pending_bytes = 0  # their size (mirror_partition.record_size)
+        self._taken: deque = deque()  # events taken from the source, not yet handled (the first failed)
+        self._event_retry_at: int | None = None
+        self._traced = False  # a failed event's traceback was logged once
         self._listed = False
         self._closed = False
         self._failing: dict[str, str] = {}  # what fails now ("source", "append", "commit", "topics") -> message
@@ -116,29 +145,49 @@ class Mirror:
         self.records = 0
         self.errors = 0
         self.last_error: str | None = None
-        self._committing = False
+        self._commits = PositionCommits(gateway, self.group, self._parts.values, self._committed, now_ms)
         self._pumping = False
-        self._next_commit = now_ms + COMMIT_INTERVAL_MS
         self._next_refresh = now_ms + config.refresh_ms
         source.refresh()
 
     # -- the loop's calls ------------------------------------------------------------------
 
     def pump(self, now_ms: int) -> None:
-        """Take what the source has queued (while there is room) and act on it."""
+        """Take what the source has queued (while there is room) and act on it.  An event is
+        dropped only once handled: one whose handling raised is handled again after
+        :data:`EVENT_RETRY_MS` (a bug must not skip records)."""
         self._now = now_ms
         if self._pumping:  # an append settled inside this pump: its loop takes more
             return
+        if self._event_retry_at is not None and now_ms < self._event_retry_at:
+            return
         self._pumping = True
         try:
-            while not self._closed and self._pending < MAX_PENDING_RECORDS:
-                events = self.source.take(1)  # one batch at a time: the bound is kept to a batch
-                if not events:
-                    break
-                for event in events:
-                    self._on_event(event)
+            while not self._closed and self._has_room():
+                if not self._taken:
+                    self._taken.extend(self.source.take(1))  # one batch at a time: the bound is kept to a batch
+                    if not self._taken:
+                        break
+                self._on_event(self._taken[0])
+                self._taken.popleft()
+                if self._event_retry_at is not None:
+                    self._event_retry_at = None
+                    self._ok("event")
+        except Exception as exc:
+            self._event_failed(exc)
         finally:
             self._pumping = False
+
+    def _has_room(self) -> bool:
+        return self._pending < MAX_PENDING_RECORDS and self._pending_bytes < MAX_PENDING_BYTES
+
+    def _event_failed(self, exc: Exception) -> None:
+        self._event_retry_at = self._now + EVENT_RETRY_MS
+        message = f"handling a {self._taken[0][0]!r} event from the source failed: {type(exc).__name__}: {exc}"
+        if not self._traced:
+            self._traced = True
+            log.exception("mirror %s: %s; it is handled again in %d ms", self.name, message, EVENT_RETRY_MS)
+        self._fail("event", message)
 
     def tick(self, now_ms: int) -> None:
         self._now = now_ms
@@ -152,15 +201,19 @@ class Mirror:
                 self._setup(topic)
         for part in self._parts.values():
             part.step(now_ms)
-        self._maybe_commit()
+        if not self._closed:
+            self._commits.maybe(now_ms)
         self.pump(now_ms)
 
     def next_deadline(self, now_ms: int) -> int | None:
         if self._closed:
             return None
         due = self._next_refresh
-        if any(p.position > p.committed for p in self._parts.values()):
-            due = min(due, self._next_commit)
+        if self._event_retry_at is not None:
+            due = min(due, self._event_retry_at)
+        commit = self._commits.deadline()
+        if commit is not None:
+            due = min(due, commit)
         for topic in self._topics.values():
             if topic.ready < topic.partitions and not topic.busy:  # busy: its answer drives it
                 due = min(due, topic.retry_at)
@@ -171,16 +224,20 @@ class Mirror:
         return due
 
     def close(self, now_ms: int) -> None:
-        """Stop: the source thread ends; what was acknowledged is committed (best effort)."""
+        """Stop: the source thread is told to end; what was acknowledged is committed (best
+        effort; after the commit in flight, if there is one, has settled)."""
         if self._closed:
             return
         self._now = now_ms
-        self._next_commit = now_ms
-        self._maybe_commit()
         self._closed = True
         for part in self._parts.values():
             part.stop()
         self.source.close()
+        self._commits.final(now_ms)
+
+    def settled(self) -> bool:
+        """After :meth:`close`: the final commit has its answer (a stopping broker waits for it)."""
+        return self._commits.settled()
 
     def status(self, now_ms: int) -> dict:
         ordered = sorted(self._parts.values(), key=lambda p: (p.target, p.partition))
@@ -192,7 +249,8 @@ class Mirror:
         state = ("stopped" if self._closed else "error" if errors else "starting" if not self._listed else
                  "waiting" if failing else "running")
         return {"name": self.name, "kind": self.kind, "source": self.config.source, "state": state,
-                "topics": len(self._topics), "partitions": parts, "lag": -1 if -1 in lags else sum(lags),
+                "topics": len(self._topics), "partitions": parts, "paused": sum(p.paused for p in ordered),
+                "pending": self._pending, "pending_bytes": self._pending_bytes, "lag": -1 if -1 in lags else sum(lags),
                 "mirrored": self.records, "errors": self.errors, "last_error": self.last_error, "failing": failing}
 
     # -- events from the source --------------------------------------------------------------
@@ -212,6 +270,13 @@ class Mirror:
     def _on_topics(self, listing: dict) -> None:
         self._listed = True
         self._ok("source")
+        for name, topic in list(self._topics.items()):
+            if name in listing:
+                topic.missing_since = None
+            elif topic.missing_since is None:
+                topic.missing_since = self._now
+            elif self._now - topic.missing_since >= FORGET_AFTER_MS:
+                self._forget(topic)
         for name, (partitions, configs, offsets) in sorted(listing.items()):
             if not self.config.matches(name):
                 continue
@@ -238,8 +303,29 @@ class Mirror:
         if part is None:
             return  # not (or no longer) assigned: nothing asked for it
         self._ok("source")
+        size = part.backlog_bytes
         self._pending += part.offer(records, log_end)
+        self._pending_bytes += part.backlog_bytes - size
+        if part.full() and not part.paused:
+            self.source.pause([(topic, partition)])
+            part.paused = True
+            log.info("mirror %s: %s-%d paused on the source: %d records (%d bytes) wait to be appended to %s",
+                     self.name, topic, partition, part.backlog, part.backlog_bytes, part.target)
         part.send(self._now)
+
+    def _forget(self, topic: _Topic) -> None:
+        """``topic`` is gone from the source: stop reading it, forget its partitions."""
+        tps = [tp for tp in self._parts if tp[0] == topic.name]
+        for tp in tps:
+            part = self._parts.pop(tp)
+            self._pending -= part.backlog
+            self._pending_bytes -= part.backlog_bytes
+            part.stop()
+        del self._topics[topic.name]
+        if tps:
+            self.source.remove(tps)
+        log.info("mirror %s: %s is gone from the source (not listed for %d s): no longer mirrored (%s stays)",
+                 self.name, topic.name, FORGET_AFTER_MS // 1000, topic.target)
 
     # -- topics: create, grow, restore positions -------------------------------------------
 
@@ -259,11 +345,11 @@ class Mirror:
 
     def _call(self, topic: _Topic, what: str, completion) -> None:
         topic.busy = True
-        completion.on_done(lambda c: self._setup_done(topic, what, c))
+        completion.on_done(guarded(lambda c: self._setup_done(topic, what, c), f"a mirror's {what} answer"))
 
     def _setup_done(self, topic: _Topic, what: str, completion) -> None:
         topic.busy = False
-        if self._closed:
+        if self._closed or self._topics.get(topic.name) is not topic:  # stopped, or the topic was forgotten
             return
         error = completion.error
         if error is not None and not (what == "create" and error.code == ErrorCode.TOPIC_ALREADY_EXISTS):
@@ -295,34 +381,24 @@ class Mirror:
 
     # -- appending and committing --------------------------------------------------------------
 
-    def _stored(self, part: MirroredPartition, count: int) -> None:
+    def _stored(self, part: MirroredPartition, count: int, size: int) -> None:
         self._pending -= count
+        self._pending_bytes -= size
         self.records += count
+        if part.paused and part.drained():
+            self.source.resume([(part.source_topic, part.partition)])
+            part.paused = False
+            log.info("mirror %s: %s-%d resumed on the source", self.name, part.source_topic, part.partition)
         self.pump(self._now)
 
     def _append_failed(self, part: MirroredPartition, code: int, message: str) -> None:
         self._count_failure("append", message, code)
 
-    def _maybe_commit(self) -> None:
-        if self._committing or self._now < self._next_commit or self._closed:
-            return
-        offsets = {(p.target, p.partition): p.position for p in self._parts.values() if p.position > p.committed}
-        self._next_commit = self._now + COMMIT_INTERVAL_MS
-        if not offsets:
-            return
-        self._committing = True
-        self.gateway.commit(self.group, offsets, self._now).on_done(lambda c: self._commit_done(offsets, c))
-
-    def _commit_done(self, offsets: dict, completion) -> None:
-        self._committing = False
-        if completion.error is not None:
-            self._fail("commit", f"commit to group {self.group}: {completion.error.message}", completion.error.code)
-            return
-        self._ok("commit")
-        for part in self._parts.values():
-            offset = offsets.get((part.target, part.partition))
-            if offset is not None:
-                part.committed = max(part.committed, offset)
+    def _committed(self, error) -> None:
+        if error is not None:
+            self._fail("commit", f"commit to group {self.group}: {error.message}", error.code)
+        else:
+            self._ok("commit")
 
     def _fail(self, what: str, message: str, code: int | None = None) -> None:
         """``what`` ("source", "topics", "commit") failed; it is tried again."""

@@ -21,6 +21,7 @@ from typing import Callable
 from storage.batch import build_kafka_batch, build_native_batch
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode, RequestError
+from zbroker.frontends.bridge.egress_feed import guarded
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ MAX_BATCH_BYTES = 256 * 1024
 RETRY_MIN_MS, RETRY_MAX_MS = 100, 5_000
 #: while an append is in flight, how often the partition's leader is looked at
 LEADER_CHECK_MS = 200
+#: a partition whose backlog (read, not yet acknowledged) reaches either bound is paused on the
+#: source (its records no longer read) until the backlog is down to half of both: a partition
+#: the target refuses holds back only itself
+PARTITION_MAX_RECORDS = 2_000
+PARTITION_MAX_BYTES = 4 << 20
+
+
+def record_size(record: tuple) -> int:
+    """What a record read from the source weighs in memory, roughly (key, value, headers, 64 more)."""
+    _, _, key, value, headers = record
+    size = 64 + (len(key) if isinstance(key, bytes) else 0) + (len(value) if isinstance(value, bytes) else 0)
+    if headers:
+        items = headers.items() if isinstance(headers, dict) else headers
+        size += sum(len(k) + (len(v) if isinstance(v, bytes) else 0) + 16 for k, v in items)
+    return size
 
 
 def code_name(code: int) -> str:
@@ -52,7 +68,8 @@ class MirroredPartition:
         gateway: the mirror's :class:`~zbroker.frontends.bridge.gateway.Gateway`.
         kafka_batches: write Kafka batches (a Kafka source's headers may repeat a name and have
             null values), else native ones.
-        on_stored: ``on_stored(partition, count)`` after an append was acknowledged.
+        on_stored: ``on_stored(partition, count, size)`` after an append was acknowledged
+            (``size``: the records' :func:`record_size`).
         on_failed: ``on_failed(partition, code, message)`` after one failed.
     """
 
@@ -65,6 +82,9 @@ class MirroredPartition:
         self.log_start = -1
         self.source_end = -1
         self.pending: deque = deque()  # records read, not yet appended: (offset, timestamp, key, value, headers)
+        self.backlog = 0  # records read and not yet acknowledged (pending and in flight)
+        self.backlog_bytes = 0  # their record_size()
+        self.paused = False  # the mirror asked the source to stop reading it (backlog full)
         self.gateway = gateway
         self.kafka_batches = kafka_batches
         self.on_stored, self.on_failed = on_stored, on_failed
@@ -97,8 +117,18 @@ class MirroredPartition:
                 self.pending.append(record)
                 self.read = record[0] + 1
                 new += 1
+                self.backlog_bytes += record_size(record)
+        self.backlog += new
         self.source_end = max(self.source_end, self.read)
         return new
+
+    def full(self) -> bool:
+        """The backlog reached :data:`PARTITION_MAX_RECORDS` or :data:`PARTITION_MAX_BYTES`."""
+        return self.backlog >= PARTITION_MAX_RECORDS or self.backlog_bytes >= PARTITION_MAX_BYTES
+
+    def drained(self) -> bool:
+        """The backlog is down to half of both bounds (a paused partition is read again)."""
+        return self.backlog <= PARTITION_MAX_RECORDS // 2 and self.backlog_bytes <= PARTITION_MAX_BYTES // 2
 
     def step(self, now_ms: int) -> None:
         """Timers: an append whose leader moved is sent again; one that waited out its pause is sent."""
@@ -136,7 +166,7 @@ class MirroredPartition:
                     log.debug("appending to %s-%d failed", self.target, self.partition, exc_info=True)
                     done = Completion()
                     done.fail(RequestError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(exc).__name__}: {exc}"))
-                done.on_done(lambda c, records=records: self._produced(records, c))
+                done.on_done(guarded(lambda c, records=records: self._produced(records, c), "a mirror append's answer"))
         finally:
             self._sending = False
 
@@ -147,7 +177,8 @@ class MirroredPartition:
             position = first[0][0] if first else self.log_start
         lag = max(0, self.source_end - position) if self.source_end >= 0 and position >= 0 else -1
         return {"topic": self.target, "source_topic": self.source_topic, "partition": self.partition,
-                "position": position, "committed": self.committed, "source_end": self.source_end, "lag": lag}
+                "position": position, "committed": self.committed, "source_end": self.source_end, "lag": lag,
+                "backlog": self.backlog, "paused": self.paused}
 
     def stop(self) -> None:
         """Forget the append in flight (the mirror stops; what it stores is there, uncommitted)."""
@@ -155,6 +186,7 @@ class MirroredPartition:
             self._request.abandon()
         self._in_flight = self._request = None
         self.pending.clear()
+        self.backlog = self.backlog_bytes = 0
 
     # -- inside ---------------------------------------------------------------------------------
 
@@ -163,8 +195,7 @@ class MirroredPartition:
         while self.pending and len(records) < self._batch_limit and (not records or size < MAX_BATCH_BYTES):
             record = self.pending.popleft()
             records.append(record)
-            key, value = record[2], record[3]
-            size += 64 + (len(key) if isinstance(key, bytes) else 0) + (len(value) if isinstance(value, bytes) else 0)
+            size += record_size(record)
         return records
 
     def _batch(self, records: list) -> bytes:
@@ -196,5 +227,8 @@ class MirroredPartition:
         self.failing, self.failing_code = None, 0
         self._backoff = 0
         self.position = records[-1][0] + 1
-        self.on_stored(self, len(records))
+        size = sum(map(record_size, records))
+        self.backlog -= len(records)
+        self.backlog_bytes -= size
+        self.on_stored(self, len(records), size)
         self.send(self._now)
