@@ -218,7 +218,7 @@ class MirroredPartition:
             self.pending.extendleft(reversed(records))  # the same records again, first
             self._backoff = min(RETRY_MAX_MS, max(RETRY_MIN_MS, self._backoff * 2))
             self._retry_at = self._now + self._backoff
-            if code in (ErrorCode.MESSAGE_TOO_LARGE, ErrorCode.RECORD_LIST_TOO_LARGE):
+            if code == ErrorCode.MESSAGE_TOO_LARGE:  # what a zbroker leader answers for a batch too large
                 self._batch_limit = max(1, len(records) // 2)
             self.failing = f"append to {self.target}-{self.partition}: {code_name(code)} {message or ''}".rstrip()
             self.failing_code = code
