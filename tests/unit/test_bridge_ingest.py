@@ -395,3 +395,18 @@ def test_over_a_real_broker_an_unknown_topic_is_auto_created_with_the_default_pa
         broker.step(b)
     assert b.status(broker.now)["stored"] == 1 and broker.stored("fresh") == [(None, b"v")]
     assert broker.gateway.partition_count("fresh") == broker.app.config.default_partitions()
+
+
+def test_messages_after_the_topic_appears_wait_behind_those_parked_for_its_creation():
+    """Once an auto-created topic is in the image, a new message must not overtake the ones that
+    waited for the creation (one key, one partition: stored in the order received)."""
+    gw = ScriptedGateway({}, auto_ok=True)
+    b = bridge(gw, topic=None, topic_from="frame0", key_from="frame1", auto_create=True)
+    b.offer([b"new", b"k", b"v1"], NOW)
+    gw.created[0][2].complete(None)
+    gw.topic_counts["new"] = 1  # in the image before the bridge's next creation poll
+    b.offer([b"new", b"k", b"v2"], NOW + 1)
+    b.tick(NOW + CREATE_POLL_MS)
+    b.tick(NOW + CREATE_POLL_MS + LINGER_MS)
+    assert [v for p in gw.produced for _, v in records(p)] == [b"v1", b"v2"]
+    assert b.status(NOW)["stored"] == 2

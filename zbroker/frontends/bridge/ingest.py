@@ -130,6 +130,8 @@ class IngestBridge:
         value = frames[-1]
         size = record_size(key, value)
         count = self.gateway.partition_count(topic)
+        if count is not None and topic in self._creating:  # created: what waited goes first (order per key)
+            self._settle_topic(topic, count, None, now_ms)
         if count is None and not self._await_topic(topic, (now_ms, key, value), size, now_ms):
             return
         self.in_flight += 1  # before it is placed: a batch it joins may be stored at once
@@ -206,21 +208,26 @@ class IngestBridge:
     def _settle_creations(self, now_ms: int) -> None:
         for topic in list(self._creating):
             count = self.gateway.partition_count(topic)
-            failed = self._create_failed.pop(topic, None)
-            if count is None and failed is None:
-                continue
-            waiting = self._creating.pop(topic)
-            for record in waiting:
-                size = record_size(record[1], record[2])
-                if count is None:
-                    self.failed[_reason(failed)] = self.failed.get(_reason(failed), 0) + 1
-                    self._release(1, size)
-                else:
-                    self._place(topic, count, record, size, now_ms)
+            failed = self._create_failed.get(topic)
+            if count is not None or failed is not None:
+                self._settle_topic(topic, count, failed, now_ms)
+
+    def _settle_topic(self, topic: str, count: int | None, failed: str | None, now_ms: int) -> None:
+        """``topic`` was created (``count`` partitions) or will not be (``failed``): its waiting records
+        are placed, in the order they came, or failed."""
+        self._create_failed.pop(topic, None)
+        waiting = self._creating.pop(topic)
+        for record in waiting:
+            size = record_size(record[1], record[2])
             if count is None:
-                self._report("create_failed", logging.WARNING,
-                             "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
-                             self.name, len(waiting), topic, failed)
+                self.failed[_reason(failed)] = self.failed.get(_reason(failed), 0) + 1
+                self._release(1, size)
+            else:
+                self._place(topic, count, record, size, now_ms)
+        if count is None:
+            self._report("create_failed", logging.WARNING,
+                         "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
+                         self.name, len(waiting), topic, failed)
 
     def _exists(self, topic: str, partition: int) -> bool:
         count = self.gateway.partition_count(topic)
