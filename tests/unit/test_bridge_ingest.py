@@ -10,6 +10,7 @@ from tests.unit.bridgefakes import ScriptedGateway, ingest_config
 from tests.unit.servicefakes import START_MS
 from zbroker.config import single_node_config
 from zbroker.context import Completion
+from zbroker.control.topicadmin import ProducerId
 from zbroker.errors import ErrorCode
 from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.ingest import CREATE_POLL_MS, LINGER_MS, MAX_CREATING, PRODUCER_ID_RETRY_MS, IngestBridge
@@ -410,3 +411,26 @@ def test_messages_after_the_topic_appears_wait_behind_those_parked_for_its_creat
     b.tick(NOW + CREATE_POLL_MS + LINGER_MS)
     assert [v for p in gw.produced for _, v in records(p)] == [b"v1", b"v2"]
     assert b.status(NOW)["stored"] == 2
+
+
+def test_a_callback_that_raises_never_raises_into_what_settled_the_completion(caplog):
+    """The produce answer runs the bridge's code (here on_room, which raises) inside whatever
+    settled the Completion: the failure is counted and logged (rate-limited), never raised there."""
+    gw = ScriptedGateway({"t": 1}, pid=None)
+
+    def broken_room() -> None:
+        raise RuntimeError("socket gone")
+
+    b = bridge(gw, max_in_flight_records=2, on_room=broken_room)
+    gw.pid_asks[0].complete(None)  # an answer without a producer id: the callback raises
+    b._pid_wanted_at = NOW  # asked again at once
+    b.tick(NOW)
+    gw.pid_asks[1].complete(ProducerId(42, 0))
+    for i in range(2):
+        b.offer([b"v%d" % i], NOW)
+    assert not b.has_room() and len(gw.produced) == 1
+    gw.produced[0].ok()  # stored; on_room raises inside this call, which returns
+    s = b.status(NOW)
+    assert (s["callback_errors"], s["stored"], s["in_flight"]) == (2, 2, 0)
+    assert "error handling a produce answer" in caplog.text and "RuntimeError: socket gone" in caplog.text
+    assert "error handling a producer id's answer" in caplog.text

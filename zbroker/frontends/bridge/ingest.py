@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 from zbroker.context import Completion
 from zbroker.control.metadata import topic_name_problem
-from zbroker.frontends.bridge.ingest_batches import BatchSender, PartitionQueue, error_name, record_size
+from zbroker.frontends.bridge.ingest_batches import BatchSender, CallbackGuard, PartitionQueue, error_name, record_size
 from zbroker.hashing import positive_hash_mod
 from zbroker.ratelimit import RateLimitedLog
 
@@ -84,7 +84,10 @@ class IngestBridge:
         self.max_records = max_in_flight_records or config.hwm
         self.max_bytes = max_in_flight_bytes
         self.on_room = on_room
-        self.sender = BatchSender(gateway.produce, config.acks, timeout_ms, max_batch_bytes, linger_ms, self, self._exists)
+        self._now = now_ms
+        self.guard = CallbackGuard(self.name, lambda: self._now)
+        self.sender = BatchSender(gateway.produce, config.acks, timeout_ms, max_batch_bytes, linger_ms, self, self._exists,
+                                  self.guard)
         self.received = self.stored = 0
         self.dropped: dict[str, int] = {}
         self.failed: dict[str, int] = {}
@@ -95,7 +98,6 @@ class IngestBridge:
         self._create_failed: dict[str, str] = {}
         self._pid_wanted_at: int | None = now_ms
         self._pid_asking = False
-        self._now = now_ms
         self._closed = False
         self._log = RateLimitedLog(log, burst=10, window_s=10.0)
         self._last_error: tuple[str, tuple] | None = None
@@ -203,7 +205,7 @@ class IngestBridge:
             if c.error is not None and topic in self._creating:
                 self._create_failed[topic] = f"{error_name(c.error.code)}: {c.error.message}"
 
-        done.on_done(created)
+        done.on_done(self.guard(created, "a topic creation's answer"))
 
     def _settle_creations(self, now_ms: int) -> None:
         for topic in list(self._creating):
@@ -292,7 +294,7 @@ class IngestBridge:
                 self._pid_wanted_at = self._now + PRODUCER_ID_RETRY_MS
                 self._report("producer_id", logging.WARNING, "bridge %s: no producer id yet: %s", self.name, c.error.message)
 
-        done.on_done(answered)
+        done.on_done(self.guard(answered, "a producer id's answer"))
 
     # -- timers ------------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class IngestBridge:
                 "acks": "all" if c.acks == -1 else c.acks, "state": state, "received": self.received, "stored": self.stored,
                 "dropped": sum(self.dropped.values()), "dropped_by_reason": dict(self.dropped),
                 "failed": sum(self.failed.values()), "failed_by_reason": dict(self.failed), "in_flight": self.in_flight,
-                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records,
+                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records, "callback_errors": self.guard.errors,
                 "last_error": None if self._last_error is None else self._last_error[0] % self._last_error[1]}
 
 
