@@ -434,3 +434,21 @@ def test_a_callback_that_raises_never_raises_into_what_settled_the_completion(ca
     assert (s["callback_errors"], s["stored"], s["in_flight"]) == (2, 2, 0)
     assert "error handling a produce answer" in caplog.text and "RuntimeError: socket gone" in caplog.text
     assert "error handling a producer id's answer" in caplog.text
+
+
+def test_idle_partition_queues_are_dropped_and_their_sequence_is_kept():
+    """Timers scan only partitions with records open or in flight; a partition written again
+    continues its sequence (no OUT_OF_ORDER_SEQUENCE_NUMBER, no new producer id)."""
+    gw = ScriptedGateway({"t": 50}, auto_ok=True)
+    b = bridge(gw, key_from="frame0")
+    keys = [b"k%d" % i for i in range(400)]
+    for key in keys:
+        b.offer([key, b"v"], NOW)
+    b.tick(NOW + LINGER_MS)
+    assert b.status(NOW)["stored"] == 400 and len(b.sender.sequences) > 40  # stored at once (auto_ok), then dropped
+    assert b.sender.queues == {} and b.next_deadline(NOW + LINGER_MS + 1) is None
+    before = {p.partition: header(p).record_count for p in gw.produced}
+    b.offer([keys[0], b"again"], NOW + 10)
+    b.tick(NOW + 10 + LINGER_MS)
+    last = gw.produced[-1]
+    assert header(last).base_sequence == before[last.partition] and header(last).producer_id == 42

@@ -141,7 +141,9 @@ class BatchSender:
         self.linger_ms = linger_ms
         self.outcome = outcome
         self._exists = exists
-        self.queues: dict[tuple[str, int], PartitionQueue] = {}
+        self.queues: dict[tuple[str, int], PartitionQueue] = {}  # partitions with records open or in flight
+        #: an idle partition's (producer id, next sequence), kept when its queue is dropped (timers scan queues only)
+        self.sequences: dict[tuple[str, int], tuple[int, int]] = {}
         self.producer_id: int | None = None  # None: not known yet, nothing is sealed
         self.producer_epoch = 0
         self.now_ms = 0
@@ -151,7 +153,14 @@ class BatchSender:
         q = self.queues.get((topic, partition))
         if q is None:
             q = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
+            q.producer_id, q.next_sequence = self.sequences.pop((topic, partition), (-1, 0))
         return q
+
+    def _retire(self, q: PartitionQueue) -> None:
+        """Drop an idle queue (nothing open, nothing in flight), keeping its sequence."""
+        del self.queues[(q.topic, q.partition)]
+        if q.producer_id != -1:
+            self.sequences[(q.topic, q.partition)] = (q.producer_id, q.next_sequence)
 
     def set_producer(self, producer_id: int, epoch: int) -> None:
         self.producer_id, self.producer_epoch = producer_id, epoch
@@ -176,6 +185,8 @@ class BatchSender:
                 self._dispatch(q, batch, now_ms)
             while self.ready(q, now_ms, urgent):  # a batch stored at once (acks 0/1 here) makes room for the next
                 self.seal(q, now_ms)
+            if q.batch is None and not q.open and self.queues.get((q.topic, q.partition)) is q:
+                self._retire(q)
 
     def seal(self, q: PartitionQueue, now_ms: int) -> None:
         """Seal up to ``max_batch_bytes`` of ``q``'s open records into its batch and send it."""
