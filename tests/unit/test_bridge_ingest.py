@@ -174,12 +174,51 @@ def test_a_topic_that_cannot_be_created_fails_its_waiting_messages_with_the_reas
     assert "may not create denied" in caplog.text
 
 
-def test_at_most_max_creating_topics_are_created_at_once():
+def test_at_most_max_creating_topics_are_created_at_once_a_pull_bridge_waits_for_a_slot():
     gw = ScriptedGateway({})
-    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True)
+    rooms = []
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True, on_room=lambda: rooms.append(1))
+    for i in range(MAX_CREATING):
+        b.offer([b"topic%d" % i, b"v"], NOW)
+    assert b.has_room()
+    b.offer([b"topic%d" % MAX_CREATING, b"v"], NOW)  # no slot: parked, and no room (the PULL socket stops being read)
+    assert len(gw.created) == MAX_CREATING and not b.has_room() and b.status(NOW)["state"] == "back-pressure"
+    gw.created[0][2].complete(None)
+    gw.topic_counts["topic0"] = 1
+    b.tick(NOW + CREATE_POLL_MS)  # topic0 is there: the waiting topic's creation starts, room is back
+    assert [n for n, _, _ in gw.created][-1] == "topic%d" % MAX_CREATING and b.has_room() and rooms == [1]
+    s = b.status(NOW)
+    assert (s["dropped"], s["failed"], s["in_flight"]) == (0, 0, MAX_CREATING + 1)
+
+
+def test_a_sub_bridge_drops_a_topic_past_max_creating_counted_as_creating_full():
+    gw = ScriptedGateway({})
+    b = bridge(gw, socket="sub", topic=None, topic_from="frame0", auto_create=True)
     for i in range(MAX_CREATING + 3):
         b.offer([b"topic%d" % i, b"v"], NOW)
-    assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"unknown_topic": 3}
+    assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"creating_full": 3}
+
+
+def test_a_retriable_create_error_is_retried_with_back_off_and_the_messages_wait():
+    gw = ScriptedGateway({})
+    b = bridge(gw, topic="fresh", auto_create=True)
+    b.offer([b"v"], NOW)
+    gw.created[0][2].fail_with(ErrorCode.NOT_CONTROLLER, "the controller moved")
+    b.tick(NOW + RETRY_MIN_MS - 1)
+    assert len(gw.created) == 1
+    b.tick(NOW + RETRY_MIN_MS)
+    assert len(gw.created) == 2
+    gw.created[1][2].fail_with(ErrorCode.REQUEST_TIMED_OUT, "slow")
+    b.tick(NOW + RETRY_MIN_MS + 2 * RETRY_MIN_MS - 1)
+    assert len(gw.created) == 2  # doubled
+    b.tick(NOW + 3 * RETRY_MIN_MS)
+    gw.created[2][2].complete(None)
+    gw.topic_counts["fresh"] = 1
+    b.tick(NOW + 3 * RETRY_MIN_MS + CREATE_POLL_MS)
+    b.tick(NOW + 3 * RETRY_MIN_MS + CREATE_POLL_MS + LINGER_MS)
+    gw.produced[0].ok()
+    s = b.status(NOW)
+    assert (s["stored"], s["failed"], s["dropped"], s["in_flight"]) == (1, 0, 0, 0)
 
 
 # -- idempotent batches, ordering, retries -----------------------------------------------------
