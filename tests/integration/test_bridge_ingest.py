@@ -208,7 +208,7 @@ def test_the_bridge_writes_as_its_own_principal_under_the_acls(make):
     app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], count=400, hwm=50,
                     curve=[public.decode(), secret.decode(), b.public.decode()])
     try:
-        refused = wait_until(lambda: (s := b.status()["meter"]) if s["received"] >= 50 else None, timeout=30,
+        refused = wait_until(lambda: s if (s := b.status()["meter"])["received"] >= 50 else None, timeout=30,
                              what="the bridge to take what fits in flight")
         assert refused["state"] == "starting" and refused["stored"] == 0 and refused["dropped"] == 0, refused
         assert "Bridge:meter" in (refused.get("last_error") or ""), refused
