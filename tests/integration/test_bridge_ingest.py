@@ -208,7 +208,9 @@ def test_the_bridge_writes_as_its_own_principal_under_the_acls(make):
     for principal in ("Bridge:other", "User:meterapp"):  # neither is the bridge
         run_cli(*opts, "acl", "add", "--principal", principal, "--operation", "write", "--topic", "power",
                 bootstrap=b.proc.bootstrap).check_returncode()
-    app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], count=400, hwm=50,
+    # 2,000 frames of 1 KiB and a 16 KiB SO_SNDBUF: more than the bridge, its queue and the kernel buffers hold,
+    # so the sender is still blocked when the status is read (400 small frames all fitted in the buffers)
+    app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], pad=1000, count=2000, hwm=50, sndbuf=16384,
                     curve=[public.decode(), secret.decode(), b.public.decode()])
     try:
         refused = wait_until(lambda: s if (s := b.status()["meter"])["received"] >= 50 else None, timeout=30,
@@ -218,12 +220,12 @@ def test_the_bridge_writes_as_its_own_principal_under_the_acls(make):
         assert app.poll() is None  # the sender is held back, not dropped on
         run_cli(*opts, "acl", "add", "--principal", "Bridge:meter", "--operation", "write", "--topic", "power",
                 bootstrap=b.proc.bootstrap).check_returncode()
-        assert "DONE 400" in finish(app)
-        s = settled(b, "meter", 400)
-        assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (400, 400, 0, 0), s
+        assert "DONE 2000" in finish(app)
+        s = settled(b, "meter", 2000)
+        assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (2000, 2000, 0, 0), s
     finally:
         stop(app)
-    assert consume(b, "power", 400) == [f"kw {i}" for i in range(400)]
+    assert consume(b, "power", 2000) == [f"kw {str(i).rjust(1000, '0')}" for i in range(2000)]
 
 
 HOSTILE = r"""
