@@ -28,8 +28,9 @@ ZeroMQ hands a multipart message over only once all its frames have arrived, and
 one message against ``RCVHWM`` whatever its frame count: a message of very many frames is held
 whole by libzmq (each frame ~64 bytes besides its data) until it is complete.  The socket then
 keeps only the frames the bridge uses (the first ``keep`` and the last, see
-:meth:`IngestSocket.__init__`); frames in between after the first of them are taken with
-``copy=False`` and let go at once.
+:meth:`IngestSocket.__init__`); of the frames in between, the first is copied (it might have
+been the last) and the rest are taken with ``copy=False`` and let go at once (cheaper for
+large frames, ~0.1 us dearer for small ones).
 
 Each multipart message goes to ``on_message(frames)``.  Reading follows ``has_room()``:
 
