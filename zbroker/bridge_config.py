@@ -240,6 +240,9 @@ def _check_ingest(v: dict, where: str) -> None:
         raise ConfigError(f"{where}: set exactly one of topic (every record goes there) and topic_from = \"frame0\"")
     if v["key_from"] is not None and v["topic_from"] is not None and v["key_from"] == "frame0":
         raise ConfigError(f"{where}.key_from: frame0 names the topic (topic_from); the key is a later frame")
+    if v["socket"] != "pull" and not v["subscribe"]:
+        raise ConfigError(f"{where}.subscribe: empty: a {v['socket']} bridge with no subscription receives nothing; "
+                          f'give at least one prefix ([""] subscribes to everything)')
     if v["socket"] == "pull" and v["subscribe"] != [""]:
         raise ConfigError(f"{where}.subscribe: a pull bridge has no subscriptions (only sub and xsub do)")
 

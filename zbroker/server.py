@@ -176,8 +176,8 @@ class Server:
             ingest = IngestBridge(bridge, Gateway(node.app, node.peers, bridge.principal, bridge.name), now_ms(),
                                   auto_create=self.config.setting("auto_create_topics"))
             curve = CurveKeys(keys.public, keys.secret, BRIDGE) if bridge.uses_curve(self.config.security.curve) else None
-            sock = IngestSocket(ctx, self.loop, bridge, self.config.setting("max_request_bytes"),
-                                ingest.offer, ingest.has_room, curve)
+            sock = IngestSocket(ctx, self.loop, bridge, self.config.topic_defaults["max_message_bytes"],
+                                ingest.offer, ingest.has_room, curve, keep=ingest.min_frames - 1)
             ingest.on_room = sock.resume
             self.loop.add_listener(sock)
             host.add(ingest)

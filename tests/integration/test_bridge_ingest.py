@@ -5,8 +5,11 @@ curve = false on a secured broker; bad messages counted while the broker keeps s
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -205,19 +208,86 @@ def test_the_bridge_writes_as_its_own_principal_under_the_acls(make):
     for principal in ("Bridge:other", "User:meterapp"):  # neither is the bridge
         run_cli(*opts, "acl", "add", "--principal", principal, "--operation", "write", "--topic", "power",
                 bootstrap=b.proc.bootstrap).check_returncode()
-    app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], count=400, hwm=50,
+    # 2,000 frames of 1 KiB and a 16 KiB SO_SNDBUF: more than the bridge, its queue and the kernel buffers hold,
+    # so the sender is still blocked when the status is read (400 small frames all fitted in the buffers)
+    app = start_app(type="PUSH", endpoint=endpoint, frames=["kw {i}"], pad=1000, count=2000, hwm=50, sndbuf=16384,
                     curve=[public.decode(), secret.decode(), b.public.decode()])
     try:
-        refused = wait_until(lambda: (s := b.status()["meter"]) if s["received"] >= 50 else None, timeout=30,
+        refused = wait_until(lambda: s if (s := b.status()["meter"])["received"] >= 50 else None, timeout=30,
                              what="the bridge to take what fits in flight")
         assert refused["state"] == "starting" and refused["stored"] == 0 and refused["dropped"] == 0, refused
         assert "Bridge:meter" in (refused.get("last_error") or ""), refused
         assert app.poll() is None  # the sender is held back, not dropped on
         run_cli(*opts, "acl", "add", "--principal", "Bridge:meter", "--operation", "write", "--topic", "power",
                 bootstrap=b.proc.bootstrap).check_returncode()
-        assert "DONE 400" in finish(app)
-        s = settled(b, "meter", 400)
-        assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (400, 400, 0, 0), s
+        assert "DONE 2000" in finish(app)
+        s = settled(b, "meter", 2000)
+        assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (2000, 2000, 0, 0), s
     finally:
         stop(app)
-    assert consume(b, "power", 400) == [f"kw {i}" for i in range(400)]
+    assert consume(b, "power", 2000) == [f"kw {str(i).rjust(1000, '0')}" for i in range(2000)]
+
+
+HOSTILE = r"""
+import json, sys, zmq
+a = json.loads(sys.argv[1])
+ctx = zmq.Context()
+s = ctx.socket(zmq.PUSH)
+s.setsockopt(zmq.LINGER, 10000)
+s.connect(a["endpoint"])
+if a["kind"] == "big":
+    s.send(b"x" * a["size"])
+else:
+    s.send_multipart([b"f"] * (a["frames"] - 1) + [b"last"])
+s.close()
+ctx.term()
+print("DONE", flush=True)
+"""
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of a process, in KiB."""
+    fields = {}
+    for line in open(f"/proc/{pid}/status"):
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def test_hostile_senders_an_oversized_frame_and_a_message_of_very_many_frames(make):
+    """A frame over max_message_bytes (+ slack) makes ZeroMQ drop that connection; a message of
+    200,000 frames is held by libzmq until complete, then only its kept frames are copied out.
+    Either way the broker keeps serving and its memory stays bounded (peak RSS checked)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    b = make([{"name": "open", "socket": "pull", "endpoint": endpoint, "topic": "open"}])
+    run_cli("topics", "create", "open", "--partitions", "1", bootstrap=b.proc.bootstrap).check_returncode()
+    pid = b.proc.proc.pid
+    assert "DONE 10" in finish(start_app(type="PUSH", endpoint=endpoint, frames=["warm {i}"], count=10))
+    settled(b, "open", 10)
+    base = _memory(pid)["VmRSS"]
+    rounds, frames = 3, 200_000
+    after_first = None
+    for r in range(rounds):
+        for args in ({"kind": "big", "size": 4 << 20}, {"kind": "many", "frames": frames}):
+            app = subprocess.Popen([sys.executable, "-c", HOSTILE, json.dumps({"endpoint": endpoint, **args})],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                out, err = app.communicate(timeout=60)
+            finally:
+                stop(app)
+            assert "DONE" in out, err
+        settled(b, "open", 10 + r + 1)  # the many-frame message arrived (as one record); the big one never does
+        if after_first is None:
+            after_first = _memory(pid)["VmRSS"]
+    assert "DONE 100" in finish(start_app(type="PUSH", endpoint=endpoint, frames=["after {i}"], count=100))
+    s = settled(b, "open", 10 + rounds + 100)
+    assert (s["received"], s["stored"], s["dropped"], s["failed"]) == (113, 113, 0, 0), s
+    lines = consume(b, "open", 113)
+    assert lines.count("last") == rounds and sorted(line for line in lines if line.startswith("after")) == \
+        sorted(f"after {i}" for i in range(100))
+    memory = wait_until(lambda: _memory(pid), timeout=10, what="the broker's /proc status")
+    peak_mib, grown_mib = (memory["VmHWM"] - base) / 1024, (memory["VmRSS"] - after_first) / 1024
+    print(f"broker RSS at start {base / 1024:.0f} MiB; peak {peak_mib:.1f} MiB over it; grown {grown_mib:.1f} MiB after round 1")
+    assert peak_mib < 120, f"peak RSS {peak_mib:.0f} MiB over the start"
+    assert grown_mib < 20, f"RSS grew {grown_mib:.0f} MiB from round 1 to round {rounds}"

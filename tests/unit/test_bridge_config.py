@@ -52,6 +52,8 @@ def test_an_egress_bridge_and_a_mirror():
     ('name = "b"\nsocket = "pull"\nendpoint = "tcp://h:1"\ntopic = "t"\nkey_from = "key"', 'key_from: must be a frame'),
     ('name = "b"\nsocket = "sub"\nendpoint = "tcp://h:1"\ntopic_from = "frame0"\nkey_from = "frame0"', "frame0 names the topic"),
     ('name = "b"\nsocket = "pull"\nendpoint = "tcp://h:1"\ntopic = "t"\nsubscribe = ["a"]', "a pull bridge has no subscriptions"),
+    ('name = "b"\nsocket = "sub"\nendpoint = "tcp://h:1"\ntopic = "t"\nsubscribe = []', "subscribe: empty: a sub bridge with no"),
+    ('name = "b"\nsocket = "xsub"\nendpoint = "tcp://h:1"\ntopic = "t"\nsubscribe = []', "subscribe: empty: a xsub bridge"),
     ('name = "b"\nsocket = "push"\nendpoint = "tcp://h:1"\ntopics = ["t"]\nreplay = 1', "only a pub bridge replays"),
     ('name = "b"\nsocket = "push"\nendpoint = "tcp://h:1"', "topics: missing"),
     ('name = "b"\nsocket = "push"\nendpoint = "tcp://h:1"\ntopics = ["t"]\nstart = "now"', "start: must be one of"),

@@ -10,6 +10,7 @@ from tests.unit.bridgefakes import ScriptedGateway, ingest_config
 from tests.unit.servicefakes import START_MS
 from zbroker.config import single_node_config
 from zbroker.context import Completion
+from zbroker.control.topicadmin import ProducerId
 from zbroker.errors import ErrorCode
 from zbroker.frontends.bridge.gateway import Gateway
 from zbroker.frontends.bridge.ingest import CREATE_POLL_MS, LINGER_MS, MAX_CREATING, PRODUCER_ID_RETRY_MS, IngestBridge
@@ -173,12 +174,51 @@ def test_a_topic_that_cannot_be_created_fails_its_waiting_messages_with_the_reas
     assert "may not create denied" in caplog.text
 
 
-def test_at_most_max_creating_topics_are_created_at_once():
+def test_at_most_max_creating_topics_are_created_at_once_a_pull_bridge_waits_for_a_slot():
     gw = ScriptedGateway({})
-    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True)
+    rooms = []
+    b = bridge(gw, topic=None, topic_from="frame0", auto_create=True, on_room=lambda: rooms.append(1))
+    for i in range(MAX_CREATING):
+        b.offer([b"topic%d" % i, b"v"], NOW)
+    assert b.has_room()
+    b.offer([b"topic%d" % MAX_CREATING, b"v"], NOW)  # no slot: parked, and no room (the PULL socket stops being read)
+    assert len(gw.created) == MAX_CREATING and not b.has_room() and b.status(NOW)["state"] == "back-pressure"
+    gw.created[0][2].complete(None)
+    gw.topic_counts["topic0"] = 1
+    b.tick(NOW + CREATE_POLL_MS)  # topic0 is there: the waiting topic's creation starts, room is back
+    assert [n for n, _, _ in gw.created][-1] == "topic%d" % MAX_CREATING and b.has_room() and rooms == [1]
+    s = b.status(NOW)
+    assert (s["dropped"], s["failed"], s["in_flight"]) == (0, 0, MAX_CREATING + 1)
+
+
+def test_a_sub_bridge_drops_a_topic_past_max_creating_counted_as_creating_full():
+    gw = ScriptedGateway({})
+    b = bridge(gw, socket="sub", topic=None, topic_from="frame0", auto_create=True)
     for i in range(MAX_CREATING + 3):
         b.offer([b"topic%d" % i, b"v"], NOW)
-    assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"unknown_topic": 3}
+    assert len(gw.created) == MAX_CREATING and b.status(NOW)["dropped_by_reason"] == {"creating_full": 3}
+
+
+def test_a_retriable_create_error_is_retried_with_back_off_and_the_messages_wait():
+    gw = ScriptedGateway({})
+    b = bridge(gw, topic="fresh", auto_create=True)
+    b.offer([b"v"], NOW)
+    gw.created[0][2].fail_with(ErrorCode.NOT_CONTROLLER, "the controller moved")
+    b.tick(NOW + RETRY_MIN_MS - 1)
+    assert len(gw.created) == 1
+    b.tick(NOW + RETRY_MIN_MS)
+    assert len(gw.created) == 2
+    gw.created[1][2].fail_with(ErrorCode.REQUEST_TIMED_OUT, "slow")
+    b.tick(NOW + RETRY_MIN_MS + 2 * RETRY_MIN_MS - 1)
+    assert len(gw.created) == 2  # doubled
+    b.tick(NOW + 3 * RETRY_MIN_MS)
+    gw.created[2][2].complete(None)
+    gw.topic_counts["fresh"] = 1
+    b.tick(NOW + 3 * RETRY_MIN_MS + CREATE_POLL_MS)
+    b.tick(NOW + 3 * RETRY_MIN_MS + CREATE_POLL_MS + LINGER_MS)
+    gw.produced[0].ok()
+    s = b.status(NOW)
+    assert (s["stored"], s["failed"], s["dropped"], s["in_flight"]) == (1, 0, 0, 0)
 
 
 # -- idempotent batches, ordering, retries -----------------------------------------------------
@@ -395,3 +435,59 @@ def test_over_a_real_broker_an_unknown_topic_is_auto_created_with_the_default_pa
         broker.step(b)
     assert b.status(broker.now)["stored"] == 1 and broker.stored("fresh") == [(None, b"v")]
     assert broker.gateway.partition_count("fresh") == broker.app.config.default_partitions()
+
+
+def test_messages_after_the_topic_appears_wait_behind_those_parked_for_its_creation():
+    """Once an auto-created topic is in the image, a new message must not overtake the ones that
+    waited for the creation (one key, one partition: stored in the order received)."""
+    gw = ScriptedGateway({}, auto_ok=True)
+    b = bridge(gw, topic=None, topic_from="frame0", key_from="frame1", auto_create=True)
+    b.offer([b"new", b"k", b"v1"], NOW)
+    gw.created[0][2].complete(None)
+    gw.topic_counts["new"] = 1  # in the image before the bridge's next creation poll
+    b.offer([b"new", b"k", b"v2"], NOW + 1)
+    b.tick(NOW + CREATE_POLL_MS)
+    b.tick(NOW + CREATE_POLL_MS + LINGER_MS)
+    assert [v for p in gw.produced for _, v in records(p)] == [b"v1", b"v2"]
+    assert b.status(NOW)["stored"] == 2
+
+
+def test_a_callback_that_raises_never_raises_into_what_settled_the_completion(caplog):
+    """The produce answer runs the bridge's code (here on_room, which raises) inside whatever
+    settled the Completion: the failure is counted and logged (rate-limited), never raised there."""
+    gw = ScriptedGateway({"t": 1}, pid=None)
+
+    def broken_room() -> None:
+        raise RuntimeError("socket gone")
+
+    b = bridge(gw, max_in_flight_records=2, on_room=broken_room)
+    gw.pid_asks[0].complete(None)  # an answer without a producer id: the callback raises
+    b._pid_wanted_at = NOW  # asked again at once
+    b.tick(NOW)
+    gw.pid_asks[1].complete(ProducerId(42, 0))
+    for i in range(2):
+        b.offer([b"v%d" % i], NOW)
+    assert not b.has_room() and len(gw.produced) == 1
+    gw.produced[0].ok()  # stored; on_room raises inside this call, which returns
+    s = b.status(NOW)
+    assert (s["callback_errors"], s["stored"], s["in_flight"]) == (2, 2, 0)
+    assert "error handling a produce answer" in caplog.text and "RuntimeError: socket gone" in caplog.text
+    assert "error handling a producer id's answer" in caplog.text
+
+
+def test_idle_partition_queues_are_dropped_and_their_sequence_is_kept():
+    """Timers scan only partitions with records open or in flight; a partition written again
+    continues its sequence (no OUT_OF_ORDER_SEQUENCE_NUMBER, no new producer id)."""
+    gw = ScriptedGateway({"t": 50}, auto_ok=True)
+    b = bridge(gw, key_from="frame0")
+    keys = [b"k%d" % i for i in range(400)]
+    for key in keys:
+        b.offer([key, b"v"], NOW)
+    b.tick(NOW + LINGER_MS)
+    assert b.status(NOW)["stored"] == 400 and len(b.sender.sequences) > 40  # stored at once (auto_ok), then dropped
+    assert b.sender.queues == {} and b.next_deadline(NOW + LINGER_MS + 1) is None
+    before = {p.partition: header(p).record_count for p in gw.produced}
+    b.offer([keys[0], b"again"], NOW + 10)
+    b.tick(NOW + 10 + LINGER_MS)
+    last = gw.produced[-1]
+    assert header(last).base_sequence == before[last.partition] and header(last).producer_id == 42

@@ -18,8 +18,12 @@ A message that cannot become a record is dropped and counted by reason (``too_fe
 ``bad_topic``, ``unknown_topic``, ``buffer_full``) with a rate-limited log line naming what
 was wrong.  A topic that does not exist is created as a producer's would be: when
 ``[cluster] auto_create_topics`` is on (``auto_create``), with the cluster's default
-partition count, if the bridge's principal may create it -- its messages wait for the creation, at most
-:data:`MAX_CREATING` topics at once; otherwise its messages are dropped as ``unknown_topic``.
+partition count, if the bridge's principal may create it -- its messages wait for the creation; a
+retriable error (no controller during a failover, a timeout) asks again after a back-off, for as long
+as it takes; a refusal fails the waiting messages, counted under ``failed`` by the error's name.
+At most :data:`MAX_CREATING` topics are created at once: a PULL bridge parks a message for one
+more and has no room until a creation is done (back-pressure); a SUB/XSUB bridge drops it
+(``creating_full``).  Without auto-create the messages are dropped as ``unknown_topic``.
 
 Partition: keyed records by murmur2 of the key (:func:`zbroker.hashing.positive_hash_mod`,
 what the clients and Kafka's default partitioner do); keyless ones stick to one partition
@@ -44,7 +48,9 @@ from typing import Any, Callable
 
 from zbroker.context import Completion
 from zbroker.control.metadata import topic_name_problem
-from zbroker.frontends.bridge.ingest_batches import BatchSender, PartitionQueue, error_name, record_size
+from zbroker.frontends.bridge.gateway import retriable
+from zbroker.frontends.bridge.ingest_batches import (RETRY_MAX_MS, RETRY_MIN_MS, BatchSender, CallbackGuard, PartitionQueue,
+                                                     error_name, record_size)
 from zbroker.hashing import positive_hash_mod
 from zbroker.ratelimit import RateLimitedLog
 
@@ -54,7 +60,7 @@ LINGER_MS = 5
 MAX_BATCH_BYTES = 256 << 10
 MAX_IN_FLIGHT_BYTES = 32 << 20
 PRODUCE_TIMEOUT_MS = 10_000  # acks=all wait; a retry is idempotent, so a short wait costs nothing but a resend
-MAX_CREATING = 8  # topics being auto-created at once; messages for more are dropped (unknown_topic)
+MAX_CREATING = 8  # topics being auto-created at once; for more, pull stops reading, sub/xsub drop (creating_full)
 PRODUCER_ID_RETRY_MS = 500
 MAX_TOPICS_SEEN = 4096  # topic frames remembered as checked (then forgotten all at once)
 CREATE_POLL_MS = 50  # how often a topic being created is looked for in the metadata image
@@ -84,7 +90,10 @@ class IngestBridge:
         self.max_records = max_in_flight_records or config.hwm
         self.max_bytes = max_in_flight_bytes
         self.on_room = on_room
-        self.sender = BatchSender(gateway.produce, config.acks, timeout_ms, max_batch_bytes, linger_ms, self, self._exists)
+        self._now = now_ms
+        self.guard = CallbackGuard(self.name, lambda: self._now)
+        self.sender = BatchSender(gateway.produce, config.acks, timeout_ms, max_batch_bytes, linger_ms, self, self._exists,
+                                  self.guard)
         self.received = self.stored = 0
         self.dropped: dict[str, int] = {}
         self.failed: dict[str, int] = {}
@@ -93,9 +102,10 @@ class IngestBridge:
         self._topics_seen: dict[bytes, str] = {}  # topic frame -> its valid name (names are checked once)
         self._creating: dict[str, list[tuple[int, bytes | None, bytes]]] = {}  # topic -> its waiting records
         self._create_failed: dict[str, str] = {}
+        self._create_retry: dict[str, tuple[int, int]] = {}  # topic -> (attempts, when to ask again): a retriable error
+        self._create_queued: list[str] = []  # pull: topics past MAX_CREATING, waiting for a slot (no room meanwhile)
         self._pid_wanted_at: int | None = now_ms
         self._pid_asking = False
-        self._now = now_ms
         self._closed = False
         self._log = RateLimitedLog(log, burst=10, window_s=10.0)
         self._last_error: tuple[str, tuple] | None = None
@@ -106,7 +116,7 @@ class IngestBridge:
 
     def has_room(self) -> bool:
         """Whether another message can be taken (records and bytes in flight under their bounds)."""
-        return self.in_flight < self.max_records and self.in_flight_bytes < self.max_bytes
+        return self.in_flight < self.max_records and self.in_flight_bytes < self.max_bytes and not self._create_queued
 
     def offer(self, frames: list[bytes], now_ms: int) -> None:
         """One multipart message off the socket: a record, or a counted drop."""
@@ -130,6 +140,8 @@ class IngestBridge:
         value = frames[-1]
         size = record_size(key, value)
         count = self.gateway.partition_count(topic)
+        if count is not None and topic in self._creating:  # created: what waited goes first (order per key)
+            self._settle_topic(topic, count, None, now_ms)
         if count is None and not self._await_topic(topic, (now_ms, key, value), size, now_ms):
             return
         self.in_flight += 1  # before it is placed: a batch it joins may be stored at once
@@ -180,12 +192,16 @@ class IngestBridge:
             if not self.auto_create:
                 self._drop("unknown_topic", "a message for topic %r, which does not exist (auto_create_topics is off)", topic)
                 return False
-            if len(self._creating) >= MAX_CREATING:
-                self._drop("unknown_topic", "a message for topic %r, which does not exist: %d topics are being created already",
-                           topic, MAX_CREATING)
-                return False
-            waiting = self._creating[topic] = []
-            self._create(topic, now_ms)
+            if len(self._creating) - len(self._create_queued) >= MAX_CREATING:
+                if self.lossy:
+                    self._drop("creating_full", "a message for topic %r, which does not exist: %d topics are being created "
+                               "already", topic, MAX_CREATING)
+                    return False
+                self._create_queued.append(topic)  # a PULL bridge stops reading until a creation is done
+                waiting = self._creating[topic] = []
+            else:
+                waiting = self._creating[topic] = []
+                self._create(topic, now_ms)
         waiting.append(record)
         return True
 
@@ -198,29 +214,55 @@ class IngestBridge:
             done.fail_with(-1, f"{type(exc).__name__}: {exc}")
 
         def created(c: Completion) -> None:
-            if c.error is not None and topic in self._creating:
-                self._create_failed[topic] = f"{error_name(c.error.code)}: {c.error.message}"
+            if c.error is None or topic not in self._creating:
+                return
+            why = f"{error_name(c.error.code)}: {c.error.message}"
+            if retriable(c.error):  # no controller during a failover, timed out: asked again, for as long as it takes
+                attempts = self._create_retry.get(topic, (0, 0))[0] + 1
+                self._create_retry[topic] = (attempts, self._now + min(RETRY_MAX_MS, RETRY_MIN_MS << min(attempts - 1, 5)))
+                self._report("create_retry", logging.INFO, "bridge %s: creating topic %r again later: %s", self.name, topic, why)
+            else:
+                self._create_failed[topic] = why
 
-        done.on_done(created)
+        done.on_done(self.guard(created, "a topic creation's answer"))
 
     def _settle_creations(self, now_ms: int) -> None:
         for topic in list(self._creating):
             count = self.gateway.partition_count(topic)
-            failed = self._create_failed.pop(topic, None)
-            if count is None and failed is None:
+            failed = self._create_failed.get(topic)
+            if count is not None or failed is not None:
+                self._settle_topic(topic, count, failed, now_ms)
                 continue
-            waiting = self._creating.pop(topic)
-            for record in waiting:
-                size = record_size(record[1], record[2])
-                if count is None:
-                    self.failed[_reason(failed)] = self.failed.get(_reason(failed), 0) + 1
-                    self._release(1, size)
-                else:
-                    self._place(topic, count, record, size, now_ms)
+            if topic in self._create_queued:
+                continue
+            retry = self._create_retry.get(topic)
+            if retry is not None and retry[1] <= now_ms:
+                self._create_retry[topic] = (retry[0], now_ms + RETRY_MAX_MS)  # until its answer says otherwise
+                self._create(topic, now_ms)
+
+    def _settle_topic(self, topic: str, count: int | None, failed: str | None, now_ms: int) -> None:
+        """``topic`` was created (``count`` partitions) or will not be (``failed``): its waiting records
+        are placed, in the order they came, or failed."""
+        full = not self.has_room()
+        self._create_failed.pop(topic, None)
+        self._create_retry.pop(topic, None)
+        waiting = self._creating.pop(topic)
+        if topic in self._create_queued:  # it appeared before its turn (created elsewhere)
+            self._create_queued.remove(topic)
+        if self._create_queued and len(self._creating) - len(self._create_queued) < MAX_CREATING:
+            self._create(self._create_queued.pop(0), now_ms)
+        for record in waiting:
+            size = record_size(record[1], record[2])
             if count is None:
-                self._report("create_failed", logging.WARNING,
-                             "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
-                             self.name, len(waiting), topic, failed)
+                self.failed[_reason(failed)] = self.failed.get(_reason(failed), 0) + 1
+                self._release(1, size)
+            else:
+                self._place(topic, count, record, size, now_ms)
+        if count is None:
+            self._report("create_failed", logging.WARNING,
+                         "bridge %s: %d message(s) for topic %r failed: it could not be created: %s",
+                         self.name, len(waiting), topic, failed)
+        self._room_back(full)
 
     def _exists(self, topic: str, partition: int) -> bool:
         count = self.gateway.partition_count(topic)
@@ -239,7 +281,11 @@ class IngestBridge:
         full = not self.has_room()
         self.in_flight -= count
         self.in_flight_bytes -= size
-        if full and self.has_room() and self.on_room is not None and not self._closed:
+        self._room_back(full)
+
+    def _room_back(self, was_full: bool) -> None:
+        """Call ``on_room`` if there was no room before and there is now."""
+        if was_full and self.has_room() and self.on_room is not None and not self._closed:
             self.on_room()
 
     # -- the sender's outcomes (ingest_batches.Outcome) ----------------------------
@@ -285,7 +331,7 @@ class IngestBridge:
                 self._pid_wanted_at = self._now + PRODUCER_ID_RETRY_MS
                 self._report("producer_id", logging.WARNING, "bridge %s: no producer id yet: %s", self.name, c.error.message)
 
-        done.on_done(answered)
+        done.on_done(self.guard(answered, "a producer id's answer"))
 
     # -- timers ------------------------------------------------------------------
 
@@ -330,7 +376,7 @@ class IngestBridge:
                 "acks": "all" if c.acks == -1 else c.acks, "state": state, "received": self.received, "stored": self.stored,
                 "dropped": sum(self.dropped.values()), "dropped_by_reason": dict(self.dropped),
                 "failed": sum(self.failed.values()), "failed_by_reason": dict(self.failed), "in_flight": self.in_flight,
-                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records,
+                "in_flight_bytes": self.in_flight_bytes, "max_in_flight": self.max_records, "callback_errors": self.guard.errors,
                 "last_error": None if self._last_error is None else self._last_error[0] % self._last_error[1]}
 
 

@@ -24,12 +24,17 @@ callbacks, which may run at once (a local acks=1 append) or later.
 
 from __future__ import annotations
 
+import logging
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from storage.batch import build_native_batch
 from zbroker.context import Completion
 from zbroker.errors import RETRIABLE, ErrorCode
+from zbroker.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 Record = tuple[int, bytes | None, bytes]  # (timestamp ms, key, value)
 
@@ -50,6 +55,30 @@ def error_name(code: int) -> str:
         return ErrorCode(code).name
     except ValueError:
         return f"ERROR_{code}"
+
+
+class CallbackGuard:
+    """Completion callbacks made safe: a Completion runs its callback inside whatever settled it
+    (the replication ack loop, a peer's reply), which a bridge's bug must not fail.  A callback
+    that raises is counted (``errors``) and logged, rate-limited, with its traceback."""
+
+    def __init__(self, name: str, clock: Callable[[], int]) -> None:
+        """``clock()``: the bridge's last known time in ms (for the log's rate limit)."""
+        self.name = name
+        self.errors = 0
+        self._clock = clock
+        self._log = RateLimitedLog(log, burst=5, window_s=10.0)
+
+    def __call__(self, callback: Callable[[Completion], None], what: str) -> Callable[[Completion], None]:
+        def run(done: Completion) -> None:
+            try:
+                callback(done)
+            except Exception:
+                self.errors += 1
+                self._log.log(self._clock() / 1000, "callback_error", logging.ERROR,
+                              "bridge %s: error handling %s (%d so far); the broker keeps serving\n%s",
+                              self.name, what, self.errors, traceback.format_exc())
+        return run
 
 
 @dataclass(slots=True)
@@ -99,19 +128,22 @@ class BatchSender:
     """Seals, sends and retries the batches of every partition of one bridge."""
 
     def __init__(self, produce: Callable[..., Completion], acks: int, timeout_ms: int, max_batch_bytes: int, linger_ms: int,
-                 outcome: Outcome, exists: Callable[[str, int], bool]) -> None:
+                 outcome: Outcome, exists: Callable[[str, int], bool], guard: CallbackGuard | None = None) -> None:
         """``produce(topic, partition, batch, acks, timeout_ms, now_ms) -> Completion`` is the gateway's;
         ``exists(topic, partition)``: whether the partition is in the metadata image (an
         UNKNOWN_TOPIC_OR_PARTITION is retried only while it is: it is answered for a moment
-        after a topic is created)."""
+        after a topic is created); ``guard`` wraps the answers' callbacks."""
         self._produce = produce
+        self.guard = guard if guard is not None else CallbackGuard("?", lambda: self.now_ms)
         self.acks = acks
         self.timeout_ms = timeout_ms
         self.max_batch_bytes = max_batch_bytes
         self.linger_ms = linger_ms
         self.outcome = outcome
         self._exists = exists
-        self.queues: dict[tuple[str, int], PartitionQueue] = {}
+        self.queues: dict[tuple[str, int], PartitionQueue] = {}  # partitions with records open or in flight
+        #: an idle partition's (producer id, next sequence), kept when its queue is dropped (timers scan queues only)
+        self.sequences: dict[tuple[str, int], tuple[int, int]] = {}
         self.producer_id: int | None = None  # None: not known yet, nothing is sealed
         self.producer_epoch = 0
         self.now_ms = 0
@@ -121,7 +153,14 @@ class BatchSender:
         q = self.queues.get((topic, partition))
         if q is None:
             q = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
+            q.producer_id, q.next_sequence = self.sequences.pop((topic, partition), (-1, 0))
         return q
+
+    def _retire(self, q: PartitionQueue) -> None:
+        """Drop an idle queue (nothing open, nothing in flight), keeping its sequence."""
+        del self.queues[(q.topic, q.partition)]
+        if q.producer_id != -1:
+            self.sequences[(q.topic, q.partition)] = (q.producer_id, q.next_sequence)
 
     def set_producer(self, producer_id: int, epoch: int) -> None:
         self.producer_id, self.producer_epoch = producer_id, epoch
@@ -146,6 +185,8 @@ class BatchSender:
                 self._dispatch(q, batch, now_ms)
             while self.ready(q, now_ms, urgent):  # a batch stored at once (acks 0/1 here) makes room for the next
                 self.seal(q, now_ms)
+            if q.batch is None and not q.open and self.queues.get((q.topic, q.partition)) is q:
+                self._retire(q)
 
     def seal(self, q: PartitionQueue, now_ms: int) -> None:
         """Seal up to ``max_batch_bytes`` of ``q``'s open records into its batch and send it."""
@@ -176,7 +217,7 @@ class BatchSender:
             except Exception as exc:  # a gateway that raises instead of failing its Completion
                 done = Completion()
                 done.fail_with(ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
-            done.on_done(lambda c: self._settled(q, batch, c))
+            done.on_done(self.guard(lambda c: self._settled(q, batch, c), "a produce answer"))
         finally:
             self.busy -= 1
 
