@@ -265,6 +265,7 @@ class Server:
             if self.bridge_host is not None:  # first: bridges commit their positions while the node still serves
                 guarded(self.bridge_host.close, now_ms())
                 guarded(self.loop.drain, self.bridge_host.settled, BRIDGE_DRAIN_MS)
+                guarded(self.bridge_host.finish, now_ms())
             self._join_mirror_sources()
             guarded(node.close, now_ms())
             self.loop.close()

@@ -342,14 +342,28 @@ def test_a_sub_bridge_drops_what_does_not_fit_counted_as_buffer_full(caplog):
     assert "its buffer is full" in caplog.text
 
 
-def test_close_sends_what_is_open_and_logs_what_is_left(caplog):
+def test_close_takes_nothing_more_sends_what_is_open_and_waits_for_what_is_in_flight(caplog):
     gw = ScriptedGateway({"t": 1})
     b = bridge(gw)
     b.offer([b"v"], NOW)
     b.close(NOW + 1)
-    assert len(gw.produced) == 1 and "closed with 1 record(s) taken off its socket and not stored" in caplog.text
-    gw.produced[0].ok()  # an answer after close changes nothing
-    assert b.status(NOW)["state"] == "closed"
+    assert len(gw.produced) == 1 and not b.has_room()  # a PULL socket is no longer read
+    b.offer([b"late"], NOW + 2)  # read in the same burst as the stop
+    assert b.status(NOW)["dropped_by_reason"] == {"closing": 1}
+    assert not b.settled()  # the host keeps the loop running for the answer
+    gw.produced[0].ok()
+    assert b.settled() and b.status(NOW)["stored"] == 1 and b.status(NOW)["state"] == "closed"
+    b.finish(NOW + 3)
+    assert "not stored" not in caplog.text
+
+
+def test_finish_logs_what_was_taken_and_not_stored(caplog):
+    gw = ScriptedGateway({"t": 1})
+    b = bridge(gw)
+    b.offer([b"v"], NOW)
+    b.close(NOW + 1)
+    b.finish(NOW + 3000)  # the answer never came before the broker stopped
+    assert "closed with 1 record(s) taken off its socket and not stored" in caplog.text
 
 
 # -- over a real sans-IO broker and the real gateway: the produce service's sequence checks ------------

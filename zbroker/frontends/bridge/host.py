@@ -77,14 +77,14 @@ class BridgeHost:
         if now_ms >= self._next_check_ms:
             self._next_check_ms = now_ms + IDLE_TICK_MS
             self._follow_controller(now_ms)
-        for runner in list(self.runners.values()):
+        for runner in [*self.runners.values(), *self._closing]:  # closed ones: their last work goes on
             due = _guarded(runner.name, runner.next_deadline, now_ms)
             if due is not None and due <= now_ms:
                 _guarded(runner.name, runner.tick, now_ms)
 
     def next_timer_ms(self, now_ms: int) -> int:
         due = self._next_check_ms
-        for runner in self.runners.values():
+        for runner in [*self.runners.values(), *self._closing]:
             at = _guarded(runner.name, runner.next_deadline, now_ms)
             if at is not None:
                 due = min(due, at)
@@ -138,15 +138,24 @@ class BridgeHost:
         return out
 
     def close(self, now_ms: int) -> None:
-        """Close every bridge and mirror (they hand over their last appends and commits);
-        :meth:`settled` then says when those have their answers."""
+        """Close every bridge and mirror: they take no more input and hand over their last
+        appends and commits.  Those that say when that is done (an optional ``settled()``)
+        are still ticked until :meth:`finish`; :meth:`settled` says when all are done."""
         for name, runner in list(self.runners.items()):
             _guarded(name, runner.close, now_ms)
-        self._closing = list(self.runners.values())
+        self._closing = [r for r in self.runners.values() if hasattr(r, "settled")]
         self.runners.clear()
         self._mirrors.clear()
 
     def settled(self) -> bool:
         """Whether every closed bridge's last work has its answer (a runner says so with an
         optional ``settled()``; one without it has nothing to wait for)."""
-        return all(_guarded(r.name, getattr(r, "settled", lambda: True)) is not False for r in self._closing)
+        return all(_guarded(r.name, r.settled) is not False for r in self._closing)
+
+    def finish(self, now_ms: int) -> None:
+        """The broker stops now: each closed runner says what it could not finish (an optional
+        ``finish(now_ms)``, e.g. records taken and not stored) and is no longer ticked."""
+        for runner in self._closing:
+            if hasattr(runner, "finish"):
+                _guarded(runner.name, runner.finish, now_ms)
+        self._closing = []

@@ -116,7 +116,8 @@ class IngestBridge:
 
     def has_room(self) -> bool:
         """Whether another message can be taken (records and bytes in flight under their bounds)."""
-        return self.in_flight < self.max_records and self.in_flight_bytes < self.max_bytes and not self._create_queued
+        return (self.in_flight < self.max_records and self.in_flight_bytes < self.max_bytes and not self._create_queued
+                and not self._closed)
 
     def offer(self, frames: list[bytes], now_ms: int) -> None:
         """One multipart message off the socket: a record, or a counted drop."""
@@ -125,6 +126,9 @@ class IngestBridge:
         if len(frames) < self.min_frames:
             self._drop("too_few_frames", "a message of %d frame(s); this bridge needs at least %d (topic_from=%s, key_from=%s)",
                        len(frames), self.min_frames, self.config.topic_from, self.config.key_from)
+            return
+        if self._closed:  # a message read in the same burst as the stop
+            self._drop("closing", "the broker is stopping")
             return
         if self.lossy and not self.has_room():  # a PULL socket is not read while there is no room
             self._drop("buffer_full", "its buffer is full (%d records, %d bytes in flight): the store does not keep up",
@@ -351,10 +355,19 @@ class IngestBridge:
         return due
 
     def close(self, now_ms: int) -> None:
-        """Send what is open (a local acks 0/1 append completes at once); forget the rest, logged."""
+        """Take nothing more (:meth:`has_room` says no: a PULL socket is no longer read) and send
+        what is open at once; what is in flight goes on being stored while the host still ticks
+        the bridge (:meth:`settled`), until the broker stops (:meth:`finish`)."""
+        self._closed = True
         self.tick(now_ms)
         self.sender.send_ready(now_ms, urgent=True)
-        self._closed = True
+
+    def settled(self) -> bool:
+        """After :meth:`close`: whether every record taken off the socket is stored or has failed."""
+        return self.in_flight == 0
+
+    def finish(self, now_ms: int) -> None:
+        """The broker stops: forget what is not stored, logged."""
         count, _ = self.sender.abandon()
         count += sum(len(w) for w in self._creating.values())
         if count:

@@ -42,8 +42,7 @@ RETRY_MIN_MS = 100
 RETRY_MAX_MS = 2000
 RECORD_OVERHEAD = 24  # bytes counted per record besides its key and value (varints, timestamp delta)
 #: Errors after which the bridge starts over with a new producer id.
-RESEQUENCE = frozenset({ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, ErrorCode.UNKNOWN_PRODUCER_ID,
-                        ErrorCode.INVALID_PRODUCER_EPOCH})
+RESEQUENCE = frozenset({ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, ErrorCode.INVALID_PRODUCER_EPOCH})  # what zbroker answers
 
 
 def record_size(key: bytes | None, value: bytes) -> int:
