@@ -15,6 +15,7 @@ from zbroker.core.produce import ProduceResult
 from zbroker.errors import ErrorCode, RequestError
 from zbroker.frontends.bridge import mirror as M
 from zbroker.frontends.bridge import mirror_partition as MP
+from zbroker.frontends.bridge.mirror_commit import COMMIT_INTERVAL_MS
 from zbroker.frontends.bridge.mirror_configs import target_configs
 
 T0 = 1_000_000
@@ -193,7 +194,7 @@ def test_records_keep_key_value_headers_timestamps_with_acks_all_and_the_commit_
                                           for i, o in enumerate(range(3))]
     assert {acks for *_, acks, _ in gw.produced} == {-1}
     assert gw.commits == []  # not before the interval
-    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    mirror.tick(T0 + COMMIT_INTERVAL_MS)
     assert gw.commits[0][:2] == ("mirror.m1", {("a.plant.x", 0): 3})
     part = mirror.status(T0)["partitions"][0]
     assert (part["position"], part["committed"], part["source_end"], part["lag"]) == (3, 3, 10, 7)
@@ -206,18 +207,18 @@ def test_nothing_is_committed_before_the_target_acknowledged_and_a_failed_append
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1), ("records", "plant.x", 0, recs(2, 2), -1)]
     mirror.pump(T0)
     assert len(gw.produced) == 1  # one append in flight per partition
-    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    mirror.tick(T0 + COMMIT_INTERVAL_MS)
     assert gw.commits == []
     gw.produced[0][4].complete(ProduceResult("a.plant.x", 0, error=int(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
                                              error_message="Bridge:m1 may not write"))
     status = mirror.status(T0)
     assert status["errors"] == 1 and status["state"] == "error" and "TOPIC_AUTHORIZATION_FAILED" in status["last_error"]
     assert len(gw.produced) == 1  # waits for the retry pause
-    mirror.tick(T0 + M.COMMIT_INTERVAL_MS + MP.RETRY_MIN_MS)
+    mirror.tick(T0 + COMMIT_INTERVAL_MS + MP.RETRY_MIN_MS)
     assert len(gw.produced) == 2  # the failed records first, with those read since
     gw.produced[1][4].complete(ProduceResult("a.plant.x", 0))
     assert [r[3] for r in gw.records("a.plant.x", 0)] == [b"v0", b"v1", b"v2", b"v3"]
-    mirror.tick(T0 + 10 * M.COMMIT_INTERVAL_MS)
+    mirror.tick(T0 + 10 * COMMIT_INTERVAL_MS)
     assert gw.commits[-1][1] == {("a.plant.x", 0): 4}
     assert mirror.status(T0)["state"] == "running"
 
@@ -520,11 +521,11 @@ def test_close_while_a_commit_is_in_flight_commits_again_once_it_settled():
     mirror, gw, src = make(gateway=Slow())
     src.events += [listing(plant_x=1), ("records", "plant.x", 0, recs(0, 2), -1)]
     mirror.pump(T0)
-    mirror.tick(T0 + M.COMMIT_INTERVAL_MS)
+    mirror.tick(T0 + COMMIT_INTERVAL_MS)
     assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}]
     src.events.append(("records", "plant.x", 0, recs(2, 3), -1))
-    mirror.pump(T0 + M.COMMIT_INTERVAL_MS + 1)
-    mirror.close(T0 + M.COMMIT_INTERVAL_MS + 2)
+    mirror.pump(T0 + COMMIT_INTERVAL_MS + 1)
+    mirror.close(T0 + COMMIT_INTERVAL_MS + 2)
     assert len(gw.commits) == 1 and src.closed and not mirror.settled()  # waits for the one in flight
     gw.commits[0][2].complete(None)
     assert [c[1] for c in gw.commits] == [{("a.plant.x", 0): 2}, {("a.plant.x", 0): 5}] and not mirror.settled()

@@ -52,7 +52,8 @@ from zbroker.errors import ErrorCode, RequestError
 from zbroker.ratelimit import RateLimitedLog
 
 from .egress_commit import Commits
-from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed, guarded
+from .callbacks import guarded
+from .egress_feed import BRIDGE_BYTES, HOLD_MS, MAX_HOLD_MS, Feed
 from .egress_replay import Replays
 from .egress_slow import SlowSubscribers
 from .egress_starts import Starts

@@ -25,7 +25,8 @@ from typing import Callable
 
 from zbroker.errors import RequestError
 
-from .egress_feed import Feed, guarded
+from .callbacks import guarded
+from .egress_feed import Feed
 from .gateway import retriable
 
 

@@ -21,16 +21,13 @@ logged) instead of stopping the partition for good.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
 
 from storage.batch import parse_header, walk
 from storage.decode import decode_some_batches
 from storage.errors import CorruptBatchError
 
-log = logging.getLogger(__name__)
 
 #: The most payload bytes one fetch answer is decoded to at once (a compressed batch may
 #: decompress to this much); what is left is fetched again.
@@ -40,17 +37,6 @@ DECODE_BUDGET = 64 << 20
 #: adds at most 2 x DECODE_BUDGET (storage.decode.decode_some_batches), so this plus that bounds it.
 BRIDGE_BYTES = 64 << 20
 HOLD_MS, MAX_HOLD_MS = 2, 50  # a send that would block is offered again after this, doubling
-
-
-def guarded(callback: Callable, what: str) -> Callable:
-    """``callback`` for a Completion, made safe: a Completion runs its callback inside whatever
-    settled it (a producer's append waking a parked fetch), which a bridge's bug must not fail."""
-    def run(*args) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("bridge: error handling %s; the broker keeps serving", what)
-    return run
 
 
 class Released:

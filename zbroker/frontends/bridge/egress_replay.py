@@ -30,7 +30,8 @@ from storage.decode import decode_some_batches
 from zbroker.core.fetch import EARLIEST_TIMESTAMP
 from zbroker.errors import ErrorCode, RequestError
 
-from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed, guarded
+from .callbacks import guarded
+from .egress_feed import DECODE_BUDGET, HOLD_MS, MAX_HOLD_MS, Feed
 
 log = logging.getLogger(__name__)
 

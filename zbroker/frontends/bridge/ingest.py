@@ -49,8 +49,8 @@ from typing import Any, Callable
 from zbroker.context import Completion
 from zbroker.control.metadata import topic_name_problem
 from zbroker.frontends.bridge.gateway import retriable
-from zbroker.frontends.bridge.ingest_batches import (RETRY_MAX_MS, RETRY_MIN_MS, BatchSender, CallbackGuard, PartitionQueue,
-                                                     error_name, record_size)
+from zbroker.frontends.bridge.callbacks import CallbackGuard, error_name
+from zbroker.frontends.bridge.ingest_batches import RETRY_MAX_MS, RETRY_MIN_MS, BatchSender, PartitionQueue, record_size
 from zbroker.hashing import positive_hash_mod
 from zbroker.ratelimit import RateLimitedLog
 

@@ -24,17 +24,14 @@ callbacks, which may run at once (a local acks=1 append) or later.
 
 from __future__ import annotations
 
-import logging
-import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from storage.batch import build_native_batch
 from zbroker.context import Completion
 from zbroker.errors import RETRIABLE, ErrorCode
-from zbroker.ratelimit import RateLimitedLog
+from zbroker.frontends.bridge.callbacks import CallbackGuard, error_name
 
-log = logging.getLogger(__name__)
 
 Record = tuple[int, bytes | None, bytes]  # (timestamp ms, key, value)
 
@@ -47,37 +44,6 @@ RESEQUENCE = frozenset({ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, ErrorCode.INVALI
 
 def record_size(key: bytes | None, value: bytes) -> int:
     return len(value) + (len(key) if key is not None else 0) + RECORD_OVERHEAD
-
-
-def error_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"ERROR_{code}"
-
-
-class CallbackGuard:
-    """Completion callbacks made safe: a Completion runs its callback inside whatever settled it
-    (the replication ack loop, a peer's reply), which a bridge's bug must not fail.  A callback
-    that raises is counted (``errors``) and logged, rate-limited, with its traceback."""
-
-    def __init__(self, name: str, clock: Callable[[], int]) -> None:
-        """``clock()``: the bridge's last known time in ms (for the log's rate limit)."""
-        self.name = name
-        self.errors = 0
-        self._clock = clock
-        self._log = RateLimitedLog(log, burst=5, window_s=10.0)
-
-    def __call__(self, callback: Callable[[Completion], None], what: str) -> Callable[[Completion], None]:
-        def run(done: Completion) -> None:
-            try:
-                callback(done)
-            except Exception:
-                self.errors += 1
-                self._log.log(self._clock() / 1000, "callback_error", logging.ERROR,
-                              "bridge %s: error handling %s (%d so far); the broker keeps serving\n%s",
-                              self.name, what, self.errors, traceback.format_exc())
-        return run
 
 
 @dataclass(slots=True)

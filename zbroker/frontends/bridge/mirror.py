@@ -50,9 +50,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from zbroker.errors import ErrorCode
-from zbroker.frontends.bridge.egress_feed import guarded
+from zbroker.frontends.bridge.callbacks import guarded
 from zbroker.frontends.bridge.gateway import RETRY_CODES
-from zbroker.frontends.bridge.mirror_commit import COMMIT_INTERVAL_MS, PositionCommits  # noqa: F401 (the interval: named here too)
+from zbroker.frontends.bridge.mirror_commit import PositionCommits
 from zbroker.frontends.bridge.mirror_configs import target_configs
 from zbroker.frontends.bridge.mirror_partition import RETRY_MAX_MS, MirroredPartition
 from zbroker.ratelimit import RateLimitedLog

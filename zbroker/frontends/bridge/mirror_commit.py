@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from zbroker.frontends.bridge.egress_feed import guarded
+from zbroker.frontends.bridge.callbacks import guarded
 
 COMMIT_INTERVAL_MS = 500
 

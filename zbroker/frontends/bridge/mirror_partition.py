@@ -21,7 +21,7 @@ from typing import Callable
 from storage.batch import build_kafka_batch, build_native_batch
 from zbroker.context import Completion
 from zbroker.errors import ErrorCode, RequestError
-from zbroker.frontends.bridge.egress_feed import guarded
+from zbroker.frontends.bridge.callbacks import error_name, guarded
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,6 @@ def record_size(record: tuple) -> int:
         items = headers.items() if isinstance(headers, dict) else headers
         size += sum(len(k) + (len(v) if isinstance(v, bytes) else 0) + 16 for k, v in items)
     return size
-
-
-def code_name(code: int) -> str:
-    try:
-        return ErrorCode(code).name
-    except ValueError:
-        return f"error {code}"
 
 
 class MirroredPartition:
@@ -220,7 +213,7 @@ class MirroredPartition:
             self._retry_at = self._now + self._backoff
             if code == ErrorCode.MESSAGE_TOO_LARGE:  # what a zbroker leader answers for a batch too large
                 self._batch_limit = max(1, len(records) // 2)
-            self.failing = f"append to {self.target}-{self.partition}: {code_name(code)} {message or ''}".rstrip()
+            self.failing = f"append to {self.target}-{self.partition}: {error_name(code)} {message or ''}".rstrip()
             self.failing_code = code
             self.on_failed(self, code, self.failing)
             return
