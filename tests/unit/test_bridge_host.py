@@ -108,3 +108,17 @@ def test_settled_waits_for_the_closed_runners_that_say_they_are_busy():
     assert not host.settled()  # busy's last commit has no answer yet; quiet has no settled(): nothing to wait for
     busy.answers_due = False
     assert host.settled()
+
+
+def test_a_turn_asks_each_runner_for_its_deadline_once():
+    host = BridgeHost(1, lambda: False)
+    runner = Runner("a", due=100)
+    asked = []
+    deadline = runner.next_deadline
+    runner.next_deadline = lambda now: asked.append(now) or deadline(now)
+    host.add(runner)
+    assert host.next_timer_ms(100) == 0  # the loop asks before its poll ...
+    host.tick(100)  # ... and the tick uses that answer
+    assert asked == [100] and runner.ticks == [100]
+    host.tick(200)  # a tick without the loop's question (a test, the drain's first turn) asks itself
+    assert asked == [100, 200] and runner.ticks == [100, 200]

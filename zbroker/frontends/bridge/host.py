@@ -67,6 +67,7 @@ class BridgeHost:
         self._next_check_ms = 0
         self._start_failures: dict[str, tuple[int, int]] = {}  # mirror -> (failures in a row, next try at)
         self._closing: list[Runner] = []
+        self._dues: dict[int, int | None] = {}  # id(runner) -> its deadline, from next_timer_ms until the tick
 
     def add(self, runner: Runner) -> None:
         self.runners[runner.name] = runner
@@ -77,15 +78,18 @@ class BridgeHost:
         if now_ms >= self._next_check_ms:
             self._next_check_ms = now_ms + IDLE_TICK_MS
             self._follow_controller(now_ms)
+        dues, self._dues = self._dues, {}
         for runner in [*self.runners.values(), *self._closing]:  # closed ones: their last work goes on
-            due = _guarded(runner.name, runner.next_deadline, now_ms)
+            # the deadline the loop asked for before this turn's poll, if it did (a runner's scan
+            # of its partitions is done once a turn, not twice)
+            due = dues[id(runner)] if id(runner) in dues else _guarded(runner.name, runner.next_deadline, now_ms)
             if due is not None and due <= now_ms:
                 _guarded(runner.name, runner.tick, now_ms)
 
     def next_timer_ms(self, now_ms: int) -> int:
         due = self._next_check_ms
         for runner in [*self.runners.values(), *self._closing]:
-            at = _guarded(runner.name, runner.next_deadline, now_ms)
+            at = self._dues[id(runner)] = _guarded(runner.name, runner.next_deadline, now_ms)
             if at is not None:
                 due = min(due, at)
         return max(0, due - now_ms)
